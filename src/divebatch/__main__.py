@@ -1,0 +1,5 @@
+import sys
+
+from divebatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,358 @@
+"""Read run directories into one tidy table.
+
+A run directory is any folder holding ``config.yaml`` (written by ``divebatch train``, format
+fixed in the project README): ``metrics.csv`` has one row per finished epoch, ``summary.json``
+says whether the run finished, ``manifest.json`` records the commit. :func:`collect_runs` walks
+the given roots, keeps complete runs in :attr:`RunSet.epochs` (one row per run x epoch) and lists
+every run, complete or not, in :attr:`RunSet.runs` with the reason it was excluded. Problems are
+warned about (:class:`RunWarning`) and recorded, never raised: a report must survive a crashed run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from divebatch.analysis.style import METHOD_ORDER
+from divebatch.config import TrainConfig
+from divebatch.provenance import label
+
+METRIC_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
+    "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb",
+)
+# Columns without which no table can be made; the others may be absent in older runs.
+REQUIRED_METRICS = ("epoch", "train_loss", "val_acc", "batch_size", "optimizer_steps", "wall_time_s")
+
+# Hyperparameters that define a setting, per method (config key -> column). Keys a method ignores
+# (delta for AdaBatch, everything adaptive for SGD) must not split its runs into groups.
+COMMON_HPARAMS = {
+    "model.name": "model", "model.width": "width", "epochs": "epochs_planned", "optim.lr": "lr0",
+    "optim.momentum": "momentum", "optim.weight_decay": "weight_decay", "optim.schedule": "schedule",
+    "optim.warmup_epochs": "warmup_epochs", "data.augment": "augment",
+    "method.initial_batch_size": "initial_batch_size",
+}
+ADAPTIVE_HPARAMS = {"method.max_batch_size": "max_batch_size", "method.resize_freq": "resize_freq",
+                    "method.lr_rescale": "lr_rescale"}
+METHOD_HPARAMS = {
+    "sgd": COMMON_HPARAMS,
+    "adabatch": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS},
+    "divebatch": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS, "method.delta": "delta",
+                  "method.diversity_estimator": "diversity_estimator"},
+}
+ALL_HPARAMS = {**METHOD_HPARAMS["divebatch"], "method.max_micro_batch": "max_micro_batch",
+               "data.train_subset": "train_subset"}
+# Short names for the setting label ("delta=0.1, resize_freq=20").
+_SHORT = {"initial_batch_size": "m0", "max_batch_size": "max_bs", "epochs_planned": "epochs", "lr0": "lr"}
+
+# Dataset families of PAPER.md's claims; the name of a subset (cifar10-mini.npz) starts with its family.
+FAMILIES = ("cifar100", "cifar10", "tiny_imagenet", "synthetic", "digits")
+# Method display names: (method.name, lr_rescale) -> name; SGD is split into small/large batch later.
+DISPLAY_NAMES = {
+    ("adabatch", False): "AdaBatch", ("adabatch", True): "AdaBatch + lr rescale",
+    ("divebatch", False): "DiveBatch", ("divebatch", True): "DiveBatch + lr rescale",
+}
+SGD_SMALL, SGD_LARGE = METHOD_ORDER[0], METHOD_ORDER[1]
+GROUP = ["dataset", "method", "setting"]
+
+
+class RunWarning(UserWarning):
+    """A run directory is incomplete, unreadable, duplicated, or a seed is missing."""
+
+
+@dataclass
+class RunSet:
+    """Runs found under some roots.
+
+    Attributes:
+        epochs: tidy table, one row per complete run x epoch: run-level columns (``run_id``,
+            ``profile``, ``dataset``, ``family``, ``method``, ``method_name``, ``setting``, ``seed``,
+            hyperparameter columns of :data:`ALL_HPARAMS`, ``n_train``, ``commit``) plus
+            :data:`METRIC_COLUMNS` (accuracies in percent, times in seconds, cumulative steps).
+        runs: one row per run directory found, with ``complete`` (bool) and ``reason`` (why it
+            is excluded; empty when complete).
+        warnings: every problem found, one sentence each (also emitted as :class:`RunWarning`).
+        missing_seeds: ``(dataset, method, setting) -> sorted seeds`` present elsewhere in the
+            dataset but without a complete run in this group.
+    """
+
+    epochs: pd.DataFrame
+    runs: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    missing_seeds: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+
+    @property
+    def profiles(self) -> list[str]:
+        return sorted(self.runs["profile"].dropna().unique()) if len(self.runs) else []
+
+    def select(self, profile: str) -> "RunSet":
+        """The runs of one profile (a report never mixes profiles)."""
+        keep = self.runs["profile"] == profile
+        ep = self.epochs[self.epochs["profile"] == profile] if len(self.epochs) else self.epochs
+        missing = {k: v for k, v in self.missing_seeds.items()
+                   if k[0] in set(self.runs.loc[keep, "dataset"])}
+        return RunSet(ep.reset_index(drop=True), self.runs[keep].reset_index(drop=True),
+                      list(self.warnings), missing)
+
+    def provenance(self, datasets: list[str] | None = None) -> str:
+        """:func:`divebatch.provenance.label` for the complete runs (of ``datasets`` if given).
+
+        The commit is the one all runs' ``manifest.json`` agree on, ``mixed`` when they differ,
+        ``unknown`` when none records one.
+        """
+        runs = self.runs[self.runs["complete"]]
+        if datasets is not None:
+            runs = runs[runs["dataset"].isin(datasets)]
+        profiles = sorted(runs["profile"].unique()) or ["none"]
+        data = ",".join(sorted(runs["dataset"].unique())) or "none"
+        seeds = sorted(int(s) for s in runs["seed"].unique())
+        return label("+".join(profiles), data, seeds, commit=agreed_commit(runs["commit"]))
+
+
+def agreed_commit(commits: pd.Series) -> str:
+    """The single commit in ``commits`` (shortened to 7 hex digits, ``+dirty`` kept), ``mixed``
+    when they differ, ``unknown`` when none is recorded."""
+    known = {c for c in commits.dropna() if c and c != "unknown"}
+    if not known:
+        return "unknown"
+    if len(known) > 1:
+        return "mixed"
+    commit = known.pop()
+    head, _, dirty = commit.partition("+")
+    return head[:7] + (f"+{dirty}" if dirty else "")
+
+
+def dataset_name(cfg: DictConfig) -> str:
+    """Readable dataset name: ``data.name``, the file stem for ``npz``, the folder name for a
+    Tiny-ImageNet sample, with ``/n=N`` when ``data.train_subset`` keeps N training samples."""
+    name = str(cfg.data.name)
+    path = OmegaConf.select(cfg, "data.path")
+    if name == "npz" and path:
+        name = Path(str(path)).stem
+    elif name == "tiny_imagenet" and path and Path(str(path)).name not in ("", "tiny-imagenet-200"):
+        name = Path(str(path)).name
+    subset = OmegaConf.select(cfg, "data.train_subset")
+    return f"{name}/n={subset}" if subset else name
+
+
+def dataset_family(dataset: str) -> str:
+    """The PAPER.md dataset a (sub)set belongs to (``cifar10-mini/n=2000`` -> ``cifar10``), else
+    the name itself."""
+    norm = re.sub(r"[-\s]", "_", dataset.lower())
+    for fam in FAMILIES:
+        if norm.startswith(fam) or (fam == "tiny_imagenet" and norm.startswith("tiny")):
+            return fam
+    return dataset.split("/")[0]
+
+
+def _load_config(path: Path) -> DictConfig:
+    # Merge onto the schema so older run configs get today's defaults; fall back to the raw file
+    # when it holds keys the schema no longer knows. No validation: data paths of the machine that
+    # trained need not exist on the machine that reports.
+    raw = OmegaConf.load(path)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
+    except OmegaConfBaseException:
+        return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(TrainConfig))), raw)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def find_run_dirs(roots: list[str | Path]) -> list[tuple[Path, Path]]:
+    """``(root, run_dir)`` for every folder holding ``config.yaml`` under ``roots`` (recursively).
+
+    A run directory's own subfolders are not searched, nor any ``wandb`` folder (wandb keeps a
+    copy of ``config.yaml`` in its run files).
+
+    Raises:
+        FileNotFoundError: a root does not exist.
+    """
+    found = []
+    for root in map(Path, roots):
+        if not root.exists():
+            raise FileNotFoundError(f"runs directory not found: {root}")
+        stack = [root]
+        while stack:
+            d = stack.pop()
+            if (d / "config.yaml").is_file():
+                found.append((root, d))
+                continue
+            stack.extend(sorted((p for p in d.iterdir() if p.is_dir() and p.name != "wandb"), reverse=True))
+    return found
+
+
+def _display_path(root: Path, run_dir: Path) -> str:
+    # Relative to the root's parent: no absolute path of this machine lands in a table.
+    rel = run_dir.relative_to(root)
+    return root.name if str(rel) == "." else f"{root.name}/{rel.as_posix()}"
+
+
+def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
+    """One run's row for :attr:`RunSet.runs` and its metrics (None when unusable)."""
+    row: dict = {"run_id": _display_path(root, run_dir), "complete": False, "reason": ""}
+    try:
+        cfg = _load_config(run_dir / "config.yaml")
+    except (OSError, OmegaConfBaseException, ValueError) as err:
+        row.update(profile=None, dataset=None, reason=f"config.yaml unreadable: {err}")
+        return row, None
+    method_name = str(cfg.method.name)
+    row.update(
+        profile=str(cfg.profile), dataset=dataset_name(cfg), method_name=method_name, seed=int(cfg.seed),
+        **{col: OmegaConf.select(cfg, key) for key, col in ALL_HPARAMS.items()},
+    )
+    row["family"] = dataset_family(row["dataset"])
+    row["lr_rescale"] = bool(row["lr_rescale"]) and method_name != "sgd"
+    manifest = _read_json(run_dir / "manifest.json") or {}
+    row["commit"] = manifest.get("commit")
+    summary = _read_json(run_dir / "summary.json")
+    row["finished"] = bool(summary and summary.get("finished"))
+    planned = int(cfg.epochs)
+
+    metrics = None
+    mpath = run_dir / "metrics.csv"
+    if mpath.is_file():
+        try:
+            metrics = pd.read_csv(mpath)
+        except (OSError, ValueError, pd.errors.EmptyDataError) as err:
+            row["reason"] = f"metrics.csv unreadable: {err}"
+    else:
+        row["reason"] = "metrics.csv missing"
+    if metrics is not None:
+        missing_cols = [c for c in REQUIRED_METRICS if c not in metrics.columns]
+        if missing_cols:
+            row["reason"] = f"metrics.csv lacks columns {missing_cols}"
+            metrics = None
+    if metrics is not None:
+        for col in METRIC_COLUMNS:
+            if col not in metrics.columns:
+                metrics[col] = np.nan
+        metrics = metrics[list(METRIC_COLUMNS)].sort_values("epoch").reset_index(drop=True)
+        row["epochs_completed"] = len(metrics)
+        if summary is None:
+            row["reason"] = "summary.json missing (run unfinished or crashed)"
+        elif not summary.get("finished"):
+            row["reason"] = "summary.json says finished=false"
+        elif len(metrics) < planned:
+            row["reason"] = f"{len(metrics)} of {planned} epochs in metrics.csv"
+        elif list(metrics["epoch"]) != list(range(len(metrics))):
+            row["reason"] = "epoch column is not 0, 1, ..., E-1"
+        elif metrics["val_acc"].isna().any():
+            row["reason"] = "val_acc has empty values"
+        # samples per epoch = training-set size n used by DiveBatch's rule (up to a dropped last batch)
+        row["n_train"] = metrics["samples_seen"].iloc[0] if len(metrics) else np.nan
+    row["complete"] = not row["reason"]
+    return row, metrics if row["complete"] else None
+
+
+def _name_methods(runs: pd.DataFrame) -> pd.Series:
+    """Display names; an SGD run is 'large batch' when its batch exceeds the smallest SGD batch of
+    its profile and dataset (PAPER.md protocol: 128 small, 2048 large on CIFAR-10)."""
+    names = pd.Series([DISPLAY_NAMES.get((m, bool(r))) for m, r in zip(runs["method_name"], runs["lr_rescale"])],
+                      index=runs.index, dtype=object)
+    sgd = runs["method_name"] == "sgd"
+    smallest = runs[sgd].groupby(["profile", "dataset"])["initial_batch_size"].transform("min")
+    names[sgd] = np.where(runs.loc[sgd, "initial_batch_size"] > smallest, SGD_LARGE, SGD_SMALL)
+    return names.fillna(runs["method_name"])
+
+
+def _settings(runs: pd.DataFrame) -> pd.Series:
+    """Setting label per run: the method's hyperparameters that vary within its dataset and method.
+
+    Empty when the dataset has one setting of that method. Short names from :data:`_SHORT`.
+    """
+    out = pd.Series("", index=runs.index, dtype=object)
+    for (_, method_name, _), g in runs.groupby(["dataset", "method_name", "method"]):
+        cols = [c for c in METHOD_HPARAMS.get(method_name, COMMON_HPARAMS).values()
+                if c != "lr_rescale" and g[c].astype(str).nunique() > 1]
+        if not cols:
+            continue
+        out[g.index] = g[cols].apply(lambda r: ", ".join(f"{_SHORT.get(c, c)}={r[c]}" for c in cols), axis=1)
+    return out
+
+
+def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
+    """Read every run directory under ``roots`` (see module docstring).
+
+    A run is excluded from :attr:`RunSet.epochs` (and so from every aggregate) when its config or
+    metrics are unreadable, ``summary.json`` is missing or says ``finished: false``, ``metrics.csv``
+    has fewer rows than the config's ``epochs``, or it duplicates the (group, seed) of another run.
+    Seeds present for some group of a dataset but missing in another are recorded in
+    :attr:`RunSet.missing_seeds`. Each problem is warned about with :class:`RunWarning`.
+
+    Args:
+        roots: one or more folders (a run directory itself is fine).
+    Returns:
+        The :class:`RunSet`.
+    Raises:
+        FileNotFoundError: a root does not exist.
+    """
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    rows, metrics, problems = [], {}, []
+    for root, run_dir in find_run_dirs(roots):
+        row, m = _read_run(root, run_dir)
+        rows.append(row)
+        if m is not None:
+            metrics[row["run_id"]] = m
+        else:
+            problems.append(f"excluded run {row['run_id']}: {row['reason']}")
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        return RunSet(pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", *METRIC_COLUMNS]),
+                      pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", "complete", "reason"]),
+                      [], {})
+    readable = runs["method_name"].notna() if "method_name" in runs else pd.Series(False, index=runs.index)
+    runs["method"], runs["setting"] = None, ""
+    if readable.any():
+        ok = runs[readable]
+        runs.loc[readable, "method"] = _name_methods(ok)
+        # settings are decided per profile so a sweep never renames the main runs' groups
+        for _, g in runs[readable].groupby("profile"):
+            runs.loc[g.index, "setting"] = _settings(g)
+
+    # duplicates: same profile, group and seed; keep the first by path
+    runs = runs.sort_values("run_id").reset_index(drop=True)
+    for _, g in runs[runs["complete"]].groupby(["profile", *GROUP, "seed"]):
+        for i in g.index[1:]:
+            runs.loc[i, ["complete", "reason"]] = [False, f"duplicate of {g['run_id'].iloc[0]}"]
+            problems.append(f"excluded run {runs.loc[i, 'run_id']}: {runs.loc[i, 'reason']}")
+
+    missing: dict[tuple[str, str, str], list[int]] = {}
+    for (profile, dataset), d in runs[runs["method"].notna()].groupby(["profile", "dataset"]):
+        expected = set(d["seed"].astype(int))
+        for key, g in d.groupby(GROUP):
+            lack = sorted(expected - set(g.loc[g["complete"], "seed"].astype(int)))
+            if lack:
+                missing[key] = lack
+                problems.append(f"profile {profile}, {key[0]}, {key[1]}{' (' + key[2] + ')' if key[2] else ''}: "
+                                f"no complete run for seed(s) {lack}; aggregates use {len(expected) - len(lack)} seed(s)")
+    for msg in problems:
+        warnings.warn(msg, RunWarning, stacklevel=2)
+
+    keep = runs[runs["complete"]]
+    frames = []
+    for _, r in keep.iterrows():
+        m = metrics[r["run_id"]].copy()
+        for col in keep.columns:
+            if col not in ("complete", "reason"):
+                m[col] = r[col]
+        frames.append(m)
+    run_cols = [c for c in keep.columns if c not in ("complete", "reason")]
+    epochs = (pd.concat(frames, ignore_index=True) if frames
+              else pd.DataFrame(columns=[*run_cols, *METRIC_COLUMNS]))
+    epochs = epochs[[*run_cols, *METRIC_COLUMNS]]
+    if len(epochs):
+        epochs["seed"] = epochs["seed"].astype(int)
+    return RunSet(epochs, runs, problems, missing)

@@ -1,0 +1,180 @@
+"""Time to target, speed-ups and bootstrap confidence intervals over seeds.
+
+Definitions (PAPER.md, claim 2: "time to reach within 1% of final accuracy"):
+
+- *time to target* of a run, in a unit U: the value of U at the end of the first epoch whose
+  validation accuracy is >= the target. Units: ``epochs`` (number of epochs trained, i.e.
+  0-based epoch + 1), ``optimizer_steps`` (cumulative optimizer steps, one per (micro-batched)
+  batch), ``wall_time_s`` (cumulative training + evaluation seconds). Never reached: NaN.
+- *own target*: the run's final validation accuracy minus :data:`WITHIN_PP` percentage points.
+- *common target* of a dataset: the lowest mean final accuracy among its methods (and settings)
+  minus :data:`WITHIN_PP` points, the same for every run of that dataset.
+- *speed-up* of a method against a baseline in unit U: mean over seeds of the baseline's time
+  to target divided by mean over seeds of the method's (> 1: the method is faster), over the
+  seeds both have. Its 95% interval is a paired percentile bootstrap over those seeds
+  (:func:`scipy.stats.bootstrap`), seeds resampled jointly so seed-to-seed variation shared by
+  both runs of a seed cancels.
+- *accuracy change*: mean final accuracy of the method minus the baseline's, in percentage
+  points, with the same paired bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+WITHIN_PP = 1.0  # percentage points below the final accuracy that count as "reached"
+# unit -> metrics.csv column (None: derived from the epoch index)
+UNITS = {"epochs": None, "optimizer_steps": "optimizer_steps", "wall_time_s": "wall_time_s"}
+UNIT_LABELS = {"epochs": "epochs", "optimizer_steps": "optimizer steps", "wall_time_s": "wall-clock s"}
+CONFIDENCE = 0.95
+N_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0  # fixed so a report is reproducible byte for byte
+
+
+def time_to_target(metrics: pd.DataFrame, target: float) -> dict[str, float]:
+    """Time for one run to first reach ``target`` validation accuracy, in every unit of :data:`UNITS`.
+
+    Args:
+        metrics: one run's ``metrics.csv`` rows (``epoch`` 0-based, ``val_acc`` in percent,
+            cumulative ``optimizer_steps`` and ``wall_time_s``), any order.
+        target: accuracy in percent.
+    Returns:
+        ``{"epochs": float, "optimizer_steps": float, "wall_time_s": float}``; NaN when never reached.
+    """
+    m = metrics.sort_values("epoch")
+    hit = m[m["val_acc"] >= target]
+    if hit.empty:
+        return {u: float("nan") for u in UNITS}
+    first = hit.iloc[0]
+    return {u: float(first["epoch"] + 1 if col is None else first[col]) for u, col in UNITS.items()}
+
+
+def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFrame:
+    """One row per run: final/best accuracy, final batch size, time to own and common target.
+
+    Args:
+        epochs: the tidy table of :class:`divebatch.analysis.collect.RunSet` (complete runs).
+        group: columns identifying a method setting (default ``dataset, method, setting``).
+    Returns:
+        Columns ``run_id``, group columns, ``family``, ``method_name``, ``seed``, ``final_acc``,
+        ``best_acc`` (percent), ``final_batch_size``, ``final_train_loss``, ``own_target`` and
+        ``common_target`` (percent), then ``own_<unit>`` and ``common_<unit>`` for each unit.
+    """
+    group = group or ["dataset", "method", "setting"]
+    rows = []
+    for run_id, m in epochs.groupby("run_id", sort=False):
+        m = m.sort_values("epoch")
+        last = m.iloc[-1]
+        row = {"run_id": run_id, **{c: last[c] for c in group}, "family": last.get("family"),
+               "method_name": last.get("method_name"), "seed": int(last["seed"]),
+               "initial_batch_size": last.get("initial_batch_size"),
+               "final_acc": float(last["val_acc"]), "best_acc": float(m["val_acc"].max()),
+               "final_batch_size": float(last["batch_size"]), "final_train_loss": float(last["train_loss"])}
+        row["own_target"] = row["final_acc"] - WITHIN_PP
+        row.update({f"own_{u}": v for u, v in time_to_target(m, row["own_target"]).items()})
+        rows.append(row)
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        return runs
+    targets = common_targets(runs, group)
+    runs["common_target"] = runs["dataset"].map(targets)
+    for i, (run_id, m) in enumerate(epochs.groupby("run_id", sort=False)):
+        for u, v in time_to_target(m, runs.loc[i, "common_target"]).items():
+            runs.loc[i, f"common_{u}"] = v
+    return runs
+
+
+def common_targets(runs: pd.DataFrame, group: list[str] | None = None) -> pd.Series:
+    """Per dataset: lowest mean final accuracy among its groups minus :data:`WITHIN_PP` (percent)."""
+    group = group or ["dataset", "method", "setting"]
+    return runs.groupby(group)["final_acc"].mean().groupby(level="dataset").min() - WITHIN_PP
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap interval over ``n`` seeds (NaN bounds when n < 2)."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def fmt(self, digits: int = 2, suffix: str = "") -> str:
+        if not np.isfinite(self.value):
+            return "n/a"
+        core = f"{self.value:.{digits}f}{suffix}"
+        if not np.isfinite(self.low):
+            return f"{core} (n={self.n})"
+        return f"{core} [{self.low:.{digits}f}, {self.high:.{digits}f}] (n={self.n})"
+
+
+def _ratio_of_means(base, method, axis=-1):
+    return np.mean(base, axis=axis) / np.mean(method, axis=axis)
+
+
+def _difference_of_means(method, base, axis=-1):
+    return np.mean(method, axis=axis) - np.mean(base, axis=axis)
+
+
+def paired_bootstrap(x: np.ndarray, y: np.ndarray, statistic, confidence: float = CONFIDENCE) -> Interval:
+    """Statistic of two seed-paired samples with a percentile bootstrap interval.
+
+    Args:
+        x, y: shape (n,) float arrays, element i of each from the same seed; NaN pairs are dropped.
+        statistic: ``f(x, y, axis) -> float``, vectorised along ``axis``.
+        confidence: two-sided level of the interval.
+    Returns:
+        :class:`Interval`; bounds are NaN with fewer than 2 pairs, equal to the value when all
+        resamples agree (every seed gives the same numbers).
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0)
+    value = float(statistic(x, y, axis=-1))
+    if n < 2:
+        return Interval(value, float("nan"), float("nan"), n)
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        return Interval(value, value, value, n)
+    with warnings.catch_warnings():
+        # few seeds give few distinct resamples; scipy warns, the interval is still what we report
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((x, y), statistic, paired=True, vectorized=True, n_resamples=N_RESAMPLES,
+                              confidence_level=confidence, method="percentile",
+                              rng=np.random.default_rng(BOOTSTRAP_SEED))
+    ci = res.confidence_interval
+    # percentile bounds come from the resamples; make the interval contain the estimate itself
+    return Interval(value, float(min(ci.low, value)), float(max(ci.high, value)), n)
+
+
+def speedup(base_times: np.ndarray, method_times: np.ndarray) -> Interval:
+    """Speed-up = mean(base_times) / mean(method_times), seed-paired bootstrap interval.
+
+    Args:
+        base_times, method_times: shape (n,) times to target of the baseline and the method for
+            the same n seeds, in one unit (epochs, optimizer steps or seconds).
+    """
+    return paired_bootstrap(base_times, method_times, _ratio_of_means)
+
+
+def accuracy_change(method_acc: np.ndarray, base_acc: np.ndarray) -> Interval:
+    """mean(method_acc) - mean(base_acc) in percentage points, seed-paired bootstrap interval."""
+    return paired_bootstrap(method_acc, base_acc, _difference_of_means)
+
+
+def paired(runs: pd.DataFrame, method_key: tuple, base_key: tuple, column: str,
+           group: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Values of ``column`` for the seeds two groups share, aligned by seed: (method, base)."""
+    group = group or ["dataset", "method", "setting"]
+    idx = runs.set_index(group)
+    m = idx.loc[[method_key]].set_index("seed")[column]
+    b = idx.loc[[base_key]].set_index("seed")[column]
+    seeds = sorted(set(m.index) & set(b.index))
+    return m.loc[seeds].to_numpy(float), b.loc[seeds].to_numpy(float)

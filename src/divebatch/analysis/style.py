@@ -1,0 +1,48 @@
+"""One look for every figure: seaborn theme, a fixed colour per method, and a provenance footer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+# Display names in a fixed order; colours follow the order so every figure agrees.
+METHOD_ORDER = [
+    "SGD (small batch)",
+    "SGD (large batch)",
+    "AdaBatch",
+    "AdaBatch + lr rescale",
+    "DiveBatch",
+    "DiveBatch + lr rescale",
+]
+METHOD_PALETTE = dict(zip(METHOD_ORDER, sns.color_palette("colorblind", len(METHOD_ORDER))))
+
+
+def apply_style() -> None:
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+
+
+def save_figure(fig: plt.Figure, stem: str | Path, provenance: str) -> list[Path]:
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` with the provenance label as a footer.
+
+    Args:
+        fig: the figure; it is closed afterwards.
+        stem: output path without suffix; parent folders are created.
+        provenance: from :func:`divebatch.provenance.label`.
+    Returns:
+        The two paths written.
+    """
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    fig.text(0.01, 0.005, provenance, fontsize=6, color="0.4", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=150)
+    # fixed metadata so re-running on the same runs gives byte-identical PDFs
+    fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+    plt.close(fig)
+    return paths

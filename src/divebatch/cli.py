@@ -1,0 +1,44 @@
+"""The ``divebatch`` command: one subcommand per capability, each owned by its module.
+
+``divebatch train CONFIG.yaml [KEY=VALUE ...]`` is the interface scripts and wandb agents rely on;
+``python -m divebatch ...`` is the same (the form torchrun needs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module:function taking argv and returning an exit code, one-line help)
+COMMANDS = {
+    "train": ("divebatch.training:cli", "train one run from a YAML config and KEY=VALUE overrides"),
+    "report": ("divebatch.analysis:cli", "tables, figures and claims from run directories"),
+    "synthetic": ("divebatch.synthetic:cli", "synthetic logistic-regression check of the theory"),
+    "sweep": ("divebatch.sweeps:cli", "run a wandb sweep YAML locally (offline) or validate it"),
+    "replicate": ("divebatch.replicate:cli", "train every run of a profile, then report"),
+    "fetch-data": ("divebatch.data:fetch_cli", "download a dataset (needs network)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: divebatch COMMAND [ARGS ...]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'divebatch COMMAND --help' for a command's arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"divebatch: unknown command {name!r}; allowed: {' | '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

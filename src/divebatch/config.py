@@ -1,0 +1,228 @@
+"""Structured experiment configuration.
+
+A run is fully described by one :class:`TrainConfig`: the YAML file given on the command line
+is merged onto these dataclass defaults, then omegaconf dotlist overrides (``KEY=VALUE``, the
+form wandb sweep agents pass) are merged on top. Unknown keys and invalid values fail here,
+before any data is read or any model is built, with a message naming the key, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz")
+MODELS = ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear")
+METHODS = ("sgd", "adabatch", "divebatch")
+SCHEDULES = ("constant", "cosine", "multistep", "step")
+LOADERS = ("device", "torchvision")
+ESTIMATORS = ("exact", "microbatch")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+class ConfigError(ValueError):
+    """A configuration key holds a value that is not allowed. The message names key, value, allowed."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    path: Optional[str] = None  # dataset root (cifar*, tiny_imagenet) or file (npz)
+    augment: bool = True  # the protocol's train augmentation for this dataset
+    download: bool = False  # let torchvision download CIFAR when the files are missing
+    loader: str = "device"  # device: whole dataset on the training device; torchvision: DataLoader
+    num_workers: int = 1  # DataLoader workers (torchvision loader only)
+    train_subset: Optional[int] = None  # keep the first N training samples (CPU-scale runs)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet_small"
+    width: int = 16  # resnet_small: channels of the first stage (ResNet-18 uses 64)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "divebatch"
+    initial_batch_size: int = 128
+    max_batch_size: int = 2048
+    resize_freq: int = 20  # epochs between batch-size decisions
+    delta: float = 0.1  # DiveBatch: m_new = delta * n * Delta_hat
+    lr_rescale: bool = False  # multiply lr by m_new / m at each resize
+    max_micro_batch: int = 2048  # larger batches are split and their gradients accumulated
+    diversity_estimator: str = "exact"  # exact: BackPACK per-sample norms; microbatch: two-scale
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    t_max: Optional[int] = None  # cosine period in epochs; default: epochs
+    milestones: list[int] = field(default_factory=list)  # multistep
+    step_size: int = 30  # step
+    gamma: float = 0.1  # multistep and step
+    warmup_epochs: int = 0  # linear warm-up, per optimizer step
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    project: str = "divebatch"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SpeedConfig:
+    bf16: bool = False  # autocast to bfloat16 on CUDA
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    epochs: int = 10
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs/default"  # the run directory itself
+    profile: str = "adhoc"  # replication profile that made the run (smoke | cpu | paper | sweep | adhoc)
+    deterministic: bool = True
+    progress: bool = True  # tqdm bar per epoch
+
+
+def _allowed(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"invalid config: {key}={value!r}; allowed: {allowed}")
+
+
+def _check_choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in choices:
+        raise _allowed(key, value, " | ".join(choices))
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check value ranges and cross-key rules of a merged config.
+
+    Args:
+        cfg: a config with the :class:`TrainConfig` schema.
+    Returns:
+        ``cfg`` unchanged.
+    Raises:
+        ConfigError: naming the key, the offending value and what is allowed.
+    """
+    _check_choice(cfg, "data.name", DATASETS)
+    _check_choice(cfg, "model.name", MODELS)
+    _check_choice(cfg, "method.name", METHODS)
+    _check_choice(cfg, "optim.schedule", SCHEDULES)
+    _check_choice(cfg, "data.loader", LOADERS)
+    _check_choice(cfg, "method.diversity_estimator", ESTIMATORS)
+    _check_choice(cfg, "wandb.mode", WANDB_MODES)
+    m = cfg.method
+    positive_ints = {
+        "epochs": cfg.epochs,
+        "method.initial_batch_size": m.initial_batch_size,
+        "method.resize_freq": m.resize_freq,
+        "method.max_micro_batch": m.max_micro_batch,
+        "model.width": cfg.model.width,
+    }
+    for key, value in positive_ints.items():
+        if value < 1:
+            raise _allowed(key, value, "an integer >= 1")
+    if m.max_batch_size < m.initial_batch_size:
+        raise _allowed(
+            "method.max_batch_size", m.max_batch_size,
+            f"an integer >= method.initial_batch_size ({m.initial_batch_size})",
+        )
+    if not m.delta > 0:
+        raise _allowed("method.delta", m.delta, "a number > 0")
+    if cfg.optim.lr < 0:
+        raise _allowed("optim.lr", cfg.optim.lr, "a number >= 0")
+    if not 0 <= cfg.optim.momentum < 1:
+        raise _allowed("optim.momentum", cfg.optim.momentum, "a number in [0, 1)")
+    if cfg.optim.weight_decay < 0:
+        raise _allowed("optim.weight_decay", cfg.optim.weight_decay, "a number >= 0")
+    if cfg.optim.warmup_epochs < 0 or cfg.optim.warmup_epochs >= cfg.epochs:
+        raise _allowed("optim.warmup_epochs", cfg.optim.warmup_epochs, f"an integer in [0, epochs={cfg.epochs})")
+    if cfg.data.train_subset is not None and cfg.data.train_subset < 1:
+        raise _allowed("data.train_subset", cfg.data.train_subset, "null or an integer >= 1")
+    if cfg.data.name in ("npz", "tiny_imagenet") and not cfg.data.path:
+        raise _allowed("data.path", cfg.data.path, f"a path to the {cfg.data.name} data (required for data.name={cfg.data.name})")
+    if cfg.data.name == "npz" and not Path(cfg.data.path).is_file():
+        raise _allowed("data.path", cfg.data.path, "an existing .npz file with train_x, train_y, test_x, test_y")
+    if cfg.data.name == "tiny_imagenet" and not Path(cfg.data.path).is_dir():
+        raise _allowed(
+            "data.path", cfg.data.path,
+            "an existing tiny-imagenet-200/ folder (wnids.txt, train/, val/); "
+            "get it with: divebatch fetch-data tiny_imagenet --root DIR",
+        )
+    device = str(cfg.device)
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise _allowed("device", device, "auto | cpu | cuda | cuda:N")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Merge defaults, a YAML file and ``KEY=VALUE`` dotlist overrides, then validate.
+
+    Args:
+        path: YAML file with any subset of the :class:`TrainConfig` keys, or None for defaults.
+        overrides: omegaconf dotlist items such as ``method.delta=0.05`` (wandb's
+            ``${args_no_hyphens}`` form). A leading ``--`` is tolerated.
+    Returns:
+        A read-only (struct mode) DictConfig with every key of :class:`TrainConfig`.
+    Raises:
+        ConfigError: unknown key, wrong type, or a value outside its allowed range.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    schema = OmegaConf.structured(TrainConfig)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        layers.append(OmegaConf.load(path))
+    dotlist = [o[2:] if o.startswith("--") else o for o in overrides]
+    for item in dotlist:
+        if "=" not in item:
+            raise ConfigError(f"invalid override {item!r}; allowed: KEY=VALUE, e.g. method.delta=0.05")
+    try:
+        layers.append(OmegaConf.from_dotlist(dotlist))
+        cfg = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"invalid config key or value at {key}: {err.msg if hasattr(err, 'msg') else err}") from None
+    OmegaConf.set_struct(cfg, True)
+    return validate(cfg)
+
+
+def config_keys(cfg: DictConfig | None = None, prefix: str = "") -> list[str]:
+    """All leaf keys of the schema in dotted form (e.g. ``method.delta``), for sweep validation."""
+    cfg = OmegaConf.structured(TrainConfig) if cfg is None else cfg
+    keys = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, DictConfig):
+            keys.extend(config_keys(v, full + "."))
+        else:
+            keys.append(full)
+    return keys
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

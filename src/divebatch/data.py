@@ -1,0 +1,391 @@
+"""Datasets and the two data paths.
+
+* ``data.loader=device`` (default): the whole uint8 dataset lives on the training device; an
+  epoch is an index permutation; augmentation and normalisation run on the device in batches
+  (:mod:`divebatch.augment`). Changing the batch size costs nothing.
+* ``data.loader=torchvision``: a torchvision ``Dataset`` with PIL transforms behind a
+  ``DataLoader`` whose batch sampler is resizable, so persistent workers survive a batch-size
+  change. This is the authors' path, and the only one for Tiny-ImageNet (224 px images).
+
+Every loader yields ``(x, y)`` on the training device: x (B, C, H, W) float32 normalised, y (B,)
+int64, and has ``set_batch_size(m)`` and ``len()`` (batches per epoch, last one smaller).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import datasets as tvd
+from torchvision import transforms as T
+
+from divebatch import augment
+
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # authors' values
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+
+
+@dataclass
+class DataBundle:
+    """A dataset ready for both data paths.
+
+    Attributes:
+        name: ``data.name``.
+        num_classes, in_channels, image_size: model input facts (image_size in pixels, after
+            the eval transform).
+        mean, std: per-channel normalisation (of x / 255).
+        augment: the protocol's train augmentation, a key of ``augment.AUGMENTATIONS``.
+        arrays: (train_x, train_y, test_x, test_y), x uint8 (N, C, H, W), y int64 (N,) on the
+            CPU, for datasets that fit in memory; None otherwise.
+        train_set, test_set: torchvision datasets with PIL transforms (DataLoader path).
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple
+    std: tuple
+    augment: str
+    arrays: Optional[tuple[Tensor, Tensor, Tensor, Tensor]] = None
+    train_set: Optional[Dataset] = None
+    test_set: Optional[Dataset] = None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.arrays[0]) if self.arrays is not None else len(self.train_set)
+
+
+DATASETS: dict[str, Callable[..., DataBundle]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        DATASETS[name] = fn
+        return fn
+    return deco
+
+
+def _hwc_to_chw(x: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
+
+
+def _pil_transforms(mean, std, augment_name: str, augment_on: bool):
+    """torchvision train/eval transforms of the protocol (PAPER.md, 'Protocol per dataset')."""
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    train_aug = {
+        "none": [],
+        "crop_flip": [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()],
+        "crop_flip_rotate": [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.RandomRotation(15)],
+        "resized_crop_flip": [T.RandomResizedCrop(224), T.RandomHorizontalFlip()],
+    }[augment_name]
+    eval_pre = [T.Resize(256), T.CenterCrop(224)] if augment_name == "resized_crop_flip" else []
+    train = T.Compose((train_aug if augment_on else eval_pre) + norm)
+    return train, T.Compose(eval_pre + norm)
+
+
+def _cifar(cls, name: str, stats, augment_name: str, cfg) -> DataBundle:
+    root = Path(cfg.path or "data")
+    try:
+        train = cls(root, train=True, download=cfg.download)
+        test = cls(root, train=False, download=cfg.download)
+    except RuntimeError as err:
+        raise FileNotFoundError(
+            f"data.name={name}: dataset files not found under data.path={str(root)!r} ({err}). "
+            f"Either set data.download=true (needs network; torchvision fetches and verifies the "
+            f"official archive), or put the extracted 'cifar-10-batches-py'/'cifar-100-python' "
+            f"folder inside data.path."
+        ) from None
+    t_train, t_eval = _pil_transforms(*stats, augment_name, cfg.augment)
+    train.transform, test.transform = t_train, t_eval
+    arrays = (_hwc_to_chw(train.data), torch.tensor(train.targets), _hwc_to_chw(test.data), torch.tensor(test.targets))
+    return DataBundle(name, len(train.classes), 3, 32, *stats, augment_name, arrays, train, test)
+
+
+@register("cifar10")
+def cifar10(cfg) -> DataBundle:
+    """CIFAR-10 via torchvision (50,000 train / 10,000 test, 32x32 RGB)."""
+    return _cifar(tvd.CIFAR10, "cifar10", CIFAR10_STATS, "crop_flip", cfg)
+
+
+@register("cifar100")
+def cifar100(cfg) -> DataBundle:
+    """CIFAR-100 via torchvision; train augmentation adds a random rotation of up to 15 degrees."""
+    return _cifar(tvd.CIFAR100, "cifar100", CIFAR100_STATS, "crop_flip_rotate", cfg)
+
+
+class _ArrayDataset(Dataset):
+    """uint8 (N, C, H, W) arrays as a PIL-transform dataset, for the DataLoader path."""
+
+    def __init__(self, x: Tensor, y: Tensor, transform):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        img = T.functional.to_pil_image(self.x[i])
+        return self.transform(img), int(self.y[i])
+
+
+def _array_bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment_name, cfg, stats=None) -> DataBundle:
+    if stats is None:  # per-channel statistics of the training images
+        xf = x_tr.double() / 255
+        stats = (tuple(xf.mean((0, 2, 3)).tolist()), tuple(xf.std((0, 2, 3)).tolist()))
+    t_train, t_eval = _pil_transforms(*stats, augment_name, cfg.augment)
+    return DataBundle(name, num_classes, x_tr.shape[1], x_tr.shape[2], *stats, augment_name,
+                      (x_tr, y_tr, x_te, y_te), _ArrayDataset(x_tr, y_tr, t_train), _ArrayDataset(x_te, y_te, t_eval))
+
+
+@register("npz")
+def npz(cfg) -> DataBundle:
+    """Arrays ``train_x, train_y, test_x, test_y`` (x uint8 (N, H, W, C), y int) in a .npz file.
+
+    32x32 RGB arrays get CIFAR augmentation and CIFAR-10 normalisation (they are CIFAR images,
+    e.g. ``../shared/data/cifar10-mini.npz``); other shapes get none and their own statistics.
+
+    Raises:
+        KeyError: a required array is missing (names it).
+    """
+    with np.load(cfg.path, allow_pickle=False) as f:
+        missing = [k for k in ("train_x", "train_y", "test_x", "test_y") if k not in f.files]
+        if missing:
+            raise KeyError(f"data.path={cfg.path!r} lacks arrays {missing}; has {f.files}")
+        x_tr, y_tr, x_te, y_te = (f[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+    if x_tr.ndim == 3:
+        x_tr, x_te = x_tr[..., None], x_te[..., None]
+    cifar_like = x_tr.shape[1:] == (32, 32, 3)
+    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    return _array_bundle("npz", _hwc_to_chw(x_tr.astype(np.uint8)), torch.from_numpy(y_tr.astype(np.int64)),
+                         _hwc_to_chw(x_te.astype(np.uint8)), torch.from_numpy(y_te.astype(np.int64)), num_classes,
+                         "crop_flip" if cifar_like else "none", cfg, CIFAR10_STATS if cifar_like else None)
+
+
+@register("digits")
+def digits(cfg) -> DataBundle:
+    """scikit-learn's bundled handwritten digits (1,797 real 8x8 grey images, 10 classes), offline.
+
+    A fixed stratified split (random_state 0, 20 % test) independent of the run's seed; pixel
+    values 0..16 are scaled to 0..255. No augmentation (flips would change digits).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.2, random_state=0, stratify=d.target)
+    return _array_bundle("digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr.astype(np.int64)),
+                         torch.from_numpy(x_te), torch.from_numpy(y_te.astype(np.int64)), 10, "none", cfg)
+
+
+class TinyImageNetVal(Dataset):
+    """Official Tiny-ImageNet validation split: ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``."""
+
+    def __init__(self, root: Path, class_to_idx: dict[str, int], transform):
+        self.transform = transform
+        self.samples = []
+        for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] in class_to_idx:
+                self.samples.append((root / "val" / "images" / parts[0], class_to_idx[parts[1]]))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, target = self.samples[i]
+        return self.transform(tvd.folder.default_loader(str(path))), target  # converts grey to RGB
+
+
+class TinyImageNetTrain(tvd.ImageFolder):
+    """``train/<wnid>/images/*.JPEG``; classes and their order come from ``wnids.txt`` (any number)."""
+
+    def find_classes(self, directory):
+        wnids = (Path(directory).parent / "wnids.txt").read_text().split()
+        return wnids, {w: i for i, w in enumerate(wnids)}
+
+
+@register("tiny_imagenet")
+def tiny_imagenet(cfg) -> DataBundle:
+    """Tiny-ImageNet from the official ``tiny-imagenet-200/`` layout (DataLoader path only).
+
+    Raises:
+        FileNotFoundError: the layout is incomplete; the message says how to get the archive.
+    """
+    root = Path(cfg.path)
+    need = [root / "wnids.txt", root / "train", root / "val" / "val_annotations.txt"]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"data.path={str(root)!r} is not a tiny-imagenet-200 folder: missing {missing}. Download and "
+            f"verify the official archive with 'divebatch fetch-data tiny_imagenet --root DIR' "
+            f"({TINY_IMAGENET_URL}, md5 {TINY_IMAGENET_MD5}) and set data.path=DIR/tiny-imagenet-200."
+        )
+    t_train, t_eval = _pil_transforms(*IMAGENET_STATS, "resized_crop_flip", cfg.augment)
+    train = TinyImageNetTrain(str(root / "train"), transform=t_train)
+    test = TinyImageNetVal(root, train.class_to_idx, t_eval)
+    return DataBundle("tiny_imagenet", len(train.classes), 3, 224, *IMAGENET_STATS, "resized_crop_flip",
+                      None, train, test)
+
+
+def build_data(cfg) -> DataBundle:
+    """Dataset named by ``data.name``, cut to ``data.train_subset`` training samples if set.
+
+    Raises:
+        KeyError: unknown ``data.name``. FileNotFoundError: data missing (with instructions).
+    """
+    if cfg.name not in DATASETS:
+        raise KeyError(f"data.name={cfg.name!r}; allowed: {' | '.join(DATASETS)}")
+    bundle = DATASETS[cfg.name](cfg)
+    if cfg.train_subset is not None:
+        k = cfg.train_subset
+        if bundle.arrays is not None:
+            x, y, xt, yt = bundle.arrays
+            bundle.arrays = (x[:k], y[:k], xt, yt)
+        if bundle.train_set is not None:
+            bundle.train_set = torch.utils.data.Subset(bundle.train_set, range(min(k, len(bundle.train_set))))
+    return bundle
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+class DeviceLoader:
+    """Device-resident loader: uint8 data on ``device``, shuffling by index permutation, batch
+    augmentation and normalisation on the device.
+
+    Args:
+        x: (N, C, H, W) uint8; y: (N,) int64 (moved to ``device`` once).
+        batch_size: samples per batch (the last batch of an epoch may be smaller).
+        mean, std: per-channel normalisation of x / 255.
+        augment_fn: batch transform on uint8 (B, C, H, W), or None.
+        shuffle: permute each epoch.
+        generator: torch.Generator on ``device`` (its state makes epochs reproducible).
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, mean, std, device: torch.device,
+                 augment_fn=None, shuffle: bool = True, generator: torch.Generator | None = None):
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.device = batch_size, device
+        self.mean = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        self.augment_fn, self.shuffle, self.generator = augment_fn, shuffle, generator
+
+    def set_batch_size(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.y)
+        order = torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
+            x = self.x[idx]
+            if self.augment_fn is not None:
+                x = self.augment_fn(x, self.generator)
+            yield (x.float() - self.mean) / self.std, self.y[idx]
+
+
+class ResizableBatchSampler(Sampler[list[int]]):
+    """Random (or sequential) batches whose size can change between epochs without rebuilding the
+    DataLoader or its persistent workers (indices are drawn in the main process)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None):
+        self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        yield from (order[i:i + self.batch_size].tolist() for i in range(0, self.n, self.batch_size))
+
+
+class TorchvisionLoader:
+    """DataLoader with PIL transforms (authors' path); yields batches already on ``device``."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, shuffle: bool,
+                 num_workers: int, generator: torch.Generator | None):
+        self.sampler = ResizableBatchSampler(len(dataset), batch_size, shuffle, generator)
+        self.device = device
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers,
+                                 persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
+                                 generator=generator)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        self.sampler.batch_size = batch_size
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def make_loaders(bundle: DataBundle, cfg, batch_size: int, device: torch.device, generator: torch.Generator,
+                 eval_batch_size: int = 1000):
+    """Train and evaluation loaders for ``data.loader`` (device | torchvision).
+
+    Args:
+        generator: drives shuffling and augmentation; on ``device`` for the device path, on the
+            CPU for the DataLoader path.
+    Raises:
+        ValueError: ``data.loader=device`` for a dataset that is not held in memory.
+    """
+    if cfg.loader == "device":
+        if bundle.arrays is None:
+            raise ValueError(f"data.loader=device is not available for data.name={bundle.name} "
+                             f"(not held in memory); allowed: data.loader=torchvision")
+        x, y, xt, yt = bundle.arrays
+        aug = augment.AUGMENTATIONS[bundle.augment] if cfg.augment else None
+        train = DeviceLoader(x, y, batch_size, bundle.mean, bundle.std, device, aug, True, generator)
+        test = DeviceLoader(xt, yt, eval_batch_size, bundle.mean, bundle.std, device, None, False, None)
+        return train, test
+    train = TorchvisionLoader(bundle.train_set, batch_size, device, True, cfg.num_workers, generator)
+    test = TorchvisionLoader(bundle.test_set, eval_batch_size, device, False, cfg.num_workers, None)
+    return train, test
+
+
+def fetch_cli(argv: list[str]) -> int:
+    """``divebatch fetch-data {cifar10,cifar100,tiny_imagenet} --root DIR``: download and verify."""
+    import argparse
+
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    p = argparse.ArgumentParser(prog="divebatch fetch-data", description=fetch_cli.__doc__)
+    p.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet"])
+    p.add_argument("--root", default="data", help="folder to download into (default: data)")
+    a = p.parse_args(argv)
+    root = Path(a.root)
+    try:
+        if a.dataset == "tiny_imagenet":
+            if (root / "tiny-imagenet-200" / "wnids.txt").exists():
+                print(f"already present: {root / 'tiny-imagenet-200'}")
+            else:
+                download_and_extract_archive(TINY_IMAGENET_URL, str(root), md5=TINY_IMAGENET_MD5)
+            print(f"use: data.name=tiny_imagenet data.path={root / 'tiny-imagenet-200'}")
+        else:
+            cls = tvd.CIFAR10 if a.dataset == "cifar10" else tvd.CIFAR100
+            cls(root, train=True, download=True), cls(root, train=False, download=True)
+            print(f"use: data.name={a.dataset} data.path={root}")
+    except OSError as err:  # URLError is an OSError
+        print(f"divebatch fetch-data: download failed ({err}). On a machine without network, copy the "
+              f"official archive into {root} by hand (see README, 'Data').", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,110 @@
+"""Model registry: the ResNet-18 variants of the protocol, a narrow ResNet for CPU-scale runs and a
+linear (softmax-regression) model.
+
+Our own models use no in-place operations: BackPACK's module hooks reject them (torchvision's
+ResNet-18 does ``out += identity``; :func:`divebatch.diversity.extend_model` converts it).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        MODELS[name] = fn
+        return fn
+    return deco
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al., 2016), as in kuangliu/pytorch-cifar, without in-place ops."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """CIFAR-variant ResNet: 3x3 stride-1 stem, no max-pool, four stages of widths w, 2w, 4w, 8w.
+
+    Args:
+        num_classes: output logits.
+        in_channels: input image channels.
+        width: first-stage channels (64 for ResNet-18).
+        blocks: basic blocks per stage ((2, 2, 2, 2) for ResNet-18).
+    Input (B, in_channels, H, W) float; output (B, num_classes) logits.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 64, blocks=(2, 2, 2, 2)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, in_planes = [], width
+        for i, n in enumerate(blocks):
+            planes = width * 2 ** i
+            for j in range(n):
+                layers.append(BasicBlock(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return self.linear(self.flatten(self.pool(self.layers(out))))
+
+
+@register("resnet18_cifar")
+def resnet18_cifar(num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 64) -> nn.Module:
+    """ResNet-18, CIFAR variant (widths 64-512), as in the authors' CIFAR scripts. ``width`` is ignored."""
+    return CifarResNet(num_classes, in_channels, width=64)
+
+
+@register("resnet_small")
+def resnet_small(num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 16) -> nn.Module:
+    """Narrow ResNet-18 (same topology, first-stage width ``model.width``, default 16) for CPU-scale runs."""
+    return CifarResNet(num_classes, in_channels, width=width)
+
+
+@register("resnet18_imagenet")
+def resnet18_imagenet(num_classes: int, in_channels: int = 3, image_size: int = 224, width: int = 64) -> nn.Module:
+    """torchvision's ResNet-18 (ImageNet variant), randomly initialised, as for Tiny-ImageNet."""
+    if in_channels != 3:
+        raise ValueError(f"model.name=resnet18_imagenet needs 3 input channels; data has {in_channels}")
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
+@register("linear")
+def linear(num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 0) -> nn.Module:
+    """Softmax (multinomial logistic) regression on flattened pixels."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+
+
+def build_model(name: str, num_classes: int, in_channels: int, image_size: int, width: int = 16) -> nn.Module:
+    """Model from the registry.
+
+    Raises:
+        KeyError: unknown ``model.name`` (the message lists the allowed names).
+    """
+    if name not in MODELS:
+        raise KeyError(f"model.name={name!r}; allowed: {' | '.join(MODELS)}")
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)

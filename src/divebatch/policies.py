@@ -1,0 +1,167 @@
+"""Batch-size policies: small/large-batch SGD (fixed), AdaBatch and DiveBatch.
+
+Each policy is consulted once per epoch, after that epoch's evaluation and learning-rate
+scheduler step (the authors' order). A decision is taken only at epochs ``e`` (0-based) with
+``(e + 1) % resize_freq == 0`` while the batch size is below ``max_batch_size``; only those
+epochs measure gradient diversity (:meth:`BatchSizePolicy.measures_diversity`).
+
+Sources: PAPER.md "Batch size policies" (read from the authors' code); AdaBatch is
+Devarakonda, Naumov & Garland (2017).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+POLICIES: dict[str, type["BatchSizePolicy"]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        POLICIES[name] = cls
+        cls.name = name
+        return cls
+    return deco
+
+
+def divebatch_batch_size(batch_size: int, diversity: float, n: int, delta: float, max_batch_size: int) -> int:
+    """DiveBatch's resize rule.
+
+    ``m_new = int(min(max(delta * Delta_hat * n, m), max_batch_size))``; a NaN or infinite
+    ``Delta_hat`` jumps to ``max_batch_size`` (authors' code). The batch size never shrinks.
+
+    Args:
+        batch_size: current batch size m (samples).
+        diversity: gradient-diversity estimate Delta_hat (dimensionless; n * Delta_hat >= 1).
+        n: training-set size (samples).
+        delta: DiveBatch's delta (> 0).
+        max_batch_size: cap (samples).
+    Returns:
+        The next batch size (samples), in ``[batch_size, max_batch_size]``.
+    """
+    if not math.isfinite(diversity):
+        return max_batch_size
+    return int(min(max(delta * diversity * n, batch_size), max_batch_size))
+
+
+def adabatch_batch_size(batch_size: int, max_batch_size: int) -> int:
+    """AdaBatch's resize rule, ``m_new = min(2 m, max_batch_size)`` (Devarakonda et al., 2017)."""
+    return min(2 * batch_size, max_batch_size)
+
+
+class BatchSizePolicy:
+    """Holds the current batch size and decides the next one at resize epochs.
+
+    Args:
+        initial_batch_size: m0 (samples).
+        max_batch_size: cap (samples).
+        resize_freq: epochs between decisions (>= 1).
+        n_train: training-set size n (samples).
+        delta: DiveBatch's delta (ignored by the other policies).
+        lr_rescale: whether the trainer multiplies the lr by ``m_new / m`` on a change.
+    """
+
+    name = "base"
+    adaptive = True
+
+    def __init__(self, initial_batch_size: int, max_batch_size: int, resize_freq: int, n_train: int,
+                 delta: float = 0.1, lr_rescale: bool = False):
+        self.batch_size = int(initial_batch_size)
+        self.initial_batch_size = int(initial_batch_size)
+        self.max_batch_size = int(max_batch_size)
+        self.resize_freq = int(resize_freq)
+        self.n_train = int(n_train)
+        self.delta = float(delta)
+        self.lr_rescale = bool(lr_rescale)
+
+    def is_resize_epoch(self, epoch: int) -> bool:
+        """True when epoch ``epoch`` (0-based) ends with a batch-size decision."""
+        return self.adaptive and (epoch + 1) % self.resize_freq == 0 and self.batch_size < self.max_batch_size
+
+    def measures_diversity(self, epoch: int) -> bool:
+        """True when this policy needs the gradient-diversity estimate of epoch ``epoch``."""
+        return False
+
+    def propose(self, diversity: float | None) -> int:
+        raise NotImplementedError
+
+    def step(self, epoch: int, diversity: float | None = None) -> float:
+        """Apply the end-of-epoch decision.
+
+        Args:
+            epoch: the epoch that just finished (0-based).
+            diversity: Delta_hat measured in that epoch, or None.
+        Returns:
+            The learning-rate factor the trainer must apply: ``m_new / m`` when lr rescaling
+            is on, else 1.0.
+        """
+        if not self.is_resize_epoch(epoch):
+            return 1.0
+        old = self.batch_size
+        self.batch_size = self.propose(diversity)
+        return self.batch_size / old if self.lr_rescale else 1.0
+
+    def state_dict(self) -> dict:
+        return {"batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_size = int(state["batch_size"])
+
+
+@register("sgd")
+class FixedBatchSize(BatchSizePolicy):
+    """Standard (small- or large-batch) SGD: the batch size stays at ``initial_batch_size``."""
+
+    adaptive = False
+
+    def propose(self, diversity: float | None) -> int:
+        return self.batch_size
+
+
+@register("adabatch")
+class AdaBatch(BatchSizePolicy):
+    """Doubles the batch size every ``resize_freq`` epochs up to the cap."""
+
+    def propose(self, diversity: float | None) -> int:
+        return adabatch_batch_size(self.batch_size, self.max_batch_size)
+
+
+@register("divebatch")
+class DiveBatch(BatchSizePolicy):
+    """Sets the batch size to ``delta * n * Delta_hat`` (clamped, never shrinking)."""
+
+    def measures_diversity(self, epoch: int) -> bool:
+        return self.is_resize_epoch(epoch)
+
+    def propose(self, diversity: float | None) -> int:
+        if diversity is None:
+            raise ValueError("DiveBatch needs the gradient diversity of a resize epoch; got None")
+        return divebatch_batch_size(self.batch_size, diversity, self.n_train, self.delta, self.max_batch_size)
+
+
+def build_policy(method_cfg, n_train: int) -> BatchSizePolicy:
+    """Policy named by ``method.name`` from a ``MethodConfig``-like object.
+
+    Raises:
+        KeyError: unknown ``method.name`` (names the allowed values).
+    """
+    try:
+        cls = POLICIES[method_cfg.name]
+    except KeyError:
+        raise KeyError(f"method.name={method_cfg.name!r}; allowed: {' | '.join(POLICIES)}") from None
+    return cls(method_cfg.initial_batch_size, method_cfg.max_batch_size, method_cfg.resize_freq, n_train,
+               delta=method_cfg.delta, lr_rescale=method_cfg.lr_rescale)
+
+
+def rescale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Multiply every param group's lr in place (authors' "adaptive_lr").
+
+    PyTorch's cosine, multi-step and step schedulers are chainable (they update ``group['lr']``
+    multiplicatively), so after this call lr(t) = schedule(t) * m(t) / m(0), as PAPER.md states.
+    """
+    if factor != 1.0:
+        for group in optimizer.param_groups:
+            group["lr"] *= factor

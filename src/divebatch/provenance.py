@@ -1,0 +1,71 @@
+"""Where a result came from: git commit, package versions, device, and the label every table and
+figure carries (profile, data, seeds, commit)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as _md
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "torchvision", "backpack-for-pytorch", "omegaconf", "wandb", "sweeps", "numpy",
+            "scipy", "pandas", "seaborn", "matplotlib", "scikit-learn")
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def git_commit(short: bool = False) -> str:
+    """The checkout's HEAD commit (with ``+dirty`` when tracked files changed), or ``unknown``."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(_REPO), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short" if short else "--verify", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = _md.version(name)
+        except _md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def manifest(device: torch.device, seed: int, **extra) -> dict:
+    """Run manifest: commit, package versions, device, seed, start time (UTC, ISO 8601)."""
+    return {
+        "commit": git_commit(),
+        "packages": package_versions(),
+        "device": device_description(device),
+        "seed": seed,
+        "start_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host_platform": platform.platform(),
+        **extra,
+    }
+
+
+def label(profile: str, data: str, seeds, commit: str | None = None) -> str:
+    """One-line provenance label for a table or figure: profile, data, seeds, commit.
+
+    Args:
+        profile: replication profile (smoke | cpu | paper | ...).
+        data: dataset description, e.g. ``digits`` or ``cifar10-mini.npz``.
+        seeds: iterable of ints, or a count.
+    """
+    seeds_txt = ",".join(str(s) for s in sorted(seeds)) if not isinstance(seeds, int) else f"{seeds} seeds"
+    scale = "" if profile == "paper" else " (CPU-scale, not the paper's numbers)"
+    return f"profile={profile}{scale} | data={data} | seeds={seeds_txt} | commit={commit or git_commit(short=True)}"

@@ -1,0 +1,362 @@
+"""Training: one config in, one complete and resumable run directory out.
+
+The epoch loop (:func:`train`) follows the authors' order: train the epoch (measuring gradient
+diversity only in epochs that end with a resize decision), evaluate, step the lr scheduler, then
+let the batch-size policy decide and rescale the lr if configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm.auto import tqdm
+
+from divebatch import provenance
+from divebatch.config import ConfigError, load_config, to_yaml
+from divebatch.data import build_data, make_loaders
+from divebatch.diversity import build_estimator
+from divebatch.models import build_model
+from divebatch.policies import build_policy, rescale_lr
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
+                  "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
+# keys that may differ when a run is resumed: they change where/how it runs, not what it computes
+RUNTIME_KEYS = ("device", "progress", "wandb")
+
+
+class RunDirError(RuntimeError):
+    """The run directory holds something that the requested run must not overwrite or cannot use."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """The files of one run: config.yaml, manifest.json, metrics.csv, summary.json, checkpoint.pt."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config, self.manifest = self.path / "config.yaml", self.path / "manifest.json"
+        self.metrics, self.summary = self.path / "metrics.csv", self.path / "summary.json"
+        self.checkpoint = self.path / "checkpoint.pt"
+
+    def prepare(self, cfg: DictConfig) -> None:
+        """Create the folder and write config.yaml, or check that an existing run has the same config.
+
+        Raises:
+            RunDirError: the folder holds a run with another config, or results without a config.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.config.exists():
+            old = OmegaConf.to_container(OmegaConf.load(self.config), resolve=True)
+            new = OmegaConf.to_container(cfg, resolve=True)
+            diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                     if k not in RUNTIME_KEYS and old.get(k) != new.get(k)]
+            if diffs:
+                raise RunDirError(f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
+                                  f"Use another out_dir, or delete that folder to start over.")
+        elif self.metrics.exists() or self.checkpoint.exists():
+            raise RunDirError(f"out_dir={str(self.path)!r} holds results but no config.yaml; refusing to overwrite them.")
+        _atomic_write(self.config, lambda p: p.write_text(to_yaml(cfg)))
+
+    def load_checkpoint(self) -> dict | None:
+        """The latest checkpoint, or None for a fresh run.
+
+        Raises:
+            RunDirError: metrics exist without a checkpoint, or the checkpoint is truncated/corrupt.
+        """
+        if not self.checkpoint.exists():
+            if self.metrics.exists() and len(self.metrics.read_text().splitlines()) > 1:
+                raise RunDirError(f"{self.metrics} has finished epochs but {self.checkpoint.name} is missing; "
+                                  f"refusing to restart over existing metrics. Delete the folder to start over.")
+            return None
+        try:
+            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for truncated/corrupt zip files
+            raise RunDirError(f"checkpoint {self.checkpoint} is unreadable ({type(err).__name__}: {err}). It is left "
+                              f"untouched; delete the run folder to start over.") from None
+
+    def save_checkpoint(self, state: dict) -> None:
+        _atomic_write(self.checkpoint, lambda p: torch.save(state, p))
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        def fmt(v):
+            return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
+        lines = [",".join(METRIC_COLUMNS)] + [",".join(fmt(r[c]) for c in METRIC_COLUMNS) for r in rows]
+        _atomic_write(self.metrics, lambda p: p.write_text("\n".join(lines) + "\n"))
+
+    def write_json(self, path: Path, obj: dict) -> None:
+        _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+
+    def read_summary(self) -> dict | None:
+        return json.loads(self.summary.read_text()) if self.summary.exists() else None
+
+
+class WandbLogger:
+    """Logs each metrics row and the config to wandb (offline by default; off with wandb.mode=disabled)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, run_id: str):
+        self.run = None
+        if cfg.wandb.mode == "disabled":
+            return
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        try:
+            self.run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
+                                  name=cfg.wandb.name or run_dir.name, tags=list(cfg.wandb.tags),
+                                  config=OmegaConf.to_container(cfg, resolve=True), dir=str(run_dir),
+                                  mode=cfg.wandb.mode, id=run_id, resume="allow", reinit="finish_previous")
+        except Exception as err:  # logging must never cost a training run
+            print(f"[divebatch] warning: wandb.init failed ({err}); continuing without wandb", file=sys.stderr)
+
+    def log(self, row: dict) -> None:
+        if self.run is not None:
+            self.run.log({k: v for k, v in row.items() if v is not None}, step=row["epoch"])
+
+    def finish(self, summary: dict) -> None:
+        if self.run is not None:
+            self.run.summary.update(summary)
+            self.run.finish()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"invalid config: device={name!r}; allowed here: auto | cpu (no CUDA device found)")
+    return torch.device(name)
+
+
+def build_schedulers(optim_cfg, optimizer, epochs: int, steps_per_epoch: int):
+    """Per-epoch lr scheduler (torch's chainable schedulers) and an optional per-step linear warm-up.
+
+    Returns:
+        (scheduler stepped once per epoch, warm-up scheduler stepped once per optimizer step or None).
+    """
+    sched = torch.optim.lr_scheduler
+    per_epoch = {
+        "constant": lambda: sched.ConstantLR(optimizer, factor=1.0, total_iters=0),
+        "cosine": lambda: sched.CosineAnnealingLR(optimizer, T_max=optim_cfg.t_max or epochs),
+        "multistep": lambda: sched.MultiStepLR(optimizer, list(optim_cfg.milestones), optim_cfg.gamma),
+        "step": lambda: sched.StepLR(optimizer, optim_cfg.step_size, optim_cfg.gamma),
+    }[optim_cfg.schedule]()
+    warmup = None
+    if optim_cfg.warmup_epochs > 0:
+        total = optim_cfg.warmup_epochs * steps_per_epoch
+        warmup = sched.LinearLR(optimizer, start_factor=1.0 / total, end_factor=1.0, total_iters=total)
+    return per_epoch, warmup
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MB: CUDA allocator peak since the last reset, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, estimator=None, warmup=None,
+                    autocast=contextlib.nullcontext, desc: str = "", progress: bool = True) -> dict:
+    """One pass over the training data; batches above ``max_micro_batch`` are split and their
+    gradients accumulated into one optimizer step. Statistics stay on the device until the end.
+
+    Returns:
+        dict with train_loss (mean per sample), train_acc (percent), steps, samples.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    samples = steps = 0
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        batch = len(y)
+        optimizer.zero_grad(set_to_none=True)
+        for xm, ym in zip(x.split(max_micro_batch), y.split(max_micro_batch)):
+            with autocast():
+                out = model(xm)
+                loss = criterion(out, ym)
+            scaled = loss * (len(ym) / batch)  # micro-batch gradients sum to the batch's mean gradient
+            if estimator is not None:
+                estimator.backward(model, scaled, batch)
+            else:
+                scaled.backward()
+            loss_sum += loss.detach().float() * len(ym)
+            correct += (out.argmax(1) == ym).sum()
+        if estimator is not None:
+            estimator.step_end(model, batch)
+        optimizer.step()
+        if warmup is not None:
+            warmup.step()
+        samples += batch
+        steps += 1
+    return {"train_loss": loss_sum.item() / samples, "train_acc": 100.0 * correct.item() / samples,
+            "steps": steps, "samples": samples}
+
+
+@torch.no_grad()
+def evaluate(model, loader, criterion, autocast=contextlib.nullcontext) -> tuple[float, float]:
+    """Mean loss per sample and accuracy (percent) on ``loader``."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, correct, n = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
+    for x, y in loader:
+        with autocast():
+            out = model(x)
+        loss_sum += criterion(out.float(), y) * len(y)
+        correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def _log(msg: str) -> None:
+    tqdm.write(f"[divebatch] {msg}", file=sys.stdout)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train one run described by ``cfg`` into ``cfg.out_dir``; resume it if it was cut.
+
+    Returns:
+        The run's summary (also written to summary.json).
+    Raises:
+        RunDirError: out_dir holds another run, or an unreadable checkpoint.
+        FileNotFoundError: dataset files are missing (the message says how to get them).
+    """
+    run = RunDir(cfg.out_dir)
+    run.prepare(cfg)
+    summary = run.read_summary()
+    if summary and summary.get("finished"):
+        _log(f"{run.path}: finished already ({summary['epochs_completed']} epochs); nothing to train")
+        return summary
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+
+    bundle = build_data(cfg.data)
+    model = build_model(cfg.model.name, bundle.num_classes, bundle.in_channels, bundle.image_size, cfg.model.width)
+    policy = build_policy(cfg.method, bundle.n_train)
+    estimator = build_estimator(cfg.method.diversity_estimator) if cfg.method.name == "divebatch" else None
+    if estimator is not None:
+        model = estimator.prepare(model)
+    model = model.to(device, memory_format=torch.channels_last if cfg.speed.channels_last else torch.preserve_format)
+    forward_model = torch.compile(model) if cfg.speed.compile else model
+    generator = torch.Generator(device=device if cfg.data.loader == "device" else "cpu").manual_seed(cfg.seed)
+    train_loader, test_loader = make_loaders(bundle, cfg.data, policy.batch_size, device, generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    scheduler, warmup = build_schedulers(cfg.optim, optimizer, cfg.epochs, len(train_loader))
+    criterion = nn.CrossEntropyLoss()
+    use_bf16 = cfg.speed.bf16 and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+
+    state = run.load_checkpoint()
+    history, counters = [], {"optimizer_steps": 0, "samples_seen": 0, "wall_time_s": 0.0}
+    if state is None:
+        start_epoch, run_id = 0, uuid.uuid4().hex[:12]
+        run.write_json(run.manifest, provenance.manifest(device, cfg.seed, wandb_id=run_id, n_train=bundle.n_train,
+                                                         command=" ".join(sys.argv), resumes=[]))
+        _log(f"{run.path}: started ({cfg.method.name}, {cfg.data.name}, {cfg.model.name}, seed {cfg.seed}, {device})")
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if warmup is not None:
+            warmup.load_state_dict(state["warmup"])
+        policy.load_state_dict(state["policy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        generator.set_state(state["rng"]["loader"])
+        start_epoch, history, counters = state["next_epoch"], state["history"], state["counters"]
+        manifest = json.loads(run.manifest.read_text())
+        run_id = manifest["wandb_id"]
+        manifest["resumes"].append({"epoch": start_epoch, "time": provenance.manifest(device, cfg.seed)["start_time"],
+                                    "commit": provenance.git_commit(), "device": provenance.device_description(device)})
+        run.write_json(run.manifest, manifest)
+        run.write_metrics(history)  # drops any row written after the checkpoint
+        _log(f"{run.path}: resumed at epoch {start_epoch}/{cfg.epochs}")
+    logger = WandbLogger(cfg, run.path, run_id)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        batch_size = policy.batch_size
+        train_loader.set_batch_size(batch_size)
+        measure = estimator is not None and policy.measures_diversity(epoch)
+        if measure:
+            estimator.reset()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        stats = train_one_epoch(forward_model, train_loader, optimizer, criterion, cfg.method.max_micro_batch,
+                                estimator if measure else None, warmup if epoch < cfg.optim.warmup_epochs else None,
+                                autocast, f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress)
+        t1 = time.perf_counter()
+        val_loss, val_acc = evaluate(forward_model, test_loader, criterion, autocast)
+        t2 = time.perf_counter()
+        diversity = estimator.value() if measure else None
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        rescale_lr(optimizer, policy.step(epoch, diversity))
+        counters["optimizer_steps"] += stats["steps"]
+        counters["samples_seen"] += stats["samples"]
+        counters["wall_time_s"] += t2 - t0
+        row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+               "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "batch_size": batch_size,
+               "grad_diversity": diversity, **counters, "epoch_time_s": t1 - t0, "eval_time_s": t2 - t1,
+               "peak_memory_mb": peak_memory_mb(device)}
+        history.append(row)
+        run.save_checkpoint({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "warmup": warmup.state_dict() if warmup is not None else None, "policy": policy.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
+            "next_epoch": epoch + 1, "history": history, "counters": dict(counters),
+        })
+        run.write_metrics(history)
+        logger.log(row)
+        div_txt = f" diversity={diversity:.4g} (n*Delta={diversity * bundle.n_train:.4g})" if diversity is not None else ""
+        _log(f"epoch {epoch + 1}/{cfg.epochs} m={batch_size} lr={lr:.4g} train_loss={stats['train_loss']:.4f} "
+             f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}" + (f" -> m={policy.batch_size}" if policy.batch_size != batch_size else ""))
+
+    best = max(history, key=lambda r: r["val_acc"])
+    last = history[-1]
+    summary = {"finished": True, "epochs_completed": len(history), "final_val_acc": last["val_acc"],
+               "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "final_train_loss": last["train_loss"],
+               "final_val_loss": last["val_loss"], "final_batch_size": policy.batch_size,
+               "optimizer_steps": last["optimizer_steps"], "wall_time_s": last["wall_time_s"]}
+    if not all(math.isfinite(r["train_loss"]) for r in history):
+        summary["diverged"] = True
+    run.write_json(run.summary, summary)
+    logger.finish(summary)
+    _log(f"{run.path}: finished, final val_acc={last['val_acc']:.2f}%, best {best['val_acc']:.2f}% at epoch {best['epoch']}")
+    return summary
+
+
+def cli(argv: list[str]) -> int:
+    """``divebatch train CONFIG.yaml [KEY=VALUE ...]``."""
+    p = argparse.ArgumentParser(prog="divebatch train", description="Train one run; rerun the same command to resume.")
+    p.add_argument("config", help="YAML config (see configs/); keys not given take their defaults")
+    p.add_argument("overrides", nargs="*", help="omegaconf dotlist overrides, e.g. method.delta=0.05 seed=2")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        train(cfg)
+    except (ConfigError, RunDirError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"divebatch train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
