@@ -9,12 +9,13 @@ what is allowed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz")
 MODELS = ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear")
@@ -163,6 +164,18 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _allowed("data.train_subset", cfg.data.train_subset, "null or an integer >= 1")
     if cfg.data.name in ("npz", "tiny_imagenet") and not cfg.data.path:
         raise _allowed("data.path", cfg.data.path, f"a path to the {cfg.data.name} data (required for data.name={cfg.data.name})")
+    device = str(cfg.device)
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise _allowed("device", device, "auto | cpu | cuda | cuda:N")
+    return cfg
+
+
+def check_paths(cfg: DictConfig) -> DictConfig:
+    """Check that the data a run needs is where ``data.path`` says (not needed to inspect a config).
+
+    Raises:
+        ConfigError: naming ``data.path``, its value and what must be there.
+    """
     if cfg.data.name == "npz" and not Path(cfg.data.path).is_file():
         raise _allowed("data.path", cfg.data.path, "an existing .npz file with train_x, train_y, test_x, test_y")
     if cfg.data.name == "tiny_imagenet" and not Path(cfg.data.path).is_dir():
@@ -171,17 +184,64 @@ def validate(cfg: DictConfig) -> DictConfig:
             "an existing tiny-imagenet-200/ folder (wnids.txt, train/, val/); "
             "get it with: divebatch fetch-data tiny_imagenet --root DIR",
         )
-    device = str(cfg.device)
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-        raise _allowed("device", device, "auto | cpu | cuda | cuda:N")
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def load_yaml(path: str | Path, _chain: tuple = ()) -> DictConfig:
+    """A YAML config with its ``base:`` chain merged in (``base`` is a path relative to the file).
+
+    Raises:
+        ConfigError: a ``base`` cycle. FileNotFoundError: a missing file in the chain.
+    """
+    path = Path(path).resolve()
+    if path in _chain:
+        raise ConfigError(f"invalid config: base={path.name!r} forms a cycle; allowed: a chain of distinct files")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    node = OmegaConf.load(path)
+    base = node.pop("base", None)
+    return OmegaConf.merge(load_yaml(path.parent / base, _chain + (path,)), node) if base else node
+
+
+def _merge_error(err: OmegaConfBaseException, schema: DictConfig, user_layers: list) -> ConfigError:
+    """omegaconf's merge error as a ConfigError naming the key, the value given and what is allowed."""
+    key = getattr(err, "full_key", None) or "?"
+    missing = object()
+    value = missing
+    for layer in reversed(user_layers):  # the last layer that sets the key is the one that failed
+        value = OmegaConf.select(layer, key, default=missing) if key != "?" else missing
+        if value is not missing:
+            break
+    shown = "?" if value is missing else repr(value)
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(schema, parent) if parent else schema
+    if isinstance(err, ConfigKeyError) and isinstance(node, DictConfig) and leaf not in node:
+        allowed = f"the keys of {parent or 'the top level'}: {', '.join(str(k) for k in node)}"
+        return ConfigError(f"invalid config: unknown key {key}={shown}; allowed: {allowed}")
+    detail = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+    return ConfigError(f"invalid config: {key}={shown}; allowed: {_field_type(key)} ({detail})")
+
+
+def _field_type(key: str) -> str:
+    """The schema's type of a dotted key, e.g. ``float`` or ``Optional[int]``, for error messages."""
+    cls: Any = TrainConfig
+    for part in key.split("."):
+        hints = typing.get_type_hints(cls) if is_dataclass(cls) else {}
+        if part not in hints:
+            return "a value of the schema's type"
+        cls = hints[part]
+    name = cls.__name__ if isinstance(cls, type) else str(cls).replace("typing.", "")
+    return f"a value of type {name}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                check_data: bool = True) -> DictConfig:
     """Merge defaults, a YAML file and ``KEY=VALUE`` dotlist overrides, then validate.
 
     Args:
         path: YAML file with any subset of the :class:`TrainConfig` keys, or None for defaults.
+            A top-level ``base: other.yaml`` key merges that file first (experiment variants
+            state only what differs from their dataset's protocol).
         overrides: omegaconf dotlist items such as ``method.delta=0.05`` (wandb's
             ``${args_no_hyphens}`` form). A leading ``--`` is tolerated.
     Returns:
@@ -193,10 +253,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        layers.append(OmegaConf.load(path))
+        layers.append(load_yaml(path))
     dotlist = [o[2:] if o.startswith("--") else o for o in overrides]
     for item in dotlist:
         if "=" not in item:
@@ -205,10 +262,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         layers.append(OmegaConf.from_dotlist(dotlist))
         cfg = OmegaConf.merge(*layers)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"invalid config key or value at {key}: {err.msg if hasattr(err, 'msg') else err}") from None
+        raise _merge_error(err, schema, layers[1:]) from None
     OmegaConf.set_struct(cfg, True)
-    return validate(cfg)
+    validate(cfg)
+    return check_paths(cfg) if check_data else cfg
 
 
 def config_keys(cfg: DictConfig | None = None, prefix: str = "") -> list[str]:

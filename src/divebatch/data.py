@@ -26,6 +26,7 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 
 from divebatch import augment
+from divebatch.distributed import global_batch_spans, shard_span
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # authors' values
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
@@ -276,8 +277,10 @@ class DeviceLoader:
                  augment_fn=None, shuffle: bool = True, generator: torch.Generator | None = None):
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.device = batch_size, device
-        self.mean = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        mean = torch.tensor(mean, device=device, dtype=torch.float64).view(1, -1, 1, 1)
+        std = torch.tensor(std, device=device, dtype=torch.float64).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add: uint8 * float32 converts on the fly
+        self.scale, self.shift = (1 / (255 * std)).float(), (-mean / std).float()
         self.augment_fn, self.shuffle, self.generator = augment_fn, shuffle, generator
 
     def set_batch_size(self, batch_size: int) -> None:
@@ -294,22 +297,29 @@ class DeviceLoader:
             x = self.x[idx]
             if self.augment_fn is not None:
                 x = self.augment_fn(x, self.generator)
-            yield (x.float() - self.mean) / self.std, self.y[idx]
+            yield (x * self.scale).add_(self.shift), self.y[idx]
 
 
 class ResizableBatchSampler(Sampler[list[int]]):
     """Random (or sequential) batches whose size can change between epochs without rebuilding the
-    DataLoader or its persistent workers (indices are drawn in the main process)."""
+    DataLoader or its persistent workers (indices are drawn in the main process).
+
+    With ``rank``/``world_size`` set (data-parallel runs, :func:`divebatch.distributed.shard_loaders`)
+    it yields only that rank's contiguous shard of each global batch of ``batch_size``.
+    """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None):
         self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+        self.rank, self.world_size = 0, 1
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return len(global_batch_spans(self.n, self.batch_size, self.world_size))
 
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
-        yield from (order[i:i + self.batch_size].tolist() for i in range(0, self.n, self.batch_size))
+        for start, stop in global_batch_spans(self.n, self.batch_size, self.world_size):
+            lo, hi = shard_span(start, stop, self.rank, self.world_size)
+            yield order[lo:hi].tolist()
 
 
 class TorchvisionLoader:

@@ -20,10 +20,12 @@ with micro-batching. Everything stays on the training device; the only host sync
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -115,6 +117,22 @@ class EpochDiversityEstimator:
             torch._foreach_add_(self.grad_sum, [g.detach() for g in grad_sum])
         self.samples += samples
 
+    def add_mean_grads(self, sq_norm_sum: Tensor, mean_grads: Sequence[Tensor], batch_size: int) -> None:
+        """:meth:`add` for a mean-loss step, from the ``p.grad`` tensors themselves: accumulates
+        ``batch_size * p.grad`` in place, without the temporary that ``grad_sum`` allocates.
+
+        Args:
+            sq_norm_sum: 0-d tensor, sum over the step's samples of ||g_i||^2 (sum units).
+            mean_grads: per-parameter mean gradients over the step's ``batch_size`` samples.
+        """
+        if self.grad_sum is None:
+            self.sq_norm_sum = sq_norm_sum.detach().clone()
+            self.grad_sum = torch._foreach_mul([g.detach() for g in mean_grads], float(batch_size))
+        else:
+            self.sq_norm_sum += sq_norm_sum.detach()
+            torch._foreach_add_(self.grad_sum, [g.detach() for g in mean_grads], alpha=float(batch_size))
+        self.samples += batch_size
+
     def value(self) -> float:
         """Delta_hat = S / ||A||^2 (one host sync). NaN when nothing was accumulated."""
         if self.grad_sum is None:
@@ -124,6 +142,24 @@ class EpochDiversityEstimator:
 
     def state_dict(self) -> dict:
         return {"sq_norm_sum": self.sq_norm_sum, "grad_sum": self.grad_sum, "samples": self.samples}
+
+    def all_reduce_(self, all_reduce_sum: Callable[[Sequence[Tensor]], None]) -> None:
+        """Data-parallel runs: sum every rank's share of S, A and the sample count, in place.
+
+        Each rank holds its own samples' squared norms in S, and ``B/K`` times the DDP-averaged
+        (global mean) gradient in A, so the sums over ranks are S and A of all the epoch's samples
+        (docs/distributed.md). Call once, on every rank, before :meth:`value`; subclasses that
+        accumulate more must sum it too.
+
+        Args:
+            all_reduce_sum: sums a list of tensors over ranks in place
+                (:meth:`divebatch.distributed.DistContext.all_reduce_sum`).
+        """
+        if self.grad_sum is None:
+            raise RuntimeError("all_reduce_ before any add(): every rank must accumulate the same steps")
+        count = torch.tensor(float(self.samples), dtype=torch.float64, device=self.sq_norm_sum.device)
+        all_reduce_sum([self.sq_norm_sum, *self.grad_sum, count])
+        self.samples = int(round(count.item()))
 
 
 def extend_model(model: nn.Module) -> nn.Module:
@@ -139,13 +175,121 @@ def extend_model(model: nn.Module) -> nn.Module:
     return extend(model, use_converter=needs_converter)
 
 
+def _needs_converter(model: nn.Module) -> bool:
+    return any(type(m).__module__.startswith("torchvision") for m in model.modules())
+
+
+def convert_for_backpack(model: nn.Module) -> nn.Module:
+    """:func:`extend_model` without hooks: torchvision models go through BackPACK's converter
+    (in-place additions become modules), others are returned unchanged. Hooks come later, only
+    for measured epochs (:func:`backpack_hooks`)."""
+    if not _needs_converter(model):
+        return model
+    from backpack.custom_module.graph_utils import convert_module_to_backpack
+
+    return convert_module_to_backpack(model, False)
+
+
+@contextlib.contextmanager
+def backpack_hooks(model: nn.Module) -> Iterator[nn.Module]:
+    """BackPACK's forward (store input/output) and backward (run extensions) hooks on ``model``'s
+    modules that own parameters, for the duration of the block only.
+
+    Why not ``backpack.extend`` for the whole run: its hooks stay on every module (containers
+    included) and make every later step slower, measured 1.1x (linear) to 1.3x (narrow ResNet)
+    on a 2-core CPU (docs/performance.md), and ``backpack.disable()`` removes only part of it.
+    First-order extensions such as ``BatchL2Grad`` read only ``module.input0`` and the output
+    gradient of the module that owns the parameter, so those modules are all that need hooks.
+    Modules already extended with :func:`extend_model` are left as they are.
+    """
+    from backpack import hook_run_extensions, hook_store_io, memory_cleanup
+
+    handles = []
+    for m in model.modules():
+        if getattr(m, "_backpack_extend", False) or next(m.parameters(recurse=False), None) is None:
+            continue
+        handles.append(m.register_forward_hook(hook_store_io))
+        handles.append(m.register_full_backward_hook(hook_run_extensions))
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        for m in model.modules():  # an interrupted step leaves stored activations behind
+            if not getattr(m, "_backpack_extend", False):
+                memory_cleanup(m)
+
+
+@functools.lru_cache(maxsize=None)
+def _conv2d_batch_l2_class():
+    from backpack.extensions.firstorder.batch_l2_grad.convnd import BatchL2Conv2d
+
+    class CheapestBatchL2Conv2d(BatchL2Conv2d):
+        """BackPACK's Conv2d ``batch_l2`` for the weight, by the cheaper of two exact routes per layer.
+
+        Per sample i, with X_i the unfolded input (k x s: k = C_in/groups * kernel area, s output
+        positions) and D_i the output gradient (m x s), the weight gradient is D_i X_i^T and
+
+            ||D_i X_i^T||^2 = sum_{a,b} (X_i^T X_i)_{ab} (D_i^T D_i)_{ab}      (Gram route).
+
+        BackPACK evaluates ``einsum("nmi,nki,nmj,nkj->n")`` left to right (no opt_einsum here):
+        it unfolds the input (im2col, slow on CPUs), forms every D_i X_i^T and contracts it with
+        D and X again. Here, per layer:
+
+        * per-sample gradient route when m k <= s (k + m) (early layers: many positions, few
+          channels): all n weight gradients from one grouped convolution with n groups
+          (``torch.nn.grad.conv2d_weight``; Rochette et al., 2019, "Efficient per-example
+          gradient computations in convolutional neural networks"), about the cost of the
+          ordinary weight gradient and no im2col; n m k extra floats;
+        * Gram route otherwise (late layers: few positions): n s^2 extra floats.
+
+        Padding modes other than zeros and string paddings ('same') are applied to the input
+        first, as ``nn.Conv2d`` does (BackPACK's own route assumes zero padding).
+        """
+
+        def weight(self, ext, module, g_inp, g_out, backproped):
+            x, d = module.input0, g_out[0]
+            if module.padding_mode != "zeros" or isinstance(module.padding, str):
+                mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+                x, padding = F.pad(x, module._reversed_padding_repeated_twice, mode=mode), (0, 0)
+            else:
+                padding = module.padding
+            n, c_in, m = x.shape[0], module.in_channels, module.out_channels
+            k = c_in // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            s = d.shape[2] * d.shape[3]
+            if m * k <= s * (k + m) or module.groups != 1:
+                grads = torch.nn.grad.conv2d_weight(
+                    x.reshape(1, n * c_in, *x.shape[2:]), (n * m, c_in // module.groups, *module.kernel_size),
+                    d.reshape(1, n * m, *d.shape[2:]), module.stride, padding, module.dilation,
+                    groups=n * module.groups)
+                return grads.view(n, -1).pow(2).sum(1)
+            xu = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)  # (n, k, s)
+            du = d.flatten(2)  # (n, m, s)
+            return (torch.bmm(xu.transpose(1, 2), xu) * torch.bmm(du.transpose(1, 2), du)).sum((1, 2))
+
+    return CheapestBatchL2Conv2d
+
+
+@functools.lru_cache(maxsize=None)  # one instance: extensions hold no per-call state
+def batch_l2_extension():
+    """BackPACK's ``BatchL2Grad`` with Conv2d weights by the cheaper route (see
+    ``CheapestBatchL2Conv2d``): the same values at a fraction of the cost on ResNets
+    (docs/performance.md). Uses BackPACK's documented ``set_module_extension``."""
+    from backpack.extensions import BatchL2Grad
+
+    ext = BatchL2Grad()
+    ext.set_module_extension(nn.Conv2d, _conv2d_batch_l2_class()(), overwrite=True)
+    return ext
+
+
 @contextlib.contextmanager
 def batchnorm_eval(model: nn.Module) -> Iterator[None]:
     """Switch BatchNorm layers to eval mode for the duration (authors' trick around the backward).
 
-    The forward already ran in train mode, so activations and the parameter gradient are the
-    ordinary train-mode ones; only BackPACK's per-sample quantities see eval-mode BatchNorm
-    (a fixed per-channel affine map using the running statistics), see docs/diversity.md.
+    The forward already ran in train mode, so activations, the output gradients autograd hands to
+    BackPACK's (first-order) hooks and the parameter gradient are the ordinary train-mode ones.
+    Eval mode only passes BackPACK's train-mode check and makes the BatchNorm *weight*'s
+    per-sample terms use x_hat from the running statistics; see docs/diversity.md.
     """
     flipped = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.training]
     for m in flipped:
@@ -170,14 +314,21 @@ def backward_with_sq_norms(model: nn.Module, loss: Tensor, scale: float) -> Tens
         0-d tensor on the loss's device: sum_i ||g_i||^2 over the micro-batch's samples.
     """
     from backpack import backpack
-    from backpack.extensions import BatchL2Grad
 
-    with batchnorm_eval(model), backpack(BatchL2Grad()):
+    with batchnorm_eval(model), backpack(batch_l2_extension()):
         loss.backward()
-    sq = [p.batch_l2.sum() for p in model.parameters() if getattr(p, "batch_l2", None) is not None]
-    for p in model.parameters():
-        if hasattr(p, "batch_l2"):
+    sq, missing = [], []
+    for name, p in model.named_parameters():  # attribute checks only: no device sync
+        l2 = getattr(p, "batch_l2", None)
+        if l2 is not None:
+            sq.append(l2.sum())
             del p.batch_l2
+        elif p.grad is not None:
+            missing.append(name)
+    if missing or not sq:
+        raise RuntimeError(f"BackPACK gave no per-sample norms for parameters {missing or 'any'}: run the "
+                           f"forward and backward inside backpack_hooks(model) (or on an extend_model model) "
+                           f"and use layers BackPACK's BatchL2Grad supports")
     return torch.stack(sq).sum() * (scale * scale)
 
 
@@ -195,8 +346,16 @@ class ExactDiversity(EpochDiversityEstimator):
     step's mean gradient without weight decay); :meth:`value` at the epoch's end, then :meth:`reset`.
     """
 
+    uses_module_hooks = True  # the trainer runs measured epochs on the eager (uncompiled) model
+
     def prepare(self, model: nn.Module) -> nn.Module:
-        return extend_model(model)
+        """Convert torchvision models for BackPACK; hooks are attached only by :meth:`measuring`."""
+        return convert_for_backpack(model)
+
+    def measuring(self, model: nn.Module):
+        """Context for one measured epoch: BackPACK's hooks on, off again afterwards, so that
+        unmeasured epochs cost what plain SGD costs (:func:`backpack_hooks`)."""
+        return backpack_hooks(model)
 
     def reset(self) -> None:
         super().reset()
@@ -207,11 +366,145 @@ class ExactDiversity(EpochDiversityEstimator):
         self._step_sq = sq if self._step_sq is None else self._step_sq + sq
 
     def step_end(self, model: nn.Module, batch_size: int) -> None:
-        self.add(self._step_sq, grad_sum(model.parameters(), batch_size), batch_size)
+        self.add_mean_grads(self._step_sq, _grads(model), batch_size)
         self._step_sq = None
 
 
-ESTIMATORS: dict[str, type] = {"exact": ExactDiversity}
+def _grads(model: nn.Module) -> list[Tensor]:
+    return [p.grad for p in model.parameters() if p.grad is not None]
+
+
+def _sq_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """sum_t ||t||^2 as a 0-d float64 tensor on the tensors' device (one fused norm kernel, no sync)."""
+    return torch.stack(torch._foreach_norm(list(tensors))).double().pow(2).sum()
+
+
+class MicroBatchDiversity(EpochDiversityEstimator):
+    """Two-scale estimator of the authors' epoch Delta (``method.diversity_estimator=microbatch``).
+
+    No per-sample gradients: a measured step of B samples is split into k >= 2 micro-batches
+    (sizes b_j, :meth:`micro_batch_sizes`) whose gradients the trainer accumulates anyway. With
+    U_j = sum_{i in j} g_i and U = sum_j U_j (sum units), over the random assignment of the
+    step's samples to micro-batches (the loader shuffles every epoch),
+
+        E[sum_j ||U_j||^2] = P + r (||U||^2 - P),   r = sum_j b_j (b_j - 1) / (B (B - 1)),
+
+    where P = sum_i ||g_i||^2 is the step's exact numerator term; hence
+
+        P_hat = (sum_j ||U_j||^2 - r ||U||^2) / (1 - r)
+
+    is unbiased for P given the step's samples. This is McCandlish et al. (2018, App. A)'s
+    two-batch-size estimate of ||G||^2 and tr(Sigma) (E||g_b||^2 = ||G||^2 + tr(Sigma)/b, with
+    the finite-batch correction), read back into sum units: PAPER.md's n Delta =
+    1 + tr(Sigma)/||G||^2. The denominator ||A||^2 = ||sum over the epoch of U||^2 is the
+    exact estimator's, accumulated identically. Extra work per step: one squared-norm pass
+    over the gradients per micro-batch and one for U; no host sync before :meth:`value`.
+
+    Variance (docs/performance.md): the mean gradient cancels from the estimate's noise; for
+    k = 2 the relative standard deviation of one step's P_hat is about
+    sqrt(2 tr(Sigma^2)) / (tr(Sigma) + ||G||^2), and over an epoch of T steps it shrinks
+    as 1/sqrt(T).
+
+    Caveats: with BatchNorm in train mode the micro-batch gradients use micro-batch statistics
+    (also for the update, in measured epochs only), so the estimate is of the train-mode
+    gradients rather than the authors' eval-mode BatchNorm per-sample norms. Not for
+    DistributedDataParallel models (the all-reduce mixes the micro-batch gradients); there
+    the per-rank and all-reduced gradients are the natural two scales.
+
+    Args:
+        micro_batches: k, the minimum number of micro-batches of a measured step (>= 2);
+            more when the batch exceeds ``method.max_micro_batch``.
+    Raises:
+        ValueError: ``micro_batches`` < 2.
+    """
+
+    uses_module_hooks = False  # torch.compile stays on in measured epochs
+
+    def __init__(self, micro_batches: int = 2):
+        if int(micro_batches) < 2:
+            raise ValueError(f"micro_batches={micro_batches!r}; allowed: an integer >= 2 (two batch scales)")
+        self.micro_batches = int(micro_batches)
+        super().__init__()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def measuring(self, model: nn.Module):
+        return contextlib.nullcontext(model)
+
+    def reset(self) -> None:
+        super().reset()
+        self._micro_sq: Tensor | None = None
+        self._plan: list[int] = []
+        self._done = 0
+
+    def micro_batch_sizes(self, batch_size: int, max_micro_batch: int) -> list[int]:
+        """Sizes (samples) into which the trainer must split a measured step of ``batch_size``:
+        k = max(micro_batches, ceil(batch_size / max_micro_batch)) near-equal parts (at most
+        ``batch_size`` parts of one sample)."""
+        k = min(batch_size, max(self.micro_batches, -(-batch_size // max_micro_batch)))
+        q, r = divmod(batch_size, k)
+        self._plan, self._done = [q + 1] * r + [q] * (k - r), 0
+        return list(self._plan)
+
+    def backward(self, model: nn.Module, loss: Tensor, batch_size: int) -> None:
+        """``loss.backward()`` that also records ||U_j||^2 of this micro-batch.
+
+        The accumulated gradient is set aside, the backward writes this micro-batch's gradient
+        alone into ``p.grad`` (its norm is read there), and the two are added back: the same
+        sum that ``loss.backward()`` would leave, with no extra copy.
+
+        Args:
+            loss: ``mean_loss * b_j / B`` (the trainer's scaled micro-batch loss).
+            batch_size: B, the step's batch size (samples).
+        Raises:
+            NotImplementedError: ``model`` is DistributedDataParallel.
+        """
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            raise NotImplementedError("method.diversity_estimator=microbatch does not support data-parallel "
+                                      "runs; allowed there: exact (docs/performance.md)")
+        params = [p for p in model.parameters() if p.requires_grad]
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        loss.backward()
+        sq = _sq_norm(_grads(model)) * float(batch_size) ** 2
+        self._micro_sq = sq if self._micro_sq is None else self._micro_sq + sq
+        both_p, both_s = [], []
+        for p, s in zip(params, saved):
+            if s is None:
+                continue
+            if p.grad is None:
+                p.grad = s
+            else:
+                both_p.append(p.grad)
+                both_s.append(s)
+        if both_p:
+            torch._foreach_add_(both_p, both_s)
+        self._done += 1
+
+    def step_end(self, model: nn.Module, batch_size: int) -> None:
+        """Turn the step's micro-batch norms into P_hat and accumulate it and B * p.grad.
+
+        Raises:
+            RuntimeError: the step was not split by :meth:`micro_batch_sizes`.
+        """
+        sizes = self._plan
+        if self._done != len(sizes) or sum(sizes) != batch_size:
+            raise RuntimeError(f"microbatch estimator: the step of {batch_size} samples ran {self._done} "
+                               f"micro-batches, planned {sizes}; split steps by estimator.micro_batch_sizes()")
+        grads = _grads(model)
+        if len(sizes) == 1:  # a one-sample step: its norm is exact
+            p_hat = self._micro_sq
+        else:
+            r = sum(b * (b - 1) for b in sizes) / (batch_size * (batch_size - 1))
+            full_sq = _sq_norm(grads) * float(batch_size) ** 2
+            p_hat = (self._micro_sq - r * full_sq) / (1 - r)
+        self.add_mean_grads(p_hat, grads, batch_size)
+        self._micro_sq, self._plan, self._done = None, [], 0
+
+
+ESTIMATORS: dict[str, type] = {"exact": ExactDiversity, "microbatch": MicroBatchDiversity}
 
 
 def build_estimator(name: str):

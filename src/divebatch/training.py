@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from divebatch import provenance
+from divebatch import distributed, provenance
 from divebatch.config import ConfigError, load_config, to_yaml
 from divebatch.data import build_data, make_loaders
 from divebatch.diversity import build_estimator
@@ -33,7 +33,7 @@ from divebatch.policies import build_policy, rescale_lr
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
                   "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
 # keys that may differ when a run is resumed: they change where/how it runs, not what it computes
-RUNTIME_KEYS = ("device", "progress", "wandb")
+RUNTIME_KEYS = ("device", "progress", "wandb", "out_dir")
 
 
 class RunDirError(RuntimeError):
@@ -45,6 +45,14 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"method": {"delta": 0.1}}`` -> ``{"method.delta": 0.1}``, so a refused config names the exact key."""
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 class RunDir:
@@ -64,10 +72,10 @@ class RunDir:
         """
         self.path.mkdir(parents=True, exist_ok=True)
         if self.config.exists():
-            old = OmegaConf.to_container(OmegaConf.load(self.config), resolve=True)
-            new = OmegaConf.to_container(cfg, resolve=True)
+            old = _flatten(OmegaConf.to_container(OmegaConf.load(self.config), resolve=True))
+            new = _flatten(OmegaConf.to_container(cfg, resolve=True))
             diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                     if k not in RUNTIME_KEYS and old.get(k) != new.get(k)]
+                     if k.split(".")[0] not in RUNTIME_KEYS and old.get(k) != new.get(k)]
             if diffs:
                 raise RunDirError(f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
                                   f"Use another out_dir, or delete that folder to start over.")
@@ -118,11 +126,17 @@ class WandbLogger:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
+        # Under `wandb agent` the sweep's run already exists and wandb.init joins it through
+        # WANDB_SWEEP_ID / WANDB_RUN_ID: pass no id, project or entity of ours (divebatch.sweeps).
+        where = {} if os.environ.get("WANDB_SWEEP_ID") else dict(project=cfg.wandb.project, entity=cfg.wandb.entity,
+                                                                 id=run_id)
+        if os.environ.get("WANDB_SWEEP_ID") and cfg.wandb.mode != "online":
+            print(f"[divebatch] warning: running under a wandb sweep agent with wandb.mode={cfg.wandb.mode}; "
+                  f"the sweep will not see this run's metrics (allowed for sweeps: wandb.mode=online)", file=sys.stderr)
         try:
-            self.run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
-                                  name=cfg.wandb.name or run_dir.name, tags=list(cfg.wandb.tags),
+            self.run = wandb.init(group=cfg.wandb.group, name=cfg.wandb.name or run_dir.name, tags=list(cfg.wandb.tags),
                                   config=OmegaConf.to_container(cfg, resolve=True), dir=str(run_dir),
-                                  mode=cfg.wandb.mode, id=run_id, resume="allow", reinit="finish_previous")
+                                  mode=cfg.wandb.mode, resume="allow", reinit="finish_previous", **where)
         except Exception as err:  # logging must never cost a training run
             print(f"[divebatch] warning: wandb.init failed ({err}); continuing without wandb", file=sys.stderr)
 
@@ -171,42 +185,60 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def micro_batch_plan(batch: int, max_micro_batch: int, estimator=None) -> list[int]:
+    """Micro-batch sizes (samples) of one optimizer step of ``batch`` samples.
+
+    Chunks of ``max_micro_batch`` (the last one smaller), as the authors split; an estimator
+    with ``micro_batch_sizes`` (the micro-batch estimator needs >= 2 parts) decides instead.
+    """
+    if estimator is not None and hasattr(estimator, "micro_batch_sizes"):
+        return estimator.micro_batch_sizes(batch, max_micro_batch)
+    return [min(max_micro_batch, batch - start) for start in range(0, batch, max_micro_batch)]
+
+
 def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, estimator=None, warmup=None,
                     autocast=contextlib.nullcontext, desc: str = "", progress: bool = True) -> dict:
     """One pass over the training data; batches above ``max_micro_batch`` are split and their
     gradients accumulated into one optimizer step. Statistics stay on the device until the end.
 
     Returns:
-        dict with train_loss (mean per sample), train_acc (percent), steps, samples.
+        dict with train_loss (mean per sample), train_acc (percent), steps, samples, lr (of the last step).
     """
     model.train()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     samples = steps = 0
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        batch = len(y)
-        optimizer.zero_grad(set_to_none=True)
-        for xm, ym in zip(x.split(max_micro_batch), y.split(max_micro_batch)):
-            with autocast():
-                out = model(xm)
-                loss = criterion(out, ym)
-            scaled = loss * (len(ym) / batch)  # micro-batch gradients sum to the batch's mean gradient
+    shares = distributed.batch_shares(loader)  # data-parallel: global batch / ranks per step (distributed.py)
+    measuring = estimator.measuring(model) if estimator is not None else contextlib.nullcontext()
+    with measuring:  # e.g. BackPACK's hooks: on for this measured epoch only
+        for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+            batch = len(y) if shares is None else shares[steps]
+            optimizer.zero_grad(set_to_none=True)
+            plan = micro_batch_plan(len(y), max_micro_batch, estimator)
+            n_micro = len(plan)
+            for j, (xm, ym) in enumerate(zip(x.split(plan), y.split(plan))):
+                with distributed.sync_gradients(model, j == n_micro - 1):  # DDP: one all-reduce per step
+                    with autocast():
+                        out = model(xm)
+                        loss = criterion(out, ym)
+                    scaled = loss * (len(ym) / batch)  # micro-batch gradients sum to the batch's mean gradient
+                    if estimator is not None:
+                        estimator.backward(model, scaled, batch)
+                    else:
+                        scaled.backward()
+                loss_sum += loss.detach().float() * len(ym)
+                correct += (out.argmax(1) == ym).sum()
             if estimator is not None:
-                estimator.backward(model, scaled, batch)
-            else:
-                scaled.backward()
-            loss_sum += loss.detach().float() * len(ym)
-            correct += (out.argmax(1) == ym).sum()
-        if estimator is not None:
-            estimator.step_end(model, batch)
-        optimizer.step()
-        if warmup is not None:
-            warmup.step()
-        samples += batch
-        steps += 1
+                estimator.step_end(model, batch)
+            lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (changes within warm-up epochs)
+            optimizer.step()
+            if warmup is not None:
+                warmup.step()
+            samples += batch
+            steps += 1
     return {"train_loss": loss_sum.item() / samples, "train_acc": 100.0 * correct.item() / samples,
-            "steps": steps, "samples": samples}
+            "steps": steps, "samples": samples, "lr": lr}
 
 
 @torch.no_grad()
@@ -225,7 +257,8 @@ def evaluate(model, loader, criterion, autocast=contextlib.nullcontext) -> tuple
 
 
 def _log(msg: str) -> None:
-    tqdm.write(f"[divebatch] {msg}", file=sys.stdout)
+    if distributed.is_main():
+        tqdm.write(f"[divebatch] {msg}", file=sys.stdout)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -237,13 +270,14 @@ def train(cfg: DictConfig) -> dict:
         RunDirError: out_dir holds another run, or an unreadable checkpoint.
         FileNotFoundError: dataset files are missing (the message says how to get them).
     """
-    run = RunDir(cfg.out_dir)
+    ctx = distributed.setup(cfg.device)  # under torchrun: join the process group (docs/distributed.md)
+    run = distributed.run_dir(RunDir(cfg.out_dir), ctx)  # rank 0 reads and writes; reads are broadcast
     run.prepare(cfg)
     summary = run.read_summary()
     if summary and summary.get("finished"):
         _log(f"{run.path}: finished already ({summary['epochs_completed']} epochs); nothing to train")
         return summary
-    device = resolve_device(cfg.device)
+    device = ctx.device if ctx.enabled else resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
 
@@ -254,9 +288,11 @@ def train(cfg: DictConfig) -> dict:
     if estimator is not None:
         model = estimator.prepare(model)
     model = model.to(device, memory_format=torch.channels_last if cfg.speed.channels_last else torch.preserve_format)
-    forward_model = torch.compile(model) if cfg.speed.compile else model
+    eager_model = ctx.wrap(model)  # DDP in a process group
+    forward_model = torch.compile(eager_model) if cfg.speed.compile else eager_model
     generator = torch.Generator(device=device if cfg.data.loader == "device" else "cpu").manual_seed(cfg.seed)
     train_loader, test_loader = make_loaders(bundle, cfg.data, policy.batch_size, device, generator)
+    train_loader, test_loader = distributed.shard_loaders(train_loader, test_loader, bundle, ctx)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
     scheduler, warmup = build_schedulers(cfg.optim, optimizer, cfg.epochs, len(train_loader))
@@ -269,7 +305,8 @@ def train(cfg: DictConfig) -> dict:
     if state is None:
         start_epoch, run_id = 0, uuid.uuid4().hex[:12]
         run.write_json(run.manifest, provenance.manifest(device, cfg.seed, wandb_id=run_id, n_train=bundle.n_train,
-                                                         command=" ".join(sys.argv), resumes=[]))
+                                                         command=" ".join(sys.argv), resumes=[],
+                                                         distributed=ctx.describe()))
         _log(f"{run.path}: started ({cfg.method.name}, {cfg.data.name}, {cfg.model.name}, seed {cfg.seed}, {device})")
     else:
         model.load_state_dict(state["model"])
@@ -281,14 +318,14 @@ def train(cfg: DictConfig) -> dict:
         torch.set_rng_state(state["rng"]["torch"])
         generator.set_state(state["rng"]["loader"])
         start_epoch, history, counters = state["next_epoch"], state["history"], state["counters"]
-        manifest = json.loads(run.manifest.read_text())
+        manifest = json.loads(run.manifest.read_text()) if ctx.is_main else {"wandb_id": None, "resumes": []}
         run_id = manifest["wandb_id"]
         manifest["resumes"].append({"epoch": start_epoch, "time": provenance.manifest(device, cfg.seed)["start_time"],
                                     "commit": provenance.git_commit(), "device": provenance.device_description(device)})
         run.write_json(run.manifest, manifest)
         run.write_metrics(history)  # drops any row written after the checkpoint
         _log(f"{run.path}: resumed at epoch {start_epoch}/{cfg.epochs}")
-    logger = WandbLogger(cfg, run.path, run_id)
+    logger = WandbLogger(distributed.wandb_config(cfg, ctx), run.path, run_id)
 
     for epoch in range(start_epoch, cfg.epochs):
         batch_size = policy.batch_size
@@ -299,14 +336,18 @@ def train(cfg: DictConfig) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        stats = train_one_epoch(forward_model, train_loader, optimizer, criterion, cfg.method.max_micro_batch,
+        # BackPACK's module hooks (exact estimator) and torch.compile do not mix: measured epochs run eagerly
+        train_model = eager_model if measure and getattr(estimator, "uses_module_hooks", False) else forward_model
+        stats = train_one_epoch(train_model, train_loader, optimizer, criterion, cfg.method.max_micro_batch,
                                 estimator if measure else None, warmup if epoch < cfg.optim.warmup_epochs else None,
-                                autocast, f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress)
+                                autocast, f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress and ctx.is_main)
+        stats = ctx.reduce_train_stats(stats, model)  # sums over ranks; rank 0's BatchNorm buffers
         t1 = time.perf_counter()
         val_loss, val_acc = evaluate(forward_model, test_loader, criterion, autocast)
+        val_loss, val_acc = ctx.reduce_eval(val_loss, val_acc, test_loader)
         t2 = time.perf_counter()
-        diversity = estimator.value() if measure else None
-        lr = optimizer.param_groups[0]["lr"]
+        diversity = distributed.diversity_value(estimator, ctx) if measure else None
+        lr = stats["lr"]
         scheduler.step()
         rescale_lr(optimizer, policy.step(epoch, diversity))
         counters["optimizer_steps"] += stats["steps"]
@@ -333,7 +374,7 @@ def train(cfg: DictConfig) -> dict:
     last = history[-1]
     summary = {"finished": True, "epochs_completed": len(history), "final_val_acc": last["val_acc"],
                "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "final_train_loss": last["train_loss"],
-               "final_val_loss": last["val_loss"], "final_batch_size": policy.batch_size,
+               "final_val_loss": last["val_loss"], "final_batch_size": last["batch_size"],
                "optimizer_steps": last["optimizer_steps"], "wall_time_s": last["wall_time_s"]}
     if not all(math.isfinite(r["train_loss"]) for r in history):
         summary["diverged"] = True
@@ -349,14 +390,19 @@ def cli(argv: list[str]) -> int:
     p.add_argument("config", help="YAML config (see configs/); keys not given take their defaults")
     p.add_argument("overrides", nargs="*", help="omegaconf dotlist overrides, e.g. method.delta=0.05 seed=2")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = p.parse_args(argv)
+    # wandb agents' ``${args}`` form passes ``--key=value``: those are overrides, not options
+    dashed = [a for a in argv if a.startswith("--") and "=" in a and not a.startswith("--print-config")]
+    args = p.parse_args([a for a in argv if a not in dashed])
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, [*args.overrides, *dashed], check_data=not args.print_config)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
         train(cfg)
     except (ConfigError, RunDirError, FileNotFoundError, KeyError, ValueError) as err:
-        print(f"divebatch train: error: {err}", file=sys.stderr)
+        print(f"divebatch train: error{distributed.rank_tag()}: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        distributed.report_failure(err)  # which rank failed; explains collective timeouts
+        raise
     return 0

@@ -10,6 +10,7 @@ warned about (:class:`RunWarning`) and recorded, never raised: a report must sur
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -80,14 +82,14 @@ class RunSet:
         runs: one row per run directory found, with ``complete`` (bool) and ``reason`` (why it
             is excluded; empty when complete).
         warnings: every problem found, one sentence each (also emitted as :class:`RunWarning`).
-        missing_seeds: ``(dataset, method, setting) -> sorted seeds`` present elsewhere in the
-            dataset but without a complete run in this group.
+        missing_seeds: ``(profile, dataset, method, setting) -> sorted seeds`` present elsewhere in
+            the profile's dataset but without a complete run in this group.
     """
 
     epochs: pd.DataFrame
     runs: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
-    missing_seeds: dict[tuple[str, str, str], list[int]] = field(default_factory=dict)
+    missing_seeds: dict[tuple[str, str, str, str], list[int]] = field(default_factory=dict)
 
     @property
     def profiles(self) -> list[str]:
@@ -95,10 +97,10 @@ class RunSet:
 
     def select(self, profile: str) -> "RunSet":
         """The runs of one profile (a report never mixes profiles)."""
-        keep = self.runs["profile"] == profile
+        # a run whose config could not be read has no profile: list it in every profile's report
+        keep = (self.runs["profile"] == profile) | self.runs["profile"].isna()
         ep = self.epochs[self.epochs["profile"] == profile] if len(self.epochs) else self.epochs
-        missing = {k: v for k, v in self.missing_seeds.items()
-                   if k[0] in set(self.runs.loc[keep, "dataset"])}
+        missing = {k: v for k, v in self.missing_seeds.items() if k[0] == profile}
         return RunSet(ep.reset_index(drop=True), self.runs[keep].reset_index(drop=True),
                       list(self.warnings), missing)
 
@@ -111,7 +113,7 @@ class RunSet:
         runs = self.runs[self.runs["complete"]]
         if datasets is not None:
             runs = runs[runs["dataset"].isin(datasets)]
-        profiles = sorted(runs["profile"].unique()) or ["none"]
+        profiles = sorted(runs["profile"].unique()) or self.profiles or ["none"]
         data = ",".join(sorted(runs["dataset"].unique())) or "none"
         seeds = sorted(int(s) for s in runs["seed"].unique())
         return label("+".join(profiles), data, seeds, commit=agreed_commit(runs["commit"]))
@@ -159,9 +161,14 @@ def _load_config(path: Path) -> DictConfig:
     # trained need not exist on the machine that reports.
     raw = OmegaConf.load(path)
     try:
-        return OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
+        return OmegaConf.merge(_schema(), raw)
     except OmegaConfBaseException:
-        return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(TrainConfig))), raw)
+        return OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(_schema())), raw)
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    return OmegaConf.structured(TrainConfig)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -205,8 +212,9 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     row: dict = {"run_id": _display_path(root, run_dir), "complete": False, "reason": ""}
     try:
         cfg = _load_config(run_dir / "config.yaml")
-    except (OSError, OmegaConfBaseException, ValueError) as err:
-        row.update(profile=None, dataset=None, reason=f"config.yaml unreadable: {err}")
+    except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
+        first = (str(err).splitlines() or [""])[0].replace(str(run_dir), row["run_id"])
+        row.update(profile=None, dataset=None, reason=f"config.yaml unreadable ({type(err).__name__}: {first})")
         return row, None
     method_name = str(cfg.method.name)
     row.update(
@@ -268,6 +276,13 @@ def _name_methods(runs: pd.DataFrame) -> pd.Series:
     return names.fillna(runs["method_name"])
 
 
+def _plain(value) -> str:
+    # a column holding NaN for unreadable runs turns ints into floats: print 20, not 20.0
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _settings(runs: pd.DataFrame) -> pd.Series:
     """Setting label per run: the method's hyperparameters that vary within its dataset and method.
 
@@ -279,7 +294,8 @@ def _settings(runs: pd.DataFrame) -> pd.Series:
                 if c != "lr_rescale" and g[c].astype(str).nunique() > 1]
         if not cols:
             continue
-        out[g.index] = g[cols].apply(lambda r: ", ".join(f"{_SHORT.get(c, c)}={r[c]}" for c in cols), axis=1)
+        values = {c: [_plain(v) for v in g[c]] for c in cols}
+        out[g.index] = [", ".join(f"{_SHORT.get(c, c)}={values[c][i]}" for c in cols) for i in range(len(g))]
     return out
 
 
@@ -329,13 +345,13 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
             runs.loc[i, ["complete", "reason"]] = [False, f"duplicate of {g['run_id'].iloc[0]}"]
             problems.append(f"excluded run {runs.loc[i, 'run_id']}: {runs.loc[i, 'reason']}")
 
-    missing: dict[tuple[str, str, str], list[int]] = {}
+    missing: dict[tuple[str, str, str, str], list[int]] = {}
     for (profile, dataset), d in runs[runs["method"].notna()].groupby(["profile", "dataset"]):
         expected = set(d["seed"].astype(int))
         for key, g in d.groupby(GROUP):
             lack = sorted(expected - set(g.loc[g["complete"], "seed"].astype(int)))
             if lack:
-                missing[key] = lack
+                missing[(profile, *key)] = lack
                 problems.append(f"profile {profile}, {key[0]}, {key[1]}{' (' + key[2] + ')' if key[2] else ''}: "
                                 f"no complete run for seed(s) {lack}; aggregates use {len(expected) - len(lack)} seed(s)")
     for msg in problems:

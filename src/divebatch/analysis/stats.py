@@ -66,9 +66,9 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
         ``common_target`` (percent), then ``own_<unit>`` and ``common_<unit>`` for each unit.
     """
     group = group or ["dataset", "method", "setting"]
-    rows = []
+    rows, curves = [], {}
     for run_id, m in epochs.groupby("run_id", sort=False):
-        m = m.sort_values("epoch")
+        m = curves[run_id] = m.sort_values("epoch")
         last = m.iloc[-1]
         row = {"run_id": run_id, **{c: last[c] for c in group}, "family": last.get("family"),
                "method_name": last.get("method_name"), "seed": int(last["seed"]),
@@ -83,9 +83,9 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
         return runs
     targets = common_targets(runs, group)
     runs["common_target"] = runs["dataset"].map(targets)
-    for i, (run_id, m) in enumerate(epochs.groupby("run_id", sort=False)):
-        for u, v in time_to_target(m, runs.loc[i, "common_target"]).items():
-            runs.loc[i, f"common_{u}"] = v
+    common = [time_to_target(curves[r], t) for r, t in zip(runs["run_id"], runs["common_target"])]
+    for u in UNITS:
+        runs[f"common_{u}"] = [c[u] for c in common]
     return runs
 
 
@@ -150,8 +150,7 @@ def paired_bootstrap(x: np.ndarray, y: np.ndarray, statistic, confidence: float 
                               confidence_level=confidence, method="percentile",
                               rng=np.random.default_rng(BOOTSTRAP_SEED))
     ci = res.confidence_interval
-    # percentile bounds come from the resamples; make the interval contain the estimate itself
-    return Interval(value, float(min(ci.low, value)), float(max(ci.high, value)), n)
+    return Interval(value, float(ci.low), float(ci.high), n)
 
 
 def speedup(base_times: np.ndarray, method_times: np.ndarray) -> Interval:
@@ -173,8 +172,11 @@ def paired(runs: pd.DataFrame, method_key: tuple, base_key: tuple, column: str,
            group: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Values of ``column`` for the seeds two groups share, aligned by seed: (method, base)."""
     group = group or ["dataset", "method", "setting"]
-    idx = runs.set_index(group)
-    m = idx.loc[[method_key]].set_index("seed")[column]
-    b = idx.loc[[base_key]].set_index("seed")[column]
+
+    def by_seed(key: tuple) -> pd.Series:
+        mask = np.logical_and.reduce([runs[g].to_numpy() == k for g, k in zip(group, key)])
+        return pd.Series(runs.loc[mask, column].to_numpy(float), index=runs.loc[mask, "seed"].to_numpy())
+
+    m, b = by_seed(method_key), by_seed(base_key)
     seeds = sorted(set(m.index) & set(b.index))
     return m.loc[seeds].to_numpy(float), b.loc[seeds].to_numpy(float)

@@ -129,3 +129,65 @@ def solve(x: Tensor, y: Tensor, l2: float, gtol: float = 1e-11) -> Optimum:
         raise RuntimeError(f"w* solver did not converge: ||grad||={gnorm:.3g} > {10 * gtol:.1g} ({res.message}); "
                            "use l2 > 0 or label noise for separable data")
     return Optimum(w=w, loss=float(mean_loss(x, y, w.unsqueeze(0), l2)), grad_norm=gnorm)
+
+
+def noise_scale(x: Tensor, y: Tensor, w: Tensor, l2: float) -> float:
+    """McCandlish et al.'s (2018, eq. 2.8 and 2.9) curvature-weighted noise scale at one w:
+    B_noise = tr(H Sigma) / (G^T H G), next to B_simple = tr(Sigma) / ||G||^2 = n*Delta - 1.
+
+    Args:
+        x: (n, d), y: (n,), w: (d,) float64.
+    Returns:
+        B_noise (samples); it equals B_simple when the Hessian H is a multiple of the identity.
+    """
+    n = x.shape[0]
+    s = torch.sigmoid(x @ w)
+    hess = (x.T * (s * (1 - s))) @ x / n + l2 * torch.eye(x.shape[1], dtype=x.dtype)
+    g = per_sample_grads(x, y, w.unsqueeze(0), l2)[0]  # (n, d)
+    mean = g.mean(0)
+    tr_h_sigma = ((g @ hess) * g).sum(1).mean() - mean @ hess @ mean
+    return float(tr_h_sigma / (mean @ hess @ mean))
+
+
+@dataclass
+class DescentPath:
+    """Full-batch gradient descent (step 1/L) from w0 until a target loss: the deterministic path that
+    SGD's mean follows. Arrays are per iterate (float64 numpy)."""
+
+    suboptimality: np.ndarray  # loss - loss(w*) (nats)
+    n_delta: np.ndarray  # exact n*Delta at each iterate
+    n_delta_target: float  # n*Delta where the path crosses the target (log-linear interpolation)
+    b_noise_target: float  # McCandlish's B_noise at the target (same interpolation)
+
+
+def descent_path(x: Tensor, y: Tensor, l2: float, w0: Tensor, loss_star: float, target_subopt: float,
+                 max_steps: int = 200_000) -> DescentPath:
+    """Gradient descent with step 1/L (monotone for an L-smooth loss) until loss - loss* <= target.
+
+    Args:
+        x: (n, d), y: (n,), w0: (d,) float64; loss_star: loss(w*) (nats); target_subopt > 0 (nats).
+    Raises:
+        RuntimeError: the target is not reached in ``max_steps`` steps.
+    """
+    lr = 1.0 / smoothness(x, l2)
+    w = w0.clone().unsqueeze(0)
+    w_prev = w
+    subs, nds = [], []
+    for _ in range(max_steps):
+        subs.append(float(mean_loss(x, y, w, l2)[0]) - loss_star)
+        nds.append(float(n_diversity(x, y, w, l2)[0]))
+        if subs[-1] <= target_subopt:
+            break
+        w_prev, w = w, w - lr * mean_grad(x, y, w, l2)
+    else:
+        raise RuntimeError(f"gradient descent did not reach suboptimality {target_subopt:.3g} in {max_steps} steps")
+    sub, nd = np.array(subs), np.array(nds)
+    b_noise = noise_scale(x, y, w[0], l2)
+    if len(sub) == 1:
+        nd_at, bn_at = nd[0], b_noise
+    else:  # interpolate log-linearly in log suboptimality between the bracketing iterates
+        t = (np.log(target_subopt) - np.log(sub[-2])) / (np.log(sub[-1]) - np.log(sub[-2]))
+        nd_at = float(np.exp(np.log(nd[-2]) + t * (np.log(nd[-1]) - np.log(nd[-2]))))
+        bn_prev = noise_scale(x, y, w_prev[0], l2)
+        bn_at = float(np.exp(np.log(bn_prev) + t * (np.log(b_noise) - np.log(bn_prev))))
+    return DescentPath(suboptimality=sub, n_delta=nd, n_delta_target=float(nd_at), b_noise_target=float(bn_at))

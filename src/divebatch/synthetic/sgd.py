@@ -4,9 +4,10 @@ One call runs every (seed, learning rate) pair of a fixed batch size at once: we
 (S, L, d) float64 tensor, S seeds (each with its own dataset and its own sample order) by L
 learning rates (sharing the seed's sample order, i.e. common random numbers). Samples are drawn
 without replacement in epochs of a fresh permutation, the last batch of an epoch being smaller
-when B does not divide n (PyTorch's DataLoader default). The full training loss is checked every
-``ceil(n / (B * checks_per_epoch))`` steps, so a hit is resolved to about 1/checks_per_epoch of an
-epoch (or one step for large B).
+when B does not divide n (PyTorch's DataLoader default). The full training loss is checked on a
+geometric grid of sample counts (each check at least ``1 + resolution`` times the previous one, and
+at least one step later), so the samples to target are known to a relative error below
+``resolution`` (or one step for large B) at a cost logarithmic in the run length.
 
 "Best of the grid" is the tuning rule: because all learning rates advance in lock-step (same
 samples processed), the first learning rate to reach the target is the one with the fewest samples
@@ -15,7 +16,6 @@ samples processed), the first learning rate to reach the target is the one with 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -38,18 +38,13 @@ class FirstHit:
     samples: Tensor  # (S,) int64, samples processed to target
     best_lr: Tensor  # (S,) float64, the grid lr that hit first (ties: lowest loss)
     best_lr_index: Tensor  # (S,) int64 index into the lr grid
-    n_delta_hit: Tensor  # (S,) exact n*Delta at the hitting iterate
-    n_delta_path_min: Tensor  # (S,) min of exact n*Delta over the best run's checkpoints up to the hit
-    n_delta_path_max: Tensor  # (S,) max of the same
+    n_delta_hit: Tensor  # (S,) exact n*Delta at the hitting iterate of the best lr
     diverged: Tensor  # (S, L) bool, learning rates whose loss became non-finite
-
-
-def _check_points(n: int, batch_size: int, checks_per_epoch: int) -> int:
-    return max(1, math.ceil(n / (batch_size * checks_per_epoch)))
+    final_loss: Tensor  # (S, L) loss of every lr when the run stopped (NaN where diverged)
 
 
 def run_to_target(x: Tensor, y: Tensor, l2: float, w0: Tensor, target_loss: Tensor, batch_size: int,
-                  lrs: Tensor, seeds: list[int], max_samples: int, checks_per_epoch: int = 32) -> FirstHit:
+                  lrs: Tensor, seeds: list[int], max_samples: int, resolution: float = 0.02) -> FirstHit:
     """Run mini-batch SGD with every lr of a grid until each seed has one lr below its target loss.
 
     Args:
@@ -61,7 +56,7 @@ def run_to_target(x: Tensor, y: Tensor, l2: float, w0: Tensor, target_loss: Tens
         lrs: (L,) learning rates.
         seeds: S ints; seed s draws its sample order from its own generator (seeded by s and B).
         max_samples: budget per seed (samples); unreached seeds report hit False.
-        checks_per_epoch: loss checks per epoch (resolution of the hit).
+        resolution: relative spacing of the loss checks (samples).
     Returns:
         :class:`FirstHit`.
     Raises:
@@ -74,7 +69,7 @@ def run_to_target(x: Tensor, y: Tensor, l2: float, w0: Tensor, target_loss: Tens
     w = (w0.expand(S, d) if w0.dim() == 1 else w0).unsqueeze(1).repeat(1, L, 1).clone()
     lr = lrs.to(P.DTYPE).view(1, L, 1)
     gens = [torch.Generator().manual_seed(1_000_003 * int(s) + batch_size) for s in seeds]
-    every = _check_points(n, batch_size, checks_per_epoch)
+    next_check = 1
     rows = torch.arange(S).unsqueeze(1)
 
     hit = torch.zeros(S, dtype=torch.bool)
@@ -82,18 +77,12 @@ def run_to_target(x: Tensor, y: Tensor, l2: float, w0: Tensor, target_loss: Tens
     samples_hit = torch.full((S,), -1, dtype=torch.int64)
     best = torch.zeros(S, dtype=torch.int64)
     nd_hit = torch.full((S,), float("nan"), dtype=P.DTYPE)
-    path_min = torch.full((S, L), float("inf"), dtype=P.DTYPE)
-    path_max = torch.full((S, L), 0.0, dtype=P.DTYPE)
     diverged = torch.zeros(S, L, dtype=torch.bool)
 
     def check(step: int, samples: int) -> None:
         loss = P.mean_loss(x, y, w, l2)  # (S, L)
-        nd = P.n_diversity(x, y, w, l2)
         bad = ~torch.isfinite(loss)
         diverged.logical_or_(bad)
-        finite_nd = torch.where(torch.isfinite(nd), nd, torch.nan)
-        path_min.copy_(torch.fmin(path_min, finite_nd))
-        path_max.copy_(torch.fmax(path_max, finite_nd))
         below = (loss <= target_loss.unsqueeze(1)) & ~bad
         new = below.any(1) & ~hit
         if new.any():
@@ -102,7 +91,7 @@ def run_to_target(x: Tensor, y: Tensor, l2: float, w0: Tensor, target_loss: Tens
             for s in new.nonzero().flatten().tolist():
                 hit[s] = True
                 steps_hit[s], samples_hit[s], best[s] = step, samples, idx[s]
-                nd_hit[s] = nd[s, idx[s]]
+                nd_hit[s] = P.n_diversity(x[s], y[s], w[s, idx[s]].unsqueeze(0), l2)[0]
 
     step = samples = 0
     check(0, 0)
@@ -115,19 +104,19 @@ def run_to_target(x: Tensor, y: Tensor, l2: float, w0: Tensor, target_loss: Tens
             w.sub_(lr * P.mean_grad(xb, yb, w, l2))
             step += 1
             samples += idx.shape[1]
-            if step % every == 0 or samples >= max_samples:
+            if samples >= next_check or samples >= max_samples:
                 check(step, samples)
+                next_check = samples * (1 + resolution)
                 if bool(hit.all()) or samples >= max_samples:
                     break
+    loss = P.mean_loss(x, y, w, l2)
     missing = ~hit
     if missing.any():
-        loss = P.mean_loss(x, y, w, l2)
         idx = torch.where(diverged, torch.inf, loss).argmin(1)
         nd = P.n_diversity(x, y, w, l2)
         for s in missing.nonzero().flatten().tolist():
             steps_hit[s], samples_hit[s], best[s] = step, samples, idx[s]
             nd_hit[s] = nd[s, idx[s]]
-    sel = torch.arange(S), best
     return FirstHit(batch_size=batch_size, hit=hit, steps=steps_hit, samples=samples_hit, best_lr=lrs.to(P.DTYPE)[best],
-                    best_lr_index=best, n_delta_hit=nd_hit, n_delta_path_min=path_min[sel],
-                    n_delta_path_max=path_max[sel], diverged=diverged)
+                    best_lr_index=best, n_delta_hit=nd_hit, diverged=diverged,
+                    final_loss=torch.where(torch.isfinite(loss), loss, torch.nan))

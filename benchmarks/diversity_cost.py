@@ -1,0 +1,149 @@
+"""Benchmark (a): the cost of a measured (exact gradient diversity) optimizer step, per model and batch size.
+
+Cases, each one optimizer step (forward, backward, SGD update with momentum) on its own copy of
+the model, interleaved (benchmarks/common.py):
+
+* ``sgd``: plain step, the floor.
+* ``exact``: ``ExactDiversity`` as the trainer runs it in a measured epoch: BackPACK hooks on
+  the parameterised modules, the cheaper Conv2d route, S and A accumulated on the device.
+* ``exact_stock_backpack``: the same with BackPACK's stock ``extend`` and ``BatchL2Grad``.
+* ``authors_style``: stock BackPACK plus what the authors' loop does per step: the gradients
+  copied to the host and a ``.item()`` per parameter.
+* ``unmeasured_extended``: a plain step on a model left ``extend``-ed for the whole run (what
+  every non-measured epoch cost before hooks were scoped to measured epochs), and
+  ``unmeasured_extended_disable`` the same inside ``backpack.disable()``.
+
+Usage: ``uv run python benchmarks/diversity_cost.py [--models linear,resnet_small,resnet18_cifar]
+[--batch-sizes 32,128] [--reps 3] [--device cuda] [--csv out.csv]``. Default: about 2 minutes
+on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from divebatch.diversity import ExactDiversity, MicroBatchDiversity, batchnorm_eval, extend_model  # noqa: E402
+from divebatch.models import build_model  # noqa: E402
+from divebatch.training import micro_batch_plan  # noqa: E402
+
+CRITERION = nn.CrossEntropyLoss()
+
+
+def make_model(name: str, device: torch.device, channels_last: bool = False) -> nn.Module:
+    width = {"resnet_small": 16}.get(name, 64)
+    model = build_model(name, 10, 3, 32, width).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def plain_step(model, x, y, context=None):
+    """The unmeasured step of train_one_epoch (one micro-batch)."""
+    opt = _sgd(model)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if context is None:
+            loss = CRITERION(model(x), y)
+        else:
+            with context():
+                loss = CRITERION(model(x), y)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def estimator_step(model, x, y, estimator, max_micro_batch: int = 2048):
+    """A measured step exactly as train_one_epoch runs it (micro-batch plan, backward, step_end).
+    The estimator's ``measuring`` context is entered once here and stays on (a measured epoch)."""
+    opt = _sgd(model)
+    estimator.reset()
+    measuring = estimator.measuring(model)  # kept referenced: collecting it would leave the context
+    measuring.__enter__()
+    batch = len(y)
+
+    def step():
+        assert measuring is not None
+        opt.zero_grad(set_to_none=True)
+        plan = micro_batch_plan(batch, max_micro_batch, estimator)
+        for xm, ym in zip(x.split(plan), y.split(plan)):
+            estimator.backward(model, CRITERION(model(xm), ym) * (len(ym) / batch), batch)
+        estimator.step_end(model, batch)
+        opt.step()
+    return step
+
+
+def stock_backpack_step(model, x, y, authors_style: bool):
+    """BackPACK's stock extension; with ``authors_style`` also the per-step host copies and syncs."""
+    from backpack import backpack
+    from backpack.extensions import BatchL2Grad
+
+    opt = _sgd(model)
+    batch = len(y)
+    acc = {"sq": 0.0, "grads": None}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = CRITERION(model(x), y)
+        with batchnorm_eval(model), backpack(BatchL2Grad()):
+            loss.backward()
+        params = [p for p in model.parameters() if p.grad is not None]
+        if authors_style:
+            acc["sq"] += sum(p.batch_l2.sum().item() for p in params)  # one sync per parameter
+            host = [p.grad.detach().cpu().clone() for p in params]  # one copy per parameter
+            acc["grads"] = host if acc["grads"] is None else [a + h for a, h in zip(acc["grads"], host)]
+        else:
+            sq = torch.stack([p.batch_l2.sum() for p in params]).sum() * batch ** 2
+            acc["sq"] = sq if isinstance(acc["sq"], float) else acc["sq"] + sq
+        for p in params:
+            del p.batch_l2
+        opt.step()
+    return step
+
+
+def main(argv=None) -> int:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--models", default="linear,resnet_small", help="comma list of model.name values")
+    p.add_argument("--batch-sizes", default="32,128", help="comma list of batch sizes (samples)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
+    p.add_argument("--csv", default=None, help="also write the table to this CSV file (never overwritten)")
+    args = p.parse_args(argv)
+    device = common.setup(args)
+    common.header("(a) step time with exact gradient diversity / without", device, "random CIFAR-shaped batches")
+    rows = []
+    for name in args.models.split(","):
+        base = make_model(name, device, args.channels_last)
+        for batch in map(int, args.batch_sizes.split(",")):
+            x, y = common.synthetic_batch(batch, device)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ours = ExactDiversity()
+            cases = {
+                "sgd": plain_step(copy.deepcopy(base), x, y),
+                "exact": estimator_step(ours.prepare(copy.deepcopy(base)), x, y, ours),
+                "exact_stock_backpack": stock_backpack_step(extend_model(copy.deepcopy(base)), x, y, False),
+                "authors_style": stock_backpack_step(extend_model(copy.deepcopy(base)), x, y, True),
+                "unmeasured_extended": plain_step(extend_model(copy.deepcopy(base)), x, y),
+            }
+            from backpack import disable
+            cases["unmeasured_extended_disable"] = plain_step(extend_model(copy.deepcopy(base)), x, y, disable)
+            times = common.interleaved(cases, args.reps, device)
+            rows += common.ratio_rows(times, "sgd", model=name, batch=batch)
+            print(f"done: {name} B={batch}", file=sys.stderr, flush=True)
+    df = common.print_table(rows)
+    common.save_csv(df, args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

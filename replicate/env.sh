@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Bootstraps the pinned environment (.venv) from uv.lock; sourced by the other scripts.
+# Needs Python 3.11 on PATH and access to the package registry on first use (later runs are offline).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+UV_VERSION=0.13.8
+if ! command -v uv >/dev/null 2>&1; then
+  echo "[env] installing uv==$UV_VERSION with pip" >&2
+  python3 -m pip install --quiet --user "uv==$UV_VERSION"
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+# --frozen: install exactly what uv.lock says, never re-resolve
+uv sync --frozen --quiet
+export PATH="$PWD/.venv/bin:$PATH"

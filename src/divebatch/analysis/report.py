@@ -1,0 +1,296 @@
+"""``divebatch report``: run directories -> paper tables, figures, claims and (optionally) notebooks.
+
+For each profile found in the runs (or the one given with ``--profile``) it writes
+``<out>/paper_tables/<profile>/`` (tables as CSV, Markdown and LaTeX, a generated README.md
+listing every output with one sentence) and ``<out>/figures/<profile>/`` (PNG and PDF).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from divebatch.analysis import claims as claims_mod
+from divebatch.analysis import figures, tables
+from divebatch.analysis.collect import RunSet, collect_runs
+from divebatch.analysis.style import save_figure
+
+VERDICT_FILE = "synthetic_verdict.json"  # written by `divebatch synthetic` into paper_tables/<profile>/
+
+
+@dataclass
+class Results:
+    """Everything a report or notebook shows for one profile (tables are numeric DataFrames).
+
+    Attributes:
+        runs: the collected :class:`RunSet`, this profile only.
+        profile: its name.
+        main, speedups, claims, diversity: :func:`tables.main_table`, :func:`tables.speedup_table`,
+            :func:`claims.claims_table`, :func:`tables.diversity_table`.
+        sensitivity: :func:`tables.sensitivity_table`, or None when the runs hold no sweep.
+    """
+
+    runs: RunSet
+    profile: str
+    main: pd.DataFrame
+    speedups: pd.DataFrame
+    claims: pd.DataFrame
+    diversity: pd.DataFrame
+    sensitivity: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def provenance(self) -> str:
+        return self.runs.provenance()
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted(self.runs.epochs["dataset"].unique()) if len(self.runs.epochs) else []
+
+    @property
+    def excluded(self) -> pd.DataFrame:
+        """Runs left out of every aggregate, with the reason."""
+        r = self.runs.runs
+        return r.loc[~r["complete"].astype(bool), ["run_id", "dataset", "method", "seed", "reason"]].reset_index(drop=True)
+
+
+def analyse(runs: RunSet, profile: str, verdict_path: str | Path | None = None) -> Results:
+    """Build every table for the runs of one profile (see :class:`Results`)."""
+    ep = runs.epochs
+    main = tables.main_table(ep)
+    speedups = tables.speedup_table(ep)
+    return Results(runs=runs, profile=profile, main=main, speedups=speedups,
+                   claims=claims_mod.claims_table(main, speedups, verdict_path),
+                   diversity=tables.diversity_table(ep),
+                   sensitivity=tables.sensitivity_table(ep) if tables.has_sweep(ep) else None)
+
+
+def load_results(roots: list[str | Path] | str | Path, profile: str | None = None,
+                 report_root: str | Path = ".") -> Results:
+    """Collect the runs under ``roots`` and analyse one profile (the only one present if None).
+
+    Args:
+        roots: run folders; a string may hold several separated by ``os.pathsep``.
+        profile: which profile; None when the runs hold exactly one.
+        report_root: the ``--out`` of ``divebatch report``; claim 4 reads
+            ``<report_root>/paper_tables/<profile>/synthetic_verdict.json`` when it exists.
+    Raises:
+        ValueError: ``profile`` is None and the runs hold several profiles, or the profile has no run.
+        FileNotFoundError: a root does not exist.
+    """
+    if isinstance(roots, str) and os.pathsep in roots:
+        roots = roots.split(os.pathsep)
+    rs = collect_runs(roots)
+    profiles = rs.profiles
+    if profile is None:
+        if len(profiles) != 1:
+            raise ValueError(f"profile=None but the runs hold profiles {profiles}; allowed: one of them")
+        profile = profiles[0]
+    if profile not in profiles:
+        raise ValueError(f"profile={profile!r} has no run under {roots}; allowed: {profiles}")
+    return analyse(rs.select(profile), profile, Path(report_root) / "paper_tables" / profile / VERDICT_FILE)
+
+
+def slug(text: str) -> str:
+    """File-name-safe form of a dataset name (``cifar10-mini/n=2000`` -> ``cifar10-mini_n_2000``)."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
+
+
+# What each output shows, one sentence (used in the generated README).
+DESCRIPTIONS = {
+    "main": ("Main table: final and best validation accuracy (mean ± sd over seeds), accuracy change against "
+             "small-batch SGD and AdaBatch (percentage points, bootstrap 95% CI), and time to the own target "
+             "(final - 1 pp) and the common target in epochs, optimizer steps and wall-clock seconds."),
+    "speedups": ("Speed-up of every method against small-batch SGD and against AdaBatch (mean baseline time / "
+                 "mean method time to target, > 1 is faster, bootstrap 95% CI over seeds), separately in epochs, "
+                 "optimizer steps and wall-clock seconds, for the own and the common target."),
+    "claims": ("Each claim of PAPER.md with the paper's figure, ours, the unit it is about, and a verdict "
+               "(holds / does not hold / not measured at this scale) computed by the stated rule."),
+    "runs": ("Every run directory found, complete or not, with final accuracy, time to target and, for "
+             "excluded runs, why they were left out of every aggregate."),
+    "diversity": ("Every epoch that measured gradient diversity: Delta_hat, n * Delta_hat = 1 + B_simple "
+                  "(gradient noise scale), DiveBatch's proposed batch and the batch size used next."),
+    "sensitivity": ("Final accuracy and speed-up against small-batch SGD (three units) for each delta, "
+                    "resize frequency and max batch size of the sweep."),
+    "curves": ("Validation accuracy and training loss against epochs and against wall-clock seconds, mean over "
+               "seeds with a one-sd band, for {dataset}."),
+    "dynamics": "Batch size and measured gradient diversity against epochs for {dataset} (mean, one-sd band).",
+    "speedup_vs_accuracy": ("Speed-up against small-batch SGD versus accuracy change, one point per method and "
+                            "setting with bootstrap error bars, per dataset and unit; the dashed line is the "
+                            "Pareto front."),
+    "sensitivity_fig": "Final accuracy and speed-up against delta, resize frequency and max batch size (sweeps).",
+    "noise_scale": ("n * Delta_hat = 1 + B_simple against epochs, DiveBatch's proposed versus used batch size, "
+                    "and the batch size at measured epochs."),
+}
+
+
+def _existing(dirs: list[Path]) -> list[Path]:
+    return [p for d in dirs if d.is_dir() for p in d.rglob("*") if p.is_file() and p.name != VERDICT_FILE]
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def write_report(res: Results, out: str | Path = ".", run_notebooks: bool = False,
+                 roots: list[str] | None = None) -> list[Path]:
+    """Write every table and figure of one profile under ``out`` (see module docstring).
+
+    Existing outputs of the same profile are replaced, with a message on stderr naming how many.
+
+    Returns:
+        The paths written (tables, figures, README.md, executed notebooks).
+    """
+    out = Path(out)
+    tdir, fdir = out / "paper_tables" / res.profile, out / "figures" / res.profile
+    before = set(_existing([tdir, fdir]))
+    written: list[Path] = []
+    entries: list[tuple[str, list[Path], str]] = []  # (section, paths, sentence)
+    prov = res.provenance
+
+    def table(name, numeric, display, title):
+        paths = tables.write_table(numeric, display, tdir / name, prov, title)
+        written.extend(paths)
+        entries.append(("Tables", paths, DESCRIPTIONS[name]))
+
+    def figure(stem, fig, sentence, label=prov):
+        paths = save_figure(fig, fdir / stem, label)
+        written.extend(paths)
+        entries.append(("Figures", paths, sentence))
+
+    have_runs = not res.runs.epochs.empty
+    if have_runs:
+        table("main", res.main, tables.format_main(res.main), "Accuracy and time to target per dataset and method")
+        table("speedups", res.speedups, tables.format_speedups(res.speedups),
+              "Speed-ups against small-batch SGD and AdaBatch (ratio, bootstrap 95% CI over seeds)")
+    table("claims", res.claims, res.claims.rename(columns=str.capitalize), "Claims of PAPER.md and our verdicts")
+    runs_tab = _runs_table(res)
+    table("runs", runs_tab, runs_tab.fillna(""), "Every run directory found")
+    if have_runs:
+        if len(res.diversity):
+            table("diversity", res.diversity, res.diversity.round(4), "Gradient diversity measurements")
+        if res.sensitivity is not None:
+            table("sensitivity", res.sensitivity, tables.format_sensitivity(res.sensitivity),
+                  "Sensitivity to delta, resize frequency and max batch size")
+        for dataset in res.datasets:
+            label = res.runs.provenance([dataset])
+            figure(f"curves_{slug(dataset)}", figures.plot_curves(res.runs.epochs, dataset),
+                   DESCRIPTIONS["curves"].format(dataset=dataset), label)
+            figure(f"dynamics_{slug(dataset)}", figures.plot_dynamics(res.runs.epochs, dataset),
+                   DESCRIPTIONS["dynamics"].format(dataset=dataset), label)
+        if len(res.speedups):
+            figure("speedup_vs_accuracy", figures.plot_speedup_vs_accuracy(res.main, res.speedups),
+                   DESCRIPTIONS["speedup_vs_accuracy"])
+        if len(res.diversity):
+            figure("noise_scale", figures.plot_noise_scale(res.diversity), DESCRIPTIONS["noise_scale"])
+        if res.sensitivity is not None:
+            figure("sensitivity", figures.plot_sensitivity(res.sensitivity), DESCRIPTIONS["sensitivity_fig"])
+    if run_notebooks and have_runs:
+        from divebatch.analysis import notebooks
+
+        ndir = out / "notebooks" / res.profile
+        for name in notebooks.NOTEBOOKS:
+            paths = list(notebooks.execute(name, roots or [], res.profile, ndir, report_root=out))
+            written.extend(paths)
+            entries.append(("Notebooks", paths, notebooks.NOTEBOOKS[name]))
+    readme = tdir / "README.md"
+    others = sorted(before - set(written) - {readme})
+    replaced = [p for p in [*written, readme] if p in before]
+    readme.write_text(_readme(res, entries, tdir, others))
+    written.append(readme)
+    if replaced:
+        print(f"report: replaced {len(replaced)} existing file(s) in {_rel(tdir, out)} and {_rel(fdir, out)}",
+              file=sys.stderr)
+    return written
+
+
+def _runs_table(res: Results) -> pd.DataFrame:
+    r = res.runs.runs
+    cols = ["run_id", "dataset", "method", "setting", "seed", "complete", "reason"]
+    base = r[[c for c in cols if c in r.columns]].copy()
+    if res.runs.epochs.empty:
+        return base
+    per = tables.run_table(res.runs.epochs)
+    keep = ["run_id", "final_acc", "best_acc", "final_batch_size", *[c for c in per.columns if c.startswith(("own_", "common_"))]]
+    return base.merge(per[keep], on="run_id", how="left")
+
+
+def _readme(res: Results, entries, tdir: Path, others: list[Path]) -> str:
+    lines = [f"# Results of profile `{res.profile}`", "",
+             "Generated by `divebatch report`; do not edit by hand. How to read every table and figure, and how "
+             "speed-ups, time to target and verdicts are defined: `docs/analysis.md`.", "",
+             f"Provenance: `{res.provenance}`", ""]
+    if res.profile != "paper":
+        lines += ["These are CPU-scale results (small subsets, few epochs), not the paper's numbers. "
+                  "On CPU larger batches do not give wall-clock speed-ups; every speed-up says its unit.", ""]
+    lines += ["## Claims", ""]
+    for _, c in res.claims.iterrows():
+        lines.append(f"- Claim {c['claim']} ({c['unit']}): **{c['verdict']}**. {c['ours']}")
+    lines.append("")
+    excluded = res.excluded
+    missing = res.runs.missing_seeds
+    lines += ["## Excluded runs and missing seeds", ""]
+    if excluded.empty and not missing:
+        lines.append("None: every run found is complete and every group has every seed.")
+    for _, r in excluded.iterrows():
+        lines.append(f"- excluded `{r['run_id']}`: {r['reason']}")
+    for (_, dataset, method, setting), seeds in sorted(missing.items()):
+        lines.append(f"- {dataset}, {method}{' (' + setting + ')' if setting else ''}: no complete run for "
+                     f"seed(s) {seeds}")
+    lines.append("")
+    section = None
+    for sec, paths, sentence in entries:
+        if sec != section:
+            lines += ([""] if section else []) + [f"## {sec}", ""]
+            section = sec
+        links = ", ".join(f"[{p.name}]({_rel(p, tdir)})" for p in paths)
+        lines.append(f"- {links}: {sentence}")
+    if others:
+        lines += ["", "## Other files in these folders", "",
+                  "Not written by this report (e.g. by `divebatch synthetic`); see the command that wrote them.", ""]
+        lines += [f"- [{p.name}]({_rel(p, tdir)})" for p in others]
+    return "\n".join(lines) + "\n"
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``divebatch report RUNS_DIR... [--out DIR] [--profile NAME] [--notebooks]``; returns an exit code."""
+    p = argparse.ArgumentParser(prog="divebatch report", description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", metavar="RUNS_DIR", help="folders searched recursively for run directories")
+    p.add_argument("--out", default=".", help="root of paper_tables/<profile>/ and figures/<profile>/ (default: .)")
+    p.add_argument("--profile", default=None,
+                   help="report only this profile (default: one report per profile found in the runs)")
+    p.add_argument("--notebooks", action="store_true",
+                   help="also execute the notebooks into <out>/notebooks/<profile>/ (.ipynb and .html)")
+    args = p.parse_args(argv)
+    try:
+        rs = collect_runs(args.runs)
+    except FileNotFoundError as err:
+        print(f"divebatch report: {err}", file=sys.stderr)
+        return 2
+    if rs.runs.empty:
+        print(f"divebatch report: no run directory (a folder with config.yaml) under {args.runs}", file=sys.stderr)
+        return 1
+    profiles = rs.profiles
+    if args.profile is not None and args.profile not in profiles:
+        print(f"divebatch report: --profile {args.profile!r} has no run; allowed: {' | '.join(profiles)}",
+              file=sys.stderr)
+        return 2
+    for profile in [args.profile] if args.profile else profiles:
+        verdict = Path(args.out) / "paper_tables" / profile / VERDICT_FILE
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            res = analyse(rs.select(profile), profile, verdict)
+            paths = write_report(res, args.out, args.notebooks, args.runs)
+        n_ok = int(res.runs.runs["complete"].sum())
+        print(f"report {profile}: {n_ok} complete run(s), {len(res.excluded)} excluded; wrote {len(paths)} files; "
+              f"see {Path(args.out) / 'paper_tables' / profile / 'README.md'}")
+        for _, c in res.claims.iterrows():
+            print(f"  claim {c['claim']} ({c['unit']}): {c['verdict']}")
+    return 0

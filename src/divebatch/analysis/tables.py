@@ -1,0 +1,306 @@
+"""Paper tables: accuracy and time to target, speed-ups, hyperparameter sensitivity.
+
+Every builder takes the tidy per-epoch table of :class:`divebatch.analysis.collect.RunSet`
+(``RunSet.epochs``, complete runs only) and returns a numeric DataFrame; :func:`write_table`
+writes it as CSV (numeric, with a ``provenance`` column) and as Markdown and LaTeX (formatted,
+provenance below the table / in the caption). Definitions of time to target, speed-up and the
+bootstrap interval: :mod:`divebatch.analysis.stats`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from divebatch.analysis.collect import ALL_HPARAMS, GROUP, SGD_SMALL
+from divebatch.analysis.stats import UNIT_LABELS, UNITS, WITHIN_PP, Interval, accuracy_change, paired, per_run, speedup
+from divebatch.analysis.style import METHOD_ORDER
+
+# Baseline role -> methods that can play it, in order of preference. "AdaBatch" prefers the plain
+# variant (PAPER.md's claim 2 compares against AdaBatch); with only the rescaled one, that one is used.
+BASELINES = {SGD_SMALL: (SGD_SMALL,), "AdaBatch": ("AdaBatch", "AdaBatch + lr rescale")}
+BASELINE_SLUG = {SGD_SMALL: "sgd_small", "AdaBatch": "adabatch"}
+TARGETS = {"own": f"own final - {WITHIN_PP:g} pp", "common": f"common (lowest final - {WITHIN_PP:g} pp)"}
+SENSITIVITY_HPARAMS = ("delta", "resize_freq", "max_batch_size")
+
+
+def _order(df: pd.DataFrame) -> pd.DataFrame:
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return (df.assign(_r=df["method"].map(lambda m: rank.get(m, len(rank))))
+              .sort_values(["dataset", "_r", "method", "setting"]).drop(columns="_r").reset_index(drop=True))
+
+
+def run_table(epochs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`divebatch.analysis.stats.per_run` plus the hyperparameter columns of each run."""
+    runs = per_run(epochs, GROUP)
+    if runs.empty:
+        return runs
+    hp = [c for c in ALL_HPARAMS.values() if c in epochs.columns and c not in runs.columns]
+    extra = epochs.drop_duplicates("run_id").set_index("run_id")[hp + ["n_train", "commit"]]
+    return runs.join(extra, on="run_id")
+
+
+def baseline_groups(runs: pd.DataFrame) -> dict[tuple[str, str], tuple]:
+    """``(dataset, role) -> (dataset, method, setting)`` of the baseline group for each role of
+    :data:`BASELINES`; among several settings of the baseline method, the one with most seeds
+    (then the first in sort order)."""
+    out = {}
+    sizes = runs.groupby(GROUP)["seed"].nunique()
+    for dataset in runs["dataset"].unique():
+        for role, candidates in BASELINES.items():
+            for cand in candidates:
+                s = sizes[(sizes.index.get_level_values("dataset") == dataset)
+                          & (sizes.index.get_level_values("method") == cand)]
+                if len(s):
+                    out[(dataset, role)] = s.sort_index().sort_values(ascending=False, kind="stable").index[0]
+                    break
+    return out
+
+
+def main_table(epochs: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset x method (x setting): accuracy, accuracy change, time to target.
+
+    Args:
+        epochs: tidy per-epoch table (``RunSet.epochs``).
+    Returns:
+        Numeric columns: ``n_seeds``, ``seeds``; ``final_acc_mean/std``, ``best_acc_mean/std``
+        (percent, std over seeds with ddof=1); ``final_batch_size_mean`` (samples);
+        ``acc_change_vs_<role>_pp`` with ``_low``/``_high`` (percentage points, paired bootstrap
+        95%); ``common_target`` (percent); for target in (own, common) and unit in (epochs,
+        optimizer_steps, wall_time_s): ``<target>_<unit>_mean/std`` and ``common_reached``
+        (runs that reached the common target).
+    """
+    runs = run_table(epochs)
+    if runs.empty:
+        return pd.DataFrame(columns=GROUP)
+    bases = baseline_groups(runs)
+    rows = []
+    for key, g in runs.groupby(GROUP, sort=False):
+        row = dict(zip(GROUP, key), n_seeds=len(g), seeds=",".join(map(str, sorted(g["seed"]))))
+        for col in ("final_acc", "best_acc"):
+            row[f"{col}_mean"], row[f"{col}_std"] = g[col].mean(), g[col].std(ddof=1)
+        row["final_batch_size_mean"] = g["final_batch_size"].mean()
+        for role, slug in BASELINE_SLUG.items():
+            base = bases.get((key[0], role))
+            iv = accuracy_change(*paired(runs, key, base, "final_acc")) if base else Interval(np.nan, np.nan, np.nan, 0)
+            row[f"acc_change_vs_{slug}_pp"], row[f"acc_change_vs_{slug}_pp_low"] = iv.value, iv.low
+            row[f"acc_change_vs_{slug}_pp_high"] = iv.high
+        row["common_target"] = g["common_target"].iloc[0]
+        for target in TARGETS:
+            for u in UNITS:
+                row[f"{target}_{u}_mean"] = g[f"{target}_{u}"].mean()
+                row[f"{target}_{u}_std"] = g[f"{target}_{u}"].std(ddof=1)
+        row["common_reached"] = int(g["common_epochs"].notna().sum())
+        rows.append(row)
+    return _order(pd.DataFrame(rows))
+
+
+def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Speed-ups of every group against each baseline role, per target and unit (long format).
+
+    Returns:
+        Columns ``dataset, method, setting, baseline`` (role: ``SGD (small batch)`` or
+        ``AdaBatch``), ``baseline_group`` (the method and setting used), ``target`` (own | common),
+        ``unit`` (epochs | optimizer_steps | wall_time_s), ``speedup`` (ratio, > 1 = faster than the
+        baseline), ``ci_low``, ``ci_high`` (paired bootstrap 95%), ``n_seeds`` (seeds both share).
+        Empty when no baseline exists.
+    """
+    runs = run_table(epochs)
+    cols = [*GROUP, "baseline", "baseline_group", "target", "unit", "speedup", "ci_low", "ci_high", "n_seeds"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    bases = baseline_groups(runs)
+    rows = []
+    for key in runs.groupby(GROUP, sort=False).groups:
+        for role in BASELINES:
+            base = bases.get((key[0], role))
+            if base is None:
+                continue
+            base_name = base[1] + (f" ({base[2]})" if base[2] else "")
+            for target in TARGETS:
+                for u in UNITS:
+                    m, b = paired(runs, key, base, f"{target}_{u}")
+                    iv = speedup(b, m)
+                    rows.append(dict(zip(GROUP, key), baseline=role, baseline_group=base_name, target=target,
+                                     unit=u, speedup=iv.value, ci_low=iv.low, ci_high=iv.high, n_seeds=iv.n))
+    return _order(pd.DataFrame(rows, columns=cols)) if rows else pd.DataFrame(columns=cols)
+
+
+def sensitivity_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Final accuracy and speed-up against delta, resize frequency and max batch size (sweeps).
+
+    One row per dataset x adaptive method x (delta, resize_freq, max_batch_size) setting, over the
+    seeds of that setting; speed-ups are against the dataset's small-batch SGD group with the
+    own target (final - 1 pp), in the three units (NaN when the runs hold no small-batch SGD).
+
+    Args:
+        df: tidy per-epoch table (``RunSet.epochs``) of the sweep's runs, SGD baseline included.
+    Returns:
+        Columns ``dataset, method, delta, resize_freq, max_batch_size, initial_batch_size, n_seeds,
+        final_acc_mean, final_acc_std`` (percent), ``acc_change_pp`` with ``_low/_high``
+        (percentage points vs small-batch SGD), ``speedup_<unit>`` with ``_low/_high``.
+    """
+    runs = run_table(df)
+    if runs.empty:
+        return pd.DataFrame(columns=["dataset", "method", *SENSITIVITY_HPARAMS])
+    bases = baseline_groups(runs)
+    rows = []
+    for key, g in runs[runs["method_name"] != "sgd"].groupby(GROUP, sort=False):
+        first = g.iloc[0]
+        row = {"dataset": key[0], "method": key[1],
+               **{h: (first[h] if not (h == "delta" and first["method_name"] != "divebatch") else np.nan)
+                  for h in SENSITIVITY_HPARAMS},
+               "initial_batch_size": first["initial_batch_size"], "n_seeds": len(g),
+               "final_acc_mean": g["final_acc"].mean(), "final_acc_std": g["final_acc"].std(ddof=1)}
+        base = bases.get((key[0], SGD_SMALL))
+        nan = Interval(np.nan, np.nan, np.nan, 0)
+        iv = accuracy_change(*paired(runs, key, base, "final_acc")) if base else nan
+        row.update(acc_change_pp=iv.value, acc_change_pp_low=iv.low, acc_change_pp_high=iv.high)
+        for u in UNITS:
+            iv = speedup(*paired(runs, key, base, f"own_{u}")[::-1]) if base else nan
+            row.update({f"speedup_{u}": iv.value, f"speedup_{u}_low": iv.low, f"speedup_{u}_high": iv.high})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out.sort_values(["dataset", "method", *SENSITIVITY_HPARAMS]).reset_index(drop=True) if rows else out
+
+
+def has_sweep(epochs: pd.DataFrame) -> bool:
+    """True when some dataset and adaptive method was run with more than one setting of
+    :data:`SENSITIVITY_HPARAMS` (what a sensitivity table needs)."""
+    if epochs.empty:
+        return False
+    adaptive = epochs[epochs["method_name"] != "sgd"].drop_duplicates("run_id")
+    return any(g[list(SENSITIVITY_HPARAMS)].astype(str).drop_duplicates().shape[0] > 1
+               for _, g in adaptive.groupby(["dataset", "method"]))
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def mean_std(mean: float, std: float, digits: int = 2) -> str:
+    """``mean ± std``; only the mean with one seed (std NaN), ``n/a`` when the mean is NaN."""
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if not np.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _iv(row: pd.Series, col: str, digits: int = 2, suffix: str = "", n: int | None = None) -> str:
+    low, high = row.get(f"{col}_low", np.nan), row.get(f"{col}_high", np.nan)
+    value = row[col]
+    if not np.isfinite(value):
+        return "n/a"
+    core = f"{value:+.{digits}f}" if suffix == " pp" else f"{value:.{digits}f}{suffix}"
+    return core if not np.isfinite(low) else f"{core} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def format_main(table: pd.DataFrame) -> pd.DataFrame:
+    """Readable version of :func:`main_table` (strings: mean ± std, intervals in brackets)."""
+    rows = []
+    for _, r in table.iterrows():
+        row = {"Dataset": r["dataset"], "Method": r["method"], "Setting": r["setting"] or "-",
+               "Seeds": f"{r['n_seeds']} ({r['seeds']})",
+               "Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
+               "Best acc. (%)": mean_std(r["best_acc_mean"], r["best_acc_std"]),
+               "Final batch size": f"{r['final_batch_size_mean']:.0f}",
+               "Acc. change vs SGD small (pp)": _iv(r, "acc_change_vs_sgd_small_pp", suffix=" pp"),
+               "Acc. change vs AdaBatch (pp)": _iv(r, "acc_change_vs_adabatch_pp", suffix=" pp")}
+        for target in TARGETS:
+            for u, digits in (("epochs", 1), ("optimizer_steps", 0), ("wall_time_s", 1)):
+                row[f"{UNIT_LABELS[u].capitalize()} to {target} target"] = mean_std(
+                    r[f"{target}_{u}_mean"], r[f"{target}_{u}_std"], digits)
+        row["Reached common target"] = f"{r['common_reached']}/{r['n_seeds']} (target {r['common_target']:.1f}%)"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_speedups(table: pd.DataFrame) -> pd.DataFrame:
+    """Readable version of :func:`speedup_table`: one row per dataset x method x target, one column
+    per baseline and unit, ``ratio [low, high]`` (x = times faster than the baseline)."""
+    if table.empty:
+        return pd.DataFrame(columns=["Dataset", "Method", "Setting", "Target"])
+    t = table.assign(cell=[_iv(r.rename({"ci_low": "speedup_low", "ci_high": "speedup_high"}), "speedup", suffix="x")
+                           + f" (n={r['n_seeds']})" for _, r in table.iterrows()],
+                     column=[f"vs {b}: {UNIT_LABELS[u]}" for b, u in zip(table["baseline"], table["unit"])])
+    wide = t.pivot_table(index=[*GROUP, "target"], columns="column", values="cell", aggfunc="first", sort=False)
+    order = [f"vs {b}: {UNIT_LABELS[u]}" for b in BASELINES for u in UNITS]
+    wide = wide[[c for c in order if c in wide.columns]].reset_index()
+    wide["target"] = wide["target"].map(TARGETS)
+    wide["setting"] = wide["setting"].replace("", "-")
+    return _order(wide).rename(columns={"dataset": "Dataset", "method": "Method", "setting": "Setting",
+                                        "target": "Target"})
+
+
+def format_sensitivity(table: pd.DataFrame) -> pd.DataFrame:
+    """Readable version of :func:`sensitivity_table`."""
+    rows = []
+    for _, r in table.iterrows():
+        row = {"Dataset": r["dataset"], "Method": r["method"],
+               "delta": "-" if not np.isfinite(r["delta"]) else f"{r['delta']:g}",
+               "resize_freq": int(r["resize_freq"]), "max batch size": int(r["max_batch_size"]),
+               "Seeds": int(r["n_seeds"]), "Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
+               "Acc. change vs SGD small (pp)": _iv(r, "acc_change_pp", suffix=" pp")}
+        for u in UNITS:
+            row[f"Speed-up vs SGD small ({UNIT_LABELS[u]})"] = _iv(r, f"speedup_{u}", suffix="x")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _tex_escape(text: str) -> str:
+    table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}"}
+    return "".join(table.get(ch, ch) for ch in text)
+
+
+def write_table(numeric: pd.DataFrame, display: pd.DataFrame, stem: str | Path, provenance: str,
+                title: str) -> list[Path]:
+    """Write ``stem.csv`` (numeric, plus a ``provenance`` column), ``stem.md`` and ``stem.tex``
+    (formatted; title and provenance as heading/caption and footer).
+
+    Returns:
+        The three paths.
+    """
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(s) for s in (".csv", ".md", ".tex")]
+    numeric.assign(provenance=provenance).to_csv(paths[0], index=False, float_format="%.6g")
+    md = display.to_markdown(index=False) if len(display) else "(no rows)"
+    paths[1].write_text(f"# {title}\n\n{md}\n\nProvenance: `{provenance}`\n")
+    styler = display.style.format(escape="latex").format_index(escape="latex", axis=1).hide(axis="index")
+    tex = styler.to_latex(caption=_tex_escape(f"{title}. {provenance}"), hrules=True, position_float="centering")
+    tex = tex.replace("±", r"$\pm$")
+    paths[2].write_text(f"% generated by divebatch report; {provenance}\n{tex}")
+    return paths
+
+
+def diversity_table(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Every epoch that measured gradient diversity, with the quantities DiveBatch derives from it.
+
+    ``n_delta = n * Delta_hat`` equals ``1 + B_simple``, one plus the simple gradient noise scale of
+    McCandlish et al. (2018) (identity in PAPER.md); ``proposed_batch = delta * n * Delta_hat`` is
+    DiveBatch's unclipped rule and ``rule_batch`` the clipped one
+    (:func:`divebatch.policies.divebatch_batch_size`), which ``next_batch_size`` should equal.
+    n is ``n_train`` (samples seen in the first epoch).
+
+    Returns:
+        Columns ``run_id, dataset, method, setting, seed, epoch, grad_diversity, n_train, n_delta,
+        b_simple, delta, proposed_batch, rule_batch, batch_size, next_batch_size, max_batch_size``
+        (batch sizes in samples; ``next_batch_size`` NaN at a run's last epoch).
+    """
+    from divebatch.policies import divebatch_batch_size  # imports torch; only needed here
+
+    cols = ["run_id", *GROUP, "seed", "epoch", "grad_diversity", "n_train", "n_delta", "b_simple", "delta",
+            "proposed_batch", "rule_batch", "batch_size", "next_batch_size", "max_batch_size"]
+    if epochs.empty:
+        return pd.DataFrame(columns=cols)
+    ep = epochs.sort_values(["run_id", "epoch"])
+    ep = ep.assign(next_batch_size=ep.groupby("run_id")["batch_size"].shift(-1))
+    d = ep.dropna(subset=["grad_diversity"]).copy()
+    d["n_delta"] = d["n_train"].astype(float) * d["grad_diversity"].astype(float)
+    d["b_simple"] = d["n_delta"] - 1
+    d["proposed_batch"] = d["delta"].astype(float) * d["n_delta"]
+    d["rule_batch"] = [divebatch_batch_size(int(b), float(g), int(n), float(dl), int(mx)) if m == "divebatch" else np.nan
+                       for b, g, n, dl, mx, m in zip(d["batch_size"], d["grad_diversity"], d["n_train"], d["delta"],
+                                                     d["max_batch_size"], d["method_name"])]
+    return d[cols].reset_index(drop=True)

@@ -1,0 +1,910 @@
+"""``divebatch replicate [PROFILE] [--jobs N] ...``: train every run of a profile, then report.
+
+A profile (``configs/profiles/<name>.yaml``, schema :class:`ProfileSpec`) is the experiment matrix
+as data: experiments (a dataset with its method configs), seeds, overrides, the data each needs and
+where to look for it, the synthetic check's config. :func:`expand` turns it into runs, one run
+directory each, ``<runs-dir>/<experiment>/<config stem>/seed<k>/`` (default runs-dir:
+``runs/<profile>``), with the run's stdout/stderr in ``train.log`` inside. :func:`replicate` then
+
+1. checks the data of every experiment and stops before any training when something is missing
+   (fetching it first when the profile allows downloads and the network answers a quick check),
+   with instructions naming the files and where to put them;
+2. trains every run that is not finished, N at once (``--jobs``; one GPU each when there are GPUs,
+   pinned with ``CUDA_VISIBLE_DEVICES``); a cut run resumes from its checkpoint, because
+   ``divebatch train`` does; a finished run is skipped without starting a process; a failing run
+   is reported with its log and the others go on;
+3. runs the synthetic theory check (``divebatch synthetic``) unless it is done for this config
+   and commit, and the profile's sweeps (``divebatch sweep --local``);
+4. regenerates ``paper_tables/<profile>/``, ``figures/<profile>/`` and ``notebooks/<profile>/``
+   with ``divebatch report``.
+
+``bash replicate/all.sh [PROFILE] [ARGS]`` is this command after bootstrapping the pinned
+environment. Paths in a profile are relative to the working directory (the repository root).
+User documentation: ``docs/replicate.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import resource
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+from urllib.parse import urlsplit
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from tqdm.auto import tqdm
+
+from divebatch.config import ConfigError, load_config
+
+PROFILE_DIR = Path("configs") / "profiles"
+DEFAULT_PROFILE = "smoke"
+LOG_NAME = "train.log"  # inside each run directory
+SYNTHETIC_STAMP = "synthetic_done.json"  # in the runs dir: which config/commit the synthetic outputs are from
+RUNTIME_KEYS = ("device", "progress", "wandb")  # as divebatch.training: may differ when a run resumes
+NETWORK_TIMEOUT_S = 3.0
+
+
+class ProfileError(ValueError):
+    """A profile cannot be used as given; the message names the key, the value and what is allowed."""
+
+
+# ----------------------------------------------------------------------------- profile schema
+
+
+@dataclass
+class DataSpec:
+    """Where an experiment's data is. ``path`` goes to the runs as ``data.path``.
+
+    kind: a key of :data:`DATA_KINDS` (what must exist at ``path``); env: environment variable
+    that overrides ``path``; download: fetch with ``divebatch fetch-data`` when missing.
+    """
+
+    kind: str = "bundled"
+    path: Optional[str] = None
+    env: Optional[str] = None
+    download: bool = False
+
+
+@dataclass
+class ExperimentSpec:
+    """One dataset cell of the matrix: every config x every seed."""
+
+    name: str = MISSING  # run directories: <runs-dir>/<name>/<config stem>/seed<k>
+    configs: List[str] = MISSING  # divebatch train YAML files
+    data: Optional[str] = None  # a key of the profile's ``data``; its path is passed as data.path
+    seeds: Optional[List[int]] = None  # default: the profile's seeds
+    overrides: List[str] = field(default_factory=list)  # KEY=VALUE for this experiment's runs
+
+
+@dataclass
+class ProfileSpec:
+    name: str = MISSING  # the runs' ``profile`` key and the output subfolder name
+    description: str = ""
+    hardware: str = ""  # what it is meant for, e.g. "2 CPU cores"
+    expected_minutes: Optional[float] = None  # measured on ``hardware`` (docs/replicate.md)
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    overrides: List[str] = field(default_factory=list)  # KEY=VALUE for every run
+    data: Dict[str, DataSpec] = field(default_factory=dict)
+    experiments: List[ExperimentSpec] = field(default_factory=list)
+    synthetic: Optional[str] = None  # configs/synthetic/<x>.yaml; null: no synthetic check
+    sweeps: List[str] = field(default_factory=list)  # configs/sweeps/<x>.yaml run with --local
+    report: bool = True
+    notebooks: bool = True
+
+
+# ----------------------------------------------------------------------------- data kinds
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """What a dataset needs on disk and how to get it.
+
+    Attributes:
+        title: human name.
+        required: path -> the files/folders that must exist (``data.path`` is ``path``).
+        fetch: path -> ``divebatch fetch-data`` arguments that put the data at ``path``, or None.
+        url, md5: the official archive, for the offline instructions.
+        manual: path -> how to put the data there by hand.
+        path_means: what ``--data``/the env variable must point at.
+    """
+
+    title: str
+    required: Callable[[Path], list[Path]]
+    fetch: Optional[Callable[[Path], Optional[list[str]]]] = None
+    url: Optional[str] = None
+    md5: Optional[str] = None
+    manual: Callable[[Path], str] = lambda path: ""
+    path_means: str = ""
+
+
+def _cifar_kind(name: str) -> DataKind:
+    from torchvision import datasets as tvd
+
+    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    return DataKind(
+        title=cls.__name__.replace("CIFAR", "CIFAR-"),
+        required=lambda root: [root / cls.base_folder / f for f in names],
+        fetch=lambda root: [name, "--root", str(root)],
+        url=cls.url, md5=cls.tgz_md5,
+        manual=lambda root: (f"download {cls.url} (md5 {cls.tgz_md5}) on a machine with network, copy "
+                             f"{cls.filename} here and unpack it into {root}/: mkdir -p {root} && tar -xzf "
+                             f"{cls.filename} -C {root}  (gives {root / cls.base_folder}/)"),
+        path_means=f"the folder that contains {cls.base_folder}/",
+    )
+
+
+def _tiny_kind() -> DataKind:
+    from divebatch.data import TINY_IMAGENET_MD5, TINY_IMAGENET_URL
+
+    zip_name = Path(urlsplit(TINY_IMAGENET_URL).path).name
+    return DataKind(
+        title="Tiny-ImageNet",
+        required=lambda p: [p / "wnids.txt", p / "train", p / "val" / "val_annotations.txt", p / "val" / "images"],
+        # fetch-data extracts into ROOT/tiny-imagenet-200: usable only when the path has that name
+        fetch=lambda p: ["tiny_imagenet", "--root", str(p.parent)] if p.name == "tiny-imagenet-200" else None,
+        url=TINY_IMAGENET_URL, md5=TINY_IMAGENET_MD5,
+        manual=lambda p: (f"download {TINY_IMAGENET_URL} (md5 {TINY_IMAGENET_MD5}) on a machine with network, "
+                          f"copy {zip_name} here and unzip it into {p.parent}/: unzip -q {zip_name} -d {p.parent}  "
+                          f"(gives {p.parent / 'tiny-imagenet-200'}/; the data path must be that folder)"),
+        path_means="the tiny-imagenet-200/ folder itself (wnids.txt, train/, val/)",
+    )
+
+
+DATA_KINDS: dict[str, Callable[[], DataKind]] = {
+    "bundled": lambda: DataKind("bundled with the packages (scikit-learn digits)", required=lambda p: []),
+    "npz": lambda: DataKind(
+        "image arrays (.npz)", required=lambda p: [p],
+        manual=lambda p: ("an .npz file with arrays train_x (N, 32, 32, 3) uint8 RGB, train_y (N,) int, test_x, "
+                          "test_y, e.g. the CIFAR-10 subset cifar10-mini.npz described in ../shared/data/README.md"),
+        path_means="the .npz file"),
+    "cifar10": lambda: _cifar_kind("cifar10"),
+    "cifar100": lambda: _cifar_kind("cifar100"),
+    "tiny_imagenet": _tiny_kind,
+}
+
+
+# ----------------------------------------------------------------------------- loading and expansion
+
+
+def profile_path(profile: str | Path) -> Path:
+    """A profile name (``configs/profiles/<name>.yaml``) or a path to a profile YAML.
+
+    Raises:
+        ProfileError: neither exists (names the profiles that do).
+    """
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = PROFILE_DIR / f"{profile}.yaml"
+    if candidate.is_file():
+        return candidate
+    have = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    raise ProfileError(f"invalid profile {str(profile)!r}; allowed: {' | '.join(have) or '(none found in ' + str(PROFILE_DIR) + ')'}"
+                       f" or a path to a profile YAML (run from the repository root)")
+
+
+def _bad(key: str, value, allowed: str) -> ProfileError:
+    return ProfileError(f"invalid profile: {key}={value!r}; allowed: {allowed}")
+
+
+def load_profile(profile: str | Path) -> DictConfig:
+    """Load and validate a profile (schema :class:`ProfileSpec`).
+
+    Raises:
+        ProfileError: unknown key, wrong type, missing file, unknown data kind or reference,
+            duplicate experiment names or run names (names key, value and allowed).
+    """
+    path = profile_path(profile)
+    try:
+        spec = OmegaConf.merge(OmegaConf.structured(ProfileSpec), OmegaConf.load(path))
+        OmegaConf.to_container(spec, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        raise ProfileError(f"invalid profile {path}: {getattr(err, 'full_key', '?')}: "
+                           f"{str(err).splitlines()[0]}; allowed: the keys of divebatch.replicate.ProfileSpec") from None
+    for key, d in spec.data.items():
+        if d.kind not in DATA_KINDS:
+            raise _bad(f"data.{key}.kind", d.kind, " | ".join(DATA_KINDS))
+        if d.kind != "bundled" and not (d.path or d.env):
+            raise _bad(f"data.{key}.path", d.path, f"a path for kind {d.kind} (or an env variable)")
+    if not spec.experiments and not spec.synthetic:
+        raise _bad("experiments", [], "at least one experiment or a synthetic config")
+    names = [e.name for e in spec.experiments]
+    if len(set(names)) != len(names):
+        raise _bad("experiments[].name", names, "unique names")
+    for i, e in enumerate(spec.experiments):
+        if e.data is not None and e.data not in spec.data:
+            raise _bad(f"experiments[{i}].data", e.data, " | ".join(spec.data) or "(no data declared)")
+        stems = [Path(c).stem for c in e.configs]
+        if not stems or len(set(stems)) != len(stems):
+            raise _bad(f"experiments[{i}].configs", list(e.configs), "a non-empty list of files with distinct names")
+        for c in e.configs:
+            if not Path(c).is_file():
+                raise _bad(f"experiments[{i}].configs", c, "existing divebatch train YAML files")
+        seeds = list(e.seeds if e.seeds is not None else spec.seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise _bad(f"experiments[{i}].seeds", seeds, "a non-empty list of distinct integers")
+    for key, value in (("synthetic", spec.synthetic), *(("sweeps", s) for s in spec.sweeps)):
+        if value is not None and not Path(value).is_file():
+            raise _bad(key, value, "an existing YAML file")
+    return spec
+
+
+@dataclass
+class DataSource:
+    """A data entry of the profile with its path resolved (``--data`` > env variable > profile)."""
+
+    key: str
+    kind: str
+    path: Optional[Path]
+    origin: str  # where the path came from, for messages
+    download: bool
+    env: Optional[str]
+    experiments: list[str]
+
+    @property
+    def info(self) -> DataKind:
+        return DATA_KINDS[self.kind]()
+
+    def missing(self) -> list[Path]:
+        return [] if self.path is None else [p for p in self.info.required(self.path) if not p.exists()]
+
+
+def resolve_data(spec: DictConfig, given: dict[str, str], env: dict | None = None) -> dict[str, DataSource]:
+    """The profile's data entries with their paths: ``given`` (``--data``) > env variable > profile.
+
+    Raises:
+        ProfileError: ``given`` names a data entry the profile does not have.
+    """
+    env = os.environ if env is None else env
+    unknown = sorted(set(given) - set(spec.data))
+    if unknown:
+        raise ProfileError(f"invalid --data {unknown[0]}=...; allowed names: {' | '.join(spec.data) or '(none)'}")
+    out = {}
+    for key, d in spec.data.items():
+        if key in given:
+            path, origin = given[key], f"--data {key}=..."
+        elif d.env and env.get(d.env):
+            path, origin = env[d.env], f"${d.env}"
+        else:
+            path, origin = d.path, "the profile's default"
+        users = [e.name for e in spec.experiments if e.data == key]
+        out[key] = DataSource(key, d.kind, Path(path) if path else None, origin, d.download, d.env, users)
+    return out
+
+
+def parse_data_args(items: list[str], spec: DictConfig) -> dict[str, str]:
+    """``--data NAME=PATH`` items; a bare ``PATH`` is allowed when the profile has one non-bundled entry.
+
+    Raises:
+        ProfileError: a bare path with several (or no) data entries to choose from.
+    """
+    out = {}
+    files = [k for k, d in spec.data.items() if d.kind != "bundled"]
+    for item in items:
+        name, sep, path = item.partition("=")
+        if sep and name in spec.data:
+            out[name] = path
+        elif len(files) == 1:
+            out[files[0]] = item
+        else:
+            raise ProfileError(f"invalid --data {item!r}; allowed: NAME=PATH with NAME one of "
+                               f"{' | '.join(files) or '(none: profile ' + spec.name + ' needs no data files)'}")
+    return out
+
+
+@dataclass
+class Run:
+    """One training run of the matrix."""
+
+    experiment: str
+    config: str  # divebatch train YAML, as written in the profile
+    seed: int
+    out_dir: Path
+    overrides: list[str]  # everything passed after the config (out_dir, seed, profile included)
+    epochs: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/{Path(self.config).stem}/seed{self.seed}"
+
+    @property
+    def log(self) -> Path:
+        return self.out_dir / LOG_NAME
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "divebatch", "train", self.config, *self.overrides]
+
+
+def expand(spec: DictConfig, runs_dir: str | Path, data: dict[str, DataSource] | None = None,
+           extra: list[str] | tuple[str, ...] = ()) -> list[Run]:
+    """Every run of a profile, seeds outermost within an experiment (seed 1 of every method first,
+    so an interrupted replication has whole comparisons early).
+
+    Args:
+        spec: :func:`load_profile`.
+        runs_dir: parent of the experiments' run directories.
+        data: :func:`resolve_data`; None: the profile's own paths.
+        extra: KEY=VALUE overrides for every run (``--set``), after the profile's.
+    Overrides, later wins: profile, experiment, ``data.path``, ``extra``, then ``seed``,
+    ``profile``, ``out_dir`` and ``progress=false`` (one log line per epoch, no bar, in the log).
+    """
+    data = resolve_data(spec, {}) if data is None else data
+    runs = []
+    for e in spec.experiments:
+        data_path = [f"data.path={data[e.data].path}"] if e.data and data[e.data].path is not None else []
+        for seed in (e.seeds if e.seeds is not None else spec.seeds):
+            for config in e.configs:
+                out_dir = Path(runs_dir) / e.name / Path(config).stem / f"seed{seed}"
+                overrides = [*spec.overrides, *e.overrides, *data_path, *extra, f"seed={seed}",
+                             f"profile={spec.name}", f"out_dir={out_dir}", "progress=false"]
+                runs.append(Run(e.name, str(config), int(seed), out_dir, overrides))
+    return runs
+
+
+# ----------------------------------------------------------------------------- run states
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_conflicts(run_dir: Path, cfg: DictConfig) -> list[str]:
+    """Keys on which ``run_dir/config.yaml`` differs from ``cfg`` (the trainer would refuse the run),
+    as ``key: old -> new``; runtime keys (device, progress, wandb) do not count."""
+    old = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k.split(".")[0] not in RUNTIME_KEYS and old.get(k) != new.get(k)]
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Rows of ``metrics.csv`` (finished epochs written so far), 0 when absent."""
+    try:
+        with open(run_dir / "metrics.csv") as f:
+            return max(0, sum(1 for line in f if line.strip()) - 1)
+    except OSError:
+        return 0
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_state(run: Run, cfg: DictConfig) -> tuple[str, str]:
+    """``(state, detail)``: ``finished`` (skip), ``conflict`` (the folder holds another config),
+    ``resume`` (a checkpoint exists) or ``new``."""
+    d = run.out_dir
+    if (d / "config.yaml").is_file():
+        diffs = config_conflicts(d, cfg)
+        if diffs:
+            return "conflict", "; ".join(diffs)
+    summary = read_summary(d)
+    if summary and summary.get("finished"):
+        return "finished", (f"{summary.get('epochs_completed')} epochs, final val_acc "
+                            f"{summary.get('final_val_acc', float('nan')):.2f}%")
+    if (d / "checkpoint.pt").is_file():
+        return "resume", f"at epoch {epochs_done(d)}/{run.epochs}"
+    return "new", f"{run.epochs} epochs"
+
+
+# ----------------------------------------------------------------------------- data check
+
+
+def _reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
+    """Whether the host of ``url`` accepts a TCP connection within ``timeout`` seconds."""
+    parts = urlsplit(url)
+    return _host_answers(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout)
+
+
+@functools.lru_cache(maxsize=None)  # one check per host and invocation (CIFAR-10 and -100 share one)
+def _host_answers(host: str, port: int, timeout: float) -> bool:
+    ok = []
+
+    def probe():  # in a daemon thread, so that a resolver that hangs cannot hold the command
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok)
+
+
+def data_instructions(src: DataSource, profile: str, why_no_download: str) -> str:
+    """What is missing for one data entry and how to put it in place (several ways)."""
+    info = src.info
+    missing = src.missing()
+    by_dir: dict[Path, list[str]] = {}
+    for p in missing:
+        by_dir.setdefault(p.parent, []).append(p.name)
+    shown = ", ".join(f"{d}/{names[0]}" if len(names) == 1 else f"{d}/{{{', '.join(names)}}}"
+                      for d, names in by_dir.items())
+    lines = [f"- {src.key}: {info.title} for experiment(s) {', '.join(src.experiments) or '-'}; "
+             f"path {src.path} ({src.origin}); missing: {shown}"]
+    args = info.fetch(src.path) if info.fetch else None
+    if args:
+        lines.append(f"    with network:    uv run divebatch fetch-data {shlex.join(args)}   "
+                     f"(or rerun this command where the network answers; {why_no_download})")
+    manual = info.manual(src.path)
+    if manual:
+        lines.append(f"    without network: {manual}")
+    where = [f"--data {src.key}=PATH"] + ([f"{src.env}=PATH"] if src.env else [])
+    lines.append(f"    data elsewhere:  bash replicate/all.sh {profile} {where[0]}"
+                 + (f"  (or set {where[1]})" if len(where) > 1 else "") + f"; PATH is {info.path_means or 'the data'}")
+    return "\n".join(lines)
+
+
+def ensure_data(sources: dict[str, DataSource], profile: str, offline: bool, allow_download: bool,
+                log=print) -> list[str]:
+    """Check every data entry used by an experiment; fetch what is missing when allowed and the
+    network answers. Nothing is trained before this returns an empty list.
+
+    Returns:
+        One instruction block per entry still missing (empty: all data present).
+    """
+    problems = []
+    for src in sources.values():
+        if not src.experiments or not src.missing():
+            continue
+        info = src.info
+        args = info.fetch(src.path) if (info.fetch and src.download) else None
+        if args is None:
+            why = "this profile does not download it" if not src.download else "no download into this path"
+        elif offline:
+            why = "--offline given"
+        elif not allow_download:
+            why = "--no-download given"
+        elif not _reachable(info.url):
+            why = f"{urlsplit(info.url).hostname} did not answer within {NETWORK_TIMEOUT_S:.0f} s"
+        else:
+            log(f"[replicate] fetching {src.key} ({info.title}) into {src.path}: divebatch fetch-data {shlex.join(args)}")
+            from divebatch.data import fetch_cli
+
+            why = "the download failed" if fetch_cli(args) != 0 else ""
+            if not src.missing():
+                continue
+        problems.append(data_instructions(src, profile, why))
+    return problems
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def gpu_ids() -> list[str]:
+    """Visible GPUs: ``CUDA_VISIBLE_DEVICES`` when set (empty means none), else torch's count."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def default_jobs(gpus: list[str], cores: int) -> int:
+    """One job per GPU; on CPU one single-threaded job per core, at most 8 (small CPU-scale models
+    use several processes better than several threads)."""
+    return len(gpus) if gpus else max(1, min(cores, 8))
+
+
+@dataclass
+class Task:
+    """A process of the replication: a training run, or the synthetic check."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    kind: str = "train"  # train | synthetic
+    run: Optional[Run] = None
+    verb: str = "started"
+    total_epochs: int = 0  # epochs this task still has to train (progress bar)
+    proc: Optional[subprocess.Popen] = None
+    log_file: object = None
+    started: float = 0.0
+    seconds: float = 0.0
+    counted: int = 0  # epochs already added to the bar
+    gpu: Optional[str] = None
+    returncode: Optional[int] = None
+
+
+def _tail(path: Path, n: int = 10) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join("      " + line for line in lines[-n:])
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class Pool:
+    """Runs tasks as subprocesses, ``jobs`` at once, with a progress bar in epochs.
+
+    On GPUs each training gets one GPU (``CUDA_VISIBLE_DEVICES``, round-robin over the slots); the
+    synthetic check needs none and runs beside them. On CPU every process gets
+    ``max(1, cores // jobs)`` threads unless ``OMP_NUM_THREADS`` is set.
+    """
+
+    def __init__(self, jobs: int, gpus: list[str], log=tqdm.write):
+        self.jobs, self.gpus, self.log = jobs, gpus, log
+        cores = os.cpu_count() or 1
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // jobs))
+        self.env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+        self.env.pop("PYTEST_CURRENT_TEST", None)
+        self.active: list[Task] = []
+        self.done: list[Task] = []
+
+    def _slots_used(self) -> int:
+        return sum(1 for t in self.active if t.kind == "train" or not self.gpus)
+
+    def _start(self, task: Task, bar) -> None:
+        env = dict(self.env)
+        if self.gpus:
+            if task.kind == "train":
+                load = {g: sum(t.gpu == g for t in self.active) for g in self.gpus}
+                task.gpu = min(self.gpus, key=lambda g: load[g])  # the least busy GPU, first on ties
+                env["CUDA_VISIBLE_DEVICES"] = task.gpu
+            else:
+                env["CUDA_VISIBLE_DEVICES"] = ""
+        task.log.parent.mkdir(parents=True, exist_ok=True)
+        task.log_file = open(task.log, "a")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        task.log_file.write(f"\n=== {stamp} divebatch replicate: {shlex.join(task.argv)}\n")
+        task.log_file.flush()
+        task.proc = subprocess.Popen(task.argv, stdout=task.log_file, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=False)
+        task.started = time.perf_counter()
+        self.active.append(task)
+        where = f" on GPU {task.gpu}" if task.gpu is not None else ""
+        self.log(f"[replicate] {task.verb:<8} {task.name}{where} (log: {task.log})")
+
+    def _poll_progress(self, bar) -> None:
+        for t in self.active:
+            if t.run is not None and t.total_epochs:
+                now = min(t.total_epochs, epochs_done(t.run.out_dir) - (t.run.epochs - t.total_epochs))
+                if now > t.counted:
+                    bar.update(now - t.counted)
+                    t.counted = now
+
+    def _finish(self, task: Task, bar) -> None:
+        task.log_file.close()
+        task.returncode = task.proc.returncode
+        task.seconds = time.perf_counter() - task.started
+        self.active.remove(task)
+        self.done.append(task)
+        if task.total_epochs > task.counted:  # a failed run's remaining epochs leave the ETA
+            bar.total -= task.total_epochs - task.counted
+            bar.refresh()
+        ok = task.returncode == 0
+        detail = ""
+        if task.run is not None:
+            summary = read_summary(task.run.out_dir)
+            ok = ok and bool(summary and summary.get("finished"))
+            if ok:
+                detail = (f": final val_acc {summary['final_val_acc']:.2f}% (best {summary['best_val_acc']:.2f}%), "
+                          f"{summary['epochs_completed']} epochs")
+        task.returncode = 0 if ok else (task.returncode or 1)
+        if ok:
+            self.log(f"[replicate] finished {task.name} in {_fmt_s(task.seconds)}{detail}")
+        else:
+            self.log(f"[replicate] FAILED   {task.name} (exit {task.proc.returncode}) after {_fmt_s(task.seconds)}; "
+                     f"log: {task.log}\n    last lines:\n{_tail(task.log)}")
+
+    def run(self, tasks: list[Task], desc: str) -> list[Task]:
+        """Run every task; returns them with ``returncode`` set (0: success).
+
+        Raises:
+            KeyboardInterrupt: after stopping the running processes (their runs resume next time).
+        """
+        todo = list(tasks)
+        total = sum(t.total_epochs for t in tasks)
+        n_runs = sum(1 for t in tasks if t.kind == "train")
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=total, unit="epoch", desc=desc, file=sys.stderr, dynamic_ncols=True,
+                   mininterval=1 if interactive else 60, disable=not tasks)
+        try:
+            while todo or self.active:
+                while todo and (self._slots_used() < self.jobs or (self.gpus and todo[0].kind != "train")):
+                    self._start(todo.pop(0), bar)
+                time.sleep(0.5)
+                self._poll_progress(bar)
+                for t in [t for t in self.active if t.proc.poll() is not None]:
+                    self._poll_progress(bar)
+                    self._finish(t, bar)
+                done_runs = sum(1 for t in self.done if t.kind == "train")
+                bar.set_postfix_str(f"runs {done_runs}/{n_runs} done, {len(self.active)} running", refresh=False)
+        except KeyboardInterrupt:
+            self.log(f"[replicate] interrupted: stopping {len(self.active)} process(es); rerun the same command "
+                     f"to resume (runs restart from their last finished epoch)")
+            for t in self.active:
+                if t.proc.poll() is None:
+                    t.proc.send_signal(signal.SIGINT)
+            for t in self.active:
+                try:
+                    t.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    t.proc.kill()
+                t.log_file.close()
+            raise
+        finally:
+            bar.close()
+        return self.done
+
+
+# ----------------------------------------------------------------------------- synthetic check
+
+
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def synthetic_stamp(config: str, profile: str) -> dict:
+    """What the synthetic outputs must come from to be reused: config content, profile, commit."""
+    from divebatch.provenance import git_commit
+
+    return {"config": str(config), "config_sha256": _sha256(config), "profile": profile, "commit": git_commit()}
+
+
+def synthetic_done(runs_dir: Path, out: Path, stamp: dict) -> bool:
+    """The synthetic outputs exist and their stamp matches ``stamp`` (same config, profile, commit)."""
+    verdict = out / "paper_tables" / stamp["profile"] / "synthetic_verdict.json"
+    try:
+        old = json.loads((runs_dir / SYNTHETIC_STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return verdict.is_file() and all(old.get(k) == v for k, v in stamp.items())
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@dataclass
+class Outcome:
+    """What one invocation did (also the exit status: 0 only when everything succeeded)."""
+
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (name, log path or reason)
+    steps: list[str] = field(default_factory=list)  # synthetic / sweeps / report outcome lines
+    outputs: list[Path] = field(default_factory=list)
+    stopped: Optional[str] = None  # stopped before training: why
+
+    @property
+    def exit_code(self) -> int:
+        return 2 if self.stopped else (1 if self.failed else 0)
+
+
+def _stream(argv: list[str], log=print) -> int:
+    """Run a step in the foreground, its output on our stdout/stderr."""
+    log(f"[replicate] $ {shlex.join(argv[2:] if argv[1:2] == ['-m'] else argv)}")
+    sys.stdout.flush()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return subprocess.call(argv, env=env)
+
+
+def _list_outputs(out: Path, profile: str) -> list[Path]:
+    dirs = [out / "paper_tables" / profile, out / "figures" / profile, out / "notebooks" / profile]
+    return [d for d in dirs if d.is_dir()]
+
+
+def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, data_args: list[str] = (),
+              runs_dir: str | Path | None = None, out: str | Path = ".", extra: list[str] = (),
+              offline: bool = False, download: bool = True, synthetic: bool = True, redo_synthetic: bool = False,
+              report: bool = True, notebooks: bool = True, sweeps: bool = True, dry_run: bool = False,
+              log=print) -> Outcome:
+    """Train every unfinished run of ``profile``, run its synthetic check and sweeps, then report.
+
+    Args:
+        profile: a name in ``configs/profiles/`` or a YAML path.
+        jobs: processes at once (default :func:`default_jobs`).
+        data_args: ``--data`` items (``NAME=PATH``, or ``PATH`` for a one-dataset profile).
+        runs_dir: default ``runs/<profile>``.
+        out: root of ``paper_tables/<profile>/``, ``figures/<profile>/``, ``notebooks/<profile>/``.
+        extra: KEY=VALUE overrides for every run.
+        offline: never touch the network (missing data stops the command).
+        dry_run: print the matrix and each run's state; train nothing.
+    Returns:
+        :class:`Outcome`; ``outcome.exit_code`` is the command's exit status.
+    Raises:
+        ProfileError, ConfigError: bad profile or run config (before anything runs).
+        KeyboardInterrupt: after stopping the running processes.
+    """
+    t_start = time.perf_counter()
+    spec = load_profile(profile)
+    runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / spec.name
+    out = Path(out)
+    sources = resolve_data(spec, parse_data_args(list(data_args), spec))
+    runs = expand(spec, runs_dir, sources, list(extra))
+    outcome = Outcome()
+
+    # 1. every config must load before anything runs (data presence is checked next)
+    configs = {}
+    for run in runs:
+        try:
+            configs[run.name] = cfg = load_config(run.config, run.overrides, check_data=False)
+        except ConfigError as err:
+            raise ConfigError(f"run {run.name} ({run.config}): {err}") from None
+        run.epochs = int(cfg.epochs)
+    gpus = gpu_ids()
+    jobs = jobs or default_jobs(gpus, os.cpu_count() or 1)
+    if jobs < 1:
+        raise ProfileError(f"invalid --jobs {jobs}; allowed: an integer >= 1")
+    hw = f"{len(gpus)} GPU(s)" if gpus else f"{os.cpu_count()} CPU core(s)"
+    expected = f"; expected about {spec.expected_minutes:g} min on {spec.hardware}" if spec.expected_minutes else ""
+    log(f"[replicate] profile {spec.name}: {len(runs)} runs ({len(spec.experiments)} experiment(s)), "
+        f"runs in {runs_dir}, outputs in {out / 'paper_tables' / spec.name} and {out / 'figures' / spec.name}; "
+        f"{jobs} job(s) on {hw}{expected}")
+
+    # 2. data, before any training
+    if not dry_run:
+        problems = ensure_data(sources, spec.name, offline, download, log)
+        if problems:
+            outcome.stopped = "data missing"
+            log(f"[replicate] profile {spec.name} stopped before training: data missing. Put the files in place "
+                f"and rerun the same command.\n" + "\n".join(problems))
+            return outcome
+
+    # 3. what to do with each run
+    tasks = []
+    states = {}
+    for run in runs:
+        state, detail = run_state(run, configs[run.name])
+        states[run.name] = state
+        if dry_run:
+            log(f"[replicate] {state:<8} {run.name}: {detail}; divebatch train {shlex.join([run.config, *run.overrides])}")
+        elif state == "finished":
+            outcome.skipped.append(run.name)
+            log(f"[replicate] skipped  {run.name} (finished already: {detail})")
+        elif state == "conflict":
+            outcome.failed.append((run.name, f"{run.out_dir} holds a run with another config"))
+            log(f"[replicate] FAILED   {run.name}: {run.out_dir} holds a run with another config ({detail}); "
+                f"not started. Restore the profile/config, or move that folder away to train it anew.")
+        else:
+            left = run.epochs - (epochs_done(run.out_dir) if state == "resume" else 0)
+            tasks.append(Task(run.name, run.argv(), run.log, run=run, total_epochs=max(0, left),
+                              verb="resumed" if state == "resume" else "started"))
+    do_synthetic = synthetic and spec.synthetic is not None
+    if do_synthetic:
+        stamp = synthetic_stamp(spec.synthetic, spec.name)
+        argv = [sys.executable, "-m", "divebatch", "synthetic", "--profile", spec.name, "--config",
+                str(spec.synthetic), "--out-root", str(out)]
+        if dry_run:
+            log(f"[replicate] synthetic: {'done' if synthetic_done(runs_dir, out, stamp) else 'to run'}: "
+                f"{shlex.join(argv[2:])}")
+        elif synthetic_done(runs_dir, out, stamp) and not redo_synthetic:
+            outcome.steps.append("synthetic check: skipped (done for this config and commit; --redo-synthetic reruns it)")
+            log(f"[replicate] skipped  synthetic check (outputs in {out / 'paper_tables' / spec.name} are from "
+                f"this config and commit)")
+        else:
+            tasks.insert(0, Task("synthetic check", argv, runs_dir / "logs" / "synthetic.log", kind="synthetic"))
+    if dry_run:
+        return outcome
+
+    # 4. train (and the synthetic check beside)
+    n_new = sum(1 for t in tasks if t.kind == "train")
+    log(f"[replicate] {n_new} run(s) to train ({sum(1 for t in tasks if t.verb == 'resumed')} resumed), "
+        f"{len(outcome.skipped)} finished already"
+        + (f", {len(outcome.failed)} refused" if outcome.failed else ""))
+    rusage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = Pool(jobs, gpus).run(tasks, spec.name) if tasks else []
+    for t in done:
+        if t.kind == "synthetic":
+            if t.returncode == 0:
+                (runs_dir / SYNTHETIC_STAMP).write_text(json.dumps({**stamp, "seconds": round(t.seconds, 1)}, indent=2))
+                outcome.steps.append(f"synthetic check: ran in {_fmt_s(t.seconds)}")
+            else:
+                outcome.failed.append((t.name, str(t.log)))
+                outcome.steps.append(f"synthetic check: FAILED (log: {t.log})")
+        elif t.returncode == 0:
+            outcome.trained.append(t.name)
+        else:
+            outcome.failed.append((t.name, str(t.log)))
+
+    # 5. sweeps, then the report
+    for sweep in (spec.sweeps if sweeps else []):
+        argv = [sys.executable, "-m", "divebatch", "sweep", str(sweep), "--local", "--jobs", str(jobs),
+                "--out", str(out)]
+        rc = _stream(argv, log)
+        outcome.steps.append(f"sweep {sweep}: {'ok' if rc == 0 else f'FAILED (exit {rc})'}")
+        if rc != 0:
+            outcome.failed.append((f"sweep {sweep}", "its output above"))
+    if report and spec.report and runs:
+        argv = [sys.executable, "-m", "divebatch", "report", str(runs_dir), "--out", str(out), "--profile", spec.name]
+        argv += ["--notebooks"] if (notebooks and spec.notebooks) else []
+        if not any(read_summary(r.out_dir) for r in runs):
+            rc = None
+            outcome.steps.append("report: not run (no run has finished)")
+        else:
+            rc = _stream(argv, log)
+            outcome.steps.append(f"report: {'ok' if rc == 0 else f'FAILED (exit {rc})'}")
+        if rc not in (0, None):
+            outcome.failed.append(("report", "its output above"))
+    outcome.outputs = _list_outputs(out, spec.name)
+
+    rusage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (rusage1.ru_utime + rusage1.ru_stime) - (rusage0.ru_utime + rusage0.ru_stime)
+    _summary(spec.name, outcome, runs_dir, time.perf_counter() - t_start, cpu, log)
+    return outcome
+
+
+def _summary(profile: str, o: Outcome, runs_dir: Path, wall: float, cpu: float, log) -> None:
+    lines = [f"[replicate] profile {profile} done in {_fmt_s(wall)} (processes used {_fmt_s(cpu)} of CPU time): "
+             f"{len(o.trained)} run(s) trained, {len(o.skipped)} skipped (finished already), {len(o.failed)} failed"]
+    lines += [f"  {s}" for s in o.steps]
+    for name, where in o.failed:
+        lines.append(f"  FAILED {name}: {where}")
+    lines.append(f"  runs: {runs_dir}/")
+    for d in o.outputs:
+        files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+        lines.append(f"  {d}/ ({len(files)} files): {', '.join(files)}")
+    readme = next((d / "README.md" for d in o.outputs if (d / "README.md").is_file()), None)
+    if readme:
+        lines.append(f"  start reading at {readme}")
+    log("\n".join(lines))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``divebatch replicate [PROFILE] [options]``; returns the exit status (0 all succeeded,
+    1 some run or step failed, 2 stopped before training: bad profile or missing data, 130 interrupted)."""
+    p = argparse.ArgumentParser(
+        prog="divebatch replicate",
+        description="Train every run of a replication profile that is not finished (cut runs resume), run the "
+                    "synthetic check, then regenerate paper_tables/<profile>/, figures/<profile>/ and "
+                    "notebooks/<profile>/. Rerunning trains nothing new. See docs/replicate.md.")
+    p.add_argument("profile", nargs="?", default=DEFAULT_PROFILE,
+                   help=f"smoke | cpu | paper (configs/profiles/<name>.yaml) or a profile YAML (default: {DEFAULT_PROFILE})")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="trainings at once (default: one per GPU; on CPU one per core, at most 8)")
+    p.add_argument("--data", action="append", default=[], metavar="[NAME=]PATH",
+                   help="where a dataset of the profile is (repeatable), e.g. --data ../shared/data/cifar10-mini.npz "
+                        "for the cpu profile, --data tiny_imagenet=DIR/tiny-imagenet-200 for paper")
+    p.add_argument("--runs-dir", default=None, help="run directories (default: runs/<profile>)")
+    p.add_argument("--out", default=".", help="root of paper_tables/, figures/ and notebooks/ (default: .)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="extra",
+                   help="override for every run, e.g. --set wandb.mode=offline (repeatable)")
+    p.add_argument("--offline", action="store_true", help="never use the network (missing data stops the command)")
+    p.add_argument("--no-download", action="store_true", help="do not download missing datasets")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic theory check")
+    p.add_argument("--redo-synthetic", action="store_true", help="rerun the synthetic check even when it is done")
+    p.add_argument("--no-sweeps", action="store_true", help="skip the profile's hyperparameter sweeps")
+    p.add_argument("--no-report", action="store_true", help="train only; no tables, figures or notebooks")
+    p.add_argument("--no-notebooks", action="store_true", help="report without executing the notebooks")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their states; train nothing")
+    args = p.parse_args(argv)
+    try:
+        outcome = replicate(args.profile, args.jobs, args.data, args.runs_dir, args.out, args.extra,
+                            offline=args.offline or os.environ.get("DIVEBATCH_OFFLINE") == "1",
+                            download=not args.no_download, synthetic=not args.no_synthetic,
+                            redo_synthetic=args.redo_synthetic, report=not args.no_report,
+                            notebooks=not args.no_notebooks, sweeps=not args.no_sweeps, dry_run=args.dry_run)
+    except (ProfileError, ConfigError, FileNotFoundError) as err:
+        print(f"divebatch replicate: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return outcome.exit_code

@@ -1,0 +1,330 @@
+"""divebatch.analysis on hand-written run directories (tests/fixtures/fake_runs.py): time to target
+and speed-ups against hand-computed values, bootstrap intervals, exclusion of incomplete runs,
+claim verdicts that follow the numbers, the report command and the notebooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from divebatch.analysis import (RunWarning, cli, collect_runs, main_table, sensitivity_table, speedup_table,
+                                time_to_target)
+from divebatch.analysis import claims as claims_mod
+from divebatch.analysis.figures import pareto_front, plot_sensitivity
+from divebatch.analysis.stats import accuracy_change, speedup
+from fixtures.fake_runs import make_study, write_run
+
+# Hand-written CIFAR-10 study, two seeds. Per run: validation accuracy (%), cumulative optimizer
+# steps, cumulative wall-clock seconds per epoch.
+HAND = {
+    ("sgd", 1): ([50, 70, 80, 89, 90], [10, 20, 30, 40, 50], [2, 4, 6, 8, 10]),
+    ("sgd", 2): ([55, 72, 85, 88, 90.5], [10, 20, 30, 40, 50], [2, 4, 6, 8, 10]),
+    ("divebatch", 1): ([60, 85, 88.5, 89, 89], [10, 15, 18, 20, 22], [2, 3.5, 5, 6.5, 8]),
+    ("divebatch", 2): ([62, 86, 87, 89.5, 89.6], [10, 15, 18, 20, 22], [2, 3, 4, 5, 6]),
+    ("adabatch", 1): ([55, 80, 86, 88, 88.5], [10, 16, 19, 21, 22], [2, 3, 4, 5, 6]),
+    ("adabatch", 2): ([56, 79, 87, 88.2, 88.4], [10, 16, 19, 21, 22], [2, 3.2, 4.4, 5.6, 6.8]),
+}
+
+
+def write_hand_study(root: Path) -> Path:
+    for (method, seed), (acc, steps, wall) in HAND.items():
+        write_run(root, f"{method}/s{seed}", val_acc=acc, optimizer_steps=steps, wall_time_s=wall, method=method,
+                  seed=seed, dataset="cifar10")
+    return root
+
+
+def _row(df: pd.DataFrame, **where) -> pd.Series:
+    mask = np.ones(len(df), bool)
+    for k, v in where.items():
+        mask &= df[k].to_numpy() == v
+    assert mask.sum() == 1, where
+    return df[mask].iloc[0]
+
+
+def test_time_to_target_single_run():
+    m = pd.DataFrame({"epoch": [0, 1, 2, 3], "val_acc": [10.0, 50.0, 49.0, 60.0],
+                      "optimizer_steps": [5, 9, 12, 14], "wall_time_s": [1.5, 2.5, 3.0, 4.0]})
+    assert time_to_target(m, 50.0) == {"epochs": 2.0, "optimizer_steps": 9.0, "wall_time_s": 2.5}
+    assert time_to_target(m, 55.0) == {"epochs": 4.0, "optimizer_steps": 14.0, "wall_time_s": 4.0}
+    assert all(np.isnan(v) for v in time_to_target(m, 61.0).values())
+
+
+def test_time_to_target_and_speedups_match_hand_computation(tmp_path):
+    rs = collect_runs(write_hand_study(tmp_path / "runs"))
+    main = main_table(rs.epochs)
+    # own target = final - 1 pp: SGD reaches it at epochs 4 and 5, DiveBatch at 3 and 4, AdaBatch at 4 and 4
+    sgd, dive, ada = (_row(main, method=m) for m in ("SGD (small batch)", "DiveBatch", "AdaBatch"))
+    assert sgd["own_epochs_mean"] == pytest.approx((4 + 5) / 2)
+    assert dive["own_optimizer_steps_mean"] == pytest.approx((18 + 20) / 2)
+    assert ada["own_wall_time_s_mean"] == pytest.approx((5 + 5.6) / 2)
+    # common target = lowest mean final accuracy (AdaBatch: (88.5 + 88.4) / 2) - 1 pp
+    assert sgd["common_target"] == pytest.approx((88.5 + 88.4) / 2 - 1)
+    assert dive["common_epochs_mean"] == pytest.approx((3 + 4) / 2)
+    assert sgd["common_optimizer_steps_mean"] == pytest.approx(40)
+    assert dive["acc_change_vs_sgd_small_pp"] == pytest.approx((89 + 89.6) / 2 - (90 + 90.5) / 2)
+
+    sp = speedup_table(rs.epochs)
+    expect = {  # (baseline, target, unit) -> mean baseline time / mean DiveBatch time
+        ("SGD (small batch)", "own", "epochs"): (4 + 5) / (3 + 4),
+        ("SGD (small batch)", "own", "optimizer_steps"): (40 + 50) / (18 + 20),
+        ("SGD (small batch)", "own", "wall_time_s"): (8 + 10) / (5 + 5),
+        ("AdaBatch", "own", "epochs"): (4 + 4) / (3 + 4),
+        ("AdaBatch", "own", "optimizer_steps"): (21 + 21) / (18 + 20),
+        ("AdaBatch", "own", "wall_time_s"): (5 + 5.6) / (5 + 5),
+        ("SGD (small batch)", "common", "optimizer_steps"): (40 + 40) / (18 + 20),
+        ("AdaBatch", "common", "wall_time_s"): (5 + 5.6) / (5 + 5),
+    }
+    for (baseline, target, unit), value in expect.items():
+        r = _row(sp, method="DiveBatch", baseline=baseline, target=target, unit=unit)
+        assert r["speedup"] == pytest.approx(value), (baseline, target, unit)
+        assert r["n_seeds"] == 2
+        assert r["ci_low"] <= r["speedup"] <= r["ci_high"]
+
+
+def _seed_sample(n: int, center: float, reverse: bool) -> np.ndarray:
+    # evenly spread standard-normal quantiles: the same spread at every n, so only n changes
+    q = stats.norm.ppf((np.arange(n) + 0.5) / n)
+    return center + (q[::-1] if reverse else q)
+
+
+def test_bootstrap_contains_estimate_and_widens_with_fewer_seeds():
+    widths = {}
+    for n in (3, 10):
+        base, method = _seed_sample(n, 10.0, False), _seed_sample(n, 5.0, True)
+        iv = speedup(base, method)
+        assert iv.low <= iv.value <= iv.high and iv.n == n
+        assert iv.value == pytest.approx(base.mean() / method.mean())
+        acc = accuracy_change(method, base)
+        assert acc.low <= acc.value <= acc.high
+        widths[n] = (iv.high - iv.low, acc.high - acc.low)
+    assert widths[3][0] > widths[10][0] and widths[3][1] > widths[10][1]
+    base, method = _seed_sample(10, 10.0, False), _seed_sample(10, 5.0, True)
+    one = speedup(base[:1], method[:1])
+    assert one.n == 1 and np.isnan(one.low) and np.isfinite(one.value)
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("short", "3 of 5 epochs"),
+    ("unfinished", "finished=false"),
+    ("no_summary", "summary.json missing"),
+])
+def test_incomplete_run_is_excluded_with_warning(tmp_path, kind, reason):
+    root = write_hand_study(tmp_path / "runs")
+    acc = [60, 80, 85, 88, 89]
+    if kind == "short":
+        write_run(root, "divebatch/s3", val_acc=acc[:3], epochs=5, method="divebatch", seed=3)
+    else:
+        write_run(root, "divebatch/s3", val_acc=acc, method="divebatch", seed=3,
+                  finished=False if kind == "unfinished" else None)
+    with pytest.warns(RunWarning, match=reason):
+        rs = collect_runs(root)
+    assert "runs/divebatch/s3" not in set(rs.epochs["run_id"])
+    bad = _row(rs.runs, run_id="runs/divebatch/s3")
+    assert not bad["complete"] and reason in bad["reason"]
+    # the aggregate uses the two complete DiveBatch seeds; seed 3 is missing for every other method
+    assert _row(main_table(rs.epochs), method="DiveBatch")["n_seeds"] == 2
+    assert rs.missing_seeds[("test", "cifar10", "SGD (small batch)", "")] == [3]
+
+
+def test_duplicate_and_unreadable_runs_do_not_crash(tmp_path):
+    root = write_hand_study(tmp_path / "runs")
+    write_run(root, "zz_copy/sgd", val_acc=HAND[("sgd", 1)][0], method="sgd", seed=1)
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("data: [unclosed\n")
+    wandb_copy = root / "sgd" / "s1" / "wandb" / "files"  # wandb keeps a config.yaml of its own
+    wandb_copy.mkdir(parents=True)
+    (wandb_copy / "config.yaml").write_text("x: 1\n")
+    with pytest.warns(RunWarning) as record:
+        rs = collect_runs(root)
+    messages = " ".join(str(w.message) for w in record)
+    assert "duplicate of runs/sgd/s1" in messages and "config.yaml unreadable (ParserError" in messages
+    assert str(tmp_path) not in messages
+    assert len(rs.runs) == len(HAND) + 2
+    assert rs.epochs["run_id"].nunique() == len(HAND)
+
+
+def test_method_names_and_settings(tmp_path):
+    root = tmp_path / "runs"
+    acc = [50, 60, 70]
+    write_run(root, "a", val_acc=acc, method="sgd", initial_batch_size=128)
+    write_run(root, "b", val_acc=acc, method="sgd", initial_batch_size=2048, lr=1.6)
+    write_run(root, "c", val_acc=acc, method="adabatch", lr_rescale=True)
+    write_run(root, "d", val_acc=acc, method="divebatch", delta=0.1)
+    write_run(root, "e", val_acc=acc, method="divebatch", delta=0.01)
+    runs = collect_runs(root).runs.set_index("run_id")
+    assert runs.loc["runs/a", "method"] == "SGD (small batch)"
+    assert runs.loc["runs/b", "method"] == "SGD (large batch)"
+    assert runs.loc["runs/c", "method"] == "AdaBatch + lr rescale"
+    assert runs.loc["runs/d", "setting"] == "delta=0.1" and runs.loc["runs/e", "setting"] == "delta=0.01"
+    assert runs.loc["runs/a", "setting"] == ""  # lr differs, but between two different methods
+
+
+def _claims_study(root: Path, dataset: str, dive_steps: int, dive_acc_shift: float = 0.0) -> Path:
+    """Same accuracy curve for every method (so every run reaches its target in the same epoch);
+    speed differs only through optimizer steps per epoch: SGD 100, AdaBatch 50, DiveBatch ``dive_steps``."""
+    base = np.array([40.0, 70.0, 85.0, 89.0, 90.0])
+    for seed in (1, 2, 3):
+        acc = base + 0.1 * seed
+        for method, steps, bs, shift in (("sgd", 100, 64, 0.0), ("adabatch", 50, 128, 0.0),
+                                         ("divebatch", dive_steps, 640, dive_acc_shift)):
+            write_run(root, f"{dataset}/{method}/s{seed}", val_acc=acc + shift, dataset=dataset, method=method,
+                      seed=seed, initial_batch_size=64, max_batch_size=640, batch_size=[64, 64, bs, bs, bs],
+                      optimizer_steps=np.cumsum([steps] * 5), wall_time_s=np.arange(1, 6) * 2.0)
+    return root
+
+
+def _claims(root: Path, verdict: Path | None = None) -> pd.DataFrame:
+    rs = collect_runs(root)
+    return claims_mod.claims_table(main_table(rs.epochs), speedup_table(rs.epochs), verdict)
+
+
+def _verdict(claims: pd.DataFrame, claim: int, unit: str) -> str:
+    return _row(claims, claim=claim, unit=unit)["verdict"]
+
+
+def test_claim_verdicts_follow_the_numbers(tmp_path):
+    fast = _claims(_claims_study(tmp_path / "fast", "cifar10", dive_steps=10))
+    slow = _claims(_claims_study(tmp_path / "slow", "cifar10", dive_steps=100))
+    # 10x fewer steps than SGD, 5x fewer than AdaBatch: claim 2 holds in optimizer steps ...
+    assert _verdict(fast, 2, "optimizer steps") == claims_mod.HOLDS
+    assert _verdict(fast, 1, "optimizer steps") == claims_mod.HOLDS
+    # ... but not in epochs, where every method needs the same number
+    assert _verdict(fast, 2, "epochs") == claims_mod.FAILS
+    # as many steps as SGD: no speed-up, the claims fail
+    assert _verdict(slow, 2, "optimizer steps") == claims_mod.FAILS
+    assert _verdict(slow, 1, "optimizer steps") == claims_mod.FAILS
+    # claim 3: same accuracy with larger batches holds; 3 pp lower does not
+    assert _verdict(fast, 3, "final validation accuracy (pp)") == claims_mod.HOLDS
+    worse = _claims(_claims_study(tmp_path / "worse", "cifar10", dive_steps=10, dive_acc_shift=-3.0))
+    assert _verdict(worse, 3, "final validation accuracy (pp)") == claims_mod.FAILS
+    assert _verdict(worse, 1, "optimizer steps") == claims_mod.FAILS  # a 3 pp loss is not "slight"
+    # claim 2 needs CIFAR-10: on digits it is not measured, whatever the numbers
+    digits = _claims(_claims_study(tmp_path / "digits", "digits", dive_steps=10))
+    assert _verdict(digits, 2, "optimizer steps") == claims_mod.NOT_MEASURED
+    assert _verdict(digits, 1, "optimizer steps") == claims_mod.NOT_MEASURED
+
+
+def test_claim4_reads_the_synthetic_verdict(tmp_path):
+    root = _claims_study(tmp_path / "runs", "cifar10", dive_steps=10)
+    unit = "per-sample convergence (synthetic)"
+    path = tmp_path / "synthetic_verdict.json"
+    assert _verdict(_claims(root, path), 4, unit) == claims_mod.NOT_MEASURED
+    path.write_text(json.dumps({"holds": True, "summary": "slopes agree", "extra": 1}))
+    assert _row(_claims(root, path), claim=4, unit=unit)[["verdict", "ours"]].tolist() == [claims_mod.HOLDS, "slopes agree"]
+    path.write_text(json.dumps({"holds": False, "summary": "slopes differ"}))
+    assert _verdict(_claims(root, path), 4, unit) == claims_mod.FAILS
+    path.write_text(json.dumps({"summary": "no holds key"}))
+    with pytest.warns(RunWarning, match="holds"):
+        assert _verdict(_claims(root, path), 4, unit) == claims_mod.NOT_MEASURED
+
+
+def test_sensitivity_table_and_figure(tmp_path):
+    root = tmp_path / "sweep"
+    acc = [50.0, 80.0, 90.0]
+    for seed in (1, 2):
+        write_run(root, f"sgd/s{seed}", val_acc=acc, method="sgd", seed=seed, optimizer_steps=[100, 200, 300])
+        for delta, steps in ((0.01, [100, 150, 200]), (0.1, [100, 120, 130])):
+            write_run(root, f"dive{delta}/s{seed}", val_acc=acc, method="divebatch", delta=delta, seed=seed,
+                      optimizer_steps=steps)
+    table = sensitivity_table(collect_runs(root).epochs)
+    assert list(table["delta"]) == [0.01, 0.1]
+    # own target 89 % is reached in the last epoch: speed-up = 300 / final steps
+    assert table["speedup_optimizer_steps"].tolist() == pytest.approx([300 / 200, 300 / 130])
+    assert table["speedup_epochs"].tolist() == pytest.approx([1.0, 1.0])
+    fig = plot_sensitivity(table)
+    assert len(fig.axes) == 4  # accuracy + three units, one column (only delta varies)
+    plt.close(fig)
+
+
+def test_pareto_front():
+    pts = pd.DataFrame({"acc": [0.0, -1.0, 1.0, -2.0, np.nan], "speed": [2.0, 3.0, 1.0, 1.5, 9.0]})
+    assert pareto_front(pts, "acc", "speed").tolist() == [True, True, True, False, False]
+
+
+def test_report_command_writes_tables_figures_and_readme(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_study(Path("runs"), datasets=("cifar10-mini",), seeds=(1, 2), epochs=4,
+               methods=("sgd_small", "adabatch", "divebatch"))
+    write_run(Path("runs"), "crashed", val_acc=[10, 20], epochs=4, method="divebatch", seed=3,
+              dataset="cifar10-mini", finished=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunWarning)
+        assert cli(["runs", "--out", "out"]) == 0
+    tdir, fdir = Path("out/paper_tables/test"), Path("out/figures/test")
+    for name in ("main", "speedups", "claims", "runs"):
+        for ext in ("csv", "md", "tex"):
+            assert (tdir / f"{name}.{ext}").is_file(), f"{name}.{ext}"
+    for stem in ("curves_cifar10-mini", "dynamics_cifar10-mini", "speedup_vs_accuracy", "noise_scale"):
+        assert (fdir / f"{stem}.png").is_file() and (fdir / f"{stem}.pdf").is_file()
+    readme = (tdir / "README.md").read_text()
+    for path in [*tdir.glob("*.csv"), *fdir.glob("*.png")]:
+        assert f"[{path.name}]" in readme, path.name
+    assert "runs/crashed" in readme and "finished=false" in readme
+    main = pd.read_csv(tdir / "main.csv")
+    assert main["provenance"].str.contains("profile=test").all() and main["provenance"].str.contains("seeds=1,2 ").all()
+    assert "commit=abc1234" in (tdir / "claims.md").read_text()
+    assert str(tmp_path) not in readme + (tdir / "runs.csv").read_text()  # no absolute paths
+    out = capsys.readouterr().out
+    assert "claim 2 (optimizer steps)" in out
+    # a second report says it replaces the first and lists files another command wrote there;
+    # an unknown profile is a clear error
+    (tdir / "synthetic_verdict.json").write_text(json.dumps({"holds": True, "summary": "knee tracks n*Delta"}))
+    assert cli(["runs", "--out", "out"]) == 0
+    assert "[synthetic_verdict.json]" in (tdir / "README.md").read_text()
+    assert _row(pd.read_csv(tdir / "claims.csv"), claim=4)["verdict"] == claims_mod.HOLDS
+    assert "replaced" in capsys.readouterr().err
+    assert cli(["runs", "--profile", "nope"]) == 2
+    assert "allowed: test" in capsys.readouterr().err
+
+
+def test_provenance_commit_mixed(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "a", val_acc=[1, 2], method="sgd", commit="1111111aaaa")
+    write_run(root, "b", val_acc=[1, 2], method="sgd", seed=2, commit="2222222bbbb")
+    assert collect_runs(root).provenance().endswith("commit=mixed")
+    assert collect_runs(root / "a").provenance().endswith("commit=1111111")
+
+
+def test_notebooks_execute_on_a_small_fixture(tmp_path, monkeypatch):
+    pytest.importorskip("ipykernel")
+    from divebatch.analysis import notebooks
+
+    monkeypatch.chdir(tmp_path)
+    make_study(Path("runs"), datasets=("cifar10-mini",), seeds=(1, 2), epochs=4,
+               methods=("sgd_small", "adabatch", "divebatch"), profile="fixture")
+    for name in notebooks.NOTEBOOKS:
+        ipynb, html = notebooks.execute(name, "runs", "fixture", Path("nb"), timeout=300)
+        assert html.stat().st_size > 0
+        import nbformat
+
+        nb = nbformat.read(ipynb, as_version=4)
+        first = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+        assert "profile 'fixture'" in first
+        assert not any(o.output_type == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        assert os.fspath(tmp_path) not in ipynb.read_text()
+
+
+def test_report_survives_missing_baselines_and_profiles_without_complete_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs")
+    for seed in (1, 2):
+        write_run(runs, f"dive/s{seed}", val_acc=[10, 20, 30], method="divebatch", seed=seed, profile="only_dive")
+    write_run(runs, "sgd/s1", val_acc=[10, 20], epochs=3, method="sgd", profile="broken", finished=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunWarning)
+        assert cli(["runs", "--out", "out"]) == 0
+    only = pd.read_csv("out/paper_tables/only_dive/main.csv")
+    assert only["n_seeds"].tolist() == [2] and only["acc_change_vs_sgd_small_pp"].isna().all()
+    claims = pd.read_csv("out/paper_tables/broken/claims.csv")
+    assert (claims["verdict"] == claims_mod.NOT_MEASURED).all()
+    readme = Path("out/paper_tables/broken/README.md").read_text()
+    assert "profile=broken" in readme and "runs/sgd/s1" in readme

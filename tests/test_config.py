@@ -1,0 +1,154 @@
+"""Config: defaults, YAML + dotlist merging, and clear errors before any training (issue 2, item 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from divebatch.config import ConfigError, TrainConfig, config_keys, load_config
+
+# The keys the issue's interface fixes; every other key has a default.
+REQUIRED_KEYS = ("data.name", "data.path", "data.augment", "model.name", "method.name", "method.initial_batch_size",
+                 "method.max_batch_size", "method.resize_freq", "method.delta", "method.lr_rescale",
+                 "method.max_micro_batch", "optim.lr", "epochs", "seed", "device", "out_dir", "wandb.mode")
+OWN_SCHEMA_DIRS = ("sweeps", "synthetic", "profiles")  # configs/ subfolders with their own schemas
+
+
+def _experiment_configs() -> list[Path]:
+    root = REPO / "configs"
+    return sorted(p for p in root.rglob("*.yaml") if p.relative_to(root).parts[0] not in OWN_SCHEMA_DIRS)
+
+
+def test_required_keys_exist_in_the_schema():
+    assert set(REQUIRED_KEYS) <= set(config_keys())
+
+
+def test_defaults_alone_are_a_valid_config():
+    cfg = load_config()
+    assert OmegaConf.to_container(cfg) == OmegaConf.to_container(OmegaConf.structured(TrainConfig))
+
+
+def test_yaml_with_only_the_required_keys_is_complete_and_trains(tmp_path):
+    from divebatch.training import train
+
+    values = {"data.name": "digits", "data.path": None, "data.augment": False, "model.name": "linear",
+              "method.name": "divebatch", "method.initial_batch_size": 128, "method.max_batch_size": 512,
+              "method.resize_freq": 1, "method.delta": 0.1, "method.lr_rescale": True,
+              "method.max_micro_batch": 64, "optim.lr": 0.05, "epochs": 1, "seed": 7, "device": "cpu",
+              "out_dir": str(tmp_path / "run"), "wandb.mode": "disabled"}
+    assert set(values) == set(REQUIRED_KEYS)
+    yaml_path = tmp_path / "minimal.yaml"
+    OmegaConf.save(OmegaConf.from_dotlist([f"{k}={'null' if v is None else v}" for k, v in values.items()]), yaml_path)
+    cfg = load_config(yaml_path)
+    assert config_keys(cfg) == config_keys()  # every key present
+    for key, value in values.items():
+        assert OmegaConf.select(cfg, key) == value
+    defaults = OmegaConf.structured(TrainConfig)
+    for key in set(config_keys()) - set(values):
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(defaults, key), key
+    summary = train(load_config(yaml_path, ["progress=false"]))
+    assert summary["finished"] and summary["epochs_completed"] == 1
+
+
+def test_dotlist_overrides_win_over_yaml_and_accept_the_double_dash_form(tmp_path):
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("method:\n  delta: 0.3\n  name: adabatch\nseed: 4\n")
+    cfg = load_config(yaml_path, ["method.delta=0.05", "--seed=9", "--optim.milestones=[3,5]", "wandb.tags=[a,b]"])
+    assert cfg.method.delta == 0.05 and cfg.seed == 9 and cfg.method.name == "adabatch"
+    assert list(cfg.optim.milestones) == [3, 5] and list(cfg.wandb.tags) == ["a", "b"]
+
+
+def test_cli_accepts_double_dash_overrides_as_wandb_agents_pass_them(tmp_path, capsys):
+    from divebatch.cli import main
+
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("seed: 4\n")
+    assert main(["train", str(yaml_path), "--method.delta=0.07", "seed=11", "--print-config"]) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert printed.method.delta == 0.07 and printed.seed == 11
+
+
+def test_loaded_config_refuses_new_keys():
+    from omegaconf.errors import ConfigAttributeError
+
+    cfg = load_config()
+    with pytest.raises(ConfigAttributeError):
+        cfg.method.not_a_key = 1
+
+
+# (overrides, key named, value shown, text from what is allowed)
+INVALID = [
+    (["method.delta=0"], "method.delta", "0.0", "> 0"),
+    (["method.delta=-0.5"], "method.delta", "-0.5", "> 0"),
+    (["method.initial_batch_size=256", "method.max_batch_size=128"], "method.max_batch_size", "128",
+     ">= method.initial_batch_size"),
+    (["method.resize_freq=0"], "method.resize_freq", "0", ">= 1"),
+    (["epochs=0"], "epochs", "0", ">= 1"),
+    (["data.name=mnist"], "data.name", "mnist", "cifar10 | cifar100 | tiny_imagenet | digits | npz"),
+    (["model.name=vgg16"], "model.name", "vgg16", "resnet18_cifar | resnet18_imagenet | resnet_small | linear"),
+    (["method.name=lars"], "method.name", "lars", "sgd | adabatch | divebatch"),
+    (["data.name=npz"], "data.path", "None", "path"),
+    (["data.name=npz", "data.path=no/such/file.npz"], "data.path", "no/such/file.npz", ".npz file"),
+    (["data.name=tiny_imagenet", "data.path=no/such/dir"], "data.path", "no/such/dir", "tiny-imagenet-200"),
+    (["optim.schedule=linear"], "optim.schedule", "linear", "cosine"),
+    (["wandb.mode=cloud"], "wandb.mode", "cloud", "offline"),
+    (["epochs=2.5"], "epochs", "2.5", "int"),
+    (["method.delta=abc"], "method.delta", "abc", "float"),
+    (["foo=1"], "foo", "1", "epochs"),  # unknown key: the allowed keys are listed
+    (["method.deltaa=0.1"], "method.deltaa", "0.1", "delta"),
+]
+
+
+@pytest.mark.parametrize("overrides, key, value, allowed", INVALID, ids=[" ".join(c[0]) for c in INVALID])
+def test_invalid_values_name_key_value_and_allowed(overrides, key, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.name=digits", *overrides])
+    msg = str(err.value)
+    assert key in msg and value in msg and "allowed" in msg and allowed in msg, msg
+
+
+def test_unknown_key_in_yaml_is_named(tmp_path):
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("data:\n  name: digits\n  augmnt: false\n")
+    with pytest.raises(ConfigError, match=r"data\.augmnt.*allowed.*augment"):
+        load_config(yaml_path)
+
+
+def test_override_without_equals_sign_is_refused():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["method.delta"])
+
+
+def test_missing_config_file():
+    with pytest.raises(FileNotFoundError, match="no_such.yaml"):
+        load_config("no_such.yaml")
+
+
+def test_invalid_config_fails_before_any_training(tmp_path, capsys):
+    """The CLI exits with status 2 and the message; nothing is created in out_dir."""
+    from divebatch.cli import main
+
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("data:\n  name: digits\nmodel:\n  name: linear\n")
+    out = tmp_path / "run"
+    assert main(["train", str(yaml_path), "method.delta=0", f"out_dir={out}", "wandb.mode=disabled"]) == 2
+    assert "method.delta=0.0; allowed: a number > 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+EXPERIMENT_CONFIGS = _experiment_configs()
+
+
+def test_experiment_configs_exist():
+    assert EXPERIMENT_CONFIGS, "configs/ holds no experiment YAML"
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in EXPERIMENT_CONFIGS])
+def test_every_experiment_config_loads(path):
+    """Every experiment YAML merges onto the schema and passes validation (data files aside: they
+    may live elsewhere on this machine; ``check_data`` is tested above)."""
+    cfg = load_config(path, check_data=False)
+    assert config_keys(cfg) == config_keys()

@@ -1,0 +1,245 @@
+"""`divebatch replicate`: the profile matrix, skip/resume/failure handling, and the offline stop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, TINY
+from omegaconf import OmegaConf
+
+from divebatch import replicate as rep
+from divebatch.config import load_config
+
+METHODS = {("sgd", False), ("adabatch", False), ("adabatch", True), ("divebatch", False), ("divebatch", True)}
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    """Profiles name configs relative to the repository root, where all.sh runs them."""
+    monkeypatch.chdir(REPO)
+    for var in ("DIVEBATCH_CIFAR10_NPZ", "DIVEBATCH_CIFAR10_ROOT", "DIVEBATCH_CIFAR100_ROOT",
+                "DIVEBATCH_TINY_IMAGENET_DIR", "DIVEBATCH_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _resolved(runs):
+    return {r.name: load_config(r.config, r.overrides, check_data=False) for r in runs}
+
+
+def _method_cells(cfgs):
+    """(method, lr_rescale, initial batch) of every run: the cells of the matrix."""
+    return {(c.method.name, bool(c.method.lr_rescale) and c.method.name != "sgd", c.method.initial_batch_size)
+            for c in cfgs}
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
+    spec = rep.load_profile(profile)
+    runs = rep.expand(spec, Path("runs") / profile)
+    cfgs = _resolved(runs)
+    assert len({r.out_dir for r in runs}) == len(runs)
+    for e in spec.experiments:
+        mine = [r for r in runs if r.experiment == e.name]
+        seeds = list(e.seeds if e.seeds is not None else spec.seeds)
+        assert len(mine) == len(e.configs) * len(seeds)
+        for seed in seeds:
+            cell = [cfgs[r.name] for r in mine if r.seed == seed]
+            assert {c.seed for c in cell} == {seed}
+            assert {(m, bool(rs) and m != "sgd") for m, rs, _ in _method_cells(cell)} >= METHODS
+            # one run per cell and seed: no two configs of an experiment train the same thing
+            assert len(_method_cells(cell)) == len(cell)
+        for r in mine:
+            c = cfgs[r.name]
+            assert c.profile == spec.name and Path(c.out_dir) == Path("runs") / profile / e.name / Path(r.config).stem / f"seed{r.seed}"
+            assert c.progress is False
+
+
+def test_smoke_and_cpu_have_small_and_large_batch_sgd(in_repo):
+    for profile in ("smoke", "cpu"):
+        spec = rep.load_profile(profile)
+        sgd = sorted(c.method.initial_batch_size for c in _resolved(rep.expand(spec, "runs")).values()
+                     if c.method.name == "sgd")
+        assert sgd[0] < sgd[-1], profile  # SGD (small batch) and SGD (large batch) both present
+
+
+def test_paper_profile_follows_protocol(in_repo):
+    spec = rep.load_profile("paper")
+    cfgs = _resolved(rep.expand(spec, "runs/paper"))
+    by_exp = {}
+    for name, c in cfgs.items():
+        by_exp.setdefault(name.split("/")[0], []).append(c)
+    assert set(by_exp) == {"cifar10", "cifar100", "tiny_imagenet"}
+    for exp, cs in by_exp.items():
+        assert {c.data.name for c in cs} == {exp}
+        assert {c.seed for c in cs} == {1, 2, 3}
+    # the protocol's epochs come from the dataset configs, not from the profile
+    for exp, cs in by_exp.items():
+        base = load_config(REPO / "configs" / exp / "base.yaml", check_data=False)
+        assert {c.epochs for c in cs} == {base.epochs}
+
+
+def test_data_path_precedence(in_repo, monkeypatch):
+    spec = rep.load_profile("cpu")
+
+    def paths(given=()):
+        runs = rep.expand(spec, "runs/cpu", rep.resolve_data(spec, rep.parse_data_args(list(given), spec)))
+        return {o for r in runs for o in r.overrides if o.startswith("data.path=")}
+
+    assert paths() == {f"data.path={spec.data.cifar10_npz.path}"}
+    monkeypatch.setenv("DIVEBATCH_CIFAR10_NPZ", "elsewhere/a.npz")
+    assert paths() == {"data.path=elsewhere/a.npz"}
+    assert paths(["given/b.npz"]) == {"data.path=given/b.npz"}
+    with pytest.raises(rep.ProfileError, match="cifar10 | cifar100 | tiny_imagenet"):
+        rep.parse_data_args(["nope=x"], rep.load_profile("paper"))
+
+
+def test_bad_profile_names_key_value_allowed(in_repo, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "data": {"d": {"kind": "floppy"}},
+                                   "experiments": [{"name": "e", "configs": ["configs/smoke/sgd_small.yaml"]}]}))
+    with pytest.raises(rep.ProfileError, match=r"data\.d\.kind='floppy'.*bundled \| npz"):
+        rep.load_profile(bad)
+    with pytest.raises(rep.ProfileError, match="smoke"):
+        rep.load_profile("no_such_profile")
+
+
+# ----------------------------------------------------------------------------- tiny profiles, real trainings
+
+
+def _tiny_profile(tmp_path: Path, name: str, experiments: list[dict]) -> Path:
+    """A profile of 2-epoch softmax-regression runs on digits (conftest.TINY), no synthetic, no report."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "seeds": [1], "overrides": list(TINY),
+                                    "experiments": experiments, "synthetic": None, "report": False}))
+    return path
+
+
+def _method_yaml(tmp_path: Path, stem: str, method: dict) -> str:
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text(yaml.safe_dump({"method": method}))
+    return str(path)
+
+
+def _cli(profile: Path, tmp_path: Path, *extra: str) -> int:
+    return rep.cli([str(profile), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                    "--jobs", "2", *extra])
+
+
+def test_tiny_profile_trains_then_second_invocation_trains_nothing(tmp_path, capsys, monkeypatch):
+    a = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
+    b = _method_yaml(tmp_path, "adabatch", {"name": "adabatch", "resize_freq": 1})
+    profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": [a, b]}])
+    assert _cli(profile, tmp_path) == 0
+    first = capsys.readouterr().out
+    run_dirs = [tmp_path / "runs" / "digits" / stem / "seed1" for stem in ("sgd", "adabatch")]
+    for d in run_dirs:
+        assert json.loads((d / "summary.json").read_text())["finished"]
+        assert f"started  digits/{d.parent.name}/seed1" in first and str(d / "train.log") in first
+        assert (d / "train.log").read_text().count("=== ") == 1
+    assert "2 run(s) trained, 0 skipped" in first
+    # a finished run is recognised without starting any process
+    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    mtimes = [(d / "metrics.csv").stat().st_mtime_ns for d in run_dirs]
+    assert _cli(profile, tmp_path) == 0
+    second = capsys.readouterr().out
+    assert "0 run(s) to train" in second and second.count("skipped  digits/") == 2
+    assert "0 run(s) trained, 2 skipped" in second
+    assert [(d / "metrics.csv").stat().st_mtime_ns for d in run_dirs] == mtimes
+
+
+def test_failing_run_is_reported_with_its_log_and_others_finish(tmp_path, capsys):
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, something=np.zeros(3))  # loads as a file, lacks train_x & co: fails inside training
+    good = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
+    bad = _method_yaml(tmp_path, "bad", {"name": "sgd"})
+    profile = _tiny_profile(tmp_path, "tiny", [
+        {"name": "broken", "configs": [bad], "overrides": ["data.name=npz", f"data.path={broken}"]},
+        {"name": "digits", "configs": [good]},
+    ])
+    assert _cli(profile, tmp_path) == 1
+    out = capsys.readouterr().out
+    bad_log = tmp_path / "runs" / "broken" / "bad" / "seed1" / "train.log"
+    assert f"FAILED   broken/bad/seed1 (exit 2)" in out and f"log: {bad_log}" in out
+    assert "train_x" in bad_log.read_text() and "train_x" in out  # the log's last lines are shown
+    assert json.loads((tmp_path / "runs" / "digits" / "sgd" / "seed1" / "summary.json").read_text())["finished"]
+    assert "1 run(s) trained, 0 skipped (finished already), 1 failed" in out
+
+
+def test_run_with_another_config_is_refused_without_starting(tmp_path, capsys, monkeypatch):
+    a = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
+    profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": [a]}])
+    spec = rep.load_profile(profile)
+    run = rep.expand(spec, tmp_path / "runs")[0]
+    run.out_dir.mkdir(parents=True)
+    OmegaConf.save(load_config(run.config, [*run.overrides, "epochs=5"], check_data=False), run.out_dir / "config.yaml")
+    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    assert _cli(profile, tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "digits/sgd/seed1" in out and "epochs: 5 -> 2" in out and "another config" in out
+
+
+def test_paper_without_data_stops_before_training(in_repo, tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    monkeypatch.setenv("DIVEBATCH_CIFAR10_ROOT", str(empty))
+    monkeypatch.setenv("DIVEBATCH_CIFAR100_ROOT", str(empty))
+    monkeypatch.setenv("DIVEBATCH_TINY_IMAGENET_DIR", str(empty / "tiny-imagenet-200"))
+    checked = []
+    monkeypatch.setattr(rep, "_reachable", lambda url, timeout=3.0: checked.append(url) or False)
+    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    monkeypatch.setattr("divebatch.data.fetch_cli", lambda argv: pytest.fail("tried to download"))
+    runs = tmp_path / "runs"
+    code = rep.cli(["paper", "--runs-dir", str(runs), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 2 and not runs.exists()
+    assert "stopped before training" in out
+    for needed in ("cifar-10-batches-py/{data_batch_1", "cifar-100-python/{train", "tiny-imagenet-200/wnids.txt",
+                   "cifar-10-python.tar.gz", "tiny-imagenet-200.zip", "divebatch fetch-data cifar10 --root",
+                   "--data cifar100=PATH", "DIVEBATCH_TINY_IMAGENET_DIR=PATH", str(empty)):
+        assert needed in out, needed
+    assert checked and all(u.startswith("http") for u in checked)  # a quick check, no download
+    # --offline: not even the check
+    checked.clear()
+    assert rep.cli(["paper", "--offline", "--runs-dir", str(runs)]) == 2 and not checked
+    assert "--offline given" in capsys.readouterr().out
+
+
+def test_synthetic_outputs_reused_only_for_same_config(in_repo, tmp_path):
+    cfg = tmp_path / "syn.yaml"
+    cfg.write_text("seeds: [1]\n")
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    runs.mkdir()
+    stamp = rep.synthetic_stamp(str(cfg), "tiny")
+    assert not rep.synthetic_done(runs, out, stamp)
+    (runs / rep.SYNTHETIC_STAMP).write_text(json.dumps(stamp))
+    assert not rep.synthetic_done(runs, out, stamp)  # stamp without outputs
+    (out / "paper_tables" / "tiny").mkdir(parents=True)
+    (out / "paper_tables" / "tiny" / "synthetic_verdict.json").write_text("{}")
+    assert rep.synthetic_done(runs, out, stamp)
+    cfg.write_text("seeds: [1, 2]\n")
+    assert not rep.synthetic_done(runs, out, rep.synthetic_stamp(str(cfg), "tiny"))
+
+
+def test_pool_pins_one_gpu_per_training_and_sets_threads(tmp_path, capsys):
+    show = "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), os.environ['OMP_NUM_THREADS'])"
+    tasks = [rep.Task(f"t{i}", [sys.executable, "-c", show + "; import time; time.sleep(1)"], tmp_path / f"t{i}.log")
+             for i in range(2)]
+    tasks.append(rep.Task("syn", [sys.executable, "-c", show], tmp_path / "syn.log", kind="synthetic"))
+    done = rep.Pool(jobs=2, gpus=["3", "5"]).run(tasks, "test")
+    assert all(t.returncode == 0 for t in done)
+    seen = {t.name: (tmp_path / f"{t.name}.log").read_text().splitlines()[-1].split() for t in done}
+    assert {seen["t0"][0], seen["t1"][0]} == {"'3'", "'5'"}  # two trainings at once: one GPU each
+    assert seen["syn"][0] == "''"  # the synthetic check runs beside them, on no GPU
+    assert all(int(v[1]) >= 1 for v in seen.values())
+
+
+def test_replicate_help_runs_from_the_console_script():
+    res = subprocess.run([sys.executable, "-m", "divebatch", "replicate", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "--jobs" in res.stdout and "smoke | cpu | paper" in res.stdout

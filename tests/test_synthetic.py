@@ -1,0 +1,213 @@
+"""Synthetic logistic-regression check: closed forms, exact Delta, duplication invariance, the knee's
+qualitative prediction (Yin et al., 2018), DiveBatch's rule and estimator wired as in training, and
+the CLI's deterministic outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from divebatch.diversity import EpochDiversityEstimator, gradient_diversity, noise_scale_form
+from divebatch.policies import divebatch_batch_size
+from divebatch.synthetic import problem as P
+from divebatch.synthetic.config import load
+from divebatch.synthetic.data import DataSpec, generate
+from divebatch.synthetic.knee import fit_knee, prepare, tuned_runs
+from divebatch.synthetic.methods import run_method
+
+L2 = 0.01
+SMOKE = REPO / "configs" / "synthetic" / "smoke.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def small_problem(seed=0, n=64, d=5, label_noise=0.1, duplicate=1):
+    data = generate(DataSpec(n_train=n, n_val=8, n_features=d, label_noise=label_noise, duplicate=duplicate, l2=L2), seed)
+    return data.x_train, data.y_train
+
+
+def autograd_per_sample(x, y, w):
+    rows = []
+    for i in range(x.shape[0]):
+        wi = w.clone().requires_grad_(True)
+        loss = P.mean_loss(x[i:i + 1], y[i:i + 1], wi.unsqueeze(0), L2)[0]
+        rows.append(torch.autograd.grad(loss, wi)[0])
+    return torch.stack(rows)
+
+
+def test_closed_form_gradients_match_autograd():
+    x, y = small_problem()
+    w = torch.randn(x.shape[1], dtype=P.DTYPE, generator=torch.Generator().manual_seed(1))
+    per = P.per_sample_grads(x, y, w.unsqueeze(0), L2)[0]
+    torch.testing.assert_close(per, autograd_per_sample(x, y, w), rtol=1e-12, atol=1e-12)
+    wg = w.clone().requires_grad_(True)
+    full = torch.autograd.grad(P.mean_loss(x, y, wg.unsqueeze(0), L2)[0], wg)[0]
+    torch.testing.assert_close(P.mean_grad(x, y, w.unsqueeze(0), L2)[0], full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(P.sq_norm_sum(x, y, w.unsqueeze(0), L2)[0], per.pow(2).sum(), rtol=1e-12, atol=0)
+
+
+def test_exact_delta_equals_definition_by_brute_force():
+    x, y = small_problem(seed=3)
+    w = 0.5 * torch.randn(x.shape[1], dtype=P.DTYPE, generator=torch.Generator().manual_seed(4))
+    g = autograd_per_sample(x, y, w)
+    brute = sum(float(gi @ gi) for gi in g) / float(g.sum(0) @ g.sum(0))
+    delta = float(P.diversity(x, y, w.unsqueeze(0), L2)[0])
+    assert delta == pytest.approx(brute, rel=1e-10)
+    assert delta == pytest.approx(float(gradient_diversity(g)), rel=1e-10)  # the training code's definition
+    # PAPER.md identity n * Delta = 1 + tr(Sigma) / ||G||^2
+    assert float(P.n_diversity(x, y, w.unsqueeze(0), L2)[0]) == pytest.approx(float(noise_scale_form(g)), rel=1e-10)
+
+
+def test_n_delta_at_least_one_everywhere():
+    gen = torch.Generator().manual_seed(5)
+    for seed, noise in [(0, 0.0), (1, 0.1), (2, 0.4)]:
+        x, y = small_problem(seed=seed, label_noise=noise, duplicate=1 + seed)
+        w = torch.randn(200, x.shape[1], dtype=P.DTYPE, generator=gen) * torch.logspace(-3, 1, 200, dtype=P.DTYPE)[:, None]
+        nd = P.n_diversity(x, y, w, L2)
+        assert torch.isfinite(nd).all()
+        assert (nd >= 1 - 1e-12).all(), float(nd.min())
+        for b in (1, 7, 32):  # also on every mini-batch (the same Cauchy-Schwarz bound)
+            assert (P.n_diversity(x[:b], y[:b], w, L2) >= 1 - 1e-12).all()
+
+
+def test_duplication_leaves_loss_optimum_and_n_delta_unchanged():
+    x1, y1 = small_problem(seed=7, n=50)
+    x3, y3 = small_problem(seed=7, n=50, duplicate=3)
+    assert x3.shape[0] == 150
+    w = torch.randn(10, x1.shape[1], dtype=P.DTYPE, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(P.n_diversity(x3, y3, w, L2), P.n_diversity(x1, y1, w, L2), rtol=1e-10, atol=0)
+    torch.testing.assert_close(P.mean_loss(x3, y3, w, L2), P.mean_loss(x1, y1, w, L2), rtol=1e-12, atol=0)
+    torch.testing.assert_close(P.diversity(x3, y3, w, L2) * 3, P.diversity(x1, y1, w, L2), rtol=1e-10, atol=0)
+    o1, o3 = P.solve(x1, y1, L2), P.solve(x3, y3, L2)
+    torch.testing.assert_close(o3.w, o1.w, rtol=1e-7, atol=1e-9)
+
+
+def test_label_noise_raises_n_delta_at_the_start():
+    # the control the knee experiment relies on: at w0 = 0 more flips mean a smaller mean gradient
+    w0 = torch.zeros(1, 5, dtype=P.DTYPE)
+    nd = [float(P.n_diversity(*small_problem(seed=2, n=2000, label_noise=p), w0, L2)[0]) for p in (0.0, 0.15, 0.3)]
+    assert nd[0] < nd[1] < nd[2], nd
+
+
+def test_fit_knee_recovers_a_known_curve():
+    b = 2.0 ** np.arange(0, 12)
+    e_min, knee = fit_knee(b, 300 * (1 + b / 150))
+    assert e_min == pytest.approx(300, rel=1e-6) and knee == pytest.approx(150, rel=1e-6)
+
+
+def test_knee_prediction_holds_on_a_small_instance():
+    """Yin et al. (2018): samples-to-target flat for B well below n*Delta, growing far above it.
+
+    Isotropic features, label noise 0.1, n = 2048, target 0.3 of the initial suboptimality, 5 seeds;
+    n*Delta at the target is measured on the gradient-descent path. In the quadratic model the knee
+    predicts (McCandlish et al., 2018), E(B) / E(1) = (1 + B / n*Delta) / (1 + 1 / n*Delta): about
+    1.1 at B = n*Delta / 8 and 9 at B = 8 n*Delta. The margins (<= 2 and >= 4) leave room for the
+    lr grid's factor-sqrt(2) spacing (up to 1.41x in samples) and the first-hit noise over 5 seeds.
+    """
+    kcfg = load(overrides=["knee.lr_window=null"]).knee
+    spec = DataSpec(n_train=2048, n_val=8, n_features=20, label_noise=0.1, l2=1e-3)
+    probs = prepare(spec, [1, 2, 3, 4, 5], target_relative=0.3)
+    nd = float(np.median([p.n_delta_target for p in probs.paths]))
+    b_small = 2 ** int(np.floor(np.log2(nd / 8)))
+    b_large = 2 ** int(np.ceil(np.log2(8 * nd)))
+    assert 4 <= b_small and b_large <= probs.n, (nd, b_small, b_large)
+
+    def median_samples(b):
+        res, _, edge = tuned_runs(probs, b, kcfg, 50 * probs.n, kcfg.lr_log2_min, kcfg.lr_log2_max)
+        assert bool(res.hit.all()) and not bool(edge.any())
+        return float(res.samples.double().median())
+
+    e1, es, el = median_samples(1), median_samples(b_small), median_samples(b_large)
+    assert es <= 2.0 * e1, (nd, b_small, e1, es)
+    assert el >= 4.0 * e1, (nd, b_large, e1, el)
+
+
+def test_divebatch_run_uses_the_training_rule_and_estimator():
+    spec = DataSpec(n_train=512, n_val=64, n_features=8, label_noise=0.1, spectrum_decay=1.0, l2=1e-3)
+    probs = prepare(spec, [3], target_relative=0.01, with_paths=False)
+    mcfg = load(overrides=["methods.epochs=6", "methods.initial_batch_size=8", "methods.max_batch_size=256",
+                           "methods.resize_freq=2", "methods.delta=1.0"]).methods
+    rows, summary = run_method(probs, 0, "DiveBatch + lr rescale", mcfg, lr=0.05)
+    assert [r["measured"] for r in rows] == [(e + 1) % 2 == 0 for e in range(6)]
+    for prev, nxt in zip(rows, rows[1:]):
+        if prev["measured"]:
+            expect = divebatch_batch_size(prev["batch_size"], prev["n_delta_hat"] / probs.n, probs.n, 1.0, 256)
+            assert nxt["batch_size"] == expect
+            assert nxt["lr"] == pytest.approx(prev["lr"] * expect / prev["batch_size"])
+        else:
+            assert nxt["batch_size"] == prev["batch_size"]
+    assert rows[-1]["batch_size"] > 8  # the rule did act
+    assert summary["final_batch_size"] >= rows[-1]["batch_size"]
+
+
+def test_epoch_estimator_in_sum_units_is_exact_at_a_fixed_point():
+    # with lr 0 every step's per-sample gradients are taken at the same w: Delta_hat = Delta(w)
+    x, y = small_problem(seed=9, n=100)
+    w = 0.3 * torch.ones(1, x.shape[1], dtype=P.DTYPE)
+    est = EpochDiversityEstimator()
+    for start in range(0, 100, 32):  # a smaller last batch on purpose
+        xb, yb = x[start:start + 32], y[start:start + 32]
+        est.add(P.sq_norm_sum(xb, yb, w, L2)[0], [P.mean_grad(xb, yb, w, L2)[0] * xb.shape[0]], xb.shape[0])
+    assert est.value() == pytest.approx(float(P.diversity(x, y, w, L2)[0]), rel=1e-10)
+
+
+def test_config_errors_name_key_value_and_allowed():
+    with pytest.raises(ValueError, match=r"knee.tolerance=-1.0; allowed: a number > 0"):
+        load(overrides=["knee.tolerance=-1"])
+    with pytest.raises(ValueError, match=r"variants\[0\].of=.*allowed: the name of another variant"):
+        load(overrides=["variants=[{name: a, kind: duplicate, of: zzz}]"])
+    with pytest.raises(ValueError, match=r"methods.names.*allowed"):
+        load(overrides=["methods.names=[Adam]"])
+    with pytest.raises(ValueError, match="not in 'KneeConfig'"):
+        load(overrides=["knee.nope=1"])
+
+
+TINY = ["profile=test", "seeds=[1,2]", "data.n_train=512", "data.n_val=64", "target_relative=0.3",
+        "variants=[{name: base, label_noise: 0.1}, {name: dup2, kind: duplicate, of: base, duplicate: 2}]",
+        "knee.batch_sizes=[1,4,32,256,1024]", "knee.max_epochs=20", "knee.lr_log2_min=-8",
+        "methods.data.n_train=512", "methods.data.n_val=64", "methods.data.spectrum_decay=1.0", "methods.epochs=4",
+        "methods.initial_batch_size=8", "methods.max_batch_size=128", "methods.resize_freq=2",
+        "methods.names=[SGD (small batch),AdaBatch,DiveBatch + lr rescale]"]
+
+
+def test_cli_writes_labelled_deterministic_outputs(tmp_path, capsys):
+    from divebatch.synthetic import cli
+
+    args = ["--out-root", str(tmp_path), "--config", str(SMOKE), *TINY]
+    assert cli(args) == 0
+    tables, figs = tmp_path / "paper_tables" / "test", tmp_path / "figures" / "test"
+    for stem in ("synthetic_knee", "synthetic_knee_vs_diversity", "synthetic_diversity_path", "synthetic_methods",
+                 "synthetic_estimator"):
+        assert (figs / f"{stem}.png").stat().st_size > 10_000 and (figs / f"{stem}.pdf").is_file()
+    verdict = json.loads((tables / "synthetic_verdict.json").read_text())
+    assert isinstance(verdict["holds"], bool) and "knee" in verdict["summary"]
+    assert [v["variant"] for v in verdict["variants"]] == ["base", "dup2"]
+    csvs = sorted(p.name for p in tables.glob("*.csv"))
+    assert {"synthetic_knee.csv", "synthetic_methods.csv", "synthetic_methods_walltime.csv"} <= set(csvs)
+    for name in csvs:
+        assert "profile=test" in (tables / name).read_text()  # provenance column
+    assert "wall" not in (tables / "synthetic_methods.csv").read_text().splitlines()[0]
+    # a rerun into the same root replaces the files, says so, and changes only the wall-clock table
+    capsys.readouterr()
+    assert cli(args) == 0
+    err = capsys.readouterr().err
+    assert "synthetic: replaced" in err
+    changed = err.split("changed content")[1].strip(" ()\n").split(", ") if "(" in err else []
+    assert {c.rsplit(".", 1)[0] for c in changed} <= {"synthetic_methods_walltime"}, err
+
+
+def test_cli_rejects_unknown_profile(capsys):
+    from divebatch.synthetic import cli
+
+    assert cli(["--profile", "no_such_profile"]) == 2
+    assert "allowed:" in capsys.readouterr().err
