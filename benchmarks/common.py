@@ -85,23 +85,23 @@ def interleaved(cases: dict[str, Callable[[], object]], reps: int, device: torch
     """Wall-clock seconds per call of each case, per round; cases interleaved, rotated every round.
 
     Args:
-        cases: name -> zero-argument callable doing one unit of work (a step, an epoch); the
-            first case is the reference.
-        reps: timed rounds; warmup: untimed rounds first (allocator, caches, lazy init).
+        cases: name -> zero-argument callable doing one unit of work (a step, an epoch).
+        reps: timed rounds; warmup: untimed rounds first (allocator, caches, lazy init), at least one.
         min_seconds: a round repeats every case the same number of times, enough for the
-            reference case to take this long (sub-millisecond steps are too short to time alone).
+            slowest case to take this long (sub-millisecond steps are too short to time alone).
     Returns:
         name -> list of ``reps`` durations (seconds per call).
     """
     names = list(cases)
-    for _ in range(warmup):
+    slowest = 0.0
+    for _ in range(max(warmup, 1)):
         for name in names:
+            sync(device)
+            t0 = time.perf_counter()
             cases[name]()
-    sync(device)
-    t0 = time.perf_counter()
-    cases[names[0]]()
-    sync(device)
-    inner = max(1, math.ceil(min_seconds / max(time.perf_counter() - t0, 1e-9)))
+            sync(device)
+            slowest = max(slowest, time.perf_counter() - t0)
+    inner = max(1, math.ceil(min_seconds / max(slowest, 1e-9)))
     out = {name: [] for name in names}
     for r in range(reps):
         for name in names[r % len(names):] + names[:r % len(names)]:

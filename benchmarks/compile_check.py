@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     for name, cls in (("exact", ExactDiversity), ("microbatch", MicroBatchDiversity)):
         before = graphs()
         train_one_epoch(compiled, batches, opt_lr0(model), criterion, 2048, progress=False)
+        snapshot = copy.deepcopy(model)  # same weights and BatchNorm statistics as the measured stretch sees
         est = cls()
         eager_or_compiled = model if est.uses_module_hooks else compiled  # what train() passes
         train_one_epoch(eager_or_compiled, batches, opt_lr0(model), criterion, 2048, est, progress=False)
@@ -76,9 +77,8 @@ def main(argv=None) -> int:
         during = graphs() - before
         train_one_epoch(compiled, batches, opt_lr0(model), criterion, 2048, progress=False)
         after = graphs() - before - during
-        ref_model = copy.deepcopy(model)  # uncompiled copy, same weights and BatchNorm statistics
         ref = cls()
-        ref_model = ref.prepare(ref_model)
+        ref_model = ref.prepare(snapshot)
         train_one_epoch(ref_model, batches, opt_lr0(ref_model), criterion, 2048, ref, progress=False)
         rows.append({"estimator": name, "measured_on": "eager module" if est.uses_module_hooks else "compiled module",
                      "delta_compiled_run": got, "delta_uncompiled": ref.value(),

@@ -22,8 +22,6 @@ import copy
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from diversity_cost import CRITERION, _sgd, estimator_step, make_model, plain_step  # noqa: E402

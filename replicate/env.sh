@@ -10,5 +10,7 @@ if ! command -v uv >/dev/null 2>&1; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 # --frozen: install exactly what uv.lock says, never re-resolve
-uv sync --frozen --quiet
+# --compile-bytecode: imports stay fast where PYTHONDONTWRITEBYTECODE is set (each process would
+# otherwise recompile torch's Python sources: measured 9.5 s -> 3.5 s to import the trainer)
+uv sync --frozen --compile-bytecode --quiet
 export PATH="$PWD/.venv/bin:$PATH"

@@ -11,6 +11,7 @@ Delta of the epoch's samples and the only difference left is the estimator's own
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -254,3 +255,90 @@ def test_exact_conv_routes_equal_a_per_sample_loop(conv):
     got = torch.stack([p.batch_l2 for p in model.parameters()]).sum(0)
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
     assert not model[0]._forward_hooks and not model[0]._backward_hooks  # removed on exit
+
+
+@pytest.mark.parametrize("opt_einsum", [True, False], ids=["opt_einsum", "left_to_right"])
+def test_exact_estimator_equals_stock_backpack_batch_l2(opt_einsum, monkeypatch):
+    """The epoch estimate with our Conv2d route equals the one with BackPACK's stock ``BatchL2Grad()``
+    (float64, rel 1e-10) on a BatchNorm ResNet, with torch.einsum's opt_einsum ordering on and off;
+    the default route is really ours (its ``weight`` is called), so the comparison is not stock
+    against stock. Benchmark (a) compares their speed (docs/performance.md)."""
+    from backpack.extensions import BatchL2Grad
+
+    from divebatch.diversity import _conv2d_batch_l2_class
+    from divebatch.models import build_model
+
+    route = _conv2d_batch_l2_class()
+    calls = []
+    original = route.weight
+    monkeypatch.setattr(route, "weight", lambda self, *a: calls.append(1) or original(self, *a))
+    torch.manual_seed(0)
+    model = build_model("resnet_small", N_CLASSES, 3, 8, 4).double()
+    x, y = _data("cnn", 24, dtype=torch.float64)
+    batches = _batches(x, y, 8, seed=0)
+    with torch.backends.opt_einsum.flags(enabled=opt_einsum):
+        ours = _epoch(ExactDiversity(), copy.deepcopy(model), batches).value()
+        n_ours = len(calls)
+        stock = _epoch(ExactDiversity(BatchL2Grad()), copy.deepcopy(model), batches).value()
+    assert n_ours > 0 and len(calls) == n_ours  # ours used the route, stock did not
+    assert math.isfinite(ours) and ours > 0
+    assert ours == pytest.approx(stock, rel=1e-10)
+
+
+def test_exact_estimator_under_bf16_autocast_and_channels_last():
+    """speed.bf16 / speed.channels_last with the exact estimator: BackPACK gets float32 copies of the
+    bf16 activations and gradients (``backpack_hooks``), so it runs, and Delta_hat stays within
+    bf16's forward rounding (2 %) of the float32 value; the micro-batch estimator as well."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, N_CLASSES))
+    x, y = _data("cnn", 48)
+    batches = _batches(x, y, 16, seed=0)
+
+    def run(cls, bf16: bool, channels_last: bool):
+        m = copy.deepcopy(model)
+        b = batches
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+            b = [(xb.contiguous(memory_format=torch.channels_last), yb) for xb, yb in batches]
+        est = cls()
+        m = est.prepare(m)
+        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        train_one_epoch(m, b, torch.optim.SGD(m.parameters(), lr=0.0), nn.CrossEntropyLoss(), 2048, est,
+                        autocast=autocast, progress=False)
+        return est.value()
+
+    for cls in (ExactDiversity, MicroBatchDiversity):
+        ref = run(cls, False, False)
+        assert run(cls, False, True) == pytest.approx(ref, rel=1e-4)
+        assert run(cls, True, True) == pytest.approx(ref, rel=0.02)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (host-sync detection)")
+@pytest.mark.parametrize("cls", [ExactDiversity, MicroBatchDiversity], ids=["exact", "microbatch"])
+def test_measured_steps_do_not_sync_the_device(cls):
+    """No ``.item()``, host copy or other device sync inside a measured step (CUDA's sync debug mode
+    turns one into an error); the single sync is ``value()`` at the epoch's end."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, N_CLASSES)).to(device)
+    x, y = (t.to(device) for t in _data("cnn", 64))
+    est = cls()
+    model = est.prepare(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with est.measuring(model):
+        for xb, yb in zip(x.split(32), y.split(32)):  # a first step allocates; the second must not sync either
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                opt.zero_grad(set_to_none=True)
+                plan = micro_batch_plan(32, 2048, est)
+                for xm, ym in zip(xb.split(plan), yb.split(plan)):
+                    est.backward(model, F.cross_entropy(model(xm), ym) * (len(ym) / 32), 32)
+                est.step_end(model, 32)
+                opt.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(est.value())

@@ -56,7 +56,8 @@ def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
             assert len(_method_cells(cell)) == len(cell)
         for r in mine:
             c = cfgs[r.name]
-            assert c.profile == spec.name and Path(c.out_dir) == Path("runs") / profile / e.name / Path(r.config).stem / f"seed{r.seed}"
+            assert c.profile == spec.name
+            assert Path(c.out_dir) == Path("runs") / profile / e.name / Path(r.config).stem / f"seed{r.seed}"
             assert c.progress is False
 
 
@@ -112,9 +113,9 @@ def test_bad_profile_names_key_value_allowed(in_repo, tmp_path):
 # ----------------------------------------------------------------------------- tiny profiles, real trainings
 
 
-def _tiny_profile(tmp_path: Path, name: str, experiments: list[dict]) -> Path:
+def _tiny_profile(tmp_path: Path, stem: str, experiments: list[dict], name: str = "tiny") -> Path:
     """A profile of 2-epoch softmax-regression runs on digits (conftest.TINY), no synthetic, no report."""
-    path = tmp_path / f"{name}.yaml"
+    path = tmp_path / f"{stem}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "seeds": [1], "overrides": list(TINY),
                                     "experiments": experiments, "synthetic": None, "report": False}))
     return path
@@ -131,44 +132,38 @@ def _cli(profile: Path, tmp_path: Path, *extra: str) -> int:
                     "--jobs", "2", *extra])
 
 
-def test_tiny_profile_trains_then_second_invocation_trains_nothing(tmp_path, capsys, monkeypatch):
+def test_tiny_profile_trains_reports_failure_then_trains_nothing(tmp_path, capsys, monkeypatch):
+    """Two digits runs of 2 epochs and one that fails inside training, 3 at once; then the profile
+    without the failing run again: both runs are skipped without starting any process."""
     a = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
     b = _method_yaml(tmp_path, "adabatch", {"name": "adabatch", "resize_freq": 1})
-    profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": [a, b]}])
-    assert _cli(profile, tmp_path) == 0
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, something=np.zeros(3))  # a readable file without train_x & co: fails in training
+    bad = _method_yaml(tmp_path, "bad", {"name": "sgd"})
+    digits = {"name": "digits", "configs": [a, b]}
+    with_bad = _tiny_profile(tmp_path, "tiny_bad", [
+        {"name": "broken", "configs": [bad], "overrides": ["data.name=npz", f"data.path={broken}"]}, digits])
+    assert _cli(with_bad, tmp_path, "--jobs", "3") == 1
     first = capsys.readouterr().out
+    bad_log = tmp_path / "runs" / "broken" / "bad" / "seed1" / "train.log"
+    assert "FAILED   broken/bad/seed1 (exit 2)" in first and f"log: {bad_log}" in first
+    assert "train_x" in bad_log.read_text() and "train_x" in first  # the log's last lines are shown
     run_dirs = [tmp_path / "runs" / "digits" / stem / "seed1" for stem in ("sgd", "adabatch")]
-    for d in run_dirs:
+    for d in run_dirs:  # the failure stopped neither of the others
         assert json.loads((d / "summary.json").read_text())["finished"]
         assert f"started  digits/{d.parent.name}/seed1" in first and str(d / "train.log") in first
-        assert (d / "train.log").read_text().count("=== ") == 1
-    assert "2 run(s) trained, 0 skipped" in first
-    # a finished run is recognised without starting any process
+        assert f"finished digits/{d.parent.name}/seed1" in first
+    assert "2 run(s) trained, 0 skipped (finished already), 1 failed" in first
+    assert f"FAILED broken/bad/seed1: {bad_log}" in first  # repeated in the final summary
+
     monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
     mtimes = [(d / "metrics.csv").stat().st_mtime_ns for d in run_dirs]
-    assert _cli(profile, tmp_path) == 0
+    assert _cli(_tiny_profile(tmp_path, "tiny", [digits]), tmp_path) == 0
     second = capsys.readouterr().out
     assert "0 run(s) to train" in second and second.count("skipped  digits/") == 2
     assert "0 run(s) trained, 2 skipped" in second
     assert [(d / "metrics.csv").stat().st_mtime_ns for d in run_dirs] == mtimes
-
-
-def test_failing_run_is_reported_with_its_log_and_others_finish(tmp_path, capsys):
-    broken = tmp_path / "broken.npz"
-    np.savez(broken, something=np.zeros(3))  # loads as a file, lacks train_x & co: fails inside training
-    good = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
-    bad = _method_yaml(tmp_path, "bad", {"name": "sgd"})
-    profile = _tiny_profile(tmp_path, "tiny", [
-        {"name": "broken", "configs": [bad], "overrides": ["data.name=npz", f"data.path={broken}"]},
-        {"name": "digits", "configs": [good]},
-    ])
-    assert _cli(profile, tmp_path) == 1
-    out = capsys.readouterr().out
-    bad_log = tmp_path / "runs" / "broken" / "bad" / "seed1" / "train.log"
-    assert f"FAILED   broken/bad/seed1 (exit 2)" in out and f"log: {bad_log}" in out
-    assert "train_x" in bad_log.read_text() and "train_x" in out  # the log's last lines are shown
-    assert json.loads((tmp_path / "runs" / "digits" / "sgd" / "seed1" / "summary.json").read_text())["finished"]
-    assert "1 run(s) trained, 0 skipped (finished already), 1 failed" in out
+    assert all((d / "train.log").read_text().count("=== ") == 1 for d in run_dirs)
 
 
 def test_run_with_another_config_is_refused_without_starting(tmp_path, capsys, monkeypatch):
@@ -199,7 +194,7 @@ def test_paper_without_data_stops_before_training(in_repo, tmp_path, capsys, mon
     out = capsys.readouterr().out
     assert code == 2 and not runs.exists()
     assert "stopped before training" in out
-    for needed in ("cifar-10-batches-py/{data_batch_1", "cifar-100-python/{train", "tiny-imagenet-200/wnids.txt",
+    for needed in ("cifar-10-batches-py/{data_batch_1", "cifar-100-python/{train", "tiny-imagenet-200/{wnids.txt",
                    "cifar-10-python.tar.gz", "tiny-imagenet-200.zip", "divebatch fetch-data cifar10 --root",
                    "--data cifar100=PATH", "DIVEBATCH_TINY_IMAGENET_DIR=PATH", str(empty)):
         assert needed in out, needed
@@ -208,6 +203,15 @@ def test_paper_without_data_stops_before_training(in_repo, tmp_path, capsys, mon
     checked.clear()
     assert rep.cli(["paper", "--offline", "--runs-dir", str(runs)]) == 2 and not checked
     assert "--offline given" in capsys.readouterr().out
+
+
+def test_second_invocation_on_the_same_runs_dir_is_refused(tmp_path, capsys, monkeypatch):
+    profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": [_method_yaml(tmp_path, "sgd", {})]}])
+    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    with rep.runs_lock(tmp_path / "runs"):  # as if another invocation were training
+        assert _cli(profile, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "in use by another divebatch replicate" in err and str(tmp_path / "runs") in err
 
 
 def test_synthetic_outputs_reused_only_for_same_config(in_repo, tmp_path):

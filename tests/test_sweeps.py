@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import sweeps as wandb_sweeps
 import yaml
 from omegaconf import OmegaConf
 
 from divebatch import sweeps as sw
 from divebatch.config import config_keys
+
+wandb_sweeps = sw.sweeps  # wandb's `sweeps` package, imported by divebatch.sweeps without its pydantic warning
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
@@ -51,7 +52,9 @@ def test_seed_sweep_for_every_paper_experiment():
         sweep = sw.load_sweep(path)
         if sweep.params == ["seed"]:
             by_config[sweep.train_config] = sweep
-    experiments = [p for d in PAPER_DATASETS for p in sorted((REPO / "configs" / d).glob("*.yaml")) if p.stem != "base"]
+    # *_fast.yaml are speed variants (docs/performance.md), not paper experiments: no paper seed sweep
+    experiments = [p for d in PAPER_DATASETS for p in sorted((REPO / "configs" / d).glob("*.yaml"))
+                   if p.stem != "base" and not p.stem.endswith("_fast")]
     assert experiments, "no paper experiment configs found"
     for exp in experiments:
         rel = exp.relative_to(REPO).as_posix()
@@ -266,3 +269,25 @@ def test_local_grid_sweep_trains_and_feeds_sensitivity_table(tmp_path, monkeypat
     mtimes = {p: p.stat().st_mtime for p in root.rglob("metrics.csv")}
     assert sw.cli([*argv, "--no-report"]) == 0
     assert {p: p.stat().st_mtime for p in root.rglob("metrics.csv")} == mtimes
+
+
+@pytest.mark.parametrize("in_agent", [True, False])
+def test_trainer_joins_the_agents_wandb_run(in_agent, tmp_path, monkeypatch):
+    """Under `wandb agent` (WANDB_SWEEP_ID set) wandb.init gets no id/project/entity of ours."""
+    import wandb
+
+    from divebatch.config import load_config
+    from divebatch.training import WandbLogger
+
+    calls = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: calls.append(kw))
+    if in_agent:
+        monkeypatch.setenv("WANDB_SWEEP_ID", "sweep42")
+        monkeypatch.setenv("WANDB_RUN_ID", "abc123")
+    cfg = load_config(None, ["wandb.mode=online", f"out_dir={tmp_path}"])
+    WandbLogger(cfg, tmp_path, "ourid00000")
+    (kw,) = calls
+    if in_agent:
+        assert not {"id", "project", "entity"} & set(kw)
+    else:
+        assert kw["id"] == "ourid00000" and kw["project"] == cfg.wandb.project

@@ -57,6 +57,7 @@ class MethodConfig:
     lr_rescale: bool = False  # multiply lr by m_new / m at each resize
     max_micro_batch: int = 2048  # larger batches are split and their gradients accumulated
     diversity_estimator: str = "exact"  # exact: BackPACK per-sample norms; microbatch: two-scale
+    micro_batches: int = 2  # microbatch estimator: micro-batches per measured step (>= 2)
 
 
 @dataclass
@@ -145,6 +146,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key, value in positive_ints.items():
         if value < 1:
             raise _allowed(key, value, "an integer >= 1")
+    if m.micro_batches < 2:
+        raise _allowed("method.micro_batches", m.micro_batches, "an integer >= 2")
     if m.max_batch_size < m.initial_batch_size:
         raise _allowed(
             "method.max_batch_size", m.max_batch_size,

@@ -190,6 +190,10 @@ def convert_for_backpack(model: nn.Module) -> nn.Module:
     return convert_module_to_backpack(model, False)
 
 
+def _float32(t):
+    return t.float() if isinstance(t, Tensor) and t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 @contextlib.contextmanager
 def backpack_hooks(model: nn.Module) -> Iterator[nn.Module]:
     """BackPACK's forward (store input/output) and backward (run extensions) hooks on ``model``'s
@@ -201,15 +205,26 @@ def backpack_hooks(model: nn.Module) -> Iterator[nn.Module]:
     First-order extensions such as ``BatchL2Grad`` read only ``module.input0`` and the output
     gradient of the module that owns the parameter, so those modules are all that need hooks.
     Modules already extended with :func:`extend_model` are left as they are.
+
+    Under bf16/fp16 autocast the stored activations and output gradients are handed to BackPACK
+    in float32: its einsums reject mixed precisions (BatchNorm: bf16 input, float32 running
+    statistics), and per-sample norms keep float32 accuracy. Nothing is copied in float32 runs.
     """
     from backpack import hook_run_extensions, hook_store_io, memory_cleanup
+
+    def store_io(module, inputs, output):
+        out = tuple(map(_float32, output)) if isinstance(output, tuple) else _float32(output)
+        hook_store_io(module, tuple(map(_float32, inputs)), out)
+
+    def run_extensions(module, g_inp, g_out):
+        hook_run_extensions(module, tuple(map(_float32, g_inp)), tuple(map(_float32, g_out)))
 
     handles = []
     for m in model.modules():
         if getattr(m, "_backpack_extend", False) or next(m.parameters(recurse=False), None) is None:
             continue
-        handles.append(m.register_forward_hook(hook_store_io))
-        handles.append(m.register_full_backward_hook(hook_run_extensions))
+        handles.append(m.register_forward_hook(store_io))
+        handles.append(m.register_full_backward_hook(run_extensions))
     try:
         yield model
     finally:
@@ -232,9 +247,10 @@ def _conv2d_batch_l2_class():
 
             ||D_i X_i^T||^2 = sum_{a,b} (X_i^T X_i)_{ab} (D_i^T D_i)_{ab}      (Gram route).
 
-        BackPACK evaluates ``einsum("nmi,nki,nmj,nkj->n")`` left to right (no opt_einsum here):
-        it unfolds the input (im2col, slow on CPUs), forms every D_i X_i^T and contracts it with
-        D and X again. Here, per layer:
+        BackPACK 1.7.1 unfolds the input (im2col, slow on CPUs) and evaluates
+        ``einsum("nmi,nki,nmj,nkj->n")``: left to right without opt_einsum; with opt_einsum
+        (a pinned dependency) torch.einsum picks per layer between these same two orders, but
+        the im2col and the batched matrix products on it stay. Here, per layer:
 
         * per-sample gradient route when m k <= s (k + m) (early layers: many positions, few
           channels): all n weight gradients from one grouped convolution with n groups
@@ -243,8 +259,14 @@ def _conv2d_batch_l2_class():
           ordinary weight gradient and no im2col; n m k extra floats;
         * Gram route otherwise (late layers: few positions): n s^2 extra floats.
 
+        Why kept over the library (docs/performance.md, benchmark (a)): a measured step with
+        stock BackPACK + opt_einsum costs 1.5 to 1.9x this route's on the ResNets (2-core CPU),
+        above the project's 1.3x bar for home-made code. Same values: tested against per-sample
+        loops and against stock ``BatchL2Grad``.
+
         Padding modes other than zeros and string paddings ('same') are applied to the input
         first, as ``nn.Conv2d`` does (BackPACK's own route assumes zero padding).
+        ``weight`` returns an (n,) tensor: ||dL_i/dW||^2 per sample, as BackPACK's does.
         """
 
         def weight(self, ext, module, g_inp, g_out, backproped):
@@ -272,9 +294,16 @@ def _conv2d_batch_l2_class():
 
 @functools.lru_cache(maxsize=None)  # one instance: extensions hold no per-call state
 def batch_l2_extension():
-    """BackPACK's ``BatchL2Grad`` with Conv2d weights by the cheaper route (see
-    ``CheapestBatchL2Conv2d``): the same values at a fraction of the cost on ResNets
-    (docs/performance.md). Uses BackPACK's documented ``set_module_extension``."""
+    """BackPACK's ``BatchL2Grad`` with Conv2d weights by the cheaper route (``CheapestBatchL2Conv2d``,
+    installed with BackPACK's documented ``set_module_extension``); every other layer is BackPACK's.
+
+    The same values as stock ``BatchL2Grad()``; a measured step costs 1.5 to 1.9x less on the
+    ResNets than stock BackPACK even with opt_einsum ordering its einsum (2-core CPU,
+    docs/performance.md benchmark (a), which prints both side by side).
+
+    Returns:
+        a ``backpack.extensions.BatchL2Grad`` instance (cached: the same object every call).
+    """
     from backpack.extensions import BatchL2Grad
 
     ext = BatchL2Grad()
@@ -301,21 +330,23 @@ def batchnorm_eval(model: nn.Module) -> Iterator[None]:
             m.train()
 
 
-def backward_with_sq_norms(model: nn.Module, loss: Tensor, scale: float) -> Tensor:
+def backward_with_sq_norms(model: nn.Module, loss: Tensor, scale: float, extension=None) -> Tensor:
     """Backward pass that also returns the sum of per-sample squared gradient norms.
 
     Args:
-        model: a model prepared with :func:`extend_model`.
+        model: a model prepared with :func:`extend_model` (or inside :func:`backpack_hooks`).
         loss: the micro-batch loss as used for the update, i.e. ``mean_loss * b / B`` so that
             sample i's gradient contribution is g_i / B.
         scale: B, the optimizer step's batch size (samples), to undo the 1/B^2 of BackPACK's
             ``batch_l2`` so the result is in sum units.
+        extension: the BackPACK extension that writes ``p.batch_l2``; default
+            :func:`batch_l2_extension` (stock ``BatchL2Grad()`` gives the same values, slower).
     Returns:
         0-d tensor on the loss's device: sum_i ||g_i||^2 over the micro-batch's samples.
     """
     from backpack import backpack
 
-    with batchnorm_eval(model), backpack(batch_l2_extension()):
+    with batchnorm_eval(model), backpack(extension if extension is not None else batch_l2_extension()):
         loss.backward()
     sq, missing = [], []
     for name, p in model.named_parameters():  # attribute checks only: no device sync
@@ -340,13 +371,25 @@ def grad_sum(params: Iterable[nn.Parameter], batch_size: int) -> list[Tensor]:
 class ExactDiversity(EpochDiversityEstimator):
     """The authors' estimator with BackPACK per-sample squared norms (``method.diversity_estimator=exact``).
 
-    Trainer protocol: :meth:`prepare` once on the model; in a measured epoch, :meth:`backward`
-    replaces ``loss.backward()`` for every micro-batch and :meth:`step_end` runs after the last
+    Trainer protocol: :meth:`prepare` once on the model; a measured epoch runs inside
+    :meth:`measuring` (``train_one_epoch`` opens it), where :meth:`backward` replaces
+    ``loss.backward()`` for every micro-batch and :meth:`step_end` runs after the last
     micro-batch of each optimizer step (before ``optimizer.step()``, so ``p.grad`` holds the
     step's mean gradient without weight decay); :meth:`value` at the epoch's end, then :meth:`reset`.
+    An estimator may also plan the micro-batch sizes (``micro_batch_sizes``, see
+    :class:`MicroBatchDiversity`) and declares ``uses_module_hooks`` (measured epochs then run
+    the uncompiled model). Costs: docs/performance.md.
+
+    Args:
+        extension: BackPACK extension writing ``p.batch_l2`` (default :func:`batch_l2_extension`;
+            benchmark (a) passes stock ``BatchL2Grad()`` to compare the Conv2d routes).
     """
 
     uses_module_hooks = True  # the trainer runs measured epochs on the eager (uncompiled) model
+
+    def __init__(self, extension=None):
+        self.extension = extension
+        super().__init__()
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Convert torchvision models for BackPACK; hooks are attached only by :meth:`measuring`."""
@@ -362,7 +405,7 @@ class ExactDiversity(EpochDiversityEstimator):
         self._step_sq: Tensor | None = None
 
     def backward(self, model: nn.Module, loss: Tensor, batch_size: int) -> None:
-        sq = backward_with_sq_norms(model, loss, batch_size)
+        sq = backward_with_sq_norms(model, loss, batch_size, self.extension)
         self._step_sq = sq if self._step_sq is None else self._step_sq + sq
 
     def step_end(self, model: nn.Module, batch_size: int) -> None:
@@ -507,12 +550,15 @@ class MicroBatchDiversity(EpochDiversityEstimator):
 ESTIMATORS: dict[str, type] = {"exact": ExactDiversity, "microbatch": MicroBatchDiversity}
 
 
-def build_estimator(name: str):
+def build_estimator(name: str, micro_batches: int = 2):
     """Estimator named by ``method.diversity_estimator``.
 
+    Args:
+        micro_batches: ``method.micro_batches``, micro-batches per step of the ``microbatch``
+            estimator (ignored by ``exact``).
     Raises:
         KeyError: unknown name (lists the allowed ones).
     """
     if name not in ESTIMATORS:
         raise KeyError(f"method.diversity_estimator={name!r}; allowed: {' | '.join(ESTIMATORS)}")
-    return ESTIMATORS[name]()
+    return MicroBatchDiversity(micro_batches) if name == "microbatch" else ESTIMATORS[name]()

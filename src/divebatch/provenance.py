@@ -9,8 +9,6 @@ import platform
 import subprocess
 from pathlib import Path
 
-import torch
-
 PACKAGES = ("torch", "torchvision", "backpack-for-pytorch", "omegaconf", "wandb", "sweeps", "numpy",
             "scipy", "pandas", "seaborn", "matplotlib", "scikit-learn")
 _REPO = Path(__file__).resolve().parents[2]
@@ -39,13 +37,16 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def device_description(device: torch.device) -> str:
+def device_description(device) -> str:
+    """``cuda:<GPU name>`` or ``cpu:<processor> xN threads`` for a ``torch.device``."""
+    import torch  # here, not at module level: analysis kernels import this module without needing torch
+
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
-def manifest(device: torch.device, seed: int, **extra) -> dict:
+def manifest(device, seed: int, **extra) -> dict:
     """Run manifest: commit, package versions, device, seed, start time (UTC, ISO 8601)."""
     return {
         "commit": git_commit(),
@@ -58,14 +59,27 @@ def manifest(device: torch.device, seed: int, **extra) -> dict:
     }
 
 
+PAPER_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
+
+
+def is_paper_scale(data: str) -> bool:
+    """True when every dataset named in ``data`` (comma- or plus-separated) is a full paper dataset."""
+    names = [d for d in data.replace("+", ",").split(",") if d]
+    return bool(names) and all(d in PAPER_DATASETS for d in names)
+
+
 def label(profile: str, data: str, seeds, commit: str | None = None) -> str:
     """One-line provenance label for a table or figure: profile, data, seeds, commit.
 
+    Results on anything but the full CIFAR-10, CIFAR-100 or Tiny-ImageNet data are marked
+    CPU-scale, so they are never read as the paper's numbers.
+
     Args:
-        profile: replication profile (smoke | cpu | paper | ...).
-        data: dataset description, e.g. ``digits`` or ``cifar10-mini.npz``.
+        profile: replication profile or sweep name (smoke | cpu | paper | ...).
+        data: dataset names, comma-separated, e.g. ``digits`` or ``cifar10-mini``.
         seeds: iterable of ints, or a count.
+        commit: defaults to this checkout's short HEAD.
     """
     seeds_txt = ",".join(str(s) for s in sorted(seeds)) if not isinstance(seeds, int) else f"{seeds} seeds"
-    scale = "" if profile == "paper" else " (CPU-scale, not the paper's numbers)"
+    scale = "" if is_paper_scale(data) else " (CPU-scale, not the paper's numbers)"
     return f"profile={profile}{scale} | data={data} | seeds={seeds_txt} | commit={commit or git_commit(short=True)}"

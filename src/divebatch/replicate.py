@@ -26,6 +26,8 @@ User documentation: ``docs/replicate.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -193,8 +195,9 @@ def profile_path(profile: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     have = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-    raise ProfileError(f"invalid profile {str(profile)!r}; allowed: {' | '.join(have) or '(none found in ' + str(PROFILE_DIR) + ')'}"
-                       f" or a path to a profile YAML (run from the repository root)")
+    names = " | ".join(have) or f"(none found in {PROFILE_DIR})"
+    raise ProfileError(f"invalid profile {str(profile)!r}; allowed: {names} or a path to a profile YAML "
+                       f"(run from the repository root)")
 
 
 def _bad(key: str, value, allowed: str) -> ProfileError:
@@ -449,7 +452,7 @@ def data_instructions(src: DataSource, profile: str, why_no_download: str) -> st
                      f"(or rerun this command where the network answers; {why_no_download})")
     manual = info.manual(src.path)
     if manual:
-        lines.append(f"    without network: {manual}")
+        lines.append(f"    by hand:         {manual}")
     where = [f"--data {src.key}=PATH"] + ([f"{src.env}=PATH"] if src.env else [])
     lines.append(f"    data elsewhere:  bash replicate/all.sh {profile} {where[0]}"
                  + (f"  (or set {where[1]})" if len(where) > 1 else "") + f"; PATH is {info.path_means or 'the data'}")
@@ -541,11 +544,27 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-class Pool:
-    """Runs tasks as subprocesses, ``jobs`` at once, with a progress bar in epochs.
+class _Counter:
+    """The part of tqdm's interface the pool uses, without drawing (output that is not a terminal)."""
 
-    On GPUs each training gets one GPU (``CUDA_VISIBLE_DEVICES``, round-robin over the slots); the
-    synthetic check needs none and runs beside them. On CPU every process gets
+    def __init__(self, total: int):
+        self.n, self.total = 0, total
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+    def refresh(self) -> None:
+        pass
+
+    set_postfix_str = close = lambda self, *a, **k: None
+
+
+class Pool:
+    """Runs tasks as subprocesses, ``jobs`` at once, with progress in epochs (a bar on a terminal).
+
+    On GPUs each training gets one GPU (``CUDA_VISIBLE_DEVICES``: the least busy one, so ``jobs``
+    above the GPU count shares them round-robin); the synthetic check needs none and runs beside
+    them. On CPU every process gets
     ``max(1, cores // jobs)`` threads unless ``OMP_NUM_THREADS`` is set.
     """
 
@@ -561,7 +580,7 @@ class Pool:
     def _slots_used(self) -> int:
         return sum(1 for t in self.active if t.kind == "train" or not self.gpus)
 
-    def _start(self, task: Task, bar) -> None:
+    def _start(self, task: Task) -> None:
         env = dict(self.env)
         if self.gpus:
             if task.kind == "train":
@@ -575,8 +594,7 @@ class Pool:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         task.log_file.write(f"\n=== {stamp} divebatch replicate: {shlex.join(task.argv)}\n")
         task.log_file.flush()
-        task.proc = subprocess.Popen(task.argv, stdout=task.log_file, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=False)
+        task.proc = subprocess.Popen(task.argv, stdout=task.log_file, stderr=subprocess.STDOUT, env=env)
         task.started = time.perf_counter()
         self.active.append(task)
         where = f" on GPU {task.gpu}" if task.gpu is not None else ""
@@ -609,10 +627,19 @@ class Pool:
                           f"{summary['epochs_completed']} epochs")
         task.returncode = 0 if ok else (task.returncode or 1)
         if ok:
-            self.log(f"[replicate] finished {task.name} in {_fmt_s(task.seconds)}{detail}")
+            self.log(f"[replicate] finished {task.name} in {_fmt_s(task.seconds)}{detail}{self._progress(bar)}")
         else:
             self.log(f"[replicate] FAILED   {task.name} (exit {task.proc.returncode}) after {_fmt_s(task.seconds)}; "
                      f"log: {task.log}\n    last lines:\n{_tail(task.log)}")
+
+    def _progress(self, bar) -> str:
+        """Overall progress and ETA (from the epochs trained so far in this invocation), for the log."""
+        runs_done = sum(1 for t in self.done if t.kind == "train")
+        text = f"; {runs_done}/{self.n_runs} runs done, {bar.n}/{bar.total} epochs"
+        elapsed = time.perf_counter() - self.t0
+        if 0 < bar.n < bar.total:
+            text += f", ETA {_fmt_s(elapsed * (bar.total - bar.n) / bar.n)}"
+        return text
 
     def run(self, tasks: list[Task], desc: str) -> list[Task]:
         """Run every task; returns them with ``returncode`` set (0: success).
@@ -621,28 +648,28 @@ class Pool:
             KeyboardInterrupt: after stopping the running processes (their runs resume next time).
         """
         todo = list(tasks)
-        total = sum(t.total_epochs for t in tasks)
-        n_runs = sum(1 for t in tasks if t.kind == "train")
-        interactive = sys.stderr.isatty()
-        bar = tqdm(total=total, unit="epoch", desc=desc, file=sys.stderr, dynamic_ncols=True,
-                   mininterval=1 if interactive else 60, disable=not tasks)
+        self.n_runs, self.t0 = sum(1 for t in tasks if t.kind == "train"), time.perf_counter()
+        # a live bar on a terminal; in a log file the finished-run lines carry the progress and ETA
+        bar = _Counter(sum(t.total_epochs for t in tasks))
+        if sys.stderr.isatty():
+            bar = tqdm(total=bar.total, unit="epoch", desc=desc, file=sys.stderr, dynamic_ncols=True)
         try:
             while todo or self.active:
                 while todo and (self._slots_used() < self.jobs or (self.gpus and todo[0].kind != "train")):
-                    self._start(todo.pop(0), bar)
+                    self._start(todo.pop(0))
                 time.sleep(0.5)
                 self._poll_progress(bar)
                 for t in [t for t in self.active if t.proc.poll() is not None]:
                     self._poll_progress(bar)
                     self._finish(t, bar)
                 done_runs = sum(1 for t in self.done if t.kind == "train")
-                bar.set_postfix_str(f"runs {done_runs}/{n_runs} done, {len(self.active)} running", refresh=False)
+                bar.set_postfix_str(f"runs {done_runs}/{self.n_runs} done, {len(self.active)} running", refresh=False)
         except KeyboardInterrupt:
             self.log(f"[replicate] interrupted: stopping {len(self.active)} process(es); rerun the same command "
                      f"to resume (runs restart from their last finished epoch)")
             for t in self.active:
                 if t.proc.poll() is None:
-                    t.proc.send_signal(signal.SIGINT)
+                    t.proc.terminate()  # SIGINT may be ignored (background jobs); checkpoints are atomic
             for t in self.active:
                 try:
                     t.proc.wait(timeout=30)
@@ -698,6 +725,35 @@ class Outcome:
         return 2 if self.stopped else (1 if self.failed else 0)
 
 
+@contextlib.contextmanager
+def runs_lock(runs_dir: Path):
+    """Hold ``<runs_dir>/.replicate.lock`` (flock) while training, so that two invocations never
+    train the same run directory at once; the lock is released when the process ends, however.
+
+    Raises:
+        ProfileError: another process holds it (names its pid).
+    """
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    f = open(runs_dir / ".replicate.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ProfileError(f"runs directory {runs_dir} is in use by another divebatch replicate ({holder}); "
+                           f"allowed: one invocation per runs directory at a time (wait for it, or stop it)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
 def _stream(argv: list[str], log=print) -> int:
     """Run a step in the foreground, its output on our stdout/stderr."""
     log(f"[replicate] $ {shlex.join(argv[2:] if argv[1:2] == ['-m'] else argv)}")
@@ -727,11 +783,14 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
         out: root of ``paper_tables/<profile>/``, ``figures/<profile>/``, ``notebooks/<profile>/``.
         extra: KEY=VALUE overrides for every run.
         offline: never touch the network (missing data stops the command).
+        synthetic, report, notebooks, sweeps: False skips that step; redo_synthetic: rerun it even
+            when its outputs are current.
         dry_run: print the matrix and each run's state; train nothing.
     Returns:
         :class:`Outcome`; ``outcome.exit_code`` is the command's exit status.
     Raises:
-        ProfileError, ConfigError: bad profile or run config (before anything runs).
+        ProfileError, ConfigError: bad profile or run config, or the runs directory is in use
+            (before anything runs).
         KeyboardInterrupt: after stopping the running processes.
     """
     t_start = time.perf_counter()
@@ -740,16 +799,7 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
     out = Path(out)
     sources = resolve_data(spec, parse_data_args(list(data_args), spec))
     runs = expand(spec, runs_dir, sources, list(extra))
-    outcome = Outcome()
-
-    # 1. every config must load before anything runs (data presence is checked next)
-    configs = {}
-    for run in runs:
-        try:
-            configs[run.name] = cfg = load_config(run.config, run.overrides, check_data=False)
-        except ConfigError as err:
-            raise ConfigError(f"run {run.name} ({run.config}): {err}") from None
-        run.epochs = int(cfg.epochs)
+    configs = _load_configs(runs)  # every config must load before anything runs
     gpus = gpu_ids()
     jobs = jobs or default_jobs(gpus, os.cpu_count() or 1)
     if jobs < 1:
@@ -759,24 +809,79 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
     log(f"[replicate] profile {spec.name}: {len(runs)} runs ({len(spec.experiments)} experiment(s)), "
         f"runs in {runs_dir}, outputs in {out / 'paper_tables' / spec.name} and {out / 'figures' / spec.name}; "
         f"{jobs} job(s) on {hw}{expected}")
-
-    # 2. data, before any training
-    if not dry_run:
+    outcome = Outcome()
+    if not dry_run:  # data first: nothing trains unless every dataset of the profile is there
         problems = ensure_data(sources, spec.name, offline, download, log)
         if problems:
             outcome.stopped = "data missing"
             log(f"[replicate] profile {spec.name} stopped before training: data missing. Put the files in place "
                 f"and rerun the same command.\n" + "\n".join(problems))
             return outcome
+    # under the lock of the runs directory: two invocations never train the same run at once
+    with contextlib.nullcontext() if dry_run else runs_lock(runs_dir):
+        tasks = _plan(runs, configs, outcome, dry_run, log)
+        stamp = synthetic_stamp(spec.synthetic, spec.name) if (synthetic and spec.synthetic) else None
+        if stamp is not None:
+            argv = [sys.executable, "-m", "divebatch", "synthetic", "--profile", spec.name, "--config",
+                    str(spec.synthetic), "--out-root", str(out)]
+            done_already = synthetic_done(runs_dir, out, stamp)
+            if dry_run:
+                log(f"[replicate] synthetic: {'done' if done_already else 'to run'}: {shlex.join(argv[2:])}")
+            elif done_already and not redo_synthetic:
+                outcome.steps.append("synthetic check: skipped (done for this config and commit; --redo-synthetic "
+                                     "reruns it)")
+                log(f"[replicate] skipped  synthetic check (outputs in {out / 'paper_tables' / spec.name} are from "
+                    f"this config and commit)")
+            else:  # first, so that it runs beside the trainings rather than after them
+                tasks.insert(0, Task("synthetic check", argv, runs_dir / "logs" / "synthetic.log", kind="synthetic"))
+        if dry_run:
+            return outcome
+        n_resumed = sum(1 for t in tasks if t.verb == "resumed")
+        log(f"[replicate] {sum(1 for t in tasks if t.kind == 'train')} run(s) to train ({n_resumed} resumed), "
+            f"{len(outcome.skipped)} finished already" + (f", {len(outcome.failed)} refused" if outcome.failed else ""))
+        cpu0 = _children_cpu_s()
+        for t in Pool(jobs, gpus).run(tasks, spec.name) if tasks else []:
+            _record(t, outcome, runs_dir, stamp)
+        for sweep in (spec.sweeps if sweeps else []):
+            rc = _stream([sys.executable, "-m", "divebatch", "sweep", str(sweep), "--local", "--jobs", str(jobs),
+                          "--out", str(out)], log)
+            _step(outcome, f"sweep {sweep}", rc)
+        if report and spec.report and runs:
+            if any(read_summary(r.out_dir) for r in runs):
+                argv = [sys.executable, "-m", "divebatch", "report", str(runs_dir), "--out", str(out),
+                        "--profile", spec.name] + (["--notebooks"] if notebooks and spec.notebooks else [])
+                _step(outcome, "report", _stream(argv, log))
+            else:
+                outcome.steps.append("report: not run (no run has finished)")
+        outcome.outputs = _list_outputs(out, spec.name)
+        _summary(spec.name, outcome, runs_dir, time.perf_counter() - t_start, _children_cpu_s() - cpu0, log)
+        return outcome
 
-    # 3. what to do with each run
+
+def _load_configs(runs: list[Run]) -> dict[str, DictConfig]:
+    """Each run's resolved config (sets ``run.epochs``); data presence is checked separately.
+
+    Raises:
+        ConfigError: naming the run and its config file.
+    """
+    configs = {}
+    for run in runs:
+        try:
+            configs[run.name] = load_config(run.config, run.overrides, check_data=False)
+        except ConfigError as err:
+            raise ConfigError(f"run {run.name} ({run.config}): {err}") from None
+        run.epochs = int(configs[run.name].epochs)
+    return configs
+
+
+def _plan(runs: list[Run], configs: dict, outcome: Outcome, dry_run: bool, log) -> list[Task]:
+    """Skip finished runs, refuse conflicting ones, and make a task of every other run."""
     tasks = []
-    states = {}
     for run in runs:
         state, detail = run_state(run, configs[run.name])
-        states[run.name] = state
         if dry_run:
-            log(f"[replicate] {state:<8} {run.name}: {detail}; divebatch train {shlex.join([run.config, *run.overrides])}")
+            log(f"[replicate] {state:<8} {run.name}: {detail}; "
+                f"divebatch train {shlex.join([run.config, *run.overrides])}")
         elif state == "finished":
             outcome.skipped.append(run.name)
             log(f"[replicate] skipped  {run.name} (finished already: {detail})")
@@ -788,68 +893,35 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
             left = run.epochs - (epochs_done(run.out_dir) if state == "resume" else 0)
             tasks.append(Task(run.name, run.argv(), run.log, run=run, total_epochs=max(0, left),
                               verb="resumed" if state == "resume" else "started"))
-    do_synthetic = synthetic and spec.synthetic is not None
-    if do_synthetic:
-        stamp = synthetic_stamp(spec.synthetic, spec.name)
-        argv = [sys.executable, "-m", "divebatch", "synthetic", "--profile", spec.name, "--config",
-                str(spec.synthetic), "--out-root", str(out)]
-        if dry_run:
-            log(f"[replicate] synthetic: {'done' if synthetic_done(runs_dir, out, stamp) else 'to run'}: "
-                f"{shlex.join(argv[2:])}")
-        elif synthetic_done(runs_dir, out, stamp) and not redo_synthetic:
-            outcome.steps.append("synthetic check: skipped (done for this config and commit; --redo-synthetic reruns it)")
-            log(f"[replicate] skipped  synthetic check (outputs in {out / 'paper_tables' / spec.name} are from "
-                f"this config and commit)")
-        else:
-            tasks.insert(0, Task("synthetic check", argv, runs_dir / "logs" / "synthetic.log", kind="synthetic"))
-    if dry_run:
-        return outcome
+    return tasks
 
-    # 4. train (and the synthetic check beside)
-    n_new = sum(1 for t in tasks if t.kind == "train")
-    log(f"[replicate] {n_new} run(s) to train ({sum(1 for t in tasks if t.verb == 'resumed')} resumed), "
-        f"{len(outcome.skipped)} finished already"
-        + (f", {len(outcome.failed)} refused" if outcome.failed else ""))
-    rusage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = Pool(jobs, gpus).run(tasks, spec.name) if tasks else []
-    for t in done:
-        if t.kind == "synthetic":
-            if t.returncode == 0:
-                (runs_dir / SYNTHETIC_STAMP).write_text(json.dumps({**stamp, "seconds": round(t.seconds, 1)}, indent=2))
-                outcome.steps.append(f"synthetic check: ran in {_fmt_s(t.seconds)}")
-            else:
-                outcome.failed.append((t.name, str(t.log)))
-                outcome.steps.append(f"synthetic check: FAILED (log: {t.log})")
-        elif t.returncode == 0:
-            outcome.trained.append(t.name)
-        else:
-            outcome.failed.append((t.name, str(t.log)))
 
-    # 5. sweeps, then the report
-    for sweep in (spec.sweeps if sweeps else []):
-        argv = [sys.executable, "-m", "divebatch", "sweep", str(sweep), "--local", "--jobs", str(jobs),
-                "--out", str(out)]
-        rc = _stream(argv, log)
-        outcome.steps.append(f"sweep {sweep}: {'ok' if rc == 0 else f'FAILED (exit {rc})'}")
-        if rc != 0:
-            outcome.failed.append((f"sweep {sweep}", "its output above"))
-    if report and spec.report and runs:
-        argv = [sys.executable, "-m", "divebatch", "report", str(runs_dir), "--out", str(out), "--profile", spec.name]
-        argv += ["--notebooks"] if (notebooks and spec.notebooks) else []
-        if not any(read_summary(r.out_dir) for r in runs):
-            rc = None
-            outcome.steps.append("report: not run (no run has finished)")
+def _record(task: Task, outcome: Outcome, runs_dir: Path, stamp: dict | None) -> None:
+    """File a finished task under trained/failed; a successful synthetic check leaves its stamp."""
+    if task.kind == "synthetic":
+        if task.returncode == 0:
+            (runs_dir / SYNTHETIC_STAMP).write_text(json.dumps({**stamp, "seconds": round(task.seconds, 1)},
+                                                               indent=2))
+            outcome.steps.append(f"synthetic check: ran in {_fmt_s(task.seconds)}")
         else:
-            rc = _stream(argv, log)
-            outcome.steps.append(f"report: {'ok' if rc == 0 else f'FAILED (exit {rc})'}")
-        if rc not in (0, None):
-            outcome.failed.append(("report", "its output above"))
-    outcome.outputs = _list_outputs(out, spec.name)
+            outcome.failed.append((task.name, str(task.log)))
+            outcome.steps.append(f"synthetic check: FAILED (log: {task.log})")
+    elif task.returncode == 0:
+        outcome.trained.append(task.name)
+    else:
+        outcome.failed.append((task.name, str(task.log)))
 
-    rusage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (rusage1.ru_utime + rusage1.ru_stime) - (rusage0.ru_utime + rusage0.ru_stime)
-    _summary(spec.name, outcome, runs_dir, time.perf_counter() - t_start, cpu, log)
-    return outcome
+
+def _step(outcome: Outcome, name: str, rc: int) -> None:
+    outcome.steps.append(f"{name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'}")
+    if rc != 0:
+        outcome.failed.append((name, "its output above"))
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _summary(profile: str, o: Outcome, runs_dir: Path, wall: float, cpu: float, log) -> None:
@@ -896,6 +968,10 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--no-notebooks", action="store_true", help="report without executing the notebooks")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their states; train nothing")
     args = p.parse_args(argv)
+
+    def stop(signum, frame):  # `kill PID` stops the trainings too, as Ctrl-C does, so they can resume
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
     try:
         outcome = replicate(args.profile, args.jobs, args.data, args.runs_dir, args.out, args.extra,
                             offline=args.offline or os.environ.get("DIVEBATCH_OFFLINE") == "1",
@@ -907,4 +983,7 @@ def cli(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return outcome.exit_code

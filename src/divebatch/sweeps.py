@@ -348,6 +348,7 @@ class RunRecord:
         state: ``pending`` | ``running`` | ``finished`` | ``failed`` (``sweeps.RunState`` names).
         metric: the sweep metric read back from the run directory (None until finished).
         returncode: exit status of the last training process.
+        seconds: wall-clock seconds of the last training process (start-up included).
     """
 
     name: str
@@ -536,6 +537,7 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
         wandb_mode: ``offline`` (syncable later with ``wandb sync``) or ``disabled``.
         baseline: for a sensitivity sweep, also train the small-batch SGD reference
             (:func:`baseline_params`) that speed-ups are measured against.
+        check_data: check before any run that the data files of every config exist.
     Returns:
         The :class:`SweepState` (also in ``<root>/sweep_state.json``).
     Raises:
@@ -674,6 +676,7 @@ def write_results(state: SweepState, root: Path, sweep: Sweep) -> Path:
     params = list(dict.fromkeys([*sweep.params, *(k for r in state.runs for k in r.params)]))
     df = pd.DataFrame([{"run": r.name, "role": r.role, "state": r.state, metric.get("name", "metric"): r.metric,
                         **{k: r.params.get(k) for k in params}, "seconds": r.seconds} for r in state.runs])
+    df[params] = df[params].convert_dtypes()  # an int parameter stays int next to runs without it
     if metric.get("name") and len(df):
         df = df.sort_values(metric["name"], ascending=metric.get("goal") != "maximize", na_position="last")
     path = root / RESULTS_FILE

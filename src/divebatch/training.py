@@ -200,6 +200,8 @@ def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, e
                     autocast=contextlib.nullcontext, desc: str = "", progress: bool = True) -> dict:
     """One pass over the training data; batches above ``max_micro_batch`` are split and their
     gradients accumulated into one optimizer step. Statistics stay on the device until the end.
+    With an ``estimator`` (a measured epoch) the loop runs inside ``estimator.measuring(model)``
+    and the estimator may choose the micro-batch sizes (:func:`micro_batch_plan`).
 
     Returns:
         dict with train_loss (mean per sample), train_acc (percent), steps, samples, lr (of the last step).
@@ -284,7 +286,7 @@ def train(cfg: DictConfig) -> dict:
     bundle = build_data(cfg.data)
     model = build_model(cfg.model.name, bundle.num_classes, bundle.in_channels, bundle.image_size, cfg.model.width)
     policy = build_policy(cfg.method, bundle.n_train)
-    estimator = build_estimator(cfg.method.diversity_estimator) if cfg.method.name == "divebatch" else None
+    estimator = build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches) if cfg.method.name == "divebatch" else None
     if estimator is not None:
         model = estimator.prepare(model)
     model = model.to(device, memory_format=torch.channels_last if cfg.speed.channels_last else torch.preserve_format)

@@ -55,8 +55,8 @@ def variant_title(row) -> str:
 # knee (experiments a and b)
 # ---------------------------------------------------------------------------------------------
 
-def knee_tables(knee: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
-    """name -> (numeric, display, title) for the knee experiment's tables."""
+def knee_tables(knee: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None, str]]:
+    """name -> (numeric, display, title) for the knee experiment's tables (display None: CSV only)."""
     s = knee["summary"]
     display = pd.DataFrame({
         "variant": s["variant"], "kind": s["kind"], "n": s["n"], "label noise": s["label_noise"],
@@ -89,7 +89,7 @@ def knee_tables(knee: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]
                            "against n·Δ at the target (Yin et al., 2018)"),
         "synthetic_knee_curve": (curve, curve_display, "Samples and optimizer steps to the target per batch size "
                                  "(median and range over seeds; lr = 2^k / L, best of the grid)"),
-        "synthetic_knee_runs": (runs, runs, "Every knee run: seed, batch size, best lr, samples and steps to target"),
+        "synthetic_knee_runs": (runs, None, "Every knee run: seed, batch size, best lr, samples and steps to target"),
         "synthetic_knee_seeds": (knee["seeds"], knee["seeds"], "Per-seed references: loss(w*), target, "
                                  "n·Δ at w0 and at the target on the gradient-descent path, B_noise"),
     }
@@ -271,7 +271,7 @@ def methods_tables(res: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str
                               "and epochs to the target suboptimality, final loss and accuracy (mean ± sd over seeds)"),
         "synthetic_methods_walltime": (wall, wall_display, "Wall-clock seconds to the target (optimizer steps only; "
                                        "the one non-deterministic table)"),
-        "synthetic_methods_trajectories": (traj, traj, "Per-epoch trajectories of every method and seed"),
+        "synthetic_methods_trajectories": (traj, None, "Per-epoch trajectories of every method and seed"),
         "synthetic_estimator": (est, est_display, "Epoch estimator n·Δ_hat against exact n·Δ at the epoch's start "
                                 "and end iterates (ratios: median [10th, 90th percentile] over epochs and seeds)"),
     }
@@ -350,11 +350,14 @@ def verdict(knee: dict, cfg, provenance: str, commit: str) -> dict:
         parts.append(f"log-log slope of knee on n*Delta over label noise {ctrl['slope']:.2f}")
     parts += [f"x{d['duplicate']} duplication moves the knee x{d['knee_ratio']:.2f}" for d in ctrl["duplicates"]]
     for _, r in s[s["kind"] == "stress"].iterrows():
-        parts.append(f"stress {r['variant']} (not judged): knee {r['knee']:.3g} = x{r['knee_over_n_delta_target']:.2f} "
-                     f"of n*Delta {r['n_delta_target']:.3g}")
-    summary = ("knee of samples-to-target tracks n*Delta: " if holds else "knee does not track n*Delta: ") + "; ".join(parts)
+        parts.append(f"ill-conditioned stress variant {r['variant']} (not judged): knee {r['knee']:.3g} = "
+                     f"x{r['knee_over_n_delta_target']:.2f} of n*Delta {r['n_delta_target']:.3g}, so there n*Delta "
+                     "is only an upper bound on the knee")
+    scope = "on well-conditioned data (the noise and duplicate variants)"
+    summary = (f"knee of samples-to-target tracks n*Delta {scope}: " if holds
+               else f"knee does not track n*Delta {scope}: ") + "; ".join(parts)
     clean = s.replace({np.nan: None}).to_dict(orient="records")
-    return {"claim": 4, "holds": holds, "summary": summary, "profile": cfg.profile, "seeds": list(cfg.seeds),
+    return {"claim": 4, "holds": holds, "summary": summary, "scope": scope, "profile": cfg.profile, "seeds": list(cfg.seeds),
             "commit": commit, "provenance": provenance, "target_relative": cfg.target_relative,
             "rules": {"tolerance": cfg.knee.tolerance, "small_factor": cfg.knee.small_factor,
                       "small_ratio_max": cfg.knee.small_ratio_max, "large_factor": cfg.knee.large_factor,
@@ -385,5 +388,11 @@ def write_all(cfg, knee: dict | None, methods: dict | None, out_root: str | Path
         written += save_figure(plot_methods(methods), fdir / "synthetic_methods", provenance)
         written += save_figure(plot_estimator(methods), fdir / "synthetic_estimator", provenance)
     for name, (numeric, display, title) in tables.items():
-        written += write_table(numeric, display, tdir / name, provenance, title)
+        if display is None:  # raw per-run data: CSV only (a Markdown/LaTeX rendering would not be read)
+            tdir.mkdir(parents=True, exist_ok=True)
+            path = tdir / f"{name}.csv"
+            numeric.assign(provenance=provenance).to_csv(path, index=False, float_format="%.6g")
+            written.append(path)
+        else:
+            written += write_table(numeric, display, tdir / name, provenance, title)
     return written
