@@ -292,6 +292,11 @@ def test_provenance_commit_mixed(tmp_path):
     write_run(root, "b", val_acc=[1, 2], method="sgd", seed=2, commit="2222222bbbb")
     assert collect_runs(root).provenance().endswith("commit=mixed")
     assert collect_runs(root / "a").provenance().endswith("commit=1111111")
+    # the same commit, some runs with uncommitted changes: that commit, marked dirty
+    both = tmp_path / "both"
+    write_run(both, "a", val_acc=[1, 2], method="sgd", commit="1111111aaaa")
+    write_run(both, "c", val_acc=[1, 2], method="sgd", seed=2, commit="1111111aaaa+dirty")
+    assert collect_runs(both).provenance().endswith("commit=1111111+dirty")
 
 
 def test_notebooks_execute_on_a_small_fixture(tmp_path, monkeypatch):

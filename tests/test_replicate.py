@@ -230,19 +230,6 @@ def test_synthetic_outputs_reused_only_for_same_config(in_repo, tmp_path):
     assert not rep.synthetic_done(runs, out, rep.synthetic_stamp(str(cfg), "tiny"))
 
 
-def test_pool_pins_one_gpu_per_training_and_sets_threads(tmp_path, capsys):
-    show = "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), os.environ['OMP_NUM_THREADS'])"
-    tasks = [rep.Task(f"t{i}", [sys.executable, "-c", show + "; import time; time.sleep(1)"], tmp_path / f"t{i}.log")
-             for i in range(2)]
-    tasks.append(rep.Task("syn", [sys.executable, "-c", show], tmp_path / "syn.log", kind="synthetic"))
-    done = rep.Pool(jobs=2, gpus=["3", "5"]).run(tasks, "test")
-    assert all(t.returncode == 0 for t in done)
-    seen = {t.name: (tmp_path / f"{t.name}.log").read_text().splitlines()[-1].split() for t in done}
-    assert {seen["t0"][0], seen["t1"][0]} == {"'3'", "'5'"}  # two trainings at once: one GPU each
-    assert seen["syn"][0] == "''"  # the synthetic check runs beside them, on no GPU
-    assert all(int(v[1]) >= 1 for v in seen.values())
-
-
 def test_replicate_help_runs_from_the_console_script():
     res = subprocess.run([sys.executable, "-m", "divebatch", "replicate", "--help"], capture_output=True, text=True,
                          timeout=120)

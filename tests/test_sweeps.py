@@ -11,6 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from divebatch import launch
 from divebatch import sweeps as sw
 from divebatch.config import config_keys
 
@@ -197,7 +198,7 @@ def test_local_search_feeds_metric_back_and_resumes(tmp_path, monkeypatch, metho
     sweep = sw.load_sweep(path)
     root = tmp_path / "root"
     FakeTraining.started = []
-    monkeypatch.setattr(sw.subprocess, "Popen", FakeTraining)
+    monkeypatch.setattr(launch.subprocess, "Popen", FakeTraining)
     state = sw.run_local(sweep, root, count=3, jobs=2, wandb_mode="disabled")
     assert [r.state for r in state.runs] == ["finished"] * 3
     for rec, over in zip(state.runs, FakeTraining.started):
@@ -210,7 +211,7 @@ def test_local_search_feeds_metric_back_and_resumes(tmp_path, monkeypatch, metho
     # a larger count adds runs; the finished ones are not repeated
     state = sw.run_local(sweep, root, count=4, jobs=1, wandb_mode="disabled")
     assert len(FakeTraining.started) == 4 and len(state.runs) == 4
-    monkeypatch.setattr(sw.subprocess, "Popen", NoTraining)
+    monkeypatch.setattr(launch.subprocess, "Popen", NoTraining)
     assert len(sw.run_local(sweep, root, count=4, wandb_mode="disabled").runs) == 4
 
 
@@ -224,7 +225,7 @@ def test_random_and_bayes_need_a_count(tmp_path):
 def test_interrupted_sweep_resumes_unfinished_runs_only(tmp_path, monkeypatch):
     sweep = sw.load_sweep(_sweep_yaml(tmp_path, {"method.delta": {"values": [0.05, 0.5]}}))
     root = tmp_path / "root"
-    monkeypatch.setattr(sw.subprocess, "Popen", FakeTraining)
+    monkeypatch.setattr(launch.subprocess, "Popen", FakeTraining)
     sw.run_local(sweep, root, wandb_mode="disabled", baseline=False)
     # as if the driver had been killed: one run marked running with no result yet, one finished
     # on disk although the state never heard of it
@@ -265,7 +266,7 @@ def test_local_grid_sweep_trains_and_feeds_sensitivity_table(tmp_path, monkeypat
     assert (out / "figures" / "sweep_test" / "sensitivity.png").stat().st_size > 0
 
     # a second invocation trains nothing
-    monkeypatch.setattr(sw.subprocess, "Popen", NoTraining)
+    monkeypatch.setattr(launch.subprocess, "Popen", NoTraining)
     mtimes = {p: p.stat().st_mtime for p in root.rglob("metrics.csv")}
     assert sw.cli([*argv, "--no-report"]) == 0
     assert {p: p.stat().st_mtime for p in root.rglob("metrics.csv")} == mtimes

@@ -260,7 +260,7 @@ def _conv2d_batch_l2_class():
         * Gram route otherwise (late layers: few positions): n s^2 extra floats.
 
         Why kept over the library (docs/performance.md, benchmark (a)): a measured step with
-        stock BackPACK + opt_einsum costs 1.5 to 1.9x this route's on the ResNets (2-core CPU),
+        stock BackPACK + opt_einsum costs 1.5 to 2x this route's on the ResNets (2-core CPU),
         above the project's 1.3x bar for home-made code. Same values: tested against per-sample
         loops and against stock ``BatchL2Grad``.
 
@@ -297,9 +297,9 @@ def batch_l2_extension():
     """BackPACK's ``BatchL2Grad`` with Conv2d weights by the cheaper route (``CheapestBatchL2Conv2d``,
     installed with BackPACK's documented ``set_module_extension``); every other layer is BackPACK's.
 
-    The same values as stock ``BatchL2Grad()``; a measured step costs 1.5 to 1.9x less on the
-    ResNets than stock BackPACK even with opt_einsum ordering its einsum (2-core CPU,
-    docs/performance.md benchmark (a), which prints both side by side).
+    The same values as stock ``BatchL2Grad()``, whose measured step costs 1.5 to 2x as much on
+    the ResNets even with opt_einsum ordering its einsum (2-core CPU, docs/performance.md
+    benchmark (a), which prints both side by side).
 
     Returns:
         a ``backpack.extensions.BatchL2Grad`` instance (cached: the same object every call).

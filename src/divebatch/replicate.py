@@ -49,6 +49,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
+from divebatch import launch
 from divebatch.config import ConfigError, load_config
 
 PROFILE_DIR = Path("configs") / "profiles"
@@ -495,48 +496,15 @@ def ensure_data(sources: dict[str, DataSource], profile: str, offline: bool, all
 # ----------------------------------------------------------------------------- execution
 
 
-def gpu_ids() -> list[str]:
-    """Visible GPUs: ``CUDA_VISIBLE_DEVICES`` when set (empty means none), else torch's count."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def default_jobs(gpus: list[str], cores: int) -> int:
-    """One job per GPU; on CPU one single-threaded job per core, at most 8 (small CPU-scale models
-    use several processes better than several threads)."""
-    return len(gpus) if gpus else max(1, min(cores, 8))
-
-
 @dataclass
-class Task:
-    """A process of the replication: a training run, or the synthetic check."""
+class Task(launch.Task):
+    """A process of the replication: a training run (``run`` set), or the synthetic check
+    (``needs_gpu=False``)."""
 
-    name: str
-    argv: list[str]
-    log: Path
-    kind: str = "train"  # train | synthetic
     run: Optional[Run] = None
     verb: str = "started"
     total_epochs: int = 0  # epochs this task still has to train (progress bar)
-    proc: Optional[subprocess.Popen] = None
-    log_file: object = None
-    started: float = 0.0
-    seconds: float = 0.0
     counted: int = 0  # epochs already added to the bar
-    gpu: Optional[str] = None
-    returncode: Optional[int] = None
-
-
-def _tail(path: Path, n: int = 10) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join("      " + line for line in lines[-n:])
 
 
 def _fmt_s(seconds: float) -> str:
@@ -545,7 +513,7 @@ def _fmt_s(seconds: float) -> str:
 
 
 class _Counter:
-    """The part of tqdm's interface the pool uses, without drawing (output that is not a terminal)."""
+    """The part of tqdm's interface :func:`train_tasks` uses, without drawing (output that is not a terminal)."""
 
     def __init__(self, total: int):
         self.n, self.total = 0, total
@@ -559,127 +527,62 @@ class _Counter:
     set_postfix_str = close = lambda self, *a, **k: None
 
 
-class Pool:
-    """Runs tasks as subprocesses, ``jobs`` at once, with progress in epochs (a bar on a terminal).
+def train_tasks(tasks: list[Task], jobs: int, gpus: list[str], desc: str, record: Callable[[Task], None],
+                log=tqdm.write) -> None:
+    """Run the tasks with :class:`divebatch.launch.Pool` (GPU pinning, threads, logs), with progress
+    in epochs: a bar on a terminal; in a log file the finished-run lines carry the progress and an
+    ETA from the epochs trained so far in this invocation. A run counts as successful only when its
+    ``summary.json`` says finished; ``record(task)`` gets every task when it ends (``returncode``
+    0: success).
 
-    On GPUs each training gets one GPU (``CUDA_VISIBLE_DEVICES``: the least busy one, so ``jobs``
-    above the GPU count shares them round-robin); the synthetic check needs none and runs beside
-    them. On CPU every process gets
-    ``max(1, cores // jobs)`` threads unless ``OMP_NUM_THREADS`` is set.
+    Raises:
+        KeyboardInterrupt: after stopping the running processes (their runs resume next time).
     """
+    n_runs, t0, done = sum(1 for t in tasks if t.run), time.perf_counter(), []
+    bar = _Counter(sum(t.total_epochs for t in tasks))
+    if sys.stderr.isatty():
+        bar = tqdm(total=bar.total, unit="epoch", desc=desc, file=sys.stderr, dynamic_ncols=True)
 
-    def __init__(self, jobs: int, gpus: list[str], log=tqdm.write):
-        self.jobs, self.gpus, self.log = jobs, gpus, log
-        cores = os.cpu_count() or 1
-        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // jobs))
-        self.env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
-        self.env.pop("PYTEST_CURRENT_TEST", None)
-        self.active: list[Task] = []
-        self.done: list[Task] = []
-
-    def _slots_used(self) -> int:
-        return sum(1 for t in self.active if t.kind == "train" or not self.gpus)
-
-    def _start(self, task: Task) -> None:
-        env = dict(self.env)
-        if self.gpus:
-            if task.kind == "train":
-                load = {g: sum(t.gpu == g for t in self.active) for g in self.gpus}
-                task.gpu = min(self.gpus, key=lambda g: load[g])  # the least busy GPU, first on ties
-                env["CUDA_VISIBLE_DEVICES"] = task.gpu
-            else:
-                env["CUDA_VISIBLE_DEVICES"] = ""
-        task.log.parent.mkdir(parents=True, exist_ok=True)
-        task.log_file = open(task.log, "a")
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        task.log_file.write(f"\n=== {stamp} divebatch replicate: {shlex.join(task.argv)}\n")
-        task.log_file.flush()
-        task.proc = subprocess.Popen(task.argv, stdout=task.log_file, stderr=subprocess.STDOUT, env=env)
-        task.started = time.perf_counter()
-        self.active.append(task)
-        where = f" on GPU {task.gpu}" if task.gpu is not None else ""
-        self.log(f"[replicate] {task.verb:<8} {task.name}{where} (log: {task.log})")
-
-    def _poll_progress(self, bar) -> None:
-        for t in self.active:
+    def count_epochs(active: list[Task]) -> None:
+        for t in active:
             if t.run is not None and t.total_epochs:
                 now = min(t.total_epochs, epochs_done(t.run.out_dir) - (t.run.epochs - t.total_epochs))
                 if now > t.counted:
                     bar.update(now - t.counted)
                     t.counted = now
 
-    def _finish(self, task: Task, bar) -> None:
-        task.log_file.close()
-        task.returncode = task.proc.returncode
-        task.seconds = time.perf_counter() - task.started
-        self.active.remove(task)
-        self.done.append(task)
-        if task.total_epochs > task.counted:  # a failed run's remaining epochs leave the ETA
-            bar.total -= task.total_epochs - task.counted
+    def on_poll(active: list[Task]) -> None:
+        count_epochs(active)
+        bar.set_postfix_str(f"runs {len(done)}/{n_runs} done, {len(active)} running", refresh=False)
+
+    def on_start(t: Task) -> None:
+        log(f"[replicate] {t.verb:<8} {t.name}{f' on GPU {t.gpu}' if t.gpu is not None else ''} (log: {t.log})")
+
+    def on_finish(t: Task) -> None:
+        count_epochs([t])
+        if t.total_epochs > t.counted:  # a failed run's remaining epochs leave the ETA
+            bar.total -= t.total_epochs - t.counted
             bar.refresh()
-        ok = task.returncode == 0
-        detail = ""
-        if task.run is not None:
-            summary = read_summary(task.run.out_dir)
-            ok = ok and bool(summary and summary.get("finished"))
-            if ok:
-                detail = (f": final val_acc {summary['final_val_acc']:.2f}% (best {summary['best_val_acc']:.2f}%), "
-                          f"{summary['epochs_completed']} epochs")
-        task.returncode = 0 if ok else (task.returncode or 1)
+        exit_code, summary = t.returncode, read_summary(t.run.out_dir) if t.run else None
+        ok = exit_code == 0 and (t.run is None or bool(summary and summary.get("finished")))
+        t.returncode = 0 if ok else (exit_code or 1)
+        done.extend([t] if t.run else [])
         if ok:
-            self.log(f"[replicate] finished {task.name} in {_fmt_s(task.seconds)}{detail}{self._progress(bar)}")
+            detail = (f": final val_acc {summary['final_val_acc']:.2f}% (best {summary['best_val_acc']:.2f}%), "
+                      f"{summary['epochs_completed']} epochs") if summary else ""
+            progress = f"; {len(done)}/{n_runs} runs done, {bar.n}/{bar.total} epochs"
+            if 0 < bar.n < bar.total:
+                progress += f", ETA {_fmt_s((time.perf_counter() - t0) * (bar.total - bar.n) / bar.n)}"
+            log(f"[replicate] finished {t.name} in {_fmt_s(t.seconds)}{detail}{progress}")
         else:
-            self.log(f"[replicate] FAILED   {task.name} (exit {task.proc.returncode}) after {_fmt_s(task.seconds)}; "
-                     f"log: {task.log}\n    last lines:\n{_tail(task.log)}")
+            log(f"[replicate] FAILED   {t.name} (exit {exit_code}) after {_fmt_s(t.seconds)}; "
+                f"log: {t.log}\n    last lines:\n{launch.tail(t.log)}")
+        record(t)
 
-    def _progress(self, bar) -> str:
-        """Overall progress and ETA (from the epochs trained so far in this invocation), for the log."""
-        runs_done = sum(1 for t in self.done if t.kind == "train")
-        text = f"; {runs_done}/{self.n_runs} runs done, {bar.n}/{bar.total} epochs"
-        elapsed = time.perf_counter() - self.t0
-        if 0 < bar.n < bar.total:
-            text += f", ETA {_fmt_s(elapsed * (bar.total - bar.n) / bar.n)}"
-        return text
-
-    def run(self, tasks: list[Task], desc: str) -> list[Task]:
-        """Run every task; returns them with ``returncode`` set (0: success).
-
-        Raises:
-            KeyboardInterrupt: after stopping the running processes (their runs resume next time).
-        """
-        todo = list(tasks)
-        self.n_runs, self.t0 = sum(1 for t in tasks if t.kind == "train"), time.perf_counter()
-        # a live bar on a terminal; in a log file the finished-run lines carry the progress and ETA
-        bar = _Counter(sum(t.total_epochs for t in tasks))
-        if sys.stderr.isatty():
-            bar = tqdm(total=bar.total, unit="epoch", desc=desc, file=sys.stderr, dynamic_ncols=True)
-        try:
-            while todo or self.active:
-                while todo and (self._slots_used() < self.jobs or (self.gpus and todo[0].kind != "train")):
-                    self._start(todo.pop(0))
-                time.sleep(0.5)
-                self._poll_progress(bar)
-                for t in [t for t in self.active if t.proc.poll() is not None]:
-                    self._poll_progress(bar)
-                    self._finish(t, bar)
-                done_runs = sum(1 for t in self.done if t.kind == "train")
-                bar.set_postfix_str(f"runs {done_runs}/{self.n_runs} done, {len(self.active)} running", refresh=False)
-        except KeyboardInterrupt:
-            self.log(f"[replicate] interrupted: stopping {len(self.active)} process(es); rerun the same command "
-                     f"to resume (runs restart from their last finished epoch)")
-            for t in self.active:
-                if t.proc.poll() is None:
-                    t.proc.terminate()  # SIGINT may be ignored (background jobs); checkpoints are atomic
-            for t in self.active:
-                try:
-                    t.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    t.proc.kill()
-                t.log_file.close()
-            raise
-        finally:
-            bar.close()
-        return self.done
+    try:
+        launch.Pool(jobs, gpus, log, "[replicate]").run(tasks, on_start, on_finish, on_poll)
+    finally:
+        bar.close()
 
 
 # ----------------------------------------------------------------------------- synthetic check
@@ -777,7 +680,7 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
 
     Args:
         profile: a name in ``configs/profiles/`` or a YAML path.
-        jobs: processes at once (default :func:`default_jobs`).
+        jobs: processes at once (default :func:`divebatch.launch.default_jobs`).
         data_args: ``--data`` items (``NAME=PATH``, or ``PATH`` for a one-dataset profile).
         runs_dir: default ``runs/<profile>``.
         out: root of ``paper_tables/<profile>/``, ``figures/<profile>/``, ``notebooks/<profile>/``.
@@ -800,8 +703,8 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
     sources = resolve_data(spec, parse_data_args(list(data_args), spec))
     runs = expand(spec, runs_dir, sources, list(extra))
     configs = _load_configs(runs)  # every config must load before anything runs
-    gpus = gpu_ids()
-    jobs = jobs or default_jobs(gpus, os.cpu_count() or 1)
+    gpus = launch.gpu_ids()
+    jobs = jobs or launch.default_jobs(gpus, os.cpu_count() or 1)
     if jobs < 1:
         raise ProfileError(f"invalid --jobs {jobs}; allowed: an integer >= 1")
     hw = f"{len(gpus)} GPU(s)" if gpus else f"{os.cpu_count()} CPU core(s)"
@@ -833,15 +736,15 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
                 log(f"[replicate] skipped  synthetic check (outputs in {out / 'paper_tables' / spec.name} are from "
                     f"this config and commit)")
             else:  # first, so that it runs beside the trainings rather than after them
-                tasks.insert(0, Task("synthetic check", argv, runs_dir / "logs" / "synthetic.log", kind="synthetic"))
+                tasks.insert(0, Task("synthetic check", argv, runs_dir / "logs" / "synthetic.log", needs_gpu=False))
         if dry_run:
             return outcome
         n_resumed = sum(1 for t in tasks if t.verb == "resumed")
-        log(f"[replicate] {sum(1 for t in tasks if t.kind == 'train')} run(s) to train ({n_resumed} resumed), "
+        log(f"[replicate] {sum(1 for t in tasks if t.run)} run(s) to train ({n_resumed} resumed), "
             f"{len(outcome.skipped)} finished already" + (f", {len(outcome.failed)} refused" if outcome.failed else ""))
         cpu0 = _children_cpu_s()
-        for t in Pool(jobs, gpus).run(tasks, spec.name) if tasks else []:
-            _record(t, outcome, runs_dir, stamp)
+        if tasks:
+            train_tasks(tasks, jobs, gpus, spec.name, lambda t: _record(t, outcome, runs_dir, stamp))
         for sweep in (spec.sweeps if sweeps else []):
             rc = _stream([sys.executable, "-m", "divebatch", "sweep", str(sweep), "--local", "--jobs", str(jobs),
                           "--out", str(out)], log)
@@ -898,7 +801,7 @@ def _plan(runs: list[Run], configs: dict, outcome: Outcome, dry_run: bool, log) 
 
 def _record(task: Task, outcome: Outcome, runs_dir: Path, stamp: dict | None) -> None:
     """File a finished task under trained/failed; a successful synthetic check leaves its stamp."""
-    if task.kind == "synthetic":
+    if task.run is None:  # the synthetic check
         if task.returncode == 0:
             (runs_dir / SYNTHETIC_STAMP).write_text(json.dumps({**stamp, "seconds": round(task.seconds, 1)},
                                                                indent=2))

@@ -26,14 +26,12 @@ import argparse
 import contextlib
 import datetime as _dt
 import difflib
+import itertools
 import json
 import os
 import random
 import shlex
-import signal
-import subprocess
 import sys
-import time
 import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -43,6 +41,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from divebatch import launch
 from divebatch.config import ConfigError, config_keys, load_config
 
 with warnings.catch_warnings():  # sweeps 0.3.0 uses pydantic v1 config names; harmless under v2
@@ -503,24 +502,6 @@ def local_command(sweep: Sweep, params: dict, out_dir: Path, wandb_mode: str = "
             f"wandb.group={sweep.name}", f"out_dir={out_dir}", "progress=false"]
 
 
-def _gpu_ids() -> list[str]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-@dataclass
-class _Active:
-    rec: RunRecord
-    proc: subprocess.Popen
-    log: Any
-    slot: int
-    started: float
-
-
 def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = None, jobs: int = 1,
               wandb_mode: str = "offline", baseline: bool = True, check_data: bool = True) -> SweepState:
     """Run a sweep on this machine (see module docstring) and return its final state.
@@ -532,8 +513,8 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
     Args:
         root: sweep root (default ``runs/sweeps/<name>``); one run directory per run inside.
         count: total number of sweep runs in the root (earlier invocations included).
-        jobs: trainings at once; with GPUs each is pinned to one with ``CUDA_VISIBLE_DEVICES``
-            (round-robin over the visible ones); on CPU each gets ``cores / jobs`` threads.
+        jobs: trainings at once (:class:`divebatch.launch.Pool`): with GPUs each is pinned to the
+            least busy one with ``CUDA_VISIBLE_DEVICES``; every one gets ``cores / jobs`` threads.
         wandb_mode: ``offline`` (syncable later with ``wandb sync``) or ``disabled``.
         baseline: for a sensitivity sweep, also train the small-batch SGD reference
             (:func:`baseline_params`) that speed-ups are measured against.
@@ -573,14 +554,7 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
                 rec.state, rec.metric = "finished", _metric(sweep, summary, rows)
     state.save(root)
 
-    todo = [r for r in state.runs if r.state != "finished"]
-    gpus = _gpu_ids()
-    env_base = {k: v for k, v in os.environ.items()
-                if k not in ("WANDB_SWEEP_ID", RUN_ID_ENV, "WANDB_SWEEP_PARAM_PATH")}  # runs are not agent runs here
-    if not gpus and jobs > 1 and "OMP_NUM_THREADS" not in env_base:
-        env_base["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    (root / "logs").mkdir(parents=True, exist_ok=True)
-    active: list[_Active] = []
+    records: dict[str, RunRecord] = {}
     failed = 0
 
     def propose() -> RunRecord | None:
@@ -597,29 +571,24 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
         state.runs.append(rec)
         return rec
 
-    def start(rec: RunRecord, slot: int) -> None:
-        env = dict(env_base)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-        argv = local_command(sweep, rec.params, root / rec.name, wandb_mode)
-        log = open(root / "logs" / f"{rec.name}.log", "a")
-        log.write(f"$ {shlex.join(argv)}\n")
-        log.flush()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        rec.state = "running"
-        state.save(root)
-        where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else ""
-        values = " ".join(f"{k}={v}" for k, v in rec.params.items())
-        _say(f"[sweep] {rec.name} started{where}: {values}")
-        active.append(_Active(rec, proc, log, slot, time.perf_counter()))
+    def tasks():  # unfinished runs first, then proposals, each made only when a slot frees
+        for rec in itertools.chain([r for r in state.runs if r.state != "finished"], iter(propose, None)):
+            records[rec.name] = rec
+            yield launch.Task(rec.name, local_command(sweep, rec.params, root / rec.name, wandb_mode),
+                              root / "logs" / f"{rec.name}.log")
 
-    def finish(a: _Active) -> None:
+    def start(t: launch.Task) -> None:
+        records[t.name].state = "running"
+        state.save(root)
+        values = " ".join(f"{k}={v}" for k, v in records[t.name].params.items())
+        _say(f"[sweep] {t.name} started{f' on GPU {t.gpu}' if t.gpu is not None else ''}: {values}")
+
+    def finish(t: launch.Task) -> None:
         nonlocal failed
-        a.log.close()
-        rec = a.rec
-        rec.returncode, rec.seconds = a.proc.returncode, round(time.perf_counter() - a.started, 1)
+        rec = records[t.name]
+        rec.returncode, rec.seconds = t.returncode, round(t.seconds, 1)
         summary, rows = _read_run(root / rec.name)
-        if a.proc.returncode == 0 and summary and summary.get("finished"):
+        if t.returncode == 0 and summary and summary.get("finished"):
             rec.state, rec.metric = "finished", _metric(sweep, summary, rows)
             metric = sweep.config.get("metric", {}).get("name")
             shown = f", {metric}={rec.metric:.4g}" if rec.metric is not None else ""
@@ -627,37 +596,13 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
         else:
             rec.state = "failed"
             failed += 1
-            tail = (root / "logs" / f"{rec.name}.log").read_text().splitlines()[-8:]
-            _say(f"[sweep] {rec.name} failed (exit {a.proc.returncode}); last lines of "
-                  f"{root / 'logs' / (rec.name + '.log')}:\n    " + "\n    ".join(tail), file=sys.stderr)
+            _say(f"[sweep] {rec.name} failed (exit {t.returncode}); last lines of {t.log}:\n"
+                 f"{launch.tail(t.log, 8, '    ')}", file=sys.stderr)
         state.save(root)
 
     try:
-        while True:
-            while len(active) < jobs:
-                rec = todo.pop(0) if todo else propose()
-                if rec is None:
-                    break
-                free = min(set(range(jobs)) - {a.slot for a in active})
-                start(rec, free)
-            if not active:
-                break
-            time.sleep(0.2)
-            for a in [a for a in active if a.proc.poll() is not None]:
-                active.remove(a)
-                finish(a)
+        launch.Pool(jobs, log=lambda msg: _say(msg, file=sys.stderr), prefix="[sweep]").run(tasks(), start, finish)
     except KeyboardInterrupt:
-        _say(f"[sweep] interrupted; stopping {len(active)} training(s). Rerun the same command to resume.",
-              file=sys.stderr)
-        for a in active:
-            with contextlib.suppress(OSError):
-                a.proc.send_signal(signal.SIGINT)
-        for a in active:
-            try:
-                a.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                a.proc.kill()
-            a.log.close()
         state.save(root)
         raise
     write_results(state, root, sweep)

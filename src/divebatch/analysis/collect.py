@@ -120,16 +120,16 @@ class RunSet:
 
 
 def agreed_commit(commits: pd.Series) -> str:
-    """The single commit in ``commits`` (shortened to 7 hex digits, ``+dirty`` kept), ``mixed``
-    when they differ, ``unknown`` when none is recorded."""
+    """The single commit in ``commits`` (shortened to 7 hex digits), with ``+dirty`` when any run
+    had uncommitted changes; ``mixed`` when the runs come from different commits, ``unknown`` when
+    none is recorded."""
     known = {c for c in commits.dropna() if c and c != "unknown"}
     if not known:
         return "unknown"
-    if len(known) > 1:
+    heads = {c.partition("+")[0] for c in known}
+    if len(heads) > 1:
         return "mixed"
-    commit = known.pop()
-    head, _, dirty = commit.partition("+")
-    return head[:7] + (f"+{dirty}" if dirty else "")
+    return heads.pop()[:7] + ("+dirty" if any(c.endswith("+dirty") for c in known) else "")
 
 
 def dataset_name(cfg: DictConfig) -> str:

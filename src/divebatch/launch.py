@@ -1,0 +1,145 @@
+"""Run training subprocesses N at a time: one GPU each, or ``cores / N`` threads each on CPU.
+
+:class:`Pool` is the one launcher behind ``divebatch replicate`` (a fixed list of runs) and
+``divebatch sweep --local`` (runs proposed one at a time from the results of finished ones): it
+pulls the next :class:`Task` from an iterable only when a slot frees, writes each process's
+stdout/stderr to the task's log file, polls, and on Ctrl-C (or SIGTERM turned into
+KeyboardInterrupt) stops the running processes, which resume from their checkpoints next time.
+What a caller reports about a run (progress lines, state files, metrics) lives in its callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+POLL_S = 0.2  # seconds between polls of the running processes
+STOP_TIMEOUT_S = 30  # seconds a process gets to exit after SIGTERM before it is killed
+# A launched run is never a wandb agent's run, and never part of a pytest test of ours.
+DROP_ENV = ("PYTEST_CURRENT_TEST", "WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
+
+
+def gpu_ids() -> list[str]:
+    """Visible GPUs: ``CUDA_VISIBLE_DEVICES`` when set (empty means none), else torch's count."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def default_jobs(gpus: list[str], cores: int) -> int:
+    """One job per GPU; on CPU one single-threaded job per core, at most 8 (small CPU-scale models
+    use several processes better than several threads)."""
+    return len(gpus) if gpus else max(1, min(cores, 8))
+
+
+def tail(path: Path, n: int = 10, indent: str = "      ") -> str:
+    """The last ``n`` lines of a log file, indented, for a failure message."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return indent + "(no log)"
+    return "\n".join(indent + line for line in lines[-n:])
+
+
+@dataclass
+class Task:
+    """One subprocess. ``needs_gpu=False`` (e.g. the synthetic check): on a GPU machine it runs on
+    no GPU beside the trainings without taking a slot. The fields after it are set by :class:`Pool`."""
+
+    name: str
+    argv: list[str]
+    log: Path  # stdout and stderr, appended
+    needs_gpu: bool = True
+    proc: Optional[subprocess.Popen] = None
+    log_file: object = None
+    started: float = 0.0  # time.perf_counter() at start
+    seconds: float = 0.0  # wall-clock seconds from start to exit
+    gpu: Optional[str] = None  # its CUDA_VISIBLE_DEVICES, None on CPU
+    returncode: Optional[int] = None
+
+
+class Pool:
+    """Runs tasks as subprocesses, ``jobs`` at once.
+
+    With GPUs each task that needs one is pinned to the least busy GPU (``CUDA_VISIBLE_DEVICES``;
+    ``jobs`` above the GPU count shares them round-robin). Every process gets
+    ``OMP_NUM_THREADS = MKL_NUM_THREADS = max(1, cores // jobs)`` unless ``OMP_NUM_THREADS`` is set.
+
+    Args:
+        jobs: processes at once (>= 1).
+        gpus: GPU ids (default :func:`gpu_ids`); empty: CPU only.
+        log: where the interrupt message goes; prefix: its prefix, e.g. ``[sweep]``.
+    """
+
+    def __init__(self, jobs: int, gpus: list[str] | None = None, log: Callable = print, prefix: str = ""):
+        self.jobs, self.log, self.prefix = jobs, log, prefix
+        self.gpus = gpu_ids() if gpus is None else gpus
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+        self.env = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
+        self.env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+        self.active: list[Task] = []
+
+    def _slots_used(self) -> int:
+        return sum(1 for t in self.active if t.needs_gpu or not self.gpus)
+
+    def _start(self, task: Task) -> None:
+        env = dict(self.env)
+        if self.gpus:
+            if task.needs_gpu:
+                load = {g: sum(t.gpu == g for t in self.active) for g in self.gpus}
+                task.gpu = min(self.gpus, key=lambda g: load[g])  # the least busy GPU, first on ties
+            env["CUDA_VISIBLE_DEVICES"] = task.gpu or ""
+        task.log.parent.mkdir(parents=True, exist_ok=True)
+        task.log_file = open(task.log, "a")
+        task.log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shlex.join(task.argv)}\n")
+        task.log_file.flush()
+        task.proc = subprocess.Popen(task.argv, stdout=task.log_file, stderr=subprocess.STDOUT, env=env)
+        task.started = time.perf_counter()
+        self.active.append(task)
+
+    def run(self, tasks: Iterable[Task], on_start: Callable[[Task], None] = lambda t: None,
+            on_finish: Callable[[Task], None] = lambda t: None,
+            on_poll: Callable[[list[Task]], None] = lambda active: None) -> None:
+        """Run every task of ``tasks``, pulling the next one only when a slot is free (so a generator
+        may base its next task on the finished ones). ``on_start(task)`` follows each start,
+        ``on_finish(task)`` each exit (``returncode`` and ``seconds`` set), ``on_poll(active)`` each poll.
+
+        Raises:
+            KeyboardInterrupt: after stopping the running processes.
+        """
+        source = iter(tasks)
+        try:
+            while True:
+                while self._slots_used() < self.jobs and (task := next(source, None)) is not None:
+                    self._start(task)
+                    on_start(task)
+                if not self.active:
+                    return
+                time.sleep(POLL_S)
+                on_poll(self.active)
+                for t in [t for t in self.active if t.proc.poll() is not None]:
+                    t.log_file.close()
+                    t.returncode, t.seconds = t.proc.returncode, time.perf_counter() - t.started
+                    self.active.remove(t)
+                    on_finish(t)
+        except KeyboardInterrupt:
+            self.log(f"{self.prefix} interrupted: stopping {len(self.active)} process(es); rerun the same command "
+                     f"to resume (runs restart from their last finished epoch)")
+            for t in self.active:
+                if t.proc.poll() is None:
+                    t.proc.terminate()  # SIGINT may be ignored (background jobs); checkpoints are atomic
+            for t in self.active:
+                try:
+                    t.proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    t.proc.kill()
+                t.log_file.close()
+            raise
