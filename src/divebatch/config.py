@@ -284,5 +284,24 @@ def config_keys(cfg: DictConfig | None = None, prefix: str = "") -> list[str]:
     return keys
 
 
+# keys that may differ when a run is resumed: they change where/how it runs, not what it computes
+RUNTIME_KEYS = ("device", "progress", "wandb", "out_dir")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_diffs(old: DictConfig, new: DictConfig) -> list[str]:
+    """Dotted keys on which two configs differ, as ``key: old -> new`` (``RUNTIME_KEYS`` ignored),
+    so a refused resume names the exact key."""
+    a, b = (_flatten(OmegaConf.to_container(c, resolve=True)) for c in (old, new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k.split(".")[0] not in RUNTIME_KEYS and a.get(k) != b.get(k)]
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)

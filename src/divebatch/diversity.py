@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -101,37 +101,23 @@ class EpochDiversityEstimator:
         self.grad_sum: list[Tensor] | None = None  # A = sum_i g_i, one tensor per parameter
         self.samples = 0
 
-    def add(self, sq_norm_sum: Tensor, grad_sum: Sequence[Tensor], samples: int) -> None:
-        """Accumulate one step.
+    def add(self, sq_norm_sum: Tensor, grads: Sequence[Tensor], samples: int, grad_scale: float = 1.0) -> None:
+        """Accumulate one step, in place on the device.
 
         Args:
             sq_norm_sum: 0-d tensor, sum over the step's samples of ||g_i||^2.
-            grad_sum: per-parameter tensors, sum over the step's samples of g_i.
+            grads: per-parameter tensors; ``grad_scale * grads`` is the sum over the step's samples
+                of g_i (pass ``p.grad`` of a mean loss with ``grad_scale=batch_size``: no temporary).
             samples: number of samples in the step.
         """
+        grads = [g.detach() for g in grads]
         if self.grad_sum is None:
             self.sq_norm_sum = sq_norm_sum.detach().clone()
-            self.grad_sum = [g.detach().clone() for g in grad_sum]
+            self.grad_sum = torch._foreach_mul(grads, float(grad_scale))
         else:
             self.sq_norm_sum += sq_norm_sum.detach()
-            torch._foreach_add_(self.grad_sum, [g.detach() for g in grad_sum])
+            torch._foreach_add_(self.grad_sum, grads, alpha=float(grad_scale))
         self.samples += samples
-
-    def add_mean_grads(self, sq_norm_sum: Tensor, mean_grads: Sequence[Tensor], batch_size: int) -> None:
-        """:meth:`add` for a mean-loss step, from the ``p.grad`` tensors themselves: accumulates
-        ``batch_size * p.grad`` in place, without the temporary that ``grad_sum`` allocates.
-
-        Args:
-            sq_norm_sum: 0-d tensor, sum over the step's samples of ||g_i||^2 (sum units).
-            mean_grads: per-parameter mean gradients over the step's ``batch_size`` samples.
-        """
-        if self.grad_sum is None:
-            self.sq_norm_sum = sq_norm_sum.detach().clone()
-            self.grad_sum = torch._foreach_mul([g.detach() for g in mean_grads], float(batch_size))
-        else:
-            self.sq_norm_sum += sq_norm_sum.detach()
-            torch._foreach_add_(self.grad_sum, [g.detach() for g in mean_grads], alpha=float(batch_size))
-        self.samples += batch_size
 
     def value(self) -> float:
         """Delta_hat = S / ||A||^2 (one host sync). NaN when nothing was accumulated."""
@@ -139,9 +125,6 @@ class EpochDiversityEstimator:
             return float("nan")
         den = torch.stack([g.double().pow(2).sum() for g in self.grad_sum]).sum()
         return float(self.sq_norm_sum.double() / den)
-
-    def state_dict(self) -> dict:
-        return {"sq_norm_sum": self.sq_norm_sum, "grad_sum": self.grad_sum, "samples": self.samples}
 
     def all_reduce_(self, all_reduce_sum: Callable[[Sequence[Tensor]], None]) -> None:
         """Data-parallel runs: sum every rank's share of S, A and the sample count, in place.
@@ -171,8 +154,7 @@ def extend_model(model: nn.Module) -> nn.Module:
     """
     from backpack import extend
 
-    needs_converter = any(type(m).__module__.startswith("torchvision") for m in model.modules())
-    return extend(model, use_converter=needs_converter)
+    return extend(model, use_converter=_needs_converter(model))
 
 
 def _needs_converter(model: nn.Module) -> bool:
@@ -363,11 +345,6 @@ def backward_with_sq_norms(model: nn.Module, loss: Tensor, scale: float, extensi
     return torch.stack(sq).sum() * (scale * scale)
 
 
-def grad_sum(params: Iterable[nn.Parameter], batch_size: int) -> list[Tensor]:
-    """Sum-unit gradient ``B * p.grad`` of a mean-loss step over B samples (no copy of p.grad is kept)."""
-    return [p.grad * batch_size for p in params if p.grad is not None]
-
-
 class ExactDiversity(EpochDiversityEstimator):
     """The authors' estimator with BackPACK per-sample squared norms (``method.diversity_estimator=exact``).
 
@@ -409,7 +386,7 @@ class ExactDiversity(EpochDiversityEstimator):
         self._step_sq = sq if self._step_sq is None else self._step_sq + sq
 
     def step_end(self, model: nn.Module, batch_size: int) -> None:
-        self.add_mean_grads(self._step_sq, _grads(model), batch_size)
+        self.add(self._step_sq, _grads(model), batch_size, grad_scale=batch_size)
         self._step_sq = None
 
 
@@ -543,7 +520,7 @@ class MicroBatchDiversity(EpochDiversityEstimator):
             r = sum(b * (b - 1) for b in sizes) / (batch_size * (batch_size - 1))
             full_sq = _sq_norm(grads) * float(batch_size) ** 2
             p_hat = (self._micro_sq - r * full_sq) / (1 - r)
-        self.add_mean_grads(p_hat, grads, batch_size)
+        self.add(p_hat, grads, batch_size, grad_scale=batch_size)
         self._micro_sq, self._plan, self._done = None, [], 0
 
 

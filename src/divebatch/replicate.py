@@ -50,13 +50,12 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from divebatch import launch
-from divebatch.config import ConfigError, load_config
+from divebatch.config import ConfigError, config_diffs, load_config
 
 PROFILE_DIR = Path("configs") / "profiles"
 DEFAULT_PROFILE = "smoke"
 LOG_NAME = "train.log"  # inside each run directory
 SYNTHETIC_STAMP = "synthetic_done.json"  # in the runs dir: which config/commit the synthetic outputs are from
-RUNTIME_KEYS = ("device", "progress", "wandb")  # as divebatch.training: may differ when a run resumes
 NETWORK_TIMEOUT_S = 3.0
 
 
@@ -362,22 +361,6 @@ def expand(spec: DictConfig, runs_dir: str | Path, data: dict[str, DataSource] |
 # ----------------------------------------------------------------------------- run states
 
 
-def _flat(tree, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def config_conflicts(run_dir: Path, cfg: DictConfig) -> list[str]:
-    """Keys on which ``run_dir/config.yaml`` differs from ``cfg`` (the trainer would refuse the run),
-    as ``key: old -> new``; runtime keys (device, progress, wandb) do not count."""
-    old = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True))
-    new = _flat(OmegaConf.to_container(cfg, resolve=True))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k.split(".")[0] not in RUNTIME_KEYS and old.get(k) != new.get(k)]
-
-
 def epochs_done(run_dir: Path) -> int:
     """Rows of ``metrics.csv`` (finished epochs written so far), 0 when absent."""
     try:
@@ -399,7 +382,7 @@ def run_state(run: Run, cfg: DictConfig) -> tuple[str, str]:
     ``resume`` (a checkpoint exists) or ``new``."""
     d = run.out_dir
     if (d / "config.yaml").is_file():
-        diffs = config_conflicts(d, cfg)
+        diffs = config_diffs(OmegaConf.load(d / "config.yaml"), cfg)
         if diffs:
             return "conflict", "; ".join(diffs)
     summary = read_summary(d)

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from divebatch import distributed, provenance
-from divebatch.config import ConfigError, load_config, to_yaml
+from divebatch.config import ConfigError, config_diffs, load_config, to_yaml
 from divebatch.data import build_data, make_loaders
 from divebatch.diversity import build_estimator
 from divebatch.models import build_model
@@ -32,10 +32,6 @@ from divebatch.policies import build_policy, rescale_lr
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
                   "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
-# keys that may differ when a run is resumed: they change where/how it runs, not what it computes
-RUNTIME_KEYS = ("device", "progress", "wandb", "out_dir")
-
-
 class RunDirError(RuntimeError):
     """The run directory holds something that the requested run must not overwrite or cannot use."""
 
@@ -45,14 +41,6 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    """``{"method": {"delta": 0.1}}`` -> ``{"method.delta": 0.1}``, so a refused config names the exact key."""
-    out = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 class RunDir:
@@ -72,10 +60,7 @@ class RunDir:
         """
         self.path.mkdir(parents=True, exist_ok=True)
         if self.config.exists():
-            old = _flatten(OmegaConf.to_container(OmegaConf.load(self.config), resolve=True))
-            new = _flatten(OmegaConf.to_container(cfg, resolve=True))
-            diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                     if k.split(".")[0] not in RUNTIME_KEYS and old.get(k) != new.get(k)]
+            diffs = config_diffs(OmegaConf.load(self.config), cfg)
             if diffs:
                 raise RunDirError(f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
                                   f"Use another out_dir, or delete that folder to start over.")
