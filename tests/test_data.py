@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import SHARED_DATA, needs_shared, write_npz
-from divebatch.config import DataConfig
-from divebatch.data import (CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, DeviceLoader, TorchvisionLoader,
+from divebatch.config import ConfigError, DataConfig
+from divebatch.data import (DataError, resolve_loader, CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, DeviceLoader, TorchvisionLoader,
                             build_data, make_loaders)
 
 CPU = torch.device("cpu")
@@ -73,7 +73,23 @@ def test_npz_grayscale_arrays_get_one_channel_and_their_own_statistics(tmp_path)
 def test_npz_missing_array_is_named(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, train_x=np.zeros((2, 4, 4), np.uint8), train_y=np.zeros(2), test_x=np.zeros((2, 4, 4), np.uint8))
-    with pytest.raises(KeyError, match="test_y"):
+    with pytest.raises(DataError, match="test_y"):
+        build_data(data_cfg(name="npz", path=str(path)))
+
+
+@pytest.mark.parametrize("content", [b"just some notes, not arrays\n", b""])
+def test_npz_that_is_not_an_array_file_names_path_and_expectation(tmp_path, content):
+    path = tmp_path / "notes.npz"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"data.path=.*notes.npz.*not a valid array file.*expected a NumPy .npz"):
+        build_data(data_cfg(name="npz", path=str(path)))
+
+
+def test_npz_with_mismatched_labels_is_refused(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, train_x=np.zeros((2, 4, 4), np.uint8), train_y=np.zeros(3), test_x=np.zeros((2, 4, 4), np.uint8),
+             test_y=np.zeros(2))
+    with pytest.raises(DataError, match="train_x has shape"):
         build_data(data_cfg(name="npz", path=str(path)))
 
 
@@ -198,8 +214,9 @@ def test_tiny_imagenet_layout_in_tmp(tmp_path):
     assert xb.shape == (4, 3, 224, 224) and yb.dtype == torch.int64
     xb, yb = next(iter(test))  # evaluation batches hold up to 1000 samples
     assert xb.shape == (6, 3, 224, 224) and yb.tolist() == [0, 0, 1, 1, 2, 2]
-    with pytest.raises(ValueError, match="data.loader=torchvision"):
+    with pytest.raises(ConfigError, match="data.loader=device.*allowed: data.loader=auto | torchvision"):
         make_loaders(bundle, data_cfg(loader="device"), 4, CPU, torch.Generator())
+    assert resolve_loader("auto", bundle) == "torchvision"  # the default: a minimal config trains
 
 
 def test_tiny_imagenet_train_augmentation_gives_224_crops(tmp_path):

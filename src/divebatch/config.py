@@ -21,7 +21,10 @@ DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz")
 MODELS = ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear")
 METHODS = ("sgd", "adabatch", "divebatch")
 SCHEDULES = ("constant", "cosine", "multistep", "step")
-LOADERS = ("device", "torchvision")
+LOADERS = ("auto", "device", "torchvision")
+PROTOCOLS = ("authors_code", "clean")
+LR_RESCALE_RULES = ("linear", "schedule_squared")
+MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")
 ESTIMATORS = ("exact", "microbatch")
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -30,13 +33,17 @@ class ConfigError(ValueError):
     """A configuration key holds a value that is not allowed. The message names key, value, allowed."""
 
 
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """A config file (or a file of its ``base:`` chain) does not exist."""
+
+
 @dataclass
 class DataConfig:
     name: str = "digits"
     path: Optional[str] = None  # dataset root (cifar*, tiny_imagenet) or file (npz)
     augment: bool = True  # the protocol's train augmentation for this dataset
     download: bool = False  # let torchvision download CIFAR when the files are missing
-    loader: str = "device"  # device: whole dataset on the training device; torchvision: DataLoader
+    loader: str = "auto"  # auto: device when the dataset is held in memory, else torchvision; device; torchvision
     num_workers: int = 1  # DataLoader workers (torchvision loader only)
     train_subset: Optional[int] = None  # keep the first N training samples (CPU-scale runs)
 
@@ -75,6 +82,24 @@ class OptimConfig:
 
 
 @dataclass
+class FidelityConfig:
+    """Where the authors' code differs from the method as described: one switch per difference.
+
+    The defaults are the clean method; the dataset configs under ``configs/`` set the authors'
+    values, and ``protocol=clean`` resets every switch to these defaults. Each switch, with the
+    authors' file and line and its effect: docs/protocol.md ("Differences between the authors'
+    code and the method, as config switches").
+    """
+
+    lr_rescale_rule: str = "linear"  # linear: lr = schedule(t) m/m0 | schedule_squared: lr0 s(t)^2 m/m0 (CIFAR-100)
+    warmup_at_lr_zero: bool = False  # warm-up epochs run at lr 0 (CIFAR-100: warm-up scheduler never stepped)
+    micro_batch_loss: str = "per_sample"  # per_sample: chunk loss * b/B | per_chunk: chunk loss / chunks
+    split_above: Optional[int] = None  # split a batch only when larger than this (null: method.max_micro_batch)
+    running_grad_sum: bool = False  # estimator adds the running p.grad after every chunk (Tiny-ImageNet bug)
+    head_classes: Optional[int] = None  # model outputs; null: the dataset's classes (Tiny-ImageNet code: 1000)
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"
     project: str = "divebatch"
@@ -99,6 +124,10 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    # label of the fidelity switches' setting: authors_code (the dataset configs) | clean: resets every
+    # fidelity switch that a config file set to the clean method (dotlist overrides still apply) | null
+    protocol: Optional[str] = None
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     epochs: int = 10
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -135,6 +164,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_choice(cfg, "data.loader", LOADERS)
     _check_choice(cfg, "method.diversity_estimator", ESTIMATORS)
     _check_choice(cfg, "wandb.mode", WANDB_MODES)
+    if cfg.protocol is not None:
+        _check_choice(cfg, "protocol", PROTOCOLS)
+    _check_choice(cfg, "fidelity.lr_rescale_rule", LR_RESCALE_RULES)
+    _check_choice(cfg, "fidelity.micro_batch_loss", MICRO_BATCH_LOSSES)
     m = cfg.method
     positive_ints = {
         "epochs": cfg.epochs,
@@ -163,6 +196,14 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _allowed("optim.weight_decay", cfg.optim.weight_decay, "a number >= 0")
     if cfg.optim.warmup_epochs < 0 or cfg.optim.warmup_epochs >= cfg.epochs:
         raise _allowed("optim.warmup_epochs", cfg.optim.warmup_epochs, f"an integer in [0, epochs={cfg.epochs})")
+    fid = cfg.fidelity
+    if fid.split_above is not None and fid.split_above < m.max_micro_batch:
+        raise _allowed("fidelity.split_above", fid.split_above,
+                       f"null or an integer >= method.max_micro_batch ({m.max_micro_batch})")
+    if fid.head_classes is not None and fid.head_classes < 1:
+        raise _allowed("fidelity.head_classes", fid.head_classes, "null or an integer >= 1")
+    if fid.warmup_at_lr_zero and cfg.optim.warmup_epochs == 0:
+        raise _allowed("fidelity.warmup_at_lr_zero", True, "false when optim.warmup_epochs=0 (no warm-up epoch)")
     if cfg.data.train_subset is not None and cfg.data.train_subset < 1:
         raise _allowed("data.train_subset", cfg.data.train_subset, "null or an integer >= 1")
     if cfg.data.name in ("npz", "tiny_imagenet") and not cfg.data.path:
@@ -194,13 +235,13 @@ def load_yaml(path: str | Path, _chain: tuple = ()) -> DictConfig:
     """A YAML config with its ``base:`` chain merged in (``base`` is a path relative to the file).
 
     Raises:
-        ConfigError: a ``base`` cycle. FileNotFoundError: a missing file in the chain.
+        ConfigError: a ``base`` cycle. ConfigFileNotFoundError: a missing file in the chain.
     """
     path = Path(path).resolve()
     if path in _chain:
         raise ConfigError(f"invalid config: base={path.name!r} forms a cycle; allowed: a chain of distinct files")
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise ConfigFileNotFoundError(f"config file not found: {path}")
     node = OmegaConf.load(path)
     base = node.pop("base", None)
     return OmegaConf.merge(load_yaml(path.parent / base, _chain + (path,)), node) if base else node
@@ -264,6 +305,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         layers.append(OmegaConf.from_dotlist(dotlist))
         cfg = OmegaConf.merge(*layers)
+        if cfg.protocol == "clean":  # the config files' fidelity switches back to the clean method
+            clean = OmegaConf.create({"fidelity": OmegaConf.to_container(OmegaConf.structured(FidelityConfig))})
+            cfg = OmegaConf.merge(*layers[:-1], clean, layers[-1])
     except OmegaConfBaseException as err:
         raise _merge_error(err, schema, layers[1:]) from None
     OmegaConf.set_struct(cfg, True)

@@ -1,6 +1,8 @@
 """Datasets and the two data paths.
 
-* ``data.loader=device`` (default): the whole uint8 dataset lives on the training device; an
+* ``data.loader=auto`` (default): ``device`` for data sets held in memory (CIFAR, digits, npz),
+  ``torchvision`` otherwise (Tiny-ImageNet).
+* ``data.loader=device``: the whole uint8 dataset lives on the training device; an
   epoch is an index permutation; augmentation and normalisation run on the device in batches
   (:mod:`divebatch.augment`). Changing the batch size costs nothing.
 * ``data.loader=torchvision``: a torchvision ``Dataset`` with PIL transforms behind a
@@ -26,6 +28,7 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 
 from divebatch import augment
+from divebatch.config import ConfigError
 from divebatch.distributed import global_batch_spans, shard_span
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # authors' values
@@ -33,6 +36,15 @@ CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
+
+
+class DataError(ValueError):
+    """A data file or folder is not what ``data.path`` must hold; the message names the path and
+    what is expected. Raised before any training."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """The data set's files are missing; the message says how to get them."""
 
 
 @dataclass
@@ -100,7 +112,7 @@ def _cifar(cls, name: str, stats, augment_name: str, cfg) -> DataBundle:
         train = cls(root, train=True, download=cfg.download)
         test = cls(root, train=False, download=cfg.download)
     except RuntimeError as err:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"data.name={name}: dataset files not found under data.path={str(root)!r} ({err}). "
             f"Either set data.download=true (needs network; torchvision fetches and verifies the "
             f"official archive), or put the extracted 'cifar-10-batches-py'/'cifar-100-python' "
@@ -155,13 +167,26 @@ def npz(cfg) -> DataBundle:
     e.g. ``../shared/data/cifar10-mini.npz``); other shapes get none and their own statistics.
 
     Raises:
-        KeyError: a required array is missing (names it).
+        DataError: the file is not a NumPy .npz archive, lacks a required array, or holds arrays
+            of the wrong shape (the message names the path and what was expected).
     """
-    with np.load(cfg.path, allow_pickle=False) as f:
+    expected = "a NumPy .npz archive with arrays train_x, train_y, test_x, test_y (x uint8 (N, H, W[, C]), y int (N,))"
+    try:
+        f = np.load(cfg.path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"data.path={cfg.path!r} is not a valid array file ({type(err).__name__}: {err}); "
+                        f"expected {expected}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise DataError(f"data.path={cfg.path!r} holds a single array, not an archive; expected {expected}")
+    with f:
         missing = [k for k in ("train_x", "train_y", "test_x", "test_y") if k not in f.files]
         if missing:
-            raise KeyError(f"data.path={cfg.path!r} lacks arrays {missing}; has {f.files}")
+            raise DataError(f"data.path={cfg.path!r} lacks arrays {missing} (has {f.files}); expected {expected}")
         x_tr, y_tr, x_te, y_te = (f[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+    for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+            raise DataError(f"data.path={cfg.path!r}: {name}_x has shape {x.shape} and {name}_y {y.shape}; "
+                            f"expected {expected}, with as many labels as images")
     if x_tr.ndim == 3:
         x_tr, x_te = x_tr[..., None], x_te[..., None]
     cifar_like = x_tr.shape[1:] == (32, 32, 3)
@@ -220,13 +245,13 @@ def tiny_imagenet(cfg) -> DataBundle:
     """Tiny-ImageNet from the official ``tiny-imagenet-200/`` layout (DataLoader path only).
 
     Raises:
-        FileNotFoundError: the layout is incomplete; the message says how to get the archive.
+        DataNotFoundError: the layout is incomplete; the message says how to get the archive.
     """
     root = Path(cfg.path)
     need = [root / "wnids.txt", root / "train", root / "val" / "val_annotations.txt"]
     missing = [str(p) for p in need if not p.exists()]
     if missing:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"data.path={str(root)!r} is not a tiny-imagenet-200 folder: missing {missing}. Download and "
             f"verify the official archive with 'divebatch fetch-data tiny_imagenet --root DIR' "
             f"({TINY_IMAGENET_URL}, md5 {TINY_IMAGENET_MD5}) and set data.path=DIR/tiny-imagenet-200."
@@ -242,10 +267,10 @@ def build_data(cfg) -> DataBundle:
     """Dataset named by ``data.name``, cut to ``data.train_subset`` training samples if set.
 
     Raises:
-        KeyError: unknown ``data.name``. FileNotFoundError: data missing (with instructions).
+        ConfigError: unknown ``data.name``. DataNotFoundError: data missing (with instructions).
     """
     if cfg.name not in DATASETS:
-        raise KeyError(f"data.name={cfg.name!r}; allowed: {' | '.join(DATASETS)}")
+        raise ConfigError(f"invalid config: data.name={cfg.name!r}; allowed: {' | '.join(DATASETS)}")
     bundle = DATASETS[cfg.name](cfg)
     if cfg.train_subset is not None:
         k = cfg.train_subset
@@ -348,20 +373,30 @@ class TorchvisionLoader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
+def resolve_loader(name: str, bundle: DataBundle) -> str:
+    """``data.loader`` with ``auto`` resolved: ``device`` when the data set is held in memory, else
+    ``torchvision``."""
+    if name == "auto":
+        return "device" if bundle.arrays is not None else "torchvision"
+    return name
+
+
 def make_loaders(bundle: DataBundle, cfg, batch_size: int, device: torch.device, generator: torch.Generator,
-                 eval_batch_size: int = 1000):
-    """Train and evaluation loaders for ``data.loader`` (device | torchvision).
+                 loader: str | None = None, eval_batch_size: int = 1000):
+    """Train and evaluation loaders for ``data.loader`` (auto | device | torchvision).
 
     Args:
         generator: drives shuffling and augmentation; on ``device`` for the device path, on the
             CPU for the DataLoader path.
+        loader: the resolved loader (:func:`resolve_loader`); default from ``cfg.loader``.
     Raises:
-        ValueError: ``data.loader=device`` for a dataset that is not held in memory.
+        ConfigError: ``data.loader=device`` for a dataset that is not held in memory.
     """
-    if cfg.loader == "device":
+    loader = resolve_loader(loader or cfg.loader, bundle)
+    if loader == "device":
         if bundle.arrays is None:
-            raise ValueError(f"data.loader=device is not available for data.name={bundle.name} "
-                             f"(not held in memory); allowed: data.loader=torchvision")
+            raise ConfigError(f"invalid config: data.loader=device is not available for data.name={bundle.name} "
+                             f"(not held in memory); allowed: data.loader=auto | torchvision")
         x, y, xt, yt = bundle.arrays
         aug = augment.AUGMENTATIONS[bundle.augment] if cfg.augment else None
         train = DeviceLoader(x, y, batch_size, bundle.mean, bundle.std, device, aug, True, generator)

@@ -364,8 +364,9 @@ class ExactDiversity(EpochDiversityEstimator):
 
     uses_module_hooks = True  # the trainer runs measured epochs on the eager (uncompiled) model
 
-    def __init__(self, extension=None):
+    def __init__(self, extension=None, running_grad_sum: bool = False):
         self.extension = extension
+        self.running_grad_sum = bool(running_grad_sum)
         super().__init__()
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -381,11 +382,32 @@ class ExactDiversity(EpochDiversityEstimator):
         super().reset()
         self._step_sq: Tensor | None = None
 
-    def backward(self, model: nn.Module, loss: Tensor, batch_size: int) -> None:
-        sq = backward_with_sq_norms(model, loss, batch_size, self.extension)
-        self._step_sq = sq if self._step_sq is None else self._step_sq + sq
+    def backward(self, model: nn.Module, loss: Tensor, batch_size: int, sample_scale: float | None = None) -> None:
+        """``loss.backward()`` that also records the chunk's per-sample squared norms.
+
+        Args:
+            loss: the chunk's loss as used for the update; sample i's gradient in it is
+                ``g_i / sample_scale``.
+            batch_size: B, the step's samples.
+            sample_scale: default B (the chunk loss is ``mean_loss * b / B``); ``b * k`` under the
+                authors' ``loss / k`` chunk weighting (``fidelity.micro_batch_loss=per_chunk``).
+
+        With ``running_grad_sum`` (the authors' Tiny-ImageNet loop, ``fidelity.running_grad_sum``;
+        their ``src/train_utils.py:179-181`` at pytorch-cifar@7289184, docs/protocol.md) the
+        *running* accumulated gradient is added to A after every chunk, so a step of k chunks adds
+        sum_s (k - s + 1) U_s instead of sum_s U_s: about ((k + 1) / 2)^-2 of the estimate for k
+        equal chunks.
+        """
+        sq = backward_with_sq_norms(model, loss, sample_scale or batch_size, self.extension)
+        if self.running_grad_sum:
+            self.add(sq, _grads(model), 0, grad_scale=batch_size)
+        else:
+            self._step_sq = sq if self._step_sq is None else self._step_sq + sq
 
     def step_end(self, model: nn.Module, batch_size: int) -> None:
+        if self.running_grad_sum:
+            self.samples += batch_size
+            return
         self.add(self._step_sq, _grads(model), batch_size, grad_scale=batch_size)
         self._step_sq = None
 
@@ -467,7 +489,7 @@ class MicroBatchDiversity(EpochDiversityEstimator):
         self._plan, self._done = [q + 1] * r + [q] * (k - r), 0
         return list(self._plan)
 
-    def backward(self, model: nn.Module, loss: Tensor, batch_size: int) -> None:
+    def backward(self, model: nn.Module, loss: Tensor, batch_size: int, sample_scale: float | None = None) -> None:
         """``loss.backward()`` that also records ||U_j||^2 of this micro-batch.
 
         The accumulated gradient is set aside, the backward writes this micro-batch's gradient
@@ -477,6 +499,7 @@ class MicroBatchDiversity(EpochDiversityEstimator):
         Args:
             loss: ``mean_loss * b_j / B`` (the trainer's scaled micro-batch loss).
             batch_size: B, the step's batch size (samples).
+            sample_scale: ignored: this estimator plans its own chunks, always weighted ``b / B``.
         Raises:
             NotImplementedError: ``model`` is DistributedDataParallel.
         """
@@ -527,15 +550,19 @@ class MicroBatchDiversity(EpochDiversityEstimator):
 ESTIMATORS: dict[str, type] = {"exact": ExactDiversity, "microbatch": MicroBatchDiversity}
 
 
-def build_estimator(name: str, micro_batches: int = 2):
+def build_estimator(name: str, micro_batches: int = 2, running_grad_sum: bool = False):
     """Estimator named by ``method.diversity_estimator``.
 
     Args:
         micro_batches: ``method.micro_batches``, micro-batches per step of the ``microbatch``
             estimator (ignored by ``exact``).
+        running_grad_sum: ``fidelity.running_grad_sum``, the authors' Tiny-ImageNet accumulation
+            (``exact`` only; see :meth:`ExactDiversity.backward`).
     Raises:
         KeyError: unknown name (lists the allowed ones).
     """
     if name not in ESTIMATORS:
         raise KeyError(f"method.diversity_estimator={name!r}; allowed: {' | '.join(ESTIMATORS)}")
-    return MicroBatchDiversity(micro_batches) if name == "microbatch" else ESTIMATORS[name]()
+    if name == "microbatch":
+        return MicroBatchDiversity(micro_batches)
+    return ESTIMATORS[name](running_grad_sum=running_grad_sum)

@@ -5,8 +5,9 @@ scheduler step (the authors' order). A decision is taken only at epochs ``e`` (0
 ``(e + 1) % resize_freq == 0`` while the batch size is below ``max_batch_size``; only those
 epochs measure gradient diversity (:meth:`BatchSizePolicy.measures_diversity`).
 
-Sources: PAPER.md "Batch size policies" (read from the authors' code); AdaBatch is
-Devarakonda, Naumov & Garland (2017).
+Sources: the authors' code (``src/train_utils.py`` and ``src/main_cifar10.py`` at
+pytorch-cifar@7289184; docs/protocol.md, "The algorithm"); AdaBatch is Devarakonda, Naumov &
+Garland (2017).
 """
 
 from __future__ import annotations
@@ -160,8 +161,34 @@ def rescale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     """Multiply every param group's lr in place (authors' "adaptive_lr").
 
     PyTorch's cosine, multi-step and step schedulers are chainable (they update ``group['lr']``
-    multiplicatively), so after this call lr(t) = schedule(t) * m(t) / m(0), as PAPER.md states.
+    multiplicatively), so after this call lr(t) = schedule(t) * m(t) / m(0), the authors' CIFAR-10
+    and Tiny-ImageNet rule (``src/main_cifar10.py:383-386`` at pytorch-cifar@7289184;
+    docs/protocol.md).
     """
     if factor != 1.0:
         for group in optimizer.param_groups:
             group["lr"] *= factor
+
+
+def step_lr(scheduler, optimizer: torch.optim.Optimizer, factor: float, squared: bool = False) -> None:
+    """End-of-epoch lr update in the authors' order: the scheduler's epoch step, then the rescaling.
+
+    ``squared=False`` (``fidelity.lr_rescale_rule=linear``, the clean rule): lr(t) = schedule(t) *
+    m(t) / m0. ``squared=True`` (``schedule_squared``, the authors' CIFAR-100 code with lr rescaling,
+    ``train.py:415-419, 446-450`` at pytorch-cifar100@43c2ab1): the scheduler's own ratio of this
+    step is applied a second time, so lr(t) = lr0 * s(t)^2 * m(t) / m0 with s(t) = schedule(t) / lr0
+    (their code resets the lr to the schedule's closed form, then multiplies by m / m0 and by
+    s(t) every epoch; docs/protocol.md has the worked numbers).
+
+    Args:
+        scheduler: a chainable torch lr scheduler, stepped once per epoch.
+        factor: ``m_new / m`` from :meth:`BatchSizePolicy.step` (1.0 without rescaling).
+        squared: apply the scheduler's ratio twice.
+    """
+    before = [group["lr"] for group in optimizer.param_groups]
+    scheduler.step()
+    if squared:
+        for group, lr in zip(optimizer.param_groups, before):
+            if lr > 0:
+                group["lr"] *= group["lr"] / lr
+    rescale_lr(optimizer, factor)

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from divebatch import distributed, provenance
 from divebatch.config import ConfigError, config_diffs, load_config, to_yaml
-from divebatch.data import build_data, make_loaders
+from divebatch.data import DataError, build_data, make_loaders, resolve_loader
 from divebatch.diversity import build_estimator
 from divebatch.models import build_model
-from divebatch.policies import build_policy, rescale_lr
+from divebatch.policies import build_policy, step_lr
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
                   "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
@@ -143,9 +143,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_schedulers(optim_cfg, optimizer, epochs: int, steps_per_epoch: int):
+def build_schedulers(optim_cfg, optimizer, epochs: int, steps_per_epoch: int, linear_warmup: bool = True):
     """Per-epoch lr scheduler (torch's chainable schedulers) and an optional per-step linear warm-up.
 
+    Args:
+        linear_warmup: build the warm-up of ``optim.warmup_epochs`` (False where the warm-up epochs
+            run at lr 0 instead, ``fidelity.warmup_at_lr_zero``).
     Returns:
         (scheduler stepped once per epoch, warm-up scheduler stepped once per optimizer step or None).
     """
@@ -157,7 +160,7 @@ def build_schedulers(optim_cfg, optimizer, epochs: int, steps_per_epoch: int):
         "step": lambda: sched.StepLR(optimizer, optim_cfg.step_size, optim_cfg.gamma),
     }[optim_cfg.schedule]()
     warmup = None
-    if optim_cfg.warmup_epochs > 0:
+    if optim_cfg.warmup_epochs > 0 and linear_warmup:
         total = optim_cfg.warmup_epochs * steps_per_epoch
         warmup = sched.LinearLR(optimizer, start_factor=1.0 / total, end_factor=1.0, total_iters=total)
     return per_epoch, warmup
@@ -170,23 +173,46 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def micro_batch_plan(batch: int, max_micro_batch: int, estimator=None) -> list[int]:
+def micro_batch_plan(batch: int, max_micro_batch: int, estimator=None, split_above: int | None = None) -> list[int]:
     """Micro-batch sizes (samples) of one optimizer step of ``batch`` samples.
 
-    Chunks of ``max_micro_batch`` (the last one smaller), as the authors split; an estimator
-    with ``micro_batch_sizes`` (the micro-batch estimator needs >= 2 parts) decides instead.
+    A batch larger than ``split_above`` (default ``max_micro_batch``) is cut into chunks of
+    ``max_micro_batch``, the last one smaller, as the authors split (their Tiny-ImageNet SGD and
+    AdaBatch trainer splits only above 1024, into chunks of 512: ``fidelity.split_above``,
+    docs/protocol.md); an estimator with ``micro_batch_sizes`` (the micro-batch estimator needs
+    >= 2 parts) decides instead.
     """
     if estimator is not None and hasattr(estimator, "micro_batch_sizes"):
         return estimator.micro_batch_sizes(batch, max_micro_batch)
+    if batch <= (split_above or max_micro_batch):
+        return [batch]
     return [min(max_micro_batch, batch - start) for start in range(0, batch, max_micro_batch)]
 
 
+def micro_batch_weight(rule: str, micro: int, batch: int, chunks: int) -> float:
+    """Factor on a micro-batch's mean loss so that the step's gradients add up to one update.
+
+    ``per_sample`` (clean): ``b / B``, so the step's gradient is the batch's mean gradient for any
+    chunk sizes. ``per_chunk`` (authors' code, ``fidelity.micro_batch_loss``): ``1 / k`` for k
+    chunks, which weights the samples of a smaller last chunk more (docs/protocol.md).
+
+    Args:
+        micro: b, the chunk's samples; batch: B, the step's samples; chunks: k.
+    Returns:
+        the factor (dimensionless); each sample's weight in the step's loss is ``factor / b``.
+    """
+    return micro / batch if rule == "per_sample" else 1.0 / chunks
+
+
 def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, estimator=None, warmup=None,
-                    autocast=contextlib.nullcontext, desc: str = "", progress: bool = True) -> dict:
-    """One pass over the training data; batches above ``max_micro_batch`` are split and their
-    gradients accumulated into one optimizer step. Statistics stay on the device until the end.
-    With an ``estimator`` (a measured epoch) the loop runs inside ``estimator.measuring(model)``
-    and the estimator may choose the micro-batch sizes (:func:`micro_batch_plan`).
+                    autocast=contextlib.nullcontext, desc: str = "", progress: bool = True,
+                    split_above: int | None = None, micro_batch_loss: str = "per_sample") -> dict:
+    """One pass over the training data; batches above ``split_above`` (default ``max_micro_batch``)
+    are split into chunks of ``max_micro_batch`` and their gradients accumulated into one optimizer
+    step, each chunk's loss weighted by :func:`micro_batch_weight`. Statistics stay on the device
+    until the end. With an ``estimator`` (a measured epoch) the loop runs inside
+    ``estimator.measuring(model)`` and the estimator may choose the micro-batch sizes
+    (:func:`micro_batch_plan`; its own plans always use ``per_sample`` weights).
 
     Returns:
         dict with train_loss (mean per sample), train_acc (percent), steps, samples, lr (of the last step).
@@ -202,16 +228,19 @@ def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, e
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
             batch = len(y) if shares is None else shares[steps]
             optimizer.zero_grad(set_to_none=True)
-            plan = micro_batch_plan(len(y), max_micro_batch, estimator)
+            plan = micro_batch_plan(len(y), max_micro_batch, estimator, split_above)
             n_micro = len(plan)
+            rule = "per_sample" if hasattr(estimator, "micro_batch_sizes") else micro_batch_loss
             for j, (xm, ym) in enumerate(zip(x.split(plan), y.split(plan))):
                 with distributed.sync_gradients(model, j == n_micro - 1):  # DDP: one all-reduce per step
                     with autocast():
                         out = model(xm)
                         loss = criterion(out, ym)
-                    scaled = loss * (len(ym) / batch)  # micro-batch gradients sum to the batch's mean gradient
-                    if estimator is not None:
-                        estimator.backward(model, scaled, batch)
+                    # data-parallel: len(y) is this rank's share, batch the global batch
+                    weight = micro_batch_weight(rule, len(ym), len(y), n_micro) * len(y) / batch
+                    scaled = loss * weight
+                    if estimator is not None:  # sample i's gradient in `scaled` is g_i / (len(ym) / weight)
+                        estimator.backward(model, scaled, batch, len(ym) / weight)
                     else:
                         scaled.backward()
                 loss_sum += loss.detach().float() * len(ym)
@@ -253,9 +282,12 @@ def train(cfg: DictConfig) -> dict:
 
     Returns:
         The run's summary (also written to summary.json).
+    A run whose training loss becomes non-finite stops after that epoch; its summary says
+    ``diverged: true`` (and ``diverged_epoch``, 0-based) and it counts as finished.
+
     Raises:
         RunDirError: out_dir holds another run, or an unreadable checkpoint.
-        FileNotFoundError: dataset files are missing (the message says how to get them).
+        DataError: dataset files are missing or malformed (the message says what is expected).
     """
     ctx = distributed.setup(cfg.device)  # under torchrun: join the process group (docs/distributed.md)
     run = distributed.run_dir(RunDir(cfg.out_dir), ctx)  # rank 0 reads and writes; reads are broadcast
@@ -269,20 +301,26 @@ def train(cfg: DictConfig) -> dict:
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
 
     bundle = build_data(cfg.data)
-    model = build_model(cfg.model.name, bundle.num_classes, bundle.in_channels, bundle.image_size, cfg.model.width)
+    fid = cfg.fidelity  # where the authors' code differs from the method (docs/protocol.md)
+    model = build_model(cfg.model.name, fid.head_classes or bundle.num_classes, bundle.in_channels,
+                        bundle.image_size, cfg.model.width)
     policy = build_policy(cfg.method, bundle.n_train)
-    estimator = build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches) if cfg.method.name == "divebatch" else None
+    estimator = (build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches, fid.running_grad_sum)
+                 if cfg.method.name == "divebatch" else None)
     if estimator is not None:
         model = estimator.prepare(model)
     model = model.to(device, memory_format=torch.channels_last if cfg.speed.channels_last else torch.preserve_format)
     eager_model = ctx.wrap(model)  # DDP in a process group
     forward_model = torch.compile(eager_model) if cfg.speed.compile else eager_model
-    generator = torch.Generator(device=device if cfg.data.loader == "device" else "cpu").manual_seed(cfg.seed)
-    train_loader, test_loader = make_loaders(bundle, cfg.data, policy.batch_size, device, generator)
+    loader = resolve_loader(cfg.data.loader, bundle)
+    generator = torch.Generator(device=device if loader == "device" else "cpu").manual_seed(cfg.seed)
+    train_loader, test_loader = make_loaders(bundle, cfg.data, policy.batch_size, device, generator, loader)
     train_loader, test_loader = distributed.shard_loaders(train_loader, test_loader, bundle, ctx)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
-    scheduler, warmup = build_schedulers(cfg.optim, optimizer, cfg.epochs, len(train_loader))
+    # authors' CIFAR-100 code: the warm-up scheduler is built but never stepped (warm-up epochs at lr 0)
+    scheduler, warmup = build_schedulers(cfg.optim, optimizer, cfg.epochs, len(train_loader),
+                                         linear_warmup=not fid.warmup_at_lr_zero)
     criterion = nn.CrossEntropyLoss()
     use_bf16 = cfg.speed.bf16 and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -322,12 +360,21 @@ def train(cfg: DictConfig) -> dict:
             estimator.reset()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        lr_zero = fid.warmup_at_lr_zero and epoch < cfg.optim.warmup_epochs
+        scheduled_lrs = [g["lr"] for g in optimizer.param_groups]
+        if lr_zero:
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
         t0 = time.perf_counter()
         # BackPACK's module hooks (exact estimator) and torch.compile do not mix: measured epochs run eagerly
         train_model = eager_model if measure and getattr(estimator, "uses_module_hooks", False) else forward_model
         stats = train_one_epoch(train_model, train_loader, optimizer, criterion, cfg.method.max_micro_batch,
                                 estimator if measure else None, warmup if epoch < cfg.optim.warmup_epochs else None,
-                                autocast, f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress and ctx.is_main)
+                                autocast, f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress and ctx.is_main,
+                                fid.split_above, fid.micro_batch_loss)
+        if lr_zero:
+            for group, lr0 in zip(optimizer.param_groups, scheduled_lrs):
+                group["lr"] = lr0
         stats = ctx.reduce_train_stats(stats, model)  # sums over ranks; rank 0's BatchNorm buffers
         t1 = time.perf_counter()
         val_loss, val_acc = evaluate(forward_model, test_loader, criterion, autocast)
@@ -335,8 +382,8 @@ def train(cfg: DictConfig) -> dict:
         t2 = time.perf_counter()
         diversity = distributed.diversity_value(estimator, ctx) if measure else None
         lr = stats["lr"]
-        scheduler.step()
-        rescale_lr(optimizer, policy.step(epoch, diversity))
+        step_lr(scheduler, optimizer, policy.step(epoch, diversity), squared=fid.lr_rescale_rule == "schedule_squared"
+                and policy.lr_rescale)
         counters["optimizer_steps"] += stats["steps"]
         counters["samples_seen"] += stats["samples"]
         counters["wall_time_s"] += t2 - t0
@@ -353,18 +400,26 @@ def train(cfg: DictConfig) -> dict:
         })
         run.write_metrics(history)
         logger.log(row)
+        if not math.isfinite(stats["train_loss"]):  # at paper scale, training on NaN costs GPU-hours
+            _log(f"epoch {epoch + 1}/{cfg.epochs}: the training loss became {stats['train_loss']} (lr {lr:.4g}, batch "
+                 f"size {batch_size}); the run stops here and summary.json records it as diverged. Lower optim.lr "
+                 f"(or set method.lr_rescale=false, or a smaller method.max_batch_size), then train into a new out_dir.")
+            break
         div_txt = f" diversity={diversity:.4g} (n*Delta={diversity * bundle.n_train:.4g})" if diversity is not None else ""
         _log(f"epoch {epoch + 1}/{cfg.epochs} m={batch_size} lr={lr:.4g} train_loss={stats['train_loss']:.4f} "
              f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}" + (f" -> m={policy.batch_size}" if policy.batch_size != batch_size else ""))
 
-    best = max(history, key=lambda r: r["val_acc"])
+    finite = [r for r in history if math.isfinite(r["val_acc"])] or history
+    best = max(finite, key=lambda r: r["val_acc"])
     last = history[-1]
     summary = {"finished": True, "epochs_completed": len(history), "final_val_acc": last["val_acc"],
                "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "final_train_loss": last["train_loss"],
                "final_val_loss": last["val_loss"], "final_batch_size": last["batch_size"],
                "optimizer_steps": last["optimizer_steps"], "wall_time_s": last["wall_time_s"]}
-    if not all(math.isfinite(r["train_loss"]) for r in history):
-        summary["diverged"] = True
+    diverged = [r["epoch"] for r in history if not math.isfinite(r["train_loss"])]
+    summary["diverged"] = bool(diverged)
+    if diverged:
+        summary["diverged_epoch"] = diverged[0]  # 0-based, as in metrics.csv
     run.write_json(run.summary, summary)
     logger.finish(summary)
     _log(f"{run.path}: finished, final val_acc={last['val_acc']:.2f}%, best {best['val_acc']:.2f}% at epoch {best['epoch']}")
@@ -386,7 +441,7 @@ def cli(argv: list[str]) -> int:
             print(to_yaml(cfg), end="")
             return 0
         train(cfg)
-    except (ConfigError, RunDirError, FileNotFoundError, KeyError, ValueError) as err:
+    except (ConfigError, RunDirError, DataError) as err:  # the user's to fix; anything else is a bug
         print(f"divebatch train: error{distributed.rank_tag()}: {err}", file=sys.stderr)
         return 2
     except Exception as err:
