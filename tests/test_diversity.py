@@ -1,7 +1,7 @@
 """Gradient diversity: the definition, its identities, and the authors' epoch estimator as the trainer
 runs it (``ExactDiversity`` inside ``train_one_epoch``), against brute-force per-sample loops.
 
-Sources: Yin et al. (2018) Def. 1; PAPER.md "Gradient diversity" and "How the authors estimate it";
+Sources: Yin et al. (2018) Def. 1; docs/protocol.md "Gradient diversity" and "How the authors estimate it";
 docs/diversity.md explains the BatchNorm mixed mode tested at the end.
 """
 
@@ -36,7 +36,7 @@ def test_gradient_diversity_hand_examples():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_n_delta_is_one_plus_simple_noise_scale(seed):
-    """n * Delta = 1 + tr(Sigma) / ||G||^2 (PAPER.md; McCandlish et al. 2018), Sigma from torch.cov."""
+    """n * Delta = 1 + tr(Sigma) / ||G||^2 (docs/protocol.md; McCandlish et al. 2018), Sigma from torch.cov."""
     g = torch.Generator().manual_seed(seed)
     n = 7 + seed
     grads = torch.randn(n, 11, generator=g, dtype=torch.float64) + torch.randn(11, generator=g, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Batch-size policies (PAPER.md "Batch size policies"): worked numbers, resize epochs, lr rescaling."""
+"""Batch-size policies (docs/protocol.md "Batch size policies"): worked numbers, resize epochs, lr rescaling."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_rescale_lr_multiplies_every_param_group():
 
 @pytest.mark.parametrize("schedule", ["cosine", "multistep"])
 def test_rescale_persists_through_torch_schedulers(schedule):
-    """lr(t) = schedule(t) * m(t) / m(0) (PAPER.md): the trainer's order is scheduler.step(), then
+    """lr(t) = schedule(t) * m(t) / m(0) (docs/protocol.md): the trainer's order is scheduler.step(), then
     policy.step() and rescale_lr(); torch's schedulers update ``group['lr']`` multiplicatively."""
     epochs, base = (10, (0.1, 0.02))
     opt = _two_group_optimizer(base)

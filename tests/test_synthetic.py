@@ -64,7 +64,7 @@ def test_exact_delta_equals_definition_by_brute_force():
     delta = float(P.diversity(x, y, w.unsqueeze(0), L2)[0])
     assert delta == pytest.approx(brute, rel=1e-10)
     assert delta == pytest.approx(float(gradient_diversity(g)), rel=1e-10)  # the training code's definition
-    # PAPER.md identity n * Delta = 1 + tr(Sigma) / ||G||^2
+    # docs/protocol.md identity n * Delta = 1 + tr(Sigma) / ||G||^2
     assert float(P.n_diversity(x, y, w.unsqueeze(0), L2)[0]) == pytest.approx(float(noise_scale_form(g)), rel=1e-10)
 
 

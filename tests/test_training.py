@@ -115,7 +115,7 @@ def test_step_schedule():
 
 def test_multistep_with_linear_warmup_per_step():
     """Warm-up over the first epoch, per optimizer step, from base/T to base (T = warm-up steps),
-    then multi-step decay at epochs 2 and 4 (PAPER.md CIFAR-100 protocol, scaled down)."""
+    then multi-step decay at epochs 2 and 4 (docs/protocol.md CIFAR-100 protocol, scaled down)."""
     steps = 5
     lrs = _lr_per_step(["optim.schedule=multistep", "optim.milestones=[2,4]", "optim.gamma=0.2",
                         "optim.warmup_epochs=1"], epochs=6, steps_per_epoch=steps)

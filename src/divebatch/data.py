@@ -93,7 +93,7 @@ def _hwc_to_chw(x: np.ndarray) -> Tensor:
 
 
 def _pil_transforms(mean, std, augment_name: str, augment_on: bool):
-    """torchvision train/eval transforms of the protocol (PAPER.md, 'Protocol per dataset')."""
+    """torchvision train/eval transforms of the protocol (docs/protocol.md, 'Protocol per dataset')."""
     norm = [T.ToTensor(), T.Normalize(mean, std)]
     train_aug = {
         "none": [],

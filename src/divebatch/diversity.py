@@ -1,6 +1,6 @@
 """Gradient diversity: its definition, the authors' epoch estimator, and BackPACK plumbing.
 
-Definition (Yin et al., 2018, Def. 1; PAPER.md "Gradient diversity"), for per-sample gradients
+Definition (Yin et al., 2018, Def. 1; docs/protocol.md "Gradient diversity"), for per-sample gradients
 g_i = grad f_i(w) over n samples::
 
     Delta(w) = sum_i ||g_i||^2 / ||sum_i g_i||^2,       n * Delta = 1 + tr(Sigma) / ||G||^2
@@ -50,7 +50,7 @@ def gradient_diversity(per_sample_grads: Tensor) -> Tensor:
 
 
 def noise_scale_form(per_sample_grads: Tensor) -> Tensor:
-    """``n * Delta`` computed as ``1 + tr(Sigma) / ||G||^2`` (PAPER.md identity; McCandlish et al., 2018).
+    """``n * Delta`` computed as ``1 + tr(Sigma) / ||G||^2`` (docs/protocol.md identity; McCandlish et al., 2018).
 
     Args:
         per_sample_grads: (n, p) tensor.
@@ -437,7 +437,7 @@ class MicroBatchDiversity(EpochDiversityEstimator):
 
     is unbiased for P given the step's samples. This is McCandlish et al. (2018, App. A)'s
     two-batch-size estimate of ||G||^2 and tr(Sigma) (E||g_b||^2 = ||G||^2 + tr(Sigma)/b, with
-    the finite-batch correction), read back into sum units: PAPER.md's n Delta =
+    the finite-batch correction), read back into sum units: docs/protocol.md's n Delta =
     1 + tr(Sigma)/||G||^2. The denominator ||A||^2 = ||sum over the epoch of U||^2 is the
     exact estimator's, accumulated identically. Extra work per step: one squared-norm pass
     over the gradients per micro-batch and one for U; no host sync before :meth:`value`.

@@ -7,7 +7,7 @@ y ~ Bernoulli(sigmoid(signal * x . u)); then each label is flipped with probabil
 features do not depend on the noise level or the duplication, so variants of one seed differ only
 in the control that is varied.
 
-Diversity controls (PAPER.md "Gradient diversity"):
+Diversity controls (docs/protocol.md "Gradient diversity"):
 * ``duplicate`` = k repeats every training sample k times: n grows k-fold, the mean loss, w* and
   n * Delta(w) at every w are unchanged;
 * ``label_noise`` flips labels: at a fixed w the mean gradient shrinks and the per-sample spread

@@ -4,13 +4,13 @@ For every variant and batch size B of a log-spaced grid, constant-lr mini-batch 
 run with every learning rate of a grid (2^k / L, L the smoothness bound of the loss) and the
 best one is kept (fewest samples to the target suboptimality; see :mod:`divebatch.synthetic.sgd`).
 
-Theory (Yin et al., 2018; PAPER.md claim 4): up to B ~ n*Delta(w), mini-batch SGD needs about as
+Theory (Yin et al., 2018; docs/protocol.md claim 4): up to B ~ n*Delta(w), mini-batch SGD needs about as
 many samples as serial SGD to reach a given accuracy; past it, samples-to-target grow with B.
 McCandlish et al. (2018, eq. 2.11) give the curve this predicts,
 
     E(B) = E_min (1 + B / B_crit),      S(B) = E(B) / B = S_min (1 + B_crit / B),
 
-with B_crit ~ B_simple = n*Delta - 1 (PAPER.md identity). The knee is B_crit, fitted per seed
+with B_crit ~ B_simple = n*Delta - 1 (docs/protocol.md identity). The knee is B_crit, fitted per seed
 by least squares on log E. n*Delta grows as the iterate approaches w*, so the value that matters
 for a target is n*Delta at the target; it is measured on the full-batch gradient-descent path
 from w0 (the path SGD's mean follows), where it crosses the target suboptimality.

@@ -11,7 +11,7 @@ Per-sample loss (natural log, nats) with L2 regularisation ``l2``::
     f_i(w) = softplus(x_i . w) - y_i (x_i . w) + l2 / 2 ||w||^2
     g_i(w) = grad f_i(w) = (sigmoid(x_i . w) - y_i) x_i + l2 w
 
-Gradient diversity (Yin et al., 2018, Definition 1; PAPER.md "Gradient diversity")::
+Gradient diversity (Yin et al., 2018, Definition 1; docs/protocol.md "Gradient diversity")::
 
     Delta(w) = sum_i ||g_i||^2 / ||sum_i g_i||^2,   n * Delta = 1 + tr(Sigma) / ||G||^2
 """
