@@ -305,7 +305,7 @@ class Context:
     gpu: Optional[str]  # CUDA_VISIBLE_DEVICES of every child; None on CPU
     env: dict  # children's environment
     deadline: float  # time.monotonic() by which everything must be done
-    cifar10_source: Optional[Path]
+    cifar10_source: Optional[Path]  # None: default_cifar10_source, decided when a check first needs it
     runs_per_gpu: list[int]
     log: Callable = print
     data: Optional[dict] = None  # prepare_cifar10's result, once prepared
@@ -346,7 +346,9 @@ def _tail(path: Path, n: int = 15) -> str:
 
 def _require_data(ctx: Context) -> dict:
     if ctx.data is None:
-        if ctx.cifar10_source is None or not Path(ctx.cifar10_source).exists():
+        if ctx.cifar10_source is None:
+            ctx.cifar10_source = default_cifar10_source(ctx.cpu_check, ctx.work)
+        if not Path(ctx.cifar10_source).exists():
             raise Skip(f"CIFAR-10 not found at {ctx.cifar10_source} (give --cifar10 PATH: a folder holding "
                        f"cifar-10-batches-py/, or cifar10-jpeg.tar.gz)")
         ctx.data = prepare_cifar10(Path(ctx.cifar10_source), ctx.cache, ctx.log)
@@ -662,6 +664,7 @@ def machine_info(gpu: Optional[str]) -> dict:
             info["device"] = "cpu"
     except Exception as err:
         info["torch_error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
+        info["device"] = "unknown (torch not importable)"
     try:
         from divebatch.provenance import git_commit
 
@@ -791,7 +794,7 @@ def run_checks(cpu_check: bool = False, out: Path = DEFAULT_OUT, budget_s: float
             results["skipped"].append({"item": f"package {info['distribution']}",
                                        "reason": f"not importable ({info['error']})"})
     ctx = Context(cpu_check, work, cache, gpu, env, t_start + budget_s,
-                  Path(cifar10) if cifar10 else default_cifar10_source(cpu_check, work), list(runs_per_gpu), log)
+                  Path(cifar10) if cifar10 else None, list(runs_per_gpu), log)
     for check in all_checks:
         reason = None
         lacking = missing(packages, check.needs)
