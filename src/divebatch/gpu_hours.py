@@ -143,7 +143,8 @@ def _paper_runs(profile: str | Path) -> list[dict]:
     runs = []
     for r in expand(spec, "runs/paper"):
         c = load_config(r.config, r.overrides, check_data=False)
-        runs.append({"dataset": c.data.name, "group": Path(r.config).stem, "method": c.method.name,
+        extra = "" if r.experiment == c.data.name else f" ({r.experiment})"  # e.g. the protocol=clean cells
+        runs.append({"dataset": c.data.name, "group": Path(r.config).stem + extra, "method": c.method.name,
                      "epochs": c.epochs, "initial": c.method.initial_batch_size, "maximum": c.method.max_batch_size,
                      "resize_freq": c.method.resize_freq})
     import yaml
