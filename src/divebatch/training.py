@@ -409,8 +409,8 @@ def train(cfg: DictConfig) -> dict:
         t0 = time.perf_counter()
         # BackPACK's module hooks (exact estimator) and torch.compile do not mix: measured epochs run eagerly
         train_model = eager_model if measure and getattr(estimator, "uses_module_hooks", False) else forward_model
-        micro = max(micro_batch_plan(batch_size, cfg.method.max_micro_batch, estimator if measure else None,
-                                     fid.split_above))
+        # for the out-of-memory message only: no estimator, whose planning has state
+        micro = max(micro_batch_plan(batch_size, cfg.method.max_micro_batch, None, fid.split_above))
         try:
             stats = train_one_epoch(train_model, train_loader, optimizer, criterion, cfg.method.max_micro_batch,
                                     estimator if measure else None,
