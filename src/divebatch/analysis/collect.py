@@ -50,8 +50,13 @@ METHOD_HPARAMS = {
     "divebatch": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS, "method.delta": "delta",
                   "method.diversity_estimator": "diversity_estimator"},
 }
+# The primary metric a run is judged by (``primary_metric`` of its config: column, direction, the
+# tolerance of the own target) and the optimizer, whose runs are named apart (AdamW ...).
+METRIC_KEYS = {"primary_metric.column": "metric", "primary_metric.direction": "metric_direction",
+               "primary_metric.within": "metric_within"}
 ALL_HPARAMS = {**METHOD_HPARAMS["divebatch"], "method.max_micro_batch": "max_micro_batch",
-               "data.train_subset": "train_subset"}
+               "data.train_subset": "train_subset", "optim.name": "optimizer", "method.lr_scaling": "lr_scaling",
+               **METRIC_KEYS}
 # Short names for the setting label ("delta=0.1, resize_freq=20").
 _SHORT = {"initial_batch_size": "m0", "max_batch_size": "max_bs", "epochs_planned": "epochs", "lr0": "lr"}
 
@@ -63,6 +68,7 @@ DISPLAY_NAMES = {
     ("divebatch", False): "DiveBatch", ("divebatch", True): "DiveBatch + lr rescale",
 }
 SGD_SMALL, SGD_LARGE = METHOD_ORDER[0], METHOD_ORDER[1]
+OPTIMIZER_NAMES = {"adamw": "AdamW"}  # optim.name -> prefix of the display name (SGD runs have none)
 GROUP = ["dataset", "method", "setting"]
 
 
@@ -133,11 +139,11 @@ def agreed_commit(commits: pd.Series) -> str:
 
 
 def dataset_name(cfg: DictConfig) -> str:
-    """Readable dataset name: ``data.name``, the file stem for ``npz``, the folder name for a
+    """Readable dataset name: ``data.name``, the file stem for ``npz`` and ``text``, the folder name for a
     Tiny-ImageNet sample, with ``/n=N`` when ``data.train_subset`` keeps N training samples."""
     name = str(cfg.data.name)
     path = OmegaConf.select(cfg, "data.path")
-    if name == "npz" and path:
+    if name in ("npz", "text") and path:
         name = Path(str(path)).stem
     elif name == "tiny_imagenet" and path and Path(str(path)).name not in ("", "tiny-imagenet-200"):
         name = Path(str(path)).name
@@ -150,7 +156,8 @@ def dataset_family(dataset: str) -> str:
     the name itself."""
     norm = re.sub(r"[-\s]", "_", dataset.lower())
     for fam in FAMILIES:
-        if norm.startswith(fam) or (fam == "tiny_imagenet" and norm.startswith("tiny")):
+        # "tiny" alone is not enough: tinyshakespeare is no Tiny-ImageNet
+        if norm.startswith(fam) or (fam == "tiny_imagenet" and norm.startswith(("tinyimagenet", "tiny_in"))):
             return fam
     return dataset.split("/")[0]
 
@@ -267,12 +274,25 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
 
 def _name_methods(runs: pd.DataFrame) -> pd.Series:
     """Display names; an SGD run is 'large batch' when its batch exceeds the smallest SGD batch of
-    its profile and dataset (PAPER.md protocol: 128 small, 2048 large on CIFAR-10)."""
+    its profile, dataset and optimizer (PAPER.md protocol: 128 small, 2048 large on CIFAR-10).
+
+    Runs with another optimizer than SGD are named after it (``optim.name=adamw``: ``AdamW (small
+    batch)``, ``AdamW DiveBatch + sqrt lr rescale``, ...); ``sqrt`` marks the square-root lr rule.
+    """
     names = pd.Series([DISPLAY_NAMES.get((m, bool(r))) for m, r in zip(runs["method_name"], runs["lr_rescale"])],
                       index=runs.index, dtype=object)
+    optimizer = runs["optimizer"].fillna("sgd") if "optimizer" in runs else pd.Series("sgd", index=runs.index)
     sgd = runs["method_name"] == "sgd"
-    smallest = runs[sgd].groupby(["profile", "dataset"])["initial_batch_size"].transform("min")
+    smallest = runs[sgd].assign(_o=optimizer[sgd]).groupby(["profile", "dataset", "_o"])[
+        "initial_batch_size"].transform("min")
     names[sgd] = np.where(runs.loc[sgd, "initial_batch_size"] > smallest, SGD_LARGE, SGD_SMALL)
+    if "lr_scaling" in runs:
+        sqrt = runs["lr_rescale"].astype(bool) & (runs["lr_scaling"] == "sqrt") & names.notna()
+        names[sqrt] = names[sqrt].str.replace("lr rescale", "sqrt lr rescale")
+    for opt, shown in OPTIMIZER_NAMES.items():
+        mine = (optimizer == opt) & names.notna()
+        names[mine & sgd] = names[mine & sgd].str.replace("SGD", shown)
+        names[mine & ~sgd] = shown + " " + names[mine & ~sgd]
     return names.fillna(runs["method_name"])
 
 

@@ -16,6 +16,14 @@ Definitions (PAPER.md, claim 2: "time to reach within 1% of final accuracy"):
   both runs of a seed cancels.
 - *accuracy change*: mean final accuracy of the method minus the baseline's, in percentage
   points, with the same paired bootstrap interval.
+
+*Primary metric* (docs/analysis.md): a run is judged by the ``primary_metric`` its config declares
+(``column``: ``val_acc`` or ``val_loss``; ``direction``: higher or lower is better; ``within``:
+the own target's tolerance in the column's units). Everything above reads "accuracy" as that
+column, "reached" as at or beyond the target in the good direction, the own target as final
+-/+ ``within``, the common target as the worst mean final value -/+ ``within``. The default
+(``val_acc``, higher, 1 pp) is the paper's. The *metric gain* is the metric change signed so that
+> 0 is better (accuracy change for accuracy, minus the loss change for a loss).
 """
 
 from __future__ import annotations
@@ -36,18 +44,21 @@ N_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # fixed so a report is reproducible byte for byte
 
 
-def time_to_target(metrics: pd.DataFrame, target: float) -> dict[str, float]:
-    """Time for one run to first reach ``target`` validation accuracy, in every unit of :data:`UNITS`.
+def time_to_target(metrics: pd.DataFrame, target: float, column: str = "val_acc",
+                   higher: bool = True) -> dict[str, float]:
+    """Time for one run to first reach ``target`` in ``column``, in every unit of :data:`UNITS`.
 
     Args:
         metrics: one run's ``metrics.csv`` rows (``epoch`` 0-based, ``val_acc`` in percent,
-            cumulative ``optimizer_steps`` and ``wall_time_s``), any order.
-        target: accuracy in percent.
+            ``val_loss`` in nats, cumulative ``optimizer_steps`` and ``wall_time_s``), any order.
+        target: value of ``column`` (percent for accuracy, nats for a loss).
+        column: the primary metric's column.
+        higher: reached means ``>= target`` (True) or ``<= target`` (a loss).
     Returns:
         ``{"epochs": float, "optimizer_steps": float, "wall_time_s": float}``; NaN when never reached.
     """
     m = metrics.sort_values("epoch")
-    hit = m[m["val_acc"] >= target]
+    hit = m[m[column] >= target] if higher else m[m[column] <= target]
     if hit.empty:
         return {u: float("nan") for u in UNITS}
     first = hit.iloc[0]
@@ -62,8 +73,10 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
         group: columns identifying a method setting (default ``dataset, method, setting``).
     Returns:
         Columns ``run_id``, group columns, ``family``, ``method_name``, ``seed``, ``final_acc``,
-        ``best_acc`` (percent), ``final_batch_size``, ``final_train_loss``, ``own_target`` and
-        ``common_target`` (percent), then ``own_<unit>`` and ``common_<unit>`` for each unit.
+        ``best_acc`` (percent), ``final_batch_size``, ``final_train_loss``, ``final_metric`` and
+        ``best_metric`` (the primary metric, see the module docstring; equal to the accuracies by
+        default), ``own_target`` and ``common_target`` (in the metric's units), then
+        ``own_<unit>`` and ``common_<unit>`` for each unit.
     """
     group = group or ["dataset", "method", "setting"]
     rows, curves = [], {}
@@ -75,24 +88,58 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
                "initial_batch_size": last.get("initial_batch_size"),
                "final_acc": float(last["val_acc"]), "best_acc": float(m["val_acc"].max()),
                "final_batch_size": float(last["batch_size"]), "final_train_loss": float(last["train_loss"])}
-        row["own_target"] = row["final_acc"] - WITHIN_PP
-        row.update({f"own_{u}": v for u, v in time_to_target(m, row["own_target"]).items()})
+        col, higher, within = metric_of(last)
+        row["final_metric"] = float(last[col])
+        row["best_metric"] = float(m[col].max() if higher else m[col].min())
+        row["own_target"] = row["final_metric"] - within if higher else row["final_metric"] + within
+        row.update({f"own_{u}": v for u, v in time_to_target(m, row["own_target"], col, higher).items()})
         rows.append(row)
     runs = pd.DataFrame(rows)
     if runs.empty:
         return runs
-    targets = common_targets(runs, group)
+    targets = common_targets(runs, group, epochs)
     runs["common_target"] = runs["dataset"].map(targets)
-    common = [time_to_target(curves[r], t) for r, t in zip(runs["run_id"], runs["common_target"])]
+    common = [time_to_target(curves[r], t, *metric_of(curves[r].iloc[-1])[:2])
+              for r, t in zip(runs["run_id"], runs["common_target"])]
     for u in UNITS:
         runs[f"common_{u}"] = [c[u] for c in common]
     return runs
 
 
-def common_targets(runs: pd.DataFrame, group: list[str] | None = None) -> pd.Series:
-    """Per dataset: lowest mean final accuracy among its groups minus :data:`WITHIN_PP` (percent)."""
+def metric_of(row: pd.Series) -> tuple[str, bool, float]:
+    """``(column, higher_is_better, within)`` of a run's primary metric from its row of the tidy
+    table (columns ``metric``, ``metric_direction``, ``metric_within``); ``("val_acc", True,
+    WITHIN_PP)`` where they are absent (runs from before the key existed)."""
+    col = row.get("metric")
+    if not isinstance(col, str) or not col:
+        return "val_acc", True, WITHIN_PP
+    within = row.get("metric_within")
+    return col, row.get("metric_direction", "higher") != "lower", float(within) if pd.notna(within) else WITHIN_PP
+
+
+def metric_sign(row: pd.Series) -> float:
+    """+1 when a higher value of the run's primary metric is better, -1 when lower is (a loss)."""
+    return 1.0 if metric_of(row)[1] else -1.0
+
+
+def common_targets(runs: pd.DataFrame, group: list[str] | None = None,
+                   epochs: pd.DataFrame | None = None) -> pd.Series:
+    """Per dataset: the worst mean final primary metric among its groups, made :data:`WITHIN_PP`
+    (or the metric's ``within``) easier: lowest accuracy - 1 pp, highest loss + ``within``.
+
+    Args:
+        runs: :func:`per_run` rows (``final_metric``, or ``final_acc`` alone for old callers).
+        epochs: the tidy table, for each dataset's primary metric (default: accuracy).
+    """
     group = group or ["dataset", "method", "setting"]
-    return runs.groupby(group)["final_acc"].mean().groupby(level="dataset").min() - WITHIN_PP
+    col = "final_metric" if "final_metric" in runs else "final_acc"
+    means = runs.groupby(group)[col].mean().groupby(level="dataset")
+    out = {}
+    for dataset, g in means:
+        first = epochs[epochs["dataset"] == dataset].iloc[0] if epochs is not None and len(epochs) else pd.Series()
+        _, higher, within = metric_of(first)
+        out[dataset] = g.min() - within if higher else g.max() + within
+    return pd.Series(out, dtype=float).rename_axis("dataset")
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,17 @@ import numpy as np
 import pandas as pd
 
 from divebatch.analysis.collect import ALL_HPARAMS, GROUP, SGD_SMALL
-from divebatch.analysis.stats import UNIT_LABELS, UNITS, WITHIN_PP, Interval, accuracy_change, paired, per_run, speedup
+from divebatch.analysis.stats import (UNIT_LABELS, UNITS, WITHIN_PP, Interval, accuracy_change, metric_of, metric_sign,
+                                      paired, per_run, speedup)
 from divebatch.analysis.style import METHOD_ORDER
 
 # Baseline role -> methods that can play it, in order of preference. "AdaBatch" prefers the plain
 # variant (PAPER.md's claim 2 compares against AdaBatch); with only the rescaled one, that one is used.
-BASELINES = {SGD_SMALL: (SGD_SMALL,), "AdaBatch": ("AdaBatch", "AdaBatch + lr rescale")}
-BASELINE_SLUG = {SGD_SMALL: "sgd_small", "AdaBatch": "adabatch"}
+# "AdamW (small batch)" is the baseline of the AdamW runs (transformer profile); roles absent from
+# the runs add no column.
+ADAMW_SMALL = "AdamW (small batch)"
+BASELINES = {SGD_SMALL: (SGD_SMALL,), "AdaBatch": ("AdaBatch", "AdaBatch + lr rescale"), ADAMW_SMALL: (ADAMW_SMALL,)}
+BASELINE_SLUG = {SGD_SMALL: "sgd_small", "AdaBatch": "adabatch", ADAMW_SMALL: "adamw_small"}
 TARGETS = {"own": f"own final - {WITHIN_PP:g} pp", "common": f"common (lowest final - {WITHIN_PP:g} pp)"}
 SENSITIVITY_HPARAMS = ("delta", "resize_freq", "max_batch_size")
 
@@ -59,6 +63,23 @@ def baseline_groups(runs: pd.DataFrame) -> dict[tuple[str, str], tuple]:
     return out
 
 
+def present_roles(bases: dict) -> list[str]:
+    """The roles of :data:`BASELINES` that some dataset has; SGD small and AdaBatch always (the
+    paper's baselines keep their columns, NaN when absent)."""
+    have = {role for _, role in bases}
+    return [r for r in BASELINES if r in have or r in (SGD_SMALL, "AdaBatch")]
+
+
+def target_rule(target: str, metric: str = "val_acc", higher: bool = True, within: float = WITHIN_PP) -> str:
+    """Readable definition of the own/common target for a primary metric (:data:`TARGETS` for accuracy)."""
+    if metric == "val_acc" and higher and within == WITHIN_PP:
+        return TARGETS[target]
+    op = "-" if higher else "+"
+    worst = "lowest" if higher else "highest"
+    return (f"own final {metric} {op} {within:g}" if target == "own"
+            else f"common ({worst} final {metric} {op} {within:g})")
+
+
 def main_table(epochs: pd.DataFrame) -> pd.DataFrame:
     """One row per dataset x method (x setting): accuracy, accuracy change, time to target.
 
@@ -82,11 +103,27 @@ def main_table(epochs: pd.DataFrame) -> pd.DataFrame:
         for col in ("final_acc", "best_acc"):
             row[f"{col}_mean"], row[f"{col}_std"] = g[col].mean(), g[col].std(ddof=1)
         row["final_batch_size_mean"] = g["final_batch_size"].mean()
-        for role, slug in BASELINE_SLUG.items():
+        nan = Interval(np.nan, np.nan, np.nan, 0)
+        for role in present_roles(bases):
+            slug = BASELINE_SLUG[role]
             base = bases.get((key[0], role))
-            iv = accuracy_change(*paired(runs, key, base, "final_acc")) if base else Interval(np.nan, np.nan, np.nan, 0)
+            iv = accuracy_change(*paired(runs, key, base, "final_acc")) if base else nan
             row[f"acc_change_vs_{slug}_pp"], row[f"acc_change_vs_{slug}_pp_low"] = iv.value, iv.low
             row[f"acc_change_vs_{slug}_pp_high"] = iv.high
+        # the primary metric (stats module docstring): its mean, and its gain (> 0 better) per baseline
+        first = g.iloc[0]
+        row["model"], row["optimizer"] = first.get("model"), first.get("optimizer")
+        row["metric"], _, row["metric_within"] = metric_of(first)
+        sign = metric_sign(first)
+        row["metric_direction"] = "higher" if sign > 0 else "lower"
+        for col in ("final_metric", "best_metric"):
+            row[f"{col}_mean"], row[f"{col}_std"] = g[col].mean(), g[col].std(ddof=1)
+        for role in present_roles(bases):
+            base = bases.get((key[0], role))
+            iv = accuracy_change(*paired(runs, key, base, "final_metric")) if base else nan
+            low, high = (iv.low, iv.high) if sign > 0 else (-iv.high, -iv.low)
+            slug = f"metric_gain_vs_{BASELINE_SLUG[role]}"
+            row[slug], row[f"{slug}_low"], row[f"{slug}_high"] = sign * iv.value, low, high
         row["common_target"] = g["common_target"].iloc[0]
         for target in TARGETS:
             for u in UNITS:
@@ -108,11 +145,13 @@ def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
         Empty when no baseline exists.
     """
     runs = run_table(epochs)
-    cols = [*GROUP, "baseline", "baseline_group", "target", "unit", "speedup", "ci_low", "ci_high", "n_seeds"]
+    cols = [*GROUP, "baseline", "baseline_group", "target", "unit", "speedup", "ci_low", "ci_high", "n_seeds",
+            "target_rule"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     bases = baseline_groups(runs)
     rows = []
+    rule_of = {d: metric_of(epochs[epochs["dataset"] == d].iloc[0]) for d in runs["dataset"].unique()}
     for key in runs.groupby(GROUP, sort=False).groups:
         for role in BASELINES:
             base = bases.get((key[0], role))
@@ -124,7 +163,8 @@ def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
                     m, b = paired(runs, key, base, f"{target}_{u}")
                     iv = speedup(b, m)
                     rows.append(dict(zip(GROUP, key), baseline=role, baseline_group=base_name, target=target,
-                                     unit=u, speedup=iv.value, ci_low=iv.low, ci_high=iv.high, n_seeds=iv.n))
+                                     unit=u, speedup=iv.value, ci_low=iv.low, ci_high=iv.high, n_seeds=iv.n,
+                                     target_rule=target_rule(target, *rule_of[key[0]])))
     return _order(pd.DataFrame(rows, columns=cols)) if rows else pd.DataFrame(columns=cols)
 
 
@@ -195,22 +235,46 @@ def _iv(row: pd.Series, col: str, digits: int = 2, suffix: str = "", n: int | No
     return core if not np.isfinite(low) else f"{core} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _metric_change(row: pd.Series, gain: str, digits: int = 3) -> str:
+    """The change of the primary metric (method - baseline, in its own units and sign) from its gain
+    columns, ``+0.012 [low, high]``; ``n/a`` when missing."""
+    value, low, high = row.get(gain, np.nan), row.get(f"{gain}_low", np.nan), row.get(f"{gain}_high", np.nan)
+    if row.get("metric_direction") == "lower":
+        value, low, high = -value, -high, -low
+    if not np.isfinite(value):
+        return "n/a"
+    core = f"{value:+.{digits}f}"
+    return core if not np.isfinite(low) else f"{core} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def format_main(table: pd.DataFrame) -> pd.DataFrame:
     """Readable version of :func:`main_table` (strings: mean ± std, intervals in brackets)."""
     rows = []
+    # a primary metric other than accuracy (e.g. val_loss) gets its own columns first
+    other = "metric" in table and (table["metric"].fillna("val_acc") != "val_acc").any()
+    roles = [role for role in BASELINES if f"acc_change_vs_{BASELINE_SLUG[role]}_pp" in table]
+    short = {SGD_SMALL: "SGD small", "AdaBatch": "AdaBatch", ADAMW_SMALL: "AdamW small"}
     for _, r in table.iterrows():
         row = {"Dataset": r["dataset"], "Method": r["method"], "Setting": r["setting"] or "-",
-               "Seeds": f"{r['n_seeds']} ({r['seeds']})",
-               "Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
-               "Best acc. (%)": mean_std(r["best_acc_mean"], r["best_acc_std"]),
-               "Final batch size": f"{r['final_batch_size_mean']:.0f}",
-               "Acc. change vs SGD small (pp)": _iv(r, "acc_change_vs_sgd_small_pp", suffix=" pp"),
-               "Acc. change vs AdaBatch (pp)": _iv(r, "acc_change_vs_adabatch_pp", suffix=" pp")}
+               "Seeds": f"{r['n_seeds']} ({r['seeds']})"}
+        if other:
+            m = r["metric"]
+            row[f"Final {m}"] = mean_std(r["final_metric_mean"], r["final_metric_std"], 3)
+            row[f"Best {m}"] = mean_std(r["best_metric_mean"], r["best_metric_std"], 3)
+            for role in roles:
+                row[f"{m} change vs {short[role]}"] = _metric_change(r, f"metric_gain_vs_{BASELINE_SLUG[role]}")
+        row.update({"Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
+                    "Best acc. (%)": mean_std(r["best_acc_mean"], r["best_acc_std"]),
+                    "Final batch size": f"{r['final_batch_size_mean']:.0f}"})
+        for role in roles:
+            row[f"Acc. change vs {short[role]} (pp)"] = _iv(r, f"acc_change_vs_{BASELINE_SLUG[role]}_pp", suffix=" pp")
         for target in TARGETS:
             for u, digits in (("epochs", 1), ("optimizer_steps", 0), ("wall_time_s", 1)):
                 row[f"{UNIT_LABELS[u].capitalize()} to {target} target"] = mean_std(
                     r[f"{target}_{u}_mean"], r[f"{target}_{u}_std"], digits)
-        row["Reached common target"] = f"{r['common_reached']}/{r['n_seeds']} (target {r['common_target']:.1f}%)"
+        target = (f"{r['common_target']:.3f} {r['metric']}" if other and r["metric"] != "val_acc"
+                  else f"{r['common_target']:.1f}%")
+        row["Reached common target"] = f"{r['common_reached']}/{r['n_seeds']} (target {target})"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -226,7 +290,11 @@ def format_speedups(table: pd.DataFrame) -> pd.DataFrame:
     wide = t.pivot_table(index=[*GROUP, "target"], columns="column", values="cell", aggfunc="first", sort=False)
     order = [f"vs {b}: {UNIT_LABELS[u]}" for b in BASELINES for u in UNITS]
     wide = wide[[c for c in order if c in wide.columns]].reset_index()
-    wide["target"] = wide["target"].map(TARGETS)
+    if "target_rule" in table:
+        rules = table.drop_duplicates(["dataset", "target"]).set_index(["dataset", "target"])["target_rule"]
+        wide["target"] = [rules.get((d, tg), TARGETS[tg]) for d, tg in zip(wide["dataset"], wide["target"])]
+    else:
+        wide["target"] = wide["target"].map(TARGETS)
     wide["setting"] = wide["setting"].replace("", "-")
     return _order(wide).rename(columns={"dataset": "Dataset", "method": "Method", "setting": "Setting",
                                         "target": "Target"})
