@@ -17,15 +17,21 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz")
-MODELS = ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear")
+DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz", "text")
+MODELS = ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear", "transformer_lm")
 METHODS = ("sgd", "adabatch", "divebatch")
 SCHEDULES = ("constant", "cosine", "multistep", "step")
 LOADERS = ("auto", "device", "torchvision")
 PROTOCOLS = ("authors_code", "clean")
 LR_RESCALE_RULES = ("linear", "schedule_squared")
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")
-ESTIMATORS = ("exact", "microbatch")
+ESTIMATORS = ("exact", "microbatch", "exact_func")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCALINGS = ("linear", "sqrt")
+METRIC_COLUMNS = ("val_acc", "val_loss")  # metrics.csv columns a report may judge by
+METRIC_DIRECTIONS = ("higher", "lower")
+# models whose per-sample gradients BackPACK cannot compute (attention): exact_func or microbatch
+NO_BACKPACK_MODELS = ("transformer_lm",)
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -46,12 +52,15 @@ class DataConfig:
     loader: str = "auto"  # auto: device when the dataset is held in memory, else torchvision; device; torchvision
     num_workers: int = 1  # DataLoader workers (torchvision loader only)
     train_subset: Optional[int] = None  # keep the first N training samples (CPU-scale runs)
+    seq_len: int = 64  # text: characters per training sample (non-overlapping sequences)
 
 
 @dataclass
 class ModelConfig:
     name: str = "resnet_small"
-    width: int = 16  # resnet_small: channels of the first stage (ResNet-18 uses 64)
+    width: int = 16  # resnet_small: channels of the first stage (ResNet-18 uses 64); transformer_lm: C
+    depth: int = 2  # transformer_lm: blocks
+    heads: int = 4  # transformer_lm: attention heads (divide width)
 
 
 @dataclass
@@ -62,6 +71,7 @@ class MethodConfig:
     resize_freq: int = 20  # epochs between batch-size decisions
     delta: float = 0.1  # DiveBatch: m_new = delta * n * Delta_hat
     lr_rescale: bool = False  # multiply lr by m_new / m at each resize
+    lr_scaling: str = "linear"  # with lr_rescale: linear (lr ~ m; SGD) | sqrt (lr ~ sqrt(m); Adam, Malladi et al. 2022)
     max_micro_batch: int = 2048  # larger batches are split and their gradients accumulated
     diversity_estimator: str = "exact"  # exact: BackPACK per-sample norms; microbatch: two-scale
     micro_batches: int = 2  # microbatch estimator: micro-batches per measured step (>= 2)
@@ -69,6 +79,7 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "sgd"  # sgd (momentum, weight_decay, nesterov) | adamw (betas, eps, decoupled weight_decay)
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -79,6 +90,8 @@ class OptimConfig:
     step_size: int = 30  # step
     gamma: float = 0.1  # multistep and step
     warmup_epochs: int = 0  # linear warm-up, per optimizer step
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    eps: float = 1.0e-8  # adamw
 
 
 @dataclass
@@ -97,6 +110,15 @@ class FidelityConfig:
     split_above: Optional[int] = None  # split a batch only when larger than this (null: method.max_micro_batch)
     running_grad_sum: bool = False  # estimator adds the running p.grad after every chunk (Tiny-ImageNet bug)
     head_classes: Optional[int] = None  # model outputs; null: the dataset's classes (Tiny-ImageNet code: 1000)
+
+
+@dataclass
+class PrimaryMetricConfig:
+    """What a report judges a run by (docs/analysis.md, "Primary metric"), declared per data set."""
+
+    column: str = "val_acc"  # metrics.csv column: val_acc (percent) | val_loss (nats per token/sample)
+    direction: str = "higher"  # higher | lower is better
+    within: float = 1.0  # own target = final -/+ within (units of column): 1 pp for accuracy
 
 
 @dataclass
@@ -128,6 +150,7 @@ class TrainConfig:
     # fidelity switch that a config file set to the clean method (dotlist overrides still apply) | null
     protocol: Optional[str] = None
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    primary_metric: PrimaryMetricConfig = field(default_factory=PrimaryMetricConfig)
     epochs: int = 10
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -168,6 +191,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check_choice(cfg, "protocol", PROTOCOLS)
     _check_choice(cfg, "fidelity.lr_rescale_rule", LR_RESCALE_RULES)
     _check_choice(cfg, "fidelity.micro_batch_loss", MICRO_BATCH_LOSSES)
+    _check_choice(cfg, "optim.name", OPTIMIZERS)
+    _check_choice(cfg, "method.lr_scaling", LR_SCALINGS)
+    _check_choice(cfg, "primary_metric.column", METRIC_COLUMNS)
+    _check_choice(cfg, "primary_metric.direction", METRIC_DIRECTIONS)
+    _check_text_model(cfg)
     m = cfg.method
     positive_ints = {
         "epochs": cfg.epochs,
@@ -175,6 +203,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         "method.resize_freq": m.resize_freq,
         "method.max_micro_batch": m.max_micro_batch,
         "model.width": cfg.model.width,
+        "model.depth": cfg.model.depth,
+        "model.heads": cfg.model.heads,
+        "data.seq_len": cfg.data.seq_len,
     }
     for key, value in positive_ints.items():
         if value < 1:
@@ -206,12 +237,35 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _allowed("fidelity.warmup_at_lr_zero", True, "false when optim.warmup_epochs=0 (no warm-up epoch)")
     if cfg.data.train_subset is not None and cfg.data.train_subset < 1:
         raise _allowed("data.train_subset", cfg.data.train_subset, "null or an integer >= 1")
-    if cfg.data.name in ("npz", "tiny_imagenet") and not cfg.data.path:
+    if cfg.data.name in ("npz", "tiny_imagenet", "text") and not cfg.data.path:
         raise _allowed("data.path", cfg.data.path, f"a path to the {cfg.data.name} data (required for data.name={cfg.data.name})")
     device = str(cfg.device)
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise _allowed("device", device, "auto | cpu | cuda | cuda:N")
     return cfg
+
+
+def _check_text_model(cfg: DictConfig) -> None:
+    """Cross-key rules of the language-model experiments (docs/transformer.md).
+
+    Raises:
+        ConfigError: text data with a non-text model or the reverse; the exact (BackPACK) estimator
+            on a model with attention; primary_metric.within < 0; optim.betas not two numbers in [0, 1).
+    """
+    text_data, text_model = cfg.data.name == "text", cfg.model.name in NO_BACKPACK_MODELS
+    if text_data != text_model:
+        allowed = "transformer_lm" if text_data else " | ".join(m for m in MODELS if m not in NO_BACKPACK_MODELS)
+        raise _allowed("model.name", cfg.model.name, f"{allowed} for data.name={cfg.data.name}")
+    if text_model and cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "exact":
+        raise _allowed("method.diversity_estimator", "exact",
+                       f"exact_func | microbatch for model.name={cfg.model.name} (BackPACK has no attention layers)")
+    if text_model and cfg.model.width % cfg.model.heads:
+        raise _allowed("model.heads", cfg.model.heads, f"a divisor of model.width={cfg.model.width}")
+    if cfg.primary_metric.within < 0:
+        raise _allowed("primary_metric.within", cfg.primary_metric.within, "a number >= 0")
+    betas = list(cfg.optim.betas)
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise _allowed("optim.betas", betas, "two numbers in [0, 1), e.g. [0.9, 0.999]")
 
 
 def check_paths(cfg: DictConfig) -> DictConfig:
@@ -222,6 +276,9 @@ def check_paths(cfg: DictConfig) -> DictConfig:
     """
     if cfg.data.name == "npz" and not Path(cfg.data.path).is_file():
         raise _allowed("data.path", cfg.data.path, "an existing .npz file with train_x, train_y, test_x, test_y")
+    if cfg.data.name == "text" and not Path(cfg.data.path).is_file():
+        raise _allowed("data.path", cfg.data.path,
+                       "an existing plain-text (UTF-8) file, e.g. ../shared/data/tinyshakespeare.txt")
     if cfg.data.name == "tiny_imagenet" and not Path(cfg.data.path).is_dir():
         raise _allowed(
             "data.path", cfg.data.path,

@@ -215,6 +215,18 @@ def digits(cfg) -> DataBundle:
                          torch.from_numpy(x_te), torch.from_numpy(y_te.astype(np.int64)), 10, "none", cfg)
 
 
+@register("text")
+def text(cfg) -> DataBundle:
+    """Character-level language modelling on any plain-text file (``data.path``, read as UTF-8).
+
+    Delegates to :func:`divebatch.text.text_bundle` (vocabulary, 90/10 split, non-overlapping
+    sequences of ``data.seq_len`` characters as the samples).
+    """
+    from divebatch.text import text_bundle
+
+    return text_bundle(cfg)
+
+
 class TinyImageNetVal(Dataset):
     """Official Tiny-ImageNet validation split: ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``."""
 
@@ -294,7 +306,8 @@ class DeviceLoader:
     Args:
         x: (N, C, H, W) uint8; y: (N,) int64 (moved to ``device`` once).
         batch_size: samples per batch (the last batch of an epoch may be smaller).
-        mean, std: per-channel normalisation of x / 255.
+        mean, std: per-channel normalisation of x / 255; None for both: x is yielded as stored
+            (token ids of the ``text`` data set).
         augment_fn: batch transform on uint8 (B, C, H, W), or None.
         shuffle: permute each epoch.
         generator: torch.Generator on ``device`` (its state makes epochs reproducible).
@@ -304,10 +317,12 @@ class DeviceLoader:
                  augment_fn=None, shuffle: bool = True, generator: torch.Generator | None = None):
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.device = batch_size, device
-        mean = torch.tensor(mean, device=device, dtype=torch.float64).view(1, -1, 1, 1)
-        std = torch.tensor(std, device=device, dtype=torch.float64).view(1, -1, 1, 1)
-        # (x / 255 - mean) / std as one multiply-add: uint8 * float32 converts on the fly
-        self.scale, self.shift = (1 / (255 * std)).float(), (-mean / std).float()
+        self.scale = self.shift = None
+        if mean is not None:
+            mean = torch.tensor(mean, device=device, dtype=torch.float64).view(1, -1, 1, 1)
+            std = torch.tensor(std, device=device, dtype=torch.float64).view(1, -1, 1, 1)
+            # (x / 255 - mean) / std as one multiply-add: uint8 * float32 converts on the fly
+            self.scale, self.shift = (1 / (255 * std)).float(), (-mean / std).float()
         self.augment_fn, self.shuffle, self.generator = augment_fn, shuffle, generator
 
     def set_batch_size(self, batch_size: int) -> None:
@@ -324,7 +339,7 @@ class DeviceLoader:
             x = self.x[idx]
             if self.augment_fn is not None:
                 x = self.augment_fn(x, self.generator)
-            yield (x * self.scale).add_(self.shift), self.y[idx]
+            yield (x if self.scale is None else (x * self.scale).add_(self.shift)), self.y[idx]
 
 
 class ResizableBatchSampler(Sampler[list[int]]):

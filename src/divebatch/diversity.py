@@ -565,4 +565,11 @@ def build_estimator(name: str, micro_batches: int = 2, running_grad_sum: bool = 
         raise KeyError(f"method.diversity_estimator={name!r}; allowed: {' | '.join(ESTIMATORS)}")
     if name == "microbatch":
         return MicroBatchDiversity(micro_batches)
-    return ESTIMATORS[name](running_grad_sum=running_grad_sum)
+    if name == "exact":
+        return ExactDiversity(running_grad_sum=running_grad_sum)
+    return ESTIMATORS[name]()
+
+
+# exact_func (torch.func per-sample norms, for models BackPACK does not cover) registers itself here
+from divebatch import persample  # noqa: E402,F401
+

@@ -1,5 +1,5 @@
-"""Model registry: the ResNet-18 variants of the protocol, a narrow ResNet for CPU-scale runs and a
-linear (softmax-regression) model.
+"""Model registry: the ResNet-18 variants of the protocol, a narrow ResNet for CPU-scale runs, a
+linear (softmax-regression) model and a small decoder-only transformer (:mod:`divebatch.transformer`).
 
 Our own models use no in-place operations: BackPACK's module hooks reject them (torchvision's
 ResNet-18 does ``out += identity``; :func:`divebatch.diversity.extend_model` converts it).
@@ -7,6 +7,7 @@ ResNet-18 does ``out += identity``; :func:`divebatch.diversity.extend_model` con
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch.nn.functional as F
@@ -99,12 +100,29 @@ def linear(num_classes: int, in_channels: int = 3, image_size: int = 32, width: 
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
 
 
-def build_model(name: str, num_classes: int, in_channels: int, image_size: int, width: int = 16) -> nn.Module:
+@register("transformer_lm")
+def transformer_lm(num_classes: int, in_channels: int = 1, image_size: int = 64, width: int = 64, depth: int = 2,
+                   heads: int = 4) -> nn.Module:
+    """Decoder-only transformer LM (:class:`divebatch.transformer.TransformerLM`): vocabulary
+    ``num_classes``, context ``image_size`` (the text data's ``data.seq_len``), width C, ``depth``
+    pre-LayerNorm blocks of ``heads`` heads. Input (B, T) int64 ids, output (B, V, T) logits."""
+    from divebatch.transformer import TransformerLM
+
+    return TransformerLM(num_classes, image_size, width, depth, heads)
+
+
+def build_model(name: str, num_classes: int, in_channels: int, image_size: int, width: int = 16,
+                **sizes: int) -> nn.Module:
     """Model from the registry.
 
+    Args:
+        sizes: further size keys of ``model`` (``depth``, ``heads``), passed to the models whose
+            builder takes them (the transformer) and ignored by the others.
     Raises:
         KeyError: unknown ``model.name`` (the message lists the allowed names).
     """
     if name not in MODELS:
         raise KeyError(f"model.name={name!r}; allowed: {' | '.join(MODELS)}")
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)
+    params = inspect.signature(MODELS[name]).parameters
+    extra = {k: v for k, v in sizes.items() if k in params}
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width, **extra)

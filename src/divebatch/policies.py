@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from divebatch.optimizers import lr_factor
+
 POLICIES: dict[str, type["BatchSizePolicy"]] = {}
 
 
@@ -62,14 +64,16 @@ class BatchSizePolicy:
         resize_freq: epochs between decisions (>= 1).
         n_train: training-set size n (samples).
         delta: DiveBatch's delta (ignored by the other policies).
-        lr_rescale: whether the trainer multiplies the lr by ``m_new / m`` on a change.
+        lr_rescale: whether the trainer rescales the lr on a change.
+        lr_scaling: how: ``linear`` (by ``m_new / m``) or ``sqrt`` (by its square root; Adam),
+            :func:`divebatch.optimizers.lr_factor`.
     """
 
     name = "base"
     adaptive = True
 
     def __init__(self, initial_batch_size: int, max_batch_size: int, resize_freq: int, n_train: int,
-                 delta: float = 0.1, lr_rescale: bool = False):
+                 delta: float = 0.1, lr_rescale: bool = False, lr_scaling: str = "linear"):
         self.batch_size = int(initial_batch_size)
         self.initial_batch_size = int(initial_batch_size)
         self.max_batch_size = int(max_batch_size)
@@ -77,6 +81,7 @@ class BatchSizePolicy:
         self.n_train = int(n_train)
         self.delta = float(delta)
         self.lr_rescale = bool(lr_rescale)
+        self.lr_scaling = str(lr_scaling)
 
     def is_resize_epoch(self, epoch: int) -> bool:
         """True when epoch ``epoch`` (0-based) ends with a batch-size decision."""
@@ -96,14 +101,14 @@ class BatchSizePolicy:
             epoch: the epoch that just finished (0-based).
             diversity: Delta_hat measured in that epoch, or None.
         Returns:
-            The learning-rate factor the trainer must apply: ``m_new / m`` when lr rescaling
-            is on, else 1.0.
+            The learning-rate factor the trainer must apply: ``m_new / m`` (or its square root
+            with ``lr_scaling="sqrt"``) when lr rescaling is on, else 1.0.
         """
         if not self.is_resize_epoch(epoch):
             return 1.0
         old = self.batch_size
         self.batch_size = self.propose(diversity)
-        return self.batch_size / old if self.lr_rescale else 1.0
+        return lr_factor(self.batch_size / old, self.lr_scaling) if self.lr_rescale else 1.0
 
     def state_dict(self) -> dict:
         return {"batch_size": self.batch_size}
@@ -154,7 +159,8 @@ def build_policy(method_cfg, n_train: int) -> BatchSizePolicy:
     except KeyError:
         raise KeyError(f"method.name={method_cfg.name!r}; allowed: {' | '.join(POLICIES)}") from None
     return cls(method_cfg.initial_batch_size, method_cfg.max_batch_size, method_cfg.resize_freq, n_train,
-               delta=method_cfg.delta, lr_rescale=method_cfg.lr_rescale)
+               delta=method_cfg.delta, lr_rescale=method_cfg.lr_rescale,
+               lr_scaling=getattr(method_cfg, "lr_scaling", "linear"))
 
 
 def rescale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

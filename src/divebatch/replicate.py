@@ -174,6 +174,11 @@ DATA_KINDS: dict[str, Callable[[], DataKind]] = {
         manual=lambda p: ("an .npz file with arrays train_x (N, 32, 32, 3) uint8 RGB, train_y (N,) int, test_x, "
                           "test_y, e.g. the CIFAR-10 subset cifar10-mini.npz described in ../shared/data/README.md"),
         path_means="the .npz file"),
+    "text": lambda: DataKind(
+        "plain-text file", required=lambda p: [p],
+        manual=lambda p: ("a UTF-8 text file, e.g. the tiny Shakespeare corpus tinyshakespeare.txt described in "
+                          "../shared/data/README.md (1,115,394 characters)"),
+        path_means="the .txt file"),
     "cifar10": lambda: _cifar_kind("cifar10"),
     "cifar100": lambda: _cifar_kind("cifar100"),
     "tiny_imagenet": _tiny_kind,

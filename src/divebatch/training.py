@@ -28,6 +28,7 @@ from divebatch.config import ConfigError, config_diffs, load_config, to_yaml
 from divebatch.data import DataError, build_data, make_loaders, resolve_loader
 from divebatch.diversity import build_estimator
 from divebatch.models import build_model
+from divebatch.optimizers import build_optimizer
 from divebatch.policies import build_policy, step_lr
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
@@ -232,13 +233,15 @@ def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, e
     (:func:`micro_batch_plan`; its own plans always use ``per_sample`` weights).
 
     Returns:
-        dict with train_loss (mean per sample), train_acc (percent), steps, samples, lr (of the last step).
+        dict with train_loss (mean per sample), train_acc (percent; of the predicted positions for
+        sequence targets), steps, samples, lr (of the last step).
     """
     model.train()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     samples = steps = 0
+    positions = 1  # predictions per sample: 1 for a class label, T for a (B, T) sequence target
     shares = distributed.batch_shares(loader)  # data-parallel: global batch / ranks per step (distributed.py)
     measuring = estimator.measuring(model) if estimator is not None else contextlib.nullcontext()
     with measuring:  # e.g. BackPACK's hooks: on for this measured epoch only
@@ -257,11 +260,14 @@ def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, e
                     weight = micro_batch_weight(rule, len(ym), len(y), n_micro) * len(y) / batch
                     scaled = loss * weight
                     if estimator is not None:  # sample i's gradient in `scaled` is g_i / (len(ym) / weight)
+                        if hasattr(estimator, "observe"):  # exact_func recomputes per-sample gradients
+                            estimator.observe(xm, ym)
                         estimator.backward(model, scaled, batch, len(ym) / weight)
                     else:
                         scaled.backward()
                 loss_sum += loss.detach().float() * len(ym)
                 correct += (out.argmax(1) == ym).sum()
+                positions = ym[0].numel()
             if estimator is not None:
                 estimator.step_end(model, batch)
             lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (changes within warm-up epochs)
@@ -270,23 +276,25 @@ def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, e
                 warmup.step()
             samples += batch
             steps += 1
-    return {"train_loss": loss_sum.item() / samples, "train_acc": 100.0 * correct.item() / samples,
+    return {"train_loss": loss_sum.item() / samples, "train_acc": 100.0 * correct.item() / (samples * positions),
             "steps": steps, "samples": samples, "lr": lr}
 
 
 @torch.no_grad()
 def evaluate(model, loader, criterion, autocast=contextlib.nullcontext) -> tuple[float, float]:
-    """Mean loss per sample and accuracy (percent) on ``loader``."""
+    """Mean loss per sample and accuracy (percent; of all predicted positions for (B, T) sequence targets)."""
     model.eval()
     device = next(model.parameters()).device
     loss_sum, correct, n = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
+    predicted = 0
     for x, y in loader:
         with autocast():
             out = model(x)
         loss_sum += criterion(out.float(), y) * len(y)
         correct += (out.argmax(1) == y).sum()
         n += len(y)
-    return loss_sum.item() / n, 100.0 * correct.item() / n
+        predicted += y.numel()
+    return loss_sum.item() / n, 100.0 * correct.item() / predicted
 
 
 def out_of_memory_message(err: BaseException, cfg: DictConfig, epoch: int, batch_size: int, micro_batch: int,
@@ -343,7 +351,7 @@ def train(cfg: DictConfig) -> dict:
     bundle = build_data(cfg.data)
     fid = cfg.fidelity  # where the authors' code differs from the method (docs/protocol.md)
     model = build_model(cfg.model.name, fid.head_classes or bundle.num_classes, bundle.in_channels,
-                        bundle.image_size, cfg.model.width)
+                        bundle.image_size, cfg.model.width, depth=cfg.model.depth, heads=cfg.model.heads)
     policy = build_policy(cfg.method, bundle.n_train)
     estimator = (build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches, fid.running_grad_sum)
                  if cfg.method.name == "divebatch" else None)
@@ -356,8 +364,7 @@ def train(cfg: DictConfig) -> dict:
     generator = torch.Generator(device=device if loader == "device" else "cpu").manual_seed(cfg.seed)
     train_loader, test_loader = make_loaders(bundle, cfg.data, policy.batch_size, device, generator, loader)
     train_loader, test_loader = distributed.shard_loaders(train_loader, test_loader, bundle, ctx)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    optimizer = build_optimizer(cfg.optim, model.parameters())  # optim.name: sgd | adamw
     # authors' CIFAR-100 code: the warm-up scheduler is built but never stepped (warm-up epochs at lr 0)
     scheduler, warmup = build_schedulers(cfg.optim, optimizer, cfg.epochs, len(train_loader),
                                          linear_warmup=not fid.warmup_at_lr_zero)

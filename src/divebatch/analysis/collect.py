@@ -60,8 +60,13 @@ METHOD_HPARAMS = {
 # runs of one group whose switches differ are warned about (collect_runs).
 FIDELITY_HPARAMS = {f"fidelity.{k}": f"fidelity_{k}" for k in (
     "lr_rescale_rule", "warmup_at_lr_zero", "micro_batch_loss", "split_above", "running_grad_sum", "head_classes")}
+# The primary metric a run is judged by (``primary_metric`` of its config: column, direction, the
+# tolerance of the own target) and the optimizer, whose runs are named apart (AdamW ...).
+METRIC_KEYS = {"primary_metric.column": "metric", "primary_metric.direction": "metric_direction",
+               "primary_metric.within": "metric_within"}
 ALL_HPARAMS = {**METHOD_HPARAMS["divebatch"], "method.max_micro_batch": "max_micro_batch",
-               "data.train_subset": "train_subset", **FIDELITY_HPARAMS}
+               "data.train_subset": "train_subset", "optim.name": "optimizer", "method.lr_scaling": "lr_scaling",
+               **METRIC_KEYS, **FIDELITY_HPARAMS}
 # protocol value -> what tables show (docs/protocol.md); null (not set) shows as "-"
 PROTOCOL_NAMES = {"authors_code": "authors' code", "clean": "clean"}
 STATUSES = ("complete", "diverged", "excluded")
@@ -77,6 +82,7 @@ DISPLAY_NAMES = {
     ("divebatch", False): "DiveBatch", ("divebatch", True): "DiveBatch + lr rescale",
 }
 SGD_SMALL, SGD_LARGE = METHOD_ORDER[0], METHOD_ORDER[1]
+OPTIMIZER_NAMES = {"adamw": "AdamW"}  # optim.name -> prefix of the display name (SGD runs have none)
 GROUP = ["dataset", "method", "setting"]
 # columns of RunSet.runs that describe the run's status, not copied into RunSet.epochs
 _RUN_ONLY = ("complete", "status", "reason", "diverged", "diverged_epoch")
@@ -153,11 +159,11 @@ def agreed_commit(commits: pd.Series) -> str:
 
 
 def dataset_name(cfg: DictConfig) -> str:
-    """Readable dataset name: ``data.name``, the file stem for ``npz``, the folder name for a
+    """Readable dataset name: ``data.name``, the file stem for ``npz`` and ``text``, the folder name for a
     Tiny-ImageNet sample, with ``/n=N`` when ``data.train_subset`` keeps N training samples."""
     name = str(cfg.data.name)
     path = OmegaConf.select(cfg, "data.path")
-    if name == "npz" and path:
+    if name in ("npz", "text") and path:
         name = Path(str(path)).stem
     elif name == "tiny_imagenet" and path and Path(str(path)).name not in ("", "tiny-imagenet-200"):
         name = Path(str(path)).name
@@ -170,7 +176,8 @@ def dataset_family(dataset: str) -> str:
     the name itself."""
     norm = re.sub(r"[-\s]", "_", dataset.lower())
     for fam in FAMILIES:
-        if norm.startswith(fam) or (fam == "tiny_imagenet" and norm.startswith("tiny")):
+        # "tiny" alone is not enough: tinyshakespeare is no Tiny-ImageNet
+        if norm.startswith(fam) or (fam == "tiny_imagenet" and norm.startswith(("tinyimagenet", "tiny_in"))):
             return fam
     return dataset.split("/")[0]
 
@@ -305,12 +312,26 @@ def _diverged_epoch(summary: dict, metrics: pd.DataFrame) -> float:
 
 def _name_methods(runs: pd.DataFrame) -> pd.Series:
     """Display names; an SGD run is 'large batch' when its batch exceeds the smallest SGD batch of
-    its profile and dataset (docs/protocol.md, "Protocol per dataset": 128 small, 2048 large on CIFAR-10)."""
+    its profile, dataset and optimizer (docs/protocol.md, "Protocol per dataset": 128 small, 2048 large on
+    CIFAR-10).
+
+    Runs with another optimizer than SGD are named after it (``optim.name=adamw``: ``AdamW (small
+    batch)``, ``AdamW DiveBatch + sqrt lr rescale``, ...); ``sqrt`` marks the square-root lr rule.
+    """
     names = pd.Series([DISPLAY_NAMES.get((m, bool(r))) for m, r in zip(runs["method_name"], runs["lr_rescale"])],
                       index=runs.index, dtype=object)
+    optimizer = runs["optimizer"].fillna("sgd") if "optimizer" in runs else pd.Series("sgd", index=runs.index)
     sgd = runs["method_name"] == "sgd"
-    smallest = runs[sgd].groupby(["profile", "dataset"])["initial_batch_size"].transform("min")
+    smallest = runs[sgd].assign(_o=optimizer[sgd]).groupby(["profile", "dataset", "_o"])[
+        "initial_batch_size"].transform("min")
     names[sgd] = np.where(runs.loc[sgd, "initial_batch_size"] > smallest, SGD_LARGE, SGD_SMALL)
+    if "lr_scaling" in runs:
+        sqrt = runs["lr_rescale"].astype(bool) & (runs["lr_scaling"] == "sqrt") & names.notna()
+        names[sqrt] = names[sqrt].str.replace("lr rescale", "sqrt lr rescale")
+    for opt, shown in OPTIMIZER_NAMES.items():
+        mine = (optimizer == opt) & names.notna()
+        names[mine & sgd] = names[mine & sgd].str.replace("SGD", shown)
+        names[mine & ~sgd] = shown + " " + names[mine & ~sgd]
     return names.fillna(runs["method_name"])
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from divebatch.analysis.collect import SGD_SMALL, protocol_name
-from divebatch.analysis.stats import UNIT_LABELS, UNITS
+from divebatch.analysis.stats import UNIT_LABELS, UNITS, metric_of
 from divebatch.analysis.style import METHOD_ORDER, METHOD_PALETTE, apply_style
 from divebatch.analysis.tables import SENSITIVITY_HPARAMS
 
@@ -77,8 +77,12 @@ def with_mean_wall_time(epochs: pd.DataFrame) -> pd.DataFrame:
     return epochs.assign(wall_time_mean=epochs.groupby(key)["wall_time_s"].transform("mean"))
 
 
+METRIC_LABELS = {"val_acc": "validation accuracy (%)", "val_loss": "validation loss (nats)"}
+
+
 def plot_curves(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
-    """Validation accuracy (%) and training loss against epochs and against wall-clock seconds.
+    """The dataset's primary metric (validation accuracy by default; validation loss where the
+    runs declare it) and training loss against epochs and against wall-clock seconds.
 
     Args:
         epochs: tidy per-epoch table (``RunSet.epochs``).
@@ -91,7 +95,8 @@ def plot_curves(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
     df = df.assign(epoch1=df["epoch"] + 1)
     kw = _line_kwargs(df)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="row")
-    for row, (y, ylabel) in enumerate((("val_acc", "validation accuracy (%)"), ("train_loss", "training loss"))):
+    metric = metric_of(df.iloc[0])[0] if len(df) else "val_acc"
+    for row, (y, ylabel) in enumerate(((metric, METRIC_LABELS.get(metric, metric)), ("train_loss", "training loss"))):
         for col, (x, xlabel) in enumerate((("epoch1", "epoch"), ("wall_time_mean", "wall-clock time (s, mean over seeds)"))):
             ax = axes[row, col]
             sns.lineplot(data=df, x=x, y=y, ax=ax, **kw)
@@ -152,10 +157,13 @@ def tradeoff_points(main: pd.DataFrame, speedups: pd.DataFrame, target: str = "o
     Returns:
         Columns ``dataset, method, setting, unit, acc_change_pp, acc_low, acc_high, speedup,
         ci_low, ci_high, n_seeds, pareto``; the small-batch SGD group itself is left out.
+        ``acc_change_pp`` is the primary metric's gain over small-batch SGD (> 0 better): the
+        accuracy change in pp, or minus the loss change where the runs judge by a loss.
     """
     sp = speedups[(speedups["baseline"] == SGD_SMALL) & (speedups["target"] == target)]
-    acc = main[["dataset", "method", "setting", "acc_change_vs_sgd_small_pp", "acc_change_vs_sgd_small_pp_low",
-                "acc_change_vs_sgd_small_pp_high"]].set_axis(
+    # the primary metric's gain (> 0 better; the accuracy change in pp by default)
+    gain = "metric_gain_vs_sgd_small" if "metric_gain_vs_sgd_small" in main else "acc_change_vs_sgd_small_pp"
+    acc = main[["dataset", "method", "setting", gain, f"{gain}_low", f"{gain}_high"]].set_axis(
         ["dataset", "method", "setting", "acc_change_pp", "acc_low", "acc_high"], axis=1)
     pts = sp.merge(acc, on=["dataset", "method", "setting"])
     pts = pts[pts["method"] != SGD_SMALL].drop(columns=["baseline", "baseline_group", "target"])
@@ -195,7 +203,11 @@ def plot_speedup_vs_accuracy(main: pd.DataFrame, speedups: pd.DataFrame, target:
                 ax.plot(front["acc_change_pp"], front["speedup"], "--", color="0.5", lw=1, zorder=0)
             ax.axhline(1, color="0.6", lw=0.8)
             ax.axvline(0, color="0.6", lw=0.8)
-            ax.set(title=f"{dataset}: {UNIT_LABELS[unit]}", xlabel="accuracy change vs SGD small (pp)",
+            d = main[main["dataset"] == dataset]
+            metric = d["metric"].iloc[0] if "metric" in d and len(d) else "val_acc"
+            xlabel = ("accuracy change vs SGD small (pp)" if metric == "val_acc"
+                      else f"{metric} gain vs SGD small (> 0: lower {metric})")
+            ax.set(title=f"{dataset}: {UNIT_LABELS[unit]}", xlabel=xlabel,
                    ylabel=f"speed-up vs SGD small ({UNIT_LABELS[unit]})")
     _legend_right(axes)
     fig.suptitle(f"Speed-up vs accuracy change against small-batch SGD ({'own' if target == 'own' else 'common'} target)")

@@ -21,6 +21,14 @@ Definitions (docs/protocol.md, claim 2: "time to reach within 1 % of the final a
   both runs of a seed cancels.
 - *accuracy change*: mean final accuracy of the method minus the baseline's, in percentage
   points, with the same paired bootstrap interval.
+
+*Primary metric* (docs/analysis.md): a run is judged by the ``primary_metric`` its config declares
+(``column``: ``val_acc`` or ``val_loss``; ``direction``: higher or lower is better; ``within``:
+the own target's tolerance in the column's units). Everything above reads "accuracy" as that
+column, "reached" as at or beyond the target in the good direction, the own target as final
+-/+ ``within``, the common target as the worst mean final value -/+ ``within``. The default
+(``val_acc``, higher, 1 pp) is the paper's. The *metric gain* is the metric change signed so that
+> 0 is better (accuracy change for accuracy, minus the loss change for a loss).
 """
 
 from __future__ import annotations
@@ -45,18 +53,21 @@ N_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # fixed so a report is reproducible byte for byte
 
 
-def time_to_target(metrics: pd.DataFrame, target: float) -> dict[str, float]:
-    """Time for one run to first reach ``target`` validation accuracy, in every unit of :data:`UNITS`.
+def time_to_target(metrics: pd.DataFrame, target: float, column: str = "val_acc",
+                   higher: bool = True) -> dict[str, float]:
+    """Time for one run to first reach ``target`` in ``column``, in every unit of :data:`UNITS`.
 
     Args:
         metrics: one run's ``metrics.csv`` rows (``epoch`` 0-based, ``val_acc`` in percent,
-            cumulative ``optimizer_steps`` and ``wall_time_s``), any order.
-        target: accuracy in percent.
+            ``val_loss`` in nats, cumulative ``optimizer_steps`` and ``wall_time_s``), any order.
+        target: value of ``column`` (percent for accuracy, nats for a loss).
+        column: the primary metric's column.
+        higher: reached means ``>= target`` (True) or ``<= target`` (a loss).
     Returns:
         ``{"epochs": float, "optimizer_steps": float, "wall_time_s": float}``; NaN when never reached.
     """
     m = metrics.sort_values("epoch")
-    hit = m[m["val_acc"] >= target]
+    hit = m[m[column] >= target] if higher else m[m[column] <= target]
     if hit.empty:
         return {u: float("nan") for u in UNITS}
     first = hit.iloc[0]
@@ -76,24 +87,26 @@ def quarter_epoch(planned_epochs: int) -> int:
     return math.ceil(QUARTER * planned_epochs) - 1
 
 
-def seed_mean_curve(metrics: pd.DataFrame) -> pd.DataFrame:
+def seed_mean_curve(metrics: pd.DataFrame, column: str = "val_acc") -> pd.DataFrame:
     """Mean over seeds per epoch, as the authors' plotting notebook builds its curves
     (``pytorch-cifar@7289184 src/plot.ipynb``, ``process_directory``: ``groupby('epoch').mean``).
 
     Args:
-        metrics: the per-epoch rows of every run of one group (``epoch`` 0-based, ``val_acc`` in
-            percent, cumulative ``optimizer_steps``, ``epoch_time_s`` = training seconds of that
-            epoch), any order.
+        metrics: the per-epoch rows of every run of one group (``epoch`` 0-based, ``column``: the
+            primary metric, ``val_acc`` in percent by default, cumulative ``optimizer_steps``,
+            ``epoch_time_s`` = training seconds of that epoch), any order.
+        column: the primary metric's column.
     Returns:
-        One row per epoch, sorted: ``epoch``, ``val_acc``, ``optimizer_steps``, ``epoch_time_s``
+        One row per epoch, sorted: ``epoch``, ``column``, ``optimizer_steps``, ``epoch_time_s``
         (means over the runs that have that epoch; NaN where every run lacks the value).
     """
-    cols = ["val_acc", "optimizer_steps", "epoch_time_s"]
+    cols = [column, "optimizer_steps", "epoch_time_s"]
     m = metrics[["epoch", *cols]].astype(float)
     return m.groupby("epoch", sort=True)[cols].mean().reset_index()
 
 
-def authors_time_to_target(metrics: pd.DataFrame, within_pp: float = WITHIN_PP) -> dict[str, float]:
+def authors_time_to_target(metrics: pd.DataFrame, within_pp: float = WITHIN_PP, column: str = "val_acc",
+                           higher: bool = True) -> dict[str, float]:
     """Time to target as the authors compute it, on the seed-mean curve of one group.
 
     Source: ``pytorch-cifar@7289184 src/plot.ipynb``, function
@@ -107,9 +120,13 @@ def authors_time_to_target(metrics: pd.DataFrame, within_pp: float = WITHIN_PP) 
 
     Args:
         metrics: per-epoch rows of every run of one group (see :func:`seed_mean_curve`).
-        within_pp: percentage points below the final mean accuracy.
+        within_pp: percentage points below the final mean accuracy (for another primary metric:
+            its ``within``, in its units).
+        column: the primary metric's column (module docstring); ``val_acc`` is the authors'.
+        higher: True when higher is better; for a loss (False) the target is the final mean +
+            ``within_pp`` and reached means ``<=`` it.
     Returns:
-        ``{"target": percent, "epochs": number of epochs trained (0-based epoch + 1),
+        ``{"target": percent (the metric's units), "epochs": number of epochs trained (0-based epoch + 1),
         "optimizer_steps": seed-mean cumulative steps at that epoch, "train_time_s": training
         seconds}``; all NaN for no rows, ``train_time_s`` NaN when an epoch up to the hit lacks
         ``epoch_time_s`` (runs written before it was logged).
@@ -117,9 +134,10 @@ def authors_time_to_target(metrics: pd.DataFrame, within_pp: float = WITHIN_PP) 
     nan = float("nan")
     if metrics.empty:
         return {"target": nan, **{u: nan for u in AUTHORS_UNITS}}
-    curve = seed_mean_curve(metrics)
-    target = float(curve["val_acc"].iloc[-1]) - within_pp
-    hit = np.flatnonzero(curve["val_acc"].to_numpy() >= target)
+    curve = seed_mean_curve(metrics, column)
+    values = curve[column].to_numpy()
+    target = float(values[-1]) - within_pp if higher else float(values[-1]) + within_pp
+    hit = np.flatnonzero(values >= target if higher else values <= target)
     if not len(hit):  # only when the final mean is NaN
         return {"target": target, **{u: nan for u in AUTHORS_UNITS}}
     i = int(hit[0])
@@ -140,8 +158,10 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
         ``best_acc`` (percent), ``acc_at_25pct`` (percent, at epoch :func:`quarter_epoch` of the
         planned epochs ``epochs_planned``; NaN when that column is absent), ``peak_memory_mb`` (max
         over epochs; MB, CUDA allocator peak or peak RSS on CPU), ``final_batch_size``,
-        ``final_train_loss``, ``own_target`` and ``common_target`` (percent), then ``own_<unit>``
-        and ``common_<unit>`` for each unit.
+        ``final_train_loss``, ``final_metric`` and ``best_metric`` (the primary metric, see the
+        module docstring; equal to the accuracies by default), ``own_target`` and
+        ``common_target`` (in the metric's units), then ``own_<unit>`` and ``common_<unit>`` for
+        each unit.
     """
     group = group or ["dataset", "method", "setting"]
     rows, curves = [], {}
@@ -155,15 +175,19 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
                "acc_at_25pct": _acc_at_quarter(m, last.get("epochs_planned")),
                "peak_memory_mb": float(m["peak_memory_mb"].max()) if "peak_memory_mb" in m else float("nan"),
                "final_batch_size": float(last["batch_size"]), "final_train_loss": float(last["train_loss"])}
-        row["own_target"] = row["final_acc"] - WITHIN_PP
-        row.update({f"own_{u}": v for u, v in time_to_target(m, row["own_target"]).items()})
+        col, higher, within = metric_of(last)
+        row["final_metric"] = float(last[col])
+        row["best_metric"] = float(m[col].max() if higher else m[col].min())
+        row["own_target"] = row["final_metric"] - within if higher else row["final_metric"] + within
+        row.update({f"own_{u}": v for u, v in time_to_target(m, row["own_target"], col, higher).items()})
         rows.append(row)
     runs = pd.DataFrame(rows)
     if runs.empty:
         return runs
-    targets = common_targets(runs, group)
+    targets = common_targets(runs, group, epochs)
     runs["common_target"] = runs["dataset"].map(targets)
-    common = [time_to_target(curves[r], t) for r, t in zip(runs["run_id"], runs["common_target"])]
+    common = [time_to_target(curves[r], t, *metric_of(curves[r].iloc[-1])[:2])
+              for r, t in zip(runs["run_id"], runs["common_target"])]
     for u in UNITS:
         runs[f"common_{u}"] = [c[u] for c in common]
     return runs
@@ -177,10 +201,40 @@ def _acc_at_quarter(m: pd.DataFrame, planned) -> float:
     return float(row["val_acc"].iloc[0]) if len(row) else float("nan")
 
 
-def common_targets(runs: pd.DataFrame, group: list[str] | None = None) -> pd.Series:
-    """Per dataset: lowest mean final accuracy among its groups minus :data:`WITHIN_PP` (percent)."""
+def metric_of(row: pd.Series) -> tuple[str, bool, float]:
+    """``(column, higher_is_better, within)`` of a run's primary metric from its row of the tidy
+    table (columns ``metric``, ``metric_direction``, ``metric_within``); ``("val_acc", True,
+    WITHIN_PP)`` where they are absent (runs from before the key existed)."""
+    col = row.get("metric")
+    if not isinstance(col, str) or not col:
+        return "val_acc", True, WITHIN_PP
+    within = row.get("metric_within")
+    return col, row.get("metric_direction", "higher") != "lower", float(within) if pd.notna(within) else WITHIN_PP
+
+
+def metric_sign(row: pd.Series) -> float:
+    """+1 when a higher value of the run's primary metric is better, -1 when lower is (a loss)."""
+    return 1.0 if metric_of(row)[1] else -1.0
+
+
+def common_targets(runs: pd.DataFrame, group: list[str] | None = None,
+                   epochs: pd.DataFrame | None = None) -> pd.Series:
+    """Per dataset: the worst mean final primary metric among its groups, made :data:`WITHIN_PP`
+    (or the metric's ``within``) easier: lowest accuracy - 1 pp, highest loss + ``within``.
+
+    Args:
+        runs: :func:`per_run` rows (``final_metric``, or ``final_acc`` alone for old callers).
+        epochs: the tidy table, for each dataset's primary metric (default: accuracy).
+    """
     group = group or ["dataset", "method", "setting"]
-    return runs.groupby(group)["final_acc"].mean().groupby(level="dataset").min() - WITHIN_PP
+    col = "final_metric" if "final_metric" in runs else "final_acc"
+    means = runs.groupby(group)[col].mean().groupby(level="dataset")
+    out = {}
+    for dataset, g in means:
+        first = epochs[epochs["dataset"] == dataset].iloc[0] if epochs is not None and len(epochs) else pd.Series()
+        _, higher, within = metric_of(first)
+        out[dataset] = g.min() - within if higher else g.max() + within
+    return pd.Series(out, dtype=float).rename_axis("dataset")
 
 
 @dataclass(frozen=True)

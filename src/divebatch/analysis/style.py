@@ -18,6 +18,11 @@ METHOD_ORDER = [
     "AdaBatch + lr rescale",
     "DiveBatch",
     "DiveBatch + lr rescale",
+    # runs with optim.name=adamw (collect.OPTIMIZER_NAMES; sqrt: the square-root lr rule)
+    "AdamW (small batch)",
+    "AdamW (large batch)",
+    "AdamW DiveBatch",
+    "AdamW DiveBatch + sqrt lr rescale",
 ]
 METHOD_PALETTE = dict(zip(METHOD_ORDER, sns.color_palette("colorblind", len(METHOD_ORDER))))
 

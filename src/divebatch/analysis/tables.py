@@ -16,13 +16,17 @@ import pandas as pd
 
 from divebatch.analysis.collect import ALL_HPARAMS, GROUP, SGD_SMALL, protocol_name
 from divebatch.analysis.stats import (AUTHORS_UNITS, UNIT_LABELS, UNITS, WITHIN_PP, Interval, accuracy_change,
-                                      authors_speedup, authors_time_to_target, paired, per_run, speedup)
+                                      authors_speedup, authors_time_to_target, metric_of, metric_sign, paired,
+                                      per_run, speedup)
 from divebatch.analysis.style import METHOD_ORDER
 
 # Baseline role -> methods that can play it, in order of preference. "AdaBatch" prefers the plain
 # variant (claim 2 of docs/protocol.md compares against AdaBatch); with only the rescaled one, that one is used.
-BASELINES = {SGD_SMALL: (SGD_SMALL,), "AdaBatch": ("AdaBatch", "AdaBatch + lr rescale")}
-BASELINE_SLUG = {SGD_SMALL: "sgd_small", "AdaBatch": "adabatch"}
+# "AdamW (small batch)" is the baseline of the AdamW runs (transformer profile); roles absent from
+# the runs add no column.
+ADAMW_SMALL = "AdamW (small batch)"
+BASELINES = {SGD_SMALL: (SGD_SMALL,), "AdaBatch": ("AdaBatch", "AdaBatch + lr rescale"), ADAMW_SMALL: (ADAMW_SMALL,)}
+BASELINE_SLUG = {SGD_SMALL: "sgd_small", "AdaBatch": "adabatch", ADAMW_SMALL: "adamw_small"}
 TARGETS = {"own": f"own final - {WITHIN_PP:g} pp", "common": f"common (lowest final - {WITHIN_PP:g} pp)"}
 SENSITIVITY_HPARAMS = ("delta", "resize_freq", "max_batch_size")
 
@@ -65,14 +69,18 @@ def authors_table(epochs: pd.DataFrame) -> pd.DataFrame:
     (:func:`divebatch.analysis.stats.authors_time_to_target`, on the seed-mean curve of the group).
 
     Returns:
-        Columns ``dataset, method, setting``, ``authors_target`` (percent), ``authors_epochs``,
+        Columns ``dataset, method, setting``, ``authors_target`` (the primary metric's units,
+        percent for accuracy; module docstring of :mod:`divebatch.analysis.stats`), ``authors_epochs``,
         ``authors_optimizer_steps``, ``authors_train_time_s`` (training seconds only).
     """
     cols = [*GROUP, "authors_target", *(f"authors_{u}" for u in AUTHORS_UNITS)]
     if epochs.empty:
         return pd.DataFrame(columns=cols)
-    rows = [{**dict(zip(GROUP, key)), **{f"authors_{k}": v for k, v in authors_time_to_target(g).items()}}
-            for key, g in epochs.groupby(GROUP, sort=False)]
+    rows = []
+    for key, g in epochs.groupby(GROUP, sort=False):
+        column, higher, within = metric_of(g.iloc[0])
+        got = authors_time_to_target(g, within, column, higher)
+        rows.append({**dict(zip(GROUP, key)), **{f"authors_{k}": v for k, v in got.items()}})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -92,6 +100,23 @@ def diverged_seeds(runs: pd.DataFrame) -> dict[tuple, list[int]]:
         if div:
             out[key] = div
     return out
+
+
+def present_roles(bases: dict) -> list[str]:
+    """The roles of :data:`BASELINES` that some dataset has; SGD small and AdaBatch always (the
+    paper's baselines keep their columns, NaN when absent)."""
+    have = {role for _, role in bases}
+    return [r for r in BASELINES if r in have or r in (SGD_SMALL, "AdaBatch")]
+
+
+def target_rule(target: str, metric: str = "val_acc", higher: bool = True, within: float = WITHIN_PP) -> str:
+    """Readable definition of the own/common target for a primary metric (:data:`TARGETS` for accuracy)."""
+    if metric == "val_acc" and higher and within == WITHIN_PP:
+        return TARGETS[target]
+    op = "-" if higher else "+"
+    worst = "lowest" if higher else "highest"
+    return (f"own final {metric} {op} {within:g}" if target == "own"
+            else f"common ({worst} final {metric} {op} {within:g})")
 
 
 def main_table(epochs: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -139,14 +164,30 @@ def main_table(epochs: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.Dat
             row[f"{col}_mean"], row[f"{col}_std"] = g[col].mean(), g[col].std(ddof=1)
         row["peak_memory_mb_mean"] = g["peak_memory_mb"].mean()
         row["final_batch_size_mean"] = g["final_batch_size"].mean()
-        for role, slug in BASELINE_SLUG.items():
+        nan = Interval(np.nan, np.nan, np.nan, 0)
+        for role in present_roles(bases):
+            slug = BASELINE_SLUG[role]
             base = bases.get((key[0], role))
-            iv = accuracy_change(*paired(runs, key, base, "final_acc")) if base else Interval(np.nan, np.nan, np.nan, 0)
+            iv = accuracy_change(*paired(runs, key, base, "final_acc")) if base else nan
             row[f"acc_change_vs_{slug}_pp"], row[f"acc_change_vs_{slug}_pp_low"] = iv.value, iv.low
             row[f"acc_change_vs_{slug}_pp_high"] = iv.high
-        row.update(authors.loc[key].to_dict())
-        for role, slug in BASELINE_SLUG.items():
+        # the primary metric (stats module docstring): its mean, and its gain (> 0 better) per baseline
+        first = g.iloc[0]
+        row["model"], row["optimizer"] = first.get("model"), first.get("optimizer")
+        row["metric"], _, row["metric_within"] = metric_of(first)
+        sign = metric_sign(first)
+        row["metric_direction"] = "higher" if sign > 0 else "lower"
+        for col in ("final_metric", "best_metric"):
+            row[f"{col}_mean"], row[f"{col}_std"] = g[col].mean(), g[col].std(ddof=1)
+        for role in present_roles(bases):
             base = bases.get((key[0], role))
+            iv = accuracy_change(*paired(runs, key, base, "final_metric")) if base else nan
+            low, high = (iv.low, iv.high) if sign > 0 else (-iv.high, -iv.low)
+            slug = f"metric_gain_vs_{BASELINE_SLUG[role]}"
+            row[slug], row[f"{slug}_low"], row[f"{slug}_high"] = sign * iv.value, low, high
+        row.update(authors.loc[key].to_dict())
+        for role in present_roles(bases):
+            slug, base = BASELINE_SLUG[role], bases.get((key[0], role))
             for u in AUTHORS_UNITS:
                 row[f"authors_speedup_vs_{slug}_{u}"] = (
                     authors_speedup(authors.loc[base, f"authors_{u}"], row[f"authors_{u}"]) if base else np.nan)
@@ -180,11 +221,13 @@ def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
         Empty when no baseline exists.
     """
     runs = run_table(epochs)
-    cols = [*GROUP, "baseline", "baseline_group", "target", "unit", "speedup", "ci_low", "ci_high", "n_seeds"]
+    cols = [*GROUP, "baseline", "baseline_group", "target", "unit", "speedup", "ci_low", "ci_high", "n_seeds",
+            "target_rule"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     bases = baseline_groups(runs)
     rows = []
+    rule_of = {d: metric_of(epochs[epochs["dataset"] == d].iloc[0]) for d in runs["dataset"].unique()}
     for key in runs.groupby(GROUP, sort=False).groups:
         for role in BASELINES:
             base = bases.get((key[0], role))
@@ -196,7 +239,8 @@ def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
                     m, b = paired(runs, key, base, f"{target}_{u}")
                     iv = speedup(b, m)
                     rows.append(dict(zip(GROUP, key), baseline=role, baseline_group=base_name, target=target,
-                                     unit=u, speedup=iv.value, ci_low=iv.low, ci_high=iv.high, n_seeds=iv.n))
+                                     unit=u, speedup=iv.value, ci_low=iv.low, ci_high=iv.high, n_seeds=iv.n,
+                                     target_rule=target_rule(target, *rule_of[key[0]])))
     return _order(pd.DataFrame(rows, columns=cols)) if rows else pd.DataFrame(columns=cols)
 
 
@@ -275,6 +319,18 @@ def _num(value: float, digits: int, suffix: str = "") -> str:
     return f"{value:.{digits}f}{suffix}" if np.isfinite(value) else "n/a"
 
 
+def _metric_change(row: pd.Series, gain: str, digits: int = 3) -> str:
+    """The change of the primary metric (method - baseline, in its own units and sign) from its gain
+    columns, ``+0.012 [low, high]``; ``n/a`` when missing."""
+    value, low, high = row.get(gain, np.nan), row.get(f"{gain}_low", np.nan), row.get(f"{gain}_high", np.nan)
+    if row.get("metric_direction") == "lower":
+        value, low, high = -value, -high, -low
+    if not np.isfinite(value):
+        return "n/a"
+    core = f"{value:+.{digits}f}"
+    return core if not np.isfinite(low) else f"{core} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def format_main(table: pd.DataFrame) -> pd.DataFrame:
     """Readable version of :func:`main_table` (strings: mean ± std, intervals in brackets).
 
@@ -283,30 +339,42 @@ def format_main(table: pd.DataFrame) -> pd.DataFrame:
     ``k/n``: k seeds diverged out of the n seeds found for the group (shown for every row, also 0).
     """
     rows = []
+    # a primary metric other than accuracy (e.g. val_loss) gets its own columns first
+    other = "metric" in table and (table["metric"].fillna("val_acc") != "val_acc").any()
+    metric_name = table["metric"].dropna().iloc[0] if other else "val_acc"  # rows whose every seed diverged
+    roles = [role for role in BASELINES if f"acc_change_vs_{BASELINE_SLUG[role]}_pp" in table]
+    short = {SGD_SMALL: "SGD small", "AdaBatch": "AdaBatch", ADAMW_SMALL: "AdamW small"}
     for _, r in table.iterrows():
         n = int(r["n_seeds"])
         ttt = " / ".join(_num(r[f"authors_{u}"], AUTHORS_DIGITS[u]) for u in AUTHORS_UNITS)
         row = {"Dataset": r["dataset"], "Method": r["method"], "Setting": r["setting"] or "-",
                "Protocol": protocol_name(r.get("protocol")),
                "Seeds": f"{n} ({r['seeds']})" if n else "0",
-               "Diverged": f"{int(r['diverged'])}/{n + int(r['diverged'])}",
-               "Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
-               "Best acc. (%)": mean_std(r["best_acc_mean"], r["best_acc_std"]),
-               "Acc. at 25% of epochs (%)": mean_std(r["acc_at_25pct_mean"], r["acc_at_25pct_std"]),
-               "Peak memory (MB)": _num(r["peak_memory_mb_mean"], 0),
-               "Final batch size": _num(r["final_batch_size_mean"], 0),
-               "Acc. change vs SGD small (pp)": _iv(r, "acc_change_vs_sgd_small_pp", suffix=" pp"),
-               "Acc. change vs AdaBatch (pp)": _iv(r, "acc_change_vs_adabatch_pp", suffix=" pp"),
-               f"Authors' time to target ({_AUTHORS_HEAD})": ttt}
-        for role, slug in BASELINE_SLUG.items():
-            row[f"Authors' speed-up vs {'SGD small' if role == SGD_SMALL else role} ({_AUTHORS_HEAD})"] = " / ".join(
-                _num(r[f"authors_speedup_vs_{slug}_{u}"], 2, "x") for u in AUTHORS_UNITS)
+               "Diverged": f"{int(r['diverged'])}/{n + int(r['diverged'])}"}
+        if other:
+            m = r["metric"] if isinstance(r.get("metric"), str) else metric_name
+            row[f"Final {m}"] = mean_std(r.get("final_metric_mean", np.nan), r.get("final_metric_std", np.nan), 3)
+            row[f"Best {m}"] = mean_std(r.get("best_metric_mean", np.nan), r.get("best_metric_std", np.nan), 3)
+            for role in roles:
+                row[f"{m} change vs {short[role]}"] = _metric_change(r, f"metric_gain_vs_{BASELINE_SLUG[role]}")
+        row.update({"Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
+                    "Best acc. (%)": mean_std(r["best_acc_mean"], r["best_acc_std"]),
+                    "Acc. at 25% of epochs (%)": mean_std(r["acc_at_25pct_mean"], r["acc_at_25pct_std"]),
+                    "Peak memory (MB)": _num(r["peak_memory_mb_mean"], 0),
+                    "Final batch size": _num(r["final_batch_size_mean"], 0)})
+        for role in roles:
+            row[f"Acc. change vs {short[role]} (pp)"] = _iv(r, f"acc_change_vs_{BASELINE_SLUG[role]}_pp", suffix=" pp")
+        row[f"Authors' time to target ({_AUTHORS_HEAD})"] = ttt
+        for role in roles:
+            row[f"Authors' speed-up vs {short[role]} ({_AUTHORS_HEAD})"] = " / ".join(
+                _num(r.get(f"authors_speedup_vs_{BASELINE_SLUG[role]}_{u}", np.nan), 2, "x") for u in AUTHORS_UNITS)
         for target in TARGETS:
             for u, digits in (("epochs", 1), ("optimizer_steps", 0), ("wall_time_s", 1)):
                 row[f"{UNIT_LABELS[u].capitalize()} to {target} target"] = mean_std(
                     r[f"{target}_{u}_mean"], r[f"{target}_{u}_std"], digits)
-        row["Reached common target"] = (f"{int(r['common_reached'])}/{n} (target {r['common_target']:.1f}%)"
-                                        if n else "n/a")
+        metric = r["metric"] if isinstance(r.get("metric"), str) else metric_name
+        target = f"{r['common_target']:.3f} {metric}" if other and metric != "val_acc" else f"{r['common_target']:.1f}%"
+        row["Reached common target"] = f"{int(r['common_reached'])}/{n} (target {target})" if n else "n/a"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -322,7 +390,11 @@ def format_speedups(table: pd.DataFrame) -> pd.DataFrame:
     wide = t.pivot_table(index=[*GROUP, "target"], columns="column", values="cell", aggfunc="first", sort=False)
     order = [f"vs {b}: {UNIT_LABELS[u]}" for b in BASELINES for u in UNITS]
     wide = wide[[c for c in order if c in wide.columns]].reset_index()
-    wide["target"] = wide["target"].map(TARGETS)
+    if "target_rule" in table:
+        rules = table.drop_duplicates(["dataset", "target"]).set_index(["dataset", "target"])["target_rule"]
+        wide["target"] = [rules.get((d, tg), TARGETS[tg]) for d, tg in zip(wide["dataset"], wide["target"])]
+    else:
+        wide["target"] = wide["target"].map(TARGETS)
     wide["setting"] = wide["setting"].replace("", "-")
     return _order(wide).rename(columns={"dataset": "Dataset", "method": "Method", "setting": "Setting",
                                         "target": "Target"})
