@@ -83,3 +83,25 @@ def test_loss_verdicts_follow_the_numbers(tmp_path):
     claims = claims_mod.claims_table(main, sp)
     assert set(claims.loc[claims["claim"] == 5, "verdict"]) == {"does not hold"}
     assert claims.loc[claims["claim"] == 3, "verdict"].iloc[0] == "does not hold"
+
+
+def test_claim_judges_the_fastest_variant_that_keeps_the_quality():
+    """Two DiveBatch variants: the faster one loses 5 pp, the slower one 1 pp. Claim 1 ('faster with
+    a slight loss') is judged on the slower one, which satisfies it; without a sound variant, on the
+    fastest."""
+    main = pd.DataFrame([
+        {"dataset": "cifar10", "method": "DiveBatch", "setting": "", "acc_change_vs_sgd_small_pp": -5.0},
+        {"dataset": "cifar10", "method": "DiveBatch + lr rescale", "setting": "", "acc_change_vs_sgd_small_pp": -1.0},
+    ])
+    speed = {"DiveBatch": 4.0, "DiveBatch + lr rescale": 2.0}
+
+    class Look:
+        def get(self, dataset, method, setting, baseline, unit):
+            return pd.Series({"speedup": speed[method], "ci_low": speed[method] - 0.5,
+                              "ci_high": speed[method] + 0.5})
+
+    verdict, ours = claims_mod.claim1(main, Look(), "optimizer_steps")
+    assert verdict == "holds" and ours.startswith("cifar10: DiveBatch + lr rescale 2.00x")
+    main.loc[1, "acc_change_vs_sgd_small_pp"] = -3.0
+    verdict, ours = claims_mod.claim1(main, Look(), "optimizer_steps")
+    assert verdict == "does not hold" and ours.startswith("cifar10: DiveBatch 4.00x")
