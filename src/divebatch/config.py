@@ -17,7 +17,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz")
+DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz", "imagefolder")
 MODELS = ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear")
 METHODS = ("sgd", "adabatch", "divebatch")
 SCHEDULES = ("constant", "cosine", "multistep", "step")
@@ -25,7 +25,7 @@ LOADERS = ("auto", "device", "torchvision")
 PROTOCOLS = ("authors_code", "clean")
 LR_RESCALE_RULES = ("linear", "schedule_squared")
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")
-ESTIMATORS = ("exact", "microbatch")
+ESTIMATORS = ("exact", "microbatch", "fixed_point")  # divebatch.diversity.ESTIMATORS (a test keeps them equal)
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -40,7 +40,7 @@ class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
 @dataclass
 class DataConfig:
     name: str = "digits"
-    path: Optional[str] = None  # dataset root (cifar*, tiny_imagenet) or file (npz)
+    path: Optional[str] = None  # dataset root (cifar*, tiny_imagenet, imagefolder: ROOT/train, ROOT/test) or file (npz)
     augment: bool = True  # the protocol's train augmentation for this dataset
     download: bool = False  # let torchvision download CIFAR when the files are missing
     loader: str = "auto"  # auto: device when the dataset is held in memory, else torchvision; device; torchvision
@@ -63,8 +63,9 @@ class MethodConfig:
     delta: float = 0.1  # DiveBatch: m_new = delta * n * Delta_hat
     lr_rescale: bool = False  # multiply lr by m_new / m at each resize
     max_micro_batch: int = 2048  # larger batches are split and their gradients accumulated
-    diversity_estimator: str = "exact"  # exact: BackPACK per-sample norms; microbatch: two-scale
+    diversity_estimator: str = "exact"  # exact: authors' epoch estimator; microbatch: two-scale; fixed_point: Delta(w)
     micro_batches: int = 2  # microbatch estimator: micro-batches per measured step (>= 2)
+    fixed_point_samples: Optional[int] = 1024  # fixed_point: fixed random subset size (null: all n); docs/diversity.md
 
 
 @dataclass
@@ -179,6 +180,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key, value in positive_ints.items():
         if value < 1:
             raise _allowed(key, value, "an integer >= 1")
+    if m.fixed_point_samples is not None and m.fixed_point_samples < 2:
+        raise _allowed("method.fixed_point_samples", m.fixed_point_samples, "null (the whole training set) or an integer >= 2")
     if m.micro_batches < 2:
         raise _allowed("method.micro_batches", m.micro_batches, "an integer >= 2")
     if m.max_batch_size < m.initial_batch_size:
@@ -206,7 +209,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _allowed("fidelity.warmup_at_lr_zero", True, "false when optim.warmup_epochs=0 (no warm-up epoch)")
     if cfg.data.train_subset is not None and cfg.data.train_subset < 1:
         raise _allowed("data.train_subset", cfg.data.train_subset, "null or an integer >= 1")
-    if cfg.data.name in ("npz", "tiny_imagenet") and not cfg.data.path:
+    if cfg.data.name in ("npz", "tiny_imagenet", "imagefolder") and not cfg.data.path:
         raise _allowed("data.path", cfg.data.path, f"a path to the {cfg.data.name} data (required for data.name={cfg.data.name})")
     device = str(cfg.device)
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
@@ -222,6 +225,9 @@ def check_paths(cfg: DictConfig) -> DictConfig:
     """
     if cfg.data.name == "npz" and not Path(cfg.data.path).is_file():
         raise _allowed("data.path", cfg.data.path, "an existing .npz file with train_x, train_y, test_x, test_y")
+    if cfg.data.name == "imagefolder" and not all((Path(cfg.data.path) / s).is_dir() for s in ("train", "test")):
+        raise _allowed("data.path", cfg.data.path, "an existing folder with train/<class>/* and test/<class>/* "
+                       "(torchvision ImageFolder layout)")
     if cfg.data.name == "tiny_imagenet" and not Path(cfg.data.path).is_dir():
         raise _allowed(
             "data.path", cfg.data.path,

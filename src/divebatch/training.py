@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from divebatch import distributed, provenance
 from divebatch.config import ConfigError, config_diffs, load_config, to_yaml
-from divebatch.data import DataError, build_data, make_loaders, resolve_loader
+from divebatch.data import DataError, build_data, fixed_subset_indices, make_loaders, reference_batches, resolve_loader
 from divebatch.diversity import build_estimator
 from divebatch.models import build_model
 from divebatch.policies import build_policy, step_lr
@@ -305,10 +305,13 @@ def train(cfg: DictConfig) -> dict:
     model = build_model(cfg.model.name, fid.head_classes or bundle.num_classes, bundle.in_channels,
                         bundle.image_size, cfg.model.width)
     policy = build_policy(cfg.method, bundle.n_train)
-    estimator = (build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches, fid.running_grad_sum)
-                 if cfg.method.name == "divebatch" else None)
+    estimator = (build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches, fid.running_grad_sum,
+                                 cfg.method.fixed_point_samples) if cfg.method.name == "divebatch" else None)
     if estimator is not None:
         model = estimator.prepare(model)
+    if hasattr(estimator, "attach"):  # fixed_point: a fixed subset of the training set, no augmentation
+        subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)
+        estimator.attach(reference_batches(bundle, subset, cfg.method.max_micro_batch, device), bundle.n_train)
     model = model.to(device, memory_format=torch.channels_last if cfg.speed.channels_last else torch.preserve_format)
     eager_model = ctx.wrap(model)  # DDP in a process group
     forward_model = torch.compile(eager_model) if cfg.speed.compile else eager_model
@@ -375,6 +378,8 @@ def train(cfg: DictConfig) -> dict:
         if lr_zero:
             for group, lr0 in zip(optimizer.param_groups, scheduled_lrs):
                 group["lr"] = lr0
+        if measure and hasattr(estimator, "measure"):  # fixed_point: Delta(w) at the epoch's final weights
+            estimator.measure(model)
         stats = ctx.reduce_train_stats(stats, model)  # sums over ranks; rank 0's BatchNorm buffers
         t1 = time.perf_counter()
         val_loss, val_acc = evaluate(forward_model, test_loader, criterion, autocast)

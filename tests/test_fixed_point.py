@@ -1,0 +1,194 @@
+"""The fixed-point estimator (``method.diversity_estimator=fixed_point``): Delta(w) at one set of weights,
+over the training set or a fixed random subset, BatchNorm in eval mode, no augmentation.
+
+Sources: Yin et al. (2018) Def. 1 for Delta; docs/protocol.md for n * Delta = 1 + tr(Sigma)/||G||^2;
+finite-population sampling (Cochran 1977, Thm. 2.2) for the subset correction; docs/diversity.md,
+"The fixed-point estimator".
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from divebatch import config as config_module
+from divebatch.config import ConfigError
+from divebatch.data import build_data, fixed_subset_indices, reference_batches
+from divebatch.diversity import (ESTIMATORS, FixedPointDiversity, build_estimator, gradient_diversity,
+                                 per_sample_gradients, subset_mean_grad_sq, subset_n_diversity)
+
+N_CLASSES = 5
+
+
+def _linear():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, N_CLASSES))
+
+
+def _conv():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 2 * 2, N_CLASSES))
+
+
+def _bn():
+    """Conv + BatchNorm; the running statistics are moved off their defaults by a train-mode forward."""
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(4 * 4 * 4, N_CLASSES))
+    with torch.no_grad():
+        m.train()(torch.randn(64, 3, 4, 4) * 2 + 1)
+    return m
+
+
+def _data(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 4, 4, generator=g), torch.randint(0, N_CLASSES, (n,), generator=g)
+
+
+def _brute_grads(model, x, y):
+    """Per-sample gradients by a loop of single-sample backward passes, float64, eval mode."""
+    ref = copy.deepcopy(model).double().eval()
+    return per_sample_gradients(ref, F.cross_entropy, x.double(), y)
+
+
+def _measure(model, x, y, n, chunk):
+    est = FixedPointDiversity(None)
+    est.attach(lambda: list(zip(x.split(chunk), y.split(chunk))), n)
+    est.measure(model)
+    return est
+
+
+@pytest.mark.parametrize("make_model", [_linear, _conv, _bn], ids=["linear", "conv", "batchnorm"])
+@pytest.mark.parametrize("chunk", [47, 10])
+def test_whole_set_equals_brute_force_delta_at_the_same_weights(make_model, chunk):
+    """k = n: Delta_hat = sum_i ||g_i||^2 / ||sum_i g_i||^2 of the eval-mode network (rel. 1e-5)."""
+    torch.manual_seed(0)
+    model = make_model()
+    x, y = _data(47)
+    expected = gradient_diversity(_brute_grads(model, x, y)).item()
+    est = _measure(model.train(), x, y, 47, chunk)
+    assert est.value() == pytest.approx(expected, rel=1e-5)
+    assert est.subset_samples == 47
+    assert model.training  # mode restored
+
+
+def test_measure_changes_neither_weights_nor_batchnorm_statistics_nor_grads():
+    torch.manual_seed(1)
+    model = _bn()
+    x, y = _data(20)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    before = copy.deepcopy(model.state_dict())
+    _measure(model, x, y, 20, 8)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in model.parameters())
+
+
+def test_subset_estimate_is_the_stated_formula_on_brute_force_gradients():
+    """k < n: the estimator returns subset_n_diversity(S_K, ||A_K||^2, k, n) / n on the subset's own
+    brute-force gradients (no other approximation)."""
+    torch.manual_seed(2)
+    model = _conv()
+    x, y = _data(60)
+    idx = fixed_subset_indices(60, 25, seed=3)
+    g = _brute_grads(model, x[idx], y[idx])
+    expected = subset_n_diversity(g.pow(2).sum().item(), g.sum(0).pow(2).sum().item(), 25, 60) / 60
+    est = _measure(model, x[idx], y[idx], 60, 9)
+    assert est.value() == pytest.approx(expected, rel=1e-5)
+
+
+def test_subset_formula_with_k_equal_n_is_the_definition():
+    g = torch.randn(30, 7, generator=torch.Generator().manual_seed(4), dtype=torch.float64) + 0.3
+    got = subset_n_diversity(g.pow(2).sum().item(), g.sum(0).pow(2).sum().item(), 30, 30)
+    assert got == pytest.approx(30 * gradient_diversity(g).item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 5, 20])
+def test_subset_mean_gradient_norm_is_unbiased_over_draws(k):
+    """E[(Q - c P) / (1 - c)] = ||G||^2 and E[P] = tr(Sigma) + ||G||^2 over draws without replacement
+    (Monte Carlo, 40,000 draws; tolerance 4 standard errors)."""
+    n, draws = 40, 40_000
+    gen = torch.Generator().manual_seed(5)
+    g = torch.randn(n, 6, generator=gen, dtype=torch.float64) * 2 + torch.randn(6, generator=gen, dtype=torch.float64)
+    G2 = g.mean(0).pow(2).sum().item()
+    idx = torch.argsort(torch.rand(draws, n, generator=gen), dim=1)[:, :k]
+    sub = g[idx]  # (draws, k, p)
+    p = sub.pow(2).sum((1, 2)) / k
+    q = sub.mean(1).pow(2).sum(1)
+    g2_hat = subset_mean_grad_sq(p, q, k, n)
+    assert abs(g2_hat.mean().item() - G2) < 4 * g2_hat.std().item() / math.sqrt(draws)
+    mean_sq = g.pow(2).sum(1).mean().item()
+    assert abs(p.mean().item() - mean_sq) < 4 * p.std().item() / math.sqrt(draws)
+
+
+def test_subset_formula_gives_inf_when_the_mean_gradient_is_not_resolved():
+    # two opposite gradients: ||A_K||^2 = 0 < c * P
+    assert subset_n_diversity(2.0, 0.0, 2, 10) == math.inf
+
+
+@pytest.mark.parametrize("k, n", [(1, 10), (11, 10)])
+def test_subset_formula_refuses_impossible_sizes(k, n):
+    with pytest.raises(ValueError, match="allowed"):
+        subset_n_diversity(1.0, 1.0, k, n)
+
+
+def test_fixed_subset_is_fixed_sorted_and_of_size_k():
+    a, b = fixed_subset_indices(100, 30, 7), fixed_subset_indices(100, 30, 7)
+    assert torch.equal(a, b) and len(a.unique()) == 30 and torch.equal(a, a.sort().values)
+    assert not torch.equal(a, fixed_subset_indices(100, 30, 8))
+    assert torch.equal(fixed_subset_indices(100, None, 7), torch.arange(100))
+    assert torch.equal(fixed_subset_indices(100, 500, 7), torch.arange(100))
+
+
+def test_reference_batches_are_the_stored_samples_without_augmentation():
+    """The device path and the DataLoader path give the same normalised, unaugmented samples."""
+    from omegaconf import OmegaConf
+
+    from divebatch.config import DataConfig
+
+    bundle = build_data(OmegaConf.structured(DataConfig(name="digits", augment=True)))
+    idx = fixed_subset_indices(bundle.n_train, 50, 1)
+    dev = torch.cat([x for x, _ in reference_batches(bundle, idx, 16, torch.device("cpu"))()])
+    arrays = bundle.arrays
+    bundle.arrays = None  # force the DataLoader path
+    tv = torch.cat([x for x, _ in reference_batches(bundle, idx, 16, torch.device("cpu"))()])
+    bundle.arrays = arrays
+    expected = (arrays[0][idx].float() / 255 - bundle.mean[0]) / bundle.std[0]
+    assert torch.allclose(dev, expected, atol=1e-5) and torch.allclose(tv, expected, atol=1e-5)
+
+
+def test_registry_names_agree_and_build_by_name():
+    assert tuple(ESTIMATORS) == config_module.ESTIMATORS
+    est = build_estimator("fixed_point", fixed_point_samples=64)
+    assert isinstance(est, FixedPointDiversity) and est.samples == 64
+    assert math.isnan(est.value())
+
+
+def test_bad_subset_size_is_named(tiny_config):
+    with pytest.raises(ConfigError, match=r"method\.fixed_point_samples=1; allowed: null"):
+        tiny_config("method.diversity_estimator=fixed_point", "method.fixed_point_samples=1")
+
+
+def test_trainer_logs_delta_at_the_epoch_end_weights(tiny_config):
+    """A DiveBatch run on digits (linear model, no augmentation) with the whole training set: the
+    logged diversity equals brute-force Delta(w) at the weights the checkpoint holds after the
+    measured (last) epoch; the batch size follows the rule from it."""
+    from divebatch.models import build_model
+    from divebatch.training import train
+
+    cfg = tiny_config("method.diversity_estimator=fixed_point", "method.fixed_point_samples=null",
+                      "method.resize_freq=2", "epochs=2", "data.augment=false", "method.delta=0.01")
+    train(cfg)
+    df = pd.read_csv(f"{cfg.out_dir}/metrics.csv")
+    assert math.isnan(df.grad_diversity[0]) and not math.isnan(df.grad_diversity[1])
+    bundle = build_data(cfg.data)
+    model = build_model("linear", bundle.num_classes, bundle.in_channels, bundle.image_size, 16)
+    model.load_state_dict(torch.load(f"{cfg.out_dir}/checkpoint.pt", weights_only=True)["model"])
+    x, y = next(iter(reference_batches(bundle, torch.arange(bundle.n_train), bundle.n_train, torch.device("cpu"))()))
+    expected = gradient_diversity(_brute_grads(model, x, y)).item()
+    assert df.grad_diversity[1] == pytest.approx(expected, rel=1e-5)
