@@ -192,3 +192,47 @@ def test_trainer_logs_delta_at_the_epoch_end_weights(tiny_config):
     x, y = next(iter(reference_batches(bundle, torch.arange(bundle.n_train), bundle.n_train, torch.device("cpu"))()))
     expected = gradient_diversity(_brute_grads(model, x, y)).item()
     assert df.grad_diversity[1] == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- shadow measurement
+
+
+def test_shadow_at_lr_zero_all_whole_set_estimates_agree(tiny_config):
+    """lr 0, linear model, no augmentation: the epoch estimator, the fixed-point estimator over all n
+    and the whole-set pass are the same Delta; the micro-batch estimate is within its noise."""
+    from divebatch.training import train
+
+    cfg = tiny_config("method.name=sgd", "optim.lr=0.0", "shadow.enabled=true", "method.resize_freq=1", "epochs=1",
+                      "method.fixed_point_samples=null", "shadow.chunk=64", "shadow.subset_sizes=[128,512]",
+                      "shadow.draws=50")
+    train(cfg)
+    row = pd.read_csv(f"{cfg.out_dir}/shadow.csv").iloc[0]
+    assert row.n_delta_exact == pytest.approx(row.n_delta_full, rel=1e-5)
+    assert row.n_delta_fixed_point == pytest.approx(row.n_delta_full, rel=1e-5)
+    assert row.n_delta_microbatch == pytest.approx(row.n_delta_full, rel=0.5)
+    subsets = pd.read_csv(f"{cfg.out_dir}/shadow_subsets.csv")
+    assert subsets.subset_samples.tolist() == [128, 512] and (subsets.n_delta_full == row.n_delta_full).all()
+    assert subsets.rel_sd.iloc[1] < subsets.rel_sd.iloc[0]  # more samples, smaller sampling error
+
+
+def test_shadow_leaves_the_training_unchanged(tiny_config):
+    """A BatchNorm network: the shadow run's metrics equal the plain run's (the extra micro-batch
+    passes restore the gradient and the BatchNorm statistics)."""
+    from divebatch.training import train
+
+    common = ("method.name=sgd", "model.name=resnet_small", "model.width=2", "method.resize_freq=1", "epochs=2",
+              "data.train_subset=200", "shadow.chunk=50", "shadow.subset_sizes=[50]", "shadow.draws=5",
+              "method.fixed_point_samples=100")
+    plain = tiny_config(*common, out="plain")
+    shadow = tiny_config(*common, "shadow.enabled=true", out="shadow")
+    train(plain)
+    train(shadow)
+    a, b = (pd.read_csv(f"{c.out_dir}/metrics.csv") for c in (plain, shadow))
+    cols = ["train_loss", "train_acc", "val_loss", "val_acc", "batch_size"]
+    pd.testing.assert_frame_equal(a[cols], b[cols], rtol=1e-5)
+    assert len(pd.read_csv(f"{shadow.out_dir}/shadow.csv")) == 2
+
+
+def test_shadow_is_refused_on_a_divebatch_run(tiny_config):
+    with pytest.raises(ConfigError, match=r"shadow\.enabled=True; allowed: false with method\.name=divebatch"):
+        tiny_config("shadow.enabled=true")

@@ -101,6 +101,17 @@ class FidelityConfig:
 
 
 @dataclass
+class ShadowConfig:
+    """Shadow measurement of every diversity estimator at the resize points of an sgd/adabatch run
+    (:mod:`divebatch.shadow`; docs/diversity.md, "Estimator study")."""
+
+    enabled: bool = False
+    chunk: int = 128  # samples per chunk of the whole-set pass (the unit of the subset draws)
+    subset_sizes: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048, 4096])
+    draws: int = 400  # random subsets per size for the fixed-point sampling error
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"
     project: str = "divebatch"
@@ -129,6 +140,7 @@ class TrainConfig:
     # fidelity switch that a config file set to the clean method (dotlist overrides still apply) | null
     protocol: Optional[str] = None
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
     epochs: int = 10
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -182,6 +194,12 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise _allowed(key, value, "an integer >= 1")
     if m.fixed_point_samples is not None and m.fixed_point_samples < 2:
         raise _allowed("method.fixed_point_samples", m.fixed_point_samples, "null (the whole training set) or an integer >= 2")
+    if cfg.shadow.enabled and m.name == "divebatch":
+        raise _allowed("shadow.enabled", True, "false with method.name=divebatch (the shadow measures the estimators "
+                       "beside a run that does not use them: sgd | adabatch)")
+    for key in ("shadow.chunk", "shadow.draws"):
+        if OmegaConf.select(cfg, key) < 2:
+            raise _allowed(key, OmegaConf.select(cfg, key), "an integer >= 2")
     if m.micro_batches < 2:
         raise _allowed("method.micro_batches", m.micro_batches, "an integer >= 2")
     if m.max_batch_size < m.initial_batch_size:
