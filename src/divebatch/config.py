@@ -46,6 +46,7 @@ class DataConfig:
     loader: str = "auto"  # auto: device when the dataset is held in memory, else torchvision; device; torchvision
     num_workers: int = 1  # DataLoader workers (torchvision loader only)
     train_subset: Optional[int] = None  # keep the first N training samples (CPU-scale runs)
+    subset_seed: Optional[int] = None  # with train_subset: a fixed random N instead of the first N (class-ordered folders)
 
 
 @dataclass

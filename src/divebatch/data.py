@@ -410,7 +410,9 @@ def tiny_imagenet(cfg) -> DataBundle:
 
 
 def build_data(cfg) -> DataBundle:
-    """Dataset named by ``data.name``, cut to ``data.train_subset`` training samples if set.
+    """Dataset named by ``data.name``, cut to ``data.train_subset`` training samples if set: the first
+    N, or with ``data.subset_seed`` a fixed random N (:func:`fixed_subset_indices`; an image folder
+    is ordered by class, so its first N samples are a few classes).
 
     Raises:
         ConfigError: unknown ``data.name``. DataNotFoundError: data missing (with instructions).
@@ -420,11 +422,14 @@ def build_data(cfg) -> DataBundle:
     bundle = DATASETS[cfg.name](cfg)
     if cfg.train_subset is not None:
         k = cfg.train_subset
+        seed = getattr(cfg, "subset_seed", None)
+        keep = (torch.arange(min(k, bundle.n_train)) if seed is None
+                else fixed_subset_indices(bundle.n_train, k, seed))
         if bundle.arrays is not None:
             x, y, xt, yt = bundle.arrays
-            bundle.arrays = (x[:k], y[:k], xt, yt)
+            bundle.arrays = (x[keep], y[keep], xt, yt)
         if bundle.train_set is not None:
-            bundle.train_set = torch.utils.data.Subset(bundle.train_set, range(min(k, len(bundle.train_set))))
+            bundle.train_set = torch.utils.data.Subset(bundle.train_set, keep.tolist())
     return bundle
 
 
