@@ -19,7 +19,9 @@ from divebatch.analysis import (RunWarning, cli, collect_runs, main_table, sensi
                                 time_to_target)
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis.figures import pareto_front, plot_sensitivity
-from divebatch.analysis.stats import accuracy_change, speedup
+from divebatch.analysis.report import analyse
+from divebatch.analysis.stats import accuracy_change, authors_time_to_target, quarter_epoch, speedup
+from divebatch.analysis.tables import format_main
 from fixtures.fake_runs import make_study, write_run
 
 # Hand-written CIFAR-10 study, two seeds. Per run: validation accuracy (%), cumulative optimizer
@@ -187,8 +189,10 @@ def _claims(root: Path, verdict: Path | None = None) -> pd.DataFrame:
     return claims_mod.claims_table(main_table(rs.epochs), speedup_table(rs.epochs), verdict)
 
 
-def _verdict(claims: pd.DataFrame, claim: int, unit: str) -> str:
-    return _row(claims, claim=claim, unit=unit)["verdict"]
+def _verdict(claims: pd.DataFrame, claim: int, unit: str, definition: str = claims_mod.PER_RUN) -> str:
+    if claim in (3, 4):
+        definition = "-"
+    return _row(claims, claim=claim, unit=unit, definition=definition)["verdict"]
 
 
 def test_claim_verdicts_follow_the_numbers(tmp_path):
@@ -274,7 +278,8 @@ def test_report_command_writes_tables_figures_and_readme(tmp_path, capsys, monke
     assert "commit=abc1234" in (tdir / "claims.md").read_text()
     assert str(tmp_path) not in readme + (tdir / "runs.csv").read_text()  # no absolute paths
     out = capsys.readouterr().out
-    assert "claim 2 (optimizer steps)" in out
+    assert "claim 2 (optimizer steps, authors' definition)" in out
+    assert "claim 2 (optimizer steps, per run)" in out
     # a second report says it replaces the first and lists files another command wrote there;
     # an unknown profile is a clear error
     (tdir / "synthetic_verdict.json").write_text(json.dumps({"holds": True, "summary": "knee tracks n*Delta"}))
@@ -333,3 +338,196 @@ def test_report_survives_missing_baselines_and_profiles_without_complete_runs(tm
     assert (claims["verdict"] == claims_mod.NOT_MEASURED).all()
     readme = Path("out/paper_tables/broken/README.md").read_text()
     assert "profile=broken" in readme and "runs/sgd/s1" in readme
+
+
+# ---------------------------------------------------------------- the authors' definition, new columns
+
+
+def _curve(seed: int, acc, steps, train_s, eval_s) -> pd.DataFrame:
+    return pd.DataFrame({"seed": seed, "epoch": range(len(acc)), "val_acc": acc, "optimizer_steps": steps,
+                         "epoch_time_s": train_s, "eval_time_s": eval_s,
+                         "wall_time_s": np.cumsum(np.add(train_s, eval_s))})
+
+
+def test_authors_time_to_target_on_the_seed_mean_curve():
+    # seed 1 reaches its own target (90 - 1) after 2 epochs, seed 2 (80 - 1) after 5: per run 3.5 epochs.
+    # The mean curve [50, 69.5, 74.75, 80, 85] reaches 85 - 1 only after 5 epochs.
+    a = _curve(1, [60, 89, 89.5, 90, 90], [10, 20, 30, 40, 50], [1.0] * 5, [0.5] * 5)
+    b = _curve(2, [40, 50, 60, 70, 80], [10, 15, 20, 25, 30], [3.0] * 5, [0.5] * 5)
+    both = pd.concat([b, a], ignore_index=True).sample(frac=1, random_state=0)  # any row order
+    got = authors_time_to_target(both)
+    assert got["target"] == pytest.approx(85 - 1)
+    assert got["epochs"] == 5
+    assert got["optimizer_steps"] == pytest.approx((50 + 30) / 2)  # seed-mean cumulative steps at epoch 5
+    assert got["train_time_s"] == pytest.approx(5 * (1 + 3) / 2)  # training seconds only: 10, not 12.5
+    per_run = [time_to_target(m, m["val_acc"].iloc[-1] - 1) for m in (a, b)]
+    assert np.mean([r["epochs"] for r in per_run]) == pytest.approx(3.5)  # the definitions differ
+    assert np.mean([r["optimizer_steps"] for r in per_run]) == pytest.approx((20 + 30) / 2)
+
+    # Evaluation time changes the answer: B trains twice as fast per epoch but evaluates slowly, so
+    # in training seconds B is faster (what the authors measure), in wall-clock seconds it is slower.
+    acc = [50, 80, 90, 91]
+    slow_train = authors_time_to_target(_curve(1, acc, [1, 2, 3, 4], [1.0] * 4, [0.1] * 4))
+    slow_eval = authors_time_to_target(_curve(1, acc, [1, 2, 3, 4], [0.5] * 4, [2.0] * 4))
+    assert slow_train["epochs"] == slow_eval["epochs"] == 3
+    assert slow_train["train_time_s"] / slow_eval["train_time_s"] == pytest.approx(3.0 / 1.5)
+    wall = [time_to_target(_curve(1, acc, [1, 2, 3, 4], t, e), 90)["wall_time_s"]
+            for t, e in (([1.0] * 4, [0.1] * 4), ([0.5] * 4, [2.0] * 4))]
+    assert wall[0] / wall[1] == pytest.approx(3.3 / 7.5)  # < 1: the wall clock says the opposite
+    # a run written before epoch_time_s was logged: no training time, not a smaller one
+    old = _curve(1, acc, [1, 2, 3, 4], [1.0, np.nan, 1.0, 1.0], [0.1] * 4)
+    assert np.isnan(authors_time_to_target(old)["train_time_s"])
+
+
+def test_main_table_authors_columns_match_hand_computation(tmp_path):
+    rs = collect_runs(write_hand_study(tmp_path / "runs"))
+    main = main_table(rs.epochs, rs.runs)
+    sgd, dive, ada = (_row(main, method=m) for m in ("SGD (small batch)", "DiveBatch", "AdaBatch"))
+    # SGD mean curve [52.5, 71, 82.5, 88.5, 90.25]: target 89.25 first reached in epoch 5 (per run: 4 and 5)
+    assert sgd["authors_target"] == pytest.approx(89.25)
+    assert (sgd["authors_epochs"], sgd["authors_optimizer_steps"]) == (5, 50)
+    # training seconds = 0.9 of each epoch's wall clock in the fixture: SGD 5 x 1.8
+    assert sgd["authors_train_time_s"] == pytest.approx(5 * 1.8)
+    # DiveBatch mean curve [61, 85.5, 87.75, 89.25, 89.3]: target 88.3 in epoch 4 (per run: 3 and 4)
+    assert (dive["authors_epochs"], dive["authors_optimizer_steps"]) == (4, 20)
+    dive_train = 0.9 * (2 + 3 * (1.5 + 1.0) / 2)  # seed-mean epoch times 2, 1.25, 1.25, 1.25
+    assert dive["authors_train_time_s"] == pytest.approx(dive_train)
+    # AdaBatch mean curve [55.5, 79.5, 86.5, 88.1, 88.45]: target 87.45 in epoch 4
+    ada_train = 0.9 * (2 + 3 * (1.0 + 1.2) / 2)
+    assert (ada["authors_epochs"], ada["authors_optimizer_steps"]) == (4, 21)
+    assert dive["authors_speedup_vs_sgd_small_epochs"] == pytest.approx(5 / 4)
+    assert dive["authors_speedup_vs_sgd_small_optimizer_steps"] == pytest.approx(50 / 20)
+    assert dive["authors_speedup_vs_sgd_small_train_time_s"] == pytest.approx(5 * 1.8 / dive_train)
+    assert dive["authors_speedup_vs_adabatch_optimizer_steps"] == pytest.approx(21 / 20)
+    assert dive["authors_speedup_vs_adabatch_train_time_s"] == pytest.approx(ada_train / dive_train)
+    assert sgd["authors_speedup_vs_sgd_small_epochs"] == 1.0
+    # accuracy after a quarter of the 5 planned epochs: 0-based epoch ceil(1.25) - 1 = 1
+    assert sgd["acc_at_25pct_mean"] == pytest.approx((70 + 72) / 2)
+    assert sgd["acc_at_25pct_std"] == pytest.approx(np.std([70, 72], ddof=1))
+    shown = _row(format_main(main), Method="DiveBatch")
+    assert shown["Authors' time to target (epochs / optimizer steps / training s)"] == f"4 / 20 / {dive_train:.1f}"
+    assert shown["Authors' speed-up vs SGD small (epochs / optimizer steps / training s)"].startswith("1.25x / 2.50x")
+    assert shown["Acc. at 25% of epochs (%)"] == "85.50 ± 0.71" and shown["Diverged"] == "0/2"
+
+
+def test_quarter_epoch_convention():
+    assert [quarter_epoch(e) for e in (1, 4, 5, 8, 90, 200)] == [0, 0, 1, 1, 22, 49]
+    with pytest.raises(ValueError, match="allowed"):
+        quarter_epoch(0)
+
+
+def test_acc_at_25pct_uses_the_planned_epochs_and_peak_memory_is_max_then_mean(tmp_path):
+    root = tmp_path / "runs"
+    acc = [10, 20, 30, 40, 50, 60, 70, 80]  # 8 epochs: a quarter ends at 0-based epoch 1
+    write_run(root, "a", val_acc=acc, method="sgd", seed=1, peak_memory_mb=[100, 300, 200, 0, 0, 0, 0, 0])
+    write_run(root, "b", val_acc=np.add(acc, 2), method="sgd", seed=2, peak_memory_mb=[50, 400] + [10] * 6)
+    main = main_table(collect_runs(root).epochs)
+    row = main.iloc[0]
+    assert row["acc_at_25pct_mean"] == pytest.approx((20 + 22) / 2)
+    assert row["peak_memory_mb_mean"] == pytest.approx((300 + 400) / 2)
+    assert format_main(main)["Peak memory (MB)"].tolist() == ["350"]
+
+
+def test_protocol_separates_authors_code_and_clean_groups(tmp_path):
+    root = tmp_path / "runs"
+    make_study(root / "cifar100", datasets=("cifar100",), seeds=(1, 2), epochs=4, protocol="authors_code",
+               methods=("sgd_small", "adabatch", "divebatch_rescale"))
+    make_study(root / "cifar100-clean", datasets=("cifar100",), seeds=(1, 2), epochs=4, protocol="clean",
+               methods=("divebatch_rescale",))
+    rs = collect_runs(root)
+    main = main_table(rs.epochs, rs.runs)
+    dive = main[main["method"] == "DiveBatch + lr rescale"]
+    assert sorted(dive["setting"]) == ["protocol=authors_code", "protocol=clean"]
+    assert sorted(dive["protocol"]) == ["authors_code", "clean"] and (dive["n_seeds"] == 2).all()
+    # the other methods ran one protocol: no setting label, but the column says which
+    sgd = _row(main, method="SGD (small batch)")
+    assert sgd["setting"] == "" and sgd["protocol"] == "authors_code"
+    shown = format_main(main)
+    assert sorted(shown.loc[shown["Method"] == "DiveBatch + lr rescale", "Protocol"]) == ["authors' code", "clean"]
+    # null shows as "-"
+    null = tmp_path / "null"
+    write_run(null, "a", val_acc=[1, 2], method="sgd")
+    assert format_main(main_table(collect_runs(null).epochs))["Protocol"].tolist() == ["-"]
+    res = analyse(rs, "test")
+    assert set(res.claims.loc[res.claims["claim"] == 1, "ours"].str.contains("protocol=")) == {True}
+
+
+def test_diverged_run_is_listed_counted_and_kept_out_of_aggregates(tmp_path):
+    root = write_hand_study(tmp_path / "runs")
+    expected = main_table(collect_runs(root).epochs)
+    write_run(root, "divebatch/s3", val_acc=[60, 75, 10], epochs=5, method="divebatch", seed=3, diverged_epoch=2)
+    with pytest.warns(RunWarning, match="diverged at epoch 3"):
+        rs = collect_runs(root)
+    bad = _row(rs.runs, run_id="runs/divebatch/s3")
+    assert (bad["status"], bad["diverged_epoch"], bool(bad["complete"])) == ("diverged", 2, False)
+    assert bad["reason"].startswith("diverged at epoch 3")
+    assert "runs/divebatch/s3" not in set(rs.epochs["run_id"])
+    main = main_table(rs.epochs, rs.runs)
+    dive = _row(main, method="DiveBatch")
+    assert (dive["n_seeds"], dive["diverged"], dive["diverged_seeds"]) == (2, 1, "3")
+    for col in ("final_acc_mean", "authors_epochs", "own_epochs_mean", "acc_change_vs_sgd_small_pp"):
+        assert dive[col] == pytest.approx(_row(expected, method="DiveBatch")[col]), col
+    assert _row(format_main(main), Method="DiveBatch")["Diverged"] == "1/3"
+    assert _row(main, method="AdaBatch")["diverged"] == 0
+    # a diverged seed is not a missing seed of its own group (it is one of the other groups)
+    assert ("test", "cifar10", "DiveBatch", "") not in rs.missing_seeds
+    assert rs.missing_seeds[("test", "cifar10", "AdaBatch", "")] == [3]
+    # a group whose every run diverged still gets a row
+    for seed in (1, 2):
+        write_run(root, f"dive_rescale/s{seed}", val_acc=[60, 10], epochs=5, method="divebatch", lr_rescale=True,
+                  seed=seed, diverged_epoch=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunWarning)
+        rs = collect_runs(root)
+    row = _row(main_table(rs.epochs, rs.runs), method="DiveBatch + lr rescale")
+    assert (row["n_seeds"], row["diverged"]) == (0, 2) and np.isnan(row["final_acc_mean"])
+    assert _row(format_main(main_table(rs.epochs, rs.runs)), Method="DiveBatch + lr rescale")["Diverged"] == "2/2"
+
+
+def test_report_lists_diverged_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_hand_study(Path("runs"))
+    write_run(Path("runs"), "divebatch/s3", val_acc=[60, 75, 10], epochs=5, method="divebatch", seed=3,
+              diverged_epoch=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunWarning)
+        assert cli(["runs", "--out", "out"]) == 0
+    tdir = Path("out/paper_tables/test")
+    readme = (tdir / "README.md").read_text()
+    diverged_section = readme.split("## Diverged runs")[1].split("##")[0]
+    assert "runs/divebatch/s3" in diverged_section and "diverged at epoch 3" in diverged_section
+    assert "excluded `runs/divebatch/s3`" not in readme
+    runs = pd.read_csv(tdir / "runs.csv")
+    assert _row(runs, run_id="runs/divebatch/s3")["status"] == "diverged"
+    assert "| diverged at epoch 3" in (tdir / "runs.md").read_text()
+    assert _row(pd.read_csv(tdir / "main.csv"), method="DiveBatch")["diverged"] == 1
+    assert "Diverged" in (tdir / "main.md").read_text() and "1/3" in (tdir / "main.md").read_text()
+    out = capsys.readouterr().out
+    assert "1 diverged" in out and "DIVERGED runs/divebatch/s3" in out
+
+
+def test_claims_are_judged_with_the_authors_definition_first(tmp_path):
+    root = tmp_path / "runs"
+    base = np.array([40.0, 70.0, 85.0, 89.0, 90.0])
+    # DiveBatch trains 18x faster per epoch but evaluates slowly: the same wall clock as the others
+    for seed in (1, 2, 3):
+        acc = base + 0.1 * seed
+        for method, steps, bs, train in (("sgd", 100, 64, 1.8), ("adabatch", 50, 128, 1.8),
+                                         ("divebatch", 10, 640, 0.1)):
+            write_run(root, f"{method}/s{seed}", val_acc=acc, method=method, seed=seed, initial_batch_size=64,
+                      max_batch_size=640, batch_size=[64, 64, bs, bs, bs], optimizer_steps=np.cumsum([steps] * 5),
+                      epoch_time_s=[train] * 5, eval_time_s=[2.0 - train] * 5)
+    claims = _claims(root)
+    for claim in (1, 2):
+        rows = claims[claims["claim"] == claim]
+        assert rows["definition"].tolist() == [claims_mod.AUTHORS] * 3 + [claims_mod.PER_RUN] * 3
+        assert rows["unit"].tolist()[:3] == ["epochs", "optimizer steps", "training s"]
+        assert rows["rule"].iloc[0].startswith("authors' time to target (docs/protocol.md)")
+    authors = claims_mod.AUTHORS
+    assert _verdict(claims, 2, "training s", authors) == claims_mod.HOLDS  # 1.8 / 0.1 = 18x on training time
+    assert _verdict(claims, 2, "wall-clock s") == claims_mod.FAILS  # per run, wall clock: 1x
+    assert _verdict(claims, 2, "optimizer steps", authors) == claims_mod.HOLDS
+    assert _verdict(claims, 2, "epochs", authors) == claims_mod.FAILS
+    ours = _row(claims, claim=2, unit="training s", definition=authors)["ours"]
+    # mean curve base + 0.2 reaches 90.2 - 1 in epoch 4: 4 x 1.8 s against 4 x 0.1 s
+    assert "18.00x (7.2 / 0.4 training s) vs AdaBatch" in ours

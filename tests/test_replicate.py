@@ -46,6 +46,9 @@ def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
     assert len({r.out_dir for r in runs}) == len(runs)
     for e in spec.experiments:
         mine = [r for r in runs if r.experiment == e.name]
+        if e.overrides:  # an extra experiment on top of the matrix (e.g. protocol=clean): checked below
+            assert len(mine) == len(e.configs) * len(e.seeds if e.seeds is not None else spec.seeds)
+            continue
         seeds = list(e.seeds if e.seeds is not None else spec.seeds)
         assert len(mine) == len(e.configs) * len(seeds)
         for seed in seeds:
@@ -75,13 +78,18 @@ def test_paper_profile_follows_protocol(in_repo):
     by_exp = {}
     for name, c in cfgs.items():
         by_exp.setdefault(name.split("/")[0], []).append(c)
-    assert set(by_exp) == {"cifar10", "cifar100", "tiny_imagenet"}
+    assert set(by_exp) == {"cifar10", "cifar100", "tiny_imagenet", "cifar100-clean", "tiny_imagenet-clean"}
     for exp, cs in by_exp.items():
-        assert {c.data.name for c in cs} == {exp}
+        dataset, _, variant = exp.partition("-")
+        assert {c.data.name for c in cs} == {dataset}
+        # the main matrix runs the authors' code; the extra experiments the authors' DiveBatch cells, clean
+        assert {c.protocol for c in cs} == {"clean" if variant == "clean" else "authors_code"}
+        if variant == "clean":
+            assert {c.method.name for c in cs} == {"divebatch"}
         assert {c.seed for c in cs} == {1, 2, 3}
     # the protocol's epochs come from the dataset configs, not from the profile
     for exp, cs in by_exp.items():
-        base = load_config(REPO / "configs" / exp / "base.yaml", check_data=False)
+        base = load_config(REPO / "configs" / exp.partition("-")[0] / "base.yaml", check_data=False)
         assert {c.epochs for c in cs} == {base.epochs}
 
 
@@ -164,6 +172,21 @@ def test_tiny_profile_trains_reports_failure_then_trains_nothing(tmp_path, capsy
     assert "0 run(s) trained, 2 skipped" in second
     assert [(d / "metrics.csv").stat().st_mtime_ns for d in run_dirs] == mtimes
     assert all((d / "train.log").read_text().count("=== ") == 1 for d in run_dirs)
+
+
+def test_a_diverging_run_is_recorded_and_the_matrix_goes_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    ok = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
+    wild = _method_yaml(tmp_path, "wild", {"name": "sgd"})
+    profile = _tiny_profile(tmp_path, "p", [{"name": "e", "configs": [wild], "overrides": ["optim.lr=1e38"]},
+                                            {"name": "f", "configs": [ok]}])
+    assert _cli(profile, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "DIVERGED (training loss non-finite in epoch" in out
+    summaries = {p.parent.parent.name: json.loads(p.read_text())
+                 for p in (tmp_path / "runs").rglob("summary.json")}
+    assert summaries["wild"]["diverged"] is True and summaries["sgd"]["diverged"] is False
+    assert summaries["sgd"]["epochs_completed"] == 2
 
 
 def test_run_with_another_config_is_refused_without_starting(tmp_path, capsys, monkeypatch):

@@ -553,6 +553,8 @@ def train_tasks(tasks: list[Task], jobs: int, gpus: list[str], desc: str, record
         if ok:
             detail = (f": final val_acc {summary['final_val_acc']:.2f}% (best {summary['best_val_acc']:.2f}%), "
                       f"{summary['epochs_completed']} epochs") if summary else ""
+            if summary and summary.get("diverged"):  # recorded, reported as diverged; the matrix goes on
+                detail = f": DIVERGED (training loss non-finite in epoch {summary['diverged_epoch'] + 1}); log: {t.log}"
             progress = f"; {len(done)}/{n_runs} runs done, {bar.n}/{bar.total} epochs"
             if 0 < bar.n < bar.total:
                 progress += f", ETA {_fmt_s((time.perf_counter() - t0) * (bar.total - bar.n) / bar.n)}"

@@ -4,8 +4,12 @@ A run directory is any folder holding ``config.yaml`` (written by ``divebatch tr
 fixed in the project README): ``metrics.csv`` has one row per finished epoch, ``summary.json``
 says whether the run finished, ``manifest.json`` records the commit. :func:`collect_runs` walks
 the given roots, keeps complete runs in :attr:`RunSet.epochs` (one row per run x epoch) and lists
-every run, complete or not, in :attr:`RunSet.runs` with the reason it was excluded. Problems are
-warned about (:class:`RunWarning`) and recorded, never raised: a report must survive a crashed run.
+every run, complete or not, in :attr:`RunSet.runs` with its ``status`` (``complete``, ``diverged``
+or ``excluded``) and the reason it is left out of the aggregates. A *diverged* run (``summary.json``
+says ``diverged: true``: its training loss became non-finite and it stopped) is a result, not a
+crash: it is kept out of every accuracy and time aggregate, but listed and counted per group.
+Problems are warned about (:class:`RunWarning`) and recorded, never raised: a report must survive
+a crashed run.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ COMMON_HPARAMS = {
     "optim.momentum": "momentum", "optim.weight_decay": "weight_decay", "optim.schedule": "schedule",
     "optim.warmup_epochs": "warmup_epochs", "data.augment": "augment",
     "method.initial_batch_size": "initial_batch_size",
+    # authors_code and clean runs of one config are different settings (docs/protocol.md)
+    "protocol": "protocol",
 }
 ADAPTIVE_HPARAMS = {"method.max_batch_size": "max_batch_size", "method.resize_freq": "resize_freq",
                     "method.lr_rescale": "lr_rescale"}
@@ -50,12 +56,20 @@ METHOD_HPARAMS = {
     "divebatch": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS, "method.delta": "delta",
                   "method.diversity_estimator": "diversity_estimator"},
 }
+# The fidelity switches are recorded (run table) but do not split groups: `protocol` labels them, and
+# runs of one group whose switches differ are warned about (collect_runs).
+FIDELITY_HPARAMS = {f"fidelity.{k}": f"fidelity_{k}" for k in (
+    "lr_rescale_rule", "warmup_at_lr_zero", "micro_batch_loss", "split_above", "running_grad_sum", "head_classes")}
 ALL_HPARAMS = {**METHOD_HPARAMS["divebatch"], "method.max_micro_batch": "max_micro_batch",
-               "data.train_subset": "train_subset"}
+               "data.train_subset": "train_subset", **FIDELITY_HPARAMS}
+# protocol value -> what tables show (docs/protocol.md); null (not set) shows as "-"
+PROTOCOL_NAMES = {"authors_code": "authors' code", "clean": "clean"}
+STATUSES = ("complete", "diverged", "excluded")
 # Short names for the setting label ("delta=0.1, resize_freq=20").
 _SHORT = {"initial_batch_size": "m0", "max_batch_size": "max_bs", "epochs_planned": "epochs", "lr0": "lr"}
 
-# Dataset families of PAPER.md's claims; the name of a subset (cifar10-mini.npz) starts with its family.
+# Dataset families of the claims (docs/protocol.md, "The claims"); the name of a subset
+# (cifar10-mini.npz) starts with its family.
 FAMILIES = ("cifar100", "cifar10", "tiny_imagenet", "synthetic", "digits")
 # Method display names: (method.name, lr_rescale) -> name; SGD is split into small/large batch later.
 DISPLAY_NAMES = {
@@ -64,6 +78,8 @@ DISPLAY_NAMES = {
 }
 SGD_SMALL, SGD_LARGE = METHOD_ORDER[0], METHOD_ORDER[1]
 GROUP = ["dataset", "method", "setting"]
+# columns of RunSet.runs that describe the run's status, not copied into RunSet.epochs
+_RUN_ONLY = ("complete", "status", "reason", "diverged", "diverged_epoch")
 
 
 class RunWarning(UserWarning):
@@ -79,11 +95,15 @@ class RunSet:
             ``profile``, ``dataset``, ``family``, ``method``, ``method_name``, ``setting``, ``seed``,
             hyperparameter columns of :data:`ALL_HPARAMS`, ``n_train``, ``commit``) plus
             :data:`METRIC_COLUMNS` (accuracies in percent, times in seconds, cumulative steps).
-        runs: one row per run directory found, with ``complete`` (bool) and ``reason`` (why it
-            is excluded; empty when complete).
+        runs: one row per run directory found, with ``complete`` (bool: used in the aggregates),
+            ``status`` (``complete`` | ``diverged`` | ``excluded``), ``reason`` (why it is left
+            out, e.g. ``diverged at epoch 3 (training loss non-finite)`` with a 1-based epoch;
+            empty when complete), ``diverged_epoch`` (0-based, NaN unless diverged) and
+            ``epochs_completed`` (rows in metrics.csv).
         warnings: every problem found, one sentence each (also emitted as :class:`RunWarning`).
         missing_seeds: ``(profile, dataset, method, setting) -> sorted seeds`` present elsewhere in
-            the profile's dataset but without a complete run in this group.
+            the profile's dataset but without a complete or diverged run in this group (a diverged
+            seed is counted as diverged, not as missing).
     """
 
     epochs: pd.DataFrame
@@ -146,7 +166,7 @@ def dataset_name(cfg: DictConfig) -> str:
 
 
 def dataset_family(dataset: str) -> str:
-    """The PAPER.md dataset a (sub)set belongs to (``cifar10-mini/n=2000`` -> ``cifar10``), else
+    """The dataset of the claims (docs/protocol.md) a (sub)set belongs to (``cifar10-mini/n=2000`` -> ``cifar10``), else
     the name itself."""
     norm = re.sub(r"[-\s]", "_", dataset.lower())
     for fam in FAMILIES:
@@ -209,12 +229,14 @@ def _display_path(root: Path, run_dir: Path) -> str:
 
 def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     """One run's row for :attr:`RunSet.runs` and its metrics (None when unusable)."""
-    row: dict = {"run_id": _display_path(root, run_dir), "complete": False, "reason": ""}
+    row: dict = {"run_id": _display_path(root, run_dir), "complete": False, "reason": "",
+                 "diverged": False, "diverged_epoch": np.nan}
     try:
         cfg = _load_config(run_dir / "config.yaml")
     except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
         first = (str(err).splitlines() or [""])[0].replace(str(run_dir), row["run_id"])
-        row.update(profile=None, dataset=None, reason=f"config.yaml unreadable ({type(err).__name__}: {first})")
+        row.update(profile=None, dataset=None, status="excluded",
+                   reason=f"config.yaml unreadable ({type(err).__name__}: {first})")
         return row, None
     method_name = str(cfg.method.name)
     row.update(
@@ -253,6 +275,11 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
             row["reason"] = "summary.json missing (run unfinished or crashed)"
         elif not summary.get("finished"):
             row["reason"] = "summary.json says finished=false"
+        elif summary.get("diverged"):
+            row["diverged"] = True
+            row["diverged_epoch"] = _diverged_epoch(summary, metrics)
+            at = "" if np.isnan(row["diverged_epoch"]) else f" at epoch {int(row['diverged_epoch']) + 1}"
+            row["reason"] = f"diverged{at} (training loss non-finite)"
         elif len(metrics) < planned:
             row["reason"] = f"{len(metrics)} of {planned} epochs in metrics.csv"
         elif list(metrics["epoch"]) != list(range(len(metrics))):
@@ -262,12 +289,23 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
         # samples per epoch = training-set size n used by DiveBatch's rule (up to a dropped last batch)
         row["n_train"] = metrics["samples_seen"].iloc[0] if len(metrics) else np.nan
     row["complete"] = not row["reason"]
+    row["status"] = "complete" if row["complete"] else "diverged" if row["diverged"] else "excluded"
     return row, metrics if row["complete"] else None
+
+
+def _diverged_epoch(summary: dict, metrics: pd.DataFrame) -> float:
+    """0-based epoch at which a diverged run's training loss became non-finite: ``diverged_epoch``
+    of summary.json, else the first non-finite ``train_loss`` in metrics.csv, else NaN."""
+    value = summary.get("diverged_epoch")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+        return float(value)
+    bad = np.flatnonzero(~np.isfinite(pd.to_numeric(metrics["train_loss"], errors="coerce").to_numpy(float)))
+    return float(metrics["epoch"].iloc[bad[0]]) if len(bad) else float("nan")
 
 
 def _name_methods(runs: pd.DataFrame) -> pd.Series:
     """Display names; an SGD run is 'large batch' when its batch exceeds the smallest SGD batch of
-    its profile and dataset (PAPER.md protocol: 128 small, 2048 large on CIFAR-10)."""
+    its profile and dataset (docs/protocol.md, "Protocol per dataset": 128 small, 2048 large on CIFAR-10)."""
     names = pd.Series([DISPLAY_NAMES.get((m, bool(r))) for m, r in zip(runs["method_name"], runs["lr_rescale"])],
                       index=runs.index, dtype=object)
     sgd = runs["method_name"] == "sgd"
@@ -276,7 +314,16 @@ def _name_methods(runs: pd.DataFrame) -> pd.Series:
     return names.fillna(runs["method_name"])
 
 
+def protocol_name(value) -> str:
+    """What tables show for a run's ``protocol``: ``authors' code``, ``clean``, ``-`` when null."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return PROTOCOL_NAMES.get(str(value), str(value))
+
+
 def _plain(value) -> str:
+    if value is None:
+        return "null"  # as config.yaml writes it (protocol: null)
     # a column holding NaN for unreadable runs turns ints into floats: print 20, not 20.0
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -286,12 +333,14 @@ def _plain(value) -> str:
 def _settings(runs: pd.DataFrame) -> pd.Series:
     """Setting label per run: the method's hyperparameters that vary within its dataset and method.
 
-    Empty when the dataset has one setting of that method. Short names from :data:`_SHORT`.
+    Empty when the dataset has one setting of that method. Short names from :data:`_SHORT`;
+    ``protocol`` appears as in config.yaml (``protocol=clean``, ``protocol=authors_code``,
+    ``protocol=null``).
     """
     out = pd.Series("", index=runs.index, dtype=object)
     for (_, method_name, _), g in runs.groupby(["dataset", "method_name", "method"]):
         cols = [c for c in METHOD_HPARAMS.get(method_name, COMMON_HPARAMS).values()
-                if c != "lr_rescale" and g[c].astype(str).nunique() > 1]
+                if c != "lr_rescale" and g[c].map(_plain).nunique() > 1]
         if not cols:
             continue
         values = {c: [_plain(v) for v in g[c]] for c in cols}
@@ -305,8 +354,12 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
     A run is excluded from :attr:`RunSet.epochs` (and so from every aggregate) when its config or
     metrics are unreadable, ``summary.json`` is missing or says ``finished: false``, ``metrics.csv``
     has fewer rows than the config's ``epochs``, or it duplicates the (group, seed) of another run.
-    Seeds present for some group of a dataset but missing in another are recorded in
-    :attr:`RunSet.missing_seeds`. Each problem is warned about with :class:`RunWarning`.
+    A run whose ``summary.json`` says ``diverged: true`` is left out the same way but with status
+    ``diverged`` (counted per group by the main table). Seeds present for some group of a dataset
+    but with neither a complete nor a diverged run in another are recorded in
+    :attr:`RunSet.missing_seeds`. Runs of one group whose ``fidelity.*`` switches differ are
+    aggregated together (``protocol`` is what splits groups) and warned about. Each problem is
+    warned about with :class:`RunWarning`.
 
     Args:
         roots: one or more folders (a run directory itself is fine).
@@ -322,12 +375,15 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
         rows.append(row)
         if m is not None:
             metrics[row["run_id"]] = m
+        elif row["status"] == "diverged":
+            problems.append(f"diverged run {row['run_id']}: {row['reason']}; left out of the aggregates, "
+                            "counted in the main table's diverged column")
         else:
             problems.append(f"excluded run {row['run_id']}: {row['reason']}")
     runs = pd.DataFrame(rows)
     if runs.empty:
         return RunSet(pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", *METRIC_COLUMNS]),
-                      pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", "complete", "reason"]),
+                      pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", "complete", "status", "reason"]),
                       [], {})
     readable = runs["method_name"].notna() if "method_name" in runs else pd.Series(False, index=runs.index)
     runs["method"], runs["setting"] = None, ""
@@ -342,18 +398,23 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
     runs = runs.sort_values("run_id").reset_index(drop=True)
     for _, g in runs[runs["complete"]].groupby(["profile", *GROUP, "seed"]):
         for i in g.index[1:]:
-            runs.loc[i, ["complete", "reason"]] = [False, f"duplicate of {g['run_id'].iloc[0]}"]
+            runs.loc[i, ["complete", "status", "reason"]] = [False, "excluded", f"duplicate of {g['run_id'].iloc[0]}"]
             problems.append(f"excluded run {runs.loc[i, 'run_id']}: {runs.loc[i, 'reason']}")
 
     missing: dict[tuple[str, str, str, str], list[int]] = {}
     for (profile, dataset), d in runs[runs["method"].notna()].groupby(["profile", "dataset"]):
         expected = set(d["seed"].astype(int))
         for key, g in d.groupby(GROUP):
-            lack = sorted(expected - set(g.loc[g["complete"], "seed"].astype(int)))
+            lack = sorted(expected - set(g.loc[g["complete"] | g["diverged"], "seed"].astype(int)))
             if lack:
                 missing[(profile, *key)] = lack
                 problems.append(f"profile {profile}, {key[0]}, {key[1]}{' (' + key[2] + ')' if key[2] else ''}: "
                                 f"no complete run for seed(s) {lack}; aggregates use {len(expected) - len(lack)} seed(s)")
+    for (profile, *key), g in runs[runs["complete"]].groupby(["profile", *GROUP]):
+        differ = [c for c in FIDELITY_HPARAMS.values() if c in g and g[c].map(_plain).nunique() > 1]
+        if differ:
+            problems.append(f"profile {profile}, {', '.join(k for k in key if k)}: runs differ in {differ} but share "
+                            f"protocol={_plain(g['protocol'].iloc[0])}; they are aggregated together")
     for msg in problems:
         warnings.warn(msg, RunWarning, stacklevel=2)
 
@@ -362,10 +423,10 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
     for _, r in keep.iterrows():
         m = metrics[r["run_id"]].copy()
         for col in keep.columns:
-            if col not in ("complete", "reason"):
+            if col not in _RUN_ONLY:
                 m[col] = r[col]
         frames.append(m)
-    run_cols = [c for c in keep.columns if c not in ("complete", "reason")]
+    run_cols = [c for c in keep.columns if c not in _RUN_ONLY]
     epochs = (pd.concat(frames, ignore_index=True) if frames
               else pd.DataFrame(columns=[*run_cols, *METRIC_COLUMNS]))
     epochs = epochs[[*run_cols, *METRIC_COLUMNS]]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from divebatch.analysis.collect import SGD_SMALL
+from divebatch.analysis.collect import SGD_SMALL, protocol_name
 from divebatch.analysis.stats import UNIT_LABELS, UNITS
 from divebatch.analysis.style import METHOD_ORDER, METHOD_PALETTE, apply_style
 from divebatch.analysis.tables import SENSITIVITY_HPARAMS
@@ -53,6 +53,15 @@ def _legend_right(axes) -> None:
                            frameon=False, fontsize="small")
 
 
+def protocol_note(df: pd.DataFrame) -> str:
+    """Which protocol the drawn runs ran, for a title: ``protocol: authors' code``; with several,
+    ``protocols: authors' code, clean (line style = setting)``; ``protocol: -`` when not set."""
+    if "protocol" not in df or df.empty:
+        return "protocol: -"
+    names = sorted({protocol_name(v) for v in df["protocol"]})
+    return f"protocol: {names[0]}" if len(names) == 1 else f"protocols: {', '.join(names)} (line style = setting)"
+
+
 def _log2(ax, axis: str = "y") -> None:
     """Log base-2 axis with plain numbers (batch sizes are powers of two in the protocol)."""
     getattr(ax, f"set_{axis}scale")("log", base=2)
@@ -88,7 +97,7 @@ def plot_curves(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
             sns.lineplot(data=df, x=x, y=y, ax=ax, **kw)
             ax.set(xlabel=xlabel, ylabel=ylabel)
     axes[1, 0].set_yscale("log")
-    fig.suptitle(f"{dataset}: curves (mean, band = 1 sd over seeds)")
+    fig.suptitle(f"{dataset}: curves (mean, band = 1 sd over seeds; {protocol_note(df)})")
     _legend_right(axes)
     return fig
 
@@ -96,7 +105,8 @@ def plot_curves(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
 def plot_dynamics(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
     """Batch size (samples) and measured gradient diversity Delta_hat (log scale) against epochs.
 
-    Diversity is only measured by DiveBatch at resize epochs (PAPER.md), so it appears as points.
+    Diversity is only measured by DiveBatch at resize epochs (docs/protocol.md, "How the authors
+    estimate it: the epoch estimator"), so it appears as points.
     """
     apply_style()
     df = epochs[epochs["dataset"] == dataset].assign(epoch1=lambda d: d["epoch"] + 1)
@@ -114,7 +124,8 @@ def plot_dynamics(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
     else:
         axes[1].text(0.5, 0.5, "no gradient diversity measured", ha="center", va="center", transform=axes[1].transAxes)
     axes[1].set(xlabel="epoch", ylabel="gradient diversity Delta_hat")
-    fig.suptitle(f"{dataset}: batch size (one line per run) and gradient diversity (mean, band = 1 sd over seeds)")
+    fig.suptitle(f"{dataset}: batch size (one line per run) and gradient diversity (mean, band = 1 sd over seeds)\n"
+                 f"{protocol_note(df)}")
     _legend_right(axes)
     return fig
 
@@ -177,7 +188,8 @@ def plot_speedup_vs_accuracy(main: pd.DataFrame, speedups: pd.DataFrame, target:
                     if np.isfinite(r["acc_low"]) else None
                 yerr = [[r["speedup"] - r["ci_low"]], [r["ci_high"] - r["speedup"]]] if np.isfinite(r["ci_low"]) else None
                 ax.errorbar(r["acc_change_pp"], r["speedup"], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
-                            color=palette[r["method"]], label=r["method"], mec="black" if r["pareto"] else None)
+                            color=palette[r["method"]], mec="black" if r["pareto"] else None,
+                            label=r["method"] + (f" ({r['setting']})" if r["setting"] else ""))
             front = g[g["pareto"]].sort_values("acc_change_pp")
             if len(front) > 1:
                 ax.plot(front["acc_change_pp"], front["speedup"], "--", color="0.5", lw=1, zorder=0)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis import figures, tables
-from divebatch.analysis.collect import RunSet, collect_runs
+from divebatch.analysis.collect import RunSet, collect_runs, protocol_name
 from divebatch.analysis.style import save_figure
 
 VERDICT_FILE = "synthetic_verdict.json"  # written by `divebatch synthetic` into paper_tables/<profile>/
@@ -56,15 +56,27 @@ class Results:
 
     @property
     def excluded(self) -> pd.DataFrame:
-        """Runs left out of every aggregate, with the reason."""
+        """Runs left out of every aggregate for a problem (unreadable, unfinished, short, duplicate),
+        with the reason; diverged runs are in :attr:`diverged`."""
         r = self.runs.runs
-        return r.loc[~r["complete"].astype(bool), ["run_id", "dataset", "method", "seed", "reason"]].reset_index(drop=True)
+        keep = ~r["complete"].astype(bool) & (r["status"] != "diverged")
+        return r.loc[keep, ["run_id", "dataset", "method", "seed", "reason"]].reset_index(drop=True)
+
+    @property
+    def diverged(self) -> pd.DataFrame:
+        """Runs whose training loss became non-finite: listed and counted, left out of every
+        aggregate. Columns ``run_id, dataset, method, setting, seed, diverged_epoch`` (0-based), ``reason``."""
+        r = self.runs.runs
+        cols = ["run_id", "dataset", "method", "setting", "seed", "diverged_epoch", "reason"]
+        if "status" not in r:
+            return pd.DataFrame(columns=cols)
+        return r.loc[r["status"] == "diverged", cols].reset_index(drop=True)
 
 
 def analyse(runs: RunSet, profile: str, verdict_path: str | Path | None = None) -> Results:
     """Build every table for the runs of one profile (see :class:`Results`)."""
     ep = runs.epochs
-    main = tables.main_table(ep)
+    main = tables.main_table(ep, runs.runs)
     speedups = tables.speedup_table(ep)
     return Results(runs=runs, profile=profile, main=main, speedups=speedups,
                    claims=claims_mod.claims_table(main, speedups, verdict_path),
@@ -105,16 +117,22 @@ def slug(text: str) -> str:
 
 # What each output shows, one sentence (used in the generated README).
 DESCRIPTIONS = {
-    "main": ("Main table: final and best validation accuracy (mean ± sd over seeds), accuracy change against "
-             "small-batch SGD and AdaBatch (percentage points, bootstrap 95% CI), and time to the own target "
-             "(final - 1 pp) and the common target in epochs, optimizer steps and wall-clock seconds."),
+    "main": ("Main table, one row per dataset, method and setting (with its protocol: authors' code, clean or -): "
+             "seeds used and seeds diverged, final and best validation accuracy and accuracy at 25% of the "
+             "epochs (mean ± sd over seeds), peak memory (MB; peak RSS on CPU), accuracy change against "
+             "small-batch SGD and AdaBatch (percentage points, bootstrap 95% CI), the authors' time to target "
+             "(seed-mean curve, final - 1 pp; epochs, optimizer steps, training seconds) and its speed-ups, then "
+             "per-run time to the own target (final - 1 pp) and the common target in epochs, optimizer steps and "
+             "wall-clock seconds."),
     "speedups": ("Speed-up of every method against small-batch SGD and against AdaBatch (mean baseline time / "
                  "mean method time to target, > 1 is faster, bootstrap 95% CI over seeds), separately in epochs, "
                  "optimizer steps and wall-clock seconds, for the own and the common target."),
-    "claims": ("Each claim of PAPER.md with the paper's figure, ours, the unit it is about, and a verdict "
-               "(holds / does not hold / not measured at this scale) computed by the stated rule."),
-    "runs": ("Every run directory found, complete or not, with final accuracy, time to target and, for "
-             "excluded runs, why they were left out of every aggregate."),
+    "claims": ("Each claim of docs/protocol.md with the paper's figure, ours, the definition of time to target "
+               "(the authors' first, then per run) and unit it is judged in, and a verdict (holds / does not "
+               "hold / not measured at this scale) computed by the stated rule."),
+    "runs": ("Every run directory found with its protocol and status (complete, diverged at epoch N, "
+             "excluded), final accuracy, time to target and, for diverged or excluded runs, why they were "
+             "left out of every aggregate."),
     "diversity": ("Every epoch that measured gradient diversity: Delta_hat, n * Delta_hat = 1 + B_simple "
                   "(gradient noise scale), DiveBatch's proposed batch and the batch size used next."),
     "sensitivity": ("Final accuracy and speed-up against small-batch SGD (three units) for each delta, "
@@ -166,13 +184,18 @@ def write_report(res: Results, out: str | Path = ".", run_notebooks: bool = Fals
         entries.append(("Figures", paths, sentence))
 
     have_runs = not res.runs.epochs.empty
+    if have_runs or len(res.diverged):  # a profile whose every run diverged still says so in its main table
+        table("main", res.main, tables.format_main(res.main),
+              "Accuracy and time to target per dataset, method and setting (peak memory: CUDA allocator peak on "
+              "GPU, peak RSS of the process on CPU)")
     if have_runs:
-        table("main", res.main, tables.format_main(res.main), "Accuracy and time to target per dataset and method")
         table("speedups", res.speedups, tables.format_speedups(res.speedups),
               "Speed-ups against small-batch SGD and AdaBatch (ratio, bootstrap 95% CI over seeds)")
-    table("claims", res.claims, res.claims.rename(columns=str.capitalize), "Claims of PAPER.md and our verdicts")
+    table("claims", res.claims, res.claims.rename(columns=str.capitalize),
+          "Claims of docs/protocol.md and our verdicts (speed: the authors' definition first, then per run)")
     runs_tab = _runs_table(res)
-    table("runs", runs_tab, runs_tab.fillna(""), "Every run directory found")
+    table("runs", runs_tab, runs_tab.assign(protocol=runs_tab["protocol"].map(protocol_name)).fillna(""),
+          "Every run directory found")
     if have_runs:
         if len(res.diversity):
             table("diversity", res.diversity, res.diversity.round(4), "Gradient diversity measurements")
@@ -212,13 +235,19 @@ def write_report(res: Results, out: str | Path = ".", run_notebooks: bool = Fals
 
 
 def _runs_table(res: Results) -> pd.DataFrame:
+    """Every run found: ``run_id, dataset, method, setting, protocol`` (config value), ``seed``,
+    ``complete``, ``status`` (complete | diverged | excluded), ``reason`` (e.g. ``diverged at epoch
+    3 ...``, 1-based), ``epochs_completed``, then for complete runs the per-run numbers of
+    :func:`tables.run_table`."""
     r = res.runs.runs
-    cols = ["run_id", "dataset", "method", "setting", "seed", "complete", "reason"]
-    base = r[[c for c in cols if c in r.columns]].copy()
+    cols = ["run_id", "dataset", "method", "setting", "protocol", "seed", "complete", "status", "reason",
+            "epochs_completed"]
+    base = r.reindex(columns=cols).copy()
     if res.runs.epochs.empty:
         return base
     per = tables.run_table(res.runs.epochs)
-    keep = ["run_id", "final_acc", "best_acc", "final_batch_size", *[c for c in per.columns if c.startswith(("own_", "common_"))]]
+    keep = ["run_id", "final_acc", "best_acc", "acc_at_25pct", "peak_memory_mb", "final_batch_size",
+            *[c for c in per.columns if c.startswith(("own_", "common_"))]]
     return base.merge(per[keep], on="run_id", how="left")
 
 
@@ -230,9 +259,20 @@ def _readme(res: Results, entries, tdir: Path, others: list[Path]) -> str:
     if "CPU-scale" in res.provenance:
         lines += ["These are CPU-scale results (small subsets, few epochs), not the paper's numbers. "
                   "On CPU larger batches do not give wall-clock speed-ups; every speed-up says its unit.", ""]
-    lines += ["## Claims", ""]
+    lines += ["## Claims", "",
+              "Speed claims are judged first with the authors' time to target (seed-mean curve, final - 1 pp, "
+              "training seconds; docs/protocol.md), then per run (bootstrap 95% intervals over seeds).", ""]
     for _, c in res.claims.iterrows():
-        lines.append(f"- Claim {c['claim']} ({c['unit']}): **{c['verdict']}**. {c['ours']}")
+        lines.append(f"- Claim {c['claim']} ({_claim_unit(c)}): **{c['verdict']}**. {c['ours']}")
+    lines.append("")
+    diverged = res.diverged
+    lines += ["## Diverged runs", ""]
+    if diverged.empty:
+        lines.append("None: no run's training loss became non-finite.")
+    for _, r in diverged.iterrows():
+        setting = f" ({r['setting']})" if r["setting"] else ""
+        lines.append(f"- `{r['run_id']}` ({r['dataset']}, {r['method']}{setting}, seed {r['seed']}): {r['reason']}; "
+                     "left out of every aggregate, counted in the main table's Diverged column")
     lines.append("")
     excluded = res.excluded
     missing = res.runs.missing_seeds
@@ -257,6 +297,12 @@ def _readme(res: Results, entries, tdir: Path, others: list[Path]) -> str:
                   "Not written by this report (e.g. by `divebatch synthetic`); see the command that wrote them.", ""]
         lines += [f"- [{p.name}]({_rel(p, tdir)})" for p in others]
     return "\n".join(lines) + "\n"
+
+
+def _claim_unit(c: pd.Series) -> str:
+    """``epochs, authors' definition`` for a speed claim, the unit alone for claims 3 and 4."""
+    d = c.get("definition")
+    return f"{c['unit']}, {d}" if isinstance(d, str) and d != "-" else c["unit"]
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -289,8 +335,10 @@ def cli(argv: list[str] | None = None) -> int:
             res = analyse(rs.select(profile), profile, verdict)
             paths = write_report(res, args.out, args.notebooks, args.runs)
         n_ok = int(res.runs.runs["complete"].sum())
-        print(f"report {profile}: {n_ok} complete run(s), {len(res.excluded)} excluded; wrote {len(paths)} files; "
-              f"see {Path(args.out) / 'paper_tables' / profile / 'README.md'}")
+        print(f"report {profile}: {n_ok} complete run(s), {len(res.diverged)} diverged, {len(res.excluded)} excluded; "
+              f"wrote {len(paths)} files; see {Path(args.out) / 'paper_tables' / profile / 'README.md'}")
+        for _, r in res.diverged.iterrows():
+            print(f"  DIVERGED {r['run_id']}: {r['reason']}")
         for _, c in res.claims.iterrows():
-            print(f"  claim {c['claim']} ({c['unit']}): {c['verdict']}")
+            print(f"  claim {c['claim']} ({_claim_unit(c)}): {c['verdict']}")
     return 0

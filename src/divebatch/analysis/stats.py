@@ -1,7 +1,12 @@
 """Time to target, speed-ups and bootstrap confidence intervals over seeds.
 
-Definitions (PAPER.md, claim 2: "time to reach within 1% of final accuracy"):
+Definitions (docs/protocol.md, claim 2: "time to reach within 1 % of the final accuracy"):
 
+- *authors' time to target* of a group of seeds (docs/protocol.md, "Time to target, the authors'
+  definition"; :func:`authors_time_to_target`): on the **seed-mean** validation curve, target =
+  final mean accuracy - :data:`WITHIN_PP` points; the first epoch whose mean reaches it; time =
+  cumulative sum of the seed-mean *training* seconds per epoch (evaluation excluded). One number
+  per group, so its speed-ups (:func:`authors_speedups`) have no interval.
 - *time to target* of a run, in a unit U: the value of U at the end of the first epoch whose
   validation accuracy is >= the target. Units: ``epochs`` (number of epochs trained, i.e.
   0-based epoch + 1), ``optimizer_steps`` (cumulative optimizer steps, one per (micro-batched)
@@ -20,6 +25,7 @@ Definitions (PAPER.md, claim 2: "time to reach within 1% of final accuracy"):
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -31,6 +37,9 @@ WITHIN_PP = 1.0  # percentage points below the final accuracy that count as "rea
 # unit -> metrics.csv column (None: derived from the epoch index)
 UNITS = {"epochs": None, "optimizer_steps": "optimizer_steps", "wall_time_s": "wall_time_s"}
 UNIT_LABELS = {"epochs": "epochs", "optimizer_steps": "optimizer steps", "wall_time_s": "wall-clock s"}
+# authors' definition: unit -> label (training seconds only, unlike wall_time_s)
+AUTHORS_UNITS = {"epochs": "epochs", "optimizer_steps": "optimizer steps", "train_time_s": "training s"}
+QUARTER = 0.25  # "accuracy at 25 % of the planned epochs"
 CONFIDENCE = 0.95
 N_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # fixed so a report is reproducible byte for byte
@@ -54,6 +63,72 @@ def time_to_target(metrics: pd.DataFrame, target: float) -> dict[str, float]:
     return {u: float(first["epoch"] + 1 if col is None else first[col]) for u, col in UNITS.items()}
 
 
+def quarter_epoch(planned_epochs: int) -> int:
+    """0-based index of the epoch that ends the first quarter of training: ``ceil(0.25 * E) - 1``.
+
+    E = 200 -> 49 (accuracy after 50 epochs), E = 90 -> 22 (after 23), E = 4 -> 0, E = 1 -> 0.
+
+    Raises:
+        ValueError: ``planned_epochs`` < 1.
+    """
+    if planned_epochs < 1:
+        raise ValueError(f"planned_epochs={planned_epochs}; allowed: an integer >= 1")
+    return math.ceil(QUARTER * planned_epochs) - 1
+
+
+def seed_mean_curve(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per epoch, as the authors' plotting notebook builds its curves
+    (``pytorch-cifar@7289184 src/plot.ipynb``, ``process_directory``: ``groupby('epoch').mean``).
+
+    Args:
+        metrics: the per-epoch rows of every run of one group (``epoch`` 0-based, ``val_acc`` in
+            percent, cumulative ``optimizer_steps``, ``epoch_time_s`` = training seconds of that
+            epoch), any order.
+    Returns:
+        One row per epoch, sorted: ``epoch``, ``val_acc``, ``optimizer_steps``, ``epoch_time_s``
+        (means over the runs that have that epoch; NaN where every run lacks the value).
+    """
+    cols = ["val_acc", "optimizer_steps", "epoch_time_s"]
+    m = metrics[["epoch", *cols]].astype(float)
+    return m.groupby("epoch", sort=True)[cols].mean().reset_index()
+
+
+def authors_time_to_target(metrics: pd.DataFrame, within_pp: float = WITHIN_PP) -> dict[str, float]:
+    """Time to target as the authors compute it, on the seed-mean curve of one group.
+
+    Source: ``pytorch-cifar@7289184 src/plot.ipynb``, function
+    ``calculate_epochs_and_times_to_reach_final_accuracy`` (raw lines 719-750); docs/protocol.md,
+    "Time to target, the authors' definition". Steps: (1) mean validation accuracy over seeds
+    per epoch (:func:`seed_mean_curve`); (2) target = the curve's last value - ``within_pp``
+    percentage points (absolute); (3) the first epoch whose mean accuracy is >= the target;
+    (4) time = sum of the seed-mean ``epoch_time_s`` (training only, evaluation excluded) over
+    epochs up to and including it. Differs from :func:`time_to_target` per run, then averaged:
+    the mean curve can cross its target at another epoch than the runs do on average.
+
+    Args:
+        metrics: per-epoch rows of every run of one group (see :func:`seed_mean_curve`).
+        within_pp: percentage points below the final mean accuracy.
+    Returns:
+        ``{"target": percent, "epochs": number of epochs trained (0-based epoch + 1),
+        "optimizer_steps": seed-mean cumulative steps at that epoch, "train_time_s": training
+        seconds}``; all NaN for no rows, ``train_time_s`` NaN when an epoch up to the hit lacks
+        ``epoch_time_s`` (runs written before it was logged).
+    """
+    nan = float("nan")
+    if metrics.empty:
+        return {"target": nan, **{u: nan for u in AUTHORS_UNITS}}
+    curve = seed_mean_curve(metrics)
+    target = float(curve["val_acc"].iloc[-1]) - within_pp
+    hit = np.flatnonzero(curve["val_acc"].to_numpy() >= target)
+    if not len(hit):  # only when the final mean is NaN
+        return {"target": target, **{u: nan for u in AUTHORS_UNITS}}
+    i = int(hit[0])
+    # np.sum, not Series.sum: a missing epoch time must give NaN, not a smaller total
+    return {"target": target, "epochs": float(curve["epoch"].iloc[i] + 1),
+            "optimizer_steps": float(curve["optimizer_steps"].iloc[i]),
+            "train_time_s": float(np.sum(curve["epoch_time_s"].to_numpy()[: i + 1]))}
+
+
 def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFrame:
     """One row per run: final/best accuracy, final batch size, time to own and common target.
 
@@ -62,8 +137,11 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
         group: columns identifying a method setting (default ``dataset, method, setting``).
     Returns:
         Columns ``run_id``, group columns, ``family``, ``method_name``, ``seed``, ``final_acc``,
-        ``best_acc`` (percent), ``final_batch_size``, ``final_train_loss``, ``own_target`` and
-        ``common_target`` (percent), then ``own_<unit>`` and ``common_<unit>`` for each unit.
+        ``best_acc`` (percent), ``acc_at_25pct`` (percent, at epoch :func:`quarter_epoch` of the
+        planned epochs ``epochs_planned``; NaN when that column is absent), ``peak_memory_mb`` (max
+        over epochs; MB, CUDA allocator peak or peak RSS on CPU), ``final_batch_size``,
+        ``final_train_loss``, ``own_target`` and ``common_target`` (percent), then ``own_<unit>``
+        and ``common_<unit>`` for each unit.
     """
     group = group or ["dataset", "method", "setting"]
     rows, curves = [], {}
@@ -74,6 +152,8 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
                "method_name": last.get("method_name"), "seed": int(last["seed"]),
                "initial_batch_size": last.get("initial_batch_size"),
                "final_acc": float(last["val_acc"]), "best_acc": float(m["val_acc"].max()),
+               "acc_at_25pct": _acc_at_quarter(m, last.get("epochs_planned")),
+               "peak_memory_mb": float(m["peak_memory_mb"].max()) if "peak_memory_mb" in m else float("nan"),
                "final_batch_size": float(last["batch_size"]), "final_train_loss": float(last["train_loss"])}
         row["own_target"] = row["final_acc"] - WITHIN_PP
         row.update({f"own_{u}": v for u, v in time_to_target(m, row["own_target"]).items()})
@@ -87,6 +167,14 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
     for u in UNITS:
         runs[f"common_{u}"] = [c[u] for c in common]
     return runs
+
+
+def _acc_at_quarter(m: pd.DataFrame, planned) -> float:
+    """Validation accuracy (percent) at epoch :func:`quarter_epoch` of ``planned``; NaN if unknown."""
+    if planned is None or not np.isfinite(float(planned)):
+        return float("nan")
+    row = m[m["epoch"] == quarter_epoch(int(planned))]
+    return float(row["val_acc"].iloc[0]) if len(row) else float("nan")
 
 
 def common_targets(runs: pd.DataFrame, group: list[str] | None = None) -> pd.Series:
@@ -161,6 +249,16 @@ def speedup(base_times: np.ndarray, method_times: np.ndarray) -> Interval:
             the same n seeds, in one unit (epochs, optimizer steps or seconds).
     """
     return paired_bootstrap(base_times, method_times, _ratio_of_means)
+
+
+def authors_speedup(base_value: float, method_value: float) -> float:
+    """Speed-up on the authors' definition: the baseline's :func:`authors_time_to_target` value
+    divided by the method's, in one unit (> 1: the method is faster). One seed-mean curve each,
+    so no interval. NaN when either is NaN or the method's value is 0."""
+    base_value, method_value = float(base_value), float(method_value)
+    if not (np.isfinite(base_value) and np.isfinite(method_value)) or method_value == 0:
+        return float("nan")
+    return base_value / method_value
 
 
 def accuracy_change(method_acc: np.ndarray, base_acc: np.ndarray) -> Interval:

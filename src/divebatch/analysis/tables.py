@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from divebatch.analysis.collect import ALL_HPARAMS, GROUP, SGD_SMALL
-from divebatch.analysis.stats import UNIT_LABELS, UNITS, WITHIN_PP, Interval, accuracy_change, paired, per_run, speedup
+from divebatch.analysis.collect import ALL_HPARAMS, GROUP, SGD_SMALL, protocol_name
+from divebatch.analysis.stats import (AUTHORS_UNITS, UNIT_LABELS, UNITS, WITHIN_PP, Interval, accuracy_change,
+                                      authors_speedup, authors_time_to_target, paired, per_run, speedup)
 from divebatch.analysis.style import METHOD_ORDER
 
 # Baseline role -> methods that can play it, in order of preference. "AdaBatch" prefers the plain
-# variant (PAPER.md's claim 2 compares against AdaBatch); with only the rescaled one, that one is used.
+# variant (claim 2 of docs/protocol.md compares against AdaBatch); with only the rescaled one, that one is used.
 BASELINES = {SGD_SMALL: (SGD_SMALL,), "AdaBatch": ("AdaBatch", "AdaBatch + lr rescale")}
 BASELINE_SLUG = {SGD_SMALL: "sgd_small", "AdaBatch": "adabatch"}
 TARGETS = {"own": f"own final - {WITHIN_PP:g} pp", "common": f"common (lowest final - {WITHIN_PP:g} pp)"}
@@ -59,34 +60,96 @@ def baseline_groups(runs: pd.DataFrame) -> dict[tuple[str, str], tuple]:
     return out
 
 
-def main_table(epochs: pd.DataFrame) -> pd.DataFrame:
+def authors_table(epochs: pd.DataFrame) -> pd.DataFrame:
+    """The authors' time to target per dataset x method x setting
+    (:func:`divebatch.analysis.stats.authors_time_to_target`, on the seed-mean curve of the group).
+
+    Returns:
+        Columns ``dataset, method, setting``, ``authors_target`` (percent), ``authors_epochs``,
+        ``authors_optimizer_steps``, ``authors_train_time_s`` (training seconds only).
+    """
+    cols = [*GROUP, "authors_target", *(f"authors_{u}" for u in AUTHORS_UNITS)]
+    if epochs.empty:
+        return pd.DataFrame(columns=cols)
+    rows = [{**dict(zip(GROUP, key)), **{f"authors_{k}": v for k, v in authors_time_to_target(g).items()}}
+            for key, g in epochs.groupby(GROUP, sort=False)]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def diverged_seeds(runs: pd.DataFrame) -> dict[tuple, list[int]]:
+    """``(dataset, method, setting) -> sorted seeds`` whose run diverged and that have no complete
+    run in that group (a diverged attempt that was re-run to completion is not counted).
+
+    Args:
+        runs: ``RunSet.runs`` (needs ``status``, ``complete``, ``seed`` and the group columns).
+    """
+    if runs is None or runs.empty or "status" not in runs:
+        return {}
+    out = {}
+    for key, g in runs[runs["method"].notna()].groupby(GROUP):
+        done = set(g.loc[g["complete"].astype(bool), "seed"].astype(int))
+        div = sorted(set(g.loc[g["status"] == "diverged", "seed"].astype(int)) - done)
+        if div:
+            out[key] = div
+    return out
+
+
+def main_table(epochs: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per dataset x method (x setting): accuracy, accuracy change, time to target.
 
     Args:
-        epochs: tidy per-epoch table (``RunSet.epochs``).
+        epochs: tidy per-epoch table (``RunSet.epochs``, complete runs).
+        runs: ``RunSet.runs``, to count diverged runs per group (a group whose every run diverged
+            gets a row with ``n_seeds`` 0 and NaN numbers); None: no ``diverged`` count (0).
     Returns:
-        Numeric columns: ``n_seeds``, ``seeds``; ``final_acc_mean/std``, ``best_acc_mean/std``
-        (percent, std over seeds with ddof=1); ``final_batch_size_mean`` (samples);
-        ``acc_change_vs_<role>_pp`` with ``_low``/``_high`` (percentage points, paired bootstrap
-        95%); ``common_target`` (percent); for target in (own, common) and unit in (epochs,
+        Numeric columns: ``protocol`` (``authors_code`` | ``clean`` | None, from config.yaml);
+        ``n_seeds``, ``seeds`` (complete runs used); ``diverged`` (seeds whose run diverged,
+        left out of every number) and ``diverged_seeds``; ``final_acc_mean/std``,
+        ``best_acc_mean/std`` (percent, std over seeds with ddof=1); ``acc_at_25pct_mean/std``
+        (percent, validation accuracy after the first quarter of the planned epochs E, i.e. at
+        0-based epoch ceil(0.25 E) - 1); ``peak_memory_mb_mean`` (MB: max over epochs per run, mean
+        over seeds; CUDA allocator peak on GPU, peak RSS of the process on CPU);
+        ``final_batch_size_mean`` (samples); ``acc_change_vs_<role>_pp`` with ``_low``/``_high``
+        (percentage points, paired bootstrap 95%); the authors' definition on the seed-mean curve
+        (:func:`authors_table`): ``authors_target`` (percent), ``authors_epochs``,
+        ``authors_optimizer_steps``, ``authors_train_time_s`` (training seconds), and
+        ``authors_speedup_vs_<role>_<unit>`` (baseline's value / this group's, no interval);
+        ``common_target`` (percent); for target in (own, common) and unit in (epochs,
         optimizer_steps, wall_time_s): ``<target>_<unit>_mean/std`` and ``common_reached``
         (runs that reached the common target).
     """
+    runs_found = runs
     runs = run_table(epochs)
-    if runs.empty:
+    diverged = diverged_seeds(runs_found)
+    if runs.empty and not diverged:
         return pd.DataFrame(columns=GROUP)
-    bases = baseline_groups(runs)
+    bases = baseline_groups(runs) if len(runs) else {}
+    authors = authors_table(epochs).set_index(GROUP)
     rows = []
-    for key, g in runs.groupby(GROUP, sort=False):
-        row = dict(zip(GROUP, key), n_seeds=len(g), seeds=",".join(map(str, sorted(g["seed"]))))
-        for col in ("final_acc", "best_acc"):
+    groups = dict(list(runs.groupby(GROUP, sort=False))) if len(runs) else {}
+    for key in diverged:
+        if key not in groups:  # every run of this group diverged: a row that says so
+            rows.append({**dict(zip(GROUP, key)), "protocol": _group_protocol(runs_found, key), "n_seeds": 0,
+                         "seeds": "", "diverged": len(diverged[key]), "diverged_seeds": _seeds(diverged[key])})
+    for key, g in groups.items():
+        row = dict(zip(GROUP, key), protocol=g["protocol"].iloc[0] if "protocol" in g else None,
+                   n_seeds=len(g), seeds=_seeds(g["seed"]), diverged=len(diverged.get(key, [])),
+                   diverged_seeds=_seeds(diverged.get(key, [])))
+        for col in ("final_acc", "best_acc", "acc_at_25pct"):
             row[f"{col}_mean"], row[f"{col}_std"] = g[col].mean(), g[col].std(ddof=1)
+        row["peak_memory_mb_mean"] = g["peak_memory_mb"].mean()
         row["final_batch_size_mean"] = g["final_batch_size"].mean()
         for role, slug in BASELINE_SLUG.items():
             base = bases.get((key[0], role))
             iv = accuracy_change(*paired(runs, key, base, "final_acc")) if base else Interval(np.nan, np.nan, np.nan, 0)
             row[f"acc_change_vs_{slug}_pp"], row[f"acc_change_vs_{slug}_pp_low"] = iv.value, iv.low
             row[f"acc_change_vs_{slug}_pp_high"] = iv.high
+        row.update(authors.loc[key].to_dict())
+        for role, slug in BASELINE_SLUG.items():
+            base = bases.get((key[0], role))
+            for u in AUTHORS_UNITS:
+                row[f"authors_speedup_vs_{slug}_{u}"] = (
+                    authors_speedup(authors.loc[base, f"authors_{u}"], row[f"authors_{u}"]) if base else np.nan)
         row["common_target"] = g["common_target"].iloc[0]
         for target in TARGETS:
             for u in UNITS:
@@ -95,6 +158,15 @@ def main_table(epochs: pd.DataFrame) -> pd.DataFrame:
         row["common_reached"] = int(g["common_epochs"].notna().sum())
         rows.append(row)
     return _order(pd.DataFrame(rows))
+
+
+def _seeds(seeds) -> str:
+    return ",".join(map(str, sorted(int(s) for s in seeds)))
+
+
+def _group_protocol(runs: pd.DataFrame, key: tuple):
+    g = runs[(runs["dataset"] == key[0]) & (runs["method"] == key[1]) & (runs["setting"] == key[2])]
+    return g["protocol"].iloc[0] if "protocol" in g and len(g) else None
 
 
 def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
@@ -195,22 +267,46 @@ def _iv(row: pd.Series, col: str, digits: int = 2, suffix: str = "", n: int | No
     return core if not np.isfinite(low) else f"{core} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+AUTHORS_DIGITS = {"epochs": 0, "optimizer_steps": 0, "train_time_s": 1}
+_AUTHORS_HEAD = " / ".join(AUTHORS_UNITS.values())  # "epochs / optimizer steps / training s"
+
+
+def _num(value: float, digits: int, suffix: str = "") -> str:
+    return f"{value:.{digits}f}{suffix}" if np.isfinite(value) else "n/a"
+
+
 def format_main(table: pd.DataFrame) -> pd.DataFrame:
-    """Readable version of :func:`main_table` (strings: mean ± std, intervals in brackets)."""
+    """Readable version of :func:`main_table` (strings: mean ± std, intervals in brackets).
+
+    The authors' definition comes first after the accuracies, one cell per quantity with the three
+    units in the order of the header (``epochs / optimizer steps / training s``). ``Diverged`` is
+    ``k/n``: k seeds diverged out of the n seeds found for the group (shown for every row, also 0).
+    """
     rows = []
     for _, r in table.iterrows():
+        n = int(r["n_seeds"])
+        ttt = " / ".join(_num(r[f"authors_{u}"], AUTHORS_DIGITS[u]) for u in AUTHORS_UNITS)
         row = {"Dataset": r["dataset"], "Method": r["method"], "Setting": r["setting"] or "-",
-               "Seeds": f"{r['n_seeds']} ({r['seeds']})",
+               "Protocol": protocol_name(r.get("protocol")),
+               "Seeds": f"{n} ({r['seeds']})" if n else "0",
+               "Diverged": f"{int(r['diverged'])}/{n + int(r['diverged'])}",
                "Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
                "Best acc. (%)": mean_std(r["best_acc_mean"], r["best_acc_std"]),
-               "Final batch size": f"{r['final_batch_size_mean']:.0f}",
+               "Acc. at 25% of epochs (%)": mean_std(r["acc_at_25pct_mean"], r["acc_at_25pct_std"]),
+               "Peak memory (MB)": _num(r["peak_memory_mb_mean"], 0),
+               "Final batch size": _num(r["final_batch_size_mean"], 0),
                "Acc. change vs SGD small (pp)": _iv(r, "acc_change_vs_sgd_small_pp", suffix=" pp"),
-               "Acc. change vs AdaBatch (pp)": _iv(r, "acc_change_vs_adabatch_pp", suffix=" pp")}
+               "Acc. change vs AdaBatch (pp)": _iv(r, "acc_change_vs_adabatch_pp", suffix=" pp"),
+               f"Authors' time to target ({_AUTHORS_HEAD})": ttt}
+        for role, slug in BASELINE_SLUG.items():
+            row[f"Authors' speed-up vs {'SGD small' if role == SGD_SMALL else role} ({_AUTHORS_HEAD})"] = " / ".join(
+                _num(r[f"authors_speedup_vs_{slug}_{u}"], 2, "x") for u in AUTHORS_UNITS)
         for target in TARGETS:
             for u, digits in (("epochs", 1), ("optimizer_steps", 0), ("wall_time_s", 1)):
                 row[f"{UNIT_LABELS[u].capitalize()} to {target} target"] = mean_std(
                     r[f"{target}_{u}_mean"], r[f"{target}_{u}_std"], digits)
-        row["Reached common target"] = f"{r['common_reached']}/{r['n_seeds']} (target {r['common_target']:.1f}%)"
+        row["Reached common target"] = (f"{int(r['common_reached'])}/{n} (target {r['common_target']:.1f}%)"
+                                        if n else "n/a")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -278,8 +374,8 @@ def diversity_table(epochs: pd.DataFrame) -> pd.DataFrame:
     """Every epoch that measured gradient diversity, with the quantities DiveBatch derives from it.
 
     ``n_delta = n * Delta_hat`` equals ``1 + B_simple``, one plus the simple gradient noise scale of
-    McCandlish et al. (2018) (identity in PAPER.md); ``proposed_batch = delta * n * Delta_hat`` is
-    DiveBatch's unclipped rule and ``rule_batch`` the clipped one
+    McCandlish et al. (2018) (identity in docs/protocol.md, "Gradient diversity");
+    ``proposed_batch = delta * n * Delta_hat`` is DiveBatch's unclipped rule and ``rule_batch`` the clipped one
     (:func:`divebatch.policies.divebatch_batch_size`), which ``next_batch_size`` should equal.
     n is ``n_train`` (samples seen in the first epoch).
 
