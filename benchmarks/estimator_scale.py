@@ -88,9 +88,11 @@ def main(argv=None) -> int:
     common.header("diversity estimators against Delta(w) as n grows (shadow runs)", device,
                   f"CIFAR-10 JPEGs ({Path(spec.archive).name}), fixed random subsets of n = {sizes}")
     shadows, subsets, walls = [], [], []
+    epochs = dict(spec.get("epochs_at") or {})
     for n in sizes:
+        extra = [f"epochs={epochs[n]}"] if n in epochs else []
         cfg = load_config(spec.train_config, [f"data.path={root}", f"data.train_subset={n}",
-                                              f"out_dir={Path(spec.runs_dir) / f'n{n}'}", f"device={device}"])
+                                              f"out_dir={Path(spec.runs_dir) / f'n{n}'}", f"device={device}", *extra])
         t0 = time.perf_counter()
         train(cfg)
         walls.append({"n": n, "wall_s": time.perf_counter() - t0, "epochs": cfg.epochs})

@@ -236,3 +236,48 @@ def test_shadow_leaves_the_training_unchanged(tiny_config):
 def test_shadow_is_refused_on_a_divebatch_run(tiny_config):
     with pytest.raises(ConfigError, match=r"shadow\.enabled=True; allowed: false with method\.name=divebatch"):
         tiny_config("shadow.enabled=true")
+
+
+# ----------------------------------------------------------------------------- synthetic problem (experiment d)
+
+
+def test_synthetic_estimators_at_lr_zero_equal_exact_delta():
+    """lr 0 on the synthetic problem: the epoch estimator and the fixed-point estimator over all n are
+    exact n*Delta; the micro-batch estimate is near it; every method row carries all three."""
+    from divebatch.synthetic import problem as P
+    from divebatch.synthetic.config import load
+    from divebatch.synthetic.data import DataSpec
+    from divebatch.synthetic.knee import prepare
+    from divebatch.synthetic.methods import estimator_table, run_method
+
+    spec = DataSpec(n_train=512, n_val=64, n_features=8, label_noise=0.1, spectrum_decay=0.0, l2=1e-3)
+    probs = prepare(spec, [3], target_relative=0.01, with_paths=False)
+    mcfg = load(overrides=["methods.epochs=2", "methods.initial_batch_size=16", "methods.max_batch_size=256",
+                           "methods.fixed_point_samples=null"]).methods
+    rows, _ = run_method(probs, 0, "SGD (small batch)", mcfg, lr=1e-300)
+    exact = float(P.n_diversity(probs.x[0], probs.y[0], torch.zeros(1, 8, dtype=P.DTYPE), 1e-3)[0])
+    for r in rows:
+        assert r["n_delta_hat"] == pytest.approx(exact, rel=1e-8)
+        assert r["n_delta_fixed_point"] == pytest.approx(exact, rel=1e-8)
+        assert r["n_delta_microbatch"] == pytest.approx(exact, rel=0.5)
+    table = estimator_table(pd.DataFrame(rows))
+    assert set(table.estimator) == {"exact (authors' epoch estimator)", "microbatch", "fixed_point"}
+
+
+def test_synthetic_fixed_point_subset_is_the_subset_formula():
+    from divebatch.synthetic import problem as P
+    from divebatch.synthetic.config import load
+    from divebatch.synthetic.data import DataSpec
+    from divebatch.synthetic.knee import prepare
+    from divebatch.synthetic.methods import run_method
+
+    spec = DataSpec(n_train=512, n_val=64, n_features=8, label_noise=0.1, spectrum_decay=0.0, l2=1e-3)
+    probs = prepare(spec, [3], target_relative=0.01, with_paths=False)
+    mcfg = load(overrides=["methods.epochs=1", "methods.initial_batch_size=16", "methods.max_batch_size=256",
+                           "methods.fixed_point_samples=100"]).methods
+    rows, _ = run_method(probs, 0, "SGD (small batch)", mcfg, lr=1e-300)
+    x, y, w = probs.x[0], probs.y[0], torch.zeros(1, 8, dtype=P.DTYPE)
+    idx = torch.randperm(512, generator=torch.Generator().manual_seed(7919 + 3))[:100]
+    g = P.per_sample_grads(x[idx], y[idx], w, 1e-3)[0]
+    expected = subset_n_diversity(g.pow(2).sum().item(), g.sum(0).pow(2).sum().item(), 100, 512)
+    assert rows[0]["n_delta_fixed_point"] == pytest.approx(expected, rel=1e-8)

@@ -421,6 +421,25 @@ def _sq_norm(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(list(tensors))).double().pow(2).sum()
 
 
+def two_scale_sq_norm_sum(micro_sq, full_sq, sizes: Sequence[int]):
+    """P_hat, the unbiased estimate of P = sum_i ||g_i||^2 of one step from its micro-batch gradients
+    (:class:`MicroBatchDiversity`; McCandlish et al., 2018, App. A, in sum units).
+
+    Args:
+        micro_sq: sum_j ||U_j||^2 (U_j = sum of g_i over micro-batch j), float or 0-d tensor.
+        full_sq: ||U||^2 (U = sum_j U_j); ignored (may be None) for a one-part step.
+        sizes: b_j, the micro-batch sizes (samples); B = sum_j b_j.
+    Returns:
+        (micro_sq - r full_sq) / (1 - r) with r = sum_j b_j (b_j - 1) / (B (B - 1)); ``micro_sq``
+        itself for a one-part step (a single sample's norm is exact).
+    """
+    if len(sizes) == 1:
+        return micro_sq
+    batch = sum(sizes)
+    r = sum(b * (b - 1) for b in sizes) / (batch * (batch - 1))
+    return (micro_sq - r * full_sq) / (1 - r)
+
+
 class MicroBatchDiversity(EpochDiversityEstimator):
     """Two-scale estimator of the authors' epoch Delta (``method.diversity_estimator=microbatch``).
 
@@ -537,13 +556,8 @@ class MicroBatchDiversity(EpochDiversityEstimator):
             raise RuntimeError(f"microbatch estimator: the step of {batch_size} samples ran {self._done} "
                                f"micro-batches, planned {sizes}; split steps by estimator.micro_batch_sizes()")
         grads = _grads(model)
-        if len(sizes) == 1:  # a one-sample step: its norm is exact
-            p_hat = self._micro_sq
-        else:
-            r = sum(b * (b - 1) for b in sizes) / (batch_size * (batch_size - 1))
-            full_sq = _sq_norm(grads) * float(batch_size) ** 2
-            p_hat = (self._micro_sq - r * full_sq) / (1 - r)
-        self.add(p_hat, grads, batch_size, grad_scale=batch_size)
+        full_sq = None if len(sizes) == 1 else _sq_norm(grads) * float(batch_size) ** 2
+        self.add(two_scale_sq_norm_sum(self._micro_sq, full_sq, sizes), grads, batch_size, grad_scale=batch_size)
         self._micro_sq, self._plan, self._done = None, [], 0
 
 
