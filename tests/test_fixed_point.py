@@ -210,6 +210,10 @@ def test_shadow_at_lr_zero_all_whole_set_estimates_agree(tiny_config):
     assert row.n_delta_exact == pytest.approx(row.n_delta_full, rel=1e-5)
     assert row.n_delta_fixed_point == pytest.approx(row.n_delta_full, rel=1e-5)
     assert row.n_delta_microbatch == pytest.approx(row.n_delta_full, rel=0.5)
+    # the two factors of n * Delta agree too (numerator: mean squared norm; denominator: squared mean gradient)
+    assert row.exact_mean_sq_norm == pytest.approx(row.full_mean_sq_norm, rel=1e-5)
+    assert row.exact_mean_grad_sq == pytest.approx(row.full_mean_grad_sq, rel=1e-5)
+    assert row.full_mean_sq_norm / row.full_mean_grad_sq == pytest.approx(row.n_delta_full, rel=1e-9)
     subsets = pd.read_csv(f"{cfg.out_dir}/shadow_subsets.csv")
     assert subsets.subset_samples.tolist() == [128, 512] and (subsets.n_delta_full == row.n_delta_full).all()
     assert subsets.rel_sd.iloc[1] < subsets.rel_sd.iloc[0]  # more samples, smaller sampling error

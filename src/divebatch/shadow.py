@@ -35,7 +35,11 @@ from divebatch.diversity import (ExactDiversity, FixedPointDiversity, MicroBatch
                                  fixed_point_sums, subset_n_diversity)
 
 SHADOW_COLUMNS = ["epoch", "lr", "batch_size", "n_train", "n_delta_exact", "n_delta_microbatch", "n_delta_fixed_point",
-                  "fixed_point_samples", "n_delta_full", "fixed_point_s", "full_pass_s", "measured_epoch_s"]
+                  "fixed_point_samples", "n_delta_full", "fixed_point_s", "full_pass_s", "measured_epoch_s",
+                  "exact_mean_sq_norm", "exact_mean_grad_sq", "full_mean_sq_norm", "full_mean_grad_sq"]
+# n * Delta = (mean_i ||g_i||^2) / ||mean_i g_i||^2: the last four columns are these two factors for the epoch
+# estimator (S / n and ||A||^2 / n^2 over the epoch's iterates) and for Delta(w) (whole set, one point), so a
+# ratio of estimates splits into its numerator part (per-sample norms) and its denominator part (mean gradient).
 SUBSET_COLUMNS = ["epoch", "subset_samples", "draws", "n_delta_full", "rel_bias", "rel_sd", "rel_p90_abs_err",
                   "share_inf"]
 
@@ -229,7 +233,10 @@ class ShadowRecorder:
                "n_delta_microbatch": self.estimators.micro.value() * self.n,
                "n_delta_fixed_point": self.fixed.value() * self.n, "fixed_point_samples": self.fixed.subset_samples,
                "n_delta_full": full, "fixed_point_s": t1 - t0, "full_pass_s": t2 - t1,
-               "measured_epoch_s": measured_epoch_s}
+               "measured_epoch_s": measured_epoch_s,
+               "exact_mean_sq_norm": float(self.estimators.exact.sq_norm_sum) / self.n,
+               "exact_mean_grad_sq": float(sum(g.double().pow(2).sum() for g in self.estimators.exact.grad_sum)) / self.n ** 2,
+               "full_mean_sq_norm": float(s.sum()) / self.n, "full_mean_grad_sq": float(gram.sum()) / self.n ** 2}
         self.rows.append(row)
         self.subset_rows += [{"epoch": epoch, **r} for r in subsets]
         return row

@@ -67,6 +67,12 @@ def _divebatch(main: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
+def has_study(main: pd.DataFrame) -> bool:
+    """Whether the main table holds DiveBatch runs under more than one estimator."""
+    d = _divebatch(main) if len(main) else pd.DataFrame()
+    return bool(len(d)) and d["estimator"].nunique() > 1
+
+
 def estimator_claim(main: pd.DataFrame) -> tuple[str, str]:
     """Verdict and numbers of the claims row (:data:`ESTIMATOR_RULE`).
 
@@ -196,12 +202,19 @@ def read_shadow(roots, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def shadow_table(shadow: pd.DataFrame) -> pd.DataFrame:
     """Per dataset and resize point (1-based epoch): median over seeds of lr, Delta(w)'s n*Delta over
-    all n, each estimator's n*Delta and its ratio to Delta(w), and the fixed-point estimate's cost."""
+    all n, each estimator's n*Delta and its ratio to Delta(w), the split of the exact ratio into
+    ``exact_numerator_ratio`` (mean per-sample squared norm, epoch estimator / Delta(w)) times
+    ``exact_denominator_ratio`` (squared mean gradient, Delta(w) / epoch estimator) when logged, and
+    the fixed-point estimate's cost."""
     s = shadow.copy()
     for est, col in SHADOW_ESTIMATES.items():
         s[f"ratio_{est}"] = s[col] / s["n_delta_full"]
     s["epoch"] = s["epoch"] + 1
+    if {"exact_mean_sq_norm", "full_mean_sq_norm"} <= set(s.columns):  # exact / Delta(w) = numerator x denominator part
+        s["exact_numerator_ratio"] = s["exact_mean_sq_norm"] / s["full_mean_sq_norm"]
+        s["exact_denominator_ratio"] = s["full_mean_grad_sq"] / s["exact_mean_grad_sq"]
     cols = ["lr", "n_delta_full", *SHADOW_ESTIMATES.values(), *(f"ratio_{e}" for e in SHADOW_ESTIMATES),
+            *[c for c in ("exact_numerator_ratio", "exact_denominator_ratio") if c in s],
             "fixed_point_samples", "fixed_point_s", "full_pass_s", "measured_epoch_s"]
     out = s.groupby(["dataset", "epoch"])[cols].median().reset_index()
     out.insert(2, "seeds", s.groupby(["dataset", "epoch"])["seed"].nunique().to_numpy())
@@ -303,8 +316,7 @@ def write(res, roots, table, figure) -> None:
             and ``figure(stem, fig, sentence)``.
     """
     ep = res.runs.epochs
-    d = _divebatch(res.main) if len(res.main) else pd.DataFrame()
-    if len(d) and d["estimator"].nunique() > 1:
+    if has_study(res.main):
         t = estimator_table(res.main, res.speedups, ep)
         table("estimators", t, format_estimator_table(t), "Estimator study: DiveBatch under each diversity estimator")
         figure("estimators_schedules", plot_schedules(ep), DESCRIPTIONS["estimators_schedules"])
