@@ -15,7 +15,7 @@ The archive (``../shared/data/cifar10-jpeg.tar.gz``) is unpacked once into the c
 under a name keyed by the archive's sha256; the images are decoded once into the content-keyed
 cache of ``data.name=imagefolder``. Runs resume when cut (``divebatch train`` semantics).
 
-Usage: ``uv run python benchmarks/estimator_scale.py [--config configs/estimators/scale.yaml]
+Usage: ``uv run python benchmarks/estimator_scale.py [--config configs/benchmarks/estimator_scale.yaml]
 [--sizes 5000,50000]``. Measured wall time: docs/diversity.md (about 40 minutes on a shared
 2-core CPU for the default config).
 """
@@ -78,13 +78,15 @@ def decisions(shadow: pd.DataFrame, delta: float, m0: int, cap: int) -> pd.DataF
 
 def main(argv=None) -> int:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/estimators/scale.yaml")
+    p.add_argument("--config", default="configs/benchmarks/estimator_scale.yaml")
     p.add_argument("--sizes", default=None, help="comma list overriding the config's sizes")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: print the tables from the epochs the run directories hold so far")
     args = p.parse_args(argv)
     device = common.setup(args)
     spec = OmegaConf.load(args.config)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(spec.sizes)
-    root = unpacked(Path(spec.archive))
+    root = unpacked(Path(spec.archive)) if not args.report_only else Path("unpacked-archive")
     common.header("diversity estimators against Delta(w) as n grows (shadow runs)", device,
                   f"CIFAR-10 JPEGs ({Path(spec.archive).name}), fixed random subsets of n = {sizes}")
     shadows, subsets, walls = [], [], []
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
         cfg = load_config(spec.train_config, [f"data.path={root}", f"data.train_subset={n}",
                                               f"out_dir={Path(spec.runs_dir) / f'n{n}'}", f"device={device}", *extra])
         t0 = time.perf_counter()
-        train(cfg)
+        if not args.report_only:
+            train(cfg)
         walls.append({"n": n, "wall_s": time.perf_counter() - t0, "epochs": cfg.epochs})
         shadows.append(pd.read_csv(Path(cfg.out_dir) / "shadow.csv"))
         sub = pd.read_csv(Path(cfg.out_dir) / "shadow_subsets.csv")
