@@ -183,15 +183,19 @@ def estimator_table(traj: pd.DataFrame) -> pd.DataFrame:
     and the fixed-point estimator (Delta at the epoch's final iterate over a fixed subset).
     Columns: ``method``, ``estimator``, ``epochs``; median and [10th, 90th] percentile of
     ``estimate / n_delta_exact_start`` and of ``/ n_delta_exact_end``; ``share_between``: share of
-    epochs whose estimate lies between the two exact values (inclusive), ``share_below``: share below both.
+    epochs whose estimate lies between the two exact values (inclusive), ``share_below``: share below both;
+    ``share_inf``: share of all epochs whose estimate is infinite (the fixed-point estimator when the
+    mean gradient is not resolved above its subset's noise, near the optimum), left out of the ratios.
     """
     rows = []
     for col, est_name in ESTIMATOR_COLUMNS.items():
         if col not in traj:
             continue
+        unresolved = traj.groupby("method", sort=False)[col].agg(lambda v: float(np.isinf(v).mean()))
         t = traj.replace([np.inf, -np.inf], np.nan).dropna(subset=[col, "n_delta_exact_start", "n_delta_exact_end"])
         for name, g in t.groupby("method", sort=False):
-            rows.append({"method": name, "estimator": est_name, **_ratio_summary(g, col)})
+            rows.append({"method": name, "estimator": est_name, **_ratio_summary(g, col),
+                         "share_inf": unresolved.get(name, np.nan)})
     return pd.DataFrame(rows)
 
 
