@@ -193,3 +193,15 @@ def test_whole_cifar10_jpeg_archive_has_the_layout(tmp_path):
     assert torch.bincount(b.arrays[1]).tolist() == [30] * 10
     mean = b.arrays[0].double().mean((0, 2, 3)) / 255
     assert torch.allclose(mean, torch.tensor([0.49, 0.48, 0.45], dtype=torch.float64), atol=0.06)  # CIFAR-like
+
+
+def test_train_subset_with_a_seed_is_a_fixed_random_subset_on_both_paths(tmp_path):
+    """An image folder is ordered by class: the first N samples are one class, a seeded N spans classes."""
+    root = tmp_path / "data"
+    write_layout(root, per_class=(8, 1))
+    first = build_data(data_cfg(name="imagefolder", path=str(root), train_subset=6))
+    assert first.arrays[1].tolist() == [0] * 6
+    seeded = build_data(data_cfg(name="imagefolder", path=str(root), train_subset=6, subset_seed=0))
+    again = build_data(data_cfg(name="imagefolder", path=str(root), train_subset=6, subset_seed=0))
+    assert torch.equal(seeded.arrays[1], again.arrays[1]) and len(set(seeded.arrays[1].tolist())) > 1
+    assert [seeded.train_set[i][1] for i in range(6)] == seeded.arrays[1].tolist()  # DataLoader path: same samples
