@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,49 @@ def test_replicate_help_runs_from_the_console_script():
     res = subprocess.run([sys.executable, "-m", "divebatch", "replicate", "--help"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0 and "--jobs" in res.stdout and "smoke | cpu | paper" in res.stdout
+
+
+def test_dry_run_shows_the_device_of_each_run_for_k_runs_per_gpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # two GPUs as far as the launcher is concerned
+    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    configs = [_method_yaml(tmp_path, stem, {"name": "sgd"}) for stem in ("a", "b", "c", "d", "e")]
+    profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": configs}])
+    assert rep.cli([str(profile), "--runs-dir", str(tmp_path / "runs"), "--runs-per-gpu", "2", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "4 job(s) on 2 GPU(s) (0, 1), up to 2 run(s) per GPU" in lines[0]
+    where = [re.search(r" on (.*): 2 epochs;", line).group(1) for line in lines[1:6]]
+    assert where == ["GPU 0 (run 1 of 2 on it)", "GPU 1 (run 1 of 2 on it)", "GPU 0 (run 2 of 2 on it)",
+                     "GPU 1 (run 2 of 2 on it)", "GPU 0 or 1 (queued: first free slot)"]
+    assert not (tmp_path / "runs").exists()
+    assert rep.cli([str(profile), "--runs-per-gpu", "0", "--dry-run"]) == 2
+    assert "invalid --runs-per-gpu 0; allowed: an integer >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two training processes: ~40 s on a busy 2-core machine
+def test_a_run_out_of_cuda_memory_is_reported_and_the_others_finish(tmp_path, capsys, monkeypatch):
+    """Two runs at once on one (pretend) GPU, 2 runs per GPU: one runs out of CUDA memory in its
+    first epoch (raised as on a GPU, through a wrapper around the real ``divebatch train``); it is
+    reported FAILED with the message naming method.max_micro_batch, and the other one finishes."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # the runs themselves use device=cpu (TINY)
+    wrapper = tmp_path / "wrapped_train.py"
+    wrapper.write_text(
+        "import sys, torch\n"
+        "from divebatch import training\n"
+        "from divebatch.cli import main\n"
+        "def oom(*a, **k):\n"
+        "    raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 8.00 GiB')\n"
+        "if sys.argv[2].endswith('oom.yaml'):\n"
+        "    training.train_one_epoch = oom\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    monkeypatch.setattr(rep.Run, "argv", lambda self: [sys.executable, str(wrapper), "train", self.config,
+                                                       *self.overrides])
+    configs = [_method_yaml(tmp_path, stem, {"name": "sgd"}) for stem in ("ok1", "oom")]
+    profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": configs}])
+    assert _cli(profile, tmp_path, "--runs-per-gpu", "2") == 1
+    out = capsys.readouterr().out
+    assert "FAILED   digits/oom/seed1 (exit 3)" in out
+    # the log's last lines carry the out-of-memory message: batch 64 in one micro-batch, try 32
+    assert "micro-batch size 64 (method.max_micro_batch=512)" in out and "method.max_micro_batch=32" in out
+    assert "started  digits/ok1/seed1 on GPU 0" in out and "started  digits/oom/seed1 on GPU 0" in out
+    assert json.loads((tmp_path / "runs" / "digits" / "ok1" / "seed1" / "summary.json").read_text())["finished"]
+    assert "1 run(s) trained, 0 skipped (finished already), 1 failed" in out

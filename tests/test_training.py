@@ -387,3 +387,57 @@ def test_wandb_offline_writes_an_offline_run_under_out_dir(tiny_config, monkeypa
     train(cfg)
     runs = list((Path(cfg.out_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), runs
+
+
+# ----------------------------------------------------------------------------- CUDA out of memory
+
+
+def test_cuda_out_of_memory_names_the_setting_and_the_run_resumes_after_lowering_it(tiny_config, monkeypatch,
+                                                                                    capsys):
+    """An out-of-memory error in epoch 2 (raised as torch raises it on a GPU) stops the run with a
+    message naming batch size, micro-batch size and method.max_micro_batch; rerunning with a lower
+    method.max_micro_batch resumes from the finished epoch instead of refusing the changed config,
+    and any other changed key is still refused."""
+    from divebatch import training
+    from divebatch.cli import main
+
+    real = training.train_one_epoch
+    calls = []
+
+    def oom_in_second_epoch(*args, **kwargs):
+        calls.append(args[4])  # max_micro_batch passed by train()
+        if len(calls) == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", oom_in_second_epoch)
+    monkeypatch.setenv("DIVEBATCH_RUNS_PER_GPU", "3")
+    cfg = tiny_config("epochs=3", "method.name=sgd", "method.max_micro_batch=48")
+    with pytest.raises(training.TrainingOutOfMemory) as info:
+        train(cfg)
+    msg = str(info.value)
+    for needed in ("epoch 2/3", "batch size 64", "micro-batch size 48", "method.max_micro_batch=48",
+                   "method.max_micro_batch=24", "--set method.max_micro_batch=24", "resumes from its last finished "
+                   "epoch (1/3)", "Up to 3 runs share this GPU", "Tried to allocate 2.00 GiB"):
+        assert needed in msg, needed
+    assert len(metrics(cfg.out_dir)) == 1  # epoch 1 was kept
+
+    # the command line: a clear error and exit status 3, no traceback
+    calls.clear()
+    yaml_path = os.path.join(cfg.out_dir, "config.yaml")
+    assert main(["train", yaml_path, "method.max_micro_batch=32"]) == 3  # resumes, trains epoch 2, fails in 3
+    err = capsys.readouterr().err
+    assert "divebatch train: error: CUDA out of memory in epoch 3/3" in err and "Traceback" not in err
+    assert "micro-batch size 32" in err
+
+    monkeypatch.setattr(training, "train_one_epoch", real)
+    other = tiny_config("epochs=3", "method.name=sgd", "method.max_micro_batch=16", "optim.lr=0.01")
+    with pytest.raises(RunDirError, match=r"optim\.lr: 0\.05 -> 0\.01"):
+        train(other)
+    summary = train(tiny_config("epochs=3", "method.name=sgd", "method.max_micro_batch=16"))
+    assert summary["finished"] and summary["epochs_completed"] == 3
+    manifest = json.loads((Path(cfg.out_dir) / "manifest.json").read_text())
+    assert [r["epoch"] for r in manifest["resumes"]] == [1, 2]
+    assert [r["changed"] for r in manifest["resumes"]] == [["method.max_micro_batch: 48 -> 32"],
+                                                           ["method.max_micro_batch: 32 -> 16"]]
+    assert OmegaConf.load(yaml_path).method.max_micro_batch == 16

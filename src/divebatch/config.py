@@ -354,7 +354,10 @@ def config_keys(cfg: DictConfig | None = None, prefix: str = "") -> list[str]:
 
 
 # keys that may differ when a run is resumed: they change where/how it runs, not what it computes
-RUNTIME_KEYS = ("device", "progress", "wandb", "out_dir")
+# (a top-level name covers its whole group). method.max_micro_batch is a memory setting: the
+# micro-batch gradients are accumulated into the same optimizer step (only BatchNorm's batch
+# statistics follow the micro-batch), so lowering it after a CUDA out-of-memory error resumes the run.
+RUNTIME_KEYS = ("device", "progress", "wandb", "out_dir", "method.max_micro_batch")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -364,12 +367,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_diffs(old: DictConfig, new: DictConfig) -> list[str]:
-    """Dotted keys on which two configs differ, as ``key: old -> new`` (``RUNTIME_KEYS`` ignored),
-    so a refused resume names the exact key."""
+def _is_runtime(key: str) -> bool:
+    return key in RUNTIME_KEYS or key.split(".")[0] in RUNTIME_KEYS
+
+
+def config_diffs(old: DictConfig, new: DictConfig, runtime: bool = False) -> list[str]:
+    """Dotted keys on which two configs differ, as ``key: old -> new``, so a refused resume names
+    the exact key. ``runtime=False``: the keys that make a resume refused (``RUNTIME_KEYS``
+    ignored); ``runtime=True``: only the ``RUNTIME_KEYS`` that changed (recorded at a resume)."""
     a, b = (_flatten(OmegaConf.to_container(c, resolve=True)) for c in (old, new))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k.split(".")[0] not in RUNTIME_KEYS and a.get(k) != b.get(k)]
+            if _is_runtime(k) == runtime and a.get(k) != b.get(k)]
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -9,8 +9,9 @@ directory each, ``<runs-dir>/<experiment>/<config stem>/seed<k>/`` (default runs
 1. checks the data of every experiment and stops before any training when something is missing
    (fetching it first when the profile allows downloads and the network answers a quick check),
    with instructions naming the files and where to put them;
-2. trains every run that is not finished, N at once (``--jobs``; one GPU each when there are GPUs,
-   pinned with ``CUDA_VISIBLE_DEVICES``); a cut run resumes from its checkpoint, because
+2. trains every run that is not finished, N at once (``--jobs``; with GPUs each run is pinned to
+   one with ``CUDA_VISIBLE_DEVICES``, up to ``--runs-per-gpu K`` runs per GPU, default 1); a cut
+   run resumes from its checkpoint, because
    ``divebatch train`` does; a finished run is skipped without starting a process; a failing run
    is reported with its log and the others go on;
 3. runs the synthetic theory check (``divebatch synthetic``) unless it is done for this config
@@ -511,12 +512,12 @@ class _Counter:
 
 
 def train_tasks(tasks: list[Task], jobs: int, gpus: list[str], desc: str, record: Callable[[Task], None],
-                log=tqdm.write) -> None:
+                log=tqdm.write, runs_per_gpu: int | None = None) -> None:
     """Run the tasks with :class:`divebatch.launch.Pool` (GPU pinning, threads, logs), with progress
     in epochs: a bar on a terminal; in a log file the finished-run lines carry the progress and an
     ETA from the epochs trained so far in this invocation. A run counts as successful only when its
     ``summary.json`` says finished; ``record(task)`` gets every task when it ends (``returncode``
-    0: success).
+    0: success). ``runs_per_gpu``: the most trainings per GPU at once (:class:`divebatch.launch.Pool`).
 
     Raises:
         KeyboardInterrupt: after stopping the running processes (their runs resume next time).
@@ -565,7 +566,7 @@ def train_tasks(tasks: list[Task], jobs: int, gpus: list[str], desc: str, record
         record(t)
 
     try:
-        launch.Pool(jobs, gpus, log, "[replicate]").run(tasks, on_start, on_finish, on_poll)
+        launch.Pool(jobs, gpus, log, "[replicate]", runs_per_gpu).run(tasks, on_start, on_finish, on_poll)
     finally:
         bar.close()
 
@@ -660,12 +661,14 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
               runs_dir: str | Path | None = None, out: str | Path = ".", extra: list[str] = (),
               offline: bool = False, download: bool = True, synthetic: bool = True, redo_synthetic: bool = False,
               report: bool = True, notebooks: bool = True, sweeps: bool = True, dry_run: bool = False,
-              log=print) -> Outcome:
+              log=print, runs_per_gpu: int | None = None) -> Outcome:
     """Train every unfinished run of ``profile``, run its synthetic check and sweeps, then report.
 
     Args:
         profile: a name in ``configs/profiles/`` or a YAML path.
-        jobs: processes at once (default :func:`divebatch.launch.default_jobs`).
+        jobs: processes at once (default: GPUs x ``runs_per_gpu``; on CPU one per core, at most 8).
+        runs_per_gpu: trainings at once on each visible GPU, each process pinned to its GPU
+            (default 1, or ``ceil(jobs / GPUs)`` when ``jobs`` is given); ignored without GPUs.
         data_args: ``--data`` items (``NAME=PATH``, or ``PATH`` for a one-dataset profile).
         runs_dir: default ``runs/<profile>``.
         out: root of ``paper_tables/<profile>/``, ``figures/<profile>/``, ``notebooks/<profile>/``.
@@ -673,7 +676,7 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
         offline: never touch the network (missing data stops the command).
         synthetic, report, notebooks, sweeps: False skips that step; redo_synthetic: rerun it even
             when its outputs are current.
-        dry_run: print the matrix and each run's state; train nothing.
+        dry_run: print the matrix, each run's state and the device it would get; train nothing.
     Returns:
         :class:`Outcome`; ``outcome.exit_code`` is the command's exit status.
     Raises:
@@ -689,10 +692,12 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
     runs = expand(spec, runs_dir, sources, list(extra))
     configs = _load_configs(runs)  # every config must load before anything runs
     gpus = launch.gpu_ids()
-    jobs = jobs or launch.default_jobs(gpus, os.cpu_count() or 1)
-    if jobs < 1:
-        raise ProfileError(f"invalid --jobs {jobs}; allowed: an integer >= 1")
-    hw = f"{len(gpus)} GPU(s)" if gpus else f"{os.cpu_count()} CPU core(s)"
+    try:
+        jobs, per_gpu = launch.resolve_jobs(jobs, runs_per_gpu, gpus, os.cpu_count() or 1)
+    except ValueError as err:
+        raise ProfileError(str(err)) from None
+    hw = (f"{len(gpus)} GPU(s) ({', '.join(gpus)}), up to {per_gpu} run(s) per GPU" if gpus
+          else f"{os.cpu_count()} CPU core(s)" + (" (--runs-per-gpu ignored: no GPU)" if runs_per_gpu else ""))
     expected = f"; expected about {spec.expected_minutes:g} min on {spec.hardware}" if spec.expected_minutes else ""
     log(f"[replicate] profile {spec.name}: {len(runs)} runs ({len(spec.experiments)} experiment(s)), "
         f"runs in {runs_dir}, outputs in {out / 'paper_tables' / spec.name} and {out / 'figures' / spec.name}; "
@@ -707,14 +712,15 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
             return outcome
     # under the lock of the runs directory: two invocations never train the same run at once
     with contextlib.nullcontext() if dry_run else runs_lock(runs_dir):
-        tasks = _plan(runs, configs, outcome, dry_run, log)
+        tasks = _plan(runs, configs, outcome, dry_run, log, lambda i: launch.planned_device(i, gpus, jobs, per_gpu))
         stamp = synthetic_stamp(spec.synthetic, spec.name) if (synthetic and spec.synthetic) else None
         if stamp is not None:
             argv = [sys.executable, "-m", "divebatch", "synthetic", "--profile", spec.name, "--config",
                     str(spec.synthetic), "--out-root", str(out)]
             done_already = synthetic_done(runs_dir, out, stamp)
             if dry_run:
-                log(f"[replicate] synthetic: {'done' if done_already else 'to run'}: {shlex.join(argv[2:])}")
+                log(f"[replicate] synthetic: {'done' if done_already else 'to run'} (on the CPU, beside the "
+                    f"trainings): {shlex.join(argv[2:])}")
             elif done_already and not redo_synthetic:
                 outcome.steps.append("synthetic check: skipped (done for this config and commit; --redo-synthetic "
                                      "reruns it)")
@@ -729,7 +735,8 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
             f"{len(outcome.skipped)} finished already" + (f", {len(outcome.failed)} refused" if outcome.failed else ""))
         cpu0 = _children_cpu_s()
         if tasks:
-            train_tasks(tasks, jobs, gpus, spec.name, lambda t: _record(t, outcome, runs_dir, stamp))
+            train_tasks(tasks, jobs, gpus, spec.name, lambda t: _record(t, outcome, runs_dir, stamp),
+                        runs_per_gpu=per_gpu)
         for sweep in (spec.sweeps if sweeps else []):
             rc = _stream([sys.executable, "-m", "divebatch", "sweep", str(sweep), "--local", "--jobs", str(jobs),
                           "--out", str(out)], log)
@@ -762,13 +769,17 @@ def _load_configs(runs: list[Run]) -> dict[str, DictConfig]:
     return configs
 
 
-def _plan(runs: list[Run], configs: dict, outcome: Outcome, dry_run: bool, log) -> list[Task]:
-    """Skip finished runs, refuse conflicting ones, and make a task of every other run."""
-    tasks = []
+def _plan(runs: list[Run], configs: dict, outcome: Outcome, dry_run: bool, log,
+          device: Callable[[int], str] = lambda i: "") -> list[Task]:
+    """Skip finished runs, refuse conflicting ones, and make a task of every other run. A dry run
+    prints each run's state, the device ``device(i)`` of the i-th run to train, and its command."""
+    tasks, n_to_train = [], 0
     for run in runs:
         state, detail = run_state(run, configs[run.name])
         if dry_run:
-            log(f"[replicate] {state:<8} {run.name}: {detail}; "
+            where = f" on {device(n_to_train)}" if state in ("new", "resume") else ""
+            n_to_train += state in ("new", "resume")
+            log(f"[replicate] {state:<8} {run.name}{where}: {detail}; "
                 f"divebatch train {shlex.join([run.config, *run.overrides])}")
         elif state == "finished":
             outcome.skipped.append(run.name)
@@ -839,7 +850,10 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("profile", nargs="?", default=DEFAULT_PROFILE,
                    help=f"smoke | cpu | paper (configs/profiles/<name>.yaml) or a profile YAML (default: {DEFAULT_PROFILE})")
     p.add_argument("--jobs", type=int, default=None,
-                   help="trainings at once (default: one per GPU; on CPU one per core, at most 8)")
+                   help="trainings at once (default: GPUs x --runs-per-gpu; on CPU one per core, at most 8)")
+    p.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
+                   help="trainings at once on each visible GPU, each pinned to its GPU (default 1; a large GPU "
+                        "runs several ResNet-18 CIFAR runs faster than one after another: docs/replicate.md)")
     p.add_argument("--data", action="append", default=[], metavar="[NAME=]PATH",
                    help="where a dataset of the profile is (repeatable), e.g. --data ../shared/data/cifar10-mini.npz "
                         "for the cpu profile, --data tiny_imagenet=DIR/tiny-imagenet-200 for paper")
@@ -854,7 +868,8 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--no-sweeps", action="store_true", help="skip the profile's hyperparameter sweeps")
     p.add_argument("--no-report", action="store_true", help="train only; no tables, figures or notebooks")
     p.add_argument("--no-notebooks", action="store_true", help="report without executing the notebooks")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their states; train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs, their states and the device each would get; train nothing")
     args = p.parse_args(argv)
 
     def stop(signum, frame):  # `kill PID` stops the trainings too, as Ctrl-C does, so they can resume
@@ -865,7 +880,8 @@ def cli(argv: list[str] | None = None) -> int:
                             offline=args.offline or os.environ.get("DIVEBATCH_OFFLINE") == "1",
                             download=not args.no_download, synthetic=not args.no_synthetic,
                             redo_synthetic=args.redo_synthetic, report=not args.no_report,
-                            notebooks=not args.no_notebooks, sweeps=not args.no_sweeps, dry_run=args.dry_run)
+                            notebooks=not args.no_notebooks, sweeps=not args.no_sweeps, dry_run=args.dry_run,
+                            runs_per_gpu=args.runs_per_gpu)
     except (ProfileError, ConfigError, FileNotFoundError) as err:
         print(f"divebatch replicate: error: {err}", file=sys.stderr)
         return 2

@@ -36,6 +36,15 @@ class RunDirError(RuntimeError):
     """The run directory holds something that the requested run must not overwrite or cannot use."""
 
 
+class TrainingOutOfMemory(RuntimeError):
+    """CUDA ran out of memory in a training or evaluation step; the message names the batch size,
+    the micro-batch size and the setting to lower (``method.max_micro_batch``)."""
+
+
+# the most runs that share this process's GPU (set by divebatch.launch.Pool), for the message above
+RUNS_PER_GPU_ENV = "DIVEBATCH_RUNS_PER_GPU"
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -52,21 +61,29 @@ class RunDir:
         self.metrics, self.summary = self.path / "metrics.csv", self.path / "summary.json"
         self.checkpoint = self.path / "checkpoint.pt"
 
-    def prepare(self, cfg: DictConfig) -> None:
-        """Create the folder and write config.yaml, or check that an existing run has the same config.
+    def prepare(self, cfg: DictConfig) -> list[str]:
+        """Create the folder and write config.yaml, or check that an existing run has the same config
+        (keys in ``config.RUNTIME_KEYS``, e.g. ``method.max_micro_batch``, may change; config.yaml
+        then holds the new values).
 
+        Returns:
+            The runtime keys that changed, as ``key: old -> new`` (empty for a new run).
         Raises:
             RunDirError: the folder holds a run with another config, or results without a config.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        changed = []
         if self.config.exists():
-            diffs = config_diffs(OmegaConf.load(self.config), cfg)
+            old = OmegaConf.load(self.config)
+            changed = [d for d in config_diffs(old, cfg, runtime=True) if d.startswith("method.")]
+            diffs = config_diffs(old, cfg)
             if diffs:
                 raise RunDirError(f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
                                   f"Use another out_dir, or delete that folder to start over.")
         elif self.metrics.exists() or self.checkpoint.exists():
             raise RunDirError(f"out_dir={str(self.path)!r} holds results but no config.yaml; refusing to overwrite them.")
         _atomic_write(self.config, lambda p: p.write_text(to_yaml(cfg)))
+        return changed
 
     def load_checkpoint(self) -> dict | None:
         """The latest checkpoint, or None for a fresh run.
@@ -272,6 +289,29 @@ def evaluate(model, loader, criterion, autocast=contextlib.nullcontext) -> tuple
     return loss_sum.item() / n, 100.0 * correct.item() / n
 
 
+def out_of_memory_message(err: BaseException, cfg: DictConfig, epoch: int, batch_size: int, micro_batch: int,
+                          phase: str, epochs_done: int) -> str:
+    """The error shown for a CUDA out-of-memory error in ``phase`` (``training`` or ``evaluation``)
+    of ``epoch`` (0-based): batch size and micro-batch size in samples, the setting to lower with a
+    value to try, and that rerunning resumes from the last finished epoch."""
+    cap = cfg.method.max_micro_batch
+    lower = max(1, min(cap, micro_batch) // 2)
+    shared = os.environ.get(RUNS_PER_GPU_ENV)
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    where = (f"batch size {batch_size}, micro-batch size {micro_batch} (method.max_micro_batch={cap})"
+             if phase == "training" else f"evaluation batch size {micro_batch}; training batch size {batch_size}, "
+             f"method.max_micro_batch={cap}")
+    lines = [f"CUDA out of memory in epoch {epoch + 1}/{cfg.epochs} ({phase}; {where}): {first}",
+             f"Lower method.max_micro_batch (now {cap}), e.g. method.max_micro_batch={lower} "
+             f"(divebatch replicate: --set method.max_micro_batch={lower}), and rerun the same command: the run "
+             f"resumes from its last finished epoch ({epochs_done}/{cfg.epochs}); a changed method.max_micro_batch "
+             f"does not refuse the resume (the micro-batch gradients add up to the same optimizer step)."]
+    if shared and shared != "1":
+        lines.append(f"Up to {shared} runs share this GPU: fewer (divebatch replicate --runs-per-gpu) leave each more "
+                     f"memory.")
+    return "\n".join(lines)
+
+
 def _log(msg: str) -> None:
     if distributed.is_main():
         tqdm.write(f"[divebatch] {msg}", file=sys.stdout)
@@ -291,7 +331,7 @@ def train(cfg: DictConfig) -> dict:
     """
     ctx = distributed.setup(cfg.device)  # under torchrun: join the process group (docs/distributed.md)
     run = distributed.run_dir(RunDir(cfg.out_dir), ctx)  # rank 0 reads and writes; reads are broadcast
-    run.prepare(cfg)
+    changed = run.prepare(cfg)
     summary = run.read_summary()
     if summary and summary.get("finished"):
         _log(f"{run.path}: finished already ({summary['epochs_completed']} epochs); nothing to train")
@@ -359,7 +399,8 @@ def train(cfg: DictConfig) -> dict:
         manifest = json.loads(run.manifest.read_text()) if ctx.is_main else {"wandb_id": None, "resumes": []}
         run_id = manifest["wandb_id"]
         manifest["resumes"].append({"epoch": start_epoch, "time": provenance.manifest(device, cfg.seed)["start_time"],
-                                    "commit": provenance.git_commit(), "device": provenance.device_description(device)})
+                                    "commit": provenance.git_commit(), "device": provenance.device_description(device),
+                                    **({"changed": changed} if changed else {})})
         run.write_json(run.manifest, manifest)
         run.write_metrics(history)  # drops any row written after the checkpoint
         _log(f"{run.path}: resumed at epoch {start_epoch}/{cfg.epochs}")
@@ -383,12 +424,18 @@ def train(cfg: DictConfig) -> dict:
         # BackPACK's module hooks (exact estimator) and torch.compile do not mix: measured epochs run eagerly
         train_model = eager_model if measure and getattr(estimator, "uses_module_hooks", False) else forward_model
         train_model = eager_model if shadow_est is not None else train_model
-        stats = train_one_epoch(train_model, train_loader, optimizer,
-                                criterion if shadow_est is None else shadow_est.criterion(criterion),
-                                cfg.method.max_micro_batch, estimator if measure else shadow_est,
-                                warmup if epoch < cfg.optim.warmup_epochs else None,
-                                autocast, f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress and ctx.is_main,
-                                fid.split_above, fid.micro_batch_loss)
+        micro = max(micro_batch_plan(batch_size, cfg.method.max_micro_batch, estimator if measure else None,
+                                     fid.split_above))
+        try:
+            stats = train_one_epoch(train_model, train_loader, optimizer,
+                                    criterion if shadow_est is None else shadow_est.criterion(criterion),
+                                    cfg.method.max_micro_batch, estimator if measure else shadow_est,
+                                    warmup if epoch < cfg.optim.warmup_epochs else None, autocast,
+                                    f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress and ctx.is_main,
+                                    fid.split_above, fid.micro_batch_loss)
+        except torch.cuda.OutOfMemoryError as err:
+            raise TrainingOutOfMemory(out_of_memory_message(err, cfg, epoch, batch_size, micro, "training",
+                                                            epoch)) from None
         if lr_zero:
             for group, lr0 in zip(optimizer.param_groups, scheduled_lrs):
                 group["lr"] = lr0
@@ -396,7 +443,11 @@ def train(cfg: DictConfig) -> dict:
             estimator.measure(model)
         stats = ctx.reduce_train_stats(stats, model)  # sums over ranks; rank 0's BatchNorm buffers
         t1 = time.perf_counter()
-        val_loss, val_acc = evaluate(forward_model, test_loader, criterion, autocast)
+        try:
+            val_loss, val_acc = evaluate(forward_model, test_loader, criterion, autocast)
+        except torch.cuda.OutOfMemoryError as err:
+            raise TrainingOutOfMemory(out_of_memory_message(err, cfg, epoch, batch_size, getattr(test_loader, "batch_size", 0),
+                                                            "evaluation", epoch)) from None
         val_loss, val_acc = ctx.reduce_eval(val_loss, val_acc, test_loader)
         t2 = time.perf_counter()
         diversity = distributed.diversity_value(estimator, ctx) if measure else None
@@ -468,6 +519,9 @@ def cli(argv: list[str]) -> int:
     except (ConfigError, RunDirError, DataError) as err:  # the user's to fix; anything else is a bug
         print(f"divebatch train: error{distributed.rank_tag()}: {err}", file=sys.stderr)
         return 2
+    except TrainingOutOfMemory as err:
+        print(f"divebatch train: error{distributed.rank_tag()}: {err}", file=sys.stderr)
+        return 3
     except Exception as err:
         distributed.report_failure(err)  # which rank failed; explains collective timeouts
         raise
