@@ -66,7 +66,7 @@ class MethodConfig:
     max_micro_batch: int = 2048  # larger batches are split and their gradients accumulated
     diversity_estimator: str = "exact"  # exact: authors' epoch estimator; microbatch: two-scale; fixed_point: Delta(w)
     micro_batches: int = 2  # microbatch estimator: micro-batches per measured step (>= 2)
-    fixed_point_samples: Optional[int] = 2048  # fixed_point: fixed random subset size (null: all n); docs/diversity.md
+    fixed_point_samples: Optional[int] = 8192  # fixed_point: fixed random subset size (null or >= n: all n); docs/diversity.md
 
 
 @dataclass
