@@ -285,3 +285,18 @@ def test_synthetic_fixed_point_subset_is_the_subset_formula():
     g = P.per_sample_grads(x[idx], y[idx], w, 1e-3)[0]
     expected = subset_n_diversity(g.pow(2).sum().item(), g.sum(0).pow(2).sum().item(), 100, 512)
     assert rows[0]["n_delta_fixed_point"] == pytest.approx(expected, rel=1e-8)
+
+
+def test_runs_written_before_the_new_keys_existed_stay_resumable():
+    """A config.yaml without method.fixed_point_samples / shadow.* / data.subset_seed (older runs) differs
+    from today's config only where today's value is not the schema default."""
+    from omegaconf import OmegaConf
+
+    from divebatch.config import config_diffs, load_config
+
+    new = load_config(None, ["method.name=sgd"])
+    old = OmegaConf.to_container(new)
+    del old["shadow"], old["method"]["fixed_point_samples"], old["data"]["subset_seed"]
+    assert config_diffs(OmegaConf.create(old), new) == []
+    changed = load_config(None, ["method.name=sgd", "shadow.enabled=true"])
+    assert config_diffs(OmegaConf.create(old), changed) == ["shadow.enabled: False -> True"]

@@ -374,10 +374,13 @@ def _is_runtime(key: str) -> bool:
 def config_diffs(old: DictConfig, new: DictConfig, runtime: bool = False) -> list[str]:
     """Dotted keys on which two configs differ, as ``key: old -> new``, so a refused resume names
     the exact key. ``runtime=False``: the keys that make a resume refused (``RUNTIME_KEYS``
-    ignored); ``runtime=True``: only the ``RUNTIME_KEYS`` that changed (recorded at a resume)."""
+    ignored); ``runtime=True``: only the ``RUNTIME_KEYS`` that changed (recorded at a resume).
+    A key that one config lacks counts as its schema default: a run written before the key existed
+    computed what its default computes, so it stays resumable (and skippable when finished)."""
     a, b = (_flatten(OmegaConf.to_container(c, resolve=True)) for c in (old, new))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if _is_runtime(k) == runtime and a.get(k) != b.get(k)]
+    default = _flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=True))
+    va, vb = ({k: d.get(k, default.get(k)) for k in set(a) | set(b)} for d in (a, b))
+    return [f"{k}: {va[k]!r} -> {vb[k]!r}" for k in sorted(va) if _is_runtime(k) == runtime and va[k] != vb[k]]
 
 
 def to_yaml(cfg: DictConfig) -> str:
