@@ -14,7 +14,7 @@ from divebatch.config import ConfigError, TrainConfig, config_keys, load_config
 REQUIRED_KEYS = ("data.name", "data.path", "data.augment", "model.name", "method.name", "method.initial_batch_size",
                  "method.max_batch_size", "method.resize_freq", "method.delta", "method.lr_rescale",
                  "method.max_micro_batch", "optim.lr", "epochs", "seed", "device", "out_dir", "wandb.mode")
-OWN_SCHEMA_DIRS = ("sweeps", "synthetic", "profiles")  # configs/ subfolders with their own schemas
+OWN_SCHEMA_DIRS = ("benchmarks", "sweeps", "synthetic", "profiles")  # configs/ subfolders with their own schemas
 
 
 def _experiment_configs() -> list[Path]:

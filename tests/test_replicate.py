@@ -79,7 +79,8 @@ def test_paper_profile_follows_protocol(in_repo):
     by_exp = {}
     for name, c in cfgs.items():
         by_exp.setdefault(name.split("/")[0], []).append(c)
-    assert set(by_exp) == {"cifar10", "cifar100", "tiny_imagenet", "cifar100-clean", "tiny_imagenet-clean"}
+    assert set(by_exp) == {"cifar10", "cifar100", "tiny_imagenet", "cifar100-clean", "tiny_imagenet-clean",
+                           "cifar10-fixed_point", "cifar100-fixed_point", "tiny_imagenet-fixed_point"}
     for exp, cs in by_exp.items():
         dataset, _, variant = exp.partition("-")
         assert {c.data.name for c in cs} == {dataset}
@@ -87,6 +88,10 @@ def test_paper_profile_follows_protocol(in_repo):
         assert {c.protocol for c in cs} == {"clean" if variant == "clean" else "authors_code"}
         if variant == "clean":
             assert {c.method.name for c in cs} == {"divebatch"}
+        # the estimator study: DiveBatch with and without lr rescaling, Delta(w) at the epoch's end
+        assert {c.method.diversity_estimator for c in cs} == {"fixed_point" if variant == "fixed_point" else "exact"}
+        if variant == "fixed_point":
+            assert {(c.method.name, c.method.lr_rescale) for c in cs} == {("divebatch", False), ("divebatch", True)}
         assert {c.seed for c in cs} == {1, 2, 3}
     # the protocol's epochs come from the dataset configs, not from the profile
     for exp, cs in by_exp.items():

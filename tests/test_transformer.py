@@ -191,3 +191,34 @@ def test_train_transformer_divebatch_end_to_end(text_file, tmp_path):
     assert m["grad_diversity"].notna().all() and (m["grad_diversity"] * m["samples_seen"].iloc[0] >= 1).all()
     assert ((m["val_acc"] >= 0) & (m["val_acc"] <= 100) & (m["train_acc"] <= 100)).all()  # per character
     assert m["val_loss"].iloc[-1] < math.log(len(set(TEXT)))  # better than uniform over the vocabulary
+
+
+def test_fixed_point_on_the_transformer_is_the_brute_force_delta(text_file, tmp_path):
+    """fixed_point on a model BackPACK does not cover takes torch.func norms: equal to Delta(w) from a
+    per-sample loop at the same weights (all n samples), and it drives a training run."""
+    from divebatch.data import fixed_subset_indices, reference_batches
+
+    cfg = load_config(None, _text_overrides(text_file, "method.diversity_estimator=fixed_point",
+                                            "method.fixed_point_samples=null"))
+    bundle = build_data(cfg.data)
+    torch.manual_seed(0)
+    model = TransformerLM(bundle.num_classes, 16, width=16, depth=1, heads=2)
+    est = build_estimator("fixed_point", fixed_point_samples=None, backpack=False)
+    model = est.prepare(model)
+    reference = reference_batches(bundle, fixed_subset_indices(bundle.n_train, None, 1), 5, torch.device("cpu"))
+    est.attach(reference, bundle.n_train)
+    est.measure(model)
+    x, y = map(torch.cat, zip(*reference()))
+    grads = []
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1], reduction="sum").backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]).double())
+    g = torch.stack(grads)
+    assert len(g) == bundle.n_train
+    assert est.value() == pytest.approx(float(g.pow(2).sum() / g.sum(0).pow(2).sum()), rel=1e-5)
+    run = tmp_path / "fp"
+    summary = train(load_config(None, _text_overrides(
+        text_file, "method.name=divebatch", "method.diversity_estimator=fixed_point", "method.resize_freq=1",
+        "method.initial_batch_size=4", "method.max_batch_size=16", "epochs=2", f"out_dir={run}")))
+    assert summary["finished"] and pd.read_csv(run / "metrics.csv")["grad_diversity"].notna().all()

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz", "text")
+DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz", "imagefolder", "text")
 MODELS = ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear", "transformer_lm")
 METHODS = ("sgd", "adabatch", "divebatch")
 SCHEDULES = ("constant", "cosine", "multistep", "step")
@@ -25,7 +25,7 @@ LOADERS = ("auto", "device", "torchvision")
 PROTOCOLS = ("authors_code", "clean")
 LR_RESCALE_RULES = ("linear", "schedule_squared")
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")
-ESTIMATORS = ("exact", "microbatch", "exact_func")
+ESTIMATORS = ("exact", "microbatch", "fixed_point", "exact_func")  # divebatch.diversity.ESTIMATORS (a test keeps them equal)
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt")
 METRIC_COLUMNS = ("val_acc", "val_loss")  # metrics.csv columns a report may judge by
@@ -46,13 +46,14 @@ class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
 @dataclass
 class DataConfig:
     name: str = "digits"
-    path: Optional[str] = None  # dataset root (cifar*, tiny_imagenet) or file (npz)
+    path: Optional[str] = None  # dataset root (cifar*, tiny_imagenet, imagefolder: ROOT/train, ROOT/test) or file (npz)
     augment: bool = True  # the protocol's train augmentation for this dataset
     download: bool = False  # let torchvision download CIFAR when the files are missing
     loader: str = "auto"  # auto: device when the dataset is held in memory, else torchvision; device; torchvision
     num_workers: int = 1  # DataLoader workers (torchvision loader only)
     train_subset: Optional[int] = None  # keep the first N training samples (CPU-scale runs)
     seq_len: int = 64  # text: characters per training sample (non-overlapping sequences)
+    subset_seed: Optional[int] = None  # with train_subset: a fixed random N instead of the first N (class-ordered folders)
 
 
 @dataclass
@@ -73,8 +74,9 @@ class MethodConfig:
     lr_rescale: bool = False  # multiply lr by m_new / m at each resize
     lr_scaling: str = "linear"  # with lr_rescale: linear (lr ~ m; SGD) | sqrt (lr ~ sqrt(m); Adam, Malladi et al. 2022)
     max_micro_batch: int = 2048  # larger batches are split and their gradients accumulated
-    diversity_estimator: str = "exact"  # exact: BackPACK per-sample norms; microbatch: two-scale
+    diversity_estimator: str = "exact"  # exact: authors' epoch estimator; microbatch: two-scale; fixed_point: Delta(w)
     micro_batches: int = 2  # microbatch estimator: micro-batches per measured step (>= 2)
+    fixed_point_samples: Optional[int] = 8192  # fixed_point: fixed random subset size (null or >= n: all n); docs/diversity.md
 
 
 @dataclass
@@ -122,6 +124,17 @@ class PrimaryMetricConfig:
 
 
 @dataclass
+class ShadowConfig:
+    """Shadow measurement of every diversity estimator at the resize points of an sgd/adabatch run
+    (:mod:`divebatch.shadow`; docs/diversity.md, "Estimator study")."""
+
+    enabled: bool = False
+    chunk: int = 128  # samples per chunk of the whole-set pass (the unit of the subset draws)
+    subset_sizes: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048, 4096])
+    draws: int = 400  # random subsets per size for the fixed-point sampling error
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"
     project: str = "divebatch"
@@ -151,6 +164,7 @@ class TrainConfig:
     protocol: Optional[str] = None
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     primary_metric: PrimaryMetricConfig = field(default_factory=PrimaryMetricConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
     epochs: int = 10
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -210,6 +224,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key, value in positive_ints.items():
         if value < 1:
             raise _allowed(key, value, "an integer >= 1")
+    if m.fixed_point_samples is not None and m.fixed_point_samples < 2:
+        raise _allowed("method.fixed_point_samples", m.fixed_point_samples, "null (the whole training set) or an integer >= 2")
+    if cfg.shadow.enabled and m.name == "divebatch":
+        raise _allowed("shadow.enabled", True, "false with method.name=divebatch (the shadow measures the estimators "
+                       "beside a run that does not use them: sgd | adabatch)")
+    for key in ("shadow.chunk", "shadow.draws"):
+        if OmegaConf.select(cfg, key) < 2:
+            raise _allowed(key, OmegaConf.select(cfg, key), "an integer >= 2")
     if m.micro_batches < 2:
         raise _allowed("method.micro_batches", m.micro_batches, "an integer >= 2")
     if m.max_batch_size < m.initial_batch_size:
@@ -237,7 +259,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _allowed("fidelity.warmup_at_lr_zero", True, "false when optim.warmup_epochs=0 (no warm-up epoch)")
     if cfg.data.train_subset is not None and cfg.data.train_subset < 1:
         raise _allowed("data.train_subset", cfg.data.train_subset, "null or an integer >= 1")
-    if cfg.data.name in ("npz", "tiny_imagenet", "text") and not cfg.data.path:
+    if cfg.data.name in ("npz", "tiny_imagenet", "text", "imagefolder") and not cfg.data.path:
         raise _allowed("data.path", cfg.data.path, f"a path to the {cfg.data.name} data (required for data.name={cfg.data.name})")
     device = str(cfg.device)
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
@@ -279,6 +301,9 @@ def check_paths(cfg: DictConfig) -> DictConfig:
     if cfg.data.name == "text" and not Path(cfg.data.path).is_file():
         raise _allowed("data.path", cfg.data.path,
                        "an existing plain-text (UTF-8) file, e.g. ../shared/data/tinyshakespeare.txt")
+    if cfg.data.name == "imagefolder" and not all((Path(cfg.data.path) / s).is_dir() for s in ("train", "test")):
+        raise _allowed("data.path", cfg.data.path, "an existing folder with train/<class>/* and test/<class>/* "
+                       "(torchvision ImageFolder layout)")
     if cfg.data.name == "tiny_imagenet" and not Path(cfg.data.path).is_dir():
         raise _allowed(
             "data.path", cfg.data.path,
@@ -406,10 +431,13 @@ def _is_runtime(key: str) -> bool:
 def config_diffs(old: DictConfig, new: DictConfig, runtime: bool = False) -> list[str]:
     """Dotted keys on which two configs differ, as ``key: old -> new``, so a refused resume names
     the exact key. ``runtime=False``: the keys that make a resume refused (``RUNTIME_KEYS``
-    ignored); ``runtime=True``: only the ``RUNTIME_KEYS`` that changed (recorded at a resume)."""
+    ignored); ``runtime=True``: only the ``RUNTIME_KEYS`` that changed (recorded at a resume).
+    A key that one config lacks counts as its schema default: a run written before the key existed
+    computed what its default computes, so it stays resumable (and skippable when finished)."""
     a, b = (_flatten(OmegaConf.to_container(c, resolve=True)) for c in (old, new))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if _is_runtime(k) == runtime and a.get(k) != b.get(k)]
+    default = _flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=True))
+    va, vb = ({k: d.get(k, default.get(k)) for k in set(a) | set(b)} for d in (a, b))
+    return [f"{k}: {va[k]!r} -> {vb[k]!r}" for k in sorted(va) if _is_runtime(k) == runtime and va[k] != vb[k]]
 
 
 def to_yaml(cfg: DictConfig) -> str:

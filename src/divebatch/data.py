@@ -16,6 +16,7 @@ int64, and has ``set_batch_size(m)`` and ``len()`` (batches per epoch, last one 
 from __future__ import annotations
 
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -152,10 +153,24 @@ class _ArrayDataset(Dataset):
         return self.transform(img), int(self.y[i])
 
 
+def channel_stats(x: Tensor, chunk: int = 4096) -> tuple[tuple, tuple]:
+    """Per-channel mean and standard deviation (n - 1) of x / 255 for uint8 x (N, C, H, W), in chunks
+    of ``chunk`` images (float64 sums, so a 50,000-image set needs no float copy of itself)."""
+    c = x.shape[1]
+    s1, s2 = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    for part in x.split(chunk):
+        p = part.double().div_(255)
+        s1 += p.sum((0, 2, 3))
+        s2 += p.pow_(2).sum((0, 2, 3))
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = s1 / m
+    var = (s2 - m * mean * mean) / (m - 1)
+    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
+
+
 def _array_bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment_name, cfg, stats=None) -> DataBundle:
     if stats is None:  # per-channel statistics of the training images
-        xf = x_tr.double() / 255
-        stats = (tuple(xf.mean((0, 2, 3)).tolist()), tuple(xf.std((0, 2, 3)).tolist()))
+        stats = channel_stats(x_tr)
     t_train, t_eval = _pil_transforms(*stats, augment_name, cfg.augment)
     return DataBundle(name, num_classes, x_tr.shape[1], x_tr.shape[2], *stats, augment_name,
                       (x_tr, y_tr, x_te, y_te), _ArrayDataset(x_tr, y_tr, t_train), _ArrayDataset(x_te, y_te, t_eval))
@@ -227,6 +242,137 @@ def text(cfg) -> DataBundle:
     return text_bundle(cfg)
 
 
+IMAGEFOLDER_CACHE_VERSION = 1  # bump when the cached arrays' format changes
+
+
+def cache_dir() -> Path:
+    """Where decoded data sets are cached: ``$DIVEBATCH_CACHE``, else ``$XDG_CACHE_HOME/divebatch``,
+    else ``~/.cache/divebatch``. Never inside a data folder (:func:`imagefolder` checks)."""
+    import os
+
+    if os.environ.get("DIVEBATCH_CACHE"):
+        return Path(os.environ["DIVEBATCH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "divebatch"
+
+
+def _folder_samples(split: Path, class_to_idx: dict[str, int] | None = None):
+    """torchvision ``ImageFolder``'s classes and (path, class index) samples of one split folder.
+
+    Raises:
+        DataError: no class folder or no image (the message names the folder).
+    """
+    try:
+        classes, found = tvd.folder.find_classes(str(split))
+    except FileNotFoundError as err:
+        raise DataError(f"{split}: {err}; expected class folders <class>/<image> (torchvision ImageFolder)") from None
+    if class_to_idx is not None:
+        extra = sorted(set(classes) - set(class_to_idx))
+        if extra:
+            raise DataError(f"{split} has classes {extra} that train/ lacks; allowed: the train/ classes "
+                            f"{sorted(class_to_idx)}")
+    else:
+        class_to_idx = found
+    samples = tvd.folder.make_dataset(str(split), class_to_idx, extensions=tvd.folder.IMG_EXTENSIONS,
+                                      allow_empty=True)
+    if not samples:
+        raise DataError(f"{split} holds no images with extensions {tvd.folder.IMG_EXTENSIONS}")
+    return class_to_idx, samples
+
+
+def content_key(root: Path, splits: dict[str, list]) -> str:
+    """sha256 over the cache format version and, per split and image in order, its relative path,
+    class index and file bytes: any change of a file, a label or the order gives a new key."""
+    import hashlib
+
+    h = hashlib.sha256(f"divebatch-imagefolder-v{IMAGEFOLDER_CACHE_VERSION}".encode())
+    for name, samples in splits.items():
+        for path, target in samples:
+            rel = Path(path).relative_to(root).as_posix()
+            h.update(f"\0{name}\0{rel}\0{target}\0".encode())
+            h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def _decode(samples, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every image as RGB (``ImageFolder``'s default loader) into uint8 (N, H, W, 3), labels int64.
+
+    Raises:
+        DataError: the images do not all have one size (the device path stacks them).
+    """
+    images = [np.asarray(tvd.folder.default_loader(path)) for path, _ in samples]
+    shapes = sorted({im.shape for im in images})
+    if len(shapes) != 1:
+        raise DataError(f"data.path={str(where)!r}: images of {len(shapes)} sizes ({shapes[:4]}...); allowed: "
+                        f"images of one size (resize them first)")
+    return np.stack(images), np.array([t for _, t in samples], dtype=np.int64)
+
+
+def decode_imagefolder(root: Path, use_cache: bool = True):
+    """Decode ``ROOT/train`` and ``ROOT/test`` once; reuse a content-keyed cache when it exists.
+
+    Returns:
+        (classes, (train_x, train_y, test_x, test_y) with x uint8 (N, H, W, 3), y int64, cache path or None).
+    Raises:
+        DataError: layout problems (see :func:`_folder_samples`), mixed image sizes, a cache folder inside
+        ``root``.
+    """
+    class_to_idx, train = _folder_samples(root / "train")
+    _, test = _folder_samples(root / "test", class_to_idx)
+    classes = sorted(class_to_idx, key=class_to_idx.get)
+    if not use_cache:
+        return classes, (*_decode(train, root), *_decode(test, root)), None
+    where = cache_dir().resolve()
+    if where == root.resolve() or root.resolve() in where.parents:
+        raise DataError(f"the cache folder {where} is inside data.path={str(root)!r}; allowed: a folder outside "
+                        f"the data (set DIVEBATCH_CACHE)")
+    path = where / f"imagefolder-{content_key(root, {'train': train, 'test': test})}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            return classes, tuple(f[k] for k in ("train_x", "train_y", "test_x", "test_y")), path
+    arrays = (*_decode(train, root), *_decode(test, root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.npz")
+    np.savez(tmp, train_x=arrays[0], train_y=arrays[1], test_x=arrays[2], test_y=arrays[3])
+    tmp.replace(path)  # atomic: a reader sees the whole file or none
+    return classes, arrays, path
+
+
+@register("imagefolder")
+def imagefolder(cfg) -> DataBundle:
+    """Images in the class-folder layout ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*``.
+
+    torchvision ``ImageFolder`` conventions: classes are the sorted folder names of ``train/``
+    (``test/`` may lack some, never add any), images with torchvision's image extensions, converted
+    to RGB. The images are decoded once into uint8 arrays (device path), cached in
+    :func:`cache_dir` under a key of their content (:func:`content_key`): a changed file gives a new
+    key, so the cache never serves stale data. The DataLoader path reads the files themselves.
+    32x32 images (CIFAR-sized) get the CIFAR augmentation; other sizes none. Normalisation: the
+    per-channel statistics of the training images.
+
+    Raises:
+        DataError: a split missing or empty, test classes unknown to train/, images of several sizes.
+    """
+    root = Path(cfg.path)
+    classes, (x_tr, y_tr, x_te, y_te), _ = decode_imagefolder(root)
+    cifar_like = x_tr.shape[1:] == (32, 32, 3)
+    bundle = _array_bundle("imagefolder", _hwc_to_chw(x_tr), torch.from_numpy(y_tr), _hwc_to_chw(x_te),
+                           torch.from_numpy(y_te), len(classes), "crop_flip" if cifar_like else "none", cfg)
+    bundle.train_set = _ClassFolder(root / "train", classes, bundle.train_set.transform)
+    bundle.test_set = _ClassFolder(root / "test", classes, bundle.test_set.transform)
+    return bundle
+
+
+class _ClassFolder(tvd.ImageFolder):
+    """``ImageFolder`` whose classes are given (those of train/), so test/ keeps train/'s indices."""
+
+    def __init__(self, root: Path, classes: list[str], transform):
+        self._given = list(classes)
+        super().__init__(str(root), transform=transform, allow_empty=True)
+
+    def find_classes(self, directory):
+        return self._given, {c: i for i, c in enumerate(self._given)}
+
+
 class TinyImageNetVal(Dataset):
     """Official Tiny-ImageNet validation split: ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``."""
 
@@ -278,7 +424,9 @@ def tiny_imagenet(cfg) -> DataBundle:
 
 
 def build_data(cfg) -> DataBundle:
-    """Dataset named by ``data.name``, cut to ``data.train_subset`` training samples if set.
+    """Dataset named by ``data.name``, cut to ``data.train_subset`` training samples if set: the first
+    N, or with ``data.subset_seed`` a fixed random N (:func:`fixed_subset_indices`; an image folder
+    is ordered by class, so its first N samples are a few classes).
 
     Raises:
         ConfigError: unknown ``data.name``. DataNotFoundError: data missing (with instructions).
@@ -288,12 +436,65 @@ def build_data(cfg) -> DataBundle:
     bundle = DATASETS[cfg.name](cfg)
     if cfg.train_subset is not None:
         k = cfg.train_subset
+        seed = getattr(cfg, "subset_seed", None)
+        keep = (torch.arange(min(k, bundle.n_train)) if seed is None
+                else fixed_subset_indices(bundle.n_train, k, seed))
         if bundle.arrays is not None:
             x, y, xt, yt = bundle.arrays
-            bundle.arrays = (x[:k], y[:k], xt, yt)
+            bundle.arrays = (x[keep], y[keep], xt, yt)
         if bundle.train_set is not None:
-            bundle.train_set = torch.utils.data.Subset(bundle.train_set, range(min(k, len(bundle.train_set))))
+            bundle.train_set = torch.utils.data.Subset(bundle.train_set, keep.tolist())
     return bundle
+
+
+# ----------------------------------------------------------------------------- fixed subsets
+
+
+def fixed_subset_indices(n: int, k: int | None, seed: int) -> Tensor:
+    """A fixed random subset of ``range(n)``: k indices drawn without replacement (sorted), or all n.
+
+    Args:
+        n: training-set size; k: subset size (None or >= n: every sample); seed: the run's seed
+            (the same subset at every decision of a run).
+    Returns:
+        (k,) int64 tensor on the CPU.
+    """
+    if k is None or k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919))[:k].sort().values
+
+
+def _eval_view(ds: Dataset, transform) -> Dataset:
+    """``ds`` with its transform replaced (the training set without augmentation); Subsets kept."""
+    import copy
+
+    if isinstance(ds, torch.utils.data.Subset):
+        return torch.utils.data.Subset(_eval_view(ds.dataset, transform), ds.indices)
+    view = copy.copy(ds)
+    view.transform = transform
+    return view
+
+
+def reference_batches(bundle: DataBundle, indices: Tensor, batch_size: int, device: torch.device):
+    """Training samples ``indices`` as the evaluation sees them (no augmentation, normalised), in batches.
+
+    Args:
+        bundle: the data set; arrays when held in memory, else its ``train_set`` with the
+            ``test_set``'s (evaluation) transform.
+        indices: (k,) int64 sample indices; batch_size: samples per batch (memory).
+    Returns:
+        a callable returning a fresh iterator of (x float32 (b, C, H, W) on ``device``, y int64 (b,)).
+    """
+    if bundle.arrays is not None:
+        x, y = bundle.arrays[0][indices], bundle.arrays[1][indices]
+        loader = DeviceLoader(x, y, batch_size, bundle.mean, bundle.std, device, None, False, None)
+        return lambda: iter(loader)
+    ds = torch.utils.data.Subset(_eval_view(bundle.train_set, bundle.test_set.transform), indices.tolist())
+
+    def batches():
+        for xb, yb in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
+            yield xb.to(device), yb.to(device)
+    return batches
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -421,6 +421,25 @@ def _sq_norm(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack(torch._foreach_norm(list(tensors))).double().pow(2).sum()
 
 
+def two_scale_sq_norm_sum(micro_sq, full_sq, sizes: Sequence[int]):
+    """P_hat, the unbiased estimate of P = sum_i ||g_i||^2 of one step from its micro-batch gradients
+    (:class:`MicroBatchDiversity`; McCandlish et al., 2018, App. A, in sum units).
+
+    Args:
+        micro_sq: sum_j ||U_j||^2 (U_j = sum of g_i over micro-batch j), float or 0-d tensor.
+        full_sq: ||U||^2 (U = sum_j U_j); ignored (may be None) for a one-part step.
+        sizes: b_j, the micro-batch sizes (samples); B = sum_j b_j.
+    Returns:
+        (micro_sq - r full_sq) / (1 - r) with r = sum_j b_j (b_j - 1) / (B (B - 1)); ``micro_sq``
+        itself for a one-part step (a single sample's norm is exact).
+    """
+    if len(sizes) == 1:
+        return micro_sq
+    batch = sum(sizes)
+    r = sum(b * (b - 1) for b in sizes) / (batch * (batch - 1))
+    return (micro_sq - r * full_sq) / (1 - r)
+
+
 class MicroBatchDiversity(EpochDiversityEstimator):
     """Two-scale estimator of the authors' epoch Delta (``method.diversity_estimator=microbatch``).
 
@@ -537,20 +556,206 @@ class MicroBatchDiversity(EpochDiversityEstimator):
             raise RuntimeError(f"microbatch estimator: the step of {batch_size} samples ran {self._done} "
                                f"micro-batches, planned {sizes}; split steps by estimator.micro_batch_sizes()")
         grads = _grads(model)
-        if len(sizes) == 1:  # a one-sample step: its norm is exact
-            p_hat = self._micro_sq
-        else:
-            r = sum(b * (b - 1) for b in sizes) / (batch_size * (batch_size - 1))
-            full_sq = _sq_norm(grads) * float(batch_size) ** 2
-            p_hat = (self._micro_sq - r * full_sq) / (1 - r)
-        self.add(p_hat, grads, batch_size, grad_scale=batch_size)
+        full_sq = None if len(sizes) == 1 else _sq_norm(grads) * float(batch_size) ** 2
+        self.add(two_scale_sq_norm_sum(self._micro_sq, full_sq, sizes), grads, batch_size, grad_scale=batch_size)
         self._micro_sq, self._plan, self._done = None, [], 0
 
 
-ESTIMATORS: dict[str, type] = {"exact": ExactDiversity, "microbatch": MicroBatchDiversity}
+def subset_n_diversity(sq_norm_sum: float, grad_sum_sq: float, k: int, n: int) -> float:
+    """n * Delta of n samples, estimated from k of them drawn uniformly without replacement.
+
+    With P = (1/k) sum_{i in K} ||g_i||^2 and Q = ||(1/k) sum_{i in K} g_i||^2, over the draw of K
+    (finite-population sampling, Cochran 1977, Thm. 2.2, applied to each gradient coordinate):
+
+        E[P] = tr(Sigma) + ||G||^2,      E[Q] = ||G||^2 + c tr(Sigma),   c = (n - k) / (k (n - 1)),
+
+    with G and Sigma the mean and population (1/n) covariance of all n per-sample gradients. Hence
+    ||G||^2_hat = (Q - c P) / (1 - c) is unbiased for ||G||^2, and by docs/protocol.md's
+    n * Delta = 1 + tr(Sigma) / ||G||^2 = (tr(Sigma) + ||G||^2) / ||G||^2 the estimate is
+    P / ||G||^2_hat (a ratio of unbiased parts; consistent, not unbiased). With k = n, c = 0 and it
+    is exactly n * S / ||A||^2 = n * Delta (Yin et al., 2018, Def. 1).
+
+    Args:
+        sq_norm_sum: S_K = sum_{i in K} ||g_i||^2 (sum units, float).
+        grad_sum_sq: ||A_K||^2 = ||sum_{i in K} g_i||^2 (sum units, float).
+        k: subset size (samples), 2 <= k <= n (k = n = 1 is allowed: the whole set).
+        n: training-set size (samples).
+    Returns:
+        n * Delta_hat (dimensionless float); ``inf`` when ||G||^2_hat <= 0, i.e. the mean gradient is
+        not resolved above the sampling noise of k samples (the diversity is then at least of order k).
+    Raises:
+        ValueError: k outside [2, n] (unless k = n).
+    """
+    p = sq_norm_sum / k
+    g2 = subset_mean_grad_sq(p, grad_sum_sq / (k * k), k, n)
+    return p / g2 if g2 > 0 else float("inf")
 
 
-def build_estimator(name: str, micro_batches: int = 2, running_grad_sum: bool = False):
+def subset_mean_grad_sq(p, q, k: int, n: int):
+    """Unbiased estimate of ||G||^2 from a subset: (Q - c P) / (1 - c), c = (n - k) / (k (n - 1))
+    (see :func:`subset_n_diversity`; elementwise on tensors too).
+
+    Args:
+        p: P = (1/k) sum_{i in K} ||g_i||^2; q: Q = ||(1/k) sum_{i in K} g_i||^2 (floats or tensors).
+        k, n: subset and training-set sizes (samples).
+    Raises:
+        ValueError: k outside [2, n] (unless k = n).
+    """
+    if k > n or (k < 2 and k != n):
+        raise ValueError(f"subset size k={k!r}; allowed: an integer in [2, n={n}] or k = n")
+    c = (n - k) / (k * (n - 1)) if n > 1 else 0.0
+    return (q - c * p) / (1 - c)
+
+
+def fixed_point_sums(model: nn.Module, batches, extension=None, per_sample: str = "backpack"
+                     ) -> tuple[Tensor, list[Tensor], int]:
+    """S = sum_i ||g_i||^2 and A = sum_i g_i over ``batches`` at the model's current weights.
+
+    Per-sample gradients of each sample's own loss (cross-entropy), every BatchNorm in eval mode
+    (the running statistics), so that g_i depends on sample i alone; BackPACK's ``BatchL2Grad``
+    (:func:`batch_l2_extension`) on a ``reduction='sum'`` loss gives ||g_i||^2 and ``p.grad`` the sum.
+    No augmentation: ``batches`` yields the stored samples. The model's mode and ``p.grad`` are
+    restored; BatchNorm running statistics and parameters are not changed.
+
+    For models BackPACK does not cover (attention: the transformer), ``per_sample="func"`` takes
+    ||g_i||^2 from :func:`divebatch.persample.per_sample_sq_norms` (``torch.func`` vmap of grad)
+    with the same sum-reduced per-sample loss, so S and A stay in the same units.
+
+    Args:
+        model: the network (torchvision models converted by :func:`convert_for_backpack`).
+        batches: iterable of (x (b, ...) float on the model's device, y (b, ...) int64).
+        extension: BackPACK extension writing ``p.batch_l2`` (default :func:`batch_l2_extension`).
+        per_sample: ``backpack`` | ``func``.
+    Returns:
+        (S as a 0-d float64 tensor, A as per-parameter tensors, number of samples).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved, was_training = [p.grad for p in params], model.training
+    for p in params:
+        p.grad = None
+    model.eval()
+    sq, count = None, 0
+    try:
+        if per_sample == "func":
+            from divebatch.persample import per_sample_sq_norms
+
+            def sum_loss(out, target):
+                return F.cross_entropy(out, target, reduction="sum")
+
+            for x, y in batches:
+                F.cross_entropy(model(x), y, reduction="sum").backward()
+                s = per_sample_sq_norms(model, x, y, sum_loss).double().sum()
+                sq = s if sq is None else sq + s
+                count += len(y)
+        else:
+            with backpack_hooks(model):
+                for x, y in batches:
+                    loss = F.cross_entropy(model(x), y, reduction="sum")
+                    # scale 1: with a sum loss BackPACK's batch_l2 is ||g_i||^2 itself
+                    s = backward_with_sq_norms(model, loss, 1.0, extension).double()
+                    sq = s if sq is None else sq + s
+                    count += len(y)
+        grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+        model.train(was_training)
+    if sq is None:
+        raise ValueError("fixed-point diversity over an empty set of samples; allowed: at least 2 samples")
+    return sq, grads, count
+
+
+class FixedPointDiversity:
+    """Delta(w) at one point: the weights at the end of the measured epoch
+    (``method.diversity_estimator=fixed_point``).
+
+    The measured epoch trains exactly as an unmeasured one (no hooks, any batch split); after it,
+    before the evaluation and the resize decision, :meth:`measure` takes every per-sample gradient
+    at the final weights over a fixed subset of k training samples (``method.fixed_point_samples``;
+    null: all n), with BatchNorm in eval mode and without augmentation (:func:`fixed_point_sums`),
+    and :meth:`value` returns Delta_hat = (n * Delta_hat) / n from :func:`subset_n_diversity`
+    (exactly Delta(w) of the training set when k = n).
+
+    Why eval-mode BatchNorm: in train mode a sample's gradient depends on the other samples of its
+    batch (the batch statistics), so "the gradient of sample i at w" is not defined; with the
+    running statistics the network is one fixed function of w for every sample, Delta(w) is the
+    diversity of its per-sample loss gradients (Yin et al., 2018, Def. 1), and it is the network
+    that is evaluated. It is not the authors' mixed-mode quantity (docs/diversity.md).
+
+    Args:
+        samples: k, the subset size (None: the whole training set); the subset is drawn once per
+            run (:func:`divebatch.data.fixed_subset_indices`) and reused at every decision.
+        extension: BackPACK extension (default :func:`batch_l2_extension`).
+        per_sample: ``backpack`` (default) or ``func`` (``torch.func``, for models BackPACK does not
+            cover: the transformer; :func:`fixed_point_sums`).
+    """
+
+    uses_module_hooks = False  # the measured epoch itself is a plain one (torch.compile stays on)
+
+    def __init__(self, samples: int | None = None, extension=None, per_sample: str = "backpack"):
+        if per_sample not in ("backpack", "func"):
+            raise ValueError(f"fixed_point per_sample={per_sample!r}; allowed: backpack | func")
+        self.per_sample = per_sample
+        if samples is not None and int(samples) < 2:
+            raise ValueError(f"method.fixed_point_samples={samples!r}; allowed: null (all) or an integer >= 2")
+        self.samples = None if samples is None else int(samples)
+        self.extension = extension
+        self.reference = None  # callable -> iterable of (x, y) batches of the fixed subset
+        self.n_train: int | None = None
+        self.reset()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return convert_for_backpack(model) if self.per_sample == "backpack" else model
+
+    def attach(self, reference, n_train: int) -> None:
+        """Give the estimator its samples.
+
+        Args:
+            reference: callable returning an iterable of (x, y) batches on the training device:
+                the fixed subset, normalised, without augmentation (:func:`divebatch.data.reference_batches`).
+            n_train: n, the training-set size (samples).
+        """
+        self.reference, self.n_train = reference, int(n_train)
+
+    def measuring(self, model: nn.Module):
+        return contextlib.nullcontext(model)
+
+    def reset(self) -> None:
+        self._value = float("nan")
+        self.subset_samples = 0
+
+    def backward(self, model: nn.Module, loss: Tensor, batch_size: int, sample_scale: float | None = None) -> None:
+        loss.backward()  # the epoch itself is not measured
+
+    def step_end(self, model: nn.Module, batch_size: int) -> None:
+        pass
+
+    def measure(self, model: nn.Module) -> None:
+        """Compute Delta_hat at ``model``'s current weights (one host sync).
+
+        Raises:
+            RuntimeError: :meth:`attach` was not called.
+        """
+        if self.reference is None:
+            raise RuntimeError("fixed_point estimator: call attach(reference, n_train) before measure()")
+        sq, grads, k = fixed_point_sums(model, self.reference(), self.extension, self.per_sample)
+        self.subset_samples = k
+        self._value = subset_n_diversity(float(sq), float(_sq_norm(grads)), k, self.n_train) / self.n_train
+
+    def value(self) -> float:
+        """Delta_hat of the last :meth:`measure` (NaN before any)."""
+        return self._value
+
+    def all_reduce_(self, all_reduce_sum) -> None:
+        """Data-parallel runs: every rank measured the same subset at the same weights; nothing to sum."""
+
+
+ESTIMATORS: dict[str, type] = {"exact": ExactDiversity, "microbatch": MicroBatchDiversity,
+                               "fixed_point": FixedPointDiversity}
+
+
+def build_estimator(name: str, micro_batches: int = 2, running_grad_sum: bool = False,
+                    fixed_point_samples: int | None = None, backpack: bool = True):
     """Estimator named by ``method.diversity_estimator``.
 
     Args:
@@ -558,6 +763,10 @@ def build_estimator(name: str, micro_batches: int = 2, running_grad_sum: bool = 
             estimator (ignored by ``exact``).
         running_grad_sum: ``fidelity.running_grad_sum``, the authors' Tiny-ImageNet accumulation
             (``exact`` only; see :meth:`ExactDiversity.backward`).
+        fixed_point_samples: ``method.fixed_point_samples``, the ``fixed_point`` estimator's subset
+            size (None: the whole training set).
+        backpack: False for models BackPACK does not cover (``config.NO_BACKPACK_MODELS``): the
+            ``fixed_point`` estimator then takes its per-sample norms from ``torch.func``.
     Raises:
         KeyError: unknown name (lists the allowed ones).
     """
@@ -565,6 +774,8 @@ def build_estimator(name: str, micro_batches: int = 2, running_grad_sum: bool = 
         raise KeyError(f"method.diversity_estimator={name!r}; allowed: {' | '.join(ESTIMATORS)}")
     if name == "microbatch":
         return MicroBatchDiversity(micro_batches)
+    if name == "fixed_point":
+        return FixedPointDiversity(fixed_point_samples, per_sample="backpack" if backpack else "func")
     if name == "exact":
         return ExactDiversity(running_grad_sum=running_grad_sum)
     return ESTIMATORS[name]()
@@ -572,4 +783,3 @@ def build_estimator(name: str, micro_batches: int = 2, running_grad_sum: bool = 
 
 # exact_func (torch.func per-sample norms, for models BackPACK does not cover) registers itself here
 from divebatch import persample  # noqa: E402,F401
-

@@ -24,8 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from divebatch import distributed, provenance
-from divebatch.config import ConfigError, config_diffs, load_config, to_yaml
-from divebatch.data import DataError, build_data, make_loaders, resolve_loader
+from divebatch.config import NO_BACKPACK_MODELS, ConfigError, config_diffs, load_config, to_yaml
+from divebatch.data import DataError, build_data, fixed_subset_indices, make_loaders, reference_batches, resolve_loader
 from divebatch.diversity import build_estimator
 from divebatch.models import build_model
 from divebatch.optimizers import build_optimizer
@@ -353,10 +353,21 @@ def train(cfg: DictConfig) -> dict:
     model = build_model(cfg.model.name, fid.head_classes or bundle.num_classes, bundle.in_channels,
                         bundle.image_size, cfg.model.width, depth=cfg.model.depth, heads=cfg.model.heads)
     policy = build_policy(cfg.method, bundle.n_train)
-    estimator = (build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches, fid.running_grad_sum)
+    estimator = (build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches, fid.running_grad_sum,
+                                 cfg.method.fixed_point_samples, cfg.model.name not in NO_BACKPACK_MODELS)
                  if cfg.method.name == "divebatch" else None)
     if estimator is not None:
         model = estimator.prepare(model)
+    if hasattr(estimator, "attach"):  # fixed_point: a fixed subset of the training set, no augmentation
+        subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)
+        estimator.attach(reference_batches(bundle, subset, cfg.method.max_micro_batch, device), bundle.n_train)
+    shadow = None
+    if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.shadow)
+        from divebatch.shadow import ShadowRecorder
+
+        shadow = ShadowRecorder(cfg.shadow, cfg.method.fixed_point_samples, bundle, device, cfg.seed,
+                                cfg.method.resize_freq, cfg.method.max_micro_batch)
+        model = shadow.prepare(model)
     model = model.to(device, memory_format=torch.channels_last if cfg.speed.channels_last else torch.preserve_format)
     eager_model = ctx.wrap(model)  # DDP in a process group
     forward_model = torch.compile(eager_model) if cfg.speed.compile else eager_model
@@ -387,6 +398,9 @@ def train(cfg: DictConfig) -> dict:
         if warmup is not None:
             warmup.load_state_dict(state["warmup"])
         policy.load_state_dict(state["policy"])
+        if shadow is not None:
+            shadow.load_state_dict(state.get("shadow"))
+            shadow.write(run.path, _atomic_write)
         torch.set_rng_state(state["rng"]["torch"])
         generator.set_state(state["rng"]["loader"])
         start_epoch, history, counters = state["next_epoch"], state["history"], state["counters"]
@@ -406,6 +420,7 @@ def train(cfg: DictConfig) -> dict:
         measure = estimator is not None and policy.measures_diversity(epoch)
         if measure:
             estimator.reset()
+        shadow_est = shadow.epoch_estimator(epoch) if shadow is not None else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         lr_zero = fid.warmup_at_lr_zero and epoch < cfg.optim.warmup_epochs
@@ -416,11 +431,13 @@ def train(cfg: DictConfig) -> dict:
         t0 = time.perf_counter()
         # BackPACK's module hooks (exact estimator) and torch.compile do not mix: measured epochs run eagerly
         train_model = eager_model if measure and getattr(estimator, "uses_module_hooks", False) else forward_model
+        train_model = eager_model if shadow_est is not None else train_model
         # for the out-of-memory message only: no estimator, whose planning has state
         micro = max(micro_batch_plan(batch_size, cfg.method.max_micro_batch, None, fid.split_above))
         try:
-            stats = train_one_epoch(train_model, train_loader, optimizer, criterion, cfg.method.max_micro_batch,
-                                    estimator if measure else None,
+            stats = train_one_epoch(train_model, train_loader, optimizer,
+                                    criterion if shadow_est is None else shadow_est.criterion(criterion),
+                                    cfg.method.max_micro_batch, estimator if measure else shadow_est,
                                     warmup if epoch < cfg.optim.warmup_epochs else None, autocast,
                                     f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress and ctx.is_main,
                                     fid.split_above, fid.micro_batch_loss)
@@ -430,6 +447,8 @@ def train(cfg: DictConfig) -> dict:
         if lr_zero:
             for group, lr0 in zip(optimizer.param_groups, scheduled_lrs):
                 group["lr"] = lr0
+        if measure and hasattr(estimator, "measure"):  # fixed_point: Delta(w) at the epoch's final weights
+            estimator.measure(model)
         stats = ctx.reduce_train_stats(stats, model)  # sums over ranks; rank 0's BatchNorm buffers
         t1 = time.perf_counter()
         try:
@@ -440,6 +459,8 @@ def train(cfg: DictConfig) -> dict:
         val_loss, val_acc = ctx.reduce_eval(val_loss, val_acc, test_loader)
         t2 = time.perf_counter()
         diversity = distributed.diversity_value(estimator, ctx) if measure else None
+        if shadow_est is not None:  # at the weights the resize decision would see; not counted in wall time
+            shadow.record(model, epoch, stats["lr"], batch_size, t1 - t0)
         lr = stats["lr"]
         step_lr(scheduler, optimizer, policy.step(epoch, diversity), squared=fid.lr_rescale_rule == "schedule_squared"
                 and policy.lr_rescale)
@@ -456,8 +477,11 @@ def train(cfg: DictConfig) -> dict:
             "warmup": warmup.state_dict() if warmup is not None else None, "policy": policy.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
             "next_epoch": epoch + 1, "history": history, "counters": dict(counters),
+            **({"shadow": shadow.state_dict()} if shadow is not None else {}),
         })
         run.write_metrics(history)
+        if shadow is not None:
+            shadow.write(run.path, _atomic_write)
         logger.log(row)
         if not math.isfinite(stats["train_loss"]):  # at paper scale, training on NaN costs GPU-hours
             _log(f"epoch {epoch + 1}/{cfg.epochs}: the training loss became {stats['train_loss']} (lr {lr:.4g}, batch "

@@ -70,6 +70,8 @@ PAPER = {
         "synthetic logistic regression agrees with the theory"),
     5: ("DiveBatch's trade-off on a transformer: faster than small-batch training with a slight quality loss",
         "not tested in the paper (ResNet-18 image classifiers only)"),
+    6: ("(estimator study) The accuracy loss at this scale comes from the authors' epoch estimator",
+        "not a claim of the paper: a question of this replication (docs/diversity.md, 'Estimator study')"),
 }
 
 
@@ -313,11 +315,16 @@ def claims_table(main: pd.DataFrame, speedups: pd.DataFrame, verdict_path: str |
         speedups: :func:`divebatch.analysis.tables.speedup_table` (per-run definition).
         verdict_path: the synthetic check's ``synthetic_verdict.json`` (may be absent).
     Returns:
-        14 rows: for claims 1 and 2, first the authors' definition (:data:`AUTHORS`) in epochs,
+        15 rows: for claims 1 and 2, first the authors' definition (:data:`AUTHORS`) in epochs,
         optimizer steps and training s, then the per-run definition (:data:`PER_RUN`) in epochs,
-        optimizer steps and wall-clock s; then claims 3 and 4 once (definition ``-``); 6 more
-        (claim 5, both definitions) where the runs hold a transformer model.
+        optimizer steps and wall-clock s; then claims 3 and 4 once (definition ``-``), the
+        estimator study's row 6 once; 6 more (claim 5, both definitions) where the runs hold a
+        transformer model.
     """
+    from divebatch.analysis import estimators
+
+    study = estimators.estimator_claim(main)  # the estimator study's row, from every estimator's runs
+    main, speedups = estimators.authors_rows(main), estimators.authors_rows(speedups)  # claims 1-3: the paper's
     judges = ((AUTHORS, _AuthorsLookup(main), AUTHORS_UNITS),
               (PER_RUN, _Lookup(speedups), UNIT_LABELS))
     rows = []
@@ -335,5 +342,6 @@ def claims_table(main: pd.DataFrame, speedups: pd.DataFrame, verdict_path: str |
         for definition, look, labels in judges:
             for unit in labels:
                 rows.append((5, definition, labels[unit], *claim5(main, look, unit), RULES[(5, definition)]))
+    rows.append((6, "-", "final validation accuracy (pp)", *study, estimators.ESTIMATOR_RULE))
     return pd.DataFrame([{"claim": c, "statement": PAPER[c][0], "definition": d, "unit": unit, "paper": PAPER[c][1],
                           "ours": ours, "verdict": verdict, "rule": rule} for c, d, unit, verdict, ours, rule in rows])

@@ -165,6 +165,8 @@ def dataset_name(cfg: DictConfig) -> str:
     path = OmegaConf.select(cfg, "data.path")
     if name in ("npz", "text") and path:
         name = Path(str(path)).stem
+    elif name == "imagefolder" and path:
+        name = Path(str(path)).name
     elif name == "tiny_imagenet" and path and Path(str(path)).name not in ("", "tiny-imagenet-200"):
         name = Path(str(path)).name
     subset = OmegaConf.select(cfg, "data.train_subset")
@@ -257,6 +259,10 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     summary = _read_json(run_dir / "summary.json")
     row["finished"] = bool(summary and summary.get("finished"))
     planned = int(cfg.epochs)
+    if OmegaConf.select(cfg, "shadow.enabled", default=False):  # read by divebatch.analysis.estimators only
+        row.update(status="excluded", reason="shadow measurement run (estimator study: estimators_shadow table)",
+                   finished=row["finished"], epochs_completed=np.nan)
+        return row, None
 
     metrics = None
     mpath = run_dir / "metrics.csv"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from divebatch.analysis import claims as claims_mod
-from divebatch.analysis import figures, tables
+from divebatch.analysis import estimators, figures, tables
 from divebatch.analysis.collect import RunSet, collect_runs, protocol_name
 from divebatch.analysis.style import save_figure
 
@@ -149,6 +149,9 @@ DESCRIPTIONS = {
 }
 
 
+DESCRIPTIONS.update(estimators.DESCRIPTIONS)
+
+
 def _existing(dirs: list[Path]) -> list[Path]:
     return [p for d in dirs if d.is_dir() for p in d.rglob("*") if p.is_file()]
 
@@ -215,6 +218,7 @@ def write_report(res: Results, out: str | Path = ".", run_notebooks: bool = Fals
             figure("noise_scale", figures.plot_noise_scale(res.diversity), DESCRIPTIONS["noise_scale"])
         if res.sensitivity is not None:
             figure("sensitivity", figures.plot_sensitivity(res.sensitivity), DESCRIPTIONS["sensitivity_fig"])
+        estimators.write(res, roots, table, figure)  # the estimator study, when its runs are there
     if run_notebooks and have_runs:
         from divebatch.analysis import notebooks
 

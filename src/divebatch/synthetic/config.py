@@ -78,6 +78,8 @@ class MethodsConfig:
     # protocol, 0.1 -> 1.6 for 128 -> 2048, and where "+ lr rescale" ends); "tuned": its own tune_lr
     large_batch_lr: str = "linear"
     resolution: float = 0.05  # relative spacing (samples) of the target checks
+    micro_batches: int = 2  # micro-batch estimator (experiment d): parts per step
+    fixed_point_samples: Optional[int] = 1024  # experiment d: a quarter of n, to show the subset's sampling error; null: all n
 
 
 @dataclass
@@ -159,6 +161,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _bad("methods.large_batch_lr", m.large_batch_lr, " | ".join(LARGE_BATCH_LR))
     if m.lr is not None and not m.lr > 0:
         raise _bad("methods.lr", m.lr, "null or a number > 0")
+    if m.micro_batches < 2:
+        raise _bad("methods.micro_batches", m.micro_batches, "an integer >= 2")
+    if m.fixed_point_samples is not None and not 2 <= m.fixed_point_samples:
+        raise _bad("methods.fixed_point_samples", m.fixed_point_samples, "null (all n) or an integer >= 2")
     return cfg
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from divebatch.config import MethodConfig
-from divebatch.diversity import EpochDiversityEstimator
+from divebatch.diversity import EpochDiversityEstimator, MicroBatchDiversity, subset_n_diversity, two_scale_sq_norm_sum
 from divebatch.policies import build_policy, rescale_lr
 from divebatch.synthetic import problem as P
 from divebatch.synthetic.knee import Problems, prepare
@@ -89,6 +89,11 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
     opt = torch.optim.SGD([w], lr=lr, momentum=mcfg.momentum)
     gen = torch.Generator().manual_seed(1_000_003 * seed + 17)  # same sample order for every method
     est = EpochDiversityEstimator()
+    micro = EpochDiversityEstimator()  # the two-scale estimator, fed from the same steps' micro-batches
+    planner = MicroBatchDiversity(mcfg.micro_batches)
+    k_fp = mcfg.fixed_point_samples
+    fp_idx = (torch.randperm(n, generator=torch.Generator().manual_seed(7919 + seed))[:k_fp]
+              if k_fp is not None and k_fp < n else torch.arange(n))
     steps = samples = 0
     wall = 0.0
     hit: dict = {}
@@ -101,6 +106,7 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
             batch_size, lr_now = policy.batch_size, opt.param_groups[0]["lr"]
             nd_start = float(P.n_diversity(x, y, w, l2)[0])
             est.reset()
+            micro.reset()
             perm = torch.randperm(n, generator=gen)
             t_step = t_est = 0.0
             for start in range(0, n, batch_size):
@@ -112,6 +118,11 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
                 # per-sample norms at the iterate the gradient is taken at, as BackPACK gives them
                 est.add(P.sq_norm_sum(xb, yb, w, l2)[0], [g[0] * len(idx)], len(idx))
                 t2 = time.perf_counter()
+                sizes = planner.micro_batch_sizes(len(idx), len(idx))  # not timed: a diagnostic
+                parts = [P.mean_grad(xm, ym, w, l2)[0] * len(ym) for xm, ym in zip(xb.split(sizes), yb.split(sizes))]
+                u = torch.stack(parts).sum(0)
+                micro.add(torch.as_tensor(two_scale_sq_norm_sum(sum(float(p.pow(2).sum()) for p in parts),
+                                                                float(u.pow(2).sum()), sizes)), [u], len(idx))
                 w.grad = g
                 opt.step()
                 t_step += time.perf_counter() - t2 + t1 - t0
@@ -129,11 +140,15 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
             if not math.isfinite(loss):
                 diverged = True
             nd_hat = est.value() * n
+            xk, yk = x[fp_idx], y[fp_idx]  # fixed-point estimator: Delta at the epoch's final w, fixed subset
+            nd_fp = subset_n_diversity(float(P.sq_norm_sum(xk, yk, w, l2)[0]),
+                                       float((P.mean_grad(xk, yk, w, l2)[0] * len(fp_idx)).pow(2).sum()), len(fp_idx), n)
             rows.append({
                 "method": name, "seed": seed, "epoch": epoch, "batch_size": batch_size, "lr": lr_now,
                 "train_loss": loss, "suboptimality": loss - loss_star, "train_acc": accuracy(x, y, w),
                 "val_loss": float(P.mean_loss(xv, yv, w, l2)[0]), "val_acc": accuracy(xv, yv, w),
                 "optimizer_steps": steps, "samples_seen": samples, "n_delta_hat": nd_hat, "measured": measuring,
+                "n_delta_microbatch": micro.value() * n, "n_delta_fixed_point": nd_fp,
                 "n_delta_exact_start": nd_start, "n_delta_exact_end": float(P.n_diversity(x, y, w, l2)[0]),
                 "epoch_time_s": t_step + (t_est if measuring else 0.0),
             })
@@ -154,26 +169,46 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
     return rows, summary
 
 
-def estimator_table(traj: pd.DataFrame) -> pd.DataFrame:
-    """Experiment d: the epoch estimator n*Delta_hat against exact n*Delta at the epoch's start and
-    end iterates, per method (all epochs and seeds; epochs with non-finite values are dropped).
+# experiment d's estimators: trajectory column -> name (docs/diversity.md, "Estimator study")
+ESTIMATOR_COLUMNS = {"n_delta_hat": "exact (authors' epoch estimator)", "n_delta_microbatch": "microbatch",
+                     "n_delta_fixed_point": "fixed_point"}
 
-    Columns: ``epochs``; median and [10th, 90th] percentile of ``n_delta_hat / n_delta_exact_start``
-    and of ``/ n_delta_exact_end``; ``share_between``: share of epochs whose estimate lies between the
-    two exact values (inclusive), ``share_below``: share below both.
+
+def estimator_table(traj: pd.DataFrame) -> pd.DataFrame:
+    """Experiment d: each estimator's n*Delta_hat against exact n*Delta at the epoch's start and end
+    iterates, per method (all epochs and seeds; epochs with non-finite values are dropped).
+
+    Estimators (:data:`ESTIMATOR_COLUMNS`): the authors' epoch estimator (per-sample norms and the
+    summed gradient at the epoch's iterates), the two-scale micro-batch estimator on the same steps,
+    and the fixed-point estimator (Delta at the epoch's final iterate over a fixed subset).
+    Columns: ``method``, ``estimator``, ``epochs``; median and [10th, 90th] percentile of
+    ``estimate / n_delta_exact_start`` and of ``/ n_delta_exact_end``; ``share_between``: share of
+    epochs whose estimate lies between the two exact values (inclusive), ``share_below``: share below both;
+    ``share_inf``: share of all epochs whose estimate is infinite (the fixed-point estimator when the
+    mean gradient is not resolved above its subset's noise, near the optimum), left out of the ratios.
     """
-    t = traj.replace([np.inf, -np.inf], np.nan).dropna(subset=["n_delta_hat", "n_delta_exact_start", "n_delta_exact_end"])
     rows = []
-    for name, g in t.groupby("method", sort=False):
-        rs, re = g["n_delta_hat"] / g["n_delta_exact_start"], g["n_delta_hat"] / g["n_delta_exact_end"]
-        lo = np.minimum(g["n_delta_exact_start"], g["n_delta_exact_end"])
-        hi = np.maximum(g["n_delta_exact_start"], g["n_delta_exact_end"])
-        rows.append({"method": name, "epochs": len(g),
-                     "ratio_start_median": rs.median(), "ratio_start_p10": rs.quantile(0.1), "ratio_start_p90": rs.quantile(0.9),
-                     "ratio_end_median": re.median(), "ratio_end_p10": re.quantile(0.1), "ratio_end_p90": re.quantile(0.9),
-                     "share_between": float(((g["n_delta_hat"] >= lo) & (g["n_delta_hat"] <= hi)).mean()),
-                     "share_below": float((g["n_delta_hat"] < lo).mean())})
+    for col, est_name in ESTIMATOR_COLUMNS.items():
+        if col not in traj:
+            continue
+        unresolved = traj.groupby("method", sort=False)[col].agg(lambda v: float(np.isinf(v).mean()))
+        t = traj.replace([np.inf, -np.inf], np.nan).dropna(subset=[col, "n_delta_exact_start", "n_delta_exact_end"])
+        for name, g in t.groupby("method", sort=False):
+            rows.append({"method": name, "estimator": est_name, **_ratio_summary(g, col),
+                         "share_inf": unresolved.get(name, np.nan)})
     return pd.DataFrame(rows)
+
+
+def _ratio_summary(g: pd.DataFrame, col: str) -> dict:
+    """Ratios of ``g[col]`` to the exact n*Delta at the epochs' start and end iterates (see :func:`estimator_table`)."""
+    rs, re = g[col] / g["n_delta_exact_start"], g[col] / g["n_delta_exact_end"]
+    lo = np.minimum(g["n_delta_exact_start"], g["n_delta_exact_end"])
+    hi = np.maximum(g["n_delta_exact_start"], g["n_delta_exact_end"])
+    return {"epochs": len(g),
+            "ratio_start_median": rs.median(), "ratio_start_p10": rs.quantile(0.1), "ratio_start_p90": rs.quantile(0.9),
+            "ratio_end_median": re.median(), "ratio_end_p10": re.quantile(0.1), "ratio_end_p90": re.quantile(0.9),
+            "share_between": float(((g[col] >= lo) & (g[col] <= hi)).mean()),
+            "share_below": float((g[col] < lo).mean())}
 
 
 def run(cfg, log=print) -> dict:

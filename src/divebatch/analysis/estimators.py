@@ -1,0 +1,332 @@
+"""The estimator study: how much of DiveBatch's behaviour comes from the gradient-diversity estimator
+(docs/diversity.md, "Estimator study").
+
+Inputs: the DiveBatch runs of a profile with ``method.diversity_estimator`` = ``exact`` (the authors'
+epoch estimator, the default), ``microbatch`` or ``fixed_point`` (Delta(w) at the epoch's final
+weights), which the main table keeps apart as settings; and the shadow runs (``shadow.enabled``,
+:mod:`divebatch.shadow`), whose ``shadow.csv`` / ``shadow_subsets.csv`` hold every estimator and
+Delta(w) at the same weights at each resize point. Outputs (written by :func:`write`):
+
+* ``estimators`` table: per dataset, DiveBatch variant and estimator: final accuracy, its change
+  against small-batch SGD, the speed-up in optimizer steps, the first decision's batch size;
+* ``estimators_shadow`` table: per resize point (median over seeds): lr, each estimator's n*Delta
+  and its ratio to Delta(w); ``estimators_subsets``: the fixed-point sampling error per subset size;
+* figures ``estimators_ratio`` (estimate / Delta(w) against epoch and lr), ``estimators_schedules``
+  (batch size per epoch per estimator) and ``estimators_tradeoff`` (speed-up against accuracy change);
+* the claims row of :func:`estimator_claim`.
+
+Shadow runs are kept out of every other table (:func:`divebatch.analysis.collect` excludes them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from divebatch.analysis.collect import SGD_SMALL, dataset_name, find_run_dirs
+from divebatch.analysis.style import METHOD_PALETTE
+
+AUTHORS_ESTIMATOR = "exact"  # method.diversity_estimator of the paper (the default everywhere it is replicated)
+ESTIMATORS = ("exact", "microbatch", "fixed_point")  # divebatch.diversity.ESTIMATORS, in display order
+DIVEBATCH = ("DiveBatch", "DiveBatch + lr rescale")
+SHADOW_ESTIMATES = {"exact": "n_delta_exact", "microbatch": "n_delta_microbatch", "fixed_point": "n_delta_fixed_point"}
+RECOVERED_SHARE = 0.5  # the claim row: the fixed-point estimator recovers at least this share of the loss
+ESTIMATOR_RULE = (f"holds when, for both DiveBatch variants, the authors' estimator loses accuracy against small-batch "
+                  f"SGD (bootstrap 95% interval below 0) and DiveBatch with the fixed-point estimator recovers at least "
+                  f"{RECOVERED_SHARE:.0%} of that loss (mean final accuracies); does not hold when a variant recovers "
+                  f"less; not measured without fixed-point runs or without a significant loss")
+STYLES = {"exact": "-", "microbatch": "--", "fixed_point": ":"}
+MARKERS = {"exact": "o", "microbatch": "s", "fixed_point": "^"}
+
+
+def estimator_of(setting: str) -> str:
+    """The ``diversity_estimator`` a main-table setting label names (:data:`AUTHORS_ESTIMATOR` when it
+    names none: a dataset with one estimator has no such key in its labels)."""
+    for part in str(setting or "").split(", "):
+        key, _, value = part.partition("=")
+        if key == "diversity_estimator":
+            return value
+    return AUTHORS_ESTIMATOR
+
+
+def authors_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a main or speed-up table that use the authors' estimator (or no estimator): what the
+    paper's claims are judged on; the other estimators are the study's."""
+    if table.empty or "setting" not in table:
+        return table
+    # exact_func is the authors' epoch estimator with torch.func norms (models BackPACK does not cover)
+    return table[table["setting"].map(estimator_of).isin((AUTHORS_ESTIMATOR, "exact_func"))].reset_index(drop=True)
+
+
+def _divebatch(main: pd.DataFrame) -> pd.DataFrame:
+    d = main[main["method"].isin(DIVEBATCH)].copy()
+    d["estimator"] = d["setting"].map(estimator_of)
+    return d
+
+
+def has_study(main: pd.DataFrame) -> bool:
+    """Whether the main table holds DiveBatch runs under more than one estimator."""
+    d = _divebatch(main) if len(main) else pd.DataFrame()
+    return bool(len(d)) and d["estimator"].nunique() > 1
+
+
+def estimator_claim(main: pd.DataFrame) -> tuple[str, str]:
+    """Verdict and numbers of the claims row (:data:`ESTIMATOR_RULE`).
+
+    Args:
+        main: :func:`divebatch.analysis.tables.main_table` with DiveBatch settings per estimator.
+    Returns:
+        (``holds`` | ``does not hold`` | ``not measured at this scale``, the numbers in words).
+    """
+    from divebatch.analysis.claims import FAILS, HOLDS, NOT_MEASURED
+
+    d = _divebatch(main)
+    parts, verdicts = [], []
+    for dataset in sorted(d["dataset"].unique()):
+        for method in DIVEBATCH:
+            g = d[(d["dataset"] == dataset) & (d["method"] == method)].set_index("estimator")
+            if AUTHORS_ESTIMATOR not in g.index or "fixed_point" not in g.index:
+                continue
+            ex, fp = g.loc[AUTHORS_ESTIMATOR], g.loc["fixed_point"]
+            loss = -float(ex["acc_change_vs_sgd_small_pp"])
+            significant = float(ex["acc_change_vs_sgd_small_pp_high"]) < 0
+            share = (float(fp["final_acc_mean"]) - float(ex["final_acc_mean"])) / loss if loss > 0 else float("nan")
+            parts.append(f"{dataset}, {method}: authors' estimator {ex['acc_change_vs_sgd_small_pp']:+.1f} pp vs "
+                         f"small-batch SGD [{ex['acc_change_vs_sgd_small_pp_low']:+.1f}, "
+                         f"{ex['acc_change_vs_sgd_small_pp_high']:+.1f}], fixed point "
+                         f"{fp['acc_change_vs_sgd_small_pp']:+.1f} pp" +
+                         (f" (recovers {share:.0%} of the loss)" if np.isfinite(share) else ""))
+            if significant:
+                verdicts.append(share >= RECOVERED_SHARE)
+    if not verdicts:
+        return NOT_MEASURED, "; ".join(parts) or "no DiveBatch run with the fixed-point estimator"
+    return (HOLDS if all(verdicts) else FAILS), "; ".join(parts)
+
+
+def first_decisions(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per DiveBatch run: the batch size after its first resize decision and n*Delta_hat there.
+
+    Returns:
+        columns ``dataset, method, setting, estimator, seed, first_decision_epoch`` (1-based),
+        ``n_delta_at_first``, ``first_batch_size`` (samples), ``final_batch_size``.
+    """
+    rows = []
+    for run_id, m in epochs[epochs["method"].isin(DIVEBATCH)].groupby("run_id", sort=False):
+        m = m.sort_values("epoch")
+        measured = m[m["grad_diversity"].notna()]
+        last = m.iloc[-1]
+        row = {"dataset": last["dataset"], "method": last["method"], "setting": last["setting"],
+               "estimator": estimator_of(last["setting"]), "seed": int(last["seed"]),
+               "first_decision_epoch": np.nan, "n_delta_at_first": np.nan, "first_batch_size": np.nan,
+               "final_batch_size": float(last["batch_size"])}
+        if len(measured):
+            first = measured.iloc[0]
+            after = m[m["epoch"] > first["epoch"]]
+            row.update(first_decision_epoch=int(first["epoch"]) + 1,
+                       n_delta_at_first=float(first["grad_diversity"]) * float(last["n_train"]),
+                       first_batch_size=float(after["batch_size"].iloc[0]) if len(after) else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def estimator_table(main: pd.DataFrame, speedups: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, DiveBatch variant and estimator (plus small-batch SGD and AdaBatch for reference):
+    final accuracy (mean, sd), change against small-batch SGD (pp, bootstrap 95% CI), speed-up in
+    optimizer steps to the own target against small-batch SGD (CI), first decision's batch size and
+    n*Delta_hat there (mean over seeds), final batch size."""
+    cols = ["dataset", "method", "setting", "n_seeds", "final_acc_mean", "final_acc_std", "acc_change_vs_sgd_small_pp",
+            "acc_change_vs_sgd_small_pp_low", "acc_change_vs_sgd_small_pp_high", "final_batch_size_mean"]
+    keep = main["method"].isin((*DIVEBATCH, SGD_SMALL, "AdaBatch", "AdaBatch + lr rescale"))
+    t = main.loc[keep, [c for c in cols if c in main]].copy()
+    t.insert(2, "estimator", [estimator_of(s) if m in DIVEBATCH else "-" for m, s in zip(t["method"], t["setting"])])
+    sp = speedups[(speedups["baseline"] == SGD_SMALL) & (speedups["unit"] == "optimizer_steps")
+                  & (speedups["target"] == "own")] if len(speedups) else speedups
+    if len(sp):
+        sp = sp[["dataset", "method", "setting", "speedup", "ci_low", "ci_high"]].rename(
+            columns={"speedup": "steps_speedup_vs_sgd_small", "ci_low": "steps_speedup_vs_sgd_small_low",
+                     "ci_high": "steps_speedup_vs_sgd_small_high"})
+        t = t.merge(sp, on=["dataset", "method", "setting"], how="left")
+    first = first_decisions(epochs)
+    if len(first):
+        agg = first.groupby(["dataset", "method", "setting"]).agg(
+            first_batch_size_mean=("first_batch_size", "mean"), n_delta_at_first_mean=("n_delta_at_first", "mean")
+        ).reset_index()
+        t = t.merge(agg, on=["dataset", "method", "setting"], how="left")
+    order = {e: i for i, e in enumerate(("-", *ESTIMATORS))}
+    return (t.assign(_e=t["estimator"].map(order)).sort_values(["dataset", "method", "_e"], kind="stable")
+             .drop(columns="_e").reset_index(drop=True))
+
+
+def format_estimator_table(t: pd.DataFrame) -> pd.DataFrame:
+    def iv(r, col, fmt):
+        if col not in r or pd.isna(r[col]):
+            return ""
+        return f"{fmt.format(r[col])} [{fmt.format(r[col + '_low'])}, {fmt.format(r[col + '_high'])}]"
+    return pd.DataFrame({
+        "dataset": t["dataset"], "method": t["method"], "estimator": t["estimator"],
+        "final acc. (%)": [f"{m:.1f} ± {s:.1f}" for m, s in zip(t["final_acc_mean"], t["final_acc_std"])],
+        "vs SGD small (pp)": [iv(r, "acc_change_vs_sgd_small_pp", "{:+.1f}") for _, r in t.iterrows()],
+        "speed-up, optimizer steps vs SGD small": [iv(r, "steps_speedup_vs_sgd_small", "{:.2f}")
+                                                   for _, r in t.iterrows()],
+        "n·Δ_hat at 1st decision": t.get("n_delta_at_first_mean", pd.Series(np.nan, index=t.index)).map(
+            lambda v: "" if pd.isna(v) else f"{v:.4g}"),
+        "batch after 1st decision": t.get("first_batch_size_mean", pd.Series(np.nan, index=t.index)).map(
+            lambda v: "" if pd.isna(v) else f"{v:.0f}"),
+        "final batch": t["final_batch_size_mean"].map(lambda v: f"{v:.0f}"),
+    })
+
+
+# ----------------------------------------------------------------------------- shadow runs
+
+
+def read_shadow(roots, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``shadow.csv`` and ``shadow_subsets.csv`` of every shadow run of ``profile`` under ``roots``,
+    with ``dataset`` and ``seed`` columns (empty frames when there is none)."""
+    rows, subs = [], []
+    for _, run_dir in find_run_dirs([Path(r) for r in roots or []]):
+        if not (run_dir / "shadow.csv").is_file() or not (run_dir / "summary.json").is_file():
+            continue
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        if str(cfg.get("profile")) != profile:
+            continue
+        keys = {"dataset": dataset_name(cfg), "seed": int(cfg.seed)}
+        rows.append(pd.read_csv(run_dir / "shadow.csv").assign(**keys))
+        if (run_dir / "shadow_subsets.csv").is_file():
+            subs.append(pd.read_csv(run_dir / "shadow_subsets.csv").assign(**keys))
+    return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(),
+            pd.concat(subs, ignore_index=True) if subs else pd.DataFrame())
+
+
+def shadow_table(shadow: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and resize point (1-based epoch): median over seeds of lr, Delta(w)'s n*Delta over
+    all n, each estimator's n*Delta and its ratio to Delta(w), the split of the exact ratio into
+    ``exact_numerator_ratio`` (mean per-sample squared norm, epoch estimator / Delta(w)) times
+    ``exact_denominator_ratio`` (squared mean gradient, Delta(w) / epoch estimator) when logged, and
+    the fixed-point estimate's cost."""
+    s = shadow.copy()
+    for est, col in SHADOW_ESTIMATES.items():
+        s[f"ratio_{est}"] = s[col] / s["n_delta_full"]
+    s["epoch"] = s["epoch"] + 1
+    if {"exact_mean_sq_norm", "full_mean_sq_norm"} <= set(s.columns):  # exact / Delta(w) = numerator x denominator part
+        s["exact_numerator_ratio"] = s["exact_mean_sq_norm"] / s["full_mean_sq_norm"]
+        s["exact_denominator_ratio"] = s["full_mean_grad_sq"] / s["exact_mean_grad_sq"]
+    cols = ["lr", "n_delta_full", *SHADOW_ESTIMATES.values(), *(f"ratio_{e}" for e in SHADOW_ESTIMATES),
+            *[c for c in ("exact_numerator_ratio", "exact_denominator_ratio") if c in s],
+            "fixed_point_samples", "fixed_point_s", "full_pass_s", "measured_epoch_s"]
+    out = s.groupby(["dataset", "epoch"])[cols].median().reset_index()
+    out.insert(2, "seeds", s.groupby(["dataset", "epoch"])["seed"].nunique().to_numpy())
+    return out
+
+
+def subsets_table(subsets: pd.DataFrame) -> pd.DataFrame:
+    """Fixed-point sampling error per dataset and subset size: median and maximum over resize points and
+    seeds of the relative sd and of the 90th-percentile relative error, share of unresolved draws."""
+    g = subsets.groupby(["dataset", "subset_samples"])
+    return g.agg(points=("rel_sd", "size"), rel_bias_median=("rel_bias", "median"), rel_sd_median=("rel_sd", "median"),
+                 rel_sd_max=("rel_sd", "max"), rel_p90_abs_err_median=("rel_p90_abs_err", "median"),
+                 rel_p90_abs_err_max=("rel_p90_abs_err", "max"), share_inf_max=("share_inf", "max")).reset_index()
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def plot_ratio(shadow: pd.DataFrame) -> plt.Figure:
+    """Estimate / Delta(w) at the same weights, against the epoch and against the lr (every seed a point,
+    the median a line)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for est, col in SHADOW_ESTIMATES.items():
+        r = shadow[col] / shadow["n_delta_full"]
+        med = r.groupby(shadow["epoch"]).median()
+        axes[0].plot(med.index + 1, med.values, STYLES[est], marker=MARKERS[est], label=est)
+        axes[0].scatter(shadow["epoch"] + 1, r, s=10, alpha=0.4, marker=MARKERS[est])
+        axes[1].scatter(shadow["lr"], r, s=14, marker=MARKERS[est], label=est)
+    for ax in axes:
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_yscale("log")
+    axes[0].set(xlabel="epoch (resize point)", ylabel="estimate / n·Δ(w) over all n (same weights)",
+                title="Each estimator against Δ(w), shadow SGD run")
+    axes[1].set(xlabel="learning rate in the measured epoch", title="... against the learning rate")
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def plot_schedules(epochs: pd.DataFrame) -> plt.Figure:
+    """DiveBatch's batch size per epoch (median over seeds), one line per estimator and variant."""
+    d = epochs[epochs["method"].isin(DIVEBATCH)].copy()
+    d["estimator"] = d["setting"].map(estimator_of)
+    datasets = sorted(d["dataset"].unique()) or [""]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        g = d[d["dataset"] == dataset]
+        for (method, est), h in g.groupby(["method", "estimator"]):
+            med = h.groupby("epoch")["batch_size"].median()
+            ax.plot(med.index + 1, med.values, STYLES.get(est, "-"), color=METHOD_PALETTE.get(method),
+                    marker=MARKERS.get(est, "o"), ms=3, drawstyle="steps-post", label=f"{method}, {est}")
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set(xlabel="epoch", ylabel="batch size (samples)", title=f"DiveBatch batch size per estimator: {dataset}")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_tradeoff(table: pd.DataFrame) -> plt.Figure:
+    """Speed-up in optimizer steps against small-batch SGD versus accuracy change, per estimator."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for _, r in table[table["method"].isin(DIVEBATCH)].iterrows():
+        if "steps_speedup_vs_sgd_small" not in r or pd.isna(r["steps_speedup_vs_sgd_small"]):
+            continue
+        x, y = r["steps_speedup_vs_sgd_small"], r["acc_change_vs_sgd_small_pp"]
+        ax.errorbar(x, y, xerr=[[x - r["steps_speedup_vs_sgd_small_low"]], [r["steps_speedup_vs_sgd_small_high"] - x]],
+                    yerr=[[y - r["acc_change_vs_sgd_small_pp_low"]], [r["acc_change_vs_sgd_small_pp_high"] - y]],
+                    fmt=MARKERS.get(r["estimator"], "o"), color=METHOD_PALETTE.get(r["method"]), capsize=2,
+                    label=f"{r['method']}, {r['estimator']} ({r['dataset']})")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axvline(1, color="k", lw=0.8)
+    ax.set(xscale="log", xlabel="speed-up to own target vs small-batch SGD (optimizer steps)",
+           ylabel="final accuracy change vs small-batch SGD (pp)", title="Speed-up against accuracy, per estimator")
+    ax.legend(fontsize=7)
+    return fig
+
+
+DESCRIPTIONS = {
+    "estimators": ("Estimator study: DiveBatch with and without lr rescaling under each gradient-diversity estimator "
+                   "(exact = the authors' epoch estimator, microbatch, fixed_point = Δ(w) at the epoch's final "
+                   "weights), beside small-batch SGD and AdaBatch: final accuracy, change against small-batch SGD "
+                   "(bootstrap 95% CI), speed-up in optimizer steps, n·Δ_hat and batch size at the first decision."),
+    "estimators_shadow": ("Shadow SGD runs: at each resize point, every estimator's n·Δ and its ratio to n·Δ(w) over "
+                          "the whole training set at the same weights (median over seeds), with the lr and the "
+                          "fixed-point estimate's cost in seconds."),
+    "estimators_subsets": ("Fixed-point estimator: sampling error of the subset estimate against Δ(w) over all n, per "
+                           "subset size (relative sd and 90th-percentile relative error over random subsets)."),
+    "estimators_ratio": "Each estimator / Δ(w) at the same weights against the epoch and the learning rate (shadow runs).",
+    "estimators_schedules": "DiveBatch's batch-size schedule per estimator (median over seeds).",
+    "estimators_tradeoff": "Speed-up in optimizer steps against accuracy change vs small-batch SGD, per estimator.",
+}
+
+
+def write(res, roots, table, figure) -> None:
+    """Add the study's tables and figures to a report (called by :func:`divebatch.analysis.report.write_report`).
+
+    Args:
+        res: the report's :class:`divebatch.analysis.report.Results`; roots: its run folders (for the
+            shadow files); table, figure: the report's writers ``table(name, numeric, display, title)``
+            and ``figure(stem, fig, sentence)``.
+    """
+    ep = res.runs.epochs
+    if has_study(res.main):
+        t = estimator_table(res.main, res.speedups, ep)
+        table("estimators", t, format_estimator_table(t), "Estimator study: DiveBatch under each diversity estimator")
+        figure("estimators_schedules", plot_schedules(ep), DESCRIPTIONS["estimators_schedules"])
+        figure("estimators_tradeoff", plot_tradeoff(t), DESCRIPTIONS["estimators_tradeoff"])
+    shadow, subsets = read_shadow(roots, res.profile)
+    if len(shadow):
+        st = shadow_table(shadow)
+        table("estimators_shadow", st, st.round(4), "Every estimator against Δ(w) at the same weights (shadow runs)")
+        figure("estimators_ratio", plot_ratio(shadow), DESCRIPTIONS["estimators_ratio"])
+    if len(subsets):
+        sb = subsets_table(subsets)
+        table("estimators_subsets", sb, sb.round(4), "Fixed-point estimator: sampling error per subset size")
