@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +85,72 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], T
     return torch.stack(rows)
 
 
-class EpochDiversityEstimator:
+@runtime_checkable
+class DiversityEstimator(Protocol):
+    """What the trainer and :class:`divebatch.controller.BatchSizeController` rely on, every
+    estimator alike (``method.diversity_estimator``; :data:`ESTIMATORS`).
+
+    Lifecycle of one measured epoch: :meth:`reset`; the epoch's steps run inside
+    :meth:`measuring`; per micro-batch, :meth:`observe` (inputs, for estimators that recompute
+    per-sample gradients) then :meth:`backward` in place of ``loss.backward()``; per optimizer
+    step, :meth:`step_end` before ``optimizer.step()``; after the epoch, :meth:`measure` at the
+    final weights (fixed_point; a no-op for the epoch estimators); data-parallel runs
+    :meth:`all_reduce_`; then :meth:`value`.
+
+    Attributes:
+        uses_module_hooks: measured epochs must run the eager (uncompiled) model.
+        plans_micro_batches: the estimator chooses how a measured step is split
+            (:meth:`micro_batch_sizes`; each part weighted b / B).
+    """
+
+    uses_module_hooks: ClassVar[bool]
+    plans_micro_batches: ClassVar[bool]
+
+    def prepare(self, model: nn.Module) -> nn.Module: ...
+
+    def measuring(self, model: nn.Module) -> contextlib.AbstractContextManager: ...
+
+    def reset(self) -> None: ...
+
+    def micro_batch_sizes(self, batch_size: int, max_micro_batch: int) -> list[int]: ...
+
+    def observe(self, x: Tensor, y: Tensor) -> None: ...
+
+    def backward(self, model: nn.Module, loss: Tensor, batch_size: int, sample_scale: float | None = None) -> None: ...
+
+    def step_end(self, model: nn.Module, batch_size: int) -> None: ...
+
+    def measure(self, model: nn.Module) -> None: ...
+
+    def value(self) -> float: ...
+
+    def all_reduce_(self, all_reduce_sum: Callable[[Sequence[Tensor]], None]) -> None: ...
+
+
+class EstimatorDefaults:
+    """No-op defaults of the optional members of :class:`DiversityEstimator`: no module hooks, the
+    trainer's own micro-batch plan, inputs not needed, nothing to do at the epoch's end."""
+
+    uses_module_hooks: ClassVar[bool] = False
+    plans_micro_batches: ClassVar[bool] = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def measuring(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext(model)
+
+    def micro_batch_sizes(self, batch_size: int, max_micro_batch: int) -> list[int]:
+        raise NotImplementedError(f"{type(self).__name__} does not plan micro-batches (plans_micro_batches=False)")
+
+    def observe(self, x: Tensor, y: Tensor) -> None:
+        """Inputs of the next :meth:`backward`'s micro-batch (ignored unless an estimator needs them)."""
+
+    def measure(self, model: nn.Module) -> None:
+        """End-of-epoch measurement at the final weights (none for the epoch estimators)."""
+
+
+class EpochDiversityEstimator(EstimatorDefaults):
     """The authors' epoch estimator of Delta, accumulated on the device in sum units.
 
     Feed it once per optimizer step with :meth:`add`; read :meth:`value` at the epoch's end.
@@ -362,7 +427,7 @@ class ExactDiversity(EpochDiversityEstimator):
             benchmark (a) passes stock ``BatchL2Grad()`` to compare the Conv2d routes).
     """
 
-    uses_module_hooks = True  # the trainer runs measured epochs on the eager (uncompiled) model
+    uses_module_hooks: ClassVar[bool] = True  # the trainer runs measured epochs on the eager (uncompiled) model
 
     def __init__(self, extension=None, running_grad_sum: bool = False):
         self.extension = extension
@@ -480,6 +545,8 @@ class MicroBatchDiversity(EpochDiversityEstimator):
     """
 
     uses_module_hooks = False  # torch.compile stays on in measured epochs
+
+    plans_micro_batches: ClassVar[bool] = True  # two batch scales: every measured step is split
 
     def __init__(self, micro_batches: int = 2):
         if int(micro_batches) < 2:
@@ -665,7 +732,7 @@ def fixed_point_sums(model: nn.Module, batches, extension=None, per_sample: str 
     return sq, grads, count
 
 
-class FixedPointDiversity:
+class FixedPointDiversity(EstimatorDefaults):
     """Delta(w) at one point: the weights at the end of the measured epoch
     (``method.diversity_estimator=fixed_point``).
 
@@ -690,7 +757,7 @@ class FixedPointDiversity:
             cover: the transformer; :func:`fixed_point_sums`).
     """
 
-    uses_module_hooks = False  # the measured epoch itself is a plain one (torch.compile stays on)
+    uses_module_hooks: ClassVar[bool] = False  # the measured epoch itself is a plain one (torch.compile stays on)
 
     def __init__(self, samples: int | None = None, extension=None, per_sample: str = "backpack"):
         if per_sample not in ("backpack", "func"):

@@ -16,7 +16,7 @@ which the trainer calls with every micro-batch's inputs and targets before its b
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,7 @@ class FuncDiversity(EpochDiversityEstimator):
         loss_fn: one sample's loss (default the trainer's criterion, mean cross-entropy).
     """
 
-    uses_module_hooks = True  # functional_call on the eager module: measured epochs run uncompiled
+    uses_module_hooks: ClassVar[bool] = True  # functional_call on the eager module: measured epochs run uncompiled
 
     def __init__(self, chunk_size: int = 64, loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy):
         self.chunk_size, self.loss_fn = int(chunk_size), loss_fn

@@ -24,6 +24,7 @@ import contextlib
 import math
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from divebatch.data import fixed_subset_indices, reference_batches
-from divebatch.diversity import (ExactDiversity, FixedPointDiversity, MicroBatchDiversity, backpack_hooks,
+from divebatch.diversity import (EstimatorDefaults, ExactDiversity, FixedPointDiversity, MicroBatchDiversity, backpack_hooks,
                                  fixed_point_sums, subset_n_diversity)
 
 SHADOW_COLUMNS = ["epoch", "lr", "batch_size", "n_train", "n_delta_exact", "n_delta_microbatch", "n_delta_fixed_point",
@@ -44,7 +45,7 @@ SUBSET_COLUMNS = ["epoch", "subset_samples", "draws", "n_delta_full", "rel_bias"
                   "share_inf"]
 
 
-class ShadowEstimators:
+class ShadowEstimators(EstimatorDefaults):
     """The ``exact`` and ``microbatch`` epoch estimators on the same optimizer steps of one epoch.
 
     The update is the run's own: each step's backward is the exact estimator's (BackPACK
@@ -57,7 +58,7 @@ class ShadowEstimators:
     it would without the shadow.
     """
 
-    uses_module_hooks = True
+    uses_module_hooks: ClassVar[bool] = True
 
     def __init__(self, micro_batches: int = 2):
         self.exact, self.micro = ExactDiversity(), MicroBatchDiversity(micro_batches)

@@ -25,11 +25,10 @@ from tqdm.auto import tqdm
 
 from divebatch import distributed, provenance
 from divebatch.config import NO_BACKPACK_MODELS, ConfigError, config_diffs, load_config, to_yaml
+from divebatch.controller import BatchSizeController, accumulate_step, micro_batch_plan, micro_batch_weight  # noqa: F401
 from divebatch.data import DataError, build_data, fixed_subset_indices, make_loaders, reference_batches, resolve_loader
-from divebatch.diversity import build_estimator
 from divebatch.models import build_model
 from divebatch.optimizers import build_optimizer
-from divebatch.policies import build_policy, step_lr
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
                   "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
@@ -191,46 +190,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def micro_batch_plan(batch: int, max_micro_batch: int, estimator=None, split_above: int | None = None) -> list[int]:
-    """Micro-batch sizes (samples) of one optimizer step of ``batch`` samples.
-
-    A batch larger than ``split_above`` (default ``max_micro_batch``) is cut into chunks of
-    ``max_micro_batch``, the last one smaller, as the authors split (their Tiny-ImageNet SGD and
-    AdaBatch trainer splits only above 1024, into chunks of 512: ``fidelity.split_above``,
-    docs/protocol.md); an estimator with ``micro_batch_sizes`` (the micro-batch estimator needs
-    >= 2 parts) decides instead.
-    """
-    if estimator is not None and hasattr(estimator, "micro_batch_sizes"):
-        return estimator.micro_batch_sizes(batch, max_micro_batch)
-    if batch <= (split_above or max_micro_batch):
-        return [batch]
-    return [min(max_micro_batch, batch - start) for start in range(0, batch, max_micro_batch)]
-
-
-def micro_batch_weight(rule: str, micro: int, batch: int, chunks: int) -> float:
-    """Factor on a micro-batch's mean loss so that the step's gradients add up to one update.
-
-    ``per_sample`` (clean): ``b / B``, so the step's gradient is the batch's mean gradient for any
-    chunk sizes. ``per_chunk`` (authors' code, ``fidelity.micro_batch_loss``): ``1 / k`` for k
-    chunks, which weights the samples of a smaller last chunk more (docs/protocol.md).
-
-    Args:
-        micro: b, the chunk's samples; batch: B, the step's samples; chunks: k.
-    Returns:
-        the factor (dimensionless); each sample's weight in the step's loss is ``factor / b``.
-    """
-    return micro / batch if rule == "per_sample" else 1.0 / chunks
-
-
 def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, estimator=None, warmup=None,
                     autocast=contextlib.nullcontext, desc: str = "", progress: bool = True,
                     split_above: int | None = None, micro_batch_loss: str = "per_sample") -> dict:
-    """One pass over the training data; batches above ``split_above`` (default ``max_micro_batch``)
-    are split into chunks of ``max_micro_batch`` and their gradients accumulated into one optimizer
-    step, each chunk's loss weighted by :func:`micro_batch_weight`. Statistics stay on the device
-    until the end. With an ``estimator`` (a measured epoch) the loop runs inside
-    ``estimator.measuring(model)`` and the estimator may choose the micro-batch sizes
-    (:func:`micro_batch_plan`; its own plans always use ``per_sample`` weights).
+    """One pass over the training data, each step's gradients by
+    :func:`divebatch.controller.accumulate_step` (batches above ``split_above``, default
+    ``max_micro_batch``, split into chunks of ``max_micro_batch``, each chunk's loss weighted by
+    :func:`~divebatch.controller.micro_batch_weight`). Statistics stay on the device until the end.
+    With an ``estimator`` (a measured epoch) the loop runs inside ``estimator.measuring(model)``
+    and the estimator may choose the micro-batch sizes (its own plans always use ``per_sample``
+    weights).
 
     Returns:
         dict with train_loss (mean per sample), train_acc (percent; of the predicted positions for
@@ -248,28 +217,12 @@ def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, e
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
             batch = len(y) if shares is None else shares[steps]
             optimizer.zero_grad(set_to_none=True)
-            plan = micro_batch_plan(len(y), max_micro_batch, estimator, split_above)
-            n_micro = len(plan)
-            rule = "per_sample" if hasattr(estimator, "micro_batch_sizes") else micro_batch_loss
-            for j, (xm, ym) in enumerate(zip(x.split(plan), y.split(plan))):
-                with distributed.sync_gradients(model, j == n_micro - 1):  # DDP: one all-reduce per step
-                    with autocast():
-                        out = model(xm)
-                        loss = criterion(out, ym)
-                    # data-parallel: len(y) is this rank's share, batch the global batch
-                    weight = micro_batch_weight(rule, len(ym), len(y), n_micro) * len(y) / batch
-                    scaled = loss * weight
-                    if estimator is not None:  # sample i's gradient in `scaled` is g_i / (len(ym) / weight)
-                        if hasattr(estimator, "observe"):  # exact_func recomputes per-sample gradients
-                            estimator.observe(xm, ym)
-                        estimator.backward(model, scaled, batch, len(ym) / weight)
-                    else:
-                        scaled.backward()
-                loss_sum += loss.detach().float() * len(ym)
-                correct += (out.argmax(1) == ym).sum()
-                positions = ym[0].numel()
-            if estimator is not None:
-                estimator.step_end(model, batch)
+            step = accumulate_step(model, x, y, criterion, estimator, max_micro_batch, split_above=split_above,
+                                   micro_batch_loss=micro_batch_loss, autocast=autocast,
+                                   sync=distributed.sync_gradients, global_batch=batch)
+            loss_sum += step.loss_sum
+            correct += step.correct
+            positions = step.positions
             lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (changes within warm-up epochs)
             optimizer.step()
             if warmup is not None:
@@ -352,15 +305,12 @@ def train(cfg: DictConfig) -> dict:
     fid = cfg.fidelity  # where the authors' code differs from the method (docs/protocol.md)
     model = build_model(cfg.model.name, fid.head_classes or bundle.num_classes, bundle.in_channels,
                         bundle.image_size, cfg.model.width, depth=cfg.model.depth, heads=cfg.model.heads)
-    policy = build_policy(cfg.method, bundle.n_train)
-    estimator = (build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches, fid.running_grad_sum,
-                                 cfg.method.fixed_point_samples, cfg.model.name not in NO_BACKPACK_MODELS)
-                 if cfg.method.name == "divebatch" else None)
-    if estimator is not None:
-        model = estimator.prepare(model)
-    if hasattr(estimator, "attach"):  # fixed_point: a fixed subset of the training set, no augmentation
-        subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)
-        estimator.attach(reference_batches(bundle, subset, cfg.method.max_micro_batch, device), bundle.n_train)
+    # the method itself (batch size, diversity, resize, lr rescaling): the library API of divebatch.controller
+    ctl = BatchSizeController.from_config(cfg, bundle.n_train, backpack=cfg.model.name not in NO_BACKPACK_MODELS)
+    model = ctl.prepare(model)
+    if cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "fixed_point":
+        subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)  # no augmentation
+        ctl.attach_reference(reference_batches(bundle, subset, cfg.method.max_micro_batch, device))
     shadow = None
     if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.shadow)
         from divebatch.shadow import ShadowRecorder
@@ -373,7 +323,7 @@ def train(cfg: DictConfig) -> dict:
     forward_model = torch.compile(eager_model) if cfg.speed.compile else eager_model
     loader = resolve_loader(cfg.data.loader, bundle)
     generator = torch.Generator(device=device if loader == "device" else "cpu").manual_seed(cfg.seed)
-    train_loader, test_loader = make_loaders(bundle, cfg.data, policy.batch_size, device, generator, loader)
+    train_loader, test_loader = make_loaders(bundle, cfg.data, ctl.batch_size, device, generator, loader)
     train_loader, test_loader = distributed.shard_loaders(train_loader, test_loader, bundle, ctx)
     optimizer = build_optimizer(cfg.optim, model.parameters())  # optim.name: sgd | adamw
     # authors' CIFAR-100 code: the warm-up scheduler is built but never stepped (warm-up epochs at lr 0)
@@ -397,7 +347,7 @@ def train(cfg: DictConfig) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         if warmup is not None:
             warmup.load_state_dict(state["warmup"])
-        policy.load_state_dict(state["policy"])
+        ctl.load_state_dict(state["policy"])
         if shadow is not None:
             shadow.load_state_dict(state.get("shadow"))
             shadow.write(run.path, _atomic_write)
@@ -415,11 +365,9 @@ def train(cfg: DictConfig) -> dict:
     logger = WandbLogger(distributed.wandb_config(cfg, ctx), run.path, run_id)
 
     for epoch in range(start_epoch, cfg.epochs):
-        batch_size = policy.batch_size
+        batch_size = ctl.batch_size
         train_loader.set_batch_size(batch_size)
-        measure = estimator is not None and policy.measures_diversity(epoch)
-        if measure:
-            estimator.reset()
+        measure = ctl.measures(epoch)
         shadow_est = shadow.epoch_estimator(epoch) if shadow is not None else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -429,15 +377,15 @@ def train(cfg: DictConfig) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = 0.0
         t0 = time.perf_counter()
+        epoch_est = ctl.begin_epoch(epoch, shadow_est)  # the estimator when this epoch measures, else the shadow's
         # BackPACK's module hooks (exact estimator) and torch.compile do not mix: measured epochs run eagerly
-        train_model = eager_model if measure and getattr(estimator, "uses_module_hooks", False) else forward_model
-        train_model = eager_model if shadow_est is not None else train_model
+        train_model = eager_model if epoch_est is not None and epoch_est.uses_module_hooks else forward_model
         # for the out-of-memory message only: no estimator, whose planning has state
         micro = max(micro_batch_plan(batch_size, cfg.method.max_micro_batch, None, fid.split_above))
         try:
             stats = train_one_epoch(train_model, train_loader, optimizer,
                                     criterion if shadow_est is None else shadow_est.criterion(criterion),
-                                    cfg.method.max_micro_batch, estimator if measure else shadow_est,
+                                    cfg.method.max_micro_batch, epoch_est,
                                     warmup if epoch < cfg.optim.warmup_epochs else None, autocast,
                                     f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress and ctx.is_main,
                                     fid.split_above, fid.micro_batch_loss)
@@ -447,8 +395,7 @@ def train(cfg: DictConfig) -> dict:
         if lr_zero:
             for group, lr0 in zip(optimizer.param_groups, scheduled_lrs):
                 group["lr"] = lr0
-        if measure and hasattr(estimator, "measure"):  # fixed_point: Delta(w) at the epoch's final weights
-            estimator.measure(model)
+        ctl.finish_epoch(model)  # fixed_point: Delta(w) at the epoch's final weights
         stats = ctx.reduce_train_stats(stats, model)  # sums over ranks; rank 0's BatchNorm buffers
         t1 = time.perf_counter()
         try:
@@ -458,12 +405,11 @@ def train(cfg: DictConfig) -> dict:
                                                             "evaluation", epoch)) from None
         val_loss, val_acc = ctx.reduce_eval(val_loss, val_acc, test_loader)
         t2 = time.perf_counter()
-        diversity = distributed.diversity_value(estimator, ctx) if measure else None
+        diversity = ctl.diversity(lambda est: distributed.diversity_value(est, ctx)) if measure else None
         if shadow_est is not None:  # at the weights the resize decision would see; not counted in wall time
             shadow.record(model, epoch, stats["lr"], batch_size, t1 - t0)
         lr = stats["lr"]
-        step_lr(scheduler, optimizer, policy.step(epoch, diversity), squared=fid.lr_rescale_rule == "schedule_squared"
-                and policy.lr_rescale)
+        decision = ctl.end_epoch(epoch, optimizer, scheduler, diversity)  # scheduler step, resize, lr rescaling
         counters["optimizer_steps"] += stats["steps"]
         counters["samples_seen"] += stats["samples"]
         counters["wall_time_s"] += t2 - t0
@@ -474,7 +420,7 @@ def train(cfg: DictConfig) -> dict:
         history.append(row)
         run.save_checkpoint({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "warmup": warmup.state_dict() if warmup is not None else None, "policy": policy.state_dict(),
+            "warmup": warmup.state_dict() if warmup is not None else None, "policy": ctl.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
             "next_epoch": epoch + 1, "history": history, "counters": dict(counters),
             **({"shadow": shadow.state_dict()} if shadow is not None else {}),
@@ -490,7 +436,8 @@ def train(cfg: DictConfig) -> dict:
             break
         div_txt = f" diversity={diversity:.4g} (n*Delta={diversity * bundle.n_train:.4g})" if diversity is not None else ""
         _log(f"epoch {epoch + 1}/{cfg.epochs} m={batch_size} lr={lr:.4g} train_loss={stats['train_loss']:.4f} "
-             f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}" + (f" -> m={policy.batch_size}" if policy.batch_size != batch_size else ""))
+             f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}" + (f" -> m={decision.next_batch_size}"
+                                                                       if decision.resized else ""))
 
     finite = [r for r in history if math.isfinite(r["val_acc"])] or history
     best = max(finite, key=lambda r: r["val_acc"])
