@@ -36,7 +36,9 @@ import re
 import sys
 from pathlib import Path
 
-from divebatch.gpu_check import REPO, GpuCheckError, validate_results
+from divebatch.gpu_check import GpuCheckError, validate_results
+from divebatch.rundir import REPO_ROOT as REPO
+from divebatch.rundir import runs_path
 
 BEGIN, END = "<!-- gpu-hours:begin -->", "<!-- gpu-hours:end -->"
 DOC = REPO / "docs" / "replicate.md"
@@ -141,7 +143,7 @@ def _paper_runs(profile: str | Path) -> list[dict]:
 
     spec = load_profile(profile)
     runs = []
-    for r in expand(spec, "runs/paper"):
+    for r in expand(spec, runs_path("paper")):
         c = load_config(r.config, r.overrides, check_data=False)
         extra = "" if r.experiment == c.data.name else f" ({r.experiment})"  # e.g. the protocol=clean cells
         runs.append({"dataset": c.data.name, "group": Path(r.config).stem + extra, "method": c.method.name,

@@ -50,12 +50,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from divebatch import launch
+from divebatch import launch, rundir
 from divebatch.config import ConfigError, config_diffs, load_config
+from divebatch.rundir import epochs_done, read_summary  # noqa: F401  (run states; importable from here)
 
 PROFILE_DIR = Path("configs") / "profiles"
 DEFAULT_PROFILE = "smoke"
-LOG_NAME = "train.log"  # inside each run directory
+LOG_NAME = rundir.LOG  # inside each run directory
 SYNTHETIC_STAMP = "synthetic_done.json"  # in the runs dir: which config/commit the synthetic outputs are from
 NETWORK_TIMEOUT_S = 3.0
 
@@ -367,35 +368,19 @@ def expand(spec: DictConfig, runs_dir: str | Path, data: dict[str, DataSource] |
 # ----------------------------------------------------------------------------- run states
 
 
-def epochs_done(run_dir: Path) -> int:
-    """Rows of ``metrics.csv`` (finished epochs written so far), 0 when absent."""
-    try:
-        with open(run_dir / "metrics.csv") as f:
-            return max(0, sum(1 for line in f if line.strip()) - 1)
-    except OSError:
-        return 0
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run_state(run: Run, cfg: DictConfig) -> tuple[str, str]:
     """``(state, detail)``: ``finished`` (skip), ``conflict`` (the folder holds another config),
     ``resume`` (a checkpoint exists) or ``new``."""
     d = run.out_dir
-    if (d / "config.yaml").is_file():
-        diffs = config_diffs(OmegaConf.load(d / "config.yaml"), cfg)
+    if rundir.is_run_dir(d):
+        diffs = config_diffs(rundir.read_config(d), cfg)
         if diffs:
             return "conflict", "; ".join(diffs)
     summary = read_summary(d)
     if summary and summary.get("finished"):
         return "finished", (f"{summary.get('epochs_completed')} epochs, final val_acc "
                             f"{summary.get('final_val_acc', float('nan')):.2f}%")
-    if (d / "checkpoint.pt").is_file():
+    if (d / rundir.CHECKPOINT).is_file():
         return "resume", f"at epoch {epochs_done(d)}/{run.epochs}"
     return "new", f"{run.epochs} epochs"
 
@@ -691,7 +676,7 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
     """
     t_start = time.perf_counter()
     spec = load_profile(profile)
-    runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / spec.name
+    runs_dir = Path(runs_dir) if runs_dir is not None else rundir.runs_path(spec.name)
     out = Path(out)
     sources = resolve_data(spec, parse_data_args(list(data_args), spec))
     runs = expand(spec, runs_dir, sources, list(extra))
