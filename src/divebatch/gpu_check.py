@@ -78,7 +78,6 @@ TRAIN = ("torch", "torchvision", "numpy", "PIL", "omegaconf", "yaml", "tqdm")  #
 DIVE = TRAIN + ("backpack", "einops", "unfoldNd")  # + DiveBatch's exact estimator
 BENCH = DIVE + ("pandas", "tabulate")  # benchmarks/ (tables through pandas' to_markdown)
 TESTS = DIVE + ("pandas", "pytest")
-OPTIONAL = ("opt_einsum",)  # torch uses it when present (contraction order; affects timings only)
 
 
 class GpuCheckError(ValueError):
@@ -618,7 +617,6 @@ class Check:
     run: Callable[[Context], dict]
     min_s: float  # skipped when less than this is left of the budget (GPU sizes)
     what: str
-    gpu_only_reason: Optional[str] = None
 
 
 def checks() -> list[Check]:

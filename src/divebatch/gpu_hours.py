@@ -240,14 +240,6 @@ def render(results: dict, t: dict, source: str) -> str:
     return "\n".join(lines)
 
 
-def not_measured_block() -> str:
-    """The block while no GPU measurement exists."""
-    return (f"{BEGIN}\n**Not measured yet: no GPU was available** to this project. On a GPU machine, "
-            f"`bash replicate/gpu_check.sh` writes `runs/gpu_check/results.json` and `divebatch gpu-hours "
-            f"runs/gpu_check/results.json --write` fills this table (per dataset and method, for one GPU and for K "
-            f"runs per GPU, with the GPU it was measured on) and the paper profile's `expected_minutes`.\n{END}")
-
-
 def write(block: str, minutes: float | None, note: str, doc: Path | None = None, profile: Path | None = None) -> None:
     """Replace the marked block of ``doc`` (default ``docs/replicate.md``) and the ``expected_minutes``
     line of ``profile`` (default ``configs/profiles/paper.yaml``).

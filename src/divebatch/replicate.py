@@ -120,7 +120,7 @@ class DataKind:
         title: human name.
         required: path -> the files/folders that must exist (``data.path`` is ``path``).
         fetch: path -> ``divebatch fetch-data`` arguments that put the data at ``path``, or None.
-        url, md5: the official archive, for the offline instructions.
+        url: the official archive (its host is probed before a download).
         manual: path -> how to put the data there by hand.
         path_means: what ``--data``/the env variable must point at.
     """
@@ -129,7 +129,6 @@ class DataKind:
     required: Callable[[Path], list[Path]]
     fetch: Optional[Callable[[Path], Optional[list[str]]]] = None
     url: Optional[str] = None
-    md5: Optional[str] = None
     manual: Callable[[Path], str] = lambda path: ""
     path_means: str = ""
 
@@ -143,7 +142,7 @@ def _cifar_kind(name: str) -> DataKind:
         title=cls.__name__.replace("CIFAR", "CIFAR-"),
         required=lambda root: [root / cls.base_folder / f for f in names],
         fetch=lambda root: [name, "--root", str(root)],
-        url=cls.url, md5=cls.tgz_md5,
+        url=cls.url,
         manual=lambda root: (f"download {cls.url} (md5 {cls.tgz_md5}) on a machine with network, copy "
                              f"{cls.filename} here and unpack it into {root}/: mkdir -p {root} && tar -xzf "
                              f"{cls.filename} -C {root}  (gives {root / cls.base_folder}/)"),
@@ -160,7 +159,7 @@ def _tiny_kind() -> DataKind:
         required=lambda p: [p / "wnids.txt", p / "train", p / "val" / "val_annotations.txt", p / "val" / "images"],
         # fetch-data extracts into ROOT/tiny-imagenet-200: usable only when the path has that name
         fetch=lambda p: ["tiny_imagenet", "--root", str(p.parent)] if p.name == "tiny-imagenet-200" else None,
-        url=TINY_IMAGENET_URL, md5=TINY_IMAGENET_MD5,
+        url=TINY_IMAGENET_URL,
         manual=lambda p: (f"download {TINY_IMAGENET_URL} (md5 {TINY_IMAGENET_MD5}) on a machine with network, "
                           f"copy {zip_name} here and unzip it into {p.parent}/: unzip -q {zip_name} -d {p.parent}  "
                           f"(gives {p.parent / 'tiny-imagenet-200'}/; the data path must be that folder)"),
