@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from divebatch import launch, rundir
 from divebatch.config import ConfigError, config_diffs, load_config
-from divebatch.rundir import epochs_done, read_summary  # noqa: F401  (run states; importable from here)
+from divebatch.rundir import epochs_done, read_summary
 
 PROFILE_DIR = Path("configs") / "profiles"
 DEFAULT_PROFILE = "smoke"
