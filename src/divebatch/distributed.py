@@ -534,8 +534,9 @@ class RankZeroRunDir:
             raise error
         return result
 
-    def prepare(self, cfg) -> None:
-        self._on_main(self._run.prepare, cfg)
+    def prepare(self, cfg) -> list[str]:
+        """The changed runtime keys rank 0 found (recorded in the manifest's resume entry)."""
+        return self._on_main(self._run.prepare, cfg)
 
     def read_summary(self):
         return self._on_main(self._run.read_summary)
