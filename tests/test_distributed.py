@@ -309,6 +309,18 @@ def test_rank_zero_run_dir_broadcasts_reads_and_errors_and_writes_only_on_rank_0
     assert RankZeroRunDir(_Run(), _Ctx(False, sent=({"finished": True}, None))).read_summary() == {"finished": True}
 
 
+def test_rank_zero_run_dir_returns_the_changed_runtime_keys_on_every_rank():
+    """A resumed data-parallel run records the runtime keys that changed, as a single process does."""
+    changed = ["method.max_micro_batch: 512 -> 256"]
+
+    class _Prepared(_Run):
+        def prepare(self, cfg):
+            return changed
+
+    assert RankZeroRunDir(_Prepared(), _Ctx(True)).prepare(None) == changed
+    assert RankZeroRunDir(_Prepared(), _Ctx(False, sent=(changed, None))).prepare(None) == changed
+
+
 # ----------------------------------------------------------------------------- estimator (in-process)
 
 

@@ -15,6 +15,14 @@ from divebatch import gpu_check as gc
 from divebatch import gpu_hours as gh
 
 
+def not_measured_block() -> str:
+    """The block of docs/replicate.md while no GPU measurement exists (what `gpu-hours --write` replaces)."""
+    return (f"{gh.BEGIN}\n**Not measured yet: no GPU was available** to this project. On a GPU machine, "
+            f"`bash replicate/gpu_check.sh` writes `runs/gpu_check/results.json` and `divebatch gpu-hours "
+            f"runs/gpu_check/results.json --write` fills this table (per dataset and method, for one GPU and for K "
+            f"runs per GPU, with the GPU it was measured on) and the paper profile's `expected_minutes`.\n{gh.END}")
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -212,7 +220,7 @@ def test_gpu_hours_write_the_docs_and_the_profile_only_from_a_gpu(tmp_path, monk
     profile.write_text((REPO / "configs" / "profiles" / "paper.yaml").read_text())
     monkeypatch.setattr(gh, "DOC", doc)
     monkeypatch.setattr(gh, "PROFILE", profile)
-    assert gh.not_measured_block() in doc.read_text()  # what the docs say while nothing is measured
+    assert not_measured_block() in doc.read_text()  # what the docs say while nothing is measured
     path = tmp_path / "results.json"
     path.write_text(json.dumps(_fake_results("cpu-check")))
     assert gh.cli([str(path), "--write"]) == 2

@@ -153,7 +153,7 @@ def test_run_directory_holds_exactly_the_fixed_files(divebatch_run):
 def test_metrics_columns_and_counters(divebatch_run):
     cfg, out, summary = divebatch_run
     df = metrics(out)
-    assert list(df.columns) == METRIC_COLUMNS == [
+    assert list(df.columns) == list(METRIC_COLUMNS) == [
         "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
         "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
     n = 1437  # digits training split, checked in test_data

@@ -34,7 +34,8 @@ def crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int) 
     # mirroring reads the crop's columns in reverse order, so it costs no extra pass
     cols = left[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)  # (B, W)
     padded = F.pad(x, (padding,) * 4)
-    # two gathers (rows, then columns) are 2-3x faster on a CPU than one advanced-indexing pass
+    # two gathers (rows, then columns) beat one advanced-indexing pass on a CPU (the measured
+    # times are in docs/performance.md, section 1, where a rerun of the benchmark updates them)
     out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 

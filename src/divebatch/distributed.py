@@ -510,7 +510,7 @@ def _picklable(err: BaseException) -> BaseException:
 
 
 class RankZeroRunDir:
-    """A :class:`divebatch.training.RunDir` seen from one rank: rank 0 reads and writes; reads are
+    """A :class:`divebatch.rundir.RunDir` seen from one rank: rank 0 reads and writes; reads are
     broadcast to every rank (so they need no shared file system) and so are rank 0's errors
     (every rank then raises the same error instead of waiting for a collective that never comes).
     Writes on other ranks do nothing. Other attributes are the wrapped run directory's.
@@ -534,8 +534,9 @@ class RankZeroRunDir:
             raise error
         return result
 
-    def prepare(self, cfg) -> None:
-        self._on_main(self._run.prepare, cfg)
+    def prepare(self, cfg) -> list[str]:
+        """The changed runtime keys rank 0 found (recorded in the manifest's resume entry)."""
+        return self._on_main(self._run.prepare, cfg)
 
     def read_summary(self):
         return self._on_main(self._run.read_summary)

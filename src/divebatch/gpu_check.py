@@ -46,7 +46,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -57,10 +56,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+# divebatch.rundir imports only the standard library at the top, as this module must
+from divebatch.rundir import REPO_ROOT as REPO
+from divebatch.rundir import read_metrics, runs_path
+
 SCHEMA = "divebatch-gpu-check/1"
-REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
-DEFAULT_OUT = Path("runs") / "gpu_check" / "results.json"
+DEFAULT_OUT = runs_path("gpu_check", "results.json")
 DEFAULT_BUDGET_MIN = 8.0
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 STATUSES = ("ok", "failed", "skipped")
@@ -76,7 +78,6 @@ TRAIN = ("torch", "torchvision", "numpy", "PIL", "omegaconf", "yaml", "tqdm")  #
 DIVE = TRAIN + ("backpack", "einops", "unfoldNd")  # + DiveBatch's exact estimator
 BENCH = DIVE + ("pandas", "tabulate")  # benchmarks/ (tables through pandas' to_markdown)
 TESTS = DIVE + ("pandas", "pytest")
-OPTIONAL = ("opt_einsum",)  # torch uses it when present (contraction order; affects timings only)
 
 
 class GpuCheckError(ValueError):
@@ -425,16 +426,6 @@ def realdata_runs(fast: bool, cpu_check: bool) -> dict[str, tuple[str, list[str]
             "adabatch": ("configs/cifar10/adabatch.yaml", [*common, "epochs=6", "method.resize_freq=1"])}
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """``metrics.csv`` rows as dicts of numbers (empty cells: None)."""
-    try:
-        with open(run_dir / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return []
-    return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
-
-
 def epoch_times(runs: dict[str, list[dict]]) -> dict:
     """Steady epoch times from the runs' metrics.
 
@@ -626,7 +617,6 @@ class Check:
     run: Callable[[Context], dict]
     min_s: float  # skipped when less than this is left of the budget (GPU sizes)
     what: str
-    gpu_only_reason: Optional[str] = None
 
 
 def checks() -> list[Check]:

@@ -36,7 +36,9 @@ import re
 import sys
 from pathlib import Path
 
-from divebatch.gpu_check import REPO, GpuCheckError, validate_results
+from divebatch.gpu_check import GpuCheckError, validate_results
+from divebatch.rundir import REPO_ROOT as REPO
+from divebatch.rundir import runs_path
 
 BEGIN, END = "<!-- gpu-hours:begin -->", "<!-- gpu-hours:end -->"
 DOC = REPO / "docs" / "replicate.md"
@@ -141,7 +143,7 @@ def _paper_runs(profile: str | Path) -> list[dict]:
 
     spec = load_profile(profile)
     runs = []
-    for r in expand(spec, "runs/paper"):
+    for r in expand(spec, runs_path("paper")):
         c = load_config(r.config, r.overrides, check_data=False)
         extra = "" if r.experiment == c.data.name else f" ({r.experiment})"  # e.g. the protocol=clean cells
         runs.append({"dataset": c.data.name, "group": Path(r.config).stem + extra, "method": c.method.name,
@@ -236,14 +238,6 @@ def render(results: dict, t: dict, source: str) -> str:
                      f"gain): {ks}. With G such GPUs, divide by G.")
     lines.append(END)
     return "\n".join(lines)
-
-
-def not_measured_block() -> str:
-    """The block while no GPU measurement exists."""
-    return (f"{BEGIN}\n**Not measured yet: no GPU was available** to this project. On a GPU machine, "
-            f"`bash replicate/gpu_check.sh` writes `runs/gpu_check/results.json` and `divebatch gpu-hours "
-            f"runs/gpu_check/results.json --write` fills this table (per dataset and method, for one GPU and for K "
-            f"runs per GPU, with the GPU it was measured on) and the paper profile's `expected_minutes`.\n{END}")
 
 
 def write(block: str, minutes: float | None, note: str, doc: Path | None = None, profile: Path | None = None) -> None:

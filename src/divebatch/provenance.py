@@ -9,13 +9,14 @@ import platform
 import subprocess
 from pathlib import Path
 
+from divebatch.rundir import REPO_ROOT
+
 PACKAGES = ("torch", "torchvision", "backpack-for-pytorch", "omegaconf", "wandb", "sweeps", "numpy",
             "scipy", "pandas", "seaborn", "matplotlib", "scikit-learn")
-_REPO = Path(__file__).resolve().parents[2]
 GENERATED_DIRS = ("paper_tables", "figures", "notebooks")
 
 
-def git_commit(short: bool = False, repo: Path = _REPO) -> str:
+def git_commit(short: bool = False, repo: Path = REPO_ROOT) -> str:
     """The checkout's HEAD commit, with ``+dirty`` when tracked files other than the generated
     outputs (``GENERATED_DIRS``) have uncommitted changes; ``unknown`` outside a git checkout."""
     def git(*args: str) -> str:

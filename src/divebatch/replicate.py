@@ -50,12 +50,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from divebatch import launch
+from divebatch import launch, rundir
 from divebatch.config import ConfigError, config_diffs, load_config
+from divebatch.rundir import epochs_done, read_summary
 
 PROFILE_DIR = Path("configs") / "profiles"
 DEFAULT_PROFILE = "smoke"
-LOG_NAME = "train.log"  # inside each run directory
+LOG_NAME = rundir.LOG  # inside each run directory
 SYNTHETIC_STAMP = "synthetic_done.json"  # in the runs dir: which config/commit the synthetic outputs are from
 NETWORK_TIMEOUT_S = 3.0
 
@@ -119,7 +120,7 @@ class DataKind:
         title: human name.
         required: path -> the files/folders that must exist (``data.path`` is ``path``).
         fetch: path -> ``divebatch fetch-data`` arguments that put the data at ``path``, or None.
-        url, md5: the official archive, for the offline instructions.
+        url: the official archive (its host is probed before a download).
         manual: path -> how to put the data there by hand.
         path_means: what ``--data``/the env variable must point at.
     """
@@ -128,7 +129,6 @@ class DataKind:
     required: Callable[[Path], list[Path]]
     fetch: Optional[Callable[[Path], Optional[list[str]]]] = None
     url: Optional[str] = None
-    md5: Optional[str] = None
     manual: Callable[[Path], str] = lambda path: ""
     path_means: str = ""
 
@@ -142,7 +142,7 @@ def _cifar_kind(name: str) -> DataKind:
         title=cls.__name__.replace("CIFAR", "CIFAR-"),
         required=lambda root: [root / cls.base_folder / f for f in names],
         fetch=lambda root: [name, "--root", str(root)],
-        url=cls.url, md5=cls.tgz_md5,
+        url=cls.url,
         manual=lambda root: (f"download {cls.url} (md5 {cls.tgz_md5}) on a machine with network, copy "
                              f"{cls.filename} here and unpack it into {root}/: mkdir -p {root} && tar -xzf "
                              f"{cls.filename} -C {root}  (gives {root / cls.base_folder}/)"),
@@ -159,7 +159,7 @@ def _tiny_kind() -> DataKind:
         required=lambda p: [p / "wnids.txt", p / "train", p / "val" / "val_annotations.txt", p / "val" / "images"],
         # fetch-data extracts into ROOT/tiny-imagenet-200: usable only when the path has that name
         fetch=lambda p: ["tiny_imagenet", "--root", str(p.parent)] if p.name == "tiny-imagenet-200" else None,
-        url=TINY_IMAGENET_URL, md5=TINY_IMAGENET_MD5,
+        url=TINY_IMAGENET_URL,
         manual=lambda p: (f"download {TINY_IMAGENET_URL} (md5 {TINY_IMAGENET_MD5}) on a machine with network, "
                           f"copy {zip_name} here and unzip it into {p.parent}/: unzip -q {zip_name} -d {p.parent}  "
                           f"(gives {p.parent / 'tiny-imagenet-200'}/; the data path must be that folder)"),
@@ -367,35 +367,19 @@ def expand(spec: DictConfig, runs_dir: str | Path, data: dict[str, DataSource] |
 # ----------------------------------------------------------------------------- run states
 
 
-def epochs_done(run_dir: Path) -> int:
-    """Rows of ``metrics.csv`` (finished epochs written so far), 0 when absent."""
-    try:
-        with open(run_dir / "metrics.csv") as f:
-            return max(0, sum(1 for line in f if line.strip()) - 1)
-    except OSError:
-        return 0
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run_state(run: Run, cfg: DictConfig) -> tuple[str, str]:
     """``(state, detail)``: ``finished`` (skip), ``conflict`` (the folder holds another config),
     ``resume`` (a checkpoint exists) or ``new``."""
     d = run.out_dir
-    if (d / "config.yaml").is_file():
-        diffs = config_diffs(OmegaConf.load(d / "config.yaml"), cfg)
+    if rundir.is_run_dir(d):
+        diffs = config_diffs(rundir.read_config(d), cfg)
         if diffs:
             return "conflict", "; ".join(diffs)
     summary = read_summary(d)
     if summary and summary.get("finished"):
         return "finished", (f"{summary.get('epochs_completed')} epochs, final val_acc "
                             f"{summary.get('final_val_acc', float('nan')):.2f}%")
-    if (d / "checkpoint.pt").is_file():
+    if (d / rundir.CHECKPOINT).is_file():
         return "resume", f"at epoch {epochs_done(d)}/{run.epochs}"
     return "new", f"{run.epochs} epochs"
 
@@ -691,7 +675,7 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
     """
     t_start = time.perf_counter()
     spec = load_profile(profile)
-    runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / spec.name
+    runs_dir = Path(runs_dir) if runs_dir is not None else rundir.runs_path(spec.name)
     out = Path(out)
     sources = resolve_data(spec, parse_data_args(list(data_args), spec))
     runs = expand(spec, runs_dir, sources, list(extra))

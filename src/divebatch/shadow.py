@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from divebatch import rundir
 from divebatch.data import fixed_subset_indices, reference_batches
 from divebatch.diversity import (EstimatorDefaults, ExactDiversity, FixedPointDiversity, MicroBatchDiversity, backpack_hooks,
                                  fixed_point_sums, subset_n_diversity)
@@ -253,7 +254,7 @@ class ShadowRecorder:
         """``shadow.csv`` and ``shadow_subsets.csv`` in ``run_dir`` (through the trainer's atomic writer)."""
         import pandas as pd
 
-        for name, rows, cols in (("shadow.csv", self.rows, SHADOW_COLUMNS),
-                                 ("shadow_subsets.csv", self.subset_rows, SUBSET_COLUMNS)):
+        for name, rows, cols in ((rundir.SHADOW, self.rows, SHADOW_COLUMNS),
+                                 (rundir.SHADOW_SUBSETS, self.subset_rows, SUBSET_COLUMNS)):
             df = pd.DataFrame(rows, columns=cols)
             atomic_write(Path(run_dir) / name, lambda p, df=df: df.to_csv(p, index=False))

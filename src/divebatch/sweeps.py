@@ -41,8 +41,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from divebatch import launch
+from divebatch import launch, rundir
 from divebatch.config import ConfigError, config_keys, load_config
+# a sweep metric is a summary.json key or a metrics.csv column (divebatch.rundir owns both lists)
+from divebatch.rundir import METRIC_COLUMNS, SUMMARY_KEYS
 
 with warnings.catch_warnings():  # sweeps 0.3.0 uses pydantic v1 config names; harmless under v2
     warnings.simplefilter("ignore", UserWarning)
@@ -60,9 +62,6 @@ DRIVER_KEYS = ("out_dir", "wandb.mode", "wandb.group", "progress")
 SENSITIVITY_KEYS = ("method.delta", "method.resize_freq", "method.max_batch_size")
 # Keys the small-batch SGD reference ignores, so it takes none of their values.
 ADAPTIVE_KEYS = SENSITIVITY_KEYS + ("method.lr_rescale", "method.diversity_estimator", "method.name")
-# summary.json keys (run-directory format of the project README); metrics.csv columns come from training.
-SUMMARY_KEYS = ("epochs_completed", "final_val_acc", "best_val_acc", "best_epoch", "final_train_loss",
-                "final_val_loss", "final_batch_size", "optimizer_steps", "wall_time_s")
 GRID_CHECK_LIMIT = 2000  # grid points validated one by one before any run starts
 # sweeps.params distributions whose min/max are parameter values (log_uniform's are exponents)
 VALUE_BOUNDED = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values",
@@ -233,8 +232,6 @@ def load_sweep(path: str | Path) -> Sweep:
             raise SweepError(f"{path}: parameter {name!r} is also fixed in the command; allowed: one or the other")
     metric = (cfg.get("metric") or {}).get("name")
     if metric is not None:
-        from divebatch.training import METRIC_COLUMNS  # heavy import (torch), only when a metric is set
-
         allowed = (*SUMMARY_KEYS, *METRIC_COLUMNS)
         if metric not in allowed:
             raise SweepError(f"{path}: metric.name={metric!r}; {_suggest(metric, list(allowed))}allowed: a summary.json "
@@ -435,18 +432,12 @@ def _seeded(key: str):
 
 
 def _read_run(run_dir: Path) -> tuple[dict | None, list[dict]]:
-    """(summary.json or None, metrics.csv rows as dicts with float values)."""
-    summary = None
-    if (run_dir / "summary.json").is_file():
-        with contextlib.suppress(OSError, ValueError):
-            summary = json.loads((run_dir / "summary.json").read_text())
+    """(summary.json or None, metrics.csv rows as dicts with float values, empty cells left out;
+    no rows when metrics.csv is missing or malformed)."""
     rows = []
-    if (run_dir / "metrics.csv").is_file():
-        import csv
-
-        with contextlib.suppress(OSError, ValueError), open(run_dir / "metrics.csv") as fh:
-            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
-    return summary, rows
+    with contextlib.suppress(ValueError):
+        rows = [{k: v for k, v in r.items() if v is not None} for r in rundir.read_metrics(run_dir)]
+    return rundir.read_summary(run_dir), rows
 
 
 def _metric(sweep: Sweep, summary: dict | None, rows: list[dict]) -> float | None:
@@ -532,7 +523,7 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
     if sweep.method != "grid" and cap is None:
         raise SweepError(f"{sweep.path}: method={sweep.method!r} never runs out of proposals; allowed: give "
                          f"--count N (or run_cap in the YAML)")
-    root = Path(root) if root is not None else Path("runs") / "sweeps" / sweep.name
+    root = Path(root) if root is not None else rundir.runs_path("sweeps", sweep.name)
     driver_extra = [f"wandb.mode={wandb_mode}", f"out_dir={root / 'check'}", "progress=false"]
     n_checked = check_values(sweep, driver_extra, check_data=check_data)
     state = SweepState.load_or_create(root, sweep)
@@ -693,7 +684,7 @@ def cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)
-        root = Path(args.root) if args.root else Path("runs") / "sweeps" / sweep.name
+        root = Path(args.root) if args.root else rundir.runs_path("sweeps", sweep.name)
         if args.report:
             report(root, args.out)
             return 0

@@ -24,16 +24,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from divebatch import distributed, provenance
-from divebatch.config import NO_BACKPACK_MODELS, ConfigError, config_diffs, load_config, to_yaml
+from divebatch.config import NO_BACKPACK_MODELS, ConfigError, load_config, to_yaml
 from divebatch.controller import BatchSizeController, accumulate_step, micro_batch_plan, micro_batch_weight  # noqa: F401
 from divebatch.data import DataError, build_data, fixed_subset_indices, make_loaders, reference_batches, resolve_loader
 from divebatch.models import build_model
 from divebatch.optimizers import build_optimizer
-
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
-                  "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
-class RunDirError(RuntimeError):
-    """The run directory holds something that the requested run must not overwrite or cannot use."""
+# the run-directory format lives in divebatch.rundir; its names stay importable from here
+from divebatch.rundir import METRIC_COLUMNS, RunDir, RunDirError  # noqa: F401
+from divebatch.rundir import atomic_write as _atomic_write
 
 
 class TrainingOutOfMemory(RuntimeError):
@@ -43,79 +41,6 @@ class TrainingOutOfMemory(RuntimeError):
 
 # the most runs that share this process's GPU (set by divebatch.launch.Pool), for the message above
 RUNS_PER_GPU_ENV = "DIVEBATCH_RUNS_PER_GPU"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-class RunDir:
-    """The files of one run: config.yaml, manifest.json, metrics.csv, summary.json, checkpoint.pt."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.config, self.manifest = self.path / "config.yaml", self.path / "manifest.json"
-        self.metrics, self.summary = self.path / "metrics.csv", self.path / "summary.json"
-        self.checkpoint = self.path / "checkpoint.pt"
-
-    def prepare(self, cfg: DictConfig) -> list[str]:
-        """Create the folder and write config.yaml, or check that an existing run has the same config
-        (keys in ``config.RUNTIME_KEYS``, e.g. ``method.max_micro_batch``, may change; config.yaml
-        then holds the new values).
-
-        Returns:
-            The runtime keys that changed, as ``key: old -> new`` (empty for a new run).
-        Raises:
-            RunDirError: the folder holds a run with another config, or results without a config.
-        """
-        self.path.mkdir(parents=True, exist_ok=True)
-        changed = []
-        if self.config.exists():
-            old = OmegaConf.load(self.config)
-            changed = [d for d in config_diffs(old, cfg, runtime=True) if d.startswith("method.")]
-            diffs = config_diffs(old, cfg)
-            if diffs:
-                raise RunDirError(f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
-                                  f"Use another out_dir, or delete that folder to start over.")
-        elif self.metrics.exists() or self.checkpoint.exists():
-            raise RunDirError(f"out_dir={str(self.path)!r} holds results but no config.yaml; refusing to overwrite them.")
-        _atomic_write(self.config, lambda p: p.write_text(to_yaml(cfg)))
-        return changed
-
-    def load_checkpoint(self) -> dict | None:
-        """The latest checkpoint, or None for a fresh run.
-
-        Raises:
-            RunDirError: metrics exist without a checkpoint, or the checkpoint is truncated/corrupt.
-        """
-        if not self.checkpoint.exists():
-            if self.metrics.exists() and len(self.metrics.read_text().splitlines()) > 1:
-                raise RunDirError(f"{self.metrics} has finished epochs but {self.checkpoint.name} is missing; "
-                                  f"refusing to restart over existing metrics. Delete the folder to start over.")
-            return None
-        try:
-            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for truncated/corrupt zip files
-            raise RunDirError(f"checkpoint {self.checkpoint} is unreadable ({type(err).__name__}: {err}). It is left "
-                              f"untouched; delete the run folder to start over.") from None
-
-    def save_checkpoint(self, state: dict) -> None:
-        _atomic_write(self.checkpoint, lambda p: torch.save(state, p))
-
-    def write_metrics(self, rows: list[dict]) -> None:
-        def fmt(v):
-            return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
-        lines = [",".join(METRIC_COLUMNS)] + [",".join(fmt(r[c]) for c in METRIC_COLUMNS) for r in rows]
-        _atomic_write(self.metrics, lambda p: p.write_text("\n".join(lines) + "\n"))
-
-    def write_json(self, path: Path, obj: dict) -> None:
-        _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
-
-    def read_summary(self) -> dict | None:
-        return json.loads(self.summary.read_text()) if self.summary.exists() else None
 
 
 class WandbLogger:

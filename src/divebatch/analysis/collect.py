@@ -15,7 +15,6 @@ a crashed run.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -27,14 +26,14 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from divebatch import rundir
 from divebatch.analysis.style import METHOD_ORDER
 from divebatch.config import TrainConfig
 from divebatch.provenance import label
+# the run-directory format (file names, metrics.csv columns, readers) is divebatch.rundir's;
+# METRIC_COLUMNS and find_run_dirs stay importable from here
+from divebatch.rundir import METRIC_COLUMNS, find_run_dirs
 
-METRIC_COLUMNS = (
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
-    "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb",
-)
 # Columns without which no table can be made; the others may be absent in older runs.
 REQUIRED_METRICS = ("epoch", "train_loss", "val_acc", "batch_size", "optimizer_steps", "wall_time_s")
 
@@ -200,36 +199,6 @@ def _schema() -> DictConfig:
     return OmegaConf.structured(TrainConfig)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def find_run_dirs(roots: list[str | Path]) -> list[tuple[Path, Path]]:
-    """``(root, run_dir)`` for every folder holding ``config.yaml`` under ``roots`` (recursively).
-
-    A run directory's own subfolders are not searched, nor any ``wandb`` folder (wandb keeps a
-    copy of ``config.yaml`` in its run files).
-
-    Raises:
-        FileNotFoundError: a root does not exist.
-    """
-    found = []
-    for root in map(Path, roots):
-        if not root.exists():
-            raise FileNotFoundError(f"runs directory not found: {root}")
-        stack = [root]
-        while stack:
-            d = stack.pop()
-            if (d / "config.yaml").is_file():
-                found.append((root, d))
-                continue
-            stack.extend(sorted((p for p in d.iterdir() if p.is_dir() and p.name != "wandb"), reverse=True))
-    return found
-
-
 def _display_path(root: Path, run_dir: Path) -> str:
     # Relative to the root's parent: no absolute path of this machine lands in a table.
     rel = run_dir.relative_to(root)
@@ -241,7 +210,7 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     row: dict = {"run_id": _display_path(root, run_dir), "complete": False, "reason": "",
                  "diverged": False, "diverged_epoch": np.nan}
     try:
-        cfg = _load_config(run_dir / "config.yaml")
+        cfg = _load_config(run_dir / rundir.CONFIG)
     except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
         first = (str(err).splitlines() or [""])[0].replace(str(run_dir), row["run_id"])
         row.update(profile=None, dataset=None, status="excluded",
@@ -254,10 +223,11 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     )
     row["family"] = dataset_family(row["dataset"])
     row["lr_rescale"] = bool(row["lr_rescale"]) and method_name != "sgd"
-    manifest = _read_json(run_dir / "manifest.json") or {}
+    manifest = rundir.read_manifest(run_dir) or {}
     row["commit"] = manifest.get("commit")
-    summary = _read_json(run_dir / "summary.json")
-    row["finished"] = bool(summary and summary.get("finished"))
+    summary = rundir.read_summary(run_dir)
+    status = rundir.summary_status(summary)
+    row["finished"] = status in ("finished", "diverged")
     planned = int(cfg.epochs)
     if OmegaConf.select(cfg, "shadow.enabled", default=False):  # read by divebatch.analysis.estimators only
         row.update(status="excluded", reason="shadow measurement run (estimator study: estimators_shadow table)",
@@ -265,10 +235,9 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
         return row, None
 
     metrics = None
-    mpath = run_dir / "metrics.csv"
-    if mpath.is_file():
+    if (run_dir / rundir.METRICS).is_file():
         try:
-            metrics = pd.read_csv(mpath)
+            metrics = rundir.read_metrics_frame(run_dir)
         except (OSError, ValueError, pd.errors.EmptyDataError) as err:
             row["reason"] = f"metrics.csv unreadable: {err}"
     else:
@@ -284,11 +253,11 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
                 metrics[col] = np.nan
         metrics = metrics[list(METRIC_COLUMNS)].sort_values("epoch").reset_index(drop=True)
         row["epochs_completed"] = len(metrics)
-        if summary is None:
+        if status == "missing":
             row["reason"] = "summary.json missing (run unfinished or crashed)"
-        elif not summary.get("finished"):
+        elif status == "unfinished":
             row["reason"] = "summary.json says finished=false"
-        elif summary.get("diverged"):
+        elif status == "diverged":
             row["diverged"] = True
             row["diverged_epoch"] = _diverged_epoch(summary, metrics)
             at = "" if np.isnan(row["diverged_epoch"]) else f" at epoch {int(row['diverged_epoch']) + 1}"

@@ -25,9 +25,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
-
-from divebatch.analysis.collect import SGD_SMALL, dataset_name, find_run_dirs
+from divebatch import rundir
+from divebatch.analysis.collect import SGD_SMALL, dataset_name
 from divebatch.analysis.style import METHOD_PALETTE
 
 AUTHORS_ESTIMATOR = "exact"  # method.diversity_estimator of the paper (the default everywhere it is replicated)
@@ -187,16 +186,16 @@ def read_shadow(roots, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``shadow.csv`` and ``shadow_subsets.csv`` of every shadow run of ``profile`` under ``roots``,
     with ``dataset`` and ``seed`` columns (empty frames when there is none)."""
     rows, subs = [], []
-    for _, run_dir in find_run_dirs([Path(r) for r in roots or []]):
-        if not (run_dir / "shadow.csv").is_file() or not (run_dir / "summary.json").is_file():
+    for _, run_dir in rundir.find_run_dirs([Path(r) for r in roots or []]):
+        if not (run_dir / rundir.SHADOW).is_file() or not (run_dir / rundir.SUMMARY).is_file():
             continue
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+        cfg = rundir.read_config(run_dir)
         if str(cfg.get("profile")) != profile:
             continue
         keys = {"dataset": dataset_name(cfg), "seed": int(cfg.seed)}
-        rows.append(pd.read_csv(run_dir / "shadow.csv").assign(**keys))
-        if (run_dir / "shadow_subsets.csv").is_file():
-            subs.append(pd.read_csv(run_dir / "shadow_subsets.csv").assign(**keys))
+        rows.append(pd.read_csv(run_dir / rundir.SHADOW).assign(**keys))
+        if (run_dir / rundir.SHADOW_SUBSETS).is_file():
+            subs.append(pd.read_csv(run_dir / rundir.SHADOW_SUBSETS).assign(**keys))
     return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(),
             pd.concat(subs, ignore_index=True) if subs else pd.DataFrame())
 

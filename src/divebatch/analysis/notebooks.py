@@ -12,7 +12,9 @@ import io
 import os
 from pathlib import Path
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[3] / "notebooks"
+from divebatch.rundir import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # name -> what it shows (one sentence, used in the report's README)
 NOTEBOOKS = {
     "speedup_vs_accuracy": ("Executed notebook: the speed-up versus accuracy trade-off (Pareto view per dataset "

@@ -246,14 +246,6 @@ class Interval:
     high: float
     n: int
 
-    def fmt(self, digits: int = 2, suffix: str = "") -> str:
-        if not np.isfinite(self.value):
-            return "n/a"
-        core = f"{self.value:.{digits}f}{suffix}"
-        if not np.isfinite(self.low):
-            return f"{core} (n={self.n})"
-        return f"{core} [{self.low:.{digits}f}, {self.high:.{digits}f}] (n={self.n})"
-
 
 def _ratio_of_means(base, method, axis=-1):
     return np.mean(base, axis=axis) / np.mean(method, axis=axis)

@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from divebatch.rundir import REPO_ROOT as _REPO
+
 CONFIG_DIR = Path("configs") / "synthetic"
-_REPO = Path(__file__).resolve().parents[3]
 
 
 def profile_config(profile: str) -> Path:
