@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from divebatch import launch
 from divebatch import sweeps as sw
-from divebatch.config import config_keys
+from divebatch.config import config_exists, config_keys, load_yaml
 
 wandb_sweeps = sw.sweeps  # wandb's `sweeps` package, imported by divebatch.sweeps without its pydantic warning
 
@@ -42,7 +42,7 @@ def test_shipped_sweep_validates(path):
     sweep = sw.load_sweep(path)
     keys = set(config_keys())
     assert set(sweep.params) <= keys
-    assert (REPO / sweep.train_config).is_file()
+    assert config_exists(REPO / sweep.train_config)
     # every grid point / range end builds a valid training config (data files need not be here)
     assert sw.check_values(sweep, check_data=False) >= 1
 
@@ -101,7 +101,7 @@ def test_agent_command_parses_into_expected_config(name, monkeypatch, capsys):
     assert cfg.out_dir == f"runs/sweeps/{name}/abc123"
     assert cfg.wandb.mode == "online"
     assert cfg.profile == sweep.profile
-    base = OmegaConf.create(yaml.safe_load((REPO / sweep.train_config).read_text()))
+    base = load_yaml(REPO / sweep.train_config)
     assert cfg.method.name == OmegaConf.select(base, "method.name")
 
 
