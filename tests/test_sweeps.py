@@ -19,7 +19,6 @@ wandb_sweeps = sw.sweeps  # wandb's `sweeps` package, imported by divebatch.swee
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
-PAPER_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
 
 @pytest.fixture(autouse=True)
@@ -47,22 +46,37 @@ def test_shipped_sweep_validates(path):
     assert sw.check_values(sweep, check_data=False) >= 1
 
 
-def test_seed_sweep_for_every_paper_experiment():
-    by_config = {}
-    for path in SHIPPED:
-        sweep = sw.load_sweep(path)
-        if sweep.params == ["seed"]:
-            by_config[sweep.train_config] = sweep
-    # *_fast.yaml are speed variants (docs/performance.md), not paper experiments: no paper seed sweep
-    experiments = [p for d in PAPER_DATASETS for p in sorted((REPO / "configs" / d).glob("*.yaml"))
-                   if p.stem != "base" and not p.stem.endswith("_fast")]
-    assert experiments, "no paper experiment configs found"
-    for exp in experiments:
-        rel = exp.relative_to(REPO).as_posix()
-        assert rel in by_config, f"no seed sweep for {rel}"
-        seeds = by_config[rel].config["parameters"]["seed"]["values"]
-        assert len(set(seeds)) >= 3
-        assert by_config[rel].profile == "paper"
+@pytest.mark.parametrize("profile", ["paper", "smoke"])
+def test_seed_sweep_of_every_profile_cell_trains_the_profiles_runs(profile, tmp_path, monkeypatch):
+    """`divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD`: a valid wandb grid over the profile's seeds
+    whose agent runs resolve to the configs `divebatch replicate PROFILE` trains (up to where they run)."""
+    from divebatch import replicate as rep
+    from divebatch.config import config_diffs, load_config
+
+    spec = rep.load_profile(profile)
+    runs = rep.expand(spec, Path("runs") / profile)
+    cells = sorted({r.name.rpartition("/seed")[0] for r in runs})
+    assert len(cells) == sum(len(rep.experiment_configs(e)) for e in spec.experiments)
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")
+    for cell in cells:
+        sweep = sw.load_sweep(sw.write_seed_sweep(f"{profile}/{cell}", tmp_path / f"{cell.replace('/', '_')}.yaml"))
+        assert sweep.params == ["seed"] and sweep.profile == profile and sweep.method == "grid"
+        seeds = sweep.config["parameters"]["seed"]["values"]
+        assert seeds == list(spec.seeds)
+        for seed in seeds:
+            argv = sw.agent_command(sweep.config, {"seed": {"value": seed}})
+            got = load_config(argv[2], argv[3:], check_data=False)
+            run = next(r for r in runs if r.name == f"{cell}/seed{seed}")
+            assert config_diffs(load_config(run.config, run.overrides, check_data=False), got) == [], cell
+            assert got.wandb.mode == "online" and got.out_dir == f"runs/sweeps/{sweep.name}/abc123"
+
+
+def test_seed_sweep_of_an_unknown_cell_names_the_cells(capsys):
+    assert sw.cli(["--seeds", "paper/cifar10/divebatsh"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid --seeds paper/cifar10/divebatsh; allowed:" in err and "cifar10/divebatch_rescale |" in err
+    assert sw.cli(["--seeds", "paper"]) == 2
+    assert "allowed: PROFILE/EXPERIMENT/METHOD" in capsys.readouterr().err
 
 
 def test_sensitivity_and_lr_sweeps():
