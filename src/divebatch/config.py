@@ -5,9 +5,9 @@ is merged onto these dataclass defaults, then omegaconf dotlist overrides (``KEY
 form wandb sweep agents pass) are merged on top. A path ``configs/<dataset>/<method>.yaml`` that
 is not a file names a composed cell (:func:`cell_parts`): the dataset's protocol
 ``configs/<dataset>/base.yaml``, the method ``configs/methods/<method>.yaml`` and the protocol's
-own values for that method (its ``methods.<method>`` entry), each written once. Unknown keys and invalid values fail here,
-before any data is read or any model is built, with a message naming the key, the value and
-what is allowed.
+own values for that method (its ``methods.<method>`` entry), each written once. Unknown keys
+and invalid values fail here, before any data is read or any model is built, with a message
+naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations

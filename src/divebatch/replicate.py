@@ -247,7 +247,8 @@ def load_profile(profile: str | Path) -> DictConfig:
         configs = experiment_configs(e)
         stems = [Path(c).stem for c in configs]
         if not stems or len(set(stems)) != len(stems):
-            raise _bad(f"experiments[{i}].configs", configs, "a non-empty list of methods and files with distinct names")
+            raise _bad(f"experiments[{i}].configs", configs,
+                       "a non-empty list of methods and files with distinct names")
         for c in configs:
             if not config_exists(c):
                 allowed = ("existing divebatch train YAML files" if c in e.configs else

@@ -737,7 +737,8 @@ def _online_help(sweep: Sweep) -> str:
 
 
 def cli(argv: list[str]) -> int:
-    """``divebatch sweep SWEEP.yaml [--local [--count N] [--jobs N] [--root DIR]] [--report]``."""
+    """``divebatch sweep SWEEP.yaml [--local [--count N] [--jobs N] [--root DIR]] [--report]``, or
+    ``divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD [--write PATH] [--local ...]`` (:func:`seed_sweep`)."""
     p = argparse.ArgumentParser(
         prog="divebatch sweep",
         description="Validate a wandb sweep YAML; with --local, run it on this machine without network "
