@@ -170,6 +170,21 @@ def test_method_names_and_settings(tmp_path):
     assert runs.loc["runs/a", "setting"] == ""  # lr differs, but between two different methods
 
 
+def test_a_run_is_named_by_its_recorded_display_name_and_older_runs_by_the_guess(tmp_path):
+    """display_name (configs/methods/) wins; a run directory written before the key is guessed."""
+    root = tmp_path / "runs"
+    acc = [50, 60, 70]
+    # alone in its group, the guess would call this large-batch run "small batch" (smallest SGD batch)
+    write_run(root, "large", val_acc=acc, method="sgd", initial_batch_size=2048, lr=1.6, dataset="cifar100",
+              overrides=["display_name=SGD (large batch)"])
+    write_run(root, "old", val_acc=acc, method="divebatch", lr_rescale=True)  # config.yaml without the key
+    cfg = (root / "old" / "config.yaml").read_text()
+    (root / "old" / "config.yaml").write_text(cfg.replace("display_name: null\n", ""))
+    runs = collect_runs(root).runs.set_index("run_id")
+    assert runs.loc["runs/large", "method"] == "SGD (large batch)"
+    assert runs.loc["runs/old", "method"] == "DiveBatch + lr rescale"
+
+
 def _claims_study(root: Path, dataset: str, dive_steps: int, dive_acc_shift: float = 0.0) -> Path:
     """Same accuracy curve for every method (so every run reaches its target in the same epoch);
     speed differs only through optimizer steps per epoch: SGD 100, AdaBatch 50, DiveBatch ``dive_steps``."""

@@ -48,10 +48,10 @@ def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
     for e in spec.experiments:
         mine = [r for r in runs if r.experiment == e.name]
         if e.overrides:  # an extra experiment on top of the matrix (e.g. protocol=clean): checked below
-            assert len(mine) == len(e.configs) * len(e.seeds if e.seeds is not None else spec.seeds)
+            assert len(mine) == len(rep.experiment_configs(e)) * len(e.seeds if e.seeds is not None else spec.seeds)
             continue
         seeds = list(e.seeds if e.seeds is not None else spec.seeds)
-        assert len(mine) == len(e.configs) * len(seeds)
+        assert len(mine) == len(rep.experiment_configs(e)) * len(seeds)
         for seed in seeds:
             cell = [cfgs[r.name] for r in mine if r.seed == seed]
             assert {c.seed for c in cell} == {seed}

@@ -2,9 +2,12 @@
 
 A run is fully described by one :class:`TrainConfig`: the YAML file given on the command line
 is merged onto these dataclass defaults, then omegaconf dotlist overrides (``KEY=VALUE``, the
-form wandb sweep agents pass) are merged on top. Unknown keys and invalid values fail here,
-before any data is read or any model is built, with a message naming the key, the value and
-what is allowed.
+form wandb sweep agents pass) are merged on top. A path ``configs/<dataset>/<method>.yaml`` that
+is not a file names a composed cell (:func:`cell_parts`): the dataset's protocol
+``configs/<dataset>/base.yaml``, the method ``configs/methods/<method>.yaml`` and the protocol's
+own values for that method (its ``methods.<method>`` entry), each written once. Unknown keys
+and invalid values fail here, before any data is read or any model is built, with a message
+naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -172,6 +175,9 @@ class TrainConfig:
     profile: str = "adhoc"  # replication profile that made the run (smoke | cpu | paper | sweep | adhoc)
     deterministic: bool = True
     progress: bool = True  # tqdm bar per epoch
+    # what tables and figures call the run's method, e.g. "DiveBatch + lr rescale"; set by the method
+    # file (configs/methods/, names in divebatch.methods.VARIANTS); null: guessed (runs written before)
+    display_name: Optional[str] = None
 
 
 def _allowed(key: str, value: Any, allowed: str) -> ConfigError:
@@ -313,20 +319,84 @@ def check_paths(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def load_yaml(path: str | Path, _chain: tuple = ()) -> DictConfig:
-    """A YAML config with its ``base:`` chain merged in (``base`` is a path relative to the file).
+METHODS_DIR = "methods"  # configs/methods/<method>.yaml, beside the dataset folders
+# keys of a config file that the composition reads and that are not part of a run's config:
+# ``methods`` (a dataset protocol's values per method) and ``needs`` (what a method requires of it)
+COMPOSE_KEYS = ("methods", "needs")
+
+
+def cell_parts(path: str | Path) -> tuple[Path, Path] | None:
+    """The dataset protocol and the method file that a cell path ``<dir>/<method>.yaml`` names.
+
+    Args:
+        path: e.g. ``configs/cifar10/divebatch.yaml``.
+    Returns:
+        ``(<dir>/base.yaml, <dir>/../methods/<method>.yaml)`` when both exist, else None. A file at
+        ``path`` itself wins over the composition (:func:`load_yaml` looks at it first).
+    """
+    path = Path(path)
+    base, method = path.parent / "base.yaml", path.parent.parent / METHODS_DIR / path.name
+    if path.parent.name == METHODS_DIR or path.name == "base.yaml" or not (base.is_file() and method.is_file()):
+        return None
+    return base, method
+
+
+def config_exists(path: str | Path) -> bool:
+    """Whether ``path`` is a config file or a cell path (:func:`cell_parts`) that can be composed."""
+    return Path(path).is_file() or cell_parts(path) is not None
+
+
+def method_names(methods_dir: str | Path = Path("configs") / METHODS_DIR) -> list[str]:
+    """The methods a cell path may name: the stems of ``configs/methods/*.yaml`` that set a
+    ``display_name`` (the others, e.g. ``adamw.yaml``, are pieces that methods build on)."""
+    return sorted(p.stem for p in Path(methods_dir).glob("*.yaml") if "display_name" in OmegaConf.load(p))
+
+
+def _compose(base: Path, method: Path, chain: tuple) -> DictConfig:
+    """Protocol, then method, then the protocol's ``methods.<method>`` entry (see :func:`cell_parts`).
 
     Raises:
-        ConfigError: a ``base`` cycle. ConfigFileNotFoundError: a missing file in the chain.
+        ConfigError: the method ``needs`` a key that the protocol's entry for it does not set.
+    """
+    protocol, variant = load_yaml(base, chain), load_yaml(method, chain)
+    entries = protocol.pop("methods", None) or {}
+    entry = entries.get(method.stem) or OmegaConf.create({})
+    for key in variant.pop("needs", None) or []:
+        if OmegaConf.select(entry, key, default=None) is None:
+            raise ConfigError(f"invalid config: {base} methods.{method.stem}.{key} is not set; allowed: the "
+                              f"value of {key} for method {method.stem} on this dataset (configs/{METHODS_DIR}/"
+                              f"{method.name} needs it from the protocol; see docs/replicate.md, \"Configs\")")
+    return OmegaConf.merge(protocol, variant, entry)
+
+
+def load_yaml(path: str | Path, _chain: tuple = ()) -> DictConfig:
+    """A YAML config with its ``base:`` chain merged in, or a composed cell.
+
+    ``base`` is a path relative to the file, or a list of them merged in order (a method built on
+    another method and a piece: ``base: [divebatch.yaml, adamw.yaml]``). A ``path`` that is not a
+    file but a cell path (:func:`cell_parts`) is composed. The result may hold
+    :data:`COMPOSE_KEYS`; :func:`load_config` drops them.
+
+    Raises:
+        ConfigError: a ``base`` cycle; a method's ``needs`` not met. ConfigFileNotFoundError: a
+            missing file in the chain (naming the methods a cell path may name).
     """
     path = Path(path).resolve()
     if path in _chain:
         raise ConfigError(f"invalid config: base={path.name!r} forms a cycle; allowed: a chain of distinct files")
     if not path.is_file():
-        raise ConfigFileNotFoundError(f"config file not found: {path}")
+        parts = cell_parts(path)
+        if parts is not None:
+            return _compose(*parts, _chain + (path,))
+        methods_dir = path.parent.parent / METHODS_DIR
+        hint = (f"; allowed: an existing file, or {path.parent}/<method>.yaml with <method> one of "
+                f"{' | '.join(method_names(methods_dir))}"
+                if (path.parent / "base.yaml").is_file() and methods_dir.is_dir() else "")
+        raise ConfigFileNotFoundError(f"config file not found: {path}{hint}")
     node = OmegaConf.load(path)
     base = node.pop("base", None)
-    return OmegaConf.merge(load_yaml(path.parent / base, _chain + (path,)), node) if base else node
+    bases = [base] if isinstance(base, str) else list(base or [])
+    return OmegaConf.merge(*(load_yaml(path.parent / b, _chain + (path,)) for b in bases), node)
 
 
 def _merge_error(err: OmegaConfBaseException, schema: DictConfig, user_layers: list) -> ConfigError:
@@ -379,7 +449,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     if path is not None:
-        layers.append(load_yaml(path))
+        node = load_yaml(path)
+        for key in COMPOSE_KEYS:  # read by the composition (a protocol or method file given alone)
+            node.pop(key, None)
+        layers.append(node)
     dotlist = [o[2:] if o.startswith("--") else o for o in overrides]
     for item in dotlist:
         if "=" not in item:
@@ -414,7 +487,8 @@ def config_keys(cfg: DictConfig | None = None, prefix: str = "") -> list[str]:
 # (a top-level name covers its whole group). method.max_micro_batch is a memory setting: the
 # micro-batch gradients are accumulated into the same optimizer step (only BatchNorm's batch
 # statistics follow the micro-batch), so lowering it after a CUDA out-of-memory error resumes the run.
-RUNTIME_KEYS = ("device", "progress", "wandb", "out_dir", "method.max_micro_batch")
+# display_name is a label: runs written before the key existed are the same runs.
+RUNTIME_KEYS = ("device", "progress", "wandb", "out_dir", "method.max_micro_batch", "display_name")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

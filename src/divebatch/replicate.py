@@ -1,7 +1,8 @@
 """``divebatch replicate [PROFILE] [--jobs N] ...``: train every run of a profile, then report.
 
 A profile (``configs/profiles/<name>.yaml``, schema :class:`ProfileSpec`) is the experiment matrix
-as data: experiments (a dataset with its method configs), seeds, overrides, the data each needs and
+as data: experiments (a dataset protocol with its methods, composed as ``configs/<dataset>/<method>.yaml``
+by :func:`divebatch.config.load_yaml`), seeds, overrides, the data each needs and
 where to look for it, the synthetic check's config. :func:`expand` turns it into runs, one run
 directory each, ``<runs-dir>/<experiment>/<config stem>/seed<k>/`` (default runs-dir:
 ``runs/<profile>``), with the run's stdout/stderr in ``train.log`` inside. :func:`replicate` then
@@ -51,10 +52,11 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from divebatch import launch, rundir
-from divebatch.config import ConfigError, config_diffs, load_config
+from divebatch.config import ConfigError, config_diffs, config_exists, load_config, method_names
 from divebatch.rundir import epochs_done, read_summary
 
 PROFILE_DIR = Path("configs") / "profiles"
+METHODS_DIR = Path("configs") / "methods"
 DEFAULT_PROFILE = "smoke"
 LOG_NAME = rundir.LOG  # inside each run directory
 SYNTHETIC_STAMP = "synthetic_done.json"  # in the runs dir: which config/commit the synthetic outputs are from
@@ -84,10 +86,12 @@ class DataSpec:
 
 @dataclass
 class ExperimentSpec:
-    """One dataset cell of the matrix: every config x every seed."""
+    """One dataset cell of the matrix: every method (and config) x every seed."""
 
-    name: str = MISSING  # run directories: <runs-dir>/<name>/<config stem>/seed<k>
-    configs: List[str] = MISSING  # divebatch train YAML files
+    name: str = MISSING  # run directories: <runs-dir>/<name>/<method or config stem>/seed<k>
+    dataset: Optional[str] = None  # a protocol configs/<dataset>/base.yaml, composed with each of ``methods``
+    methods: List[str] = field(default_factory=list)  # configs/methods/<method>.yaml, with ``dataset``
+    configs: List[str] = field(default_factory=list)  # divebatch train YAML files, after the methods' cells
     data: Optional[str] = None  # a key of the profile's ``data``; its path is passed as data.path
     seeds: Optional[List[int]] = None  # default: the profile's seeds
     overrides: List[str] = field(default_factory=list)  # KEY=VALUE for this experiment's runs
@@ -237,12 +241,21 @@ def load_profile(profile: str | Path) -> DictConfig:
     for i, e in enumerate(spec.experiments):
         if e.data is not None and e.data not in spec.data:
             raise _bad(f"experiments[{i}].data", e.data, " | ".join(spec.data) or "(no data declared)")
-        stems = [Path(c).stem for c in e.configs]
+        if e.methods and not e.dataset:
+            raise _bad(f"experiments[{i}].dataset", e.dataset, "a folder of configs/ with a base.yaml protocol "
+                       "(required with methods)")
+        configs = experiment_configs(e)
+        stems = [Path(c).stem for c in configs]
         if not stems or len(set(stems)) != len(stems):
-            raise _bad(f"experiments[{i}].configs", list(e.configs), "a non-empty list of files with distinct names")
-        for c in e.configs:
-            if not Path(c).is_file():
-                raise _bad(f"experiments[{i}].configs", c, "existing divebatch train YAML files")
+            raise _bad(f"experiments[{i}].configs", configs,
+                       "a non-empty list of methods and files with distinct names")
+        for c in configs:
+            if not config_exists(c):
+                allowed = ("existing divebatch train YAML files" if c in e.configs else
+                           f"methods of {METHODS_DIR.as_posix()}/ for dataset {e.dataset}: {' | '.join(method_names())}"
+                           if (Path(c).parent / "base.yaml").is_file() else
+                           f"a dataset folder of configs/ with a base.yaml for methods (configs/{e.dataset}/base.yaml)")
+                raise _bad(f"experiments[{i}].{'configs' if c in e.configs else 'methods'}", c, allowed)
         seeds = list(e.seeds if e.seeds is not None else spec.seeds)
         if not seeds or len(set(seeds)) != len(seeds):
             raise _bad(f"experiments[{i}].seeds", seeds, "a non-empty list of distinct integers")
@@ -250,6 +263,12 @@ def load_profile(profile: str | Path) -> DictConfig:
         if value is not None and not Path(value).is_file():
             raise _bad(key, value, "an existing YAML file")
     return spec
+
+
+def experiment_configs(e: DictConfig) -> list[str]:
+    """The training configs of an experiment: ``configs/<dataset>/<method>.yaml`` per method (a cell
+    that :func:`divebatch.config.load_yaml` composes), then the ``configs`` files as written."""
+    return [(Path("configs") / e.dataset / f"{m}.yaml").as_posix() for m in e.methods] + list(e.configs)
 
 
 @dataclass
@@ -356,7 +375,7 @@ def expand(spec: DictConfig, runs_dir: str | Path, data: dict[str, DataSource] |
     for e in spec.experiments:
         data_path = [f"data.path={data[e.data].path}"] if e.data and data[e.data].path is not None else []
         for seed in (e.seeds if e.seeds is not None else spec.seeds):
-            for config in e.configs:
+            for config in experiment_configs(e):
                 out_dir = Path(runs_dir) / e.name / Path(config).stem / f"seed{seed}"
                 overrides = [*spec.overrides, *e.overrides, *data_path, *extra, f"seed={seed}",
                              f"profile={spec.name}", f"out_dir={out_dir}", "progress=false"]

@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from divebatch import rundir
-from divebatch.analysis.style import METHOD_ORDER
 from divebatch.config import TrainConfig
+from divebatch.methods import BY_KEY, PAPER_METHODS
 from divebatch.provenance import label
 # the run-directory format (file names, metrics.csv columns, readers) is divebatch.rundir's;
 # METRIC_COLUMNS and find_run_dirs stay importable from here
@@ -75,12 +75,10 @@ _SHORT = {"initial_batch_size": "m0", "max_batch_size": "max_bs", "epochs_planne
 # Dataset families of the claims (docs/protocol.md, "The claims"); the name of a subset
 # (cifar10-mini.npz) starts with its family.
 FAMILIES = ("cifar100", "cifar10", "tiny_imagenet", "synthetic", "digits")
-# Method display names: (method.name, lr_rescale) -> name; SGD is split into small/large batch later.
-DISPLAY_NAMES = {
-    ("adabatch", False): "AdaBatch", ("adabatch", True): "AdaBatch + lr rescale",
-    ("divebatch", False): "DiveBatch", ("divebatch", True): "DiveBatch + lr rescale",
-}
-SGD_SMALL, SGD_LARGE = METHOD_ORDER[0], METHOD_ORDER[1]
+# A run's method is its config's display_name (divebatch.methods.VARIANTS). Runs written before that
+# key existed are named from (method.name, lr_rescale); SGD is split into small/large batch later.
+DISPLAY_NAMES = {(v.policy, v.lr_rescale): v.display_name for v in PAPER_METHODS if v.policy != "sgd"}
+SGD_SMALL, SGD_LARGE = BY_KEY["sgd_small"].display_name, BY_KEY["sgd_large"].display_name
 OPTIMIZER_NAMES = {"adamw": "AdamW"}  # optim.name -> prefix of the display name (SGD runs have none)
 GROUP = ["dataset", "method", "setting"]
 # columns of RunSet.runs that describe the run's status, not copied into RunSet.epochs
@@ -219,6 +217,7 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     method_name = str(cfg.method.name)
     row.update(
         profile=str(cfg.profile), dataset=dataset_name(cfg), method_name=method_name, seed=int(cfg.seed),
+        display_name=OmegaConf.select(cfg, "display_name", default=None),
         **{col: OmegaConf.select(cfg, key) for key, col in ALL_HPARAMS.items()},
     )
     row["family"] = dataset_family(row["dataset"])
@@ -286,12 +285,13 @@ def _diverged_epoch(summary: dict, metrics: pd.DataFrame) -> float:
 
 
 def _name_methods(runs: pd.DataFrame) -> pd.Series:
-    """Display names; an SGD run is 'large batch' when its batch exceeds the smallest SGD batch of
-    its profile, dataset and optimizer (docs/protocol.md, "Protocol per dataset": 128 small, 2048 large on
-    CIFAR-10).
+    """Display names: each run's ``display_name`` (set by its method file, configs/methods/).
 
-    Runs with another optimizer than SGD are named after it (``optim.name=adamw``: ``AdamW (small
-    batch)``, ``AdamW DiveBatch + sqrt lr rescale``, ...); ``sqrt`` marks the square-root lr rule.
+    A run written before that key existed is named by a guess: an SGD run is 'large batch' when its
+    batch exceeds the smallest SGD batch of its profile, dataset and optimizer (docs/protocol.md,
+    "Protocol per dataset": 128 small, 2048 large on CIFAR-10); runs with another optimizer than SGD
+    are named after it (``optim.name=adamw``: ``AdamW (small batch)``, ``AdamW DiveBatch + sqrt lr
+    rescale``, ...); ``sqrt`` marks the square-root lr rule.
     """
     names = pd.Series([DISPLAY_NAMES.get((m, bool(r))) for m, r in zip(runs["method_name"], runs["lr_rescale"])],
                       index=runs.index, dtype=object)
@@ -307,6 +307,9 @@ def _name_methods(runs: pd.DataFrame) -> pd.Series:
         mine = (optimizer == opt) & names.notna()
         names[mine & sgd] = names[mine & sgd].str.replace("SGD", shown)
         names[mine & ~sgd] = shown + " " + names[mine & ~sgd]
+    if "display_name" in runs:  # recorded by the run: no guess
+        given = runs["display_name"].notna()
+        names[given] = runs.loc[given, "display_name"]
     return names.fillna(runs["method_name"])
 
 

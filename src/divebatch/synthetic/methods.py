@@ -25,20 +25,16 @@ import torch
 
 from divebatch.config import MethodConfig
 from divebatch.diversity import EpochDiversityEstimator, MicroBatchDiversity, subset_n_diversity, two_scale_sq_norm_sum
+from divebatch.methods import PAPER_METHODS
 from divebatch.policies import build_policy, rescale_lr
 from divebatch.synthetic import problem as P
 from divebatch.synthetic.knee import Problems, prepare
 from divebatch.synthetic.sgd import run_to_target
 
-# display name -> (policy name, which configured batch size it starts from, lr rescaling)
-METHODS = {
-    "SGD (small batch)": ("sgd", "initial_batch_size", False),
-    "SGD (large batch)": ("sgd", "max_batch_size", False),
-    "AdaBatch": ("adabatch", "initial_batch_size", False),
-    "AdaBatch + lr rescale": ("adabatch", "initial_batch_size", True),
-    "DiveBatch": ("divebatch", "initial_batch_size", False),
-    "DiveBatch + lr rescale": ("divebatch", "initial_batch_size", True),
-}
+# display name -> (policy name, which configured batch size it starts from, lr rescaling): the
+# paper's six methods of divebatch.methods (the synthetic problem has SGD only, no AdamW)
+METHODS = {v.display_name: (v.policy, "max_batch_size" if v.large_batch else "initial_batch_size", v.lr_rescale)
+           for v in PAPER_METHODS}
 
 
 def accuracy(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
