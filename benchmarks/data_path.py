@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         criterion = nn.CrossEntropyLoss()
 
         def drain(loader):
-            for x, y in loader:
+            for x, _y in loader:
                 x.sum()  # touch the batch (a CUDA sync point is added by the timer)
 
         def train(loader):
@@ -90,8 +90,8 @@ def main(argv=None) -> int:
 
         rows = []
         for what, fn in (("loader_only", drain), ("train_epoch", train)):
-            cases = {"prestaged": lambda: fn(staged), "device": lambda: fn(dev_loader),
-                     f"dataloader_{args.workers}_worker": lambda: fn(tv_loader)}
+            cases = {"prestaged": lambda fn=fn: fn(staged), "device": lambda fn=fn: fn(dev_loader),
+                     f"dataloader_{args.workers}_worker": lambda fn=fn: fn(tv_loader)}
             times = common.interleaved(cases, args.reps, device)
             for row in common.ratio_rows(times, "prestaged", measure=what):
                 row["samples_per_s"] = args.n / row["median_s"]

@@ -102,7 +102,6 @@ def without_opt_einsum(step):
 def build_cases(base: nn.Module, x, y) -> dict:
     """Case name -> step callable, each on its own copy of ``base`` (module docstring)."""
     from backpack import disable
-
     from backpack.extensions import BatchL2Grad
 
     ours, stock, stock_plain = ExactDiversity(), ExactDiversity(BatchL2Grad()), ExactDiversity(BatchL2Grad())

@@ -28,7 +28,6 @@ import tarfile
 from pathlib import Path
 
 import pandas as pd
-import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -13,16 +13,23 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.fake_runs import make_study, write_run
 from scipy import stats
 
-from divebatch.analysis import (RunWarning, cli, collect_runs, main_table, sensitivity_table, speedup_table,
-                                time_to_target)
+from divebatch.analysis import (
+    RunWarning,
+    cli,
+    collect_runs,
+    main_table,
+    sensitivity_table,
+    speedup_table,
+    time_to_target,
+)
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis.figures import pareto_front, plot_sensitivity
 from divebatch.analysis.report import analyse
 from divebatch.analysis.stats import accuracy_change, authors_time_to_target, quarter_epoch, speedup
 from divebatch.analysis.tables import format_main
-from fixtures.fake_runs import make_study, write_run
 
 # Hand-written CIFAR-10 study, two seeds. Per run: validation accuracy (%), cumulative optimizer
 # steps, cumulative wall-clock seconds per epoch.

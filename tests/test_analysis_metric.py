@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.fake_runs import write_run
 
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis import collect_runs, main_table, speedup_table, time_to_target
 from divebatch.analysis.figures import tradeoff_points
 from divebatch.analysis.tables import format_main, format_speedups
-from fixtures.fake_runs import write_run
 
 LOSS = ("model.name=transformer_lm", "data.path=/data/tinyshakespeare.txt", "primary_metric.column=val_loss",
         "primary_metric.direction=lower", "primary_metric.within=0.05")

@@ -17,8 +17,15 @@ from conftest import REPO
 from omegaconf import OmegaConf
 
 from divebatch import replicate as rep
-from divebatch.config import (ConfigError, ConfigFileNotFoundError, TrainConfig, _flatten, config_diffs,
-                              load_config, method_names)
+from divebatch.config import (
+    ConfigError,
+    ConfigFileNotFoundError,
+    TrainConfig,
+    _flatten,
+    config_diffs,
+    load_config,
+    method_names,
+)
 from divebatch.methods import BY_KEY, DISPLAY_ORDER, VARIANTS
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -90,8 +97,9 @@ def test_method_files_and_the_registry_agree(in_repo):
 
 
 def test_display_name_is_recorded_in_the_run_config(tmp_path):
-    from divebatch.training import train
     from conftest import TINY
+
+    from divebatch.training import train
 
     run = tmp_path / "run"
     train(load_config(REPO / "configs/smoke/adabatch_rescale.yaml", [*TINY, "epochs=1", f"out_dir={run}"]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from omegaconf import OmegaConf
 
-from conftest import REPO
 from divebatch.config import ConfigError, TrainConfig, config_keys, load_config
 
 # The keys the interface fixes; every other key has a default.

@@ -13,7 +13,13 @@ from torch import nn
 
 import divebatch
 from divebatch import BatchSizeController
-from divebatch.diversity import ESTIMATORS, DiversityEstimator, build_estimator, gradient_diversity, per_sample_gradients
+from divebatch.diversity import (
+    ESTIMATORS,
+    DiversityEstimator,
+    build_estimator,
+    gradient_diversity,
+    per_sample_gradients,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared, write_npz
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import SHARED_DATA, needs_shared, write_npz
 from divebatch.config import ConfigError, DataConfig
-from divebatch.data import (DataError, resolve_loader, CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, DeviceLoader, TorchvisionLoader,
-                            build_data, make_loaders)
+from divebatch.data import (
+    CIFAR10_STATS,
+    CIFAR100_STATS,
+    IMAGENET_STATS,
+    DataError,
+    DeviceLoader,
+    TorchvisionLoader,
+    build_data,
+    make_loaders,
+    resolve_loader,
+)
 
 CPU = torch.device("cpu")
 

@@ -346,7 +346,7 @@ def test_estimator_shares_summed_over_ranks_give_the_exact_diversity():
                 for xm, ym in zip(x[lo:hi].split(micro), y[lo:hi].split(micro)):
                     est.backward(model, nn.functional.cross_entropy(model(xm), ym) * (len(ym) / share), share)
                 rank_grads.append([p.grad.clone() for p in model.parameters()])
-            for rank, est in enumerate(ests):
+            for _rank, est in enumerate(ests):
                 for p, *gs in zip(model.parameters(), *rank_grads):
                     p.grad = torch.stack(gs).mean(0)
                 est.step_end(model, share)

@@ -15,8 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from divebatch.diversity import (EpochDiversityEstimator, ExactDiversity, batchnorm_eval, extend_model,
-                                 gradient_diversity, noise_scale_form, per_sample_gradients)
+from divebatch.diversity import (
+    EpochDiversityEstimator,
+    ExactDiversity,
+    batchnorm_eval,
+    extend_model,
+    gradient_diversity,
+    noise_scale_form,
+    per_sample_gradients,
+)
 from divebatch.training import train_one_epoch
 
 N_CLASSES = 5

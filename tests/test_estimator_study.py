@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.fake_runs import write_run
 
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis import collect_runs, main_table, speedup_table
 from divebatch.analysis import estimators as est
-from fixtures.fake_runs import write_run
 
 BASE = np.array([40.0, 70.0, 85.0, 89.0, 90.0])
 

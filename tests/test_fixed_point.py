@@ -20,8 +20,15 @@ from torch import nn
 from divebatch import config as config_module
 from divebatch.config import ConfigError
 from divebatch.data import build_data, fixed_subset_indices, reference_batches
-from divebatch.diversity import (ESTIMATORS, FixedPointDiversity, build_estimator, gradient_diversity,
-                                 per_sample_gradients, subset_mean_grad_sq, subset_n_diversity)
+from divebatch.diversity import (
+    ESTIMATORS,
+    FixedPointDiversity,
+    build_estimator,
+    gradient_diversity,
+    per_sample_gradients,
+    subset_mean_grad_sq,
+    subset_n_diversity,
+)
 
 N_CLASSES = 5
 

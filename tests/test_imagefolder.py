@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import SHARED_DATA, needs_shared
 from divebatch.config import ConfigError, DataConfig
 from divebatch.data import DataError, build_data, content_key, decode_imagefolder, make_loaders, resolve_loader
 

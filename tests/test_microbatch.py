@@ -20,8 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from divebatch.diversity import (ESTIMATORS, ExactDiversity, MicroBatchDiversity, build_estimator,
-                                 gradient_diversity, per_sample_gradients)
+from divebatch.diversity import (
+    ESTIMATORS,
+    ExactDiversity,
+    MicroBatchDiversity,
+    build_estimator,
+    gradient_diversity,
+    per_sample_gradients,
+)
 from divebatch.training import micro_batch_plan, train_one_epoch
 
 N_CLASSES = 4

@@ -9,9 +9,16 @@ import torch
 from omegaconf import OmegaConf
 
 from divebatch.config import MethodConfig
-from divebatch.policies import (POLICIES, AdaBatch, DiveBatch, FixedBatchSize, adabatch_batch_size, build_policy,
-                                divebatch_batch_size, rescale_lr)
-
+from divebatch.policies import (
+    POLICIES,
+    AdaBatch,
+    DiveBatch,
+    FixedBatchSize,
+    adabatch_batch_size,
+    build_policy,
+    divebatch_batch_size,
+    rescale_lr,
+)
 
 # ----------------------------------------------------------------------------- DiveBatch rule
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import REPO, TINY
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import REPO, TINY
 from divebatch import data as data_mod
 from divebatch import training
 from divebatch.config import ConfigError, load_config

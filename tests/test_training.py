@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, cli_env, divebatch_cmd, write_npz
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import TINY, cli_env, divebatch_cmd, write_npz
 from divebatch.config import load_config
 from divebatch.diversity import gradient_diversity, per_sample_gradients
 from divebatch.models import build_model
@@ -64,7 +64,7 @@ def test_one_step_over_micro_batches_equals_one_big_batch_step(make_model, dtype
     for max_micro_batch in (10, 3, 1):  # one pass; 3 + 3 + 3 + 1; ten single samples
         m = copy.deepcopy(model)
         forwards = []
-        m.register_forward_hook(lambda mod, inp, out: forwards.append(len(inp[0])))
+        m.register_forward_hook(lambda mod, inp, out, forwards=forwards: forwards.append(len(inp[0])))
         opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
         stats.append(train_one_epoch(m, [(x, y)], opt, nn.CrossEntropyLoss(), max_micro_batch, progress=False))
         assert forwards == [len(c) for c in y.split(max_micro_batch)]  # really split into micro-batches

@@ -779,7 +779,7 @@ def run_checks(cpu_check: bool = False, out: Path = DEFAULT_OUT, budget_s: float
     results = {"schema": SCHEMA, "mode": "cpu-check" if cpu_check else "gpu", "started": started, "seconds": 0.0,
                "budget_s": budget_s, "machine": machine_info(gpu if cuda else None), "packages": packages,
                "carried_wheels": carried, "work_dir": str(work), "checks": {}, "skipped": []}
-    for name, info in packages.items():
+    for _name, info in packages.items():
         if info["version"] is None:
             results["skipped"].append({"item": f"package {info['distribution']}",
                                        "reason": f"not importable ({info['error']})"})

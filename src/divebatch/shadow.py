@@ -33,8 +33,15 @@ from torch import Tensor, nn
 
 from divebatch import rundir
 from divebatch.data import fixed_subset_indices, reference_batches
-from divebatch.diversity import (EstimatorDefaults, ExactDiversity, FixedPointDiversity, MicroBatchDiversity, backpack_hooks,
-                                 fixed_point_sums, subset_n_diversity)
+from divebatch.diversity import (
+    EstimatorDefaults,
+    ExactDiversity,
+    FixedPointDiversity,
+    MicroBatchDiversity,
+    backpack_hooks,
+    fixed_point_sums,
+    subset_n_diversity,
+)
 
 SHADOW_COLUMNS = ["epoch", "lr", "batch_size", "n_train", "n_delta_exact", "n_delta_microbatch", "n_delta_fixed_point",
                   "fixed_point_samples", "n_delta_full", "fixed_point_s", "full_pass_s", "measured_epoch_s",

@@ -47,6 +47,7 @@ import yaml
 
 from divebatch import launch, rundir
 from divebatch.config import ConfigError, config_keys, load_config
+
 # a sweep metric is a summary.json key or a metrics.csv column (divebatch.rundir owns both lists)
 from divebatch.rundir import METRIC_COLUMNS, SUMMARY_KEYS
 

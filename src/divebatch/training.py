@@ -29,6 +29,7 @@ from divebatch.controller import BatchSizeController, accumulate_step, micro_bat
 from divebatch.data import DataError, build_data, fixed_subset_indices, make_loaders, reference_batches, resolve_loader
 from divebatch.models import build_model
 from divebatch.optimizers import build_optimizer
+
 # the run-directory format lives in divebatch.rundir; its names stay importable from here
 from divebatch.rundir import METRIC_COLUMNS, RunDir, RunDirError  # noqa: F401
 from divebatch.rundir import atomic_write as _atomic_write

@@ -30,6 +30,7 @@ from divebatch import rundir
 from divebatch.config import TrainConfig
 from divebatch.methods import BY_KEY, PAPER_METHODS
 from divebatch.provenance import label
+
 # the run-directory format (file names, metrics.csv columns, readers) is divebatch.rundir's;
 # METRIC_COLUMNS and find_run_dirs stay importable from here
 from divebatch.rundir import METRIC_COLUMNS, find_run_dirs
@@ -401,7 +402,7 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
             problems.append(f"excluded run {runs.loc[i, 'run_id']}: {runs.loc[i, 'reason']}")
 
     missing: dict[tuple[str, str, str, str], list[int]] = {}
-    for (profile, dataset), d in runs[runs["method"].notna()].groupby(["profile", "dataset"]):
+    for (profile, _dataset), d in runs[runs["method"].notna()].groupby(["profile", "dataset"]):
         expected = set(d["seed"].astype(int))
         for key, g in d.groupby(GROUP):
             lack = sorted(expected - set(g.loc[g["complete"] | g["diverged"], "seed"].astype(int)))

@@ -25,6 +25,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
 from divebatch import rundir
 from divebatch.analysis.collect import SGD_SMALL, dataset_name
 from divebatch.analysis.style import METHOD_PALETTE
@@ -114,7 +115,7 @@ def first_decisions(epochs: pd.DataFrame) -> pd.DataFrame:
         ``n_delta_at_first``, ``first_batch_size`` (samples), ``final_batch_size``.
     """
     rows = []
-    for run_id, m in epochs[epochs["method"].isin(DIVEBATCH)].groupby("run_id", sort=False):
+    for _run_id, m in epochs[epochs["method"].isin(DIVEBATCH)].groupby("run_id", sort=False):
         m = m.sort_values("epoch")
         measured = m[m["grad_diversity"].notna()]
         last = m.iloc[-1]

@@ -239,7 +239,7 @@ def plot_sensitivity(table: pd.DataFrame) -> plt.Figure:
             extra = ", ".join(f"{o}={v:g}" for o, v in zip(others, key[1:]) if np.isfinite(v))
             label = f"{method} ({extra})" if extra else method
             g = g.sort_values(h)
-            for i, (col, ylabel) in enumerate(rows):
+            for i, (col, _ylabel) in enumerate(rows):
                 if col == "final_acc_mean":
                     err = g["final_acc_std"].fillna(0).to_numpy()
                 else:

@@ -46,8 +46,8 @@ def describe_tradeoff(main: pd.DataFrame, speedups: pd.DataFrame, profile: str) 
                 f"{UNIT_LABELS[unit]}), with an accuracy change of "
                 f"{_ci(fastest, 'acc_change_pp', 'acc_low', 'acc_high', '+.2f', ' pp')}. "
                 f"Pareto front (no other point is both faster and more accurate): {front or 'empty'}."
-                + (f" Its final accuracy is lower than small-batch SGD's, so its own target is easier to reach: "
-                   f"compare the common-target speed-ups." if fastest["acc_change_pp"] < -WITHIN_PP else ""))
+                + (" Its final accuracy is lower than small-batch SGD's, so its own target is easier to reach: "
+                   "compare the common-target speed-ups." if fastest["acc_change_pp"] < -WITHIN_PP else ""))
     steps = pts[pts["unit"] == "optimizer_steps"]["speedup"]
     wall = pts[pts["unit"] == "wall_time_s"]["speedup"]
     if len(steps) and len(wall) and np.nanmedian(wall) < np.nanmedian(steps):

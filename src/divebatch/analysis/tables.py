@@ -15,9 +15,21 @@ import numpy as np
 import pandas as pd
 
 from divebatch.analysis.collect import ALL_HPARAMS, GROUP, SGD_SMALL, protocol_name
-from divebatch.analysis.stats import (AUTHORS_UNITS, UNIT_LABELS, UNITS, WITHIN_PP, Interval, accuracy_change,
-                                      authors_speedup, authors_time_to_target, metric_of, metric_sign, paired,
-                                      per_run, speedup)
+from divebatch.analysis.stats import (
+    AUTHORS_UNITS,
+    UNIT_LABELS,
+    UNITS,
+    WITHIN_PP,
+    Interval,
+    accuracy_change,
+    authors_speedup,
+    authors_time_to_target,
+    metric_of,
+    metric_sign,
+    paired,
+    per_run,
+    speedup,
+)
 from divebatch.analysis.style import METHOD_ORDER
 
 # Baseline role -> methods that can play it, in order of preference. "AdaBatch" prefers the plain
