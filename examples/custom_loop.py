@@ -32,9 +32,16 @@ def main(argv=None) -> list[dict]:
     y = torch.tensor(y, dtype=torch.int64)
     train, test = TensorDataset(x[:1500], y[:1500]), (x[1500:], y[1500:])
 
-    ctl = BatchSizeController("divebatch", n_train=len(train), initial_batch_size=16,  # <- DiveBatch
-                              max_batch_size=256, resize_freq=2, delta=0.1, lr_rescale=True,
-                              estimator=args.estimator)
+    ctl = BatchSizeController(
+        "divebatch",
+        n_train=len(train),
+        initial_batch_size=16,  # <- DiveBatch
+        max_batch_size=256,
+        resize_freq=2,
+        delta=0.1,
+        lr_rescale=True,
+        estimator=args.estimator,
+    )
     if args.estimator == "fixed_point":  # Delta(w) on a fixed subset, measured after the epoch
         ctl.attach_reference(lambda: iter([train.tensors]))  # <- DiveBatch
     model = ctl.prepare(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)))  # <- DiveBatch
@@ -53,14 +60,27 @@ def main(argv=None) -> list[dict]:
         decision = ctl.end_epoch(epoch, optimizer, scheduler)  # <- DiveBatch: resize + lr rescaling
         with torch.no_grad():
             acc = 100.0 * (model.eval()(test[0]).argmax(1) == test[1]).float().mean().item()
-        history.append({"epoch": epoch, "batch_size": decision.batch_size, "lr": optimizer.param_groups[0]["lr"],
-                        "diversity": decision.diversity, "val_acc": acc})
+        history.append(
+            {
+                "epoch": epoch,
+                "batch_size": decision.batch_size,
+                "lr": optimizer.param_groups[0]["lr"],
+                "diversity": decision.diversity,
+                "val_acc": acc,
+            }
+        )
         n_delta = "" if decision.diversity is None else f" n*Delta_hat={decision.diversity * len(train):.1f}"
-        print(f"epoch {epoch + 1:2d} batch {decision.batch_size:3d} -> {decision.next_batch_size:3d} "
-              f"lr {optimizer.param_groups[0]['lr']:.4f} val_acc {acc:5.1f}%{n_delta}")
+        print(
+            f"epoch {epoch + 1:2d} batch {decision.batch_size:3d} -> {decision.next_batch_size:3d} "
+            f"lr {optimizer.param_groups[0]['lr']:.4f} val_acc {acc:5.1f}%{n_delta}"
+        )
         if epoch == args.epochs // 2:  # a checkpoint holds the controller's state beside the model's
-            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "divebatch": ctl.state_dict()}  # <- DiveBatch
+            checkpoint = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "divebatch": ctl.state_dict(),
+            }  # <- DiveBatch
             ctl.load_state_dict(checkpoint["divebatch"])  # <- DiveBatch (after a restart)
     return history
 

@@ -38,8 +38,13 @@ LABELS = ("display_name",)  # new key: a label, not part of what a run computes
 @pytest.fixture
 def in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
-    for var in ("DIVEBATCH_CIFAR10_NPZ", "DIVEBATCH_CIFAR10_ROOT", "DIVEBATCH_CIFAR100_ROOT",
-                "DIVEBATCH_TINY_IMAGENET_DIR", "DIVEBATCH_TEXT"):
+    for var in (
+        "DIVEBATCH_CIFAR10_NPZ",
+        "DIVEBATCH_CIFAR10_ROOT",
+        "DIVEBATCH_CIFAR100_ROOT",
+        "DIVEBATCH_TINY_IMAGENET_DIR",
+        "DIVEBATCH_TEXT",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -69,8 +74,9 @@ def test_every_profile_run_resolves_as_before_and_its_old_run_directory_is_finis
         run.out_dir = tmp_path / profile / run.name
         run.out_dir.mkdir(parents=True)
         (run.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(_old_config(want[run.name])))
-        (run.out_dir / "summary.json").write_text(json.dumps({"finished": True, "epochs_completed": cfg.epochs,
-                                                              "final_val_acc": 50.0}))
+        (run.out_dir / "summary.json").write_text(
+            json.dumps({"finished": True, "epochs_completed": cfg.epochs, "final_val_acc": 50.0})
+        )
         assert rep.run_state(run, cfg)[0] == "finished", (run.name, rep.run_state(run, cfg))
 
 
@@ -84,15 +90,19 @@ def test_method_files_and_the_registry_agree(in_repo):
     """configs/methods/<key>.yaml records the registry's display name and is the registry's method."""
     assert method_names() == sorted(v.key for v in VARIANTS)
     assert DISPLAY_ORDER == [v.display_name for v in VARIANTS] and len(set(DISPLAY_ORDER)) == len(VARIANTS)
-    for dataset, keys in (("smoke", ["sgd_small", "sgd_large", "adabatch", "adabatch_rescale", "divebatch",
-                                     "divebatch_rescale"]),
-                          ("transformer", [v.key for v in VARIANTS])):
+    for dataset, keys in (
+        ("smoke", ["sgd_small", "sgd_large", "adabatch", "adabatch_rescale", "divebatch", "divebatch_rescale"]),
+        ("transformer", [v.key for v in VARIANTS]),
+    ):
         for key in keys:
             cfg, v = load_config(f"configs/{dataset}/{key}.yaml", check_data=False), BY_KEY[key]
             assert cfg.display_name == v.display_name
             assert (cfg.method.name, cfg.method.lr_rescale, cfg.optim.name) == (v.policy, v.lr_rescale, v.optimizer)
-            start = cfg.method.max_batch_size if v.large_batch else load_config(
-                f"configs/{dataset}/base.yaml", check_data=False).method.initial_batch_size
+            start = (
+                cfg.method.max_batch_size
+                if v.large_batch
+                else load_config(f"configs/{dataset}/base.yaml", check_data=False).method.initial_batch_size
+            )
             assert cfg.method.initial_batch_size == start, key
 
 
@@ -115,11 +125,17 @@ def test_large_batch_follows_the_protocol_cap_and_needs_its_lr(in_repo):
 
 
 def test_unknown_method_names_the_methods(in_repo, tmp_path):
-    with pytest.raises(ConfigFileNotFoundError, match=r"configs/cifar10/<method>\.yaml with <method> one of "
-                                                      r"adabatch \| adabatch_rescale \| adamw_divebatch"):
+    with pytest.raises(
+        ConfigFileNotFoundError,
+        match=r"configs/cifar10/<method>\.yaml with <method> one of "
+        r"adabatch \| adabatch_rescale \| adamw_divebatch",
+    ):
         load_config("configs/cifar10/divebatsh.yaml", check_data=False)
-    with pytest.raises(rep.ProfileError, match=r"experiments\[0\]\.methods.*divebatsh.*allowed: methods of "
-                                               r"configs/methods/ for dataset smoke: adabatch \|"):
+    with pytest.raises(
+        rep.ProfileError,
+        match=r"experiments\[0\]\.methods.*divebatsh.*allowed: methods of "
+        r"configs/methods/ for dataset smoke: adabatch \|",
+    ):
         rep.load_profile(_profile(tmp_path, dataset="smoke", methods=["divebatsh"]))
     with pytest.raises(rep.ProfileError, match=r"experiments\[0\]\.dataset=None"):
         rep.load_profile(_profile(tmp_path, methods=["sgd_small"]))
@@ -155,4 +171,5 @@ def test_a_new_key_at_its_default_or_a_label_does_not_change_a_finished_run():
     del old.method["fixed_point_samples"]  # a key the old config lacks counts as its default
     assert config_diffs(old, new) == []
     assert config_diffs(old, load_config(None, ["method.name=sgd", "method.fixed_point_samples=16"])) == [
-        "method.fixed_point_samples: 8192 -> 16"]
+        "method.fixed_point_samples: 8192 -> 16"
+    ]

@@ -39,8 +39,9 @@ def _ctl(estimator="exact", **kw):
     return BatchSizeController("divebatch", **{**opts, **kw})
 
 
-@pytest.mark.parametrize("estimator, use_backward", [("exact", True), ("exact", False), ("exact_func", True),
-                                                      ("microbatch", False)])
+@pytest.mark.parametrize(
+    "estimator, use_backward", [("exact", True), ("exact", False), ("exact_func", True), ("microbatch", False)]
+)
 def test_own_loop_at_lr_zero_measures_the_exact_diversity(estimator, use_backward):
     """At lr 0 every step sees the same weights, so the epoch estimate is Delta of the epoch's samples
     (the microbatch estimator is exact for the split it plans when the step's samples are its parts)."""
@@ -86,8 +87,15 @@ def test_resize_rescales_the_lr_and_state_round_trips():
 
 
 def test_unmeasured_epochs_and_other_methods():
-    ada = BatchSizeController("adabatch", n_train=48, initial_batch_size=8, max_batch_size=32, resize_freq=2,
-                              lr_rescale=True, lr_scaling="sqrt")
+    ada = BatchSizeController(
+        "adabatch",
+        n_train=48,
+        initial_batch_size=8,
+        max_batch_size=32,
+        resize_freq=2,
+        lr_rescale=True,
+        lr_scaling="sqrt",
+    )
     assert ada.estimator is None and not ada.measures(1)
     opt = torch.optim.SGD(_model().parameters(), lr=0.1)
     assert ada.end_epoch(0, opt).next_batch_size == 8
@@ -132,9 +140,22 @@ def test_the_trainer_runs_on_the_controller(tmp_path, monkeypatch):
         return d
 
     monkeypatch.setattr(BatchSizeController, "end_epoch", spy)
-    cfg = load_config(None, ["data.name=digits", "model.name=linear", "method.name=divebatch", "method.resize_freq=1",
-                             "method.initial_batch_size=16", "method.max_batch_size=64", "epochs=2", "device=cpu",
-                             "wandb.mode=disabled", "progress=false", f"out_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        None,
+        [
+            "data.name=digits",
+            "model.name=linear",
+            "method.name=divebatch",
+            "method.resize_freq=1",
+            "method.initial_batch_size=16",
+            "method.max_batch_size=64",
+            "epochs=2",
+            "device=cpu",
+            "wandb.mode=disabled",
+            "progress=false",
+            f"out_dir={tmp_path / 'run'}",
+        ],
+    )
     train(cfg)
     assert [d.epoch for d in calls] == [0, 1] and calls[0].diversity is not None
 

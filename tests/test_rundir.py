@@ -19,11 +19,22 @@ from divebatch.rundir import METRIC_COLUMNS, RunDir, RunDirError
 
 def _row(epoch: int, **over) -> dict:
     """One metrics row as the trainer writes it (every column; floats and ints as it holds them)."""
-    row = {"epoch": epoch, "train_loss": 2.0 / (epoch + 1), "train_acc": 10.0 * (epoch + 1) + 1 / 3,
-           "val_loss": 1.5 / (epoch + 1), "val_acc": 12.5 * (epoch + 1), "lr": 0.1, "batch_size": 64 * 2 ** epoch,
-           "grad_diversity": None if epoch % 2 == 0 else 0.123456789, "optimizer_steps": 23 * (epoch + 1),
-           "samples_seen": 1437 * (epoch + 1), "epoch_time_s": 0.1 + epoch, "eval_time_s": 0.01,
-           "wall_time_s": 0.11 * (epoch + 1), "peak_memory_mb": 512.25}
+    row = {
+        "epoch": epoch,
+        "train_loss": 2.0 / (epoch + 1),
+        "train_acc": 10.0 * (epoch + 1) + 1 / 3,
+        "val_loss": 1.5 / (epoch + 1),
+        "val_acc": 12.5 * (epoch + 1),
+        "lr": 0.1,
+        "batch_size": 64 * 2**epoch,
+        "grad_diversity": None if epoch % 2 == 0 else 0.123456789,
+        "optimizer_steps": 23 * (epoch + 1),
+        "samples_seen": 1437 * (epoch + 1),
+        "epoch_time_s": 0.1 + epoch,
+        "eval_time_s": 0.01,
+        "wall_time_s": 0.11 * (epoch + 1),
+        "peak_memory_mb": 512.25,
+    }
     return {**row, **over}
 
 
@@ -61,8 +72,9 @@ def test_round_trip(tiny_config, tmp_path):
     text = (run.path / rundir.METRICS).read_text()
     # the exact bytes: a header of METRIC_COLUMNS, floats as repr, None as an empty cell
     assert text.splitlines()[0] == ",".join(METRIC_COLUMNS)
-    assert text.splitlines()[2] == ("1,nan,20.333333333333332,0.75,25.0,0.1,128,0.123456789,46,2874,1.1,0.01,0.22,"
-                                    "512.25")
+    assert text.splitlines()[2] == (
+        "1,nan,20.333333333333332,0.75,25.0,0.1,128,0.123456789,46,2874,1.1,0.01,0.22,512.25"
+    )
     assert text.endswith("\n") and text.count("\n") == 4
     back = rundir.read_metrics(run.path)
     assert len(back) == rundir.epochs_done(run.path) == 3
@@ -139,10 +151,12 @@ def test_old_format_directory(tmp_path):
     for key in ("shadow", "primary_metric", "fidelity", "protocol"):  # keys added since
         del old[key]
     (run / rundir.CONFIG).write_text(yaml.safe_dump(old))
-    (run / rundir.METRICS).write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,batch_size,grad_diversity,"
-                                      "optimizer_steps,samples_seen,wall_time_s\n"
-                                      "0,2.0,30.0,1.9,40.0,0.1,128,,8,1000,1.5\n"
-                                      "1,1.5,50.0,1.4,55.0,0.1,256,0.25,12,2000,2.5\n")
+    (run / rundir.METRICS).write_text(
+        "epoch,train_loss,train_acc,val_loss,val_acc,lr,batch_size,grad_diversity,"
+        "optimizer_steps,samples_seen,wall_time_s\n"
+        "0,2.0,30.0,1.9,40.0,0.1,128,,8,1000,1.5\n"
+        "1,1.5,50.0,1.4,55.0,0.1,256,0.25,12,2000,2.5\n"
+    )
     (run / rundir.SUMMARY).write_text(json.dumps({"finished": True, "epochs_completed": 2, "final_val_acc": 55.0}))
     rows = rundir.read_metrics(run)
     assert rows[0]["grad_diversity"] is None and "peak_memory_mb" not in rows[0] and rows[1]["batch_size"] == 256.0

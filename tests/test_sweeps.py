@@ -136,22 +136,39 @@ TINY_CONFIG = {
 
 def _sweep_yaml(tmp_path, parameters, method="grid", **extra) -> Path:
     train = _write(tmp_path / "tiny.yaml", TINY_CONFIG)
-    return _write(tmp_path / "tiny_sweep.yaml", {
-        "name": "tiny_sweep", "program": "src/divebatch/cli.py", "method": method,
-        "metric": {"name": "best_val_acc", "goal": "maximize"}, "parameters": parameters, **extra,
-        "command": ["divebatch", "train", str(train), "wandb.mode=online", "profile=sweep_test",
-                    "out_dir=runs/sweeps/tiny_sweep/${oc.env:WANDB_RUN_ID}", "${args_no_hyphens}"],
-    })
+    return _write(
+        tmp_path / "tiny_sweep.yaml",
+        {
+            "name": "tiny_sweep",
+            "program": "src/divebatch/cli.py",
+            "method": method,
+            "metric": {"name": "best_val_acc", "goal": "maximize"},
+            "parameters": parameters,
+            **extra,
+            "command": [
+                "divebatch",
+                "train",
+                str(train),
+                "wandb.mode=online",
+                "profile=sweep_test",
+                "out_dir=runs/sweeps/tiny_sweep/${oc.env:WANDB_RUN_ID}",
+                "${args_no_hyphens}",
+            ],
+        },
+    )
 
 
-@pytest.mark.parametrize("params, method, needle", [
-    ({"method.detla": {"values": [0.1, 0.2]}}, "grid", "'method.detla'"),           # not a config key
-    ({"method.delta": {"values": 0.1}}, "grid", "'method.delta'"),                   # schema: values not a list
-    ({"method.delta": {"values": [0.1, 0.0]}}, "grid", "method.delta"),              # value out of range
-    ({"method.resize_freq": {"min": 0.5, "max": 2.5}}, "random", "method.resize_freq"),  # float for an int key
-    ({"method.delta": {"values": [0.1]}}, "gridd", "method"),                        # schema: unknown method
-    ({"out_dir": {"values": ["a", "b"]}}, "grid", "'out_dir'"),                      # set by the driver
-])
+@pytest.mark.parametrize(
+    "params, method, needle",
+    [
+        ({"method.detla": {"values": [0.1, 0.2]}}, "grid", "'method.detla'"),  # not a config key
+        ({"method.delta": {"values": 0.1}}, "grid", "'method.delta'"),  # schema: values not a list
+        ({"method.delta": {"values": [0.1, 0.0]}}, "grid", "method.delta"),  # value out of range
+        ({"method.resize_freq": {"min": 0.5, "max": 2.5}}, "random", "method.resize_freq"),  # float for an int key
+        ({"method.delta": {"values": [0.1]}}, "gridd", "method"),  # schema: unknown method
+        ({"out_dir": {"values": ["a", "b"]}}, "grid", "'out_dir'"),  # set by the driver
+    ],
+)
 def test_bad_sweep_fails_before_any_run(tmp_path, params, method, needle, capsys):
     path = _sweep_yaml(tmp_path, params, method)
     root = tmp_path / "root"
@@ -260,14 +277,23 @@ def test_interrupted_sweep_resumes_unfinished_runs_only(tmp_path, monkeypatch):
 
 def test_local_grid_sweep_trains_and_feeds_sensitivity_table(tmp_path, monkeypatch, capsys):
     """Real trainings (subprocesses): a 2-point grid plus the SGD reference, then the report."""
-    path = _sweep_yaml(tmp_path, {"method.delta": {"values": [0.02, 0.5]}, "method.resize_freq": {"value": 1},
-                                  "method.max_batch_size": {"value": 512}})
+    path = _sweep_yaml(
+        tmp_path,
+        {
+            "method.delta": {"values": [0.02, 0.5]},
+            "method.resize_freq": {"value": 1},
+            "method.max_batch_size": {"value": 512},
+        },
+    )
     root, out = tmp_path / "root", tmp_path / "out"
     argv = [str(path), "--local", "--jobs", "2", "--root", str(root), "--out", str(out), "--wandb-mode", "disabled"]
     assert sw.cli(argv) == 0, capsys.readouterr().err
     state = json.loads((root / sw.STATE_FILE).read_text())
     assert sorted((r["name"], r["state"]) for r in state["runs"]) == [
-        ("baseline-sgd", "finished"), ("run-000", "finished"), ("run-001", "finished")]
+        ("baseline-sgd", "finished"),
+        ("run-000", "finished"),
+        ("run-001", "finished"),
+    ]
     summaries = {r["name"]: json.loads((root / r["name"] / "summary.json").read_text()) for r in state["runs"]}
     assert all(s["finished"] and s["epochs_completed"] == 2 for s in summaries.values())
 

@@ -12,9 +12,13 @@ does not import torch.
 __version__ = "0.1.0"
 __all__ = ["BatchSizeController", "Decision", "DiversityEstimator", "build_estimator", "gradient_diversity"]
 
-_PUBLIC = {"BatchSizeController": "divebatch.controller", "Decision": "divebatch.controller",
-           "DiversityEstimator": "divebatch.diversity", "build_estimator": "divebatch.diversity",
-           "gradient_diversity": "divebatch.diversity"}
+_PUBLIC = {
+    "BatchSizeController": "divebatch.controller",
+    "Decision": "divebatch.controller",
+    "DiversityEstimator": "divebatch.diversity",
+    "build_estimator": "divebatch.diversity",
+    "gradient_diversity": "divebatch.diversity",
+}
 
 
 def __getattr__(name: str):

@@ -80,8 +80,7 @@ def rotate(x: Tensor, degrees: Tensor) -> Tensor:
     # affine_grid maps output to input coordinates, normalised to [-1, 1] per axis. A
     # counter-clockwise image rotation (y pointing down) samples from the clockwise-rotated
     # position; the h/w factors keep the rotation rigid in pixels when H != W.
-    mat = torch.stack([torch.stack([cos, -sin * (h / w), zeros], 1),
-                       torch.stack([sin * (w / h), cos, zeros], 1)], 1)
+    mat = torch.stack([torch.stack([cos, -sin * (h / w), zeros], 1), torch.stack([sin * (w / h), cos, zeros], 1)], 1)
     grid = F.affine_grid(mat, list(x.shape), align_corners=False)
     return F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).round().to(x.dtype)
 

@@ -28,7 +28,12 @@ LOADERS = ("auto", "device", "torchvision")
 PROTOCOLS = ("authors_code", "clean")
 LR_RESCALE_RULES = ("linear", "schedule_squared")
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")
-ESTIMATORS = ("exact", "microbatch", "fixed_point", "exact_func")  # divebatch.diversity.ESTIMATORS (a test keeps them equal)
+ESTIMATORS = (
+    "exact",
+    "microbatch",
+    "fixed_point",
+    "exact_func",
+)  # divebatch.diversity.ESTIMATORS (a test keeps them equal)
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt")
 METRIC_COLUMNS = ("val_acc", "val_loss")  # metrics.csv columns a report may judge by
@@ -56,7 +61,9 @@ class DataConfig:
     num_workers: int = 1  # DataLoader workers (torchvision loader only)
     train_subset: Optional[int] = None  # keep the first N training samples (CPU-scale runs)
     seq_len: int = 64  # text: characters per training sample (non-overlapping sequences)
-    subset_seed: Optional[int] = None  # with train_subset: a fixed random N instead of the first N (class-ordered folders)
+    subset_seed: Optional[int] = (
+        None  # with train_subset: a fixed random N instead of the first N (class-ordered folders)
+    )
 
 
 @dataclass
@@ -79,7 +86,9 @@ class MethodConfig:
     max_micro_batch: int = 2048  # larger batches are split and their gradients accumulated
     diversity_estimator: str = "exact"  # exact: authors' epoch estimator; microbatch: two-scale; fixed_point: Delta(w)
     micro_batches: int = 2  # microbatch estimator: micro-batches per measured step (>= 2)
-    fixed_point_samples: Optional[int] = 8192  # fixed_point: fixed random subset size (null or >= n: all n); docs/diversity.md
+    fixed_point_samples: Optional[int] = (
+        8192  # fixed_point: fixed random subset size (null or >= n: all n); docs/diversity.md
+    )
 
 
 @dataclass
@@ -231,10 +240,16 @@ def validate(cfg: DictConfig) -> DictConfig:
         if value < 1:
             raise _allowed(key, value, "an integer >= 1")
     if m.fixed_point_samples is not None and m.fixed_point_samples < 2:
-        raise _allowed("method.fixed_point_samples", m.fixed_point_samples, "null (the whole training set) or an integer >= 2")
+        raise _allowed(
+            "method.fixed_point_samples", m.fixed_point_samples, "null (the whole training set) or an integer >= 2"
+        )
     if cfg.shadow.enabled and m.name == "divebatch":
-        raise _allowed("shadow.enabled", True, "false with method.name=divebatch (the shadow measures the estimators "
-                       "beside a run that does not use them: sgd | adabatch)")
+        raise _allowed(
+            "shadow.enabled",
+            True,
+            "false with method.name=divebatch (the shadow measures the estimators "
+            "beside a run that does not use them: sgd | adabatch)",
+        )
     for key in ("shadow.chunk", "shadow.draws"):
         if OmegaConf.select(cfg, key) < 2:
             raise _allowed(key, OmegaConf.select(cfg, key), "an integer >= 2")
@@ -242,7 +257,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _allowed("method.micro_batches", m.micro_batches, "an integer >= 2")
     if m.max_batch_size < m.initial_batch_size:
         raise _allowed(
-            "method.max_batch_size", m.max_batch_size,
+            "method.max_batch_size",
+            m.max_batch_size,
             f"an integer >= method.initial_batch_size ({m.initial_batch_size})",
         )
     if not m.delta > 0:
@@ -257,8 +273,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _allowed("optim.warmup_epochs", cfg.optim.warmup_epochs, f"an integer in [0, epochs={cfg.epochs})")
     fid = cfg.fidelity
     if fid.split_above is not None and fid.split_above < m.max_micro_batch:
-        raise _allowed("fidelity.split_above", fid.split_above,
-                       f"null or an integer >= method.max_micro_batch ({m.max_micro_batch})")
+        raise _allowed(
+            "fidelity.split_above",
+            fid.split_above,
+            f"null or an integer >= method.max_micro_batch ({m.max_micro_batch})",
+        )
     if fid.head_classes is not None and fid.head_classes < 1:
         raise _allowed("fidelity.head_classes", fid.head_classes, "null or an integer >= 1")
     if fid.warmup_at_lr_zero and cfg.optim.warmup_epochs == 0:
@@ -266,7 +285,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     if cfg.data.train_subset is not None and cfg.data.train_subset < 1:
         raise _allowed("data.train_subset", cfg.data.train_subset, "null or an integer >= 1")
     if cfg.data.name in ("npz", "tiny_imagenet", "text", "imagefolder") and not cfg.data.path:
-        raise _allowed("data.path", cfg.data.path, f"a path to the {cfg.data.name} data (required for data.name={cfg.data.name})")
+        raise _allowed(
+            "data.path", cfg.data.path, f"a path to the {cfg.data.name} data (required for data.name={cfg.data.name})"
+        )
     device = str(cfg.device)
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise _allowed("device", device, "auto | cpu | cuda | cuda:N")
@@ -285,8 +306,11 @@ def _check_text_model(cfg: DictConfig) -> None:
         allowed = "transformer_lm" if text_data else " | ".join(m for m in MODELS if m not in NO_BACKPACK_MODELS)
         raise _allowed("model.name", cfg.model.name, f"{allowed} for data.name={cfg.data.name}")
     if text_model and cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "exact":
-        raise _allowed("method.diversity_estimator", "exact",
-                       f"exact_func | microbatch for model.name={cfg.model.name} (BackPACK has no attention layers)")
+        raise _allowed(
+            "method.diversity_estimator",
+            "exact",
+            f"exact_func | microbatch for model.name={cfg.model.name} (BackPACK has no attention layers)",
+        )
     if text_model and cfg.model.width % cfg.model.heads:
         raise _allowed("model.heads", cfg.model.heads, f"a divisor of model.width={cfg.model.width}")
     if cfg.primary_metric.within < 0:
@@ -305,14 +329,19 @@ def check_paths(cfg: DictConfig) -> DictConfig:
     if cfg.data.name == "npz" and not Path(cfg.data.path).is_file():
         raise _allowed("data.path", cfg.data.path, "an existing .npz file with train_x, train_y, test_x, test_y")
     if cfg.data.name == "text" and not Path(cfg.data.path).is_file():
-        raise _allowed("data.path", cfg.data.path,
-                       "an existing plain-text (UTF-8) file, e.g. ../shared/data/tinyshakespeare.txt")
+        raise _allowed(
+            "data.path", cfg.data.path, "an existing plain-text (UTF-8) file, e.g. ../shared/data/tinyshakespeare.txt"
+        )
     if cfg.data.name == "imagefolder" and not all((Path(cfg.data.path) / s).is_dir() for s in ("train", "test")):
-        raise _allowed("data.path", cfg.data.path, "an existing folder with train/<class>/* and test/<class>/* "
-                       "(torchvision ImageFolder layout)")
+        raise _allowed(
+            "data.path",
+            cfg.data.path,
+            "an existing folder with train/<class>/* and test/<class>/* (torchvision ImageFolder layout)",
+        )
     if cfg.data.name == "tiny_imagenet" and not Path(cfg.data.path).is_dir():
         raise _allowed(
-            "data.path", cfg.data.path,
+            "data.path",
+            cfg.data.path,
             "an existing tiny-imagenet-200/ folder (wnids.txt, train/, val/); "
             "get it with: divebatch fetch-data tiny_imagenet --root DIR",
         )
@@ -363,9 +392,11 @@ def _compose(base: Path, method: Path, chain: tuple) -> DictConfig:
     entry = entries.get(method.stem) or OmegaConf.create({})
     for key in variant.pop("needs", None) or []:
         if OmegaConf.select(entry, key, default=None) is None:
-            raise ConfigError(f"invalid config: {base} methods.{method.stem}.{key} is not set; allowed: the "
-                              f"value of {key} for method {method.stem} on this dataset (configs/{METHODS_DIR}/"
-                              f"{method.name} needs it from the protocol; see docs/replicate.md, \"Configs\")")
+            raise ConfigError(
+                f"invalid config: {base} methods.{method.stem}.{key} is not set; allowed: the "
+                f"value of {key} for method {method.stem} on this dataset (configs/{METHODS_DIR}/"
+                f'{method.name} needs it from the protocol; see docs/replicate.md, "Configs")'
+            )
     return OmegaConf.merge(protocol, variant, entry)
 
 
@@ -389,9 +420,12 @@ def load_yaml(path: str | Path, _chain: tuple = ()) -> DictConfig:
         if parts is not None:
             return _compose(*parts, _chain + (path,))
         methods_dir = path.parent.parent / METHODS_DIR
-        hint = (f"; allowed: an existing file, or {path.parent}/<method>.yaml with <method> one of "
-                f"{' | '.join(method_names(methods_dir))}"
-                if (path.parent / "base.yaml").is_file() and methods_dir.is_dir() else "")
+        hint = (
+            f"; allowed: an existing file, or {path.parent}/<method>.yaml with <method> one of "
+            f"{' | '.join(method_names(methods_dir))}"
+            if (path.parent / "base.yaml").is_file() and methods_dir.is_dir()
+            else ""
+        )
         raise ConfigFileNotFoundError(f"config file not found: {path}{hint}")
     node = OmegaConf.load(path)
     base = node.pop("base", None)
@@ -430,8 +464,9 @@ def _field_type(key: str) -> str:
     return f"a value of type {name}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                check_data: bool = True) -> DictConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), check_data: bool = True
+) -> DictConfig:
     """Merge defaults, a YAML file and ``KEY=VALUE`` dotlist overrides, then validate.
 
     Args:

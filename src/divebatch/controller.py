@@ -40,8 +40,9 @@ LR_RESCALE_RULES = ("linear", "schedule_squared")  # fidelity.lr_rescale_rule (d
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")  # fidelity.micro_batch_loss
 
 
-def micro_batch_plan(batch: int, max_micro_batch: int, estimator: DiversityEstimator | None = None,
-                     split_above: int | None = None) -> list[int]:
+def micro_batch_plan(
+    batch: int, max_micro_batch: int, estimator: DiversityEstimator | None = None, split_above: int | None = None
+) -> list[int]:
     """Micro-batch sizes (samples) of one optimizer step of ``batch`` samples.
 
     A batch larger than ``split_above`` (default ``max_micro_batch``) is cut into chunks of
@@ -87,12 +88,20 @@ class StepStats:
     positions: int
 
 
-def accumulate_step(model: nn.Module, x: Tensor, y: Tensor, criterion: Callable[[Tensor, Tensor], Tensor],
-                    estimator: DiversityEstimator | None = None, max_micro_batch: int = 2048, *,
-                    split_above: int | None = None, micro_batch_loss: str = "per_sample",
-                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                    sync: Callable[[nn.Module, bool], contextlib.AbstractContextManager] | None = None,
-                    global_batch: int | None = None) -> StepStats:
+def accumulate_step(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    estimator: DiversityEstimator | None = None,
+    max_micro_batch: int = 2048,
+    *,
+    split_above: int | None = None,
+    micro_batch_loss: str = "per_sample",
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    sync: Callable[[nn.Module, bool], contextlib.AbstractContextManager] | None = None,
+    global_batch: int | None = None,
+) -> StepStats:
     """The gradients of one optimizer step into ``p.grad`` (no ``zero_grad``, no ``optimizer.step``).
 
     The step's ``len(y)`` samples are split by :func:`micro_batch_plan`; each micro-batch's mean
@@ -189,26 +198,49 @@ class BatchSizeController:
             ``micro_batch_loss`` (naming the value and what is allowed).
     """
 
-    def __init__(self, method: str = "divebatch", *, n_train: int, initial_batch_size: int, max_batch_size: int,
-                 resize_freq: int, delta: float = 0.1, lr_rescale: bool = False, lr_scaling: str = "linear",
-                 lr_rescale_rule: str = "linear", estimator: str | DiversityEstimator = "exact",
-                 micro_batches: int = 2, fixed_point_samples: int | None = 8192, running_grad_sum: bool = False,
-                 backpack: bool = True, max_micro_batch: int = 2048, split_above: int | None = None,
-                 micro_batch_loss: str = "per_sample"):
+    def __init__(
+        self,
+        method: str = "divebatch",
+        *,
+        n_train: int,
+        initial_batch_size: int,
+        max_batch_size: int,
+        resize_freq: int,
+        delta: float = 0.1,
+        lr_rescale: bool = False,
+        lr_scaling: str = "linear",
+        lr_rescale_rule: str = "linear",
+        estimator: str | DiversityEstimator = "exact",
+        micro_batches: int = 2,
+        fixed_point_samples: int | None = 8192,
+        running_grad_sum: bool = False,
+        backpack: bool = True,
+        max_micro_batch: int = 2048,
+        split_above: int | None = None,
+        micro_batch_loss: str = "per_sample",
+    ):
         if method not in POLICIES:
             raise ValueError(f"method={method!r}; allowed: {' | '.join(POLICIES)}")
         if lr_rescale_rule not in LR_RESCALE_RULES:
             raise ValueError(f"lr_rescale_rule={lr_rescale_rule!r}; allowed: {' | '.join(LR_RESCALE_RULES)}")
         if micro_batch_loss not in MICRO_BATCH_LOSSES:
             raise ValueError(f"micro_batch_loss={micro_batch_loss!r}; allowed: {' | '.join(MICRO_BATCH_LOSSES)}")
-        self.policy: BatchSizePolicy = POLICIES[method](initial_batch_size, max_batch_size, resize_freq, n_train,
-                                                        delta=delta, lr_rescale=lr_rescale, lr_scaling=lr_scaling)
+        self.policy: BatchSizePolicy = POLICIES[method](
+            initial_batch_size,
+            max_batch_size,
+            resize_freq,
+            n_train,
+            delta=delta,
+            lr_rescale=lr_rescale,
+            lr_scaling=lr_scaling,
+        )
         self.estimator: DiversityEstimator | None = None
         if method == "divebatch":
             if isinstance(estimator, str):
                 try:
-                    estimator = build_estimator(estimator, micro_batches, running_grad_sum, fixed_point_samples,
-                                                backpack)
+                    estimator = build_estimator(
+                        estimator, micro_batches, running_grad_sum, fixed_point_samples, backpack
+                    )
                 except KeyError as err:
                     raise ValueError(err.args[0]) from None
             self.estimator = estimator
@@ -222,12 +254,25 @@ class BatchSizeController:
     def from_config(cls, cfg, n_train: int, backpack: bool = True) -> "BatchSizeController":
         """From a run config (``method.*`` and ``fidelity.*`` keys of :class:`divebatch.config.TrainConfig`)."""
         m, fid = cfg.method, cfg.fidelity
-        return cls(m.name, n_train=n_train, initial_batch_size=m.initial_batch_size, max_batch_size=m.max_batch_size,
-                   resize_freq=m.resize_freq, delta=m.delta, lr_rescale=m.lr_rescale, lr_scaling=m.lr_scaling,
-                   lr_rescale_rule=fid.lr_rescale_rule, estimator=m.diversity_estimator, micro_batches=m.micro_batches,
-                   fixed_point_samples=m.fixed_point_samples, running_grad_sum=fid.running_grad_sum,
-                   backpack=backpack, max_micro_batch=m.max_micro_batch, split_above=fid.split_above,
-                   micro_batch_loss=fid.micro_batch_loss)
+        return cls(
+            m.name,
+            n_train=n_train,
+            initial_batch_size=m.initial_batch_size,
+            max_batch_size=m.max_batch_size,
+            resize_freq=m.resize_freq,
+            delta=m.delta,
+            lr_rescale=m.lr_rescale,
+            lr_scaling=m.lr_scaling,
+            lr_rescale_rule=fid.lr_rescale_rule,
+            estimator=m.diversity_estimator,
+            micro_batches=m.micro_batches,
+            fixed_point_samples=m.fixed_point_samples,
+            running_grad_sum=fid.running_grad_sum,
+            backpack=backpack,
+            max_micro_batch=m.max_micro_batch,
+            split_above=fid.split_above,
+            micro_batch_loss=fid.micro_batch_loss,
+        )
 
     @property
     def batch_size(self) -> int:
@@ -296,8 +341,17 @@ class BatchSizeController:
     def forward_backward(self, model: nn.Module, x: Tensor, y: Tensor, criterion, **options) -> StepStats:
         """One optimizer step's gradients (:func:`accumulate_step` with this controller's split and
         its epoch's estimator); ``options``: autocast, sync, global_batch."""
-        return accumulate_step(model, x, y, criterion, self.active, self.max_micro_batch, split_above=self.split_above,
-                               micro_batch_loss=self.micro_batch_loss, **options)
+        return accumulate_step(
+            model,
+            x,
+            y,
+            criterion,
+            self.active,
+            self.max_micro_batch,
+            split_above=self.split_above,
+            micro_batch_loss=self.micro_batch_loss,
+            **options,
+        )
 
     def backward(self, loss: Tensor, model: nn.Module, x: Tensor | None = None, y: Tensor | None = None) -> None:
         """``loss.backward()`` for a loop that computes its own mean loss over the whole step.
@@ -313,8 +367,10 @@ class BatchSizeController:
             loss.backward()
             return
         if est.plans_micro_batches:
-            raise ValueError(f"estimator {type(est).__name__} splits each measured step itself; allowed with it: "
-                             f"BatchSizeController.forward_backward(model, x, y, criterion)")
+            raise ValueError(
+                f"estimator {type(est).__name__} splits each measured step itself; allowed with it: "
+                f"BatchSizeController.forward_backward(model, x, y, criterion)"
+            )
         batch = len(y) if y is not None else None
         if batch is None:
             raise ValueError("backward(loss, model, x, y): y is needed to count the step's samples")
@@ -333,8 +389,9 @@ class BatchSizeController:
             return None
         return reduce(self.estimator) if reduce is not None else self.estimator.value()
 
-    def end_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, scheduler=None,
-                  diversity: float | None = None, reduce=None) -> Decision:
+    def end_epoch(
+        self, epoch: int, optimizer: torch.optim.Optimizer, scheduler=None, diversity: float | None = None, reduce=None
+    ) -> Decision:
         """The epoch's end: the scheduler's epoch step, the batch-size decision, the lr rescaling.
 
         Args:

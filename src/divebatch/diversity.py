@@ -62,8 +62,7 @@ def noise_scale_form(per_sample_grads: Tensor) -> Tensor:
     return 1 + trace_cov / mean.pow(2).sum()
 
 
-def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
-                         x: Tensor, y: Tensor) -> Tensor:
+def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
     """Brute-force per-sample gradients by a loop of single-sample backward passes (reference).
 
     The model is used in whatever mode it is in; BatchNorm in train mode on a single sample is
@@ -79,7 +78,7 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], T
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []
     for i in range(x.shape[0]):
-        loss = loss_fn(model(x[i:i + 1]), y[i:i + 1])
+        loss = loss_fn(model(x[i : i + 1]), y[i : i + 1])
         grads = torch.autograd.grad(loss, params)
         rows.append(torch.cat([g.reshape(-1) for g in grads]))
     return torch.stack(rows)
@@ -328,9 +327,14 @@ def _conv2d_batch_l2_class():
             s = d.shape[2] * d.shape[3]
             if m * k <= s * (k + m) or module.groups != 1:
                 grads = torch.nn.grad.conv2d_weight(
-                    x.reshape(1, n * c_in, *x.shape[2:]), (n * m, c_in // module.groups, *module.kernel_size),
-                    d.reshape(1, n * m, *d.shape[2:]), module.stride, padding, module.dilation,
-                    groups=n * module.groups)
+                    x.reshape(1, n * c_in, *x.shape[2:]),
+                    (n * m, c_in // module.groups, *module.kernel_size),
+                    d.reshape(1, n * m, *d.shape[2:]),
+                    module.stride,
+                    padding,
+                    module.dilation,
+                    groups=n * module.groups,
+                )
                 return grads.view(n, -1).pow(2).sum(1)
             xu = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)  # (n, k, s)
             du = d.flatten(2)  # (n, m, s)
@@ -404,9 +408,11 @@ def backward_with_sq_norms(model: nn.Module, loss: Tensor, scale: float, extensi
         elif p.grad is not None:
             missing.append(name)
     if missing or not sq:
-        raise RuntimeError(f"BackPACK gave no per-sample norms for parameters {missing or 'any'}: run the "
-                           f"forward and backward inside backpack_hooks(model) (or on an extend_model model) "
-                           f"and use layers BackPACK's BatchL2Grad supports")
+        raise RuntimeError(
+            f"BackPACK gave no per-sample norms for parameters {missing or 'any'}: run the "
+            f"forward and backward inside backpack_hooks(model) (or on an extend_model model) "
+            f"and use layers BackPACK's BatchL2Grad supports"
+        )
     return torch.stack(sq).sum() * (scale * scale)
 
 
@@ -590,8 +596,10 @@ class MicroBatchDiversity(EpochDiversityEstimator):
             NotImplementedError: ``model`` is DistributedDataParallel.
         """
         if isinstance(model, nn.parallel.DistributedDataParallel):
-            raise NotImplementedError("method.diversity_estimator=microbatch does not support data-parallel "
-                                      "runs; allowed there: exact (docs/performance.md)")
+            raise NotImplementedError(
+                "method.diversity_estimator=microbatch does not support data-parallel "
+                "runs; allowed there: exact (docs/performance.md)"
+            )
         params = [p for p in model.parameters() if p.requires_grad]
         saved = [p.grad for p in params]
         for p in params:
@@ -620,8 +628,10 @@ class MicroBatchDiversity(EpochDiversityEstimator):
         """
         sizes = self._plan
         if self._done != len(sizes) or sum(sizes) != batch_size:
-            raise RuntimeError(f"microbatch estimator: the step of {batch_size} samples ran {self._done} "
-                               f"micro-batches, planned {sizes}; split steps by estimator.micro_batch_sizes()")
+            raise RuntimeError(
+                f"microbatch estimator: the step of {batch_size} samples ran {self._done} "
+                f"micro-batches, planned {sizes}; split steps by estimator.micro_batch_sizes()"
+            )
         grads = _grads(model)
         full_sq = None if len(sizes) == 1 else _sq_norm(grads) * float(batch_size) ** 2
         self.add(two_scale_sq_norm_sum(self._micro_sq, full_sq, sizes), grads, batch_size, grad_scale=batch_size)
@@ -674,8 +684,9 @@ def subset_mean_grad_sq(p, q, k: int, n: int):
     return (q - c * p) / (1 - c)
 
 
-def fixed_point_sums(model: nn.Module, batches, extension=None, per_sample: str = "backpack"
-                     ) -> tuple[Tensor, list[Tensor], int]:
+def fixed_point_sums(
+    model: nn.Module, batches, extension=None, per_sample: str = "backpack"
+) -> tuple[Tensor, list[Tensor], int]:
     """S = sum_i ||g_i||^2 and A = sum_i g_i over ``batches`` at the model's current weights.
 
     Per-sample gradients of each sample's own loss (cross-entropy), every BatchNorm in eval mode
@@ -817,12 +828,20 @@ class FixedPointDiversity(EstimatorDefaults):
         """Data-parallel runs: every rank measured the same subset at the same weights; nothing to sum."""
 
 
-ESTIMATORS: dict[str, type] = {"exact": ExactDiversity, "microbatch": MicroBatchDiversity,
-                               "fixed_point": FixedPointDiversity}
+ESTIMATORS: dict[str, type] = {
+    "exact": ExactDiversity,
+    "microbatch": MicroBatchDiversity,
+    "fixed_point": FixedPointDiversity,
+}
 
 
-def build_estimator(name: str, micro_batches: int = 2, running_grad_sum: bool = False,
-                    fixed_point_samples: int | None = None, backpack: bool = True):
+def build_estimator(
+    name: str,
+    micro_batches: int = 2,
+    running_grad_sum: bool = False,
+    fixed_point_samples: int | None = None,
+    backpack: bool = True,
+):
     """Estimator named by ``method.diversity_estimator``.
 
     Args:

@@ -43,8 +43,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("adamw_small", "AdamW (small batch)", "sgd", optimizer="adamw"),
     Variant("adamw_large", "AdamW (large batch)", "sgd", large_batch=True, optimizer="adamw"),
     Variant("adamw_divebatch", "AdamW DiveBatch", "divebatch", optimizer="adamw"),
-    Variant("adamw_divebatch_rescale", "AdamW DiveBatch + sqrt lr rescale", "divebatch", lr_rescale=True,
-            optimizer="adamw"),
+    Variant(
+        "adamw_divebatch_rescale", "AdamW DiveBatch + sqrt lr rescale", "divebatch", lr_rescale=True, optimizer="adamw"
+    ),
 )
 BY_KEY = {v.key: v for v in VARIANTS}
 BY_DISPLAY_NAME = {v.display_name: v for v in VARIANTS}

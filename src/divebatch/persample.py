@@ -25,9 +25,13 @@ from torch import Tensor, nn
 from divebatch.diversity import _BN_TYPES, ESTIMATORS, EpochDiversityEstimator, _grads
 
 
-def per_sample_sq_norms(model: nn.Module, x: Tensor, y: Tensor,
-                        loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-                        chunk_size: int | None = 64) -> Tensor:
+def per_sample_sq_norms(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    chunk_size: int | None = 64,
+) -> Tensor:
     """Squared norms of the per-sample gradients ||grad_w f_i(w)||^2, exactly, by ``torch.func``.
 
     Args:
@@ -88,9 +92,11 @@ class FuncDiversity(EpochDiversityEstimator):
         """
         for name, m in model.named_modules():
             if isinstance(m, _BN_TYPES) or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0):
-                raise ValueError(f"invalid config: method.diversity_estimator='exact_func' with layer {name} "
-                                 f"({type(m).__name__}) whose train-mode output mixes or randomises samples; "
-                                 f"allowed: exact | microbatch for this model")
+                raise ValueError(
+                    f"invalid config: method.diversity_estimator='exact_func' with layer {name} "
+                    f"({type(m).__name__}) whose train-mode output mixes or randomises samples; "
+                    f"allowed: exact | microbatch for this model"
+                )
         return model
 
     def measuring(self, model: nn.Module):
@@ -116,8 +122,10 @@ class FuncDiversity(EpochDiversityEstimator):
             RuntimeError: no :meth:`observe` call since the last backward.
         """
         if self._chunk is None:
-            raise RuntimeError("exact_func estimator: backward() without observe(x, y); the trainer must pass "
-                               "every micro-batch's inputs and targets first")
+            raise RuntimeError(
+                "exact_func estimator: backward() without observe(x, y); the trainer must pass "
+                "every micro-batch's inputs and targets first"
+            )
         x, y = self._chunk
         self._chunk = None
         loss.backward()

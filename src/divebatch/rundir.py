@@ -49,11 +49,34 @@ SHADOW_SUBSETS = "shadow_subsets.csv"
 
 # metrics.csv columns, in file order (accuracies in percent, losses in nats per sample or token,
 # times in seconds, optimizer_steps / samples_seen / wall_time_s cumulative, peak memory in MB)
-METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
-                  "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb")
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "batch_size",
+    "grad_diversity",
+    "optimizer_steps",
+    "samples_seen",
+    "epoch_time_s",
+    "eval_time_s",
+    "wall_time_s",
+    "peak_memory_mb",
+)
 # summary.json's numeric keys (besides finished, diverged and, for a diverged run, diverged_epoch)
-SUMMARY_KEYS = ("epochs_completed", "final_val_acc", "best_val_acc", "best_epoch", "final_train_loss",
-                "final_val_loss", "final_batch_size", "optimizer_steps", "wall_time_s")
+SUMMARY_KEYS = (
+    "epochs_completed",
+    "final_val_acc",
+    "best_val_acc",
+    "best_epoch",
+    "final_train_loss",
+    "final_val_loss",
+    "final_batch_size",
+    "optimizer_steps",
+    "wall_time_s",
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (src/divebatch/rundir.py -> .)
 RUNS_ROOT = Path("runs")  # default parent of run directories, relative to the working directory
@@ -123,8 +146,10 @@ def format_metrics(rows: list[dict]) -> str:
     Raises:
         KeyError: a row lacks one of :data:`METRIC_COLUMNS`.
     """
+
     def fmt(v):
         return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
+
     lines = [",".join(METRIC_COLUMNS)] + [",".join(fmt(r[c]) for c in METRIC_COLUMNS) for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -166,10 +191,14 @@ class RunDir:
             changed = [d for d in config_diffs(old, cfg, runtime=True) if d.startswith("method.")]
             diffs = config_diffs(old, cfg)
             if diffs:
-                raise RunDirError(f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
-                                  f"Use another out_dir, or delete that folder to start over.")
+                raise RunDirError(
+                    f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
+                    f"Use another out_dir, or delete that folder to start over."
+                )
         elif self.metrics.exists() or self.checkpoint.exists():
-            raise RunDirError(f"out_dir={str(self.path)!r} holds results but no config.yaml; refusing to overwrite them.")
+            raise RunDirError(
+                f"out_dir={str(self.path)!r} holds results but no config.yaml; refusing to overwrite them."
+            )
         atomic_write(self.config, lambda p: p.write_text(to_yaml(cfg)))
         return changed
 
@@ -181,16 +210,20 @@ class RunDir:
         """
         if not self.checkpoint.exists():
             if self.metrics.exists() and len(self.metrics.read_text().splitlines()) > 1:
-                raise RunDirError(f"{self.metrics} has finished epochs but {self.checkpoint.name} is missing; "
-                                  f"refusing to restart over existing metrics. Delete the folder to start over.")
+                raise RunDirError(
+                    f"{self.metrics} has finished epochs but {self.checkpoint.name} is missing; "
+                    f"refusing to restart over existing metrics. Delete the folder to start over."
+                )
             return None
         import torch  # only the trainer reads checkpoints; readers of results need no torch
 
         try:
             return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for truncated/corrupt zip files
-            raise RunDirError(f"checkpoint {self.checkpoint} is unreadable ({type(err).__name__}: {err}). It is left "
-                              f"untouched; delete the run folder to start over.") from None
+            raise RunDirError(
+                f"checkpoint {self.checkpoint} is unreadable ({type(err).__name__}: {err}). It is left "
+                f"untouched; delete the run folder to start over."
+            ) from None
 
     def save_checkpoint(self, state: dict) -> None:
         """Write ``state`` (tensors and plain values, ``torch.save``) to checkpoint.pt."""
@@ -275,8 +308,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     out = []
     for i, r in enumerate(rows):
         if None in r:
-            raise ValueError(f"{Path(run_dir) / METRICS}: row {i + 1} has more cells than the header "
-                             f"({len(r) - 1} columns); allowed: one cell per column")
+            raise ValueError(
+                f"{Path(run_dir) / METRICS}: row {i + 1} has more cells than the header "
+                f"({len(r) - 1} columns); allowed: one cell per column"
+            )
         out.append({k: (float(v) if v not in ("", None) else None) for k, v in r.items()})
     return out
 

@@ -56,15 +56,29 @@ class WandbLogger:
 
         # Under `wandb agent` the sweep's run already exists and wandb.init joins it through
         # WANDB_SWEEP_ID / WANDB_RUN_ID: pass no id, project or entity of ours (divebatch.sweeps).
-        where = {} if os.environ.get("WANDB_SWEEP_ID") else dict(project=cfg.wandb.project, entity=cfg.wandb.entity,
-                                                                 id=run_id)
+        where = (
+            {}
+            if os.environ.get("WANDB_SWEEP_ID")
+            else dict(project=cfg.wandb.project, entity=cfg.wandb.entity, id=run_id)
+        )
         if os.environ.get("WANDB_SWEEP_ID") and cfg.wandb.mode != "online":
-            print(f"[divebatch] warning: running under a wandb sweep agent with wandb.mode={cfg.wandb.mode}; "
-                  f"the sweep will not see this run's metrics (allowed for sweeps: wandb.mode=online)", file=sys.stderr)
+            print(
+                f"[divebatch] warning: running under a wandb sweep agent with wandb.mode={cfg.wandb.mode}; "
+                f"the sweep will not see this run's metrics (allowed for sweeps: wandb.mode=online)",
+                file=sys.stderr,
+            )
         try:
-            self.run = wandb.init(group=cfg.wandb.group, name=cfg.wandb.name or run_dir.name, tags=list(cfg.wandb.tags),
-                                  config=OmegaConf.to_container(cfg, resolve=True), dir=str(run_dir),
-                                  mode=cfg.wandb.mode, resume="allow", reinit="finish_previous", **where)
+            self.run = wandb.init(
+                group=cfg.wandb.group,
+                name=cfg.wandb.name or run_dir.name,
+                tags=list(cfg.wandb.tags),
+                config=OmegaConf.to_container(cfg, resolve=True),
+                dir=str(run_dir),
+                mode=cfg.wandb.mode,
+                resume="allow",
+                reinit="finish_previous",
+                **where,
+            )
         except Exception as err:  # logging must never cost a training run
             print(f"[divebatch] warning: wandb.init failed ({err}); continuing without wandb", file=sys.stderr)
 
@@ -116,9 +130,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, estimator=None, warmup=None,
-                    autocast=contextlib.nullcontext, desc: str = "", progress: bool = True,
-                    split_above: int | None = None, micro_batch_loss: str = "per_sample") -> dict:
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    criterion,
+    max_micro_batch: int,
+    estimator=None,
+    warmup=None,
+    autocast=contextlib.nullcontext,
+    desc: str = "",
+    progress: bool = True,
+    split_above: int | None = None,
+    micro_batch_loss: str = "per_sample",
+) -> dict:
     """One pass over the training data, each step's gradients by
     :func:`divebatch.controller.accumulate_step` (batches above ``split_above``, default
     ``max_micro_batch``, split into chunks of ``max_micro_batch``, each chunk's loss weighted by
@@ -143,9 +168,19 @@ def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, e
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
             batch = len(y) if shares is None else shares[steps]
             optimizer.zero_grad(set_to_none=True)
-            step = accumulate_step(model, x, y, criterion, estimator, max_micro_batch, split_above=split_above,
-                                   micro_batch_loss=micro_batch_loss, autocast=autocast,
-                                   sync=distributed.sync_gradients, global_batch=batch)
+            step = accumulate_step(
+                model,
+                x,
+                y,
+                criterion,
+                estimator,
+                max_micro_batch,
+                split_above=split_above,
+                micro_batch_loss=micro_batch_loss,
+                autocast=autocast,
+                sync=distributed.sync_gradients,
+                global_batch=batch,
+            )
             loss_sum += step.loss_sum
             correct += step.correct
             positions = step.positions
@@ -155,8 +190,13 @@ def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, e
                 warmup.step()
             samples += batch
             steps += 1
-    return {"train_loss": loss_sum.item() / samples, "train_acc": 100.0 * correct.item() / (samples * positions),
-            "steps": steps, "samples": samples, "lr": lr}
+    return {
+        "train_loss": loss_sum.item() / samples,
+        "train_acc": 100.0 * correct.item() / (samples * positions),
+        "steps": steps,
+        "samples": samples,
+        "lr": lr,
+    }
 
 
 @torch.no_grad()
@@ -176,8 +216,9 @@ def evaluate(model, loader, criterion, autocast=contextlib.nullcontext) -> tuple
     return loss_sum.item() / n, 100.0 * correct.item() / predicted
 
 
-def out_of_memory_message(err: BaseException, cfg: DictConfig, epoch: int, batch_size: int, micro_batch: int,
-                          phase: str, epochs_done: int) -> str:
+def out_of_memory_message(
+    err: BaseException, cfg: DictConfig, epoch: int, batch_size: int, micro_batch: int, phase: str, epochs_done: int
+) -> str:
     """The error shown for a CUDA out-of-memory error in ``phase`` (``training`` or ``evaluation``)
     of ``epoch`` (0-based): batch size and micro-batch size in samples, the setting to lower with a
     value to try, and that rerunning resumes from the last finished epoch."""
@@ -185,17 +226,22 @@ def out_of_memory_message(err: BaseException, cfg: DictConfig, epoch: int, batch
     lower = max(1, min(cap, micro_batch) // 2)
     shared = os.environ.get(RUNS_PER_GPU_ENV)
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    where = (f"batch size {batch_size}, micro-batch size {micro_batch} (method.max_micro_batch={cap})"
-             if phase == "training" else f"evaluation batch size {micro_batch}; training batch size {batch_size}, "
-             f"method.max_micro_batch={cap}")
-    lines = [f"CUDA out of memory in epoch {epoch + 1}/{cfg.epochs} ({phase}; {where}): {first}",
-             f"Lower method.max_micro_batch (now {cap}), e.g. method.max_micro_batch={lower} "
-             f"(divebatch replicate: --set method.max_micro_batch={lower}), and rerun the same command: the run "
-             f"resumes from its last finished epoch ({epochs_done}/{cfg.epochs}); a changed method.max_micro_batch "
-             f"does not refuse the resume (the micro-batch gradients add up to the same optimizer step)."]
+    where = (
+        f"batch size {batch_size}, micro-batch size {micro_batch} (method.max_micro_batch={cap})"
+        if phase == "training"
+        else f"evaluation batch size {micro_batch}; training batch size {batch_size}, method.max_micro_batch={cap}"
+    )
+    lines = [
+        f"CUDA out of memory in epoch {epoch + 1}/{cfg.epochs} ({phase}; {where}): {first}",
+        f"Lower method.max_micro_batch (now {cap}), e.g. method.max_micro_batch={lower} "
+        f"(divebatch replicate: --set method.max_micro_batch={lower}), and rerun the same command: the run "
+        f"resumes from its last finished epoch ({epochs_done}/{cfg.epochs}); a changed method.max_micro_batch "
+        f"does not refuse the resume (the micro-batch gradients add up to the same optimizer step).",
+    ]
     if shared and shared != "1":
-        lines.append(f"Up to {shared} runs share this GPU: fewer (divebatch replicate --runs-per-gpu) leave each more "
-                     f"memory.")
+        lines.append(
+            f"Up to {shared} runs share this GPU: fewer (divebatch replicate --runs-per-gpu) leave each more memory."
+        )
     return "\n".join(lines)
 
 
@@ -229,8 +275,15 @@ def train(cfg: DictConfig) -> dict:
 
     bundle = build_data(cfg.data)
     fid = cfg.fidelity  # where the authors' code differs from the method (docs/protocol.md)
-    model = build_model(cfg.model.name, fid.head_classes or bundle.num_classes, bundle.in_channels,
-                        bundle.image_size, cfg.model.width, depth=cfg.model.depth, heads=cfg.model.heads)
+    model = build_model(
+        cfg.model.name,
+        fid.head_classes or bundle.num_classes,
+        bundle.in_channels,
+        bundle.image_size,
+        cfg.model.width,
+        depth=cfg.model.depth,
+        heads=cfg.model.heads,
+    )
     # the method itself (batch size, diversity, resize, lr rescaling): the library API of divebatch.controller
     ctl = BatchSizeController.from_config(cfg, bundle.n_train, backpack=cfg.model.name not in NO_BACKPACK_MODELS)
     model = ctl.prepare(model)
@@ -241,8 +294,15 @@ def train(cfg: DictConfig) -> dict:
     if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.shadow)
         from divebatch.shadow import ShadowRecorder
 
-        shadow = ShadowRecorder(cfg.shadow, cfg.method.fixed_point_samples, bundle, device, cfg.seed,
-                                cfg.method.resize_freq, cfg.method.max_micro_batch)
+        shadow = ShadowRecorder(
+            cfg.shadow,
+            cfg.method.fixed_point_samples,
+            bundle,
+            device,
+            cfg.seed,
+            cfg.method.resize_freq,
+            cfg.method.max_micro_batch,
+        )
         model = shadow.prepare(model)
     model = model.to(device, memory_format=torch.channels_last if cfg.speed.channels_last else torch.preserve_format)
     eager_model = ctx.wrap(model)  # DDP in a process group
@@ -253,8 +313,9 @@ def train(cfg: DictConfig) -> dict:
     train_loader, test_loader = distributed.shard_loaders(train_loader, test_loader, bundle, ctx)
     optimizer = build_optimizer(cfg.optim, model.parameters())  # optim.name: sgd | adamw
     # authors' CIFAR-100 code: the warm-up scheduler is built but never stepped (warm-up epochs at lr 0)
-    scheduler, warmup = build_schedulers(cfg.optim, optimizer, cfg.epochs, len(train_loader),
-                                         linear_warmup=not fid.warmup_at_lr_zero)
+    scheduler, warmup = build_schedulers(
+        cfg.optim, optimizer, cfg.epochs, len(train_loader), linear_warmup=not fid.warmup_at_lr_zero
+    )
     criterion = nn.CrossEntropyLoss()
     use_bf16 = cfg.speed.bf16 and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -263,9 +324,18 @@ def train(cfg: DictConfig) -> dict:
     history, counters = [], {"optimizer_steps": 0, "samples_seen": 0, "wall_time_s": 0.0}
     if state is None:
         start_epoch, run_id = 0, uuid.uuid4().hex[:12]
-        run.write_json(run.manifest, provenance.manifest(device, cfg.seed, wandb_id=run_id, n_train=bundle.n_train,
-                                                         command=" ".join(sys.argv), resumes=[],
-                                                         distributed=ctx.describe()))
+        run.write_json(
+            run.manifest,
+            provenance.manifest(
+                device,
+                cfg.seed,
+                wandb_id=run_id,
+                n_train=bundle.n_train,
+                command=" ".join(sys.argv),
+                resumes=[],
+                distributed=ctx.describe(),
+            ),
+        )
         _log(f"{run.path}: started ({cfg.method.name}, {cfg.data.name}, {cfg.model.name}, seed {cfg.seed}, {device})")
     else:
         model.load_state_dict(state["model"])
@@ -282,9 +352,15 @@ def train(cfg: DictConfig) -> dict:
         start_epoch, history, counters = state["next_epoch"], state["history"], state["counters"]
         manifest = json.loads(run.manifest.read_text()) if ctx.is_main else {"wandb_id": None, "resumes": []}
         run_id = manifest["wandb_id"]
-        manifest["resumes"].append({"epoch": start_epoch, "time": provenance.manifest(device, cfg.seed)["start_time"],
-                                    "commit": provenance.git_commit(), "device": provenance.device_description(device),
-                                    **({"changed": changed} if changed else {})})
+        manifest["resumes"].append(
+            {
+                "epoch": start_epoch,
+                "time": provenance.manifest(device, cfg.seed)["start_time"],
+                "commit": provenance.git_commit(),
+                "device": provenance.device_description(device),
+                **({"changed": changed} if changed else {}),
+            }
+        )
         run.write_json(run.manifest, manifest)
         run.write_metrics(history)  # drops any row written after the checkpoint
         _log(f"{run.path}: resumed at epoch {start_epoch}/{cfg.epochs}")
@@ -309,15 +385,24 @@ def train(cfg: DictConfig) -> dict:
         # for the out-of-memory message only: no estimator, whose planning has state
         micro = max(micro_batch_plan(batch_size, cfg.method.max_micro_batch, None, fid.split_above))
         try:
-            stats = train_one_epoch(train_model, train_loader, optimizer,
-                                    criterion if shadow_est is None else shadow_est.criterion(criterion),
-                                    cfg.method.max_micro_batch, epoch_est,
-                                    warmup if epoch < cfg.optim.warmup_epochs else None, autocast,
-                                    f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress and ctx.is_main,
-                                    fid.split_above, fid.micro_batch_loss)
+            stats = train_one_epoch(
+                train_model,
+                train_loader,
+                optimizer,
+                criterion if shadow_est is None else shadow_est.criterion(criterion),
+                cfg.method.max_micro_batch,
+                epoch_est,
+                warmup if epoch < cfg.optim.warmup_epochs else None,
+                autocast,
+                f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}",
+                cfg.progress and ctx.is_main,
+                fid.split_above,
+                fid.micro_batch_loss,
+            )
         except torch.cuda.OutOfMemoryError as err:
-            raise TrainingOutOfMemory(out_of_memory_message(err, cfg, epoch, batch_size, micro, "training",
-                                                            epoch)) from None
+            raise TrainingOutOfMemory(
+                out_of_memory_message(err, cfg, epoch, batch_size, micro, "training", epoch)
+            ) from None
         if lr_zero:
             for group, lr0 in zip(optimizer.param_groups, scheduled_lrs):
                 group["lr"] = lr0
@@ -327,8 +412,11 @@ def train(cfg: DictConfig) -> dict:
         try:
             val_loss, val_acc = evaluate(forward_model, test_loader, criterion, autocast)
         except torch.cuda.OutOfMemoryError as err:
-            raise TrainingOutOfMemory(out_of_memory_message(err, cfg, epoch, batch_size, getattr(test_loader, "batch_size", 0),
-                                                            "evaluation", epoch)) from None
+            raise TrainingOutOfMemory(
+                out_of_memory_message(
+                    err, cfg, epoch, batch_size, getattr(test_loader, "batch_size", 0), "evaluation", epoch
+                )
+            ) from None
         val_loss, val_acc = ctx.reduce_eval(val_loss, val_acc, test_loader)
         t2 = time.perf_counter()
         diversity = ctl.diversity(lambda est: distributed.diversity_value(est, ctx)) if measure else None
@@ -339,46 +427,79 @@ def train(cfg: DictConfig) -> dict:
         counters["optimizer_steps"] += stats["steps"]
         counters["samples_seen"] += stats["samples"]
         counters["wall_time_s"] += t2 - t0
-        row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-               "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "batch_size": batch_size,
-               "grad_diversity": diversity, **counters, "epoch_time_s": t1 - t0, "eval_time_s": t2 - t1,
-               "peak_memory_mb": peak_memory_mb(device)}
+        row = {
+            "epoch": epoch,
+            "train_loss": stats["train_loss"],
+            "train_acc": stats["train_acc"],
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "batch_size": batch_size,
+            "grad_diversity": diversity,
+            **counters,
+            "epoch_time_s": t1 - t0,
+            "eval_time_s": t2 - t1,
+            "peak_memory_mb": peak_memory_mb(device),
+        }
         history.append(row)
-        run.save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "warmup": warmup.state_dict() if warmup is not None else None, "policy": ctl.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
-            "next_epoch": epoch + 1, "history": history, "counters": dict(counters),
-            **({"shadow": shadow.state_dict()} if shadow is not None else {}),
-        })
+        run.save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "warmup": warmup.state_dict() if warmup is not None else None,
+                "policy": ctl.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
+                "next_epoch": epoch + 1,
+                "history": history,
+                "counters": dict(counters),
+                **({"shadow": shadow.state_dict()} if shadow is not None else {}),
+            }
+        )
         run.write_metrics(history)
         if shadow is not None:
             shadow.write(run.path, _atomic_write)
         logger.log(row)
         if not math.isfinite(stats["train_loss"]):  # at paper scale, training on NaN costs GPU-hours
-            _log(f"epoch {epoch + 1}/{cfg.epochs}: the training loss became {stats['train_loss']} (lr {lr:.4g}, batch "
-                 f"size {batch_size}); the run stops here and summary.json records it as diverged. Lower optim.lr "
-                 f"(or set method.lr_rescale=false, or a smaller method.max_batch_size), then train into a new out_dir.")
+            _log(
+                f"epoch {epoch + 1}/{cfg.epochs}: the training loss became {stats['train_loss']} (lr {lr:.4g}, batch "
+                f"size {batch_size}); the run stops here and summary.json records it as diverged. Lower optim.lr "
+                f"(or set method.lr_rescale=false, or a smaller method.max_batch_size), then train into a new out_dir."
+            )
             break
-        div_txt = f" diversity={diversity:.4g} (n*Delta={diversity * bundle.n_train:.4g})" if diversity is not None else ""
-        _log(f"epoch {epoch + 1}/{cfg.epochs} m={batch_size} lr={lr:.4g} train_loss={stats['train_loss']:.4f} "
-             f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}" + (f" -> m={decision.next_batch_size}"
-                                                                       if decision.resized else ""))
+        div_txt = (
+            f" diversity={diversity:.4g} (n*Delta={diversity * bundle.n_train:.4g})" if diversity is not None else ""
+        )
+        _log(
+            f"epoch {epoch + 1}/{cfg.epochs} m={batch_size} lr={lr:.4g} train_loss={stats['train_loss']:.4f} "
+            f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}"
+            + (f" -> m={decision.next_batch_size}" if decision.resized else "")
+        )
 
     finite = [r for r in history if math.isfinite(r["val_acc"])] or history
     best = max(finite, key=lambda r: r["val_acc"])
     last = history[-1]
-    summary = {"finished": True, "epochs_completed": len(history), "final_val_acc": last["val_acc"],
-               "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "final_train_loss": last["train_loss"],
-               "final_val_loss": last["val_loss"], "final_batch_size": last["batch_size"],
-               "optimizer_steps": last["optimizer_steps"], "wall_time_s": last["wall_time_s"]}
+    summary = {
+        "finished": True,
+        "epochs_completed": len(history),
+        "final_val_acc": last["val_acc"],
+        "best_val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        "final_train_loss": last["train_loss"],
+        "final_val_loss": last["val_loss"],
+        "final_batch_size": last["batch_size"],
+        "optimizer_steps": last["optimizer_steps"],
+        "wall_time_s": last["wall_time_s"],
+    }
     diverged = [r["epoch"] for r in history if not math.isfinite(r["train_loss"])]
     summary["diverged"] = bool(diverged)
     if diverged:
         summary["diverged_epoch"] = diverged[0]  # 0-based, as in metrics.csv
     run.write_json(run.summary, summary)
     logger.finish(summary)
-    _log(f"{run.path}: finished, final val_acc={last['val_acc']:.2f}%, best {best['val_acc']:.2f}% at epoch {best['epoch']}")
+    _log(
+        f"{run.path}: finished, final val_acc={last['val_acc']:.2f}%, best {best['val_acc']:.2f}% at epoch {best['epoch']}"
+    )
     return summary
 
 

@@ -41,32 +41,63 @@ REQUIRED_METRICS = ("epoch", "train_loss", "val_acc", "batch_size", "optimizer_s
 # Hyperparameters that define a setting, per method (config key -> column). Keys a method ignores
 # (delta for AdaBatch, everything adaptive for SGD) must not split its runs into groups.
 COMMON_HPARAMS = {
-    "model.name": "model", "model.width": "width", "epochs": "epochs_planned", "optim.lr": "lr0",
-    "optim.momentum": "momentum", "optim.weight_decay": "weight_decay", "optim.schedule": "schedule",
-    "optim.warmup_epochs": "warmup_epochs", "data.augment": "augment",
+    "model.name": "model",
+    "model.width": "width",
+    "epochs": "epochs_planned",
+    "optim.lr": "lr0",
+    "optim.momentum": "momentum",
+    "optim.weight_decay": "weight_decay",
+    "optim.schedule": "schedule",
+    "optim.warmup_epochs": "warmup_epochs",
+    "data.augment": "augment",
     "method.initial_batch_size": "initial_batch_size",
     # authors_code and clean runs of one config are different settings (docs/protocol.md)
     "protocol": "protocol",
 }
-ADAPTIVE_HPARAMS = {"method.max_batch_size": "max_batch_size", "method.resize_freq": "resize_freq",
-                    "method.lr_rescale": "lr_rescale"}
+ADAPTIVE_HPARAMS = {
+    "method.max_batch_size": "max_batch_size",
+    "method.resize_freq": "resize_freq",
+    "method.lr_rescale": "lr_rescale",
+}
 METHOD_HPARAMS = {
     "sgd": COMMON_HPARAMS,
     "adabatch": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS},
-    "divebatch": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS, "method.delta": "delta",
-                  "method.diversity_estimator": "diversity_estimator"},
+    "divebatch": {
+        **COMMON_HPARAMS,
+        **ADAPTIVE_HPARAMS,
+        "method.delta": "delta",
+        "method.diversity_estimator": "diversity_estimator",
+    },
 }
 # The fidelity switches are recorded (run table) but do not split groups: `protocol` labels them, and
 # runs of one group whose switches differ are warned about (collect_runs).
-FIDELITY_HPARAMS = {f"fidelity.{k}": f"fidelity_{k}" for k in (
-    "lr_rescale_rule", "warmup_at_lr_zero", "micro_batch_loss", "split_above", "running_grad_sum", "head_classes")}
+FIDELITY_HPARAMS = {
+    f"fidelity.{k}": f"fidelity_{k}"
+    for k in (
+        "lr_rescale_rule",
+        "warmup_at_lr_zero",
+        "micro_batch_loss",
+        "split_above",
+        "running_grad_sum",
+        "head_classes",
+    )
+}
 # The primary metric a run is judged by (``primary_metric`` of its config: column, direction, the
 # tolerance of the own target) and the optimizer, whose runs are named apart (AdamW ...).
-METRIC_KEYS = {"primary_metric.column": "metric", "primary_metric.direction": "metric_direction",
-               "primary_metric.within": "metric_within"}
-ALL_HPARAMS = {**METHOD_HPARAMS["divebatch"], "method.max_micro_batch": "max_micro_batch",
-               "data.train_subset": "train_subset", "optim.name": "optimizer", "method.lr_scaling": "lr_scaling",
-               **METRIC_KEYS, **FIDELITY_HPARAMS}
+METRIC_KEYS = {
+    "primary_metric.column": "metric",
+    "primary_metric.direction": "metric_direction",
+    "primary_metric.within": "metric_within",
+}
+ALL_HPARAMS = {
+    **METHOD_HPARAMS["divebatch"],
+    "method.max_micro_batch": "max_micro_batch",
+    "data.train_subset": "train_subset",
+    "optim.name": "optimizer",
+    "method.lr_scaling": "lr_scaling",
+    **METRIC_KEYS,
+    **FIDELITY_HPARAMS,
+}
 # protocol value -> what tables show (docs/protocol.md); null (not set) shows as "-"
 PROTOCOL_NAMES = {"authors_code": "authors' code", "clean": "clean"}
 STATUSES = ("complete", "diverged", "excluded")
@@ -125,8 +156,7 @@ class RunSet:
         keep = (self.runs["profile"] == profile) | self.runs["profile"].isna()
         ep = self.epochs[self.epochs["profile"] == profile] if len(self.epochs) else self.epochs
         missing = {k: v for k, v in self.missing_seeds.items() if k[0] == profile}
-        return RunSet(ep.reset_index(drop=True), self.runs[keep].reset_index(drop=True),
-                      list(self.warnings), missing)
+        return RunSet(ep.reset_index(drop=True), self.runs[keep].reset_index(drop=True), list(self.warnings), missing)
 
     def provenance(self, datasets: list[str] | None = None) -> str:
         """:func:`divebatch.provenance.label` for the complete runs (of ``datasets`` if given).
@@ -206,18 +236,30 @@ def _display_path(root: Path, run_dir: Path) -> str:
 
 def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     """One run's row for :attr:`RunSet.runs` and its metrics (None when unusable)."""
-    row: dict = {"run_id": _display_path(root, run_dir), "complete": False, "reason": "",
-                 "diverged": False, "diverged_epoch": np.nan}
+    row: dict = {
+        "run_id": _display_path(root, run_dir),
+        "complete": False,
+        "reason": "",
+        "diverged": False,
+        "diverged_epoch": np.nan,
+    }
     try:
         cfg = _load_config(run_dir / rundir.CONFIG)
     except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
         first = (str(err).splitlines() or [""])[0].replace(str(run_dir), row["run_id"])
-        row.update(profile=None, dataset=None, status="excluded",
-                   reason=f"config.yaml unreadable ({type(err).__name__}: {first})")
+        row.update(
+            profile=None,
+            dataset=None,
+            status="excluded",
+            reason=f"config.yaml unreadable ({type(err).__name__}: {first})",
+        )
         return row, None
     method_name = str(cfg.method.name)
     row.update(
-        profile=str(cfg.profile), dataset=dataset_name(cfg), method_name=method_name, seed=int(cfg.seed),
+        profile=str(cfg.profile),
+        dataset=dataset_name(cfg),
+        method_name=method_name,
+        seed=int(cfg.seed),
         display_name=OmegaConf.select(cfg, "display_name", default=None),
         **{col: OmegaConf.select(cfg, key) for key, col in ALL_HPARAMS.items()},
     )
@@ -230,8 +272,12 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     row["finished"] = status in ("finished", "diverged")
     planned = int(cfg.epochs)
     if OmegaConf.select(cfg, "shadow.enabled", default=False):  # read by divebatch.analysis.estimators only
-        row.update(status="excluded", reason="shadow measurement run (estimator study: estimators_shadow table)",
-                   finished=row["finished"], epochs_completed=np.nan)
+        row.update(
+            status="excluded",
+            reason="shadow measurement run (estimator study: estimators_shadow table)",
+            finished=row["finished"],
+            epochs_completed=np.nan,
+        )
         return row, None
 
     metrics = None
@@ -294,12 +340,16 @@ def _name_methods(runs: pd.DataFrame) -> pd.Series:
     are named after it (``optim.name=adamw``: ``AdamW (small batch)``, ``AdamW DiveBatch + sqrt lr
     rescale``, ...); ``sqrt`` marks the square-root lr rule.
     """
-    names = pd.Series([DISPLAY_NAMES.get((m, bool(r))) for m, r in zip(runs["method_name"], runs["lr_rescale"])],
-                      index=runs.index, dtype=object)
+    names = pd.Series(
+        [DISPLAY_NAMES.get((m, bool(r))) for m, r in zip(runs["method_name"], runs["lr_rescale"])],
+        index=runs.index,
+        dtype=object,
+    )
     optimizer = runs["optimizer"].fillna("sgd") if "optimizer" in runs else pd.Series("sgd", index=runs.index)
     sgd = runs["method_name"] == "sgd"
-    smallest = runs[sgd].assign(_o=optimizer[sgd]).groupby(["profile", "dataset", "_o"])[
-        "initial_batch_size"].transform("min")
+    smallest = (
+        runs[sgd].assign(_o=optimizer[sgd]).groupby(["profile", "dataset", "_o"])["initial_batch_size"].transform("min")
+    )
     names[sgd] = np.where(runs.loc[sgd, "initial_batch_size"] > smallest, SGD_LARGE, SGD_SMALL)
     if "lr_scaling" in runs:
         sqrt = runs["lr_rescale"].astype(bool) & (runs["lr_scaling"] == "sqrt") & names.notna()
@@ -339,8 +389,11 @@ def _settings(runs: pd.DataFrame) -> pd.Series:
     """
     out = pd.Series("", index=runs.index, dtype=object)
     for (_, method_name, _), g in runs.groupby(["dataset", "method_name", "method"]):
-        cols = [c for c in METHOD_HPARAMS.get(method_name, COMMON_HPARAMS).values()
-                if c != "lr_rescale" and g[c].map(_plain).nunique() > 1]
+        cols = [
+            c
+            for c in METHOD_HPARAMS.get(method_name, COMMON_HPARAMS).values()
+            if c != "lr_rescale" and g[c].map(_plain).nunique() > 1
+        ]
         if not cols:
             continue
         values = {c: [_plain(v) for v in g[c]] for c in cols}
@@ -376,15 +429,20 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
         if m is not None:
             metrics[row["run_id"]] = m
         elif row["status"] == "diverged":
-            problems.append(f"diverged run {row['run_id']}: {row['reason']}; left out of the aggregates, "
-                            "counted in the main table's diverged column")
+            problems.append(
+                f"diverged run {row['run_id']}: {row['reason']}; left out of the aggregates, "
+                "counted in the main table's diverged column"
+            )
         else:
             problems.append(f"excluded run {row['run_id']}: {row['reason']}")
     runs = pd.DataFrame(rows)
     if runs.empty:
-        return RunSet(pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", *METRIC_COLUMNS]),
-                      pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", "complete", "status", "reason"]),
-                      [], {})
+        return RunSet(
+            pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", *METRIC_COLUMNS]),
+            pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", "complete", "status", "reason"]),
+            [],
+            {},
+        )
     readable = runs["method_name"].notna() if "method_name" in runs else pd.Series(False, index=runs.index)
     runs["method"], runs["setting"] = None, ""
     if readable.any():
@@ -408,13 +466,17 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
             lack = sorted(expected - set(g.loc[g["complete"] | g["diverged"], "seed"].astype(int)))
             if lack:
                 missing[(profile, *key)] = lack
-                problems.append(f"profile {profile}, {key[0]}, {key[1]}{' (' + key[2] + ')' if key[2] else ''}: "
-                                f"no complete run for seed(s) {lack}; aggregates use {len(expected) - len(lack)} seed(s)")
+                problems.append(
+                    f"profile {profile}, {key[0]}, {key[1]}{' (' + key[2] + ')' if key[2] else ''}: "
+                    f"no complete run for seed(s) {lack}; aggregates use {len(expected) - len(lack)} seed(s)"
+                )
     for (profile, *key), g in runs[runs["complete"]].groupby(["profile", *GROUP]):
         differ = [c for c in FIDELITY_HPARAMS.values() if c in g and g[c].map(_plain).nunique() > 1]
         if differ:
-            problems.append(f"profile {profile}, {', '.join(k for k in key if k)}: runs differ in {differ} but share "
-                            f"protocol={_plain(g['protocol'].iloc[0])}; they are aggregated together")
+            problems.append(
+                f"profile {profile}, {', '.join(k for k in key if k)}: runs differ in {differ} but share "
+                f"protocol={_plain(g['protocol'].iloc[0])}; they are aggregated together"
+            )
     for msg in problems:
         warnings.warn(msg, RunWarning, stacklevel=2)
 
@@ -427,8 +489,7 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
                 m[col] = r[col]
         frames.append(m)
     run_cols = [c for c in keep.columns if c not in _RUN_ONLY]
-    epochs = (pd.concat(frames, ignore_index=True) if frames
-              else pd.DataFrame(columns=[*run_cols, *METRIC_COLUMNS]))
+    epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*run_cols, *METRIC_COLUMNS])
     epochs = epochs[[*run_cols, *METRIC_COLUMNS]]
     if len(epochs):
         epochs["seed"] = epochs["seed"].astype(int)
