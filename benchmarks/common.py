@@ -41,16 +41,22 @@ def machine(device: torch.device) -> str:
     """One line: device, CPU model and cores, torch threads, torch version, load average."""
     load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    return (f"device={dev} | cpu={cpu_model()} x{os.cpu_count()} cores | torch threads={torch.get_num_threads()} | "
-            f"torch {torch.__version__} | load average (1/5/15 min)={load}")
+    return (
+        f"device={dev} | cpu={cpu_model()} x{os.cpu_count()} cores | torch threads={torch.get_num_threads()} | "
+        f"torch {torch.__version__} | load average (1/5/15 min)={load}"
+    )
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads on the CPU (default: 1, steadier on a shared machine: with 2 "
-                        "threads on 2 busy cores every parallel op waits for a descheduled thread; 0: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads on the CPU (default: 1, steadier on a shared machine: with 2 "
+        "threads on 2 busy cores every parallel op waits for a descheduled thread; 0: torch's choice)",
+    )
     p.add_argument("--reps", type=int, default=3, help="timed rounds per case (default: 3)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -80,8 +86,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(cases: dict[str, Callable[[], object]], reps: int, device: torch.device,
-                warmup: int = 1, min_seconds: float = 0.05) -> dict[str, list[float]]:
+def interleaved(
+    cases: dict[str, Callable[[], object]], reps: int, device: torch.device, warmup: int = 1, min_seconds: float = 0.05
+) -> dict[str, list[float]]:
     """Wall-clock seconds per call of each case, per round; cases interleaved, rotated every round.
 
     Args:
@@ -104,7 +111,7 @@ def interleaved(cases: dict[str, Callable[[], object]], reps: int, device: torch
     inner = max(1, math.ceil(min_seconds / max(slowest, 1e-9)))
     out = {name: [] for name in names}
     for r in range(reps):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
             t0 = time.perf_counter()
             for _ in range(inner):
@@ -120,9 +127,16 @@ def ratio_rows(times: dict[str, list[float]], base: str, **keys) -> list[dict]:
     rows = []
     for name, ts in times.items():
         ratios = [t / b for t, b in zip(ts, times[base])]
-        rows.append({**keys, "case": name, "median_s": statistics.median(ts),
-                     f"ratio_to_{base}": statistics.median(ratios),
-                     "ratio_min": min(ratios), "ratio_max": max(ratios)})
+        rows.append(
+            {
+                **keys,
+                "case": name,
+                "median_s": statistics.median(ts),
+                f"ratio_to_{base}": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+            }
+        )
     return rows
 
 
@@ -145,8 +159,9 @@ def save_csv(df: pd.DataFrame, path: str | None) -> None:
     print(f"wrote {out}")
 
 
-def synthetic_batch(batch_size: int, device: torch.device, channels: int = 3, size: int = 32, classes: int = 10,
-                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_batch(
+    batch_size: int, device: torch.device, channels: int = 3, size: int = 32, classes: int = 10, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed random (x float32 (B, C, H, W), y int64 (B,)) batch: step timings do not depend on pixel values."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, channels, size, size, generator=g)

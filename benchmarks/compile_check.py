@@ -38,13 +38,22 @@ from divebatch.training import train_one_epoch  # noqa: E402
 
 
 def small_cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
 
 
 def graphs() -> int:
     from torch._dynamo.utils import counters
+
     return counters["stats"]["unique_graphs"]
 
 
@@ -80,10 +89,17 @@ def main(argv=None) -> int:
         ref = cls()
         ref_model = ref.prepare(snapshot)
         train_one_epoch(ref_model, batches, opt_lr0(ref_model), criterion, 2048, ref, progress=False)
-        rows.append({"estimator": name, "measured_on": "eager module" if est.uses_module_hooks else "compiled module",
-                     "delta_compiled_run": got, "delta_uncompiled": ref.value(),
-                     "rel_diff": abs(got / ref.value() - 1), "new_graphs_measured": during,
-                     "new_graphs_after": after})
+        rows.append(
+            {
+                "estimator": name,
+                "measured_on": "eager module" if est.uses_module_hooks else "compiled module",
+                "delta_compiled_run": got,
+                "delta_uncompiled": ref.value(),
+                "rel_diff": abs(got / ref.value() - 1),
+                "new_graphs_measured": during,
+                "new_graphs_after": after,
+            }
+        )
     common.print_table(rows, floatfmt=".4g")
 
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -93,10 +109,13 @@ def main(argv=None) -> int:
         opt.zero_grad(set_to_none=True)
         criterion(m(x), y).backward()
         opt.step()
+
     times = common.interleaved({"eager": lambda: step(model), "compiled": lambda: step(compiled)}, args.reps, device)
     ratios = [c / e for c, e in zip(times["compiled"], times["eager"])]
-    print(f"step time compiled / eager: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
-          f"max {max(ratios):.3f}); eager {statistics.median(times['eager']) * 1e3:.1f} ms per step")
+    print(
+        f"step time compiled / eager: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, "
+        f"max {max(ratios):.3f}); eager {statistics.median(times['eager']) * 1e3:.1f} ms per step"
+    )
     return 0
 
 

@@ -45,8 +45,13 @@ def _data_file(tmp: Path, n: int) -> tuple[Path, str]:
         return real, f"cifar10-mini.npz (first {n} training images)"
     rng = np.random.default_rng(0)
     path = tmp / "random.npz"
-    np.savez(path, train_x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), train_y=rng.integers(0, 10, n),
-             test_x=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8), test_y=rng.integers(0, 10, 100))
+    np.savez(
+        path,
+        train_x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        train_y=rng.integers(0, 10, n),
+        test_x=rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8),
+        test_y=rng.integers(0, 10, 100),
+    )
     return path, f"random uint8 32x32x3 images, n={n} (../shared/data/cifar10-mini.npz absent)"
 
 
@@ -62,23 +67,28 @@ def main(argv=None) -> int:
     device = common.setup(args)
     with tempfile.TemporaryDirectory() as tmp:
         path, data_txt = _data_file(Path(tmp), args.n)
-        common.header("(c) epoch time: device-resident path / authors' DataLoader / pre-staged tensors", device, data_txt)
+        common.header(
+            "(c) epoch time: device-resident path / authors' DataLoader / pre-staged tensors", device, data_txt
+        )
         base = ["data.name=npz", f"data.path={path}", f"data.train_subset={args.n}", "device=cpu"]
         cfg_dev = load_config(None, base + ["data.loader=device"]).data
         cfg_tv = load_config(None, base + ["data.loader=torchvision", f"data.num_workers={args.workers}"]).data
         bundle = build_data(cfg_dev)
         gen = torch.Generator(device=device).manual_seed(args.seed)
         dev_loader, _ = make_loaders(bundle, cfg_dev, args.batch_size, device, gen)
-        tv_loader, _ = make_loaders(build_data(cfg_tv), cfg_tv, args.batch_size, device,
-                                    torch.Generator().manual_seed(args.seed))
+        tv_loader, _ = make_loaders(
+            build_data(cfg_tv), cfg_tv, args.batch_size, device, torch.Generator().manual_seed(args.seed)
+        )
         staged = [(x.clone(), y.clone()) for x, y in dev_loader]
 
-        model = build_model(args.model, bundle.num_classes, bundle.in_channels, bundle.image_size, args.width).to(device)
+        model = build_model(args.model, bundle.num_classes, bundle.in_channels, bundle.image_size, args.width).to(
+            device
+        )
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         criterion = nn.CrossEntropyLoss()
 
         def drain(loader):
-            for x, y in loader:
+            for x, _y in loader:
                 x.sum()  # touch the batch (a CUDA sync point is added by the timer)
 
         def train(loader):
@@ -90,8 +100,11 @@ def main(argv=None) -> int:
 
         rows = []
         for what, fn in (("loader_only", drain), ("train_epoch", train)):
-            cases = {"prestaged": lambda: fn(staged), "device": lambda: fn(dev_loader),
-                     f"dataloader_{args.workers}_worker": lambda: fn(tv_loader)}
+            cases = {
+                "prestaged": lambda fn=fn: fn(staged),
+                "device": lambda fn=fn: fn(dev_loader),
+                f"dataloader_{args.workers}_worker": lambda fn=fn: fn(tv_loader),
+            }
             times = common.interleaved(cases, args.reps, device)
             for row in common.ratio_rows(times, "prestaged", measure=what):
                 row["samples_per_s"] = args.n / row["median_s"]
@@ -99,9 +112,11 @@ def main(argv=None) -> int:
             print(f"done: {what}", file=sys.stderr, flush=True)
         df = common.print_table(rows)
         ep = df[df.measure == "train_epoch"].set_index("case")["ratio_to_prestaged"]
-        print(f"train epoch: device-path speed / floor speed = 1 / {ep['device']:.3f} = {1 / ep['device']:.3f} "
-              f"(target >= 0.9); DataLoader time / device-path time = "
-              f"{ep[f'dataloader_{args.workers}_worker'] / ep['device']:.3f} (target > 1)")
+        print(
+            f"train epoch: device-path speed / floor speed = 1 / {ep['device']:.3f} = {1 / ep['device']:.3f} "
+            f"(target >= 0.9); DataLoader time / device-path time = "
+            f"{ep[f'dataloader_{args.workers}_worker'] / ep['device']:.3f} (target > 1)"
+        )
         common.save_csv(df, args.csv)
     return 0
 

@@ -54,8 +54,9 @@ class Run:
         self.policy = build_policy(cfg.method, bundle.n_train)
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.loader, _ = make_loaders(bundle, cfg.data, self.policy.batch_size, device, gen)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                   weight_decay=cfg.optim.weight_decay)
+        self.opt = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        )
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.epochs)
         self.seconds, self.batch_sizes, self.diversity = [], [], []
 
@@ -68,8 +69,15 @@ class Run:
         self.loader.set_batch_size(m)
         if measure:
             self.estimator.reset()
-        train_one_epoch(self.model, self.loader, self.opt, nn.CrossEntropyLoss(), self.cfg.method.max_micro_batch,
-                        self.estimator if measure else None, progress=False)
+        train_one_epoch(
+            self.model,
+            self.loader,
+            self.opt,
+            nn.CrossEntropyLoss(),
+            self.cfg.method.max_micro_batch,
+            self.estimator if measure else None,
+            progress=False,
+        )
         diversity = self.estimator.value() if measure else None
         self.sched.step()
         if batch_size is None:
@@ -97,42 +105,72 @@ def main(argv=None) -> int:
     device = common.setup(args)
     with tempfile.TemporaryDirectory() as tmp:
         path, data_txt = _data_file(Path(tmp), args.n)
-        common.header("(e) DiveBatch run / the same batch-size schedule replayed with SGD", device, data_txt,
-                      seeds=[args.seed])
+        common.header(
+            "(e) DiveBatch run / the same batch-size schedule replayed with SGD", device, data_txt, seeds=[args.seed]
+        )
         summary, per_epoch = [], []
         for name in args.estimators.split(","):
-            cfg = load_config(None, [
-                "data.name=npz", f"data.path={path}", f"data.train_subset={args.n}", "data.loader=device",
-                f"model.name={args.model}", f"model.width={args.width}", "method.name=divebatch",
-                f"method.diversity_estimator={name}", f"method.initial_batch_size={args.initial_batch_size}",
-                f"method.max_batch_size={args.max_batch_size}", f"method.resize_freq={args.resize_freq}",
-                f"method.delta={args.delta}", f"optim.lr={args.lr}", f"epochs={args.epochs}", f"seed={args.seed}",
-                "device=cpu"])
+            cfg = load_config(
+                None,
+                [
+                    "data.name=npz",
+                    f"data.path={path}",
+                    f"data.train_subset={args.n}",
+                    "data.loader=device",
+                    f"model.name={args.model}",
+                    f"model.width={args.width}",
+                    "method.name=divebatch",
+                    f"method.diversity_estimator={name}",
+                    f"method.initial_batch_size={args.initial_batch_size}",
+                    f"method.max_batch_size={args.max_batch_size}",
+                    f"method.resize_freq={args.resize_freq}",
+                    f"method.delta={args.delta}",
+                    f"optim.lr={args.lr}",
+                    f"epochs={args.epochs}",
+                    f"seed={args.seed}",
+                    "device=cpu",
+                ],
+            )
             bundle = build_data(cfg.data)
             torch.manual_seed(args.seed)
-            model = build_model(args.model, bundle.num_classes, bundle.in_channels, bundle.image_size,
-                                args.width).to(device)
+            model = build_model(args.model, bundle.num_classes, bundle.in_channels, bundle.image_size, args.width).to(
+                device
+            )
             dive = Run(cfg, bundle, copy.deepcopy(model), device, build_estimator(name))
             replay = Run(cfg, bundle, copy.deepcopy(model), device)
             for epoch in range(args.epochs):
                 dive.epoch(epoch)
                 replay.epoch(epoch, batch_size=dive.batch_sizes[-1])
-                per_epoch.append({"estimator": name, "epoch": epoch, "batch_size": dive.batch_sizes[-1],
-                                  "measured": dive.diversity[-1] is not None,
-                                  "divebatch_s": dive.seconds[-1], "replay_s": replay.seconds[-1],
-                                  "ratio": dive.seconds[-1] / replay.seconds[-1]})
+                per_epoch.append(
+                    {
+                        "estimator": name,
+                        "epoch": epoch,
+                        "batch_size": dive.batch_sizes[-1],
+                        "measured": dive.diversity[-1] is not None,
+                        "divebatch_s": dive.seconds[-1],
+                        "replay_s": replay.seconds[-1],
+                        "ratio": dive.seconds[-1] / replay.seconds[-1],
+                    }
+                )
             measured = [r["ratio"] for r in per_epoch if r["estimator"] == name and r["measured"]]
             unmeasured = [r["ratio"] for r in per_epoch if r["estimator"] == name and not r["measured"]]
-            summary.append({
-                "estimator": name, "epochs": args.epochs, "resize_freq": args.resize_freq,
-                "measured_epochs": len(measured), "divebatch_s": sum(dive.seconds), "replay_s": sum(replay.seconds),
-                "run_ratio": sum(dive.seconds) / sum(replay.seconds),
-                "measured_epoch_ratio": statistics.median(measured) if measured else float("nan"),
-                "unmeasured_epoch_ratio": statistics.median(unmeasured) if unmeasured else float("nan"),
-                "batch_sizes": "->".join(str(b) for i, b in enumerate(dive.batch_sizes)
-                                         if i == 0 or b != dive.batch_sizes[i - 1]),
-                "n_delta": ", ".join(f"{d * bundle.n_train:.3g}" for d in dive.diversity if d is not None),
-            })
+            summary.append(
+                {
+                    "estimator": name,
+                    "epochs": args.epochs,
+                    "resize_freq": args.resize_freq,
+                    "measured_epochs": len(measured),
+                    "divebatch_s": sum(dive.seconds),
+                    "replay_s": sum(replay.seconds),
+                    "run_ratio": sum(dive.seconds) / sum(replay.seconds),
+                    "measured_epoch_ratio": statistics.median(measured) if measured else float("nan"),
+                    "unmeasured_epoch_ratio": statistics.median(unmeasured) if unmeasured else float("nan"),
+                    "batch_sizes": "->".join(
+                        str(b) for i, b in enumerate(dive.batch_sizes) if i == 0 or b != dive.batch_sizes[i - 1]
+                    ),
+                    "n_delta": ", ".join(f"{d * bundle.n_train:.3g}" for d in dive.diversity if d is not None),
+                }
+            )
             print(f"done: {name}", file=sys.stderr, flush=True)
         df = common.print_table(summary)
         print("targets: run_ratio <= 1.05 (exact), <= 1.02 (microbatch), with resize_freq 20")

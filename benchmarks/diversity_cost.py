@@ -68,6 +68,7 @@ def plain_step(model, x, y, context=None):
                 loss = CRITERION(model(x), y)
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -88,21 +89,23 @@ def estimator_step(model, x, y, estimator, max_micro_batch: int = 2048):
             estimator.backward(model, CRITERION(model(xm), ym) * (len(ym) / batch), batch)
         estimator.step_end(model, batch)
         opt.step()
+
     return step
 
 
 def without_opt_einsum(step):
     """``step`` with torch.einsum's opt_einsum path optimisation off (restored afterwards)."""
+
     def run():
         with torch.backends.opt_einsum.flags(enabled=False):
             step()
+
     return run
 
 
 def build_cases(base: nn.Module, x, y) -> dict:
     """Case name -> step callable, each on its own copy of ``base`` (module docstring)."""
     from backpack import disable
-
     from backpack.extensions import BatchL2Grad
 
     ours, stock, stock_plain = ExactDiversity(), ExactDiversity(BatchL2Grad()), ExactDiversity(BatchL2Grad())
@@ -111,7 +114,8 @@ def build_cases(base: nn.Module, x, y) -> dict:
         "exact": lambda: estimator_step(ours.prepare(copy.deepcopy(base)), x, y, ours),
         "exact_stock_conv": lambda: estimator_step(stock.prepare(copy.deepcopy(base)), x, y, stock),
         "exact_stock_conv_no_opt_einsum": lambda: without_opt_einsum(
-            estimator_step(stock_plain.prepare(copy.deepcopy(base)), x, y, stock_plain)),
+            estimator_step(stock_plain.prepare(copy.deepcopy(base)), x, y, stock_plain)
+        ),
         "exact_stock_backpack": lambda: stock_backpack_step(extend_model(copy.deepcopy(base)), x, y, False),
         "authors_style": lambda: stock_backpack_step(extend_model(copy.deepcopy(base)), x, y, True),
         "unmeasured_extended": lambda: plain_step(extend_model(copy.deepcopy(base)), x, y),
@@ -158,11 +162,12 @@ def stock_backpack_step(model, x, y, authors_style: bool):
             host = [p.grad.detach().cpu().clone() for p in params]  # one copy per parameter
             acc["grads"] = host if acc["grads"] is None else [a + h for a, h in zip(acc["grads"], host)]
         else:
-            sq = torch.stack([p.batch_l2.sum() for p in params]).sum() * batch ** 2
+            sq = torch.stack([p.batch_l2.sum() for p in params]).sum() * batch**2
             acc["sq"] = sq if isinstance(acc["sq"], float) else acc["sq"] + sq
         for p in params:
             del p.batch_l2
         opt.step()
+
     return step
 
 
@@ -171,15 +176,23 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="linear,resnet_small", help="comma list of model.name values")
     p.add_argument("--batch-sizes", default="32,128", help="comma list of batch sizes (samples)")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
-    p.add_argument("--image-size", type=int, default=32, help="input height and width in pixels (default: 32; "
-                   "the protocol feeds resnet18_imagenet 224)")
-    p.add_argument("--cases", default=None, help="comma list of cases to run (default: all; 'sgd', the "
-                   "reference, is always run)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        help="input height and width in pixels (default: 32; the protocol feeds resnet18_imagenet 224)",
+    )
+    p.add_argument(
+        "--cases", default=None, help="comma list of cases to run (default: all; 'sgd', the reference, is always run)"
+    )
     p.add_argument("--csv", default=None, help="also write the table to this CSV file (never overwritten)")
     args = p.parse_args(argv)
     device = common.setup(args)
-    common.header("(a) step time with exact gradient diversity / without", device,
-                  f"random {args.image_size}x{args.image_size} RGB batches")
+    common.header(
+        "(a) step time with exact gradient diversity / without",
+        device,
+        f"random {args.image_size}x{args.image_size} RGB batches",
+    )
     print(opt_einsum_line() + "\n")
     wanted = set(args.cases.split(",")) | {"sgd"} if args.cases else None
     rows, comparison = [], []
@@ -200,8 +213,10 @@ def main(argv=None) -> int:
             print(f"done: {name} B={batch}", file=sys.stderr, flush=True)
     df = common.print_table(rows)
     if comparison:
-        print("Conv2d weight route: measured-step time of stock BackPACK BatchL2Grad / ours (`exact`), "
-              "median of per-round ratios (> 1: ours is faster)")
+        print(
+            "Conv2d weight route: measured-step time of stock BackPACK BatchL2Grad / ours (`exact`), "
+            "median of per-round ratios (> 1: ours is faster)"
+        )
         common.print_table(comparison)
     common.save_csv(df, args.csv)
     return 0

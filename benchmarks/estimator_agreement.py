@@ -44,6 +44,7 @@ ESTIMATORS = {"exact": {}, "microbatch_k2": {"micro_batches": 2}, "microbatch_k4
 
 def _estimator(label: str):
     from divebatch.diversity import ESTIMATORS as REGISTRY
+
     return REGISTRY[label.split("_")[0]](**ESTIMATORS[label])
 
 
@@ -63,15 +64,28 @@ def main(argv=None) -> int:
     device = common.setup(args)
     with tempfile.TemporaryDirectory() as tmp:
         path, data_txt = _data_file(Path(tmp), args.n)
-        common.header("micro-batch vs exact gradient-diversity estimator", device, data_txt,
-                      seeds=list(range(args.seeds)))
+        common.header(
+            "micro-batch vs exact gradient-diversity estimator", device, data_txt, seeds=list(range(args.seeds))
+        )
         agreement, trajectories = [], []
         for name in args.models.split(","):
-            overrides = ["data.name=npz", f"data.path={path}", f"data.train_subset={args.n}", "data.loader=device",
-                         f"model.name={name}", f"model.width={args.width}", "method.name=divebatch",
-                         "method.initial_batch_size=32", "method.max_batch_size=1024",
-                         f"method.resize_freq={args.resize_freq}", f"method.delta={args.delta}", "optim.lr=0.05",
-                         f"epochs={args.epochs}", f"seed={args.seed}", "device=cpu"]
+            overrides = [
+                "data.name=npz",
+                f"data.path={path}",
+                f"data.train_subset={args.n}",
+                "data.loader=device",
+                f"model.name={name}",
+                f"model.width={args.width}",
+                "method.name=divebatch",
+                "method.initial_batch_size=32",
+                "method.max_batch_size=1024",
+                f"method.resize_freq={args.resize_freq}",
+                f"method.delta={args.delta}",
+                "optim.lr=0.05",
+                f"epochs={args.epochs}",
+                f"seed={args.seed}",
+                "device=cpu",
+            ]
             cfg = load_config(None, overrides)
             bundle = build_data(cfg.data)
             torch.manual_seed(args.seed)
@@ -90,14 +104,27 @@ def main(argv=None) -> int:
                     est = _estimator(label)
                     m = est.prepare(copy.deepcopy(warm))
                     loader.generator.manual_seed(1000 + seed)  # the same shuffle for every estimator
-                    train_one_epoch(m, loader, torch.optim.SGD(m.parameters(), lr=0.0), nn.CrossEntropyLoss(), 2048,
-                                    est, progress=False)
+                    train_one_epoch(
+                        m,
+                        loader,
+                        torch.optim.SGD(m.parameters(), lr=0.0),
+                        nn.CrossEntropyLoss(),
+                        2048,
+                        est,
+                        progress=False,
+                    )
                     values[label].append(est.value() * bundle.n_train)
             exact_mean = statistics.mean(values["exact"])
             for label, v in values.items():
-                agreement.append({"model": name, "estimator": label, "n_delta_mean": statistics.mean(v),
-                                  "n_delta_sd": statistics.stdev(v) if len(v) > 1 else float("nan"),
-                                  "ratio_to_exact": statistics.mean(v) / exact_mean})
+                agreement.append(
+                    {
+                        "model": name,
+                        "estimator": label,
+                        "n_delta_mean": statistics.mean(v),
+                        "n_delta_sd": statistics.stdev(v) if len(v) > 1 else float("nan"),
+                        "ratio_to_exact": statistics.mean(v) / exact_mean,
+                    }
+                )
             print(f"done: agreement {name}", file=sys.stderr, flush=True)
 
             # part 2: DiveBatch trajectories
@@ -107,17 +134,26 @@ def main(argv=None) -> int:
                 run = Run(cfg, bundle, copy.deepcopy(init), device, _estimator(label))
                 for epoch in range(args.epochs):
                     run.epoch(epoch)
-                trajectories.append({
-                    "model": name, "estimator": label,
-                    "batch_size_per_epoch": " ".join(map(str, run.batch_sizes)),
-                    "n_delta_at_decisions": ", ".join(f"{d * bundle.n_train:.0f}" for d in run.diversity if d is not None),
-                    "final_batch_size": run.policy.batch_size, "train_s": sum(run.seconds)})
+                trajectories.append(
+                    {
+                        "model": name,
+                        "estimator": label,
+                        "batch_size_per_epoch": " ".join(map(str, run.batch_sizes)),
+                        "n_delta_at_decisions": ", ".join(
+                            f"{d * bundle.n_train:.0f}" for d in run.diversity if d is not None
+                        ),
+                        "final_batch_size": run.policy.batch_size,
+                        "train_s": sum(run.seconds),
+                    }
+                )
             print(f"done: trajectory {name}", file=sys.stderr, flush=True)
         print(f"## Part 1: n*Delta_hat at fixed weights (lr 0), batch size {args.batch_size}, {args.seeds} shuffles")
         common.print_table(agreement)
         if trajectories:
-            print(f"## Part 2: DiveBatch trajectories (delta {args.delta}, resize_freq {args.resize_freq}, "
-                  f"m0 32, max 1024)")
+            print(
+                f"## Part 2: DiveBatch trajectories (delta {args.delta}, resize_freq {args.resize_freq}, "
+                f"m0 32, max 1024)"
+            )
             common.print_table(trajectories, floatfmt=".1f")
     return 0
 

@@ -28,7 +28,6 @@ import tarfile
 from pathlib import Path
 
 import pandas as pd
-import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,8 +38,12 @@ from divebatch.data import cache_dir  # noqa: E402
 from divebatch.policies import divebatch_batch_size  # noqa: E402
 from divebatch.training import train  # noqa: E402
 
-ESTIMATOR_COLUMNS = {"exact": "n_delta_exact", "microbatch": "n_delta_microbatch", "fixed_point": "n_delta_fixed_point",
-                     "Delta(w), all n": "n_delta_full"}
+ESTIMATOR_COLUMNS = {
+    "exact": "n_delta_exact",
+    "microbatch": "n_delta_microbatch",
+    "fixed_point": "n_delta_fixed_point",
+    "Delta(w), all n": "n_delta_full",
+}
 
 
 def unpacked(archive: Path) -> Path:
@@ -69,9 +72,17 @@ def decisions(shadow: pd.DataFrame, delta: float, m0: int, cap: int) -> pd.DataF
     for _, r in shadow.iterrows():
         n = int(r.n_train)
         for name, col in ESTIMATOR_COLUMNS.items():
-            rows.append({"n": n, "epoch": int(r.epoch) + 1, "lr": r.lr, "estimator": name, "n_delta": r[col],
-                         "ratio_to_delta_w": r[col] / r.n_delta_full,
-                         "decision": divebatch_batch_size(m0, r[col] / n, n, delta, cap)})
+            rows.append(
+                {
+                    "n": n,
+                    "epoch": int(r.epoch) + 1,
+                    "lr": r.lr,
+                    "estimator": name,
+                    "n_delta": r[col],
+                    "ratio_to_delta_w": r[col] / r.n_delta_full,
+                    "decision": divebatch_batch_size(m0, r[col] / n, n, delta, cap),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -79,53 +90,83 @@ def main(argv=None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/benchmarks/estimator_scale.yaml")
     p.add_argument("--sizes", default=None, help="comma list overriding the config's sizes")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: print the tables from the epochs the run directories hold so far")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: print the tables from the epochs the run directories hold so far",
+    )
     args = p.parse_args(argv)
     device = common.setup(args)
     spec = OmegaConf.load(args.config)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(spec.sizes)
     root = unpacked(Path(spec.archive)) if not args.report_only else Path("unpacked-archive")
-    common.header("diversity estimators against Delta(w) as n grows (shadow runs)", device,
-                  f"CIFAR-10 JPEGs ({Path(spec.archive).name}), fixed random subsets of n = {sizes}")
+    common.header(
+        "diversity estimators against Delta(w) as n grows (shadow runs)",
+        device,
+        f"CIFAR-10 JPEGs ({Path(spec.archive).name}), fixed random subsets of n = {sizes}",
+    )
     shadows, subsets, walls = [], [], []
     epochs = dict(spec.get("epochs_at") or {})
     for n in sizes:
         extra = [f"epochs={epochs[n]}"] if n in epochs else []
-        cfg = load_config(spec.train_config, [f"data.path={root}", f"data.train_subset={n}",
-                                              f"out_dir={Path(spec.runs_dir) / f'n{n}'}", f"device={device}", *extra],
-                          check_data=not args.report_only)
+        cfg = load_config(
+            spec.train_config,
+            [
+                f"data.path={root}",
+                f"data.train_subset={n}",
+                f"out_dir={Path(spec.runs_dir) / f'n{n}'}",
+                f"device={device}",
+                *extra,
+            ],
+            check_data=not args.report_only,
+        )
         if not args.report_only:
             train(cfg)
         shadows.append(pd.read_csv(Path(cfg.out_dir) / "shadow.csv"))
         metrics = pd.read_csv(Path(cfg.out_dir) / "metrics.csv")
         # seconds the run spent: training + evaluation (metrics.csv) + the shadow's passes at the weights
-        walls.append({"n": n, "epochs_done": len(metrics), "train_eval_s": float(metrics.wall_time_s.iloc[-1]),
-                      "shadow_passes_s": float((shadows[-1].fixed_point_s + shadows[-1].full_pass_s).sum())})
+        walls.append(
+            {
+                "n": n,
+                "epochs_done": len(metrics),
+                "train_eval_s": float(metrics.wall_time_s.iloc[-1]),
+                "shadow_passes_s": float((shadows[-1].fixed_point_s + shadows[-1].full_pass_s).sum()),
+            }
+        )
         sub = pd.read_csv(Path(cfg.out_dir) / "shadow_subsets.csv")
         subsets.append(sub.assign(n=n, epoch=sub.epoch + 1))  # 1-based epochs in every printed table
         print(f"done: n={n}", file=sys.stderr, flush=True)
     shadow = pd.concat(shadows, ignore_index=True)
     table = decisions(shadow, cfg.method.delta, cfg.method.initial_batch_size, cfg.method.max_batch_size)
-    wide = table.pivot_table(index=["n", "epoch", "lr"], columns="estimator", values=["n_delta", "decision"],
-                             sort=False).reset_index()
+    wide = table.pivot_table(
+        index=["n", "epoch", "lr"], columns="estimator", values=["n_delta", "decision"], sort=False
+    ).reset_index()
     wide.columns = [" ".join(str(c) for c in col if c).strip() for col in wide.columns]
-    print(f"## n*Delta per estimator and the batch size DiveBatch's rule picks (delta {cfg.method.delta}, "
-          f"m0 {cfg.method.initial_batch_size}, cap {cfg.method.max_batch_size})")
+    print(
+        f"## n*Delta per estimator and the batch size DiveBatch's rule picks (delta {cfg.method.delta}, "
+        f"m0 {cfg.method.initial_batch_size}, cap {cfg.method.max_batch_size})"
+    )
     common.print_table(wide.to_dict("records"), floatfmt=".4g")
-    ratios = table[table.estimator != "Delta(w), all n"].pivot_table(index=["n", "epoch"], columns="estimator",
-                                                                      values="ratio_to_delta_w", sort=False)
+    ratios = table[table.estimator != "Delta(w), all n"].pivot_table(
+        index=["n", "epoch"], columns="estimator", values="ratio_to_delta_w", sort=False
+    )
     print("## estimate / Delta(w) over all n (side by side)")
     common.print_table(ratios.reset_index().to_dict("records"), floatfmt=".3g")
-    print(f"## fixed-point sampling error against Delta(w) over all n ({int(subsets[0].draws.iloc[0])} random "
-          f"subsets per size)")
+    print(
+        f"## fixed-point sampling error against Delta(w) over all n ({int(subsets[0].draws.iloc[0])} random "
+        f"subsets per size)"
+    )
     sub = pd.concat(subsets, ignore_index=True)
-    common.print_table(sub[["n", "epoch", "subset_samples", "rel_bias", "rel_sd", "rel_p90_abs_err",
-                            "share_inf"]].to_dict("records"), floatfmt=".3g")
+    common.print_table(
+        sub[["n", "epoch", "subset_samples", "rel_bias", "rel_sd", "rel_p90_abs_err", "share_inf"]].to_dict("records"),
+        floatfmt=".3g",
+    )
     print("## cost (seconds) per shadow point: fixed-point estimate, whole-set pass, measured epoch")
     cost = shadow[["n_train", "epoch", "fixed_point_samples", "fixed_point_s", "full_pass_s", "measured_epoch_s"]]
-    common.print_table(cost.assign(epoch=cost.epoch + 1).astype({"n_train": int, "fixed_point_samples": int})
-                       .to_dict("records"), floatfmt=".1f")
+    common.print_table(
+        cost.assign(epoch=cost.epoch + 1).astype({"n_train": int, "fixed_point_samples": int}).to_dict("records"),
+        floatfmt=".1f",
+    )
     print("## wall time per size (seconds, training + shadow)")
     common.print_table(walls, floatfmt=".0f")
     return 0

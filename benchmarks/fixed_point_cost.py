@@ -43,12 +43,20 @@ def main(argv=None) -> int:
     device = common.setup(args)
     with tempfile.TemporaryDirectory() as tmp:
         path, data_txt = _data_file(Path(tmp), args.n or 5085)
-        cfg = load_config(args.config, [f"data.path={path}", f"device={device}", "wandb.mode=disabled",
-                                        *([f"data.train_subset={args.n}"] if args.n else [])])
+        cfg = load_config(
+            args.config,
+            [
+                f"data.path={path}",
+                f"device={device}",
+                "wandb.mode=disabled",
+                *([f"data.train_subset={args.n}"] if args.n else []),
+            ],
+        )
         common.header("fixed-point estimator cost / plain training epoch", device, data_txt)
         bundle = build_data(cfg.data)
-        model = build_model(cfg.model.name, bundle.num_classes, bundle.in_channels, bundle.image_size,
-                            cfg.model.width).to(device)
+        model = build_model(
+            cfg.model.name, bundle.num_classes, bundle.in_channels, bundle.image_size, cfg.model.width
+        ).to(device)
         gen = torch.Generator(device=device).manual_seed(args.seed)
         loader, _ = make_loaders(bundle, cfg.data, cfg.method.initial_batch_size, device, gen)
         opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)  # lr 0: every round at the same weights
@@ -61,10 +69,15 @@ def main(argv=None) -> int:
             est = FixedPointDiversity(k or None)
             idx = fixed_subset_indices(bundle.n_train, k or None, args.seed)
             est.attach(reference_batches(bundle, idx, cfg.method.max_micro_batch, device), bundle.n_train)
-            cases[f"fixed_point_k{len(idx)}"] = (lambda e: (lambda: e.measure(model)))(est)
+            cases[f"fixed_point_k{len(idx)}"] = (lambda e: lambda: e.measure(model))(est)
         times = common.interleaved(cases, args.reps, device)
-        rows = common.ratio_rows(times, "plain_epoch", model=f"{cfg.model.name} w{cfg.model.width}",
-                                 n=bundle.n_train, batch=cfg.method.initial_batch_size)
+        rows = common.ratio_rows(
+            times,
+            "plain_epoch",
+            model=f"{cfg.model.name} w{cfg.model.width}",
+            n=bundle.n_train,
+            batch=cfg.method.initial_batch_size,
+        )
         df = common.print_table(rows)
         common.save_csv(df, args.csv)
     return 0

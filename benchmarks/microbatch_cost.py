@@ -39,6 +39,7 @@ def split_step(model, x, y, k: int):
         for xm, ym in zip(x.split(sizes), y.split(sizes)):
             (CRITERION(model(xm), ym) * (len(ym) / len(y))).backward()
         opt.step()
+
     return step
 
 

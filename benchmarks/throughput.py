@@ -33,8 +33,11 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="resnet_small", help="model.name (default: resnet_small)")
     p.add_argument("--width", type=int, default=16, help="model.width (default: 16)")
     p.add_argument("--batch-sizes", default="16,32,64,128,256,512", help="comma list (samples)")
-    p.add_argument("--formats", default="contiguous,channels_last",
-                   help="memory formats to compare side by side (speed.channels_last)")
+    p.add_argument(
+        "--formats",
+        default="contiguous,channels_last",
+        help="memory formats to compare side by side (speed.channels_last)",
+    )
     p.add_argument("--csv", default=None, help="also write the table to this CSV file (never overwritten)")
     args = p.parse_args(argv)
     device = common.setup(args)

@@ -48,6 +48,7 @@ def plain_step(model, x, y):
         opt.zero_grad(set_to_none=True)
         CRITERION(model(x), y).backward()
         opt.step()
+
     return step
 
 
@@ -67,6 +68,7 @@ def measured_step(model, x, y, estimator):
             estimator.backward(model, CRITERION(model(xm), ym) * (len(ym) / batch), batch)
         estimator.step_end(model, batch)
         opt.step()
+
     return step
 
 
@@ -81,19 +83,26 @@ def main(argv=None) -> int:
     p.add_argument("--csv", default=None, help="also write the table to this CSV file (never overwritten)")
     args = p.parse_args(argv)
     device = common.setup(args)
-    common.header("(f) transformer LM: measured step time / plain step time", device,
-                  f"random token batches, T={args.seq_len}, V={VOCAB}")
+    common.header(
+        "(f) transformer LM: measured step time / plain step time",
+        device,
+        f"random token batches, T={args.seq_len}, V={VOCAB}",
+    )
     base = TransformerLM(VOCAB, args.seq_len, args.width, args.depth, args.heads).to(device)
-    print(f"model: width {args.width}, depth {args.depth}, heads {args.heads}, "
-          f"{sum(q.numel() for q in base.parameters()):,} parameters\n")
+    print(
+        f"model: width {args.width}, depth {args.depth}, heads {args.heads}, "
+        f"{sum(q.numel() for q in base.parameters()):,} parameters\n"
+    )
     rows = []
     for batch in map(int, args.batch_sizes.split(",")):
         g = torch.Generator().manual_seed(args.seed)
         x = torch.randint(0, VOCAB, (batch, args.seq_len), generator=g).to(device)
         y = torch.randint(0, VOCAB, (batch, args.seq_len), generator=g).to(device)
-        cases = {"sgd": plain_step(copy.deepcopy(base), x, y),
-                 "exact_func": measured_step(copy.deepcopy(base), x, y, FuncDiversity(chunk_size=args.chunk)),
-                 "microbatch_2": measured_step(copy.deepcopy(base), x, y, MicroBatchDiversity(2))}
+        cases = {
+            "sgd": plain_step(copy.deepcopy(base), x, y),
+            "exact_func": measured_step(copy.deepcopy(base), x, y, FuncDiversity(chunk_size=args.chunk)),
+            "microbatch_2": measured_step(copy.deepcopy(base), x, y, MicroBatchDiversity(2)),
+        }
         times = common.interleaved(cases, args.reps, device)
         rows += common.ratio_rows(times, "sgd", model="transformer_lm", batch=batch)
         print(f"done: B={batch}", file=sys.stderr, flush=True)

@@ -21,9 +21,19 @@ SHARED_DATA = REPO.parent / "shared" / "data"  # ../shared/data relative to the 
 torch.set_num_threads(1)
 
 # Every tiny run: CPU, no wandb, no progress bar, softmax regression on the bundled digits.
-TINY = ("data.name=digits", "model.name=linear", "device=cpu", "wandb.mode=disabled", "progress=false",
-        "epochs=2", "method.initial_batch_size=64", "method.max_batch_size=512", "method.max_micro_batch=512",
-        "optim.lr=0.05", "optim.schedule=constant")
+TINY = (
+    "data.name=digits",
+    "model.name=linear",
+    "device=cpu",
+    "wandb.mode=disabled",
+    "progress=false",
+    "epochs=2",
+    "method.initial_batch_size=64",
+    "method.max_batch_size=512",
+    "method.max_micro_batch=512",
+    "optim.lr=0.05",
+    "optim.schedule=constant",
+)
 
 
 def needs_shared(*names: str):
@@ -32,8 +42,10 @@ def needs_shared(*names: str):
 
     def deco(obj):
         obj = pytest.mark.needs_shared(obj)
-        return pytest.mark.skipif(bool(missing), reason=f"real data subset(s) absent: "
-                                  f"{', '.join('../shared/data/' + n for n in missing)}")(obj)
+        return pytest.mark.skipif(
+            bool(missing), reason=f"real data subset(s) absent: {', '.join('../shared/data/' + n for n in missing)}"
+        )(obj)
+
     return deco
 
 
@@ -45,11 +57,13 @@ def tiny_config(tmp_path):
 
     def make(*overrides: str, out: str = "run", path=None):
         return load_config(path, [*TINY, f"out_dir={tmp_path / out}", *overrides])
+
     return make
 
 
-def write_npz(path: Path, n_train: int = 96, n_test: int = 32, shape=(32, 32, 3), classes: int = 4,
-              seed: int = 0) -> Path:
+def write_npz(
+    path: Path, n_train: int = 96, n_test: int = 32, shape=(32, 32, 3), classes: int = 4, seed: int = 0
+) -> Path:
     """A small learnable image dataset in the ``npz`` format (uint8 x (N, *shape), int64 y).
 
     Each class shifts the pixel values, so a linear model can learn it.
@@ -60,6 +74,7 @@ def write_npz(path: Path, n_train: int = 96, n_test: int = 32, shape=(32, 32, 3)
         y = np.arange(n) % classes
         x = rng.integers(0, 128, (n, *shape)) + (y * (127 // max(classes - 1, 1))).reshape(-1, *[1] * len(shape))
         return x.astype(np.uint8), y.astype(np.int64)
+
     (trx, tr_y), (tex, tey) = part(n_train), part(n_test)
     np.savez(path, train_x=trx, train_y=tr_y, test_x=tex, test_y=tey)
     return path
@@ -68,8 +83,10 @@ def write_npz(path: Path, n_train: int = 96, n_test: int = 32, shape=(32, 32, 3)
 @pytest.fixture
 def tiny_npz(tmp_path):
     """Factory: ``tiny_npz(name="d.npz", **write_npz kwargs)`` -> path of a small npz dataset."""
+
     def make(name: str = "tiny.npz", **kw) -> Path:
         return write_npz(tmp_path / name, **kw)
+
     return make
 
 

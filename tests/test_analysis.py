@@ -13,16 +13,23 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.fake_runs import make_study, write_run
 from scipy import stats
 
-from divebatch.analysis import (RunWarning, cli, collect_runs, main_table, sensitivity_table, speedup_table,
-                                time_to_target)
+from divebatch.analysis import (
+    RunWarning,
+    cli,
+    collect_runs,
+    main_table,
+    sensitivity_table,
+    speedup_table,
+    time_to_target,
+)
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis.figures import pareto_front, plot_sensitivity
 from divebatch.analysis.report import analyse
 from divebatch.analysis.stats import accuracy_change, authors_time_to_target, quarter_epoch, speedup
 from divebatch.analysis.tables import format_main
-from fixtures.fake_runs import make_study, write_run
 
 # Hand-written CIFAR-10 study, two seeds. Per run: validation accuracy (%), cumulative optimizer
 # steps, cumulative wall-clock seconds per epoch.
@@ -38,8 +45,16 @@ HAND = {
 
 def write_hand_study(root: Path) -> Path:
     for (method, seed), (acc, steps, wall) in HAND.items():
-        write_run(root, f"{method}/s{seed}", val_acc=acc, optimizer_steps=steps, wall_time_s=wall, method=method,
-                  seed=seed, dataset="cifar10")
+        write_run(
+            root,
+            f"{method}/s{seed}",
+            val_acc=acc,
+            optimizer_steps=steps,
+            wall_time_s=wall,
+            method=method,
+            seed=seed,
+            dataset="cifar10",
+        )
     return root
 
 
@@ -52,8 +67,14 @@ def _row(df: pd.DataFrame, **where) -> pd.Series:
 
 
 def test_time_to_target_single_run():
-    m = pd.DataFrame({"epoch": [0, 1, 2, 3], "val_acc": [10.0, 50.0, 49.0, 60.0],
-                      "optimizer_steps": [5, 9, 12, 14], "wall_time_s": [1.5, 2.5, 3.0, 4.0]})
+    m = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2, 3],
+            "val_acc": [10.0, 50.0, 49.0, 60.0],
+            "optimizer_steps": [5, 9, 12, 14],
+            "wall_time_s": [1.5, 2.5, 3.0, 4.0],
+        }
+    )
     assert time_to_target(m, 50.0) == {"epochs": 2.0, "optimizer_steps": 9.0, "wall_time_s": 2.5}
     assert time_to_target(m, 55.0) == {"epochs": 4.0, "optimizer_steps": 14.0, "wall_time_s": 4.0}
     assert all(np.isnan(v) for v in time_to_target(m, 61.0).values())
@@ -113,19 +134,28 @@ def test_bootstrap_contains_estimate_and_widens_with_fewer_seeds():
     assert one.n == 1 and np.isnan(one.low) and np.isfinite(one.value)
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("short", "3 of 5 epochs"),
-    ("unfinished", "finished=false"),
-    ("no_summary", "summary.json missing"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("short", "3 of 5 epochs"),
+        ("unfinished", "finished=false"),
+        ("no_summary", "summary.json missing"),
+    ],
+)
 def test_incomplete_run_is_excluded_with_warning(tmp_path, kind, reason):
     root = write_hand_study(tmp_path / "runs")
     acc = [60, 80, 85, 88, 89]
     if kind == "short":
         write_run(root, "divebatch/s3", val_acc=acc[:3], epochs=5, method="divebatch", seed=3)
     else:
-        write_run(root, "divebatch/s3", val_acc=acc, method="divebatch", seed=3,
-                  finished=False if kind == "unfinished" else None)
+        write_run(
+            root,
+            "divebatch/s3",
+            val_acc=acc,
+            method="divebatch",
+            seed=3,
+            finished=False if kind == "unfinished" else None,
+        )
     with pytest.warns(RunWarning, match=reason):
         rs = collect_runs(root)
     assert "runs/divebatch/s3" not in set(rs.epochs["run_id"])
@@ -170,17 +200,53 @@ def test_method_names_and_settings(tmp_path):
     assert runs.loc["runs/a", "setting"] == ""  # lr differs, but between two different methods
 
 
+def test_a_run_is_named_by_its_recorded_display_name_and_older_runs_by_the_guess(tmp_path):
+    """display_name (configs/methods/) wins; a run directory written before the key is guessed."""
+    root = tmp_path / "runs"
+    acc = [50, 60, 70]
+    # alone in its group, the guess would call this large-batch run "small batch" (smallest SGD batch)
+    write_run(
+        root,
+        "large",
+        val_acc=acc,
+        method="sgd",
+        initial_batch_size=2048,
+        lr=1.6,
+        dataset="cifar100",
+        overrides=["display_name=SGD (large batch)"],
+    )
+    write_run(root, "old", val_acc=acc, method="divebatch", lr_rescale=True)  # config.yaml without the key
+    cfg = (root / "old" / "config.yaml").read_text()
+    (root / "old" / "config.yaml").write_text(cfg.replace("display_name: null\n", ""))
+    runs = collect_runs(root).runs.set_index("run_id")
+    assert runs.loc["runs/large", "method"] == "SGD (large batch)"
+    assert runs.loc["runs/old", "method"] == "DiveBatch + lr rescale"
+
+
 def _claims_study(root: Path, dataset: str, dive_steps: int, dive_acc_shift: float = 0.0) -> Path:
     """Same accuracy curve for every method (so every run reaches its target in the same epoch);
     speed differs only through optimizer steps per epoch: SGD 100, AdaBatch 50, DiveBatch ``dive_steps``."""
     base = np.array([40.0, 70.0, 85.0, 89.0, 90.0])
     for seed in (1, 2, 3):
         acc = base + 0.1 * seed
-        for method, steps, bs, shift in (("sgd", 100, 64, 0.0), ("adabatch", 50, 128, 0.0),
-                                         ("divebatch", dive_steps, 640, dive_acc_shift)):
-            write_run(root, f"{dataset}/{method}/s{seed}", val_acc=acc + shift, dataset=dataset, method=method,
-                      seed=seed, initial_batch_size=64, max_batch_size=640, batch_size=[64, 64, bs, bs, bs],
-                      optimizer_steps=np.cumsum([steps] * 5), wall_time_s=np.arange(1, 6) * 2.0)
+        for method, steps, bs, shift in (
+            ("sgd", 100, 64, 0.0),
+            ("adabatch", 50, 128, 0.0),
+            ("divebatch", dive_steps, 640, dive_acc_shift),
+        ):
+            write_run(
+                root,
+                f"{dataset}/{method}/s{seed}",
+                val_acc=acc + shift,
+                dataset=dataset,
+                method=method,
+                seed=seed,
+                initial_batch_size=64,
+                max_batch_size=640,
+                batch_size=[64, 64, bs, bs, bs],
+                optimizer_steps=np.cumsum([steps] * 5),
+                wall_time_s=np.arange(1, 6) * 2.0,
+            )
     return root
 
 
@@ -223,7 +289,10 @@ def test_claim4_reads_the_synthetic_verdict(tmp_path):
     path = tmp_path / "synthetic_verdict.json"
     assert _verdict(_claims(root, path), 4, unit) == claims_mod.NOT_MEASURED
     path.write_text(json.dumps({"holds": True, "summary": "slopes agree", "extra": 1}))
-    assert _row(_claims(root, path), claim=4, unit=unit)[["verdict", "ours"]].tolist() == [claims_mod.HOLDS, "slopes agree"]
+    assert _row(_claims(root, path), claim=4, unit=unit)[["verdict", "ours"]].tolist() == [
+        claims_mod.HOLDS,
+        "slopes agree",
+    ]
     path.write_text(json.dumps({"holds": False, "summary": "slopes differ"}))
     assert _verdict(_claims(root, path), 4, unit) == claims_mod.FAILS
     path.write_text(json.dumps({"summary": "no holds key"}))
@@ -237,8 +306,15 @@ def test_sensitivity_table_and_figure(tmp_path):
     for seed in (1, 2):
         write_run(root, f"sgd/s{seed}", val_acc=acc, method="sgd", seed=seed, optimizer_steps=[100, 200, 300])
         for delta, steps in ((0.01, [100, 150, 200]), (0.1, [100, 120, 130])):
-            write_run(root, f"dive{delta}/s{seed}", val_acc=acc, method="divebatch", delta=delta, seed=seed,
-                      optimizer_steps=steps)
+            write_run(
+                root,
+                f"dive{delta}/s{seed}",
+                val_acc=acc,
+                method="divebatch",
+                delta=delta,
+                seed=seed,
+                optimizer_steps=steps,
+            )
     table = sensitivity_table(collect_runs(root).epochs)
     assert list(table["delta"]) == [0.01, 0.1]
     # own target 89 % is reached in the last epoch: speed-up = 300 / final steps
@@ -256,10 +332,19 @@ def test_pareto_front():
 
 def test_report_command_writes_tables_figures_and_readme(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    make_study(Path("runs"), datasets=("cifar10-mini",), seeds=(1, 2), epochs=4,
-               methods=("sgd_small", "adabatch", "divebatch"))
-    write_run(Path("runs"), "crashed", val_acc=[10, 20], epochs=4, method="divebatch", seed=3,
-              dataset="cifar10-mini", finished=False)
+    make_study(
+        Path("runs"), datasets=("cifar10-mini",), seeds=(1, 2), epochs=4, methods=("sgd_small", "adabatch", "divebatch")
+    )
+    write_run(
+        Path("runs"),
+        "crashed",
+        val_acc=[10, 20],
+        epochs=4,
+        method="divebatch",
+        seed=3,
+        dataset="cifar10-mini",
+        finished=False,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RunWarning)
         assert cli(["runs", "--out", "out"]) == 0
@@ -309,8 +394,14 @@ def test_notebooks_execute_on_a_small_fixture(tmp_path, monkeypatch):
     from divebatch.analysis import notebooks
 
     monkeypatch.chdir(tmp_path)
-    make_study(Path("runs"), datasets=("cifar10-mini",), seeds=(1, 2), epochs=4,
-               methods=("sgd_small", "adabatch", "divebatch"), profile="fixture")
+    make_study(
+        Path("runs"),
+        datasets=("cifar10-mini",),
+        seeds=(1, 2),
+        epochs=4,
+        methods=("sgd_small", "adabatch", "divebatch"),
+        profile="fixture",
+    )
     for name in notebooks.NOTEBOOKS:
         ipynb, html = notebooks.execute(name, "runs", "fixture", Path("nb"), timeout=300)
         assert html.stat().st_size > 0
@@ -344,9 +435,17 @@ def test_report_survives_missing_baselines_and_profiles_without_complete_runs(tm
 
 
 def _curve(seed: int, acc, steps, train_s, eval_s) -> pd.DataFrame:
-    return pd.DataFrame({"seed": seed, "epoch": range(len(acc)), "val_acc": acc, "optimizer_steps": steps,
-                         "epoch_time_s": train_s, "eval_time_s": eval_s,
-                         "wall_time_s": np.cumsum(np.add(train_s, eval_s))})
+    return pd.DataFrame(
+        {
+            "seed": seed,
+            "epoch": range(len(acc)),
+            "val_acc": acc,
+            "optimizer_steps": steps,
+            "epoch_time_s": train_s,
+            "eval_time_s": eval_s,
+            "wall_time_s": np.cumsum(np.add(train_s, eval_s)),
+        }
+    )
 
 
 def test_authors_time_to_target_on_the_seed_mean_curve():
@@ -371,8 +470,10 @@ def test_authors_time_to_target_on_the_seed_mean_curve():
     slow_eval = authors_time_to_target(_curve(1, acc, [1, 2, 3, 4], [0.5] * 4, [2.0] * 4))
     assert slow_train["epochs"] == slow_eval["epochs"] == 3
     assert slow_train["train_time_s"] / slow_eval["train_time_s"] == pytest.approx(3.0 / 1.5)
-    wall = [time_to_target(_curve(1, acc, [1, 2, 3, 4], t, e), 90)["wall_time_s"]
-            for t, e in (([1.0] * 4, [0.1] * 4), ([0.5] * 4, [2.0] * 4))]
+    wall = [
+        time_to_target(_curve(1, acc, [1, 2, 3, 4], t, e), 90)["wall_time_s"]
+        for t, e in (([1.0] * 4, [0.1] * 4), ([0.5] * 4, [2.0] * 4))
+    ]
     assert wall[0] / wall[1] == pytest.approx(3.3 / 7.5)  # < 1: the wall clock says the opposite
     # a run written before epoch_time_s was logged: no training time, not a smaller one
     old = _curve(1, acc, [1, 2, 3, 4], [1.0, np.nan, 1.0, 1.0], [0.1] * 4)
@@ -430,10 +531,22 @@ def test_acc_at_25pct_uses_the_planned_epochs_and_peak_memory_is_max_then_mean(t
 
 def test_protocol_separates_authors_code_and_clean_groups(tmp_path):
     root = tmp_path / "runs"
-    make_study(root / "cifar100", datasets=("cifar100",), seeds=(1, 2), epochs=4, protocol="authors_code",
-               methods=("sgd_small", "adabatch", "divebatch_rescale"))
-    make_study(root / "cifar100-clean", datasets=("cifar100",), seeds=(1, 2), epochs=4, protocol="clean",
-               methods=("divebatch_rescale",))
+    make_study(
+        root / "cifar100",
+        datasets=("cifar100",),
+        seeds=(1, 2),
+        epochs=4,
+        protocol="authors_code",
+        methods=("sgd_small", "adabatch", "divebatch_rescale"),
+    )
+    make_study(
+        root / "cifar100-clean",
+        datasets=("cifar100",),
+        seeds=(1, 2),
+        epochs=4,
+        protocol="clean",
+        methods=("divebatch_rescale",),
+    )
     rs = collect_runs(root)
     main = main_table(rs.epochs, rs.runs)
     dive = main[main["method"] == "DiveBatch + lr rescale"]
@@ -474,8 +587,16 @@ def test_diverged_run_is_listed_counted_and_kept_out_of_aggregates(tmp_path):
     assert rs.missing_seeds[("test", "cifar10", "AdaBatch", "")] == [3]
     # a group whose every run diverged still gets a row
     for seed in (1, 2):
-        write_run(root, f"dive_rescale/s{seed}", val_acc=[60, 10], epochs=5, method="divebatch", lr_rescale=True,
-                  seed=seed, diverged_epoch=1)
+        write_run(
+            root,
+            f"dive_rescale/s{seed}",
+            val_acc=[60, 10],
+            epochs=5,
+            method="divebatch",
+            lr_rescale=True,
+            seed=seed,
+            diverged_epoch=1,
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RunWarning)
         rs = collect_runs(root)
@@ -487,8 +608,9 @@ def test_diverged_run_is_listed_counted_and_kept_out_of_aggregates(tmp_path):
 def test_report_lists_diverged_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_hand_study(Path("runs"))
-    write_run(Path("runs"), "divebatch/s3", val_acc=[60, 75, 10], epochs=5, method="divebatch", seed=3,
-              diverged_epoch=2)
+    write_run(
+        Path("runs"), "divebatch/s3", val_acc=[60, 75, 10], epochs=5, method="divebatch", seed=3, diverged_epoch=2
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RunWarning)
         assert cli(["runs", "--out", "out"]) == 0
@@ -512,11 +634,24 @@ def test_claims_are_judged_with_the_authors_definition_first(tmp_path):
     # DiveBatch trains 18x faster per epoch but evaluates slowly: the same wall clock as the others
     for seed in (1, 2, 3):
         acc = base + 0.1 * seed
-        for method, steps, bs, train in (("sgd", 100, 64, 1.8), ("adabatch", 50, 128, 1.8),
-                                         ("divebatch", 10, 640, 0.1)):
-            write_run(root, f"{method}/s{seed}", val_acc=acc, method=method, seed=seed, initial_batch_size=64,
-                      max_batch_size=640, batch_size=[64, 64, bs, bs, bs], optimizer_steps=np.cumsum([steps] * 5),
-                      epoch_time_s=[train] * 5, eval_time_s=[2.0 - train] * 5)
+        for method, steps, bs, train in (
+            ("sgd", 100, 64, 1.8),
+            ("adabatch", 50, 128, 1.8),
+            ("divebatch", 10, 640, 0.1),
+        ):
+            write_run(
+                root,
+                f"{method}/s{seed}",
+                val_acc=acc,
+                method=method,
+                seed=seed,
+                initial_batch_size=64,
+                max_batch_size=640,
+                batch_size=[64, 64, bs, bs, bs],
+                optimizer_steps=np.cumsum([steps] * 5),
+                epoch_time_s=[train] * 5,
+                eval_time_s=[2.0 - train] * 5,
+            )
     claims = _claims(root)
     for claim in (1, 2):
         rows = claims[claims["claim"] == claim]

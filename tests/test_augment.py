@@ -43,8 +43,10 @@ def test_crop_flip_equals_torchvision_for_every_offset_and_flip():
     want = torch.stack([_tv_crop_flip(x[i], int(top[i]), int(left[i]), bool(flip[i])) for i in range(len(x))])
     assert got.dtype == torch.uint8 and got.is_contiguous()
     assert torch.equal(got, want)
-    assert torch.equal(crop(x, top, left, PAD), torch.stack([_tv_crop_flip(x[i], int(top[i]), int(left[i]), False)
-                                                            for i in range(len(x))]))
+    assert torch.equal(
+        crop(x, top, left, PAD),
+        torch.stack([_tv_crop_flip(x[i], int(top[i]), int(left[i]), False) for i in range(len(x))]),
+    )
 
 
 def test_crop_flip_on_non_square_images():
@@ -94,8 +96,12 @@ def test_random_crop_flip_offsets_uniform_and_flip_rate_half():
     assert stats.chisquare(joint).pvalue > 1e-3
     assert stats.binomtest(int(flip.sum()), n, 0.5).pvalue > 1e-3
     # the flip is independent of the offsets
-    assert stats.chi2_contingency(np.stack([np.bincount(left[flip], minlength=9),
-                                            np.bincount(left[~flip], minlength=9)])).pvalue > 1e-3
+    assert (
+        stats.chi2_contingency(
+            np.stack([np.bincount(left[flip], minlength=9), np.bincount(left[~flip], minlength=9)])
+        ).pvalue
+        > 1e-3
+    )
 
 
 def test_random_crop_flip_matches_torchvision_transforms_in_distribution():
@@ -166,7 +172,8 @@ def _band_angle(out: torch.Tensor) -> np.ndarray:
     n = w.sum((1, 2))
     mr, mc = (w * rows).sum((1, 2)) / n, (w * cols).sum((1, 2)) / n
     slope = (w * (rows - mr[:, None, None]) * (cols - mc[:, None, None])).sum((1, 2)) / (
-        w * (cols - mc[:, None, None]) ** 2).sum((1, 2))
+        w * (cols - mc[:, None, None]) ** 2
+    ).sum((1, 2))
     return torch.rad2deg(torch.atan(-slope)).numpy()  # rows grow downwards
 
 
@@ -181,13 +188,19 @@ def test_random_crop_flip_rotate_matches_torchvision_in_distribution():
     torch.manual_seed(0)
     tv = T.Compose([T.RandomCrop(32, padding=PAD), T.RandomHorizontalFlip(), T.RandomRotation(15)])
     theirs = _band_angle(torch.stack([tv(img[0]) for _ in range(1000)]))
-    ours = _band_angle(random_crop_flip_rotate(img.expand(1000, -1, -1, -1).contiguous(),
-                                               torch.Generator().manual_seed(0)))
+    ours = _band_angle(
+        random_crop_flip_rotate(img.expand(1000, -1, -1, -1).contiguous(), torch.Generator().manual_seed(0))
+    )
     for angles in (ours, theirs):
         assert -16.5 < angles.min() < -13 and 13 < angles.max() < 16.5
     assert stats.ks_2samp(ours, theirs).pvalue > 1e-3
-    assert np.abs(_band_angle(rotate(img.expand(3, -1, -1, -1), torch.tensor([-10.0, 0.0, 10.0])))
-                  - np.array([-10.0, 0.0, 10.0])).max() < 1.5  # the recovery itself works
+    assert (
+        np.abs(
+            _band_angle(rotate(img.expand(3, -1, -1, -1), torch.tensor([-10.0, 0.0, 10.0])))
+            - np.array([-10.0, 0.0, 10.0])
+        ).max()
+        < 1.5
+    )  # the recovery itself works
 
 
 # ----------------------------------------------------------------------------- device loader
@@ -213,8 +226,17 @@ def test_device_loader_epoch_is_a_permutation_with_normalisation_fused():
 
 def test_device_loader_applies_the_registered_augmentation():
     x, y = _position_image().expand(64, -1, -1, -1).contiguous(), torch.zeros(64, dtype=torch.long)
-    loader = DeviceLoader(x, y, 64, (0.0,) * 3, (1 / 255,) * 3, torch.device("cpu"), AUGMENTATIONS["crop_flip"],
-                          True, torch.Generator().manual_seed(0))
-    (xb, _), = list(loader)
+    loader = DeviceLoader(
+        x,
+        y,
+        64,
+        (0.0,) * 3,
+        (1 / 255,) * 3,
+        torch.device("cpu"),
+        AUGMENTATIONS["crop_flip"],
+        True,
+        torch.Generator().manual_seed(0),
+    )
+    ((xb, _),) = list(loader)
     top, left, flip = _decode(xb.round().to(torch.uint8))
     assert len(set(top.tolist())) > 3 and len(set(left.tolist())) > 3 and 0 < flip.sum() < 64

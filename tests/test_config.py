@@ -5,15 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from omegaconf import OmegaConf
 
-from conftest import REPO
 from divebatch.config import ConfigError, TrainConfig, config_keys, load_config
 
 # The keys the issue's interface fixes; every other key has a default.
-REQUIRED_KEYS = ("data.name", "data.path", "data.augment", "model.name", "method.name", "method.initial_batch_size",
-                 "method.max_batch_size", "method.resize_freq", "method.delta", "method.lr_rescale",
-                 "method.max_micro_batch", "optim.lr", "epochs", "seed", "device", "out_dir", "wandb.mode")
+REQUIRED_KEYS = (
+    "data.name",
+    "data.path",
+    "data.augment",
+    "model.name",
+    "method.name",
+    "method.initial_batch_size",
+    "method.max_batch_size",
+    "method.resize_freq",
+    "method.delta",
+    "method.lr_rescale",
+    "method.max_micro_batch",
+    "optim.lr",
+    "epochs",
+    "seed",
+    "device",
+    "out_dir",
+    "wandb.mode",
+)
 OWN_SCHEMA_DIRS = ("benchmarks", "sweeps", "synthetic", "profiles")  # configs/ subfolders with their own schemas
 
 
@@ -34,11 +50,25 @@ def test_defaults_alone_are_a_valid_config():
 def test_yaml_with_only_the_required_keys_is_complete_and_trains(tmp_path):
     from divebatch.training import train
 
-    values = {"data.name": "digits", "data.path": None, "data.augment": False, "model.name": "linear",
-              "method.name": "divebatch", "method.initial_batch_size": 128, "method.max_batch_size": 512,
-              "method.resize_freq": 1, "method.delta": 0.1, "method.lr_rescale": True,
-              "method.max_micro_batch": 64, "optim.lr": 0.05, "epochs": 1, "seed": 7, "device": "cpu",
-              "out_dir": str(tmp_path / "run"), "wandb.mode": "disabled"}
+    values = {
+        "data.name": "digits",
+        "data.path": None,
+        "data.augment": False,
+        "model.name": "linear",
+        "method.name": "divebatch",
+        "method.initial_batch_size": 128,
+        "method.max_batch_size": 512,
+        "method.resize_freq": 1,
+        "method.delta": 0.1,
+        "method.lr_rescale": True,
+        "method.max_micro_batch": 64,
+        "optim.lr": 0.05,
+        "epochs": 1,
+        "seed": 7,
+        "device": "cpu",
+        "out_dir": str(tmp_path / "run"),
+        "wandb.mode": "disabled",
+    }
     assert set(values) == set(REQUIRED_KEYS)
     yaml_path = tmp_path / "minimal.yaml"
     OmegaConf.save(OmegaConf.from_dotlist([f"{k}={'null' if v is None else v}" for k, v in values.items()]), yaml_path)
@@ -83,8 +113,12 @@ def test_loaded_config_refuses_new_keys():
 INVALID = [
     (["method.delta=0"], "method.delta", "0.0", "> 0"),
     (["method.delta=-0.5"], "method.delta", "-0.5", "> 0"),
-    (["method.initial_batch_size=256", "method.max_batch_size=128"], "method.max_batch_size", "128",
-     ">= method.initial_batch_size"),
+    (
+        ["method.initial_batch_size=256", "method.max_batch_size=128"],
+        "method.max_batch_size",
+        "128",
+        ">= method.initial_batch_size",
+    ),
     (["method.resize_freq=0"], "method.resize_freq", "0", ">= 1"),
     (["epochs=0"], "epochs", "0", ">= 1"),
     (["data.name=mnist"], "data.name", "mnist", "cifar10 | cifar100 | tiny_imagenet | digits | npz"),
@@ -146,7 +180,9 @@ def test_experiment_configs_exist():
     assert EXPERIMENT_CONFIGS, "configs/ holds no experiment YAML"
 
 
-@pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in EXPERIMENT_CONFIGS])
+@pytest.mark.parametrize(
+    "path", EXPERIMENT_CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in EXPERIMENT_CONFIGS]
+)
 def test_every_experiment_config_loads(path):
     """Every experiment YAML merges onto the schema and passes validation (data files aside: they
     may live elsewhere on this machine; ``check_data`` is tested above)."""

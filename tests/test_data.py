@@ -8,13 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared, write_npz
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import SHARED_DATA, needs_shared, write_npz
 from divebatch.config import ConfigError, DataConfig
-from divebatch.data import (DataError, resolve_loader, CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, DeviceLoader, TorchvisionLoader,
-                            build_data, make_loaders)
+from divebatch.data import (
+    CIFAR10_STATS,
+    CIFAR100_STATS,
+    IMAGENET_STATS,
+    DataError,
+    DeviceLoader,
+    TorchvisionLoader,
+    build_data,
+    make_loaders,
+    resolve_loader,
+)
 
 CPU = torch.device("cpu")
 
@@ -87,8 +96,13 @@ def test_npz_that_is_not_an_array_file_names_path_and_expectation(tmp_path, cont
 
 def test_npz_with_mismatched_labels_is_refused(tmp_path):
     path = tmp_path / "bad.npz"
-    np.savez(path, train_x=np.zeros((2, 4, 4), np.uint8), train_y=np.zeros(3), test_x=np.zeros((2, 4, 4), np.uint8),
-             test_y=np.zeros(2))
+    np.savez(
+        path,
+        train_x=np.zeros((2, 4, 4), np.uint8),
+        train_y=np.zeros(3),
+        test_x=np.zeros((2, 4, 4), np.uint8),
+        test_y=np.zeros(2),
+    )
     with pytest.raises(DataError, match="train_x has shape"):
         build_data(data_cfg(name="npz", path=str(path)))
 
@@ -132,8 +146,9 @@ class _IndexDataset(torch.utils.data.Dataset):
 
 
 def test_torchvision_loader_resizes_batches_without_rebuilding_workers():
-    loader = TorchvisionLoader(_IndexDataset(), 8, CPU, shuffle=True, num_workers=1,
-                               generator=torch.Generator().manual_seed(0))
+    loader = TorchvisionLoader(
+        _IndexDataset(), 8, CPU, shuffle=True, num_workers=1, generator=torch.Generator().manual_seed(0)
+    )
     dataloader, seen, sizes, workers = loader.loader, [], [], []
     for batch_size in (8, 20, 37):
         loader.set_batch_size(batch_size)
@@ -155,8 +170,9 @@ def test_torchvision_path_on_arrays_gives_normalised_batches(tmp_path):
     bundle_noaug = build_data(data_cfg(name="npz", path=str(path), augment=False))
     train, test = make_loaders(bundle_noaug, cfg, 7, CPU, torch.Generator().manual_seed(1))
     device_train, _ = make_loaders(bundle, data_cfg(loader="device", augment=False), 7, CPU, torch.Generator())
-    assert sorted(_uint8_rows(train, bundle.mean, bundle.std)) == sorted(_uint8_rows(device_train, bundle.mean,
-                                                                                      bundle.std))
+    assert sorted(_uint8_rows(train, bundle.mean, bundle.std)) == sorted(
+        _uint8_rows(device_train, bundle.mean, bundle.std)
+    )
     x, y = next(iter(test))
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
 
@@ -164,8 +180,9 @@ def test_torchvision_path_on_arrays_gives_normalised_batches(tmp_path):
 # ----------------------------------------------------------------------------- Tiny-ImageNet
 
 
-def make_tiny_imagenet(root: Path, wnids=("n03000003", "n01000001", "n02000002"), per_class=3, val_per_class=2,
-                       extra_dir="n09999999") -> Path:
+def make_tiny_imagenet(
+    root: Path, wnids=("n03000003", "n01000001", "n02000002"), per_class=3, val_per_class=2, extra_dir="n09999999"
+) -> Path:
     """The official tiny-imagenet-200 layout with a few 64x64 JPEGs, every other one grayscale; the
     class order of wnids.txt is not alphabetical, and one train folder is not listed in wnids.txt."""
     rng = np.random.default_rng(0)
@@ -204,8 +221,7 @@ def test_tiny_imagenet_layout_in_tmp(tmp_path):
     for path, target in bundle.train_set.samples:
         assert Path(path).parts[-3] == wnids[target]
     annotations = [line.split("\t") for line in (root / "val" / "val_annotations.txt").read_text().splitlines()]
-    assert [(Path(p).name, t) for p, t in bundle.test_set.samples] == [(f, wnids.index(w)) for f, w, *_ in
-                                                                      annotations]
+    assert [(Path(p).name, t) for p, t in bundle.test_set.samples] == [(f, wnids.index(w)) for f, w, *_ in annotations]
     grey = next(i for i, (p, _) in enumerate(bundle.train_set.samples) if Image.open(p).mode == "L")
     x, _ = bundle.train_set[grey]
     assert x.shape == (3, 224, 224)  # converted to RGB; eval transform: resize 256, centre crop 224
@@ -251,24 +267,40 @@ def _write_cifar(root: Path, which: str, per_batch: int = 6) -> None:
     rng = np.random.default_rng(0)
     if which == "cifar10":
         folder, files, label_key, meta, meta_key, classes = (
-            "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels",
-            "batches.meta", "label_names", 10)
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+            "labels",
+            "batches.meta",
+            "label_names",
+            10,
+        )
     else:
         folder, files, label_key, meta, meta_key, classes = (
-            "cifar-100-python", ["train", "test"], "fine_labels", "meta", "fine_label_names", 100)
+            "cifar-100-python",
+            ["train", "test"],
+            "fine_labels",
+            "meta",
+            "fine_label_names",
+            100,
+        )
     base = root / folder
     base.mkdir(parents=True)
     for name in files:
-        entry = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 label_key: [int(v) for v in rng.integers(0, classes, per_batch)]}
+        entry = {
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            label_key: [int(v) for v in rng.integers(0, classes, per_batch)],
+        }
         (base / name).write_bytes(pickle.dumps(entry))
     (base / meta).write_bytes(pickle.dumps({meta_key: [f"class{i}" for i in range(classes)]}))
 
 
-@pytest.mark.parametrize("which, classes, stats, augment", [("cifar10", 10, CIFAR10_STATS, "crop_flip"),
-                                                            ("cifar100", 100, CIFAR100_STATS, "crop_flip_rotate")])
-def test_cifar_through_torchvision_on_files_in_the_official_format(tmp_path, monkeypatch, which, classes, stats,
-                                                                   augment):
+@pytest.mark.parametrize(
+    "which, classes, stats, augment",
+    [("cifar10", 10, CIFAR10_STATS, "crop_flip"), ("cifar100", 100, CIFAR100_STATS, "crop_flip_rotate")],
+)
+def test_cifar_through_torchvision_on_files_in_the_official_format(
+    tmp_path, monkeypatch, which, classes, stats, augment
+):
     """torchvision checks the md5 of the official files, which fake files cannot match: the check is
     patched out here, everything else (paths, pickle format, labels) is torchvision's own reader."""
     import torchvision.datasets.cifar as tv_cifar
@@ -313,9 +345,18 @@ def test_training_run_on_the_dataloader_path_with_a_train_subset(tiny_config, ti
 
     monkeypatch.setattr(data_module, "DataLoader", CountingDataLoader)
     path = tiny_npz(n_train=96, n_test=16, shape=(8, 8, 3))
-    cfg = tiny_config("data.name=npz", f"data.path={path}", "data.loader=torchvision", "data.num_workers=1",
-                      "data.train_subset=50", "method.name=adabatch", "method.resize_freq=1",
-                      "method.initial_batch_size=16", "method.max_batch_size=64", "epochs=3")
+    cfg = tiny_config(
+        "data.name=npz",
+        f"data.path={path}",
+        "data.loader=torchvision",
+        "data.num_workers=1",
+        "data.train_subset=50",
+        "method.name=adabatch",
+        "method.resize_freq=1",
+        "method.initial_batch_size=16",
+        "method.max_batch_size=64",
+        "epochs=3",
+    )
     train(cfg)
     df = pd.read_csv(f"{cfg.out_dir}/metrics.csv")
     assert built == [1, 1]  # train and evaluation loaders, never rebuilt

@@ -50,20 +50,37 @@ TORCHRUN_LIMIT_S = 240  # a hung job fails the test instead of hanging CI
 # n = 1,437: the last batch of 50 has 37 samples (shards 19/18); max_micro_batch 16 splits every
 # shard (25 -> 16 + 9), so no_sync() and the micro-batch sums are exercised; resize_freq 1 makes
 # every epoch measure diversity and change the batch size.
-MAIN = {"data": {"name": "digits"}, "model": {"name": "linear"},
-        "method": {"name": "divebatch", "initial_batch_size": 50, "max_batch_size": 600, "resize_freq": 1,
-                   "delta": 0.5, "max_micro_batch": 16},
-        "optim": {"lr": 0.05, "schedule": "constant"}, "epochs": 4, "seed": 3,
-        "wandb": {"mode": "disabled"}, "device": "cpu", "progress": False}
+MAIN = {
+    "data": {"name": "digits"},
+    "model": {"name": "linear"},
+    "method": {
+        "name": "divebatch",
+        "initial_batch_size": 50,
+        "max_batch_size": 600,
+        "resize_freq": 1,
+        "delta": 0.5,
+        "max_micro_batch": 16,
+    },
+    "optim": {"lr": 0.05, "schedule": "constant"},
+    "epochs": 4,
+    "seed": 3,
+    "wandb": {"mode": "disabled"},
+    "device": "cpu",
+    "progress": False,
+}
 # lr 0: the estimate is the exact Delta at the initial weights. 451 samples in batches of 50 leave
 # a last batch of 1 < 2 ranks, merged into the previous one (51 samples, shards 26/25).
-EXACT = {**MAIN, "optim": {"lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant"},
-         "data": {"name": "digits", "train_subset": 451}, "epochs": 1}
+EXACT = {
+    **MAIN,
+    "optim": {"lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant"},
+    "data": {"name": "digits", "train_subset": 451},
+    "epochs": 1,
+}
 
 # Runs `divebatch train` once per '--'-separated argument group under torchrun; optionally injects
 # a failure on rank 1 (raise or hang in its second evaluation) or stalls rank 0 right after the
 # checkpoint of epoch STALL_AFTER (so the test can kill the job at a known point).
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
     from divebatch import training
@@ -98,7 +115,7 @@ DRIVER = textwrap.dedent('''
         code = training.cli(argv)
         if code:
             sys.exit(code)
-''')
+""")
 
 
 def write_config(path: Path, cfg: dict) -> Path:
@@ -106,18 +123,33 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
-def torchrun(tmp: Path, *args: str, nproc: int = 2, mode: str = "", env: dict | None = None,
-             wait: bool = True, timeout: float = TORCHRUN_LIMIT_S):
+def torchrun(
+    tmp: Path,
+    *args: str,
+    nproc: int = 2,
+    mode: str = "",
+    env: dict | None = None,
+    wait: bool = True,
+    timeout: float = TORCHRUN_LIMIT_S,
+):
     """``torchrun --standalone --nproc_per_node=nproc DRIVER args`` as a subprocess in its own session."""
     driver = tmp / "driver.py"
     driver.write_text(DRIVER)
     pids = tmp / "pids"
     pids.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(driver), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(driver),
+        *args,
+    ]
     full_env = {**cli_env(), "DIST_TEST_MODE": mode, "DIST_TEST_PIDS": str(pids), **(env or {})}
-    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     if not wait:
         return proc
     try:
@@ -232,12 +264,21 @@ def test_dataloader_path_shards_by_sampler_with_rank_seeded_workers(tiny_npz):
     """data.loader=torchvision: each rank's sampler yields its contiguous part of every global
     batch (only its own images are decoded), and its workers get rank-specific seeds."""
     world, cpu = 2, torch.device("cpu")
-    cfg = OmegaConf.structured(DataConfig(name="npz", path=str(tiny_npz(n_train=41, n_test=9)),
-                                          loader="torchvision", augment=False, num_workers=0))
+    cfg = OmegaConf.structured(
+        DataConfig(
+            name="npz", path=str(tiny_npz(n_train=41, n_test=9)), loader="torchvision", augment=False, num_workers=0
+        )
+    )
     bundle = build_data(cfg)
     ref = make_loaders(bundle, cfg, 8, cpu, torch.Generator().manual_seed(2))[0]
-    ranks = [distributed.shard_loaders(*make_loaders(bundle, cfg, 8, cpu, torch.Generator().manual_seed(2)),
-                                       bundle, DistContext(r, world, r, cpu, "gloo", 1.0)) for r in range(world)]
+    ranks = [
+        distributed.shard_loaders(
+            *make_loaders(bundle, cfg, 8, cpu, torch.Generator().manual_seed(2)),
+            bundle,
+            DistContext(r, world, r, cpu, "gloo", 1.0),
+        )
+        for r in range(world)
+    ]
     glob, parts = list(ref), [list(tr) for tr, _ in ranks]
     glob[-2:] = [(torch.cat([glob[-2][0], glob[-1][0]]), torch.cat([glob[-2][1], glob[-1][1]]))]  # 41 = 5 * 8 + 1
     assert len(glob) == len(parts[0]) == len(parts[1]) == len(ranks[0][0])
@@ -246,9 +287,13 @@ def test_dataloader_path_shards_by_sampler_with_rank_seeded_workers(tiny_npz):
         assert torch.allclose(torch.cat([p[t][0] for p in parts]), x)
     assert [tr.local_samples for tr, _ in ranks] == [sum(len(b[1]) for b in p) for p in parts]
     workers = OmegaConf.merge(cfg, {"num_workers": 1})
-    tr, _ = distributed.shard_loaders(*make_loaders(bundle, workers, 8, cpu, torch.Generator()), bundle,
-                                      DistContext(1, world, 1, cpu, "gloo", 1.0))
-    assert isinstance(tr.loader.loader.worker_init_fn, distributed.RankWorkerSeed) and tr.loader.loader.worker_init_fn.rank == 1
+    tr, _ = distributed.shard_loaders(
+        *make_loaders(bundle, workers, 8, cpu, torch.Generator()), bundle, DistContext(1, world, 1, cpu, "gloo", 1.0)
+    )
+    assert (
+        isinstance(tr.loader.loader.worker_init_fn, distributed.RankWorkerSeed)
+        and tr.loader.loader.worker_init_fn.rank == 1
+    )
 
 
 def test_single_process_context_is_the_identity(tmp_path):
@@ -259,7 +304,10 @@ def test_single_process_context_is_the_identity(tmp_path):
     sentinel = object()
     assert distributed.run_dir(sentinel, ctx) is sentinel
     assert ctx.reduce_train_stats({"train_loss": 1.5, "train_acc": 50.0, "samples": 4}) == {
-        "train_loss": 1.5, "train_acc": 50.0, "samples": 4}
+        "train_loss": 1.5,
+        "train_acc": 50.0,
+        "samples": 4,
+    }
     assert distributed.batch_shares([1, 2]) is None
 
 
@@ -309,6 +357,18 @@ def test_rank_zero_run_dir_broadcasts_reads_and_errors_and_writes_only_on_rank_0
     assert RankZeroRunDir(_Run(), _Ctx(False, sent=({"finished": True}, None))).read_summary() == {"finished": True}
 
 
+def test_rank_zero_run_dir_returns_the_changed_runtime_keys_on_every_rank():
+    """A resumed data-parallel run records the runtime keys that changed, as a single process does."""
+    changed = ["method.max_micro_batch: 512 -> 256"]
+
+    class _Prepared(_Run):
+        def prepare(self, cfg):
+            return changed
+
+    assert RankZeroRunDir(_Prepared(), _Ctx(True)).prepare(None) == changed
+    assert RankZeroRunDir(_Prepared(), _Ctx(False, sent=(changed, None))).prepare(None) == changed
+
+
 # ----------------------------------------------------------------------------- estimator (in-process)
 
 
@@ -334,17 +394,20 @@ def test_estimator_shares_summed_over_ranks_give_the_exact_diversity():
                 for xm, ym in zip(x[lo:hi].split(micro), y[lo:hi].split(micro)):
                     est.backward(model, nn.functional.cross_entropy(model(xm), ym) * (len(ym) / share), share)
                 rank_grads.append([p.grad.clone() for p in model.parameters()])
-            for rank, est in enumerate(ests):
+            for _rank, est in enumerate(ests):
                 for p, *gs in zip(model.parameters(), *rank_grads):
                     p.grad = torch.stack(gs).mean(0)
                 est.step_end(model, share)
             start += bs
-    others = [[e.sq_norm_sum.clone(), *[g.clone() for g in e.grad_sum], torch.tensor(float(e.samples), dtype=torch.float64)]
-              for e in ests[1:]]
+    others = [
+        [e.sq_norm_sum.clone(), *[g.clone() for g in e.grad_sum], torch.tensor(float(e.samples), dtype=torch.float64)]
+        for e in ests[1:]
+    ]
 
     def fake_all_reduce(tensors):
         for i, t in enumerate(tensors):
             t.add_(sum(o[i] for o in others).to(t.dtype))
+
     ests[0].all_reduce_(fake_all_reduce)
     assert ests[0].samples == sum(batches)
     assert ests[0].value() == pytest.approx(exact, rel=RTOL)
@@ -358,8 +421,9 @@ def two_rank_runs(tmp_path_factory):
     """One torchrun job with two ranks: the lr-0 run, then the main DiveBatch run."""
     tmp = tmp_path_factory.mktemp("ddp")
     exact_cfg, main_cfg = write_config(tmp / "exact.yaml", EXACT), write_config(tmp / "main.yaml", MAIN)
-    code, out, err = torchrun(tmp, str(exact_cfg), f"out_dir={tmp / 'exact'}", "--",
-                              str(main_cfg), f"out_dir={tmp / 'main'}")
+    code, out, err = torchrun(
+        tmp, str(exact_cfg), f"out_dir={tmp / 'exact'}", "--", str(main_cfg), f"out_dir={tmp / 'main'}"
+    )
     assert code == 0, f"torchrun failed ({code}):\n{out[-3000:]}\n{err[-3000:]}"
     return {"tmp": tmp, "out": out, "exact": tmp / "exact", "main": tmp / "main", "main_cfg": main_cfg}
 
@@ -389,6 +453,7 @@ def test_two_ranks_match_one_process(two_rank_runs, tmp_path):
     """Same batch-size trajectory, step counts, diversity and metrics as a single process."""
     one = load_config(two_rank_runs["main_cfg"], [f"out_dir={tmp_path / 'one'}"])
     from divebatch.training import train
+
     train(one)
     single, ddp = metrics(tmp_path / "one"), metrics(two_rank_runs["main"])
     assert len(single) == len(ddp) == MAIN["epochs"]
@@ -399,14 +464,20 @@ def test_two_ranks_match_one_process(two_rank_runs, tmp_path):
     for col in ("grad_diversity", "train_loss", "val_loss", "lr"):
         np.testing.assert_allclose(ddp[col], single[col], rtol=RTOL, err_msg=col)
     for col in ("train_acc", "val_acc"):
-        np.testing.assert_allclose(ddp[col], single[col], atol=ACC_TOL if col == "val_acc" else TRAIN_ACC_TOL,
-                                   err_msg=col)
+        np.testing.assert_allclose(
+            ddp[col], single[col], atol=ACC_TOL if col == "val_acc" else TRAIN_ACC_TOL, err_msg=col
+        )
 
 
 def test_only_rank_0_writes_and_logs(two_rank_runs):
     run, out = two_rank_runs["main"], two_rank_runs["out"]
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml", "manifest.json",
-                                                     "metrics.csv", "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt",
+        "config.yaml",
+        "manifest.json",
+        "metrics.csv",
+        "summary.json",
+    ]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["distributed"]["world_size"] == 2 and manifest["distributed"]["backend"] == "gloo"
     assert json.loads((run / "summary.json").read_text())["finished"] is True
@@ -445,8 +516,9 @@ def test_failing_rank_stops_the_job(tmp_path):
     other rank, which would otherwise wait in the next all-reduce) and names the error."""
     cfg = write_config(tmp_path / "c.yaml", MAIN)
     t0 = time.monotonic()
-    code, out, err = torchrun(tmp_path, str(cfg), f"out_dir={tmp_path / 'r'}", mode="raise",
-                              env={distributed.TIMEOUT_ENV: "300"})
+    code, out, err = torchrun(
+        tmp_path, str(cfg), f"out_dir={tmp_path / 'r'}", mode="raise", env={distributed.TIMEOUT_ENV: "300"}
+    )
     assert code != 0
     assert "[rank 1/2]" in err and "failed: RuntimeError: injected failure on rank 1" in err
     assert time.monotonic() - t0 < 240  # before rank 0's collective timeout (300 s): nobody hung
@@ -458,8 +530,9 @@ def test_hanging_rank_times_out(tmp_path):
     DIVEBATCH_DIST_TIMEOUT_S, it reports that and exits, and torchrun stops the job non-zero."""
     cfg = write_config(tmp_path / "c.yaml", MAIN)
     t0 = time.monotonic()
-    code, out, err = torchrun(tmp_path, str(cfg), f"out_dir={tmp_path / 'h'}", mode="hang",
-                              env={distributed.TIMEOUT_ENV: "5"})
+    code, out, err = torchrun(
+        tmp_path, str(cfg), f"out_dir={tmp_path / 'h'}", mode="hang", env={distributed.TIMEOUT_ENV: "5"}
+    )
     assert code != 0
     assert distributed.TIMEOUT_ENV in err and "[rank 0/2]" in err
     assert time.monotonic() - t0 < 180  # start-up (slow on a busy machine) + 5 s, not TORCHRUN_LIMIT_S
@@ -475,6 +548,7 @@ def test_one_gpu_ddp_smoke(tmp_path):
     manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
     assert manifest["distributed"]["backend"] == "nccl" and manifest["device"].startswith("cuda")
     from divebatch.training import train
+
     train(load_config(cfg, [f"out_dir={tmp_path / 'plain'}"]))
     ddp, plain = metrics(tmp_path / "ddp"), metrics(tmp_path / "plain")
     assert ddp["batch_size"].tolist() == plain["batch_size"].tolist()

@@ -15,8 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from divebatch.diversity import (EpochDiversityEstimator, ExactDiversity, batchnorm_eval, extend_model,
-                                 gradient_diversity, noise_scale_form, per_sample_gradients)
+from divebatch.diversity import (
+    EpochDiversityEstimator,
+    ExactDiversity,
+    batchnorm_eval,
+    extend_model,
+    gradient_diversity,
+    noise_scale_form,
+    per_sample_gradients,
+)
 from divebatch.training import train_one_epoch
 
 N_CLASSES = 5
@@ -50,15 +57,17 @@ def test_n_delta_is_one_plus_simple_noise_scale(seed):
 def test_n_delta_unchanged_when_every_sample_is_duplicated(copies):
     grads = torch.randn(9, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     dup = grads.repeat(copies, 1)
-    assert (len(dup) * gradient_diversity(dup)).item() == pytest.approx((9 * gradient_diversity(grads)).item(),
-                                                                       rel=1e-12)
+    assert (len(dup) * gradient_diversity(dup)).item() == pytest.approx(
+        (9 * gradient_diversity(grads)).item(), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("spread", [0.0, 1e-3, 1.0, 100.0])
 def test_n_delta_is_at_least_one(spread):
     g = torch.Generator().manual_seed(2)
-    grads = torch.randn(6, dtype=torch.float64, generator=g) + spread * torch.randn(20, 6, dtype=torch.float64,
-                                                                                   generator=g)
+    grads = torch.randn(6, dtype=torch.float64, generator=g) + spread * torch.randn(
+        20, 6, dtype=torch.float64, generator=g
+    )
     assert (20 * gradient_diversity(grads)).item() >= 1 - 1e-12  # Cauchy-Schwarz
 
 
@@ -84,8 +93,14 @@ def _linear():
 
 
 def _conv():
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 2 * 2, N_CLASSES))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, N_CLASSES),
+    )
 
 
 def _data(n, seed=0, dtype=torch.float32):
@@ -104,8 +119,9 @@ def _measured_epoch(model, batches, max_micro_batch):
     estimator = ExactDiversity()
     model = estimator.prepare(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
-    stats = train_one_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), max_micro_batch, estimator,
-                            progress=False)
+    stats = train_one_epoch(
+        model, batches, optimizer, nn.CrossEntropyLoss(), max_micro_batch, estimator, progress=False
+    )
     assert stats["samples"] == sum(len(b[1]) for b in batches) == estimator.samples
     return estimator.value()
 
@@ -137,7 +153,7 @@ def test_authors_mean_unit_form_agrees_only_with_equal_batch_sizes():
     grads = per_sample_gradients(copy.deepcopy(model).double(), F.cross_entropy, x.double(), y)
 
     def authors(sizes):
-        chunks = grads[:sum(sizes)].split(sizes)
+        chunks = grads[: sum(sizes)].split(sizes)
         s = sum(c.pow(2).sum() / len(c) ** 2 for c in chunks)
         a = sum(c.mean(0) for c in chunks)
         return (s / a.pow(2).sum()).item()
@@ -220,6 +236,7 @@ def _mixed_mode_pieces(model: nn.Module, x, y, scale: float = 1.0):
         def fn(module, inputs, output):
             output.retain_grad()
             seen[name] = (inputs[0].detach(), output)
+
         return fn
 
     handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
@@ -239,11 +256,12 @@ def _mixed_mode_pieces(model: nn.Module, x, y, scale: float = 1.0):
             for i in range(len(y)):
                 if isinstance(m, nn.BatchNorm2d):
                     view = (1, -1, 1, 1)
-                    out_i = ((inp[i:i + 1] - m.running_mean.view(view)) / torch.sqrt(m.running_var.view(view) + m.eps)
-                             * m.weight.view(view) + m.bias.view(view))
+                    out_i = (inp[i : i + 1] - m.running_mean.view(view)) / torch.sqrt(
+                        m.running_var.view(view) + m.eps
+                    ) * m.weight.view(view) + m.bias.view(view)
                 else:
-                    out_i = m(inp[i:i + 1])
-                rows.append(torch.autograd.grad((out_i * gouts[name][i:i + 1]).sum(), p)[0])
+                    out_i = m(inp[i : i + 1])
+                rows.append(torch.autograd.grad((out_i * gouts[name][i : i + 1]).sum(), p)[0])
             pieces[f"{name}.{pname}"] = torch.stack(rows)
     return pieces, grads
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.fake_runs import write_run
 
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis import collect_runs, main_table, speedup_table
 from divebatch.analysis import estimators as est
-from fixtures.fake_runs import write_run
 
 BASE = np.array([40.0, 70.0, 85.0, 89.0, 90.0])
 
@@ -21,15 +21,32 @@ def _study(root, fixed_point_shift: float, exact_shift: float = -10.0):
     with the fixed-point estimator (``fixed_point_shift``), 3 seeds; lr-rescale variants alike."""
     for seed in (1, 2, 3):
         acc = BASE + 0.3 * seed
-        write_run(root, f"sgd/s{seed}", val_acc=acc, method="sgd", seed=seed, initial_batch_size=64,
-                  max_batch_size=640, batch_size=[64] * 5, optimizer_steps=np.cumsum([100] * 5))
+        write_run(
+            root,
+            f"sgd/s{seed}",
+            val_acc=acc,
+            method="sgd",
+            seed=seed,
+            initial_batch_size=64,
+            max_batch_size=640,
+            batch_size=[64] * 5,
+            optimizer_steps=np.cumsum([100] * 5),
+        )
         for rescale in (False, True):
             for estimator, shift, first in (("exact", exact_shift, 640), ("fixed_point", fixed_point_shift, 128)):
-                write_run(root, f"dive-{estimator}-{rescale}/s{seed}", val_acc=acc + shift, seed=seed,
-                          lr_rescale=rescale, initial_batch_size=64, max_batch_size=640,
-                          batch_size=[64, 64, first, first, first], grad_diversity=[np.nan, 0.5, np.nan, np.nan, np.nan],
-                          optimizer_steps=np.cumsum([100, 100, 20, 20, 20]),
-                          overrides=[f"method.diversity_estimator={estimator}"])
+                write_run(
+                    root,
+                    f"dive-{estimator}-{rescale}/s{seed}",
+                    val_acc=acc + shift,
+                    seed=seed,
+                    lr_rescale=rescale,
+                    initial_batch_size=64,
+                    max_batch_size=640,
+                    batch_size=[64, 64, first, first, first],
+                    grad_diversity=[np.nan, 0.5, np.nan, np.nan, np.nan],
+                    optimizer_steps=np.cumsum([100, 100, 20, 20, 20]),
+                    overrides=[f"method.diversity_estimator={estimator}"],
+                )
     return root
 
 
@@ -74,16 +91,44 @@ def test_estimator_table_and_first_decisions(tmp_path):
 
 def test_shadow_runs_are_excluded_from_the_tables_and_read_by_the_study(tmp_path):
     _study(tmp_path, -1.0)
-    shadow = write_run(tmp_path, "shadow/s1", val_acc=BASE, method="sgd", seed=1, initial_batch_size=64,
-                       max_batch_size=640, overrides=["shadow.enabled=true"])
-    pd.DataFrame({"epoch": [1, 3], "lr": [0.1, 0.05], "batch_size": [64, 64], "n_train": [1000, 1000],
-                  "n_delta_exact": [4000.0, 9000.0], "n_delta_microbatch": [1000.0, 2000.0],
-                  "n_delta_fixed_point": [110.0, 210.0], "fixed_point_samples": [256, 256],
-                  "n_delta_full": [100.0, 200.0], "fixed_point_s": [1.0, 1.0], "full_pass_s": [3.0, 3.0],
-                  "measured_epoch_s": [5.0, 5.0]}).to_csv(shadow / "shadow.csv", index=False)
-    pd.DataFrame({"epoch": [1, 1], "subset_samples": [128, 256], "draws": [10, 10], "n_delta_full": [100.0, 100.0],
-                  "rel_bias": [0.1, 0.05], "rel_sd": [0.3, 0.15], "rel_p90_abs_err": [0.5, 0.25],
-                  "share_inf": [0.0, 0.0]}).to_csv(shadow / "shadow_subsets.csv", index=False)
+    shadow = write_run(
+        tmp_path,
+        "shadow/s1",
+        val_acc=BASE,
+        method="sgd",
+        seed=1,
+        initial_batch_size=64,
+        max_batch_size=640,
+        overrides=["shadow.enabled=true"],
+    )
+    pd.DataFrame(
+        {
+            "epoch": [1, 3],
+            "lr": [0.1, 0.05],
+            "batch_size": [64, 64],
+            "n_train": [1000, 1000],
+            "n_delta_exact": [4000.0, 9000.0],
+            "n_delta_microbatch": [1000.0, 2000.0],
+            "n_delta_fixed_point": [110.0, 210.0],
+            "fixed_point_samples": [256, 256],
+            "n_delta_full": [100.0, 200.0],
+            "fixed_point_s": [1.0, 1.0],
+            "full_pass_s": [3.0, 3.0],
+            "measured_epoch_s": [5.0, 5.0],
+        }
+    ).to_csv(shadow / "shadow.csv", index=False)
+    pd.DataFrame(
+        {
+            "epoch": [1, 1],
+            "subset_samples": [128, 256],
+            "draws": [10, 10],
+            "n_delta_full": [100.0, 100.0],
+            "rel_bias": [0.1, 0.05],
+            "rel_sd": [0.3, 0.15],
+            "rel_p90_abs_err": [0.5, 0.25],
+            "share_inf": [0.0, 0.0],
+        }
+    ).to_csv(shadow / "shadow_subsets.csv", index=False)
     rs = collect_runs(tmp_path)
     assert "shadow" in rs.runs.set_index("run_id").loc[f"{tmp_path.name}/shadow/s1", "reason"]
     assert not rs.epochs["run_id"].str.endswith("shadow/s1").any()

@@ -20,8 +20,15 @@ from torch import nn
 from divebatch import config as config_module
 from divebatch.config import ConfigError
 from divebatch.data import build_data, fixed_subset_indices, reference_batches
-from divebatch.diversity import (ESTIMATORS, FixedPointDiversity, build_estimator, gradient_diversity,
-                                 per_sample_gradients, subset_mean_grad_sq, subset_n_diversity)
+from divebatch.diversity import (
+    ESTIMATORS,
+    FixedPointDiversity,
+    build_estimator,
+    gradient_diversity,
+    per_sample_gradients,
+    subset_mean_grad_sq,
+    subset_n_diversity,
+)
 
 N_CLASSES = 5
 
@@ -31,14 +38,21 @@ def _linear():
 
 
 def _conv():
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 2 * 2, N_CLASSES))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, N_CLASSES),
+    )
 
 
 def _bn():
     """Conv + BatchNorm; the running statistics are moved off their defaults by a train-mode forward."""
-    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                      nn.Linear(4 * 4 * 4, N_CLASSES))
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, N_CLASSES)
+    )
     with torch.no_grad():
         m.train()(torch.randn(64, 3, 4, 4) * 2 + 1)
     return m
@@ -181,8 +195,14 @@ def test_trainer_logs_delta_at_the_epoch_end_weights(tiny_config):
     from divebatch.models import build_model
     from divebatch.training import train
 
-    cfg = tiny_config("method.diversity_estimator=fixed_point", "method.fixed_point_samples=null",
-                      "method.resize_freq=2", "epochs=2", "data.augment=false", "method.delta=0.01")
+    cfg = tiny_config(
+        "method.diversity_estimator=fixed_point",
+        "method.fixed_point_samples=null",
+        "method.resize_freq=2",
+        "epochs=2",
+        "data.augment=false",
+        "method.delta=0.01",
+    )
     train(cfg)
     df = pd.read_csv(f"{cfg.out_dir}/metrics.csv")
     assert math.isnan(df.grad_diversity[0]) and not math.isnan(df.grad_diversity[1])
@@ -202,9 +222,17 @@ def test_shadow_at_lr_zero_all_whole_set_estimates_agree(tiny_config):
     and the whole-set pass are the same Delta; the micro-batch estimate is within its noise."""
     from divebatch.training import train
 
-    cfg = tiny_config("method.name=sgd", "optim.lr=0.0", "shadow.enabled=true", "method.resize_freq=1", "epochs=1",
-                      "method.fixed_point_samples=null", "shadow.chunk=64", "shadow.subset_sizes=[128,512]",
-                      "shadow.draws=50")
+    cfg = tiny_config(
+        "method.name=sgd",
+        "optim.lr=0.0",
+        "shadow.enabled=true",
+        "method.resize_freq=1",
+        "epochs=1",
+        "method.fixed_point_samples=null",
+        "shadow.chunk=64",
+        "shadow.subset_sizes=[128,512]",
+        "shadow.draws=50",
+    )
     train(cfg)
     row = pd.read_csv(f"{cfg.out_dir}/shadow.csv").iloc[0]
     assert row.n_delta_exact == pytest.approx(row.n_delta_full, rel=1e-5)
@@ -224,9 +252,18 @@ def test_shadow_leaves_the_training_unchanged(tiny_config):
     passes restore the gradient and the BatchNorm statistics)."""
     from divebatch.training import train
 
-    common = ("method.name=sgd", "model.name=resnet_small", "model.width=2", "method.resize_freq=1", "epochs=2",
-              "data.train_subset=200", "shadow.chunk=50", "shadow.subset_sizes=[50]", "shadow.draws=5",
-              "method.fixed_point_samples=100")
+    common = (
+        "method.name=sgd",
+        "model.name=resnet_small",
+        "model.width=2",
+        "method.resize_freq=1",
+        "epochs=2",
+        "data.train_subset=200",
+        "shadow.chunk=50",
+        "shadow.subset_sizes=[50]",
+        "shadow.draws=5",
+        "method.fixed_point_samples=100",
+    )
     plain = tiny_config(*common, out="plain")
     shadow = tiny_config(*common, "shadow.enabled=true", out="shadow")
     train(plain)
@@ -256,8 +293,14 @@ def test_synthetic_estimators_at_lr_zero_equal_exact_delta():
 
     spec = DataSpec(n_train=512, n_val=64, n_features=8, label_noise=0.1, spectrum_decay=0.0, l2=1e-3)
     probs = prepare(spec, [3], target_relative=0.01, with_paths=False)
-    mcfg = load(overrides=["methods.epochs=2", "methods.initial_batch_size=16", "methods.max_batch_size=256",
-                           "methods.fixed_point_samples=null"]).methods
+    mcfg = load(
+        overrides=[
+            "methods.epochs=2",
+            "methods.initial_batch_size=16",
+            "methods.max_batch_size=256",
+            "methods.fixed_point_samples=null",
+        ]
+    ).methods
     rows, _ = run_method(probs, 0, "SGD (small batch)", mcfg, lr=1e-300)
     exact = float(P.n_diversity(probs.x[0], probs.y[0], torch.zeros(1, 8, dtype=P.DTYPE), 1e-3)[0])
     for r in rows:
@@ -277,8 +320,14 @@ def test_synthetic_fixed_point_subset_is_the_subset_formula():
 
     spec = DataSpec(n_train=512, n_val=64, n_features=8, label_noise=0.1, spectrum_decay=0.0, l2=1e-3)
     probs = prepare(spec, [3], target_relative=0.01, with_paths=False)
-    mcfg = load(overrides=["methods.epochs=1", "methods.initial_batch_size=16", "methods.max_batch_size=256",
-                           "methods.fixed_point_samples=100"]).methods
+    mcfg = load(
+        overrides=[
+            "methods.epochs=1",
+            "methods.initial_batch_size=16",
+            "methods.max_batch_size=256",
+            "methods.fixed_point_samples=100",
+        ]
+    ).methods
     rows, _ = run_method(probs, 0, "SGD (small batch)", mcfg, lr=1e-300)
     x, y, w = probs.x[0], probs.y[0], torch.zeros(1, 8, dtype=P.DTYPE)
     idx = torch.randperm(512, generator=torch.Generator().manual_seed(7919 + 3))[:100]

@@ -15,6 +15,16 @@ from divebatch import gpu_check as gc
 from divebatch import gpu_hours as gh
 
 
+def not_measured_block() -> str:
+    """The block of docs/replicate.md while no GPU measurement exists (what `gpu-hours --write` replaces)."""
+    return (
+        f"{gh.BEGIN}\n**Not measured yet: no GPU was available** to this project. On a GPU machine, "
+        f"`bash replicate/gpu_check.sh` writes `runs/gpu_check/results.json` and `divebatch gpu-hours "
+        f"runs/gpu_check/results.json --write` fills this table (per dataset and method, for one GPU and for K "
+        f"runs per GPU, with the GPU it was measured on) and the paper profile's `expected_minutes`.\n{gh.END}"
+    )
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -40,8 +50,10 @@ def test_jpeg_tarball_is_decoded_once_into_the_npz_format(tmp_path):
 
     official = tmp_path / "official"
     (official / "cifar-10-batches-py").mkdir(parents=True)
-    assert gc.prepare_cifar10(official, tmp_path / "cache")["overrides"][:2] == ["data.name=cifar10",
-                                                                                  f"data.path={official}"]
+    assert gc.prepare_cifar10(official, tmp_path / "cache")["overrides"][:2] == [
+        "data.name=cifar10",
+        f"data.path={official}",
+    ]
 
 
 def test_wrong_class_folders_and_paths_are_clear_errors(tmp_path):
@@ -69,8 +81,15 @@ def _no_backpack(name):
 
 def test_missing_packages_skip_their_checks_and_are_reported(tmp_path):
     out = tmp_path / "results.json"
-    res = gc.run_checks(cpu_check=True, out=out, only=["gpu_tests", "cifar10_faithful"], work=tmp_path / "w",
-                        cache=tmp_path / "c", log=lambda m: None, importer=_no_backpack)
+    res = gc.run_checks(
+        cpu_check=True,
+        out=out,
+        only=["gpu_tests", "cifar10_faithful"],
+        work=tmp_path / "w",
+        cache=tmp_path / "c",
+        log=lambda m: None,
+        importer=_no_backpack,
+    )
     assert json.loads(out.read_text()) == res
     gc.validate_results(res)
     assert res["mode"] == "cpu-check" and res["packages"]["backpack"]["version"] is None
@@ -86,8 +105,18 @@ def test_missing_packages_skip_their_checks_and_are_reported(tmp_path):
 
 
 def test_gpu_mode_without_cuda_skips_every_check_and_says_why(tmp_path, capsys):
-    code = gc.cli(["--out", str(tmp_path / "r.json"), "--work", str(tmp_path / "w"), "--cache", str(tmp_path / "c"),
-                   "--cifar10", str(tmp_path)])
+    code = gc.cli(
+        [
+            "--out",
+            str(tmp_path / "r.json"),
+            "--work",
+            str(tmp_path / "w"),
+            "--cache",
+            str(tmp_path / "c"),
+            "--cifar10",
+            str(tmp_path),
+        ]
+    )
     res = json.loads((tmp_path / "r.json").read_text())
     assert code == 0 and res["mode"] == "gpu" and res["machine"]["device"] == "cpu"
     assert all(c["status"] == "skipped" and "no CUDA device" in c["reason"] for c in res["checks"].values())
@@ -97,24 +126,37 @@ def test_gpu_mode_without_cuda_skips_every_check_and_says_why(tmp_path, capsys):
 
 
 def test_results_schema_names_the_bad_key(tmp_path):
-    res = gc.run_checks(cpu_check=True, out=tmp_path / "r.json", only=["gpu_tests"], work=tmp_path / "w",
-                        cache=tmp_path / "c", log=lambda m: None, importer=_no_backpack)
-    for key, value, match in (("mode", "tpu", r"mode='tpu'; allowed: gpu \| cpu-check"),
-                              ("skipped", [{"item": "x"}], r"skipped\[0\]"),
-                              ("checks", {"a": {"status": "meh", "seconds": 0, "result": None}},
-                               r"checks\.a\.status='meh'; allowed: ok \| failed \| skipped"),
-                              ("checks", {"a": {"status": "failed", "seconds": 0, "result": None}},
-                               r"checks\.a\.reason=None")):
+    res = gc.run_checks(
+        cpu_check=True,
+        out=tmp_path / "r.json",
+        only=["gpu_tests"],
+        work=tmp_path / "w",
+        cache=tmp_path / "c",
+        log=lambda m: None,
+        importer=_no_backpack,
+    )
+    for key, value, match in (
+        ("mode", "tpu", r"mode='tpu'; allowed: gpu \| cpu-check"),
+        ("skipped", [{"item": "x"}], r"skipped\[0\]"),
+        (
+            "checks",
+            {"a": {"status": "meh", "seconds": 0, "result": None}},
+            r"checks\.a\.status='meh'; allowed: ok \| failed \| skipped",
+        ),
+        ("checks", {"a": {"status": "failed", "seconds": 0, "result": None}}, r"checks\.a\.reason=None"),
+    ):
         with pytest.raises(gc.GpuCheckError, match=match):
             gc.validate_results({**res, key: value})
 
 
 def test_junit_results_keep_skip_reasons(tmp_path):
     xml = tmp_path / "j.xml"
-    xml.write_text('<testsuites><testsuite><testcase classname="tests.a" name="t1"/>'
-                   '<testcase classname="tests.a" name="t2"><skipped message="needs a CUDA device"/></testcase>'
-                   '<testcase classname="tests.b" name="t3"><failure message="boom">trace</failure></testcase>'
-                   '</testsuite></testsuites>')
+    xml.write_text(
+        '<testsuites><testsuite><testcase classname="tests.a" name="t1"/>'
+        '<testcase classname="tests.a" name="t2"><skipped message="needs a CUDA device"/></testcase>'
+        '<testcase classname="tests.b" name="t3"><failure message="boom">trace</failure></testcase>'
+        "</testsuite></testsuites>"
+    )
     r = gc.parse_junit(xml)
     assert (r["passed"], r["failed"], r["skipped"]) == (1, 1, 1)
     assert r["tests"][1] == {"name": "tests.a::t2", "outcome": "skipped", "message": "needs a CUDA device"}
@@ -124,8 +166,11 @@ def test_junit_results_keep_skip_reasons(tmp_path):
 def test_epoch_times_leave_out_warm_up_and_measured_epochs():
     def row(e, b, t, div=None):
         return {"epoch": e, "batch_size": b, "epoch_time_s": t, "eval_time_s": 1.0, "grad_diversity": div}
-    runs = {"divebatch": [row(0, 128, 99.0), row(1, 128, 10.0), row(2, 128, 15.0, div=0.3)],
-            "adabatch": [row(0, 128, 50.0), row(1, 256, 8.0), row(2, 512, 6.0), row(3, 2048, 4.5), row(4, 2048, 4.0)]}
+
+    runs = {
+        "divebatch": [row(0, 128, 99.0), row(1, 128, 10.0), row(2, 128, 15.0, div=0.3)],
+        "adabatch": [row(0, 128, 50.0), row(1, 256, 8.0), row(2, 512, 6.0), row(3, 2048, 4.5), row(4, 2048, 4.0)],
+    }
     t = gc.epoch_times(runs)
     assert t["epoch_time_s"] == {"128": 10.0, "256": 8.0, "512": 6.0, "2048": 4.0}
     assert t["measured_epoch_ratio"] == 1.5 and t["eval_time_s"] == 1.0
@@ -136,8 +181,14 @@ def test_epoch_times_leave_out_warm_up_and_measured_epochs():
 
 def test_cpu_check_runs_a_benchmark_into_the_results_file(tmp_path):
     """One real check end to end (a subprocess, its CSV into the results file)."""
-    res = gc.run_checks(cpu_check=True, out=tmp_path / "r.json", only=["bench_diversity_cost"],
-                        work=tmp_path / "w", cache=tmp_path / "c", log=lambda m: None)
+    res = gc.run_checks(
+        cpu_check=True,
+        out=tmp_path / "r.json",
+        only=["bench_diversity_cost"],
+        work=tmp_path / "w",
+        cache=tmp_path / "c",
+        log=lambda m: None,
+    )
     c = res["checks"]["bench_diversity_cost"]
     assert c["status"] == "ok", c["reason"]
     assert {r["case"] for r in c["result"]["rows"]} == {"sgd", "exact"}
@@ -148,8 +199,21 @@ def test_cpu_check_runs_a_benchmark_into_the_results_file(tmp_path):
 @pytest.mark.slow  # about 3.5 minutes on a busy 2-core machine: trainings and every benchmark
 def test_whole_cpu_check(tmp_path, capsys):
     out = tmp_path / "results.json"
-    code = gc.cli(["--cpu-check", "--out", str(out), "--work", str(tmp_path / "w"), "--cache", str(tmp_path / "c"),
-                   "--runs-per-gpu", "2", "--budget-minutes", "30"])
+    code = gc.cli(
+        [
+            "--cpu-check",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "w"),
+            "--cache",
+            str(tmp_path / "c"),
+            "--runs-per-gpu",
+            "2",
+            "--budget-minutes",
+            "30",
+        ]
+    )
     res = gc.validate_results(json.loads(out.read_text()))
     assert code == 0, {k: c["reason"] for k, c in res["checks"].items() if c["status"] != "ok"}
     assert all(c["status"] == "ok" for c in res["checks"].values())
@@ -166,20 +230,45 @@ def test_whole_cpu_check(tmp_path, capsys):
 
 def _fake_results(mode="gpu"):
     """A results file with made-up round numbers (not measurements), to check the arithmetic."""
-    real = {"n_train": 50000, "n_test": 10000, "eval_time_s": 1.0, "measured_epoch_ratio": 1.5,
-            "epoch_time_s": {"128": 10.0, "256": 8.0, "512": 6.0, "1024": 5.0, "2048": 4.0}}
-    step = {"rows": [{"model": "resnet18_imagenet", "batch": 256, "case": "sgd", "median_s": 0.256,
-                      "ratio_to_sgd": 1.0},
-                     {"model": "resnet18_imagenet", "batch": 256, "case": "exact", "median_s": 0.5, "ratio_to_sgd": 2.0}]}
+    real = {
+        "n_train": 50000,
+        "n_test": 10000,
+        "eval_time_s": 1.0,
+        "measured_epoch_ratio": 1.5,
+        "epoch_time_s": {"128": 10.0, "256": 8.0, "512": 6.0, "1024": 5.0, "2048": 4.0},
+    }
+    step = {
+        "rows": [
+            {"model": "resnet18_imagenet", "batch": 256, "case": "sgd", "median_s": 0.256, "ratio_to_sgd": 1.0},
+            {"model": "resnet18_imagenet", "batch": 256, "case": "exact", "median_s": 0.5, "ratio_to_sgd": 2.0},
+        ]
+    }
 
     def ok(result):
         return {"status": "ok", "reason": None, "seconds": 1.0, "what": "", "result": result}
-    return {"schema": gc.SCHEMA, "mode": mode, "started": "2027-01-01T00:00:00+00:00", "seconds": 400.0,
-            "budget_s": 480.0, "machine": {"python": "3.11", "device": "Some GPU", "torch": "2.11", "cuda": "12.8",
-                                           "commit": "abc", "gpu_memory_gib": 80},
-            "packages": {}, "skipped": [],
-            "checks": {"cifar10_faithful": ok(real), "bench_imagenet_step": ok(step),
-                       "runs_per_gpu": ok({"speedup": {"1": 1.0, "2": 1.6, "4": 2.0}})}}
+
+    return {
+        "schema": gc.SCHEMA,
+        "mode": mode,
+        "started": "2027-01-01T00:00:00+00:00",
+        "seconds": 400.0,
+        "budget_s": 480.0,
+        "machine": {
+            "python": "3.11",
+            "device": "Some GPU",
+            "torch": "2.11",
+            "cuda": "12.8",
+            "commit": "abc",
+            "gpu_memory_gib": 80,
+        },
+        "packages": {},
+        "skipped": [],
+        "checks": {
+            "cifar10_faithful": ok(real),
+            "bench_imagenet_step": ok(step),
+            "runs_per_gpu": ok({"speedup": {"1": 1.0, "2": 1.6, "4": 2.0}}),
+        },
+    }
 
 
 def test_gpu_hours_follow_the_schedules_and_k_runs_per_gpu():
@@ -189,10 +278,12 @@ def test_gpu_hours_follow_the_schedules_and_k_runs_per_gpu():
     assert gh.run_hours("sgd", 200, 128, 128, 20, model, 50000) == pytest.approx(200 * 11 / 3600)
     # AdaBatch: 20 epochs each at 128, 256, 512, 1024, then 120 at 2048
     assert gh.run_hours("adabatch", 200, 128, 2048, 20, model, 50000) == pytest.approx(
-        (20 * (10 + 8 + 6 + 5) + 120 * 4 + 200) / 3600)
+        (20 * (10 + 8 + 6 + 5) + 120 * 4 + 200) / 3600
+    )
     # DiveBatch doubling: 4 measured epochs (at 128..1024) cost 1.5x
     assert gh.run_hours("divebatch", 200, 128, 2048, 20, model, 50000) == pytest.approx(
-        (20 * (10 + 8 + 6 + 5) + 0.5 * (10 + 8 + 6 + 5) + 120 * 4 + 200) / 3600)
+        (20 * (10 + 8 + 6 + 5) + 0.5 * (10 + 8 + 6 + 5) + 120 * 4 + 200) / 3600
+    )
     assert gh.per_sample_seconds(4096, {128: 2.0, 2048: 1.0}) == 1.0
     assert gh.per_sample_seconds(512, {128: 2.0, 2048: 1.0}) == pytest.approx(1.5)  # halfway in log2
     t = gh.table(res, gh.paper_runs())
@@ -212,7 +303,7 @@ def test_gpu_hours_write_the_docs_and_the_profile_only_from_a_gpu(tmp_path, monk
     profile.write_text((REPO / "configs" / "profiles" / "paper.yaml").read_text())
     monkeypatch.setattr(gh, "DOC", doc)
     monkeypatch.setattr(gh, "PROFILE", profile)
-    assert gh.not_measured_block() in doc.read_text()  # what the docs say while nothing is measured
+    assert not_measured_block() in doc.read_text()  # what the docs say while nothing is measured
     path = tmp_path / "results.json"
     path.write_text(json.dumps(_fake_results("cpu-check")))
     assert gh.cli([str(path), "--write"]) == 2
@@ -225,4 +316,3 @@ def test_gpu_hours_write_the_docs_and_the_profile_only_from_a_gpu(tmp_path, monk
     minutes = round(t["total_h"] / 2.0 * 60)
     assert f"expected_minutes: {minutes}    # one Some GPU, 4 run(s) per GPU" in profile.read_text()
     assert gh.cli([str(path), "--write"]) == 0 and doc.read_text() == text  # idempotent
-

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import SHARED_DATA, needs_shared
 from divebatch.config import ConfigError, DataConfig
 from divebatch.data import DataError, build_data, content_key, decode_imagefolder, make_loaders, resolve_loader
 
@@ -31,8 +31,15 @@ def _cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def write_layout(root: Path, classes=("cat", "ant", "dog"), per_class=(4, 2), size=(6, 5), seed=0,
-                 grey: str | None = None, skip_test: str | None = None) -> dict:
+def write_layout(
+    root: Path,
+    classes=("cat", "ant", "dog"),
+    per_class=(4, 2),
+    size=(6, 5),
+    seed=0,
+    grey: str | None = None,
+    skip_test: str | None = None,
+) -> dict:
     """PNG files (lossless) in ROOT/{train,test}/<class>/; returns {(split, class, name): HWC uint8}."""
     rng = np.random.default_rng(seed)
     pixels = {}
@@ -160,8 +167,15 @@ def test_training_run_on_an_image_folder(tiny_config, tmp_path, loader):
 
     root = tmp_path / "data"
     write_layout(root, size=(8, 8), per_class=(6, 2))
-    cfg = tiny_config("data.name=imagefolder", f"data.path={root}", f"data.loader={loader}", "data.num_workers=0",
-                      "method.initial_batch_size=4", "epochs=1", out=f"run-{loader}")
+    cfg = tiny_config(
+        "data.name=imagefolder",
+        f"data.path={root}",
+        f"data.loader={loader}",
+        "data.num_workers=0",
+        "method.initial_batch_size=4",
+        "epochs=1",
+        out=f"run-{loader}",
+    )
     train(cfg)
     df = pd.read_csv(f"{cfg.out_dir}/metrics.csv")
     assert df.samples_seen.tolist() == [18]
@@ -186,8 +200,18 @@ def test_whole_cifar10_jpeg_archive_has_the_layout(tmp_path):
                 break
     root = tmp_path / "cifar10-jpeg"
     b = build_data(data_cfg(name="imagefolder", path=str(root)))
-    assert b.train_set.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                                   "truck"]
+    assert b.train_set.classes == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     assert b.arrays[0].shape == (300, 3, 32, 32) and b.arrays[2].shape == (100, 3, 32, 32)
     assert b.augment == "crop_flip" and b.image_size == 32
     assert torch.bincount(b.arrays[1]).tolist() == [30] * 10

@@ -13,8 +13,10 @@ SHOW = "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), os.environ['O
 
 
 def test_pool_pins_one_gpu_per_training_and_sets_threads(tmp_path):
-    tasks = [launch.Task(f"t{i}", [sys.executable, "-c", SHOW + "; import time; time.sleep(1)"], tmp_path / f"t{i}.log")
-             for i in range(2)]
+    tasks = [
+        launch.Task(f"t{i}", [sys.executable, "-c", SHOW + "; import time; time.sleep(1)"], tmp_path / f"t{i}.log")
+        for i in range(2)
+    ]
     tasks.insert(0, launch.Task("syn", [sys.executable, "-c", SHOW], tmp_path / "syn.log", needs_gpu=False))
     done = []
     launch.Pool(jobs=2, gpus=["3", "5"]).run(tasks, on_finish=done.append)
@@ -37,10 +39,22 @@ def test_tasks_are_pulled_only_when_a_slot_frees(tmp_path, monkeypatch):
             code = "import os, sys; print(os.environ.get('WANDB_RUN_ID')); sys.exit(%d)" % (i == 1)
             yield launch.Task(f"r{i}", [sys.executable, "-c", code], tmp_path / "logs" / f"r{i}.log")
 
-    launch.Pool(jobs=1, gpus=[]).run(source(), on_start=lambda t: events.append(f"start {t.name}"),
-                                     on_finish=lambda t: events.append(f"end {t.name} {t.returncode}"))
-    assert events == ["pull 0", "start r0", "end r0 0", "pull 1", "start r1", "end r1 1",
-                      "pull 2", "start r2", "end r2 0"]
+    launch.Pool(jobs=1, gpus=[]).run(
+        source(),
+        on_start=lambda t: events.append(f"start {t.name}"),
+        on_finish=lambda t: events.append(f"end {t.name} {t.returncode}"),
+    )
+    assert events == [
+        "pull 0",
+        "start r0",
+        "end r0 0",
+        "pull 1",
+        "start r1",
+        "end r1 1",
+        "pull 2",
+        "start r2",
+        "end r2 0",
+    ]
     log = (tmp_path / "logs" / "r1.log").read_text()
     assert log.count("=== ") == 1 and "None" in log
     assert "      None" in launch.tail(tmp_path / "logs" / "r1.log")
@@ -88,8 +102,13 @@ def test_resolve_jobs_and_the_planned_devices():
     with pytest.raises(ValueError, match="--runs-per-gpu 0; allowed: an integer >= 1"):
         launch.resolve_jobs(None, 0, ["0"], 2)
     plan = [launch.planned_device(i, ["0", "1"], 4, 2) for i in range(5)]
-    assert plan == ["GPU 0 (run 1 of 2 on it)", "GPU 1 (run 1 of 2 on it)", "GPU 0 (run 2 of 2 on it)",
-                    "GPU 1 (run 2 of 2 on it)", "GPU 0 or 1 (queued: first free slot)"]
+    assert plan == [
+        "GPU 0 (run 1 of 2 on it)",
+        "GPU 1 (run 1 of 2 on it)",
+        "GPU 0 (run 2 of 2 on it)",
+        "GPU 1 (run 2 of 2 on it)",
+        "GPU 0 or 1 (queued: first free slot)",
+    ]
     # what the dry run promises is what the pool does for the first wave
     tasks = [launch.Task(f"t{i}", [sys.executable, "-c", "pass"], Path("/dev/null")) for i in range(4)]
     pool = launch.Pool(jobs=4, gpus=["0", "1"], runs_per_gpu=2)

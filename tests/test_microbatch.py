@@ -20,8 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from divebatch.diversity import (ESTIMATORS, ExactDiversity, MicroBatchDiversity, build_estimator,
-                                 gradient_diversity, per_sample_gradients)
+from divebatch.diversity import (
+    ESTIMATORS,
+    ExactDiversity,
+    MicroBatchDiversity,
+    build_estimator,
+    gradient_diversity,
+    per_sample_gradients,
+)
 from divebatch.training import micro_batch_plan, train_one_epoch
 
 N_CLASSES = 4
@@ -33,8 +39,14 @@ def _logistic(features: int = 12) -> nn.Module:
 
 def _cnn() -> nn.Module:
     """A small CNN without BatchNorm: per-sample gradients are well defined in train mode."""
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(6 * 4 * 4, N_CLASSES))
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, N_CLASSES),
+    )
 
 
 def _data(kind: str, n: int, seed: int = 0, dtype=torch.float32):
@@ -55,8 +67,9 @@ def _batches(x, y, batch_size: int, seed: int):
 def _epoch(estimator, model, batches, max_micro_batch: int = 2048):
     model = estimator.prepare(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    stats = train_one_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), max_micro_batch, estimator,
-                            progress=False)
+    stats = train_one_epoch(
+        model, batches, optimizer, nn.CrossEntropyLoss(), max_micro_batch, estimator, progress=False
+    )
     assert stats["samples"] == estimator.samples
     return estimator
 
@@ -77,14 +90,17 @@ def test_registered_and_built_by_name():
     assert isinstance(build_estimator("microbatch"), MicroBatchDiversity)
 
 
-@pytest.mark.parametrize("k, batch, max_micro, expected", [
-    (2, 128, 2048, [64, 64]),        # split although the batch fits in one micro-batch
-    (2, 7, 2048, [4, 3]),
-    (4, 10, 2048, [3, 3, 2, 2]),
-    (2, 3000, 1024, [1000, 1000, 1000]),  # the memory cap asks for more parts
-    (4, 3, 2048, [1, 1, 1]),         # never an empty micro-batch
-    (2, 1, 2048, [1]),
-])
+@pytest.mark.parametrize(
+    "k, batch, max_micro, expected",
+    [
+        (2, 128, 2048, [64, 64]),  # split although the batch fits in one micro-batch
+        (2, 7, 2048, [4, 3]),
+        (4, 10, 2048, [3, 3, 2, 2]),
+        (2, 3000, 1024, [1000, 1000, 1000]),  # the memory cap asks for more parts
+        (4, 3, 2048, [1, 1, 1]),  # never an empty micro-batch
+        (2, 1, 2048, [1]),
+    ],
+)
 def test_micro_batch_sizes(k, batch, max_micro, expected):
     assert MicroBatchDiversity(k).micro_batch_sizes(batch, max_micro) == expected
     assert micro_batch_plan(batch, max_micro, MicroBatchDiversity(k)) == expected
@@ -189,8 +205,11 @@ def _simulated_sd(rows_in_epoch_order: torch.Tensor, batch_size: int, k: int, dr
     out = []
     for _ in range(draws):
         rows = rows_in_epoch_order[torch.randperm(n, generator=g)]
-        out.append(sum(_p_hat(c, MicroBatchDiversity(k).micro_batch_sizes(len(c), 2048))
-                       for c in rows.split(batch_size)).item())
+        out.append(
+            sum(
+                _p_hat(c, MicroBatchDiversity(k).micro_batch_sizes(len(c), 2048)) for c in rows.split(batch_size)
+            ).item()
+        )
     return torch.tensor(out, dtype=torch.float64).std().item()
 
 
@@ -207,8 +226,11 @@ def test_agrees_with_the_exact_estimator_over_seeds(kind, n, batch_size):
     torch.manual_seed(0)
     model = _logistic() if kind == "logistic" else _cnn()
     x, y = _data(kind, n)
-    rows = (_softmax_regression_rows(model, x, y) if kind == "logistic"
-            else per_sample_gradients(copy.deepcopy(model).double(), F.cross_entropy, x.double(), y))
+    rows = (
+        _softmax_regression_rows(model, x, y)
+        if kind == "logistic"
+        else per_sample_gradients(copy.deepcopy(model).double(), F.cross_entropy, x.double(), y)
+    )
     exact_delta = gradient_diversity(rows).item()
     rel_sd = _simulated_sd(rows, batch_size, 2, 100, seed=7) / rows.pow(2).sum().item()
     assert 0 < rel_sd < 0.5  # a meaningful comparison: the estimator is not pure noise here
@@ -226,13 +248,17 @@ def test_agrees_with_the_exact_estimator_over_seeds(kind, n, batch_size):
 # ----------------------------------------------------------------------------- exact estimator's conv route
 
 
-@pytest.mark.parametrize("conv", [
-    dict(in_channels=3, out_channels=4, kernel_size=3, padding=1),                # grouped-convolution route
-    dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, stride=2),     # Gram route (few positions)
-    dict(in_channels=4, out_channels=6, kernel_size=3, padding=2, dilation=2, groups=2, bias=False),
-    dict(in_channels=3, out_channels=4, kernel_size=3, padding=1, padding_mode="reflect"),
-    dict(in_channels=8, out_channels=16, kernel_size=4, padding="same", stride=1, bias=False),
-], ids=["grouped", "gram", "groups_dilation", "reflect", "same"])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(in_channels=3, out_channels=4, kernel_size=3, padding=1),  # grouped-convolution route
+        dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, stride=2),  # Gram route (few positions)
+        dict(in_channels=4, out_channels=6, kernel_size=3, padding=2, dilation=2, groups=2, bias=False),
+        dict(in_channels=3, out_channels=4, kernel_size=3, padding=1, padding_mode="reflect"),
+        dict(in_channels=8, out_channels=16, kernel_size=4, padding="same", stride=1, bias=False),
+    ],
+    ids=["grouped", "gram", "groups_dilation", "reflect", "same"],
+)
 def test_exact_conv_routes_equal_a_per_sample_loop(conv):
     """``batch_l2_extension`` (inside ``backpack_hooks``) against brute-force per-sample gradients,
     for each route of ``CheapestBatchL2Conv2d`` (the route follows m k <= s (k + m)) and for the
@@ -290,8 +316,15 @@ def test_exact_estimator_under_bf16_autocast_and_channels_last():
     bf16 activations and gradients (``backpack_hooks``), so it runs, and Delta_hat stays within
     bf16's forward rounding (2 %) of the float32 value; the micro-batch estimator as well."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
-                          nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, N_CLASSES))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, N_CLASSES),
+    )
     x, y = _data("cnn", 48)
     batches = _batches(x, y, 16, seed=0)
 
@@ -304,8 +337,16 @@ def test_exact_estimator_under_bf16_autocast_and_channels_last():
         est = cls()
         m = est.prepare(m)
         autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-        train_one_epoch(m, b, torch.optim.SGD(m.parameters(), lr=0.0), nn.CrossEntropyLoss(), 2048, est,
-                        autocast=autocast, progress=False)
+        train_one_epoch(
+            m,
+            b,
+            torch.optim.SGD(m.parameters(), lr=0.0),
+            nn.CrossEntropyLoss(),
+            2048,
+            est,
+            autocast=autocast,
+            progress=False,
+        )
         return est.value()
 
     for cls in (ExactDiversity, MicroBatchDiversity):
@@ -322,9 +363,15 @@ def test_measured_steps_do_not_sync_the_device(cls):
     turns one into an error); the single sync is ``value()`` at the epoch's end."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
-                          nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8 * 4 * 4, N_CLASSES)).to(device)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, N_CLASSES),
+    ).to(device)
     x, y = (t.to(device) for t in _data("cnn", 64))
     est = cls()
     model = est.prepare(model)

@@ -19,14 +19,17 @@ def test_registry_matches_the_config_choices():
     assert set(MODELS) == set(CONFIG_MODELS)
 
 
-@pytest.mark.parametrize("name, classes, channels, size", [
-    ("resnet18_cifar", 10, 3, 32),
-    ("resnet18_imagenet", 7, 3, 32),
-    ("resnet_small", 10, 1, 8),     # digits
-    ("resnet_small", 100, 3, 32),
-    ("linear", 10, 1, 8),
-    ("linear", 3, 3, 32),
-])
+@pytest.mark.parametrize(
+    "name, classes, channels, size",
+    [
+        ("resnet18_cifar", 10, 3, 32),
+        ("resnet18_imagenet", 7, 3, 32),
+        ("resnet_small", 10, 1, 8),  # digits
+        ("resnet_small", 100, 3, 32),
+        ("linear", 10, 1, 8),
+        ("linear", 3, 3, 32),
+    ],
+)
 def test_models_give_batch_by_classes_logits(name, classes, channels, size):
     torch.manual_seed(0)
     model = build_model(name, classes, channels, size, width=4)

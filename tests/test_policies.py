@@ -9,21 +9,31 @@ import torch
 from omegaconf import OmegaConf
 
 from divebatch.config import MethodConfig
-from divebatch.policies import (POLICIES, AdaBatch, DiveBatch, FixedBatchSize, adabatch_batch_size, build_policy,
-                                divebatch_batch_size, rescale_lr)
-
+from divebatch.policies import (
+    POLICIES,
+    AdaBatch,
+    DiveBatch,
+    FixedBatchSize,
+    adabatch_batch_size,
+    build_policy,
+    divebatch_batch_size,
+    rescale_lr,
+)
 
 # ----------------------------------------------------------------------------- DiveBatch rule
 
 
-@pytest.mark.parametrize("m, diversity, n, delta, max_bs, expected", [
-    (128, 0.05, 50_000, 0.1, 2048, 250),      # 0.1 * 0.05 * 50000 = 250: the rule itself
-    (32, 0.125, 1001, 0.5, 2048, 62),         # 0.5 * 0.125 * 1001 = 62.5625: int() truncates, not rounds
-    (32, 0.125, 1012, 0.5, 2048, 63),         # 63.25 -> 63
-    (128, 0.01, 50_000, 0.1, 2048, 128),      # 50 < m: never shrinks
-    (128, 1.0, 50_000, 0.1, 2048, 2048),      # 5000 > max: clamped
-    (300, 0.5, 1000, 1.0, 512, 500),          # in (m, max): taken as is
-])
+@pytest.mark.parametrize(
+    "m, diversity, n, delta, max_bs, expected",
+    [
+        (128, 0.05, 50_000, 0.1, 2048, 250),  # 0.1 * 0.05 * 50000 = 250: the rule itself
+        (32, 0.125, 1001, 0.5, 2048, 62),  # 0.5 * 0.125 * 1001 = 62.5625: int() truncates, not rounds
+        (32, 0.125, 1012, 0.5, 2048, 63),  # 63.25 -> 63
+        (128, 0.01, 50_000, 0.1, 2048, 128),  # 50 < m: never shrinks
+        (128, 1.0, 50_000, 0.1, 2048, 2048),  # 5000 > max: clamped
+        (300, 0.5, 1000, 1.0, 512, 500),  # in (m, max): taken as is
+    ],
+)
 def test_divebatch_rule_worked_numbers(m, diversity, n, delta, max_bs, expected):
     got = divebatch_batch_size(m, diversity, n, delta, max_bs)
     assert got == expected and isinstance(got, int)
@@ -44,8 +54,9 @@ def test_divebatch_never_shrinks_and_never_exceeds_max_on_a_grid():
 # ----------------------------------------------------------------------------- AdaBatch rule
 
 
-@pytest.mark.parametrize("m, max_bs, expected", [(128, 2048, 256), (1536, 2048, 2048), (2048, 2048, 2048),
-                                                 (100, 150, 150)])
+@pytest.mark.parametrize(
+    "m, max_bs, expected", [(128, 2048, 256), (1536, 2048, 2048), (2048, 2048, 2048), (100, 150, 150)]
+)
 def test_adabatch_doubles_up_to_the_cap(m, max_bs, expected):
     assert adabatch_batch_size(m, max_bs) == expected
 
@@ -119,12 +130,21 @@ def test_policy_state_round_trip():
 
 
 def test_build_policy_from_method_config():
-    cfg = OmegaConf.structured(MethodConfig(name="divebatch", initial_batch_size=64, max_batch_size=1024,
-                                            resize_freq=5, delta=0.02, lr_rescale=True))
+    cfg = OmegaConf.structured(
+        MethodConfig(
+            name="divebatch", initial_batch_size=64, max_batch_size=1024, resize_freq=5, delta=0.02, lr_rescale=True
+        )
+    )
     p = build_policy(cfg, n_train=5000)
     assert isinstance(p, DiveBatch)
-    assert (p.batch_size, p.max_batch_size, p.resize_freq, p.n_train, p.delta, p.lr_rescale) == \
-        (64, 1024, 5, 5000, 0.02, True)
+    assert (p.batch_size, p.max_batch_size, p.resize_freq, p.n_train, p.delta, p.lr_rescale) == (
+        64,
+        1024,
+        5,
+        5000,
+        0.02,
+        True,
+    )
     cfg.name = "lars"
     with pytest.raises(KeyError, match="lars.*allowed.*divebatch"):
         build_policy(cfg, 10)

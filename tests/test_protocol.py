@@ -19,9 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import REPO, TINY
+from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import REPO, TINY
 from divebatch import data as data_mod
 from divebatch import training
 from divebatch.config import ConfigError, load_config
@@ -33,8 +34,16 @@ PROTOCOL_DOC = REPO / "docs" / "protocol.md"
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 METHOD_FILES = ("sgd_small", "sgd_large", "adabatch", "adabatch_rescale", "divebatch", "divebatch_rescale")
 # Shrinks a paper config to a run of seconds: every protocol value not named here stays as composed.
-SHRINK = ("data.name=digits", "data.path=null", "data.download=false", "data.train_subset=64", "model.name=linear",
-          "device=cpu", "wandb.mode=disabled", "progress=false")
+SHRINK = (
+    "data.name=digits",
+    "data.path=null",
+    "data.download=false",
+    "data.train_subset=64",
+    "model.name=linear",
+    "device=cpu",
+    "wandb.mode=disabled",
+    "progress=false",
+)
 
 
 # ----------------------------------------------------------------------------- the tables of docs/protocol.md
@@ -53,10 +62,28 @@ def protocol_tables() -> dict[str, list[dict]]:
             if len(cells) != 4 or not cells[0].startswith("`"):
                 continue
             key, methods, value, source = cells
-            rows.append({"key": key.strip("`"), "methods": methods.strip("`"),
-                         "value": yaml.safe_load(value.strip("`")), "source": source})
+            rows.append(
+                {
+                    "key": key.strip("`"),
+                    "methods": methods.strip("`"),
+                    "value": yaml.safe_load(value.strip("`")),
+                    "source": source,
+                }
+            )
         tables[dataset] = rows
     return tables
+
+
+def _paper_methods() -> dict[str, list[str]]:
+    """dataset -> the methods the paper profile runs on it (configs/<dataset>/<method>.yaml cells)."""
+    out: dict[str, list[str]] = {}
+    for e in OmegaConf.load(REPO / "configs" / "profiles" / "paper.yaml").experiments:
+        if "dataset" in e and "overrides" not in e:
+            out.setdefault(e.dataset, []).extend(e.methods)
+    return out
+
+
+PAPER_METHODS = _paper_methods()
 
 
 def composed(dataset: str, method_file: str):
@@ -71,11 +98,12 @@ def protocol_value(cfg, key: str):
         model = build_model(cfg.model.name, cfg.fidelity.head_classes or bundle_classes, 3, size, cfg.model.width)
         return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
     if key in ("augmentation", "normalization.mean", "normalization.std"):
-        augment, stats = {"cifar10": ("crop_flip", data_mod.CIFAR10_STATS),
-                          "cifar100": ("crop_flip_rotate", data_mod.CIFAR100_STATS),
-                          "tiny_imagenet": ("resized_crop_flip", data_mod.IMAGENET_STATS)}[cfg.data.name]
-        return {"augmentation": augment, "normalization.mean": list(stats[0]),
-                "normalization.std": list(stats[1])}[key]
+        augment, stats = {
+            "cifar10": ("crop_flip", data_mod.CIFAR10_STATS),
+            "cifar100": ("crop_flip_rotate", data_mod.CIFAR100_STATS),
+            "tiny_imagenet": ("resized_crop_flip", data_mod.IMAGENET_STATS),
+        }[cfg.data.name]
+        return {"augmentation": augment, "normalization.mean": list(stats[0]), "normalization.std": list(stats[1])}[key]
     from omegaconf import OmegaConf
 
     sentinel = object()
@@ -96,25 +124,39 @@ def test_dataset_augmentation_and_statistics_come_from_the_data_module():
 def test_every_protocol_value_matches_the_authors_code_table(dataset):
     rows = protocol_tables()[dataset]
     keys = {r["key"] for r in rows}
-    required = {"model.name", "model.outputs", "epochs", "optim.lr", "optim.momentum", "optim.weight_decay",
-                "optim.schedule", "method.initial_batch_size", "method.max_batch_size", "method.resize_freq",
-                "method.lr_rescale", "method.max_micro_batch", "augmentation", "normalization.mean",
-                "normalization.std"}
+    required = {
+        "model.name",
+        "model.outputs",
+        "epochs",
+        "optim.lr",
+        "optim.momentum",
+        "optim.weight_decay",
+        "optim.schedule",
+        "method.initial_batch_size",
+        "method.max_batch_size",
+        "method.resize_freq",
+        "method.lr_rescale",
+        "method.max_micro_batch",
+        "augmentation",
+        "normalization.mean",
+        "normalization.std",
+    }
     assert required <= keys, f"docs/protocol.md table {dataset} lacks {sorted(required - keys)}"
     checked = 0
     for row in rows:
         assert re.search(r"@[0-9a-f]{7}\s+\S+:\d+", row["source"]), f"{dataset} {row['key']}: no file:line citation"
         methods = METHOD_FILES if row["methods"] == "all" else [m.strip() for m in row["methods"].split(",")]
         for method in methods:
-            path = REPO / "configs" / dataset / f"{method}.yaml"
-            if row["methods"] == "all" and not path.exists():
+            if row["methods"] == "all" and method not in PAPER_METHODS[dataset]:
                 continue
             got = protocol_value(composed(dataset, method), row["key"])
             want = row["value"]
             if isinstance(want, float) or isinstance(got, float):
                 assert got == pytest.approx(want), f"{dataset}/{method}: {row['key']}={got!r}, authors' code {want!r}"
             else:
-                assert got == want, f"{dataset}/{method}: {row['key']}={got!r}, authors' code {want!r} ({row['source']})"
+                assert got == want, (
+                    f"{dataset}/{method}: {row['key']}={got!r}, authors' code {want!r} ({row['source']})"
+                )
             checked += 1
     assert checked >= len(required)
 
@@ -130,18 +172,24 @@ def test_protocol_clean_is_one_override_and_resets_every_switch(dataset):
     for key in ("optim", "method", "epochs", "model", "data"):
         assert clean[key] == authors[key]
     # one switch can still be set on top of the clean method
-    mixed = load_config(REPO / "configs" / dataset / "divebatch_rescale.yaml",
-                        ["protocol=clean", "fidelity.running_grad_sum=true"], check_data=False)
+    mixed = load_config(
+        REPO / "configs" / dataset / "divebatch_rescale.yaml",
+        ["protocol=clean", "fidelity.running_grad_sum=true"],
+        check_data=False,
+    )
     assert mixed.fidelity.running_grad_sum is True
 
 
-@pytest.mark.parametrize("override, key", [
-    ("fidelity.lr_rescale_rule=cubic", "fidelity.lr_rescale_rule"),
-    ("fidelity.micro_batch_loss=per_token", "fidelity.micro_batch_loss"),
-    ("protocol=paper", "protocol"),
-    ("fidelity.split_above=8", "fidelity.split_above"),
-    ("fidelity.head_classes=0", "fidelity.head_classes"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("fidelity.lr_rescale_rule=cubic", "fidelity.lr_rescale_rule"),
+        ("fidelity.micro_batch_loss=per_token", "fidelity.micro_batch_loss"),
+        ("protocol=paper", "protocol"),
+        ("fidelity.split_above=8", "fidelity.split_above"),
+        ("fidelity.head_classes=0", "fidelity.head_classes"),
+    ],
+)
 def test_bad_fidelity_values_name_key_value_and_allowed(override, key):
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}=.*allowed"):
         load_config(None, [*TINY, override])
@@ -164,16 +212,30 @@ def _lr_ranges(run_dir: Path) -> list[tuple[int, int, float, int]]:
     return out
 
 
-@pytest.mark.parametrize("protocol, expected", [
-    ("authors_code", [(1, 1, 0.0), (2, 20, 0.1), (21, 60, 1.6), (61, 120, 0.064), (121, 160, 0.00256),
-                      (161, 200, 0.1 * 0.2 ** 6 * 16)]),
-    ("clean", [(1, 20, 0.1), (21, 60, 1.6), (61, 120, 0.32), (121, 160, 0.064), (161, 200, 0.0128)]),
-])
+@pytest.mark.parametrize(
+    "protocol, expected",
+    [
+        (
+            "authors_code",
+            [
+                (1, 1, 0.0),
+                (2, 20, 0.1),
+                (21, 60, 1.6),
+                (61, 120, 0.064),
+                (121, 160, 0.00256),
+                (161, 200, 0.1 * 0.2**6 * 16),
+            ],
+        ),
+        ("clean", [(1, 20, 0.1), (21, 60, 1.6), (61, 120, 0.32), (121, 160, 0.064), (161, 200, 0.0128)]),
+    ],
+)
 def test_cifar100_divebatch_rescale_lr_over_200_epochs(tmp_path, protocol, expected):
     """The authors' CIFAR-100 code: epoch 1 at lr 0, then lr0 * s(t)^2 * m(t)/m0 with m = 2048 from
     epoch 21 (a delta large enough to reach the cap at the first resize); clean: lr0 * s(t) * m/m0."""
-    cfg = load_config(REPO / "configs/cifar100/divebatch_rescale.yaml",
-                      [*SHRINK, "method.delta=1e6", f"protocol={protocol}", f"out_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        REPO / "configs/cifar100/divebatch_rescale.yaml",
+        [*SHRINK, "method.delta=1e6", f"protocol={protocol}", f"out_dir={tmp_path / 'run'}"],
+    )
     assert cfg.epochs == 200 and list(cfg.optim.milestones) == [60, 120, 160]
     train(cfg)
     ranges = _lr_ranges(tmp_path / "run")
@@ -183,8 +245,10 @@ def test_cifar100_divebatch_rescale_lr_over_200_epochs(tmp_path, protocol, expec
 
 
 def test_cifar100_sgd_also_runs_its_first_epoch_at_lr_zero(tmp_path):
-    cfg = load_config(REPO / "configs/cifar100/sgd_small.yaml",
-                      [*SHRINK, "epochs=3", "optim.milestones=[1]", f"out_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        REPO / "configs/cifar100/sgd_small.yaml",
+        [*SHRINK, "epochs=3", "optim.milestones=[1]", f"out_dir={tmp_path / 'run'}"],
+    )
     train(cfg)
     lrs = pd.read_csv(tmp_path / "run" / "metrics.csv").lr.tolist()
     assert lrs == pytest.approx([0.0, 0.1 * 0.2, 0.1 * 0.2])  # SGD: no rescaling, so s(t) once
@@ -238,8 +302,9 @@ def authors_subbatch_epoch(model, batches, optimizer, chunk: int) -> float:
 def ours_epoch(model, batches, optimizer, chunk: int, running_grad_sum: bool, micro_batch_loss="per_chunk"):
     est = ExactDiversity(running_grad_sum=running_grad_sum)
     model = est.prepare(model)
-    train_one_epoch(model, batches, optimizer, nn.CrossEntropyLoss(), chunk, est, progress=False,
-                    micro_batch_loss=micro_batch_loss)
+    train_one_epoch(
+        model, batches, optimizer, nn.CrossEntropyLoss(), chunk, est, progress=False, micro_batch_loss=micro_batch_loss
+    )
     return est.value()
 
 
@@ -301,8 +366,9 @@ def test_per_chunk_loss_weights_a_smaller_last_chunk_more():
         train_one_epoch(m, [(x, y)], opt, nn.CrossEntropyLoss(), 4, progress=False, micro_batch_loss=rule)
         grads[rule] = [p0 - p1 for p0, p1 in zip(model.parameters(), m.parameters())]
     full = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
-    chunked = torch.autograd.grad(sum(F.cross_entropy(model(xs), ys) / 3 for xs, ys in zip(x.split(4), y.split(4))),
-                                  list(model.parameters()))
+    chunked = torch.autograd.grad(
+        sum(F.cross_entropy(model(xs), ys) / 3 for xs, ys in zip(x.split(4), y.split(4))), list(model.parameters())
+    )
     for g, want in zip(grads["per_sample"], full):
         torch.testing.assert_close(g, want)
     for g, want, other in zip(grads["per_chunk"], chunked, full):
@@ -334,9 +400,19 @@ class _Crash(Exception):
 def test_run_cut_right_after_a_resize_epoch_resumes_equal_to_an_uninterrupted_run(tiny_config, monkeypatch):
     """The checkpoint of a resize epoch holds the new batch size and the rescaled lr: a process that dies
     right after writing it resumes into the same run (a checkpoint written before the resize fails here)."""
-    args = ("method.name=divebatch", "method.resize_freq=2", "method.delta=2", "method.initial_batch_size=16",
-            "method.max_batch_size=256", "method.lr_rescale=true", "optim.schedule=multistep",
-            "optim.milestones=[1,3]", "optim.gamma=0.5", "fidelity.lr_rescale_rule=schedule_squared", "epochs=5")
+    args = (
+        "method.name=divebatch",
+        "method.resize_freq=2",
+        "method.delta=2",
+        "method.initial_batch_size=16",
+        "method.max_batch_size=256",
+        "method.lr_rescale=true",
+        "optim.schedule=multistep",
+        "optim.milestones=[1,3]",
+        "optim.gamma=0.5",
+        "fidelity.lr_rescale_rule=schedule_squared",
+        "epochs=5",
+    )
     reference = tiny_config(*args, out="reference")
     train(reference)
     cut = tiny_config(*args, out="cut")
@@ -379,9 +455,11 @@ def test_minimal_tiny_imagenet_config_trains_without_naming_a_loader(tmp_path):
 
     root = make_tiny_imagenet(tmp_path / "tiny-imagenet-200", per_class=2, val_per_class=1)
     cfg_path = tmp_path / "minimal.yaml"
-    cfg_path.write_text(f"data: {{name: tiny_imagenet, path: {root}, augment: false, num_workers: 0}}\n"
-                        f"model: {{name: linear}}\nmethod: {{name: sgd, initial_batch_size: 4}}\nepochs: 1\n"
-                        f"device: cpu\nwandb: {{mode: disabled}}\nprogress: false\nout_dir: {tmp_path / 'run'}\n")
+    cfg_path.write_text(
+        f"data: {{name: tiny_imagenet, path: {root}, augment: false, num_workers: 0}}\n"
+        f"model: {{name: linear}}\nmethod: {{name: sgd, initial_batch_size: 4}}\nepochs: 1\n"
+        f"device: cpu\nwandb: {{mode: disabled}}\nprogress: false\nout_dir: {tmp_path / 'run'}\n"
+    )
     assert training.cli([str(cfg_path)]) == 0
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["finished"]
 
@@ -389,8 +467,17 @@ def test_minimal_tiny_imagenet_config_trains_without_naming_a_loader(tmp_path):
 def test_a_file_that_is_not_an_array_file_is_a_one_line_error(tmp_path, capsys):
     notes = tmp_path / "notes.npz"
     notes.write_text("my notes\n")
-    code = training.cli(["--print-config"][:0] + [str(REPO / "configs/smoke/base.yaml"), "data.name=npz",
-                         f"data.path={notes}", f"out_dir={tmp_path / 'run'}", "wandb.mode=disabled", "device=cpu"])
+    code = training.cli(
+        ["--print-config"][:0]
+        + [
+            str(REPO / "configs/smoke/base.yaml"),
+            "data.name=npz",
+            f"data.path={notes}",
+            f"out_dir={tmp_path / 'run'}",
+            "wandb.mode=disabled",
+            "device=cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "notes.npz" in err and "expected a NumPy .npz archive" in err
     assert len(err.strip().splitlines()) == 1

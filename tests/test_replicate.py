@@ -24,8 +24,13 @@ METHODS = {("sgd", False), ("adabatch", False), ("adabatch", True), ("divebatch"
 def in_repo(monkeypatch):
     """Profiles name configs relative to the repository root, where all.sh runs them."""
     monkeypatch.chdir(REPO)
-    for var in ("DIVEBATCH_CIFAR10_NPZ", "DIVEBATCH_CIFAR10_ROOT", "DIVEBATCH_CIFAR100_ROOT",
-                "DIVEBATCH_TINY_IMAGENET_DIR", "DIVEBATCH_OFFLINE"):
+    for var in (
+        "DIVEBATCH_CIFAR10_NPZ",
+        "DIVEBATCH_CIFAR10_ROOT",
+        "DIVEBATCH_CIFAR100_ROOT",
+        "DIVEBATCH_TINY_IMAGENET_DIR",
+        "DIVEBATCH_OFFLINE",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -35,8 +40,9 @@ def _resolved(runs):
 
 def _method_cells(cfgs):
     """(method, lr_rescale, initial batch) of every run: the cells of the matrix."""
-    return {(c.method.name, bool(c.method.lr_rescale) and c.method.name != "sgd", c.method.initial_batch_size)
-            for c in cfgs}
+    return {
+        (c.method.name, bool(c.method.lr_rescale) and c.method.name != "sgd", c.method.initial_batch_size) for c in cfgs
+    }
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
@@ -48,10 +54,10 @@ def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
     for e in spec.experiments:
         mine = [r for r in runs if r.experiment == e.name]
         if e.overrides:  # an extra experiment on top of the matrix (e.g. protocol=clean): checked below
-            assert len(mine) == len(e.configs) * len(e.seeds if e.seeds is not None else spec.seeds)
+            assert len(mine) == len(rep.experiment_configs(e)) * len(e.seeds if e.seeds is not None else spec.seeds)
             continue
         seeds = list(e.seeds if e.seeds is not None else spec.seeds)
-        assert len(mine) == len(e.configs) * len(seeds)
+        assert len(mine) == len(rep.experiment_configs(e)) * len(seeds)
         for seed in seeds:
             cell = [cfgs[r.name] for r in mine if r.seed == seed]
             assert {c.seed for c in cell} == {seed}
@@ -68,8 +74,9 @@ def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
 def test_smoke_and_cpu_have_small_and_large_batch_sgd(in_repo):
     for profile in ("smoke", "cpu"):
         spec = rep.load_profile(profile)
-        sgd = sorted(c.method.initial_batch_size for c in _resolved(rep.expand(spec, "runs")).values()
-                     if c.method.name == "sgd")
+        sgd = sorted(
+            c.method.initial_batch_size for c in _resolved(rep.expand(spec, "runs")).values() if c.method.name == "sgd"
+        )
         assert sgd[0] < sgd[-1], profile  # SGD (small batch) and SGD (large batch) both present
 
 
@@ -79,8 +86,16 @@ def test_paper_profile_follows_protocol(in_repo):
     by_exp = {}
     for name, c in cfgs.items():
         by_exp.setdefault(name.split("/")[0], []).append(c)
-    assert set(by_exp) == {"cifar10", "cifar100", "tiny_imagenet", "cifar100-clean", "tiny_imagenet-clean",
-                           "cifar10-fixed_point", "cifar100-fixed_point", "tiny_imagenet-fixed_point"}
+    assert set(by_exp) == {
+        "cifar10",
+        "cifar100",
+        "tiny_imagenet",
+        "cifar100-clean",
+        "tiny_imagenet-clean",
+        "cifar10-fixed_point",
+        "cifar100-fixed_point",
+        "tiny_imagenet-fixed_point",
+    }
     for exp, cs in by_exp.items():
         dataset, _, variant = exp.partition("-")
         assert {c.data.name for c in cs} == {dataset}
@@ -116,8 +131,15 @@ def test_data_path_precedence(in_repo, monkeypatch):
 
 def test_bad_profile_names_key_value_allowed(in_repo, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"name": "x", "data": {"d": {"kind": "floppy"}},
-                                   "experiments": [{"name": "e", "configs": ["configs/smoke/sgd_small.yaml"]}]}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "data": {"d": {"kind": "floppy"}},
+                "experiments": [{"name": "e", "configs": ["configs/smoke/sgd_small.yaml"]}],
+            }
+        )
+    )
     with pytest.raises(rep.ProfileError, match=r"data\.d\.kind='floppy'.*bundled \| npz"):
         rep.load_profile(bad)
     with pytest.raises(rep.ProfileError, match="smoke"):
@@ -130,8 +152,18 @@ def test_bad_profile_names_key_value_allowed(in_repo, tmp_path):
 def _tiny_profile(tmp_path: Path, stem: str, experiments: list[dict], name: str = "tiny") -> Path:
     """A profile of 2-epoch softmax-regression runs on digits (conftest.TINY), no synthetic, no report."""
     path = tmp_path / f"{stem}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "seeds": [1], "overrides": list(TINY),
-                                    "experiments": experiments, "synthetic": None, "report": False}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": name,
+                "seeds": [1],
+                "overrides": list(TINY),
+                "experiments": experiments,
+                "synthetic": None,
+                "report": False,
+            }
+        )
+    )
     return path
 
 
@@ -142,8 +174,9 @@ def _method_yaml(tmp_path: Path, stem: str, method: dict) -> str:
 
 
 def _cli(profile: Path, tmp_path: Path, *extra: str) -> int:
-    return rep.cli([str(profile), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
-                    "--jobs", "2", *extra])
+    return rep.cli(
+        [str(profile), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--jobs", "2", *extra]
+    )
 
 
 def test_tiny_profile_trains_reports_failure_then_trains_nothing(tmp_path, capsys, monkeypatch):
@@ -155,8 +188,11 @@ def test_tiny_profile_trains_reports_failure_then_trains_nothing(tmp_path, capsy
     np.savez(broken, something=np.zeros(3))  # a readable file without train_x & co: fails in training
     bad = _method_yaml(tmp_path, "bad", {"name": "sgd"})
     digits = {"name": "digits", "configs": [a, b]}
-    with_bad = _tiny_profile(tmp_path, "tiny_bad", [
-        {"name": "broken", "configs": [bad], "overrides": ["data.name=npz", f"data.path={broken}"]}, digits])
+    with_bad = _tiny_profile(
+        tmp_path,
+        "tiny_bad",
+        [{"name": "broken", "configs": [bad], "overrides": ["data.name=npz", f"data.path={broken}"]}, digits],
+    )
     assert _cli(with_bad, tmp_path, "--jobs", "3") == 1
     first = capsys.readouterr().out
     bad_log = tmp_path / "runs" / "broken" / "bad" / "seed1" / "train.log"
@@ -184,13 +220,15 @@ def test_a_diverging_run_is_recorded_and_the_matrix_goes_on(tmp_path, capsys, mo
     monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
     ok = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
     wild = _method_yaml(tmp_path, "wild", {"name": "sgd"})
-    profile = _tiny_profile(tmp_path, "p", [{"name": "e", "configs": [wild], "overrides": ["optim.lr=1e38"]},
-                                            {"name": "f", "configs": [ok]}])
+    profile = _tiny_profile(
+        tmp_path,
+        "p",
+        [{"name": "e", "configs": [wild], "overrides": ["optim.lr=1e38"]}, {"name": "f", "configs": [ok]}],
+    )
     assert _cli(profile, tmp_path) == 0
     out = capsys.readouterr().out
     assert "DIVERGED (training loss non-finite in epoch" in out
-    summaries = {p.parent.parent.name: json.loads(p.read_text())
-                 for p in (tmp_path / "runs").rglob("summary.json")}
+    summaries = {p.parent.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("summary.json")}
     assert summaries["wild"]["diverged"] is True and summaries["sgd"]["diverged"] is False
     assert summaries["sgd"]["epochs_completed"] == 2
 
@@ -223,9 +261,17 @@ def test_paper_without_data_stops_before_training(in_repo, tmp_path, capsys, mon
     out = capsys.readouterr().out
     assert code == 2 and not runs.exists()
     assert "stopped before training" in out
-    for needed in ("cifar-10-batches-py/{data_batch_1", "cifar-100-python/{train", "tiny-imagenet-200/{wnids.txt",
-                   "cifar-10-python.tar.gz", "tiny-imagenet-200.zip", "divebatch fetch-data cifar10 --root",
-                   "--data cifar100=PATH", "DIVEBATCH_TINY_IMAGENET_DIR=PATH", str(empty)):
+    for needed in (
+        "cifar-10-batches-py/{data_batch_1",
+        "cifar-100-python/{train",
+        "tiny-imagenet-200/{wnids.txt",
+        "cifar-10-python.tar.gz",
+        "tiny-imagenet-200.zip",
+        "divebatch fetch-data cifar10 --root",
+        "--data cifar100=PATH",
+        "DIVEBATCH_TINY_IMAGENET_DIR=PATH",
+        str(empty),
+    ):
         assert needed in out, needed
     assert checked and all(u.startswith("http") for u in checked)  # a quick check, no download
     # --offline: not even the check
@@ -260,8 +306,9 @@ def test_synthetic_outputs_reused_only_for_same_config(in_repo, tmp_path):
 
 
 def test_replicate_help_runs_from_the_console_script():
-    res = subprocess.run([sys.executable, "-m", "divebatch", "replicate", "--help"], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "divebatch", "replicate", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0 and "--jobs" in res.stdout and "smoke | cpu | paper" in res.stdout
 
 
@@ -274,8 +321,13 @@ def test_dry_run_shows_the_device_of_each_run_for_k_runs_per_gpu(tmp_path, capsy
     lines = capsys.readouterr().out.splitlines()
     assert "4 job(s) on 2 GPU(s) (0, 1), up to 2 run(s) per GPU" in lines[0]
     where = [re.search(r" on (.*): 2 epochs;", line).group(1) for line in lines[1:6]]
-    assert where == ["GPU 0 (run 1 of 2 on it)", "GPU 1 (run 1 of 2 on it)", "GPU 0 (run 2 of 2 on it)",
-                     "GPU 1 (run 2 of 2 on it)", "GPU 0 or 1 (queued: first free slot)"]
+    assert where == [
+        "GPU 0 (run 1 of 2 on it)",
+        "GPU 1 (run 1 of 2 on it)",
+        "GPU 0 (run 2 of 2 on it)",
+        "GPU 1 (run 2 of 2 on it)",
+        "GPU 0 or 1 (queued: first free slot)",
+    ]
     assert not (tmp_path / "runs").exists()
     assert rep.cli([str(profile), "--runs-per-gpu", "0", "--dry-run"]) == 2
     assert "invalid --runs-per-gpu 0; allowed: an integer >= 1" in capsys.readouterr().err
@@ -296,9 +348,11 @@ def test_a_run_out_of_cuda_memory_is_reported_and_the_others_finish(tmp_path, ca
         "    raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 8.00 GiB')\n"
         "if sys.argv[2].endswith('oom.yaml'):\n"
         "    training.train_one_epoch = oom\n"
-        "sys.exit(main(sys.argv[1:]))\n")
-    monkeypatch.setattr(rep.Run, "argv", lambda self: [sys.executable, str(wrapper), "train", self.config,
-                                                       *self.overrides])
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    monkeypatch.setattr(
+        rep.Run, "argv", lambda self: [sys.executable, str(wrapper), "train", self.config, *self.overrides]
+    )
     configs = [_method_yaml(tmp_path, stem, {"name": "sgd"}) for stem in ("ok1", "oom")]
     profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": configs}])
     assert _cli(profile, tmp_path, "--runs-per-gpu", "2") == 1

@@ -13,13 +13,12 @@ from omegaconf import OmegaConf
 
 from divebatch import launch
 from divebatch import sweeps as sw
-from divebatch.config import config_keys
+from divebatch.config import config_exists, config_keys, load_yaml
 
 wandb_sweeps = sw.sweeps  # wandb's `sweeps` package, imported by divebatch.sweeps without its pydantic warning
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
-PAPER_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
 
 @pytest.fixture(autouse=True)
@@ -42,27 +41,42 @@ def test_shipped_sweep_validates(path):
     sweep = sw.load_sweep(path)
     keys = set(config_keys())
     assert set(sweep.params) <= keys
-    assert (REPO / sweep.train_config).is_file()
+    assert config_exists(REPO / sweep.train_config)
     # every grid point / range end builds a valid training config (data files need not be here)
     assert sw.check_values(sweep, check_data=False) >= 1
 
 
-def test_seed_sweep_for_every_paper_experiment():
-    by_config = {}
-    for path in SHIPPED:
-        sweep = sw.load_sweep(path)
-        if sweep.params == ["seed"]:
-            by_config[sweep.train_config] = sweep
-    # *_fast.yaml are speed variants (docs/performance.md), not paper experiments: no paper seed sweep
-    experiments = [p for d in PAPER_DATASETS for p in sorted((REPO / "configs" / d).glob("*.yaml"))
-                   if p.stem != "base" and not p.stem.endswith("_fast")]
-    assert experiments, "no paper experiment configs found"
-    for exp in experiments:
-        rel = exp.relative_to(REPO).as_posix()
-        assert rel in by_config, f"no seed sweep for {rel}"
-        seeds = by_config[rel].config["parameters"]["seed"]["values"]
-        assert len(set(seeds)) >= 3
-        assert by_config[rel].profile == "paper"
+@pytest.mark.parametrize("profile", ["paper", "smoke"])
+def test_seed_sweep_of_every_profile_cell_trains_the_profiles_runs(profile, tmp_path, monkeypatch):
+    """`divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD`: a valid wandb grid over the profile's seeds
+    whose agent runs resolve to the configs `divebatch replicate PROFILE` trains (up to where they run)."""
+    from divebatch import replicate as rep
+    from divebatch.config import config_diffs, load_config
+
+    spec = rep.load_profile(profile)
+    runs = rep.expand(spec, Path("runs") / profile)
+    cells = sorted({r.name.rpartition("/seed")[0] for r in runs})
+    assert len(cells) == sum(len(rep.experiment_configs(e)) for e in spec.experiments)
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")
+    for cell in cells:
+        sweep = sw.load_sweep(sw.write_seed_sweep(f"{profile}/{cell}", tmp_path / f"{cell.replace('/', '_')}.yaml"))
+        assert sweep.params == ["seed"] and sweep.profile == profile and sweep.method == "grid"
+        seeds = sweep.config["parameters"]["seed"]["values"]
+        assert seeds == list(spec.seeds)
+        for seed in seeds:
+            argv = sw.agent_command(sweep.config, {"seed": {"value": seed}})
+            got = load_config(argv[2], argv[3:], check_data=False)
+            run = next(r for r in runs if r.name == f"{cell}/seed{seed}")
+            assert config_diffs(load_config(run.config, run.overrides, check_data=False), got) == [], cell
+            assert got.wandb.mode == "online" and got.out_dir == f"runs/sweeps/{sweep.name}/abc123"
+
+
+def test_seed_sweep_of_an_unknown_cell_names_the_cells(capsys):
+    assert sw.cli(["--seeds", "paper/cifar10/divebatsh"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid --seeds paper/cifar10/divebatsh; allowed:" in err and "cifar10/divebatch_rescale |" in err
+    assert sw.cli(["--seeds", "paper"]) == 2
+    assert "allowed: PROFILE/EXPERIMENT/METHOD" in capsys.readouterr().err
 
 
 def test_sensitivity_and_lr_sweeps():
@@ -101,7 +115,7 @@ def test_agent_command_parses_into_expected_config(name, monkeypatch, capsys):
     assert cfg.out_dir == f"runs/sweeps/{name}/abc123"
     assert cfg.wandb.mode == "online"
     assert cfg.profile == sweep.profile
-    base = OmegaConf.create(yaml.safe_load((REPO / sweep.train_config).read_text()))
+    base = load_yaml(REPO / sweep.train_config)
     assert cfg.method.name == OmegaConf.select(base, "method.name")
 
 
@@ -122,22 +136,39 @@ TINY_CONFIG = {
 
 def _sweep_yaml(tmp_path, parameters, method="grid", **extra) -> Path:
     train = _write(tmp_path / "tiny.yaml", TINY_CONFIG)
-    return _write(tmp_path / "tiny_sweep.yaml", {
-        "name": "tiny_sweep", "program": "src/divebatch/cli.py", "method": method,
-        "metric": {"name": "best_val_acc", "goal": "maximize"}, "parameters": parameters, **extra,
-        "command": ["divebatch", "train", str(train), "wandb.mode=online", "profile=sweep_test",
-                    "out_dir=runs/sweeps/tiny_sweep/${oc.env:WANDB_RUN_ID}", "${args_no_hyphens}"],
-    })
+    return _write(
+        tmp_path / "tiny_sweep.yaml",
+        {
+            "name": "tiny_sweep",
+            "program": "src/divebatch/cli.py",
+            "method": method,
+            "metric": {"name": "best_val_acc", "goal": "maximize"},
+            "parameters": parameters,
+            **extra,
+            "command": [
+                "divebatch",
+                "train",
+                str(train),
+                "wandb.mode=online",
+                "profile=sweep_test",
+                "out_dir=runs/sweeps/tiny_sweep/${oc.env:WANDB_RUN_ID}",
+                "${args_no_hyphens}",
+            ],
+        },
+    )
 
 
-@pytest.mark.parametrize("params, method, needle", [
-    ({"method.detla": {"values": [0.1, 0.2]}}, "grid", "'method.detla'"),           # not a config key
-    ({"method.delta": {"values": 0.1}}, "grid", "'method.delta'"),                   # schema: values not a list
-    ({"method.delta": {"values": [0.1, 0.0]}}, "grid", "method.delta"),              # value out of range
-    ({"method.resize_freq": {"min": 0.5, "max": 2.5}}, "random", "method.resize_freq"),  # float for an int key
-    ({"method.delta": {"values": [0.1]}}, "gridd", "method"),                        # schema: unknown method
-    ({"out_dir": {"values": ["a", "b"]}}, "grid", "'out_dir'"),                      # set by the driver
-])
+@pytest.mark.parametrize(
+    "params, method, needle",
+    [
+        ({"method.detla": {"values": [0.1, 0.2]}}, "grid", "'method.detla'"),  # not a config key
+        ({"method.delta": {"values": 0.1}}, "grid", "'method.delta'"),  # schema: values not a list
+        ({"method.delta": {"values": [0.1, 0.0]}}, "grid", "method.delta"),  # value out of range
+        ({"method.resize_freq": {"min": 0.5, "max": 2.5}}, "random", "method.resize_freq"),  # float for an int key
+        ({"method.delta": {"values": [0.1]}}, "gridd", "method"),  # schema: unknown method
+        ({"out_dir": {"values": ["a", "b"]}}, "grid", "'out_dir'"),  # set by the driver
+    ],
+)
 def test_bad_sweep_fails_before_any_run(tmp_path, params, method, needle, capsys):
     path = _sweep_yaml(tmp_path, params, method)
     root = tmp_path / "root"
@@ -246,14 +277,23 @@ def test_interrupted_sweep_resumes_unfinished_runs_only(tmp_path, monkeypatch):
 
 def test_local_grid_sweep_trains_and_feeds_sensitivity_table(tmp_path, monkeypatch, capsys):
     """Real trainings (subprocesses): a 2-point grid plus the SGD reference, then the report."""
-    path = _sweep_yaml(tmp_path, {"method.delta": {"values": [0.02, 0.5]}, "method.resize_freq": {"value": 1},
-                                  "method.max_batch_size": {"value": 512}})
+    path = _sweep_yaml(
+        tmp_path,
+        {
+            "method.delta": {"values": [0.02, 0.5]},
+            "method.resize_freq": {"value": 1},
+            "method.max_batch_size": {"value": 512},
+        },
+    )
     root, out = tmp_path / "root", tmp_path / "out"
     argv = [str(path), "--local", "--jobs", "2", "--root", str(root), "--out", str(out), "--wandb-mode", "disabled"]
     assert sw.cli(argv) == 0, capsys.readouterr().err
     state = json.loads((root / sw.STATE_FILE).read_text())
     assert sorted((r["name"], r["state"]) for r in state["runs"]) == [
-        ("baseline-sgd", "finished"), ("run-000", "finished"), ("run-001", "finished")]
+        ("baseline-sgd", "finished"),
+        ("run-000", "finished"),
+        ("run-001", "finished"),
+    ]
     summaries = {r["name"]: json.loads((root / r["name"] / "summary.json").read_text()) for r in state["runs"]}
     assert all(s["finished"] and s["epochs_completed"] == 2 for s in summaries.values())
 

@@ -32,7 +32,9 @@ def one_thread():
 
 
 def small_problem(seed=0, n=64, d=5, label_noise=0.1, duplicate=1):
-    data = generate(DataSpec(n_train=n, n_val=8, n_features=d, label_noise=label_noise, duplicate=duplicate, l2=L2), seed)
+    data = generate(
+        DataSpec(n_train=n, n_val=8, n_features=d, label_noise=label_noise, duplicate=duplicate, l2=L2), seed
+    )
     return data.x_train, data.y_train
 
 
@@ -40,7 +42,7 @@ def autograd_per_sample(x, y, w):
     rows = []
     for i in range(x.shape[0]):
         wi = w.clone().requires_grad_(True)
-        loss = P.mean_loss(x[i:i + 1], y[i:i + 1], wi.unsqueeze(0), L2)[0]
+        loss = P.mean_loss(x[i : i + 1], y[i : i + 1], wi.unsqueeze(0), L2)[0]
         rows.append(torch.autograd.grad(loss, wi)[0])
     return torch.stack(rows)
 
@@ -72,7 +74,10 @@ def test_n_delta_at_least_one_everywhere():
     gen = torch.Generator().manual_seed(5)
     for seed, noise in [(0, 0.0), (1, 0.1), (2, 0.4)]:
         x, y = small_problem(seed=seed, label_noise=noise, duplicate=1 + seed)
-        w = torch.randn(200, x.shape[1], dtype=P.DTYPE, generator=gen) * torch.logspace(-3, 1, 200, dtype=P.DTYPE)[:, None]
+        w = (
+            torch.randn(200, x.shape[1], dtype=P.DTYPE, generator=gen)
+            * torch.logspace(-3, 1, 200, dtype=P.DTYPE)[:, None]
+        )
         nd = P.n_diversity(x, y, w, L2)
         assert torch.isfinite(nd).all()
         assert (nd >= 1 - 1e-12).all(), float(nd.min())
@@ -135,8 +140,15 @@ def test_knee_prediction_holds_on_a_small_instance():
 def test_divebatch_run_uses_the_training_rule_and_estimator():
     spec = DataSpec(n_train=512, n_val=64, n_features=8, label_noise=0.1, spectrum_decay=1.0, l2=1e-3)
     probs = prepare(spec, [3], target_relative=0.01, with_paths=False)
-    mcfg = load(overrides=["methods.epochs=6", "methods.initial_batch_size=8", "methods.max_batch_size=256",
-                           "methods.resize_freq=2", "methods.delta=1.0"]).methods
+    mcfg = load(
+        overrides=[
+            "methods.epochs=6",
+            "methods.initial_batch_size=8",
+            "methods.max_batch_size=256",
+            "methods.resize_freq=2",
+            "methods.delta=1.0",
+        ]
+    ).methods
     rows, summary = run_method(probs, 0, "DiveBatch + lr rescale", mcfg, lr=0.05)
     assert [r["measured"] for r in rows] == [(e + 1) % 2 == 0 for e in range(6)]
     for prev, nxt in zip(rows, rows[1:]):
@@ -156,7 +168,7 @@ def test_epoch_estimator_in_sum_units_is_exact_at_a_fixed_point():
     w = 0.3 * torch.ones(1, x.shape[1], dtype=P.DTYPE)
     est = EpochDiversityEstimator()
     for start in range(0, 100, 32):  # a smaller last batch on purpose
-        xb, yb = x[start:start + 32], y[start:start + 32]
+        xb, yb = x[start : start + 32], y[start : start + 32]
         est.add(P.sq_norm_sum(xb, yb, w, L2)[0], [P.mean_grad(xb, yb, w, L2)[0] * xb.shape[0]], xb.shape[0])
     assert est.value() == pytest.approx(float(P.diversity(x, y, w, L2)[0]), rel=1e-10)
 
@@ -172,12 +184,25 @@ def test_config_errors_name_key_value_and_allowed():
         load(overrides=["knee.nope=1"])
 
 
-TINY = ["profile=test", "seeds=[1,2]", "data.n_train=512", "data.n_val=64", "target_relative=0.3",
-        "variants=[{name: base, label_noise: 0.1}, {name: dup2, kind: duplicate, of: base, duplicate: 2}]",
-        "knee.batch_sizes=[1,4,32,256,1024]", "knee.max_epochs=20", "knee.lr_log2_min=-8",
-        "methods.data.n_train=512", "methods.data.n_val=64", "methods.data.spectrum_decay=1.0", "methods.epochs=4",
-        "methods.initial_batch_size=8", "methods.max_batch_size=128", "methods.resize_freq=2",
-        "methods.names=[SGD (small batch),AdaBatch,DiveBatch + lr rescale]"]
+TINY = [
+    "profile=test",
+    "seeds=[1,2]",
+    "data.n_train=512",
+    "data.n_val=64",
+    "target_relative=0.3",
+    "variants=[{name: base, label_noise: 0.1}, {name: dup2, kind: duplicate, of: base, duplicate: 2}]",
+    "knee.batch_sizes=[1,4,32,256,1024]",
+    "knee.max_epochs=20",
+    "knee.lr_log2_min=-8",
+    "methods.data.n_train=512",
+    "methods.data.n_val=64",
+    "methods.data.spectrum_decay=1.0",
+    "methods.epochs=4",
+    "methods.initial_batch_size=8",
+    "methods.max_batch_size=128",
+    "methods.resize_freq=2",
+    "methods.names=[SGD (small batch),AdaBatch,DiveBatch + lr rescale]",
+]
 
 
 def test_cli_writes_labelled_deterministic_outputs(tmp_path, capsys):
@@ -186,8 +211,13 @@ def test_cli_writes_labelled_deterministic_outputs(tmp_path, capsys):
     args = ["--out-root", str(tmp_path), "--config", str(SMOKE), *TINY]
     assert cli(args) == 0
     tables, figs = tmp_path / "paper_tables" / "test", tmp_path / "figures" / "test"
-    for stem in ("synthetic_knee", "synthetic_knee_vs_diversity", "synthetic_diversity_path", "synthetic_methods",
-                 "synthetic_estimator"):
+    for stem in (
+        "synthetic_knee",
+        "synthetic_knee_vs_diversity",
+        "synthetic_diversity_path",
+        "synthetic_methods",
+        "synthetic_estimator",
+    ):
         assert (figs / f"{stem}.png").stat().st_size > 10_000 and (figs / f"{stem}.pdf").is_file()
     verdict = json.loads((tables / "synthetic_verdict.json").read_text())
     assert isinstance(verdict["holds"], bool) and "knee" in verdict["summary"]

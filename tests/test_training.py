@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, cli_env, divebatch_cmd, write_npz
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import TINY, cli_env, divebatch_cmd, write_npz
 from divebatch.config import load_config
 from divebatch.diversity import gradient_diversity, per_sample_gradients
 from divebatch.models import build_model
@@ -64,7 +64,7 @@ def test_one_step_over_micro_batches_equals_one_big_batch_step(make_model, dtype
     for max_micro_batch in (10, 3, 1):  # one pass; 3 + 3 + 3 + 1; ten single samples
         m = copy.deepcopy(model)
         forwards = []
-        m.register_forward_hook(lambda mod, inp, out: forwards.append(len(inp[0])))
+        m.register_forward_hook(lambda mod, inp, out, forwards=forwards: forwards.append(len(inp[0])))
         opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
         stats.append(train_one_epoch(m, [(x, y)], opt, nn.CrossEntropyLoss(), max_micro_batch, progress=False))
         assert forwards == [len(c) for c in y.split(max_micro_batch)]  # really split into micro-batches
@@ -103,8 +103,9 @@ def test_cosine_schedule_per_epoch():
     for e, row in enumerate(lrs):
         assert row == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 6)) / 2] * 3, rel=1e-12)
     lrs = _lr_per_step(["optim.schedule=cosine", "optim.t_max=4"], epochs=6, steps_per_epoch=1)
-    assert [r[0] for r in lrs[:5]] == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(5)],
-                                                    abs=1e-15)
+    assert [r[0] for r in lrs[:5]] == pytest.approx(
+        [0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(5)], abs=1e-15
+    )
 
 
 def test_step_schedule():
@@ -117,8 +118,11 @@ def test_multistep_with_linear_warmup_per_step():
     """Warm-up over the first epoch, per optimizer step, from base/T to base (T = warm-up steps),
     then multi-step decay at epochs 2 and 4 (docs/protocol.md CIFAR-100 protocol, scaled down)."""
     steps = 5
-    lrs = _lr_per_step(["optim.schedule=multistep", "optim.milestones=[2,4]", "optim.gamma=0.2",
-                        "optim.warmup_epochs=1"], epochs=6, steps_per_epoch=steps)
+    lrs = _lr_per_step(
+        ["optim.schedule=multistep", "optim.milestones=[2,4]", "optim.gamma=0.2", "optim.warmup_epochs=1"],
+        epochs=6,
+        steps_per_epoch=steps,
+    )
     assert lrs[0] == pytest.approx([0.1 * (1 / steps + (1 - 1 / steps) * k / steps) for k in range(steps)], rel=1e-12)
     for e in range(1, 6):
         assert lrs[e] == pytest.approx([0.1 * 0.2 ** sum(e >= m for m in (2, 4))] * steps, rel=1e-12)
@@ -127,8 +131,16 @@ def test_multistep_with_linear_warmup_per_step():
 # ----------------------------------------------------------------------------- one DiveBatch run and its files
 
 
-DIVEBATCH_RUN = ("method.name=divebatch", "method.resize_freq=1", "method.delta=2", "method.initial_batch_size=32",
-                 "method.max_batch_size=512", "method.max_micro_batch=100", "optim.schedule=cosine", "epochs=3")
+DIVEBATCH_RUN = (
+    "method.name=divebatch",
+    "method.resize_freq=1",
+    "method.delta=2",
+    "method.initial_batch_size=32",
+    "method.max_batch_size=512",
+    "method.max_micro_batch=100",
+    "optim.schedule=cosine",
+    "epochs=3",
+)
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +165,26 @@ def test_run_directory_holds_exactly_the_fixed_files(divebatch_run):
 def test_metrics_columns_and_counters(divebatch_run):
     cfg, out, summary = divebatch_run
     df = metrics(out)
-    assert list(df.columns) == METRIC_COLUMNS == [
-        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
-        "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
+    assert (
+        list(df.columns)
+        == list(METRIC_COLUMNS)
+        == [
+            "epoch",
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "lr",
+            "batch_size",
+            "grad_diversity",
+            "optimizer_steps",
+            "samples_seen",
+            "epoch_time_s",
+            "eval_time_s",
+            "wall_time_s",
+            "peak_memory_mb",
+        ]
+    )
     n = 1437  # digits training split, checked in test_data
     assert df.epoch.tolist() == list(range(cfg.epochs))
     assert df.samples_seen.tolist() == [n * (e + 1) for e in range(cfg.epochs)]
@@ -167,8 +196,11 @@ def test_metrics_columns_and_counters(divebatch_run):
     assert summary == json.loads((out / "summary.json").read_text())
     best = df.val_acc.idxmax()
     assert summary["finished"] and summary["epochs_completed"] == cfg.epochs
-    assert (summary["final_val_acc"], summary["best_val_acc"], summary["best_epoch"]) == \
-        (df.val_acc.iloc[-1], df.val_acc[best], df.epoch[best])
+    assert (summary["final_val_acc"], summary["best_val_acc"], summary["best_epoch"]) == (
+        df.val_acc.iloc[-1],
+        df.val_acc[best],
+        df.epoch[best],
+    )
     assert summary["optimizer_steps"] == df.optimizer_steps.iloc[-1]
 
 
@@ -181,8 +213,9 @@ def test_logged_batch_size_follows_the_divebatch_rule(divebatch_run):
     for e, row in df.iloc[:-1].iterrows():  # each epoch's decision shows as the next epoch's batch size
         if row.batch_size < m.max_batch_size:  # resize_freq = 1: every epoch below the max measures
             assert not math.isnan(row.grad_diversity)
-            assert sizes[e + 1] == divebatch_batch_size(int(row.batch_size), row.grad_diversity, 1437, m.delta,
-                                                        m.max_batch_size)
+            assert sizes[e + 1] == divebatch_batch_size(
+                int(row.batch_size), row.grad_diversity, 1437, m.delta, m.max_batch_size
+            )
             measured += 1
         else:
             assert math.isnan(row.grad_diversity) and sizes[e + 1] == row.batch_size
@@ -236,9 +269,15 @@ def test_same_seed_and_config_give_identical_metrics(divebatch_run, tmp_path):
 
 
 def test_adabatch_lr_rescale_persists_through_cosine_in_a_run(tiny_config):
-    cfg = tiny_config("method.name=adabatch", "method.lr_rescale=true", "method.resize_freq=1",
-                      "method.initial_batch_size=32", "method.max_batch_size=128", "optim.schedule=cosine",
-                      "epochs=4")
+    cfg = tiny_config(
+        "method.name=adabatch",
+        "method.lr_rescale=true",
+        "method.resize_freq=1",
+        "method.initial_batch_size=32",
+        "method.max_batch_size=128",
+        "optim.schedule=cosine",
+        "epochs=4",
+    )
     train(cfg)
     df = metrics(cfg.out_dir)
     assert df.batch_size.tolist() == [32, 64, 128, 128]
@@ -248,8 +287,14 @@ def test_adabatch_lr_rescale_persists_through_cosine_in_a_run(tiny_config):
 
 
 def test_multistep_warmup_run_logs_the_decayed_lr(tiny_config):
-    cfg = tiny_config("method.name=sgd", "optim.schedule=multistep", "optim.milestones=[2]", "optim.gamma=0.2",
-                      "optim.warmup_epochs=1", "epochs=3")
+    cfg = tiny_config(
+        "method.name=sgd",
+        "optim.schedule=multistep",
+        "optim.milestones=[2]",
+        "optim.gamma=0.2",
+        "optim.warmup_epochs=1",
+        "epochs=3",
+    )
     train(cfg)
     df = metrics(cfg.out_dir)
     assert df.lr.tolist()[1:] == pytest.approx([0.05, 0.05 * 0.2], rel=1e-12)  # after the warm-up epoch
@@ -261,10 +306,19 @@ def test_multistep_warmup_run_logs_the_decayed_lr(tiny_config):
 def test_lr0_diversity_is_the_same_in_every_measured_epoch_whatever_batch_and_micro_batch(tiny_config):
     """With lr 0 and no augmentation every measured epoch sees every sample once at the same weights,
     so Delta_hat is the exact Delta of the training set (brute force), whatever m and the micro-batch."""
-    common = ("method.name=divebatch", "method.resize_freq=1", "method.delta=3", "optim.lr=0", "data.augment=false",
-              "method.max_batch_size=1437", "epochs=3")
-    runs = [tiny_config(*common, "method.initial_batch_size=32", "method.max_micro_batch=1000", out="a"),
-            tiny_config(*common, "method.initial_batch_size=100", "method.max_micro_batch=7", out="b")]
+    common = (
+        "method.name=divebatch",
+        "method.resize_freq=1",
+        "method.delta=3",
+        "optim.lr=0",
+        "data.augment=false",
+        "method.max_batch_size=1437",
+        "epochs=3",
+    )
+    runs = [
+        tiny_config(*common, "method.initial_batch_size=32", "method.max_micro_batch=1000", out="a"),
+        tiny_config(*common, "method.initial_batch_size=100", "method.max_micro_batch=7", out="b"),
+    ]
     values, sizes = [], set()
     for cfg in runs:
         train(cfg)
@@ -294,16 +348,29 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     running; rerunning the command resumes from the epoch-0 checkpoint. Model with BatchNorm,
     crop/flip augmentation on the device, momentum, cosine schedule, a batch-size change at epoch 2."""
     data = write_npz(tmp_path / "data.npz", n_train=128, n_test=32)
-    args = [*TINY, "data.name=npz", f"data.path={data}", "model.name=resnet_small", "model.width=4",
-            "method.name=divebatch", "method.resize_freq=2", "method.delta=0.5", "method.initial_batch_size=8",
-            "method.max_batch_size=64", "method.max_micro_batch=4", "optim.schedule=cosine", "epochs=4"]
+    args = [
+        *TINY,
+        "data.name=npz",
+        f"data.path={data}",
+        "model.name=resnet_small",
+        "model.width=4",
+        "method.name=divebatch",
+        "method.resize_freq=2",
+        "method.delta=0.5",
+        "method.initial_batch_size=8",
+        "method.max_batch_size=64",
+        "method.max_micro_batch=4",
+        "optim.schedule=cosine",
+        "epochs=4",
+    ]
     reference = train(load_config(None, [*args, f"out_dir={tmp_path / 'reference'}"]))
 
     cut = tmp_path / "cut"
     yaml_path = tmp_path / "cut.yaml"
     OmegaConf.save(load_config(None, [*args, f"out_dir={cut}"]), yaml_path)
-    proc = subprocess.Popen(divebatch_cmd("train", str(yaml_path)), env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        divebatch_cmd("train", str(yaml_path)), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 120
         while not (cut / "checkpoint.pt").exists():
@@ -330,8 +397,9 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert [r["epoch"] for r in manifest["resumes"]] == [1]
     same_metrics(metrics(tmp_path / "reference"), metrics(cut))
     assert metrics(cut).batch_size.nunique() == 2  # the resize after the killed epoch happened the same way
-    assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == \
-        {k: v for k, v in reference.items() if k != "wall_time_s"}
+    assert {k: v for k, v in resumed.items() if k != "wall_time_s"} == {
+        k: v for k, v in reference.items() if k != "wall_time_s"
+    }
 
 
 def _cut_run(tiny_config):
@@ -392,8 +460,7 @@ def test_wandb_offline_writes_an_offline_run_under_out_dir(tiny_config, monkeypa
 # ----------------------------------------------------------------------------- CUDA out of memory
 
 
-def test_cuda_out_of_memory_names_the_setting_and_the_run_resumes_after_lowering_it(tiny_config, monkeypatch,
-                                                                                    capsys):
+def test_cuda_out_of_memory_names_the_setting_and_the_run_resumes_after_lowering_it(tiny_config, monkeypatch, capsys):
     """An out-of-memory error in epoch 2 (raised as torch raises it on a GPU) stops the run with a
     message naming batch size, micro-batch size and method.max_micro_batch; rerunning with a lower
     method.max_micro_batch resumes from the finished epoch instead of refusing the changed config,
@@ -416,9 +483,17 @@ def test_cuda_out_of_memory_names_the_setting_and_the_run_resumes_after_lowering
     with pytest.raises(training.TrainingOutOfMemory) as info:
         train(cfg)
     msg = str(info.value)
-    for needed in ("epoch 2/3", "batch size 64", "micro-batch size 48", "method.max_micro_batch=48",
-                   "method.max_micro_batch=24", "--set method.max_micro_batch=24", "resumes from its last finished "
-                   "epoch (1/3)", "Up to 3 runs share this GPU", "Tried to allocate 2.00 GiB"):
+    for needed in (
+        "epoch 2/3",
+        "batch size 64",
+        "micro-batch size 48",
+        "method.max_micro_batch=48",
+        "method.max_micro_batch=24",
+        "--set method.max_micro_batch=24",
+        "resumes from its last finished epoch (1/3)",
+        "Up to 3 runs share this GPU",
+        "Tried to allocate 2.00 GiB",
+    ):
         assert needed in msg, needed
     assert len(metrics(cfg.out_dir)) == 1  # epoch 1 was kept
 
@@ -438,6 +513,8 @@ def test_cuda_out_of_memory_names_the_setting_and_the_run_resumes_after_lowering
     assert summary["finished"] and summary["epochs_completed"] == 3
     manifest = json.loads((Path(cfg.out_dir) / "manifest.json").read_text())
     assert [r["epoch"] for r in manifest["resumes"]] == [1, 2]
-    assert [r["changed"] for r in manifest["resumes"]] == [["method.max_micro_batch: 48 -> 32"],
-                                                           ["method.max_micro_batch: 32 -> 16"]]
+    assert [r["changed"] for r in manifest["resumes"]] == [
+        ["method.max_micro_batch: 48 -> 32"],
+        ["method.max_micro_batch: 32 -> 16"],
+    ]
     assert OmegaConf.load(yaml_path).method.max_micro_batch == 16

@@ -31,9 +31,20 @@ TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the m
 
 
 def _text_overrides(path, *extra):
-    return [f"data.path={path}", "data.name=text", "data.seq_len=16", "model.name=transformer_lm", "model.width=16",
-            "model.depth=1", "model.heads=2", "method.diversity_estimator=exact_func", "device=cpu",
-            "wandb.mode=disabled", "progress=false", *extra]
+    return [
+        f"data.path={path}",
+        "data.name=text",
+        "data.seq_len=16",
+        "model.name=transformer_lm",
+        "model.width=16",
+        "model.depth=1",
+        "model.heads=2",
+        "method.diversity_estimator=exact_func",
+        "device=cpu",
+        "wandb.mode=disabled",
+        "progress=false",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -64,7 +75,7 @@ def test_text_bundle_splits_90_10_into_non_overlapping_sequences(text_file):
     ids, vocab = encode(TEXT)
     assert bundle.num_classes == len(vocab) and bundle.image_size == 16 and bundle.n_train == len(x)
     assert torch.equal(x.flatten(), torch.from_numpy(ids[: len(x) * 16]))  # consecutive, no overlap
-    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(xt[0], torch.from_numpy(ids[cut:cut + 16]))
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(xt[0], torch.from_numpy(ids[cut : cut + 16]))
     loader, test = make_loaders(bundle, cfg.data, 8, torch.device("cpu"), torch.Generator().manual_seed(0))
     xb, yb = next(iter(loader))
     assert xb.dtype == torch.int64 and xb.shape == (8, 16)  # token ids, not normalised
@@ -164,9 +175,20 @@ def test_func_estimator_refuses_batchnorm_and_needs_observe():
 
 
 def test_adamw_and_square_root_rescaling():
-    cfg = load_config(None, ["optim.name=adamw", "optim.lr=0.004", "optim.weight_decay=0.01",
-                             "method.name=adabatch", "method.lr_rescale=true", "method.lr_scaling=sqrt",
-                             "method.resize_freq=1", "method.initial_batch_size=16", "method.max_batch_size=64"])
+    cfg = load_config(
+        None,
+        [
+            "optim.name=adamw",
+            "optim.lr=0.004",
+            "optim.weight_decay=0.01",
+            "method.name=adabatch",
+            "method.lr_rescale=true",
+            "method.lr_scaling=sqrt",
+            "method.resize_freq=1",
+            "method.initial_batch_size=16",
+            "method.max_batch_size=64",
+        ],
+    )
     opt = build_optimizer(cfg.optim, nn.Linear(2, 2).parameters())
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
     policy = build_policy(cfg.method, n_train=100)
@@ -180,11 +202,24 @@ def test_adamw_and_square_root_rescaling():
 
 
 def test_train_transformer_divebatch_end_to_end(text_file, tmp_path):
-    cfg = load_config(None, _text_overrides(
-        text_file, "method.name=divebatch", "method.resize_freq=1", "method.initial_batch_size=4",
-        "method.max_batch_size=16", "method.delta=0.5", "epochs=2", "optim.name=adamw", "optim.lr=0.003",
-        "primary_metric.column=val_loss", "primary_metric.direction=lower", "primary_metric.within=0.02",
-        f"out_dir={tmp_path / 'run'}"))
+    cfg = load_config(
+        None,
+        _text_overrides(
+            text_file,
+            "method.name=divebatch",
+            "method.resize_freq=1",
+            "method.initial_batch_size=4",
+            "method.max_batch_size=16",
+            "method.delta=0.5",
+            "epochs=2",
+            "optim.name=adamw",
+            "optim.lr=0.003",
+            "primary_metric.column=val_loss",
+            "primary_metric.direction=lower",
+            "primary_metric.within=0.02",
+            f"out_dir={tmp_path / 'run'}",
+        ),
+    )
     summary = train(cfg)
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert summary["finished"] and len(m) == 2
@@ -198,8 +233,9 @@ def test_fixed_point_on_the_transformer_is_the_brute_force_delta(text_file, tmp_
     per-sample loop at the same weights (all n samples), and it drives a training run."""
     from divebatch.data import fixed_subset_indices, reference_batches
 
-    cfg = load_config(None, _text_overrides(text_file, "method.diversity_estimator=fixed_point",
-                                            "method.fixed_point_samples=null"))
+    cfg = load_config(
+        None, _text_overrides(text_file, "method.diversity_estimator=fixed_point", "method.fixed_point_samples=null")
+    )
     bundle = build_data(cfg.data)
     torch.manual_seed(0)
     model = TransformerLM(bundle.num_classes, 16, width=16, depth=1, heads=2)
@@ -212,13 +248,25 @@ def test_fixed_point_on_the_transformer_is_the_brute_force_delta(text_file, tmp_
     grads = []
     for i in range(len(x)):
         model.zero_grad()
-        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1], reduction="sum").backward()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]).double())
     g = torch.stack(grads)
     assert len(g) == bundle.n_train
     assert est.value() == pytest.approx(float(g.pow(2).sum() / g.sum(0).pow(2).sum()), rel=1e-5)
     run = tmp_path / "fp"
-    summary = train(load_config(None, _text_overrides(
-        text_file, "method.name=divebatch", "method.diversity_estimator=fixed_point", "method.resize_freq=1",
-        "method.initial_batch_size=4", "method.max_batch_size=16", "epochs=2", f"out_dir={run}")))
+    summary = train(
+        load_config(
+            None,
+            _text_overrides(
+                text_file,
+                "method.name=divebatch",
+                "method.diversity_estimator=fixed_point",
+                "method.resize_freq=1",
+                "method.initial_batch_size=4",
+                "method.max_batch_size=16",
+                "epochs=2",
+                f"out_dir={run}",
+            ),
+        )
+    )
     assert summary["finished"] and pd.read_csv(run / "metrics.csv")["grad_diversity"].notna().all()

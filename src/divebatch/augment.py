@@ -34,7 +34,8 @@ def crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int) 
     # mirroring reads the crop's columns in reverse order, so it costs no extra pass
     cols = left[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)  # (B, W)
     padded = F.pad(x, (padding,) * 4)
-    # two gathers (rows, then columns) are 2-3x faster on a CPU than one advanced-indexing pass
+    # two gathers (rows, then columns) beat one advanced-indexing pass on a CPU (the measured
+    # times are in docs/performance.md, section 1, where a rerun of the benchmark updates them)
     out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
     return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
@@ -79,8 +80,7 @@ def rotate(x: Tensor, degrees: Tensor) -> Tensor:
     # affine_grid maps output to input coordinates, normalised to [-1, 1] per axis. A
     # counter-clockwise image rotation (y pointing down) samples from the clockwise-rotated
     # position; the h/w factors keep the rotation rigid in pixels when H != W.
-    mat = torch.stack([torch.stack([cos, -sin * (h / w), zeros], 1),
-                       torch.stack([sin * (w / h), cos, zeros], 1)], 1)
+    mat = torch.stack([torch.stack([cos, -sin * (h / w), zeros], 1), torch.stack([sin * (w / h), cos, zeros], 1)], 1)
     grid = F.affine_grid(mat, list(x.shape), align_corners=False)
     return F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).round().to(x.dtype)
 

@@ -17,7 +17,10 @@ COMMANDS = {
     "sweep": ("divebatch.sweeps:cli", "run a wandb sweep YAML locally (offline) or validate it"),
     "replicate": ("divebatch.replicate:cli", "train every run of a profile, then report"),
     "fetch-data": ("divebatch.data:fetch_cli", "download a dataset (needs network)"),
-    "gpu-check": ("divebatch.gpu_check:cli", "GPU acceptance check: gpu tests, epoch times, K runs per GPU, benchmarks"),
+    "gpu-check": (
+        "divebatch.gpu_check:cli",
+        "GPU acceptance check: gpu tests, epoch times, K runs per GPU, benchmarks",
+    ),
     "gpu-hours": ("divebatch.gpu_hours:cli", "GPU-hours of the paper profile from a gpu-check results file"),
 }
 

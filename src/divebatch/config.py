@@ -2,9 +2,12 @@
 
 A run is fully described by one :class:`TrainConfig`: the YAML file given on the command line
 is merged onto these dataclass defaults, then omegaconf dotlist overrides (``KEY=VALUE``, the
-form wandb sweep agents pass) are merged on top. Unknown keys and invalid values fail here,
-before any data is read or any model is built, with a message naming the key, the value and
-what is allowed.
+form wandb sweep agents pass) are merged on top. A path ``configs/<dataset>/<method>.yaml`` that
+is not a file names a composed cell (:func:`cell_parts`): the dataset's protocol
+``configs/<dataset>/base.yaml``, the method ``configs/methods/<method>.yaml`` and the protocol's
+own values for that method (its ``methods.<method>`` entry), each written once. Unknown keys
+and invalid values fail here, before any data is read or any model is built, with a message
+naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ LOADERS = ("auto", "device", "torchvision")
 PROTOCOLS = ("authors_code", "clean")
 LR_RESCALE_RULES = ("linear", "schedule_squared")
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")
-ESTIMATORS = ("exact", "microbatch", "fixed_point", "exact_func")  # divebatch.diversity.ESTIMATORS (a test keeps them equal)
+ESTIMATORS = (
+    "exact",
+    "microbatch",
+    "fixed_point",
+    "exact_func",
+)  # divebatch.diversity.ESTIMATORS (a test keeps them equal)
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt")
 METRIC_COLUMNS = ("val_acc", "val_loss")  # metrics.csv columns a report may judge by
@@ -53,7 +61,9 @@ class DataConfig:
     num_workers: int = 1  # DataLoader workers (torchvision loader only)
     train_subset: Optional[int] = None  # keep the first N training samples (CPU-scale runs)
     seq_len: int = 64  # text: characters per training sample (non-overlapping sequences)
-    subset_seed: Optional[int] = None  # with train_subset: a fixed random N instead of the first N (class-ordered folders)
+    subset_seed: Optional[int] = (
+        None  # with train_subset: a fixed random N instead of the first N (class-ordered folders)
+    )
 
 
 @dataclass
@@ -76,7 +86,9 @@ class MethodConfig:
     max_micro_batch: int = 2048  # larger batches are split and their gradients accumulated
     diversity_estimator: str = "exact"  # exact: authors' epoch estimator; microbatch: two-scale; fixed_point: Delta(w)
     micro_batches: int = 2  # microbatch estimator: micro-batches per measured step (>= 2)
-    fixed_point_samples: Optional[int] = 8192  # fixed_point: fixed random subset size (null or >= n: all n); docs/diversity.md
+    fixed_point_samples: Optional[int] = (
+        8192  # fixed_point: fixed random subset size (null or >= n: all n); docs/diversity.md
+    )
 
 
 @dataclass
@@ -172,6 +184,9 @@ class TrainConfig:
     profile: str = "adhoc"  # replication profile that made the run (smoke | cpu | paper | sweep | adhoc)
     deterministic: bool = True
     progress: bool = True  # tqdm bar per epoch
+    # what tables and figures call the run's method, e.g. "DiveBatch + lr rescale"; set by the method
+    # file (configs/methods/, names in divebatch.methods.VARIANTS); null: guessed (runs written before)
+    display_name: Optional[str] = None
 
 
 def _allowed(key: str, value: Any, allowed: str) -> ConfigError:
@@ -225,10 +240,16 @@ def validate(cfg: DictConfig) -> DictConfig:
         if value < 1:
             raise _allowed(key, value, "an integer >= 1")
     if m.fixed_point_samples is not None and m.fixed_point_samples < 2:
-        raise _allowed("method.fixed_point_samples", m.fixed_point_samples, "null (the whole training set) or an integer >= 2")
+        raise _allowed(
+            "method.fixed_point_samples", m.fixed_point_samples, "null (the whole training set) or an integer >= 2"
+        )
     if cfg.shadow.enabled and m.name == "divebatch":
-        raise _allowed("shadow.enabled", True, "false with method.name=divebatch (the shadow measures the estimators "
-                       "beside a run that does not use them: sgd | adabatch)")
+        raise _allowed(
+            "shadow.enabled",
+            True,
+            "false with method.name=divebatch (the shadow measures the estimators "
+            "beside a run that does not use them: sgd | adabatch)",
+        )
     for key in ("shadow.chunk", "shadow.draws"):
         if OmegaConf.select(cfg, key) < 2:
             raise _allowed(key, OmegaConf.select(cfg, key), "an integer >= 2")
@@ -236,7 +257,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _allowed("method.micro_batches", m.micro_batches, "an integer >= 2")
     if m.max_batch_size < m.initial_batch_size:
         raise _allowed(
-            "method.max_batch_size", m.max_batch_size,
+            "method.max_batch_size",
+            m.max_batch_size,
             f"an integer >= method.initial_batch_size ({m.initial_batch_size})",
         )
     if not m.delta > 0:
@@ -251,8 +273,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _allowed("optim.warmup_epochs", cfg.optim.warmup_epochs, f"an integer in [0, epochs={cfg.epochs})")
     fid = cfg.fidelity
     if fid.split_above is not None and fid.split_above < m.max_micro_batch:
-        raise _allowed("fidelity.split_above", fid.split_above,
-                       f"null or an integer >= method.max_micro_batch ({m.max_micro_batch})")
+        raise _allowed(
+            "fidelity.split_above",
+            fid.split_above,
+            f"null or an integer >= method.max_micro_batch ({m.max_micro_batch})",
+        )
     if fid.head_classes is not None and fid.head_classes < 1:
         raise _allowed("fidelity.head_classes", fid.head_classes, "null or an integer >= 1")
     if fid.warmup_at_lr_zero and cfg.optim.warmup_epochs == 0:
@@ -260,7 +285,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     if cfg.data.train_subset is not None and cfg.data.train_subset < 1:
         raise _allowed("data.train_subset", cfg.data.train_subset, "null or an integer >= 1")
     if cfg.data.name in ("npz", "tiny_imagenet", "text", "imagefolder") and not cfg.data.path:
-        raise _allowed("data.path", cfg.data.path, f"a path to the {cfg.data.name} data (required for data.name={cfg.data.name})")
+        raise _allowed(
+            "data.path", cfg.data.path, f"a path to the {cfg.data.name} data (required for data.name={cfg.data.name})"
+        )
     device = str(cfg.device)
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise _allowed("device", device, "auto | cpu | cuda | cuda:N")
@@ -279,8 +306,11 @@ def _check_text_model(cfg: DictConfig) -> None:
         allowed = "transformer_lm" if text_data else " | ".join(m for m in MODELS if m not in NO_BACKPACK_MODELS)
         raise _allowed("model.name", cfg.model.name, f"{allowed} for data.name={cfg.data.name}")
     if text_model and cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "exact":
-        raise _allowed("method.diversity_estimator", "exact",
-                       f"exact_func | microbatch for model.name={cfg.model.name} (BackPACK has no attention layers)")
+        raise _allowed(
+            "method.diversity_estimator",
+            "exact",
+            f"exact_func | microbatch for model.name={cfg.model.name} (BackPACK has no attention layers)",
+        )
     if text_model and cfg.model.width % cfg.model.heads:
         raise _allowed("model.heads", cfg.model.heads, f"a divisor of model.width={cfg.model.width}")
     if cfg.primary_metric.within < 0:
@@ -299,34 +329,108 @@ def check_paths(cfg: DictConfig) -> DictConfig:
     if cfg.data.name == "npz" and not Path(cfg.data.path).is_file():
         raise _allowed("data.path", cfg.data.path, "an existing .npz file with train_x, train_y, test_x, test_y")
     if cfg.data.name == "text" and not Path(cfg.data.path).is_file():
-        raise _allowed("data.path", cfg.data.path,
-                       "an existing plain-text (UTF-8) file, e.g. ../shared/data/tinyshakespeare.txt")
+        raise _allowed(
+            "data.path", cfg.data.path, "an existing plain-text (UTF-8) file, e.g. ../shared/data/tinyshakespeare.txt"
+        )
     if cfg.data.name == "imagefolder" and not all((Path(cfg.data.path) / s).is_dir() for s in ("train", "test")):
-        raise _allowed("data.path", cfg.data.path, "an existing folder with train/<class>/* and test/<class>/* "
-                       "(torchvision ImageFolder layout)")
+        raise _allowed(
+            "data.path",
+            cfg.data.path,
+            "an existing folder with train/<class>/* and test/<class>/* (torchvision ImageFolder layout)",
+        )
     if cfg.data.name == "tiny_imagenet" and not Path(cfg.data.path).is_dir():
         raise _allowed(
-            "data.path", cfg.data.path,
+            "data.path",
+            cfg.data.path,
             "an existing tiny-imagenet-200/ folder (wnids.txt, train/, val/); "
             "get it with: divebatch fetch-data tiny_imagenet --root DIR",
         )
     return cfg
 
 
-def load_yaml(path: str | Path, _chain: tuple = ()) -> DictConfig:
-    """A YAML config with its ``base:`` chain merged in (``base`` is a path relative to the file).
+METHODS_DIR = "methods"  # configs/methods/<method>.yaml, beside the dataset folders
+# keys of a config file that the composition reads and that are not part of a run's config:
+# ``methods`` (a dataset protocol's values per method) and ``needs`` (what a method requires of it)
+COMPOSE_KEYS = ("methods", "needs")
+
+
+def cell_parts(path: str | Path) -> tuple[Path, Path] | None:
+    """The dataset protocol and the method file that a cell path ``<dir>/<method>.yaml`` names.
+
+    Args:
+        path: e.g. ``configs/cifar10/divebatch.yaml``.
+    Returns:
+        ``(<dir>/base.yaml, <dir>/../methods/<method>.yaml)`` when both exist, else None. A file at
+        ``path`` itself wins over the composition (:func:`load_yaml` looks at it first).
+    """
+    path = Path(path)
+    base, method = path.parent / "base.yaml", path.parent.parent / METHODS_DIR / path.name
+    if path.parent.name == METHODS_DIR or path.name == "base.yaml" or not (base.is_file() and method.is_file()):
+        return None
+    return base, method
+
+
+def config_exists(path: str | Path) -> bool:
+    """Whether ``path`` is a config file or a cell path (:func:`cell_parts`) that can be composed."""
+    return Path(path).is_file() or cell_parts(path) is not None
+
+
+def method_names(methods_dir: str | Path = Path("configs") / METHODS_DIR) -> list[str]:
+    """The methods a cell path may name: the stems of ``configs/methods/*.yaml`` that set a
+    ``display_name`` (the others, e.g. ``adamw.yaml``, are pieces that methods build on)."""
+    return sorted(p.stem for p in Path(methods_dir).glob("*.yaml") if "display_name" in OmegaConf.load(p))
+
+
+def _compose(base: Path, method: Path, chain: tuple) -> DictConfig:
+    """Protocol, then method, then the protocol's ``methods.<method>`` entry (see :func:`cell_parts`).
 
     Raises:
-        ConfigError: a ``base`` cycle. ConfigFileNotFoundError: a missing file in the chain.
+        ConfigError: the method ``needs`` a key that the protocol's entry for it does not set.
+    """
+    protocol, variant = load_yaml(base, chain), load_yaml(method, chain)
+    entries = protocol.pop("methods", None) or {}
+    entry = entries.get(method.stem) or OmegaConf.create({})
+    for key in variant.pop("needs", None) or []:
+        if OmegaConf.select(entry, key, default=None) is None:
+            raise ConfigError(
+                f"invalid config: {base} methods.{method.stem}.{key} is not set; allowed: the "
+                f"value of {key} for method {method.stem} on this dataset (configs/{METHODS_DIR}/"
+                f'{method.name} needs it from the protocol; see docs/replicate.md, "Configs")'
+            )
+    return OmegaConf.merge(protocol, variant, entry)
+
+
+def load_yaml(path: str | Path, _chain: tuple = ()) -> DictConfig:
+    """A YAML config with its ``base:`` chain merged in, or a composed cell.
+
+    ``base`` is a path relative to the file, or a list of them merged in order (a method built on
+    another method and a piece: ``base: [divebatch.yaml, adamw.yaml]``). A ``path`` that is not a
+    file but a cell path (:func:`cell_parts`) is composed. The result may hold
+    :data:`COMPOSE_KEYS`; :func:`load_config` drops them.
+
+    Raises:
+        ConfigError: a ``base`` cycle; a method's ``needs`` not met. ConfigFileNotFoundError: a
+            missing file in the chain (naming the methods a cell path may name).
     """
     path = Path(path).resolve()
     if path in _chain:
         raise ConfigError(f"invalid config: base={path.name!r} forms a cycle; allowed: a chain of distinct files")
     if not path.is_file():
-        raise ConfigFileNotFoundError(f"config file not found: {path}")
+        parts = cell_parts(path)
+        if parts is not None:
+            return _compose(*parts, _chain + (path,))
+        methods_dir = path.parent.parent / METHODS_DIR
+        hint = (
+            f"; allowed: an existing file, or {path.parent}/<method>.yaml with <method> one of "
+            f"{' | '.join(method_names(methods_dir))}"
+            if (path.parent / "base.yaml").is_file() and methods_dir.is_dir()
+            else ""
+        )
+        raise ConfigFileNotFoundError(f"config file not found: {path}{hint}")
     node = OmegaConf.load(path)
     base = node.pop("base", None)
-    return OmegaConf.merge(load_yaml(path.parent / base, _chain + (path,)), node) if base else node
+    bases = [base] if isinstance(base, str) else list(base or [])
+    return OmegaConf.merge(*(load_yaml(path.parent / b, _chain + (path,)) for b in bases), node)
 
 
 def _merge_error(err: OmegaConfBaseException, schema: DictConfig, user_layers: list) -> ConfigError:
@@ -360,8 +464,9 @@ def _field_type(key: str) -> str:
     return f"a value of type {name}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                check_data: bool = True) -> DictConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), check_data: bool = True
+) -> DictConfig:
     """Merge defaults, a YAML file and ``KEY=VALUE`` dotlist overrides, then validate.
 
     Args:
@@ -379,7 +484,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     if path is not None:
-        layers.append(load_yaml(path))
+        node = load_yaml(path)
+        for key in COMPOSE_KEYS:  # read by the composition (a protocol or method file given alone)
+            node.pop(key, None)
+        layers.append(node)
     dotlist = [o[2:] if o.startswith("--") else o for o in overrides]
     for item in dotlist:
         if "=" not in item:
@@ -414,7 +522,8 @@ def config_keys(cfg: DictConfig | None = None, prefix: str = "") -> list[str]:
 # (a top-level name covers its whole group). method.max_micro_batch is a memory setting: the
 # micro-batch gradients are accumulated into the same optimizer step (only BatchNorm's batch
 # statistics follow the micro-batch), so lowering it after a CUDA out-of-memory error resumes the run.
-RUNTIME_KEYS = ("device", "progress", "wandb", "out_dir", "method.max_micro_batch")
+# display_name is a label: runs written before the key existed are the same runs.
+RUNTIME_KEYS = ("device", "progress", "wandb", "out_dir", "method.max_micro_batch", "display_name")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

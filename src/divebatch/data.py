@@ -34,8 +34,10 @@ from divebatch.distributed import global_batch_spans, shard_span
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # authors' values
 # the authors' CIFAR-100 values at full precision (docs/protocol.md, "Protocol table: cifar100")
-CIFAR100_STATS = ((0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
-                  (0.2673342858792401, 0.2564384629170883, 0.27615047132568404))
+CIFAR100_STATS = (
+    (0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
+    (0.2673342858792401, 0.2564384629170883, 0.27615047132568404),
+)
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
@@ -88,6 +90,7 @@ def register(name: str):
     def deco(fn):
         DATASETS[name] = fn
         return fn
+
     return deco
 
 
@@ -172,8 +175,17 @@ def _array_bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment_name, cfg, 
     if stats is None:  # per-channel statistics of the training images
         stats = channel_stats(x_tr)
     t_train, t_eval = _pil_transforms(*stats, augment_name, cfg.augment)
-    return DataBundle(name, num_classes, x_tr.shape[1], x_tr.shape[2], *stats, augment_name,
-                      (x_tr, y_tr, x_te, y_te), _ArrayDataset(x_tr, y_tr, t_train), _ArrayDataset(x_te, y_te, t_eval))
+    return DataBundle(
+        name,
+        num_classes,
+        x_tr.shape[1],
+        x_tr.shape[2],
+        *stats,
+        augment_name,
+        (x_tr, y_tr, x_te, y_te),
+        _ArrayDataset(x_tr, y_tr, t_train),
+        _ArrayDataset(x_te, y_te, t_eval),
+    )
 
 
 @register("npz")
@@ -191,8 +203,9 @@ def npz(cfg) -> DataBundle:
     try:
         f = np.load(cfg.path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"data.path={cfg.path!r} is not a valid array file ({type(err).__name__}: {err}); "
-                        f"expected {expected}") from None
+        raise DataError(
+            f"data.path={cfg.path!r} is not a valid array file ({type(err).__name__}: {err}); expected {expected}"
+        ) from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise DataError(f"data.path={cfg.path!r} holds a single array, not an archive; expected {expected}")
     with f:
@@ -202,15 +215,25 @@ def npz(cfg) -> DataBundle:
         x_tr, y_tr, x_te, y_te = (f[k] for k in ("train_x", "train_y", "test_x", "test_y"))
     for name, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
         if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
-            raise DataError(f"data.path={cfg.path!r}: {name}_x has shape {x.shape} and {name}_y {y.shape}; "
-                            f"expected {expected}, with as many labels as images")
+            raise DataError(
+                f"data.path={cfg.path!r}: {name}_x has shape {x.shape} and {name}_y {y.shape}; "
+                f"expected {expected}, with as many labels as images"
+            )
     if x_tr.ndim == 3:
         x_tr, x_te = x_tr[..., None], x_te[..., None]
     cifar_like = x_tr.shape[1:] == (32, 32, 3)
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
-    return _array_bundle("npz", _hwc_to_chw(x_tr.astype(np.uint8)), torch.from_numpy(y_tr.astype(np.int64)),
-                         _hwc_to_chw(x_te.astype(np.uint8)), torch.from_numpy(y_te.astype(np.int64)), num_classes,
-                         "crop_flip" if cifar_like else "none", cfg, CIFAR10_STATS if cifar_like else None)
+    return _array_bundle(
+        "npz",
+        _hwc_to_chw(x_tr.astype(np.uint8)),
+        torch.from_numpy(y_tr.astype(np.int64)),
+        _hwc_to_chw(x_te.astype(np.uint8)),
+        torch.from_numpy(y_te.astype(np.int64)),
+        num_classes,
+        "crop_flip" if cifar_like else "none",
+        cfg,
+        CIFAR10_STATS if cifar_like else None,
+    )
 
 
 @register("digits")
@@ -226,8 +249,16 @@ def digits(cfg) -> DataBundle:
     d = load_digits()
     x = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]
     x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.2, random_state=0, stratify=d.target)
-    return _array_bundle("digits", torch.from_numpy(x_tr), torch.from_numpy(y_tr.astype(np.int64)),
-                         torch.from_numpy(x_te), torch.from_numpy(y_te.astype(np.int64)), 10, "none", cfg)
+    return _array_bundle(
+        "digits",
+        torch.from_numpy(x_tr),
+        torch.from_numpy(y_tr.astype(np.int64)),
+        torch.from_numpy(x_te),
+        torch.from_numpy(y_te.astype(np.int64)),
+        10,
+        "none",
+        cfg,
+    )
 
 
 @register("text")
@@ -268,12 +299,12 @@ def _folder_samples(split: Path, class_to_idx: dict[str, int] | None = None):
     if class_to_idx is not None:
         extra = sorted(set(classes) - set(class_to_idx))
         if extra:
-            raise DataError(f"{split} has classes {extra} that train/ lacks; allowed: the train/ classes "
-                            f"{sorted(class_to_idx)}")
+            raise DataError(
+                f"{split} has classes {extra} that train/ lacks; allowed: the train/ classes {sorted(class_to_idx)}"
+            )
     else:
         class_to_idx = found
-    samples = tvd.folder.make_dataset(str(split), class_to_idx, extensions=tvd.folder.IMG_EXTENSIONS,
-                                      allow_empty=True)
+    samples = tvd.folder.make_dataset(str(split), class_to_idx, extensions=tvd.folder.IMG_EXTENSIONS, allow_empty=True)
     if not samples:
         raise DataError(f"{split} holds no images with extensions {tvd.folder.IMG_EXTENSIONS}")
     return class_to_idx, samples
@@ -302,8 +333,10 @@ def _decode(samples, where: Path) -> tuple[np.ndarray, np.ndarray]:
     images = [np.asarray(tvd.folder.default_loader(path)) for path, _ in samples]
     shapes = sorted({im.shape for im in images})
     if len(shapes) != 1:
-        raise DataError(f"data.path={str(where)!r}: images of {len(shapes)} sizes ({shapes[:4]}...); allowed: "
-                        f"images of one size (resize them first)")
+        raise DataError(
+            f"data.path={str(where)!r}: images of {len(shapes)} sizes ({shapes[:4]}...); allowed: "
+            f"images of one size (resize them first)"
+        )
     return np.stack(images), np.array([t for _, t in samples], dtype=np.int64)
 
 
@@ -323,8 +356,10 @@ def decode_imagefolder(root: Path, use_cache: bool = True):
         return classes, (*_decode(train, root), *_decode(test, root)), None
     where = cache_dir().resolve()
     if where == root.resolve() or root.resolve() in where.parents:
-        raise DataError(f"the cache folder {where} is inside data.path={str(root)!r}; allowed: a folder outside "
-                        f"the data (set DIVEBATCH_CACHE)")
+        raise DataError(
+            f"the cache folder {where} is inside data.path={str(root)!r}; allowed: a folder outside "
+            f"the data (set DIVEBATCH_CACHE)"
+        )
     path = where / f"imagefolder-{content_key(root, {'train': train, 'test': test})}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
@@ -355,8 +390,16 @@ def imagefolder(cfg) -> DataBundle:
     root = Path(cfg.path)
     classes, (x_tr, y_tr, x_te, y_te), _ = decode_imagefolder(root)
     cifar_like = x_tr.shape[1:] == (32, 32, 3)
-    bundle = _array_bundle("imagefolder", _hwc_to_chw(x_tr), torch.from_numpy(y_tr), _hwc_to_chw(x_te),
-                           torch.from_numpy(y_te), len(classes), "crop_flip" if cifar_like else "none", cfg)
+    bundle = _array_bundle(
+        "imagefolder",
+        _hwc_to_chw(x_tr),
+        torch.from_numpy(y_tr),
+        _hwc_to_chw(x_te),
+        torch.from_numpy(y_te),
+        len(classes),
+        "crop_flip" if cifar_like else "none",
+        cfg,
+    )
     bundle.train_set = _ClassFolder(root / "train", classes, bundle.train_set.transform)
     bundle.test_set = _ClassFolder(root / "test", classes, bundle.test_set.transform)
     return bundle
@@ -419,8 +462,9 @@ def tiny_imagenet(cfg) -> DataBundle:
     t_train, t_eval = _pil_transforms(*IMAGENET_STATS, "resized_crop_flip", cfg.augment)
     train = TinyImageNetTrain(str(root / "train"), transform=t_train)
     test = TinyImageNetVal(root, train.class_to_idx, t_eval)
-    return DataBundle("tiny_imagenet", len(train.classes), 3, 224, *IMAGENET_STATS, "resized_crop_flip",
-                      None, train, test)
+    return DataBundle(
+        "tiny_imagenet", len(train.classes), 3, 224, *IMAGENET_STATS, "resized_crop_flip", None, train, test
+    )
 
 
 def build_data(cfg) -> DataBundle:
@@ -437,8 +481,7 @@ def build_data(cfg) -> DataBundle:
     if cfg.train_subset is not None:
         k = cfg.train_subset
         seed = getattr(cfg, "subset_seed", None)
-        keep = (torch.arange(min(k, bundle.n_train)) if seed is None
-                else fixed_subset_indices(bundle.n_train, k, seed))
+        keep = torch.arange(min(k, bundle.n_train)) if seed is None else fixed_subset_indices(bundle.n_train, k, seed)
         if bundle.arrays is not None:
             x, y, xt, yt = bundle.arrays
             bundle.arrays = (x[keep], y[keep], xt, yt)
@@ -494,6 +537,7 @@ def reference_batches(bundle: DataBundle, indices: Tensor, batch_size: int, devi
     def batches():
         for xb, yb in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0):
             yield xb.to(device), yb.to(device)
+
     return batches
 
 
@@ -514,8 +558,18 @@ class DeviceLoader:
         generator: torch.Generator on ``device`` (its state makes epochs reproducible).
     """
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, mean, std, device: torch.device,
-                 augment_fn=None, shuffle: bool = True, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        mean,
+        std,
+        device: torch.device,
+        augment_fn=None,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+    ):
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.device = batch_size, device
         self.scale = self.shift = None
@@ -536,7 +590,7 @@ class DeviceLoader:
         n = len(self.y)
         order = torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle else None
         for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
+            idx = order[start : start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
             x = self.x[idx]
             if self.augment_fn is not None:
                 x = self.augment_fn(x, self.generator)
@@ -568,13 +622,25 @@ class ResizableBatchSampler(Sampler[list[int]]):
 class TorchvisionLoader:
     """DataLoader with PIL transforms (authors' path); yields batches already on ``device``."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, shuffle: bool,
-                 num_workers: int, generator: torch.Generator | None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool,
+        num_workers: int,
+        generator: torch.Generator | None,
+    ):
         self.sampler = ResizableBatchSampler(len(dataset), batch_size, shuffle, generator)
         self.device = device
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers,
-                                 persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-                                 generator=generator)
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=device.type == "cuda",
+            generator=generator,
+        )
 
     def set_batch_size(self, batch_size: int) -> None:
         self.sampler.batch_size = batch_size
@@ -599,8 +665,15 @@ def resolve_loader(name: str, bundle: DataBundle) -> str:
     return name
 
 
-def make_loaders(bundle: DataBundle, cfg, batch_size: int, device: torch.device, generator: torch.Generator,
-                 loader: str | None = None, eval_batch_size: int = 1000):
+def make_loaders(
+    bundle: DataBundle,
+    cfg,
+    batch_size: int,
+    device: torch.device,
+    generator: torch.Generator,
+    loader: str | None = None,
+    eval_batch_size: int = 1000,
+):
     """Train and evaluation loaders for ``data.loader`` (auto | device | torchvision).
 
     Args:
@@ -613,8 +686,10 @@ def make_loaders(bundle: DataBundle, cfg, batch_size: int, device: torch.device,
     loader = resolve_loader(loader or cfg.loader, bundle)
     if loader == "device":
         if bundle.arrays is None:
-            raise ConfigError(f"invalid config: data.loader=device is not available for data.name={bundle.name} "
-                             f"(not held in memory); allowed: data.loader=auto | torchvision")
+            raise ConfigError(
+                f"invalid config: data.loader=device is not available for data.name={bundle.name} "
+                f"(not held in memory); allowed: data.loader=auto | torchvision"
+            )
         x, y, xt, yt = bundle.arrays
         aug = augment.AUGMENTATIONS[bundle.augment] if cfg.augment else None
         train = DeviceLoader(x, y, batch_size, bundle.mean, bundle.std, device, aug, True, generator)
@@ -648,7 +723,10 @@ def fetch_cli(argv: list[str]) -> int:
             cls(root, train=True, download=True), cls(root, train=False, download=True)
             print(f"use: data.name={a.dataset} data.path={root}")
     except OSError as err:  # URLError is an OSError
-        print(f"divebatch fetch-data: download failed ({err}). On a machine without network, copy the "
-              f"official archive into {root} by hand (see README, 'Data').", file=sys.stderr)
+        print(
+            f"divebatch fetch-data: download failed ({err}). On a machine without network, copy the "
+            f"official archive into {root} by hand (see README, 'Data').",
+            file=sys.stderr,
+        )
         return 1
     return 0

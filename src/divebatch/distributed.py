@@ -125,8 +125,12 @@ class DistContext:
         """Manifest entry: world size, backend, timeout; None for a single process."""
         if not self.enabled:
             return None
-        return {"world_size": self.world_size, "backend": self.backend, "timeout_s": self.timeout_s,
-                "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))}
+        return {
+            "world_size": self.world_size,
+            "backend": self.backend,
+            "timeout_s": self.timeout_s,
+            "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)),
+        }
 
     # -- model
 
@@ -220,11 +224,15 @@ def _device_for_rank(device_name: str, local_rank: int, world_size: int) -> torc
     if not torch.cuda.is_available():
         raise ConfigError(f"invalid config: device={device_name!r}; allowed here: auto | cpu (no CUDA device found)")
     if device_name.startswith("cuda:") and world_size > 1:
-        raise ConfigError(f"invalid config: device={device_name!r} under torchrun with {world_size} processes; "
-                          f"allowed: auto | cuda | cpu (each process uses cuda:LOCAL_RANK)")
+        raise ConfigError(
+            f"invalid config: device={device_name!r} under torchrun with {world_size} processes; "
+            f"allowed: auto | cuda | cpu (each process uses cuda:LOCAL_RANK)"
+        )
     if local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} CUDA devices; "
-                          f"allowed: --nproc_per_node <= {torch.cuda.device_count()}")
+        raise ConfigError(
+            f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} CUDA devices; "
+            f"allowed: --nproc_per_node <= {torch.cuda.device_count()}"
+        )
     return torch.device(device_name if device_name.startswith("cuda:") else f"cuda:{local_rank}")
 
 
@@ -254,8 +262,9 @@ def setup(device_name: str = "auto") -> DistContext:
     seconds = timeout_s()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds),
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        backend, timeout=datetime.timedelta(seconds=seconds), device_id=device if device.type == "cuda" else None
+    )
     _INITIALISED_HERE = True
     atexit.register(shutdown)  # at exit, not after a run: a process may train several runs in one group
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, device, backend, seconds)
@@ -282,12 +291,17 @@ def report_failure(err: BaseException) -> None:
     text = f"{type(err).__name__}: {err}"
     hint = ""
     if "timed out" in text.lower() or "timeout" in text.lower():
-        hint = (f" A collective operation waited longer than {TIMEOUT_ENV}={timeout_s():g} s: another rank "
-                f"died, hangs or is far slower; see its own messages above.")
+        hint = (
+            f" A collective operation waited longer than {TIMEOUT_ENV}={timeout_s():g} s: another rank "
+            f"died, hangs or is far slower; see its own messages above."
+        )
     elif any(s in text.lower() for s in ("connection closed", "connection reset", "broken pipe")):
         hint = " Another rank closed its connection (it probably failed first; see its messages above)."
-    print(f"[divebatch]{rank_tag()} on {socket.gethostname()} failed: {text.splitlines()[0] if text else ''}.{hint}",
-          file=sys.stderr, flush=True)
+    print(
+        f"[divebatch]{rank_tag()} on {socket.gethostname()} failed: {text.splitlines()[0] if text else ''}.{hint}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def wandb_config(cfg: DictConfig, ctx: DistContext) -> DictConfig:
@@ -348,8 +362,10 @@ def global_batch_spans(n: int, batch_size: int, world_size: int = 1) -> list[tup
         ValueError: ``batch_size < world_size`` or ``n < world_size`` (a rank would get nothing).
     """
     if world_size > 1 and (batch_size < world_size or n < world_size):
-        raise ValueError(f"batch size {batch_size} and dataset size {n} must be >= the number of "
-                         f"data-parallel processes ({world_size})")
+        raise ValueError(
+            f"batch size {batch_size} and dataset size {n} must be >= the number of "
+            f"data-parallel processes ({world_size})"
+        )
     spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
     if len(spans) > 1 and spans[-1][1] - spans[-1][0] < world_size:
         tail = spans.pop()
@@ -394,8 +410,10 @@ class ShardedLoader:
 
     def _check(self, batch_size: int) -> None:
         if batch_size < self.world_size:
-            raise ConfigError(f"invalid config: batch size {batch_size} with {self.world_size} data-parallel "
-                              f"processes; allowed: method.initial_batch_size >= {self.world_size}")
+            raise ConfigError(
+                f"invalid config: batch size {batch_size} with {self.world_size} data-parallel "
+                f"processes; allowed: method.initial_batch_size >= {self.world_size}"
+            )
         if self.n < self.world_size:
             raise ValueError(f"{self.n} samples cannot be split over {self.world_size} processes")
 
@@ -432,8 +450,10 @@ class ShardedLoader:
         held = None  # this rank's part of the batch that the too-small last batch is merged into
         for t, (x, y) in enumerate(self.loader):
             if t >= len(sizes) or len(y) != sizes[t]:
-                raise RuntimeError(f"sharding expects global batches of sizes {sizes}; the wrapped loader "
-                                   f"yielded {len(y)} samples at step {t}")
+                raise RuntimeError(
+                    f"sharding expects global batches of sizes {sizes}; the wrapped loader "
+                    f"yielded {len(y)} samples at step {t}"
+                )
             # this rank's positions [lo, hi) of the step, intersected with this batch's [a, a + len(y))
             a = t * bs
             lo, hi = shard_span(*spans[min(t, len(spans) - 1)], self.rank, self.world_size)
@@ -510,7 +530,7 @@ def _picklable(err: BaseException) -> BaseException:
 
 
 class RankZeroRunDir:
-    """A :class:`divebatch.training.RunDir` seen from one rank: rank 0 reads and writes; reads are
+    """A :class:`divebatch.rundir.RunDir` seen from one rank: rank 0 reads and writes; reads are
     broadcast to every rank (so they need no shared file system) and so are rank 0's errors
     (every rank then raises the same error instead of waiting for a collective that never comes).
     Writes on other ranks do nothing. Other attributes are the wrapped run directory's.
@@ -534,8 +554,9 @@ class RankZeroRunDir:
             raise error
         return result
 
-    def prepare(self, cfg) -> None:
-        self._on_main(self._run.prepare, cfg)
+    def prepare(self, cfg) -> list[str]:
+        """The changed runtime keys rank 0 found (recorded in the manifest's resume entry)."""
+        return self._on_main(self._run.prepare, cfg)
 
     def read_summary(self):
         return self._on_main(self._run.read_summary)

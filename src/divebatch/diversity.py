@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ClassVar, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +62,7 @@ def noise_scale_form(per_sample_grads: Tensor) -> Tensor:
     return 1 + trace_cov / mean.pow(2).sum()
 
 
-def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
-                         x: Tensor, y: Tensor) -> Tensor:
+def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
     """Brute-force per-sample gradients by a loop of single-sample backward passes (reference).
 
     The model is used in whatever mode it is in; BatchNorm in train mode on a single sample is
@@ -79,13 +78,78 @@ def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], T
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []
     for i in range(x.shape[0]):
-        loss = loss_fn(model(x[i:i + 1]), y[i:i + 1])
+        loss = loss_fn(model(x[i : i + 1]), y[i : i + 1])
         grads = torch.autograd.grad(loss, params)
         rows.append(torch.cat([g.reshape(-1) for g in grads]))
     return torch.stack(rows)
 
 
-class EpochDiversityEstimator:
+@runtime_checkable
+class DiversityEstimator(Protocol):
+    """What the trainer and :class:`divebatch.controller.BatchSizeController` rely on, every
+    estimator alike (``method.diversity_estimator``; :data:`ESTIMATORS`).
+
+    Lifecycle of one measured epoch: :meth:`reset`; the epoch's steps run inside
+    :meth:`measuring`; per micro-batch, :meth:`observe` (inputs, for estimators that recompute
+    per-sample gradients) then :meth:`backward` in place of ``loss.backward()``; per optimizer
+    step, :meth:`step_end` before ``optimizer.step()``; after the epoch, :meth:`measure` at the
+    final weights (fixed_point; a no-op for the epoch estimators); data-parallel runs
+    :meth:`all_reduce_`; then :meth:`value`.
+
+    Attributes:
+        uses_module_hooks: measured epochs must run the eager (uncompiled) model.
+        plans_micro_batches: the estimator chooses how a measured step is split
+            (:meth:`micro_batch_sizes`; each part weighted b / B).
+    """
+
+    uses_module_hooks: ClassVar[bool]
+    plans_micro_batches: ClassVar[bool]
+
+    def prepare(self, model: nn.Module) -> nn.Module: ...
+
+    def measuring(self, model: nn.Module) -> contextlib.AbstractContextManager: ...
+
+    def reset(self) -> None: ...
+
+    def micro_batch_sizes(self, batch_size: int, max_micro_batch: int) -> list[int]: ...
+
+    def observe(self, x: Tensor, y: Tensor) -> None: ...
+
+    def backward(self, model: nn.Module, loss: Tensor, batch_size: int, sample_scale: float | None = None) -> None: ...
+
+    def step_end(self, model: nn.Module, batch_size: int) -> None: ...
+
+    def measure(self, model: nn.Module) -> None: ...
+
+    def value(self) -> float: ...
+
+    def all_reduce_(self, all_reduce_sum: Callable[[Sequence[Tensor]], None]) -> None: ...
+
+
+class EstimatorDefaults:
+    """No-op defaults of the optional members of :class:`DiversityEstimator`: no module hooks, the
+    trainer's own micro-batch plan, inputs not needed, nothing to do at the epoch's end."""
+
+    uses_module_hooks: ClassVar[bool] = False
+    plans_micro_batches: ClassVar[bool] = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def measuring(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext(model)
+
+    def micro_batch_sizes(self, batch_size: int, max_micro_batch: int) -> list[int]:
+        raise NotImplementedError(f"{type(self).__name__} does not plan micro-batches (plans_micro_batches=False)")
+
+    def observe(self, x: Tensor, y: Tensor) -> None:
+        """Inputs of the next :meth:`backward`'s micro-batch (ignored unless an estimator needs them)."""
+
+    def measure(self, model: nn.Module) -> None:
+        """End-of-epoch measurement at the final weights (none for the epoch estimators)."""
+
+
+class EpochDiversityEstimator(EstimatorDefaults):
     """The authors' epoch estimator of Delta, accumulated on the device in sum units.
 
     Feed it once per optimizer step with :meth:`add`; read :meth:`value` at the epoch's end.
@@ -263,9 +327,14 @@ def _conv2d_batch_l2_class():
             s = d.shape[2] * d.shape[3]
             if m * k <= s * (k + m) or module.groups != 1:
                 grads = torch.nn.grad.conv2d_weight(
-                    x.reshape(1, n * c_in, *x.shape[2:]), (n * m, c_in // module.groups, *module.kernel_size),
-                    d.reshape(1, n * m, *d.shape[2:]), module.stride, padding, module.dilation,
-                    groups=n * module.groups)
+                    x.reshape(1, n * c_in, *x.shape[2:]),
+                    (n * m, c_in // module.groups, *module.kernel_size),
+                    d.reshape(1, n * m, *d.shape[2:]),
+                    module.stride,
+                    padding,
+                    module.dilation,
+                    groups=n * module.groups,
+                )
                 return grads.view(n, -1).pow(2).sum(1)
             xu = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)  # (n, k, s)
             du = d.flatten(2)  # (n, m, s)
@@ -339,9 +408,11 @@ def backward_with_sq_norms(model: nn.Module, loss: Tensor, scale: float, extensi
         elif p.grad is not None:
             missing.append(name)
     if missing or not sq:
-        raise RuntimeError(f"BackPACK gave no per-sample norms for parameters {missing or 'any'}: run the "
-                           f"forward and backward inside backpack_hooks(model) (or on an extend_model model) "
-                           f"and use layers BackPACK's BatchL2Grad supports")
+        raise RuntimeError(
+            f"BackPACK gave no per-sample norms for parameters {missing or 'any'}: run the "
+            f"forward and backward inside backpack_hooks(model) (or on an extend_model model) "
+            f"and use layers BackPACK's BatchL2Grad supports"
+        )
     return torch.stack(sq).sum() * (scale * scale)
 
 
@@ -362,7 +433,7 @@ class ExactDiversity(EpochDiversityEstimator):
             benchmark (a) passes stock ``BatchL2Grad()`` to compare the Conv2d routes).
     """
 
-    uses_module_hooks = True  # the trainer runs measured epochs on the eager (uncompiled) model
+    uses_module_hooks: ClassVar[bool] = True  # the trainer runs measured epochs on the eager (uncompiled) model
 
     def __init__(self, extension=None, running_grad_sum: bool = False):
         self.extension = extension
@@ -481,6 +552,8 @@ class MicroBatchDiversity(EpochDiversityEstimator):
 
     uses_module_hooks = False  # torch.compile stays on in measured epochs
 
+    plans_micro_batches: ClassVar[bool] = True  # two batch scales: every measured step is split
+
     def __init__(self, micro_batches: int = 2):
         if int(micro_batches) < 2:
             raise ValueError(f"micro_batches={micro_batches!r}; allowed: an integer >= 2 (two batch scales)")
@@ -523,8 +596,10 @@ class MicroBatchDiversity(EpochDiversityEstimator):
             NotImplementedError: ``model`` is DistributedDataParallel.
         """
         if isinstance(model, nn.parallel.DistributedDataParallel):
-            raise NotImplementedError("method.diversity_estimator=microbatch does not support data-parallel "
-                                      "runs; allowed there: exact (docs/performance.md)")
+            raise NotImplementedError(
+                "method.diversity_estimator=microbatch does not support data-parallel "
+                "runs; allowed there: exact (docs/performance.md)"
+            )
         params = [p for p in model.parameters() if p.requires_grad]
         saved = [p.grad for p in params]
         for p in params:
@@ -553,8 +628,10 @@ class MicroBatchDiversity(EpochDiversityEstimator):
         """
         sizes = self._plan
         if self._done != len(sizes) or sum(sizes) != batch_size:
-            raise RuntimeError(f"microbatch estimator: the step of {batch_size} samples ran {self._done} "
-                               f"micro-batches, planned {sizes}; split steps by estimator.micro_batch_sizes()")
+            raise RuntimeError(
+                f"microbatch estimator: the step of {batch_size} samples ran {self._done} "
+                f"micro-batches, planned {sizes}; split steps by estimator.micro_batch_sizes()"
+            )
         grads = _grads(model)
         full_sq = None if len(sizes) == 1 else _sq_norm(grads) * float(batch_size) ** 2
         self.add(two_scale_sq_norm_sum(self._micro_sq, full_sq, sizes), grads, batch_size, grad_scale=batch_size)
@@ -607,8 +684,9 @@ def subset_mean_grad_sq(p, q, k: int, n: int):
     return (q - c * p) / (1 - c)
 
 
-def fixed_point_sums(model: nn.Module, batches, extension=None, per_sample: str = "backpack"
-                     ) -> tuple[Tensor, list[Tensor], int]:
+def fixed_point_sums(
+    model: nn.Module, batches, extension=None, per_sample: str = "backpack"
+) -> tuple[Tensor, list[Tensor], int]:
     """S = sum_i ||g_i||^2 and A = sum_i g_i over ``batches`` at the model's current weights.
 
     Per-sample gradients of each sample's own loss (cross-entropy), every BatchNorm in eval mode
@@ -665,7 +743,7 @@ def fixed_point_sums(model: nn.Module, batches, extension=None, per_sample: str 
     return sq, grads, count
 
 
-class FixedPointDiversity:
+class FixedPointDiversity(EstimatorDefaults):
     """Delta(w) at one point: the weights at the end of the measured epoch
     (``method.diversity_estimator=fixed_point``).
 
@@ -690,7 +768,7 @@ class FixedPointDiversity:
             cover: the transformer; :func:`fixed_point_sums`).
     """
 
-    uses_module_hooks = False  # the measured epoch itself is a plain one (torch.compile stays on)
+    uses_module_hooks: ClassVar[bool] = False  # the measured epoch itself is a plain one (torch.compile stays on)
 
     def __init__(self, samples: int | None = None, extension=None, per_sample: str = "backpack"):
         if per_sample not in ("backpack", "func"):
@@ -750,12 +828,20 @@ class FixedPointDiversity:
         """Data-parallel runs: every rank measured the same subset at the same weights; nothing to sum."""
 
 
-ESTIMATORS: dict[str, type] = {"exact": ExactDiversity, "microbatch": MicroBatchDiversity,
-                               "fixed_point": FixedPointDiversity}
+ESTIMATORS: dict[str, type] = {
+    "exact": ExactDiversity,
+    "microbatch": MicroBatchDiversity,
+    "fixed_point": FixedPointDiversity,
+}
 
 
-def build_estimator(name: str, micro_batches: int = 2, running_grad_sum: bool = False,
-                    fixed_point_samples: int | None = None, backpack: bool = True):
+def build_estimator(
+    name: str,
+    micro_batches: int = 2,
+    running_grad_sum: bool = False,
+    fixed_point_samples: int | None = None,
+    backpack: bool = True,
+):
     """Estimator named by ``method.diversity_estimator``.
 
     Args:

@@ -46,7 +46,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -57,26 +56,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+# divebatch.rundir imports only the standard library at the top, as this module must
+from divebatch.rundir import REPO_ROOT as REPO
+from divebatch.rundir import read_metrics, runs_path
+
 SCHEMA = "divebatch-gpu-check/1"
-REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
-DEFAULT_OUT = Path("runs") / "gpu_check" / "results.json"
+DEFAULT_OUT = runs_path("gpu_check", "results.json")
 DEFAULT_BUDGET_MIN = 8.0
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 STATUSES = ("ok", "failed", "skipped")
 
 # import name -> distribution name (pip); the pinned versions come from uv.lock
 PACKAGES = {
-    "torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow",
-    "omegaconf": "omegaconf", "yaml": "pyyaml", "tqdm": "tqdm",
-    "backpack": "backpack-for-pytorch", "einops": "einops", "unfoldNd": "unfoldnd",
-    "opt_einsum": "opt-einsum", "pandas": "pandas", "tabulate": "tabulate", "pytest": "pytest",
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "numpy": "numpy",
+    "PIL": "pillow",
+    "omegaconf": "omegaconf",
+    "yaml": "pyyaml",
+    "tqdm": "tqdm",
+    "backpack": "backpack-for-pytorch",
+    "einops": "einops",
+    "unfoldNd": "unfoldnd",
+    "opt_einsum": "opt-einsum",
+    "pandas": "pandas",
+    "tabulate": "tabulate",
+    "pytest": "pytest",
 }
 TRAIN = ("torch", "torchvision", "numpy", "PIL", "omegaconf", "yaml", "tqdm")  # divebatch train (SGD, AdaBatch)
 DIVE = TRAIN + ("backpack", "einops", "unfoldNd")  # + DiveBatch's exact estimator
 BENCH = DIVE + ("pandas", "tabulate")  # benchmarks/ (tables through pandas' to_markdown)
 TESTS = DIVE + ("pandas", "pytest")
-OPTIONAL = ("opt_einsum",)  # torch uses it when present (contraction order; affects timings only)
 
 
 class GpuCheckError(ValueError):
@@ -92,8 +103,10 @@ def pinned_versions(lock: Path = REPO / "uv.lock") -> dict[str, str]:
         text = lock.read_text()
     except OSError:
         return {}
-    return {m.group(1).lower(): m.group(2)
-            for m in re.finditer(r'^\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]+)"', text, re.M)}
+    return {
+        m.group(1).lower(): m.group(2)
+        for m in re.finditer(r'^\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]+)"', text, re.M)
+    }
 
 
 def check_packages(names=tuple(PACKAGES), importer: Callable[[str], object] = importlib.import_module) -> dict:
@@ -139,11 +152,24 @@ def install_wheels(wheels: Path, site: Path, log=print) -> list[str]:
     """
     files = sorted(str(p) for p in Path(wheels).glob("*.whl"))
     if not files:
-        raise GpuCheckError(f"invalid --wheels {str(wheels)!r}; allowed: a folder holding .whl files "
-                            f"(made with pip download, docs/replicate.md)")
+        raise GpuCheckError(
+            f"invalid --wheels {str(wheels)!r}; allowed: a folder holding .whl files "
+            f"(made with pip download, docs/replicate.md)"
+        )
     site.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--upgrade",
-           "--target", str(site), *files]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-index",
+        "--no-deps",
+        "--upgrade",
+        "--target",
+        str(site),
+        *files,
+    ]
     log(f"[gpu-check] installing {len(files)} carried wheel(s) into {site}")
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -155,8 +181,9 @@ def install_wheels(wheels: Path, site: Path, log=print) -> list[str]:
 # ----------------------------------------------------------------------------- CIFAR-10 data
 
 
-def make_jpeg_tarball(path: Path, train_per_class: int = 4, test_per_class: int = 2, size: int = 32,
-                      seed: int = 0) -> Path:
+def make_jpeg_tarball(
+    path: Path, train_per_class: int = 4, test_per_class: int = 2, size: int = 32, seed: int = 0
+) -> Path:
     """A small tarball in the layout of ``cifar10-jpeg.tar.gz``: ``cifar10-jpeg/{train,test}/<class>/NNNN.jpg``,
     RGB ``size`` x ``size`` JPEGs, the ten CIFAR-10 class folders; each class has its own mean
     colour, so a model can learn it. For tests and ``--cpu-check``.
@@ -187,8 +214,10 @@ def _find_split_root(folder: Path) -> Path:
     for cand in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
         if (cand / "train").is_dir() and (cand / "test").is_dir():
             return cand
-    raise GpuCheckError(f"invalid CIFAR-10 JPEG data {str(folder)!r}: no folder with train/ and test/ below it; "
-                        f"allowed: the layout cifar10-jpeg/{{train,test}}/<class>/*.jpg (../shared/data/README.md)")
+    raise GpuCheckError(
+        f"invalid CIFAR-10 JPEG data {str(folder)!r}: no folder with train/ and test/ below it; "
+        f"allowed: the layout cifar10-jpeg/{{train,test}}/<class>/*.jpg (../shared/data/README.md)"
+    )
 
 
 def _decode_split(root: Path, workers: int):
@@ -205,8 +234,10 @@ def _decode_split(root: Path, workers: int):
 
     ds = datasets.ImageFolder(str(root), transform=transforms.PILToTensor())  # PIL decode, converted to RGB
     if tuple(ds.classes) != CIFAR10_CLASSES:
-        raise GpuCheckError(f"invalid CIFAR-10 JPEG data {str(root)!r}: class folders {ds.classes}; "
-                            f"allowed: exactly {list(CIFAR10_CLASSES)}")
+        raise GpuCheckError(
+            f"invalid CIFAR-10 JPEG data {str(root)!r}: class folders {ds.classes}; "
+            f"allowed: exactly {list(CIFAR10_CLASSES)}"
+        )
     xs, ys = [], []
     loader = torch.utils.data.DataLoader(ds, batch_size=500, num_workers=workers)
     try:
@@ -214,12 +245,14 @@ def _decode_split(root: Path, workers: int):
             xs.append(x.permute(0, 2, 3, 1).numpy())
             ys.append(y.numpy())
     except RuntimeError as err:  # default_collate: images of different sizes
-        raise GpuCheckError(f"invalid CIFAR-10 JPEG data {str(root)!r}: {str(err).splitlines()[0]}; "
-                            f"allowed: 32x32 RGB images") from None
+        raise GpuCheckError(
+            f"invalid CIFAR-10 JPEG data {str(root)!r}: {str(err).splitlines()[0]}; allowed: 32x32 RGB images"
+        ) from None
     x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int64)
     if x.shape[1:] != (32, 32, 3):
-        raise GpuCheckError(f"invalid CIFAR-10 JPEG data {str(root)!r}: images of shape {x.shape[1:]}; "
-                            f"allowed: 32x32 RGB")
+        raise GpuCheckError(
+            f"invalid CIFAR-10 JPEG data {str(root)!r}: images of shape {x.shape[1:]}; allowed: 32x32 RGB"
+        )
     return x.astype(np.uint8), y
 
 
@@ -243,13 +276,20 @@ def prepare_cifar10(source: Path, cache: Path, log=print, workers: int | None = 
     t0 = time.perf_counter()
     source = Path(source)
     if (source / "cifar-10-batches-py").is_dir():
-        return {"overrides": ["data.name=cifar10", f"data.path={source}", "data.download=false"],
-                "description": f"CIFAR-10, official files ({source / 'cifar-10-batches-py'})", "n_train": 50000,
-                "n_test": 10000, "seconds": 0.0, "cached": True}
+        return {
+            "overrides": ["data.name=cifar10", f"data.path={source}", "data.download=false"],
+            "description": f"CIFAR-10, official files ({source / 'cifar-10-batches-py'})",
+            "n_train": 50000,
+            "n_test": 10000,
+            "seconds": 0.0,
+            "cached": True,
+        }
     is_tar = source.is_file() and tarfile.is_tarfile(source)
     if not (is_tar or source.is_dir()):
-        raise GpuCheckError(f"invalid --cifar10 {str(source)!r}; allowed: a folder holding cifar-10-batches-py/, "
-                            f"the JPEG tarball cifar10-jpeg.tar.gz, or its extracted folder")
+        raise GpuCheckError(
+            f"invalid --cifar10 {str(source)!r}; allowed: a folder holding cifar-10-batches-py/, "
+            f"the JPEG tarball cifar10-jpeg.tar.gz, or its extracted folder"
+        )
     import numpy as np
 
     workers = workers if workers is not None else min(16, os.cpu_count() or 1)
@@ -275,10 +315,14 @@ def prepare_cifar10(source: Path, cache: Path, log=print, workers: int | None = 
             os.replace(part, npz)
     with np.load(npz) as f:
         n_train, n_test = len(f["train_y"]), len(f["test_y"])
-    return {"overrides": ["data.name=npz", f"data.path={npz}"],
-            "description": f"CIFAR-10 as JPEG-recompressed images ({source.name}, decoded to {npz.name})",
-            "n_train": int(n_train), "n_test": int(n_test), "seconds": round(time.perf_counter() - t0, 1),
-            "cached": cached}
+    return {
+        "overrides": ["data.name=npz", f"data.path={npz}"],
+        "description": f"CIFAR-10 as JPEG-recompressed images ({source.name}, decoded to {npz.name})",
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "cached": cached,
+    }
 
 
 def default_cifar10_source(cpu_check: bool, work: Path) -> Path:
@@ -325,8 +369,9 @@ class Context:
             f.write(f"=== $ {shlex.join(argv)}\n")
             f.flush()
             try:
-                code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
-                                      timeout=limit).returncode
+                code = subprocess.run(
+                    argv, stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=REPO, timeout=limit
+                ).returncode
             except subprocess.TimeoutExpired:
                 f.write(f"\n=== killed after {limit:.0f} s (time cap)\n")
                 code = 124
@@ -349,8 +394,10 @@ def _require_data(ctx: Context) -> dict:
         if ctx.cifar10_source is None:
             ctx.cifar10_source = default_cifar10_source(ctx.cpu_check, ctx.work)
         if not Path(ctx.cifar10_source).exists():
-            raise Skip(f"CIFAR-10 not found at {ctx.cifar10_source} (give --cifar10 PATH: a folder holding "
-                       f"cifar-10-batches-py/, or cifar10-jpeg.tar.gz)")
+            raise Skip(
+                f"CIFAR-10 not found at {ctx.cifar10_source} (give --cifar10 PATH: a folder holding "
+                f"cifar-10-batches-py/, or cifar10-jpeg.tar.gz)"
+            )
         ctx.data = prepare_cifar10(Path(ctx.cifar10_source), ctx.cache, ctx.log)
     return ctx.data
 
@@ -385,8 +432,22 @@ def check_gpu_tests(ctx: Context) -> dict:
     if not files:
         raise Skip("no test file has a test marked gpu")
     xml = ctx.work / "gpu_tests.xml"
-    code, seconds, log = ctx.run("gpu_tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider",
-                                               "-q", f"--junitxml={xml}", *map(str, files)], limit=150)
+    code, seconds, log = ctx.run(
+        "gpu_tests",
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"--junitxml={xml}",
+            *map(str, files),
+        ],
+        limit=150,
+    )
     if not xml.is_file():
         raise RuntimeError(f"pytest wrote no results (exit {code}); log {log}:\n{_tail(log)}")
     result = parse_junit(xml)
@@ -421,18 +482,10 @@ def realdata_runs(fast: bool, cpu_check: bool) -> dict[str, tuple[str, list[str]
         common += ["speed.bf16=true", "speed.channels_last=true", f"speed.compile={str(not cpu_check).lower()}"]
     if cpu_check:
         common += ["device=cpu", "model.name=resnet_small", "model.width=4"]
-    return {"divebatch": ("configs/cifar10/divebatch.yaml", [*common, "epochs=3", "method.resize_freq=3"]),
-            "adabatch": ("configs/cifar10/adabatch.yaml", [*common, "epochs=6", "method.resize_freq=1"])}
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """``metrics.csv`` rows as dicts of numbers (empty cells: None)."""
-    try:
-        with open(run_dir / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return []
-    return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
+    return {
+        "divebatch": ("configs/cifar10/divebatch.yaml", [*common, "epochs=3", "method.resize_freq=3"]),
+        "adabatch": ("configs/cifar10/adabatch.yaml", [*common, "epochs=6", "method.resize_freq=1"]),
+    }
 
 
 def epoch_times(runs: dict[str, list[dict]]) -> dict:
@@ -451,8 +504,12 @@ def epoch_times(runs: dict[str, list[dict]]) -> dict:
             if r.get("grad_diversity") is None:
                 steady.setdefault(int(r["batch_size"]), []).append(r["epoch_time_s"])
     times = {b: min(v) for b, v in sorted(steady.items())}
-    out = {"epoch_time_s": {str(b): t for b, t in times.items()},
-           "eval_time_s": sum(evals) / len(evals) if evals else None, "measured_epoch_ratio": None, "methods": {}}
+    out = {
+        "epoch_time_s": {str(b): t for b, t in times.items()},
+        "eval_time_s": sum(evals) / len(evals) if evals else None,
+        "measured_epoch_ratio": None,
+        "methods": {},
+    }
     div = runs.get("divebatch", [])
     measured = [r for r in div if r.get("grad_diversity") is not None]
     plain = [r for r in div[1:] if r.get("grad_diversity") is None]
@@ -464,8 +521,11 @@ def epoch_times(runs: dict[str, list[dict]]) -> dict:
             "sgd_small": {"batch_size": sizes[0], "epoch_time_s": times[sizes[0]]},
             "sgd_large": {"batch_size": sizes[-1], "epoch_time_s": times[sizes[-1]]},
             "adabatch": {"epoch_time_s_by_batch_size": {str(b): times[b] for b in sizes}},
-            "divebatch": {"batch_size": sizes[0], "plain_epoch_time_s": plain[-1]["epoch_time_s"] if plain else None,
-                          "measured_epoch_time_s": measured[-1]["epoch_time_s"] if measured else None},
+            "divebatch": {
+                "batch_size": sizes[0],
+                "plain_epoch_time_s": plain[-1]["epoch_time_s"] if plain else None,
+                "measured_epoch_time_s": measured[-1]["epoch_time_s"] if measured else None,
+            },
         }
     return out
 
@@ -473,21 +533,56 @@ def epoch_times(runs: dict[str, list[dict]]) -> dict:
 def check_realdata(ctx: Context, fast: bool) -> dict:
     data = _require_data(ctx)
     mode = "fast" if fast else "faithful"
-    runs, out = {}, {"data": data["description"], "n_train": data["n_train"], "n_test": data["n_test"],
-                     "data_seconds": data["seconds"], "settings": mode, "runs": {}}
+    runs, out = (
+        {},
+        {
+            "data": data["description"],
+            "n_train": data["n_train"],
+            "n_test": data["n_test"],
+            "data_seconds": data["seconds"],
+            "settings": mode,
+            "runs": {},
+        },
+    )
     if fast and ctx.cpu_check:
         out["note"] = "speed.compile=false in --cpu-check (compiling takes minutes on a CPU)"
     failures = []
     for name, (config, overrides) in realdata_runs(fast, ctx.cpu_check).items():
         run_dir = ctx.work / "cifar10" / mode / name
-        argv = [sys.executable, "-m", "divebatch", "train", config, *data["overrides"], *overrides, f"out_dir={run_dir}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "divebatch",
+            "train",
+            config,
+            *data["overrides"],
+            *overrides,
+            f"out_dir={run_dir}",
+        ]
         code, seconds, log = ctx.run(f"cifar10_{mode}_{name}", argv, limit=240)
         rows = read_metrics(run_dir)
         runs[name] = rows
-        out["runs"][name] = {"command": shlex.join(argv[2:]), "returncode": code, "seconds": round(seconds, 1),
-                             "epochs": [{k: r[k] for k in ("epoch", "batch_size", "epoch_time_s", "eval_time_s",
-                                                           "val_acc", "train_loss", "grad_diversity",
-                                                           "peak_memory_mb")} for r in rows]}
+        out["runs"][name] = {
+            "command": shlex.join(argv[2:]),
+            "returncode": code,
+            "seconds": round(seconds, 1),
+            "epochs": [
+                {
+                    k: r[k]
+                    for k in (
+                        "epoch",
+                        "batch_size",
+                        "epoch_time_s",
+                        "eval_time_s",
+                        "val_acc",
+                        "train_loss",
+                        "grad_diversity",
+                        "peak_memory_mb",
+                    )
+                }
+                for r in rows
+            ],
+        }
         if code != 0:
             failures.append(f"{name} exited {code} (log {log}):\n{_tail(log)}")
     out.update(epoch_times(runs))
@@ -508,8 +603,12 @@ def check_runs_per_gpu(ctx: Context) -> dict:
     data = _require_data(ctx)
     subset = 256 if ctx.cpu_check else 20000
     extra = ["device=cpu", "model.name=resnet_small", "model.width=4"] if ctx.cpu_check else []
-    out = {"config": "configs/cifar10/sgd_small.yaml", "train_subset": min(subset, data["n_train"]), "epochs": 3,
-           "by_k": {}}
+    out = {
+        "config": "configs/cifar10/sgd_small.yaml",
+        "train_subset": min(subset, data["n_train"]),
+        "epochs": 3,
+        "by_k": {},
+    }
     for k in [1, *[k for k in ctx.runs_per_gpu if k != 1]]:
         if ctx.remaining() < 20:
             out["by_k"][str(k)] = {"skipped": "time budget"}
@@ -518,14 +617,32 @@ def check_runs_per_gpu(ctx: Context) -> dict:
         for i in range(k):
             run_dir = ctx.work / "runs_per_gpu" / f"k{k}" / f"run{i}"
             dirs.append(run_dir)
-            argv = [sys.executable, "-m", "divebatch", "train", "configs/cifar10/sgd_small.yaml", *data["overrides"],
-                    f"data.train_subset={subset}", "epochs=3", "wandb.mode=disabled", "progress=false", *extra,
-                    f"seed={i + 1}", f"out_dir={run_dir}"]
+            argv = [
+                sys.executable,
+                "-m",
+                "divebatch",
+                "train",
+                "configs/cifar10/sgd_small.yaml",
+                *data["overrides"],
+                f"data.train_subset={subset}",
+                "epochs=3",
+                "wandb.mode=disabled",
+                "progress=false",
+                *extra,
+                f"seed={i + 1}",
+                f"out_dir={run_dir}",
+            ]
             tasks.append(launch.Task(f"k{k}-run{i}", argv, ctx.work / "logs" / f"runs_per_gpu_k{k}_run{i}.log"))
-        pool = launch.Pool(jobs=k, gpus=[ctx.gpu] if ctx.gpu is not None else [], log=ctx.log,
-                           prefix="[gpu-check]", runs_per_gpu=k)
-        pool.env.update({key: v for key, v in ctx.env.items()
-                         if key not in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+        pool = launch.Pool(
+            jobs=k, gpus=[ctx.gpu] if ctx.gpu is not None else [], log=ctx.log, prefix="[gpu-check]", runs_per_gpu=k
+        )
+        pool.env.update(
+            {
+                key: v
+                for key, v in ctx.env.items()
+                if key not in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+            }
+        )
         t0 = time.perf_counter()
         pool.run(tasks)
         wall = time.perf_counter() - t0
@@ -533,20 +650,24 @@ def check_runs_per_gpu(ctx: Context) -> dict:
         codes = [t.returncode for t in tasks]
         per_run = [r[2]["samples_seen"] - r[0]["samples_seen"] for r in rows if len(r) >= 3]
         secs = [r[1]["epoch_time_s"] + r[2]["epoch_time_s"] for r in rows if len(r) >= 3]
-        record = {"returncodes": codes, "wall_s": round(wall, 1), "epochs_2_3_time_s": secs,
-                  "gpu": ctx.gpu if ctx.gpu is not None else "cpu"}
+        record = {
+            "returncodes": codes,
+            "wall_s": round(wall, 1),
+            "epochs_2_3_time_s": secs,
+            "gpu": ctx.gpu if ctx.gpu is not None else "cpu",
+        }
         if len(secs) == k and all(c == 0 for c in codes):
             record["samples_per_s"] = sum(n / s for n, s in zip(per_run, secs))
         else:
             record["failed"] = [f"{t.name}: exit {t.returncode}, log {t.log}" for t in tasks if t.returncode != 0]
         out["by_k"][str(k)] = record
     base = out["by_k"].get("1", {}).get("samples_per_s")
-    out["speedup"] = {key: r["samples_per_s"] / base for key, r in out["by_k"].items()
-                      if base and "samples_per_s" in r}
+    out["speedup"] = {key: r["samples_per_s"] / base for key, r in out["by_k"].items() if base and "samples_per_s" in r}
     bad = [key for key, r in out["by_k"].items() if "failed" in r]
     if bad:
-        raise CheckFailed(f"K = {', '.join(bad)}: a run failed: " + "; ".join(sum((out["by_k"][b]["failed"] for b in bad),
-                                                                                  [])), out)
+        raise CheckFailed(
+            f"K = {', '.join(bad)}: a run failed: " + "; ".join(sum((out["by_k"][b]["failed"] for b in bad), [])), out
+        )
     return out
 
 
@@ -559,35 +680,125 @@ def benchmark_args(cpu_check: bool) -> dict[str, tuple[str, list[str], float]]:
     if cpu_check:
         dev = ["--device", "cpu", "--threads", "1", "--reps", "1"]
         return {
-            "bench_imagenet_step": ("diversity_cost.py", [*dev, "--models", "resnet_small", "--image-size", "32",
-                                                          "--batch-sizes", "4", "--cases", "exact"], 60),
-            "bench_throughput": ("throughput.py", [*dev, "--model", "resnet_small", "--width", "4",
-                                                   "--batch-sizes", "8,16"], 60),
-            "bench_divebatch_overhead": ("divebatch_overhead.py", [*dev, "--n", "64", "--width", "4", "--epochs", "2",
-                                                                   "--resize-freq", "2", "--initial-batch-size", "16",
-                                                                   "--max-batch-size", "64"], 90),
-            "bench_diversity_cost": ("diversity_cost.py", [*dev, "--models", "linear", "--batch-sizes", "8",
-                                                           "--cases", "exact"], 60),
-            "bench_microbatch_cost": ("microbatch_cost.py", [*dev, "--models", "linear", "--batch-sizes", "8",
-                                                             "--ks", "2"], 60),
+            "bench_imagenet_step": (
+                "diversity_cost.py",
+                [*dev, "--models", "resnet_small", "--image-size", "32", "--batch-sizes", "4", "--cases", "exact"],
+                60,
+            ),
+            "bench_throughput": (
+                "throughput.py",
+                [*dev, "--model", "resnet_small", "--width", "4", "--batch-sizes", "8,16"],
+                60,
+            ),
+            "bench_divebatch_overhead": (
+                "divebatch_overhead.py",
+                [
+                    *dev,
+                    "--n",
+                    "64",
+                    "--width",
+                    "4",
+                    "--epochs",
+                    "2",
+                    "--resize-freq",
+                    "2",
+                    "--initial-batch-size",
+                    "16",
+                    "--max-batch-size",
+                    "64",
+                ],
+                90,
+            ),
+            "bench_diversity_cost": (
+                "diversity_cost.py",
+                [*dev, "--models", "linear", "--batch-sizes", "8", "--cases", "exact"],
+                60,
+            ),
+            "bench_microbatch_cost": (
+                "microbatch_cost.py",
+                [*dev, "--models", "linear", "--batch-sizes", "8", "--ks", "2"],
+                60,
+            ),
             "bench_data_path": ("data_path.py", [*dev, "--n", "64", "--width", "4", "--batch-size", "16"], 60),
         }
     dev = ["--device", "cuda", "--threads", "0"]
     return {
-        "bench_imagenet_step": ("diversity_cost.py", [*dev, "--models", "resnet18_imagenet", "--image-size", "224",
-                                                      "--batch-sizes", "256", "--reps", "3", "--cases", "exact"], 60),
-        "bench_throughput": ("throughput.py", [*dev, "--model", "resnet18_cifar", "--width", "64", "--batch-sizes",
-                                               "128,256,512,1024,2048", "--reps", "3"], 60),
-        "bench_divebatch_overhead": ("divebatch_overhead.py", [*dev, "--n", "5085", "--model", "resnet18_cifar",
-                                                               "--width", "64", "--initial-batch-size", "128",
-                                                               "--max-batch-size", "2048", "--epochs", "20"], 90),
-        "bench_diversity_cost": ("diversity_cost.py", [*dev, "--models", "resnet18_cifar", "--batch-sizes",
-                                                       "128,512,2048", "--reps", "5", "--cases",
-                                                       "exact,exact_stock_conv,authors_style"], 60),
-        "bench_microbatch_cost": ("microbatch_cost.py", [*dev, "--models", "resnet18_cifar", "--batch-sizes",
-                                                         "128,512,2048", "--reps", "5"], 60),
-        "bench_data_path": ("data_path.py", [*dev, "--n", "5085", "--width", "64", "--model", "resnet18_cifar",
-                                             "--reps", "3"], 45),
+        "bench_imagenet_step": (
+            "diversity_cost.py",
+            [
+                *dev,
+                "--models",
+                "resnet18_imagenet",
+                "--image-size",
+                "224",
+                "--batch-sizes",
+                "256",
+                "--reps",
+                "3",
+                "--cases",
+                "exact",
+            ],
+            60,
+        ),
+        "bench_throughput": (
+            "throughput.py",
+            [
+                *dev,
+                "--model",
+                "resnet18_cifar",
+                "--width",
+                "64",
+                "--batch-sizes",
+                "128,256,512,1024,2048",
+                "--reps",
+                "3",
+            ],
+            60,
+        ),
+        "bench_divebatch_overhead": (
+            "divebatch_overhead.py",
+            [
+                *dev,
+                "--n",
+                "5085",
+                "--model",
+                "resnet18_cifar",
+                "--width",
+                "64",
+                "--initial-batch-size",
+                "128",
+                "--max-batch-size",
+                "2048",
+                "--epochs",
+                "20",
+            ],
+            90,
+        ),
+        "bench_diversity_cost": (
+            "diversity_cost.py",
+            [
+                *dev,
+                "--models",
+                "resnet18_cifar",
+                "--batch-sizes",
+                "128,512,2048",
+                "--reps",
+                "5",
+                "--cases",
+                "exact,exact_stock_conv,authors_style",
+            ],
+            60,
+        ),
+        "bench_microbatch_cost": (
+            "microbatch_cost.py",
+            [*dev, "--models", "resnet18_cifar", "--batch-sizes", "128,512,2048", "--reps", "5"],
+            60,
+        ),
+        "bench_data_path": (
+            "data_path.py",
+            [*dev, "--n", "5085", "--width", "64", "--model", "resnet18_cifar", "--reps", "3"],
+            45,
+        ),
     }
 
 
@@ -626,25 +837,42 @@ class Check:
     run: Callable[[Context], dict]
     min_s: float  # skipped when less than this is left of the budget (GPU sizes)
     what: str
-    gpu_only_reason: Optional[str] = None
 
 
 def checks() -> list[Check]:
     """The checks in the order they run (the GPU-hours inputs first)."""
-    bench = lambda n: (lambda ctx: check_benchmark(ctx, n))  # noqa: E731
+    bench = lambda n: lambda ctx: check_benchmark(ctx, n)  # noqa: E731
     return [
         Check("gpu_tests", TESTS, check_gpu_tests, 30, "the tests marked gpu"),
-        Check("cifar10_faithful", DIVE, lambda ctx: check_realdata(ctx, False), 60,
-              "CIFAR-10 ResNet-18 on the whole training set, the protocol's settings: epoch time per method"),
+        Check(
+            "cifar10_faithful",
+            DIVE,
+            lambda ctx: check_realdata(ctx, False),
+            60,
+            "CIFAR-10 ResNet-18 on the whole training set, the protocol's settings: epoch time per method",
+        ),
         Check("runs_per_gpu", TRAIN, check_runs_per_gpu, 45, "throughput of K runs per GPU against one"),
-        Check("bench_imagenet_step", BENCH, bench("bench_imagenet_step"), 20,
-              "Tiny-ImageNet's ResNet-18 step at 224 px (plain and exact estimator)"),
-        Check("cifar10_fast", DIVE, lambda ctx: check_realdata(ctx, True), 90,
-              "the same runs with the speed options (bf16, channels_last, torch.compile)"),
+        Check(
+            "bench_imagenet_step",
+            BENCH,
+            bench("bench_imagenet_step"),
+            20,
+            "Tiny-ImageNet's ResNet-18 step at 224 px (plain and exact estimator)",
+        ),
+        Check(
+            "cifar10_fast",
+            DIVE,
+            lambda ctx: check_realdata(ctx, True),
+            90,
+            "the same runs with the speed options (bf16, channels_last, torch.compile)",
+        ),
         Check("bench_throughput", BENCH, bench("bench_throughput"), 20, "(d) throughput against batch size"),
-        Check("bench_divebatch_overhead", BENCH, bench("bench_divebatch_overhead"), 30,
-              "(e) whole-run DiveBatch overhead"),
-        Check("bench_diversity_cost", BENCH, bench("bench_diversity_cost"), 20, "(a) cost of the diversity measurement"),
+        Check(
+            "bench_divebatch_overhead", BENCH, bench("bench_divebatch_overhead"), 30, "(e) whole-run DiveBatch overhead"
+        ),
+        Check(
+            "bench_diversity_cost", BENCH, bench("bench_diversity_cost"), 20, "(a) cost of the diversity measurement"
+        ),
         Check("bench_microbatch_cost", BENCH, bench("bench_microbatch_cost"), 20, "(b) micro-batch estimator cost"),
         Check("bench_data_path", BENCH, bench("bench_data_path"), 15, "(c) data path"),
     ]
@@ -688,6 +916,7 @@ def validate_results(obj: dict) -> dict:
     Raises:
         GpuCheckError: naming the key, the value and what is allowed.
     """
+
     def bad(key, value, allowed):
         return GpuCheckError(f"invalid results file: {key}={value!r}; allowed: {allowed}")
 
@@ -695,8 +924,15 @@ def validate_results(obj: dict) -> dict:
         raise bad("schema", obj.get("schema"), SCHEMA)
     if obj.get("mode") not in ("gpu", "cpu-check"):
         raise bad("mode", obj.get("mode"), "gpu | cpu-check")
-    for key, typ in (("started", str), ("seconds", (int, float)), ("budget_s", (int, float)), ("machine", dict),
-                     ("packages", dict), ("checks", dict), ("skipped", list)):
+    for key, typ in (
+        ("started", str),
+        ("seconds", (int, float)),
+        ("budget_s", (int, float)),
+        ("machine", dict),
+        ("packages", dict),
+        ("checks", dict),
+        ("skipped", list),
+    ):
         if not isinstance(obj.get(key), typ):
             raise bad(key, obj.get(key), f"a value of type {getattr(typ, '__name__', 'number')}")
     for key in ("python", "device"):
@@ -710,7 +946,9 @@ def validate_results(obj: dict) -> dict:
             raise bad(f"checks.{name}.status", c.get("status"), " | ".join(STATUSES))
         if c["status"] != "ok" and not c.get("reason"):
             raise bad(f"checks.{name}.reason", c.get("reason"), "a reason when the status is not ok")
-        if not isinstance(c.get("seconds"), (int, float)) or not (c.get("result") is None or isinstance(c["result"], dict)):
+        if not isinstance(c.get("seconds"), (int, float)) or not (
+            c.get("result") is None or isinstance(c["result"], dict)
+        ):
             raise bad(f"checks.{name}", c, "seconds (number) and result (dict or null)")
     for i, s in enumerate(obj["skipped"]):
         if not (isinstance(s, dict) and s.get("item") and s.get("reason")):
@@ -725,11 +963,20 @@ def _write(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_checks(cpu_check: bool = False, out: Path = DEFAULT_OUT, budget_s: float = DEFAULT_BUDGET_MIN * 60,
-               only: Optional[list[str]] = None, cifar10: Optional[Path] = None, cache: Optional[Path] = None,
-               work: Optional[Path] = None, wheels: Optional[Path] = None, gpu: Optional[str] = None,
-               runs_per_gpu: tuple[int, ...] = (2, 4), log=print,
-               importer: Callable[[str], object] = importlib.import_module) -> dict:
+def run_checks(
+    cpu_check: bool = False,
+    out: Path = DEFAULT_OUT,
+    budget_s: float = DEFAULT_BUDGET_MIN * 60,
+    only: Optional[list[str]] = None,
+    cifar10: Optional[Path] = None,
+    cache: Optional[Path] = None,
+    work: Optional[Path] = None,
+    wheels: Optional[Path] = None,
+    gpu: Optional[str] = None,
+    runs_per_gpu: tuple[int, ...] = (2, 4),
+    log=print,
+    importer: Callable[[str], object] = importlib.import_module,
+) -> dict:
     """Run the acceptance checks and write the results file (after every check).
 
     Args:
@@ -786,15 +1033,35 @@ def run_checks(cpu_check: bool = False, out: Path = DEFAULT_OUT, budget_s: float
     else:
         gpu = None
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
-    results = {"schema": SCHEMA, "mode": "cpu-check" if cpu_check else "gpu", "started": started, "seconds": 0.0,
-               "budget_s": budget_s, "machine": machine_info(gpu if cuda else None), "packages": packages,
-               "carried_wheels": carried, "work_dir": str(work), "checks": {}, "skipped": []}
-    for name, info in packages.items():
+    results = {
+        "schema": SCHEMA,
+        "mode": "cpu-check" if cpu_check else "gpu",
+        "started": started,
+        "seconds": 0.0,
+        "budget_s": budget_s,
+        "machine": machine_info(gpu if cuda else None),
+        "packages": packages,
+        "carried_wheels": carried,
+        "work_dir": str(work),
+        "checks": {},
+        "skipped": [],
+    }
+    for _name, info in packages.items():
         if info["version"] is None:
-            results["skipped"].append({"item": f"package {info['distribution']}",
-                                       "reason": f"not importable ({info['error']})"})
-    ctx = Context(cpu_check, work, cache, gpu, env, t_start + budget_s,
-                  Path(cifar10) if cifar10 else None, list(runs_per_gpu), log)
+            results["skipped"].append(
+                {"item": f"package {info['distribution']}", "reason": f"not importable ({info['error']})"}
+            )
+    ctx = Context(
+        cpu_check,
+        work,
+        cache,
+        gpu,
+        env,
+        t_start + budget_s,
+        Path(cifar10) if cifar10 else None,
+        list(runs_per_gpu),
+        log,
+    )
     for check in all_checks:
         reason = None
         lacking = missing(packages, check.needs)
@@ -805,8 +1072,10 @@ def run_checks(cpu_check: bool = False, out: Path = DEFAULT_OUT, budget_s: float
         elif not cpu_check and not cuda:
             reason = "no CUDA device (torch.cuda.is_available() is False); --cpu-check runs the CPU version"
         elif ctx.remaining() < (check.min_s if not cpu_check else 1):
-            reason = (f"time budget: {max(0, ctx.remaining()):.0f} s of {budget_s:.0f} s left, the check needs at "
-                      f"least {check.min_s:.0f} s (rerun it alone: --only {check.name})")
+            reason = (
+                f"time budget: {max(0, ctx.remaining()):.0f} s of {budget_s:.0f} s left, the check needs at "
+                f"least {check.min_s:.0f} s (rerun it alone: --only {check.name})"
+            )
         t0 = time.perf_counter()
         record = {"status": "skipped", "reason": reason, "seconds": 0.0, "what": check.what, "result": None}
         if reason is None:
@@ -832,16 +1101,20 @@ def run_checks(cpu_check: bool = False, out: Path = DEFAULT_OUT, budget_s: float
         if ctx.data is not None:
             results["data"] = {k: v for k, v in ctx.data.items() if k != "overrides"}
         _write(Path(out), validate_results(results))
-        log(f"[gpu-check] {check.name}: {record['status']}"
+        log(
+            f"[gpu-check] {check.name}: {record['status']}"
             + (f" ({record['seconds']:.0f} s)" if record["status"] != "skipped" else "")
-            + (f": {record['reason'].splitlines()[0]}" if record["reason"] else ""))
+            + (f": {record['reason'].splitlines()[0]}" if record["reason"] else "")
+        )
     return results
 
 
 def summary(results: dict) -> str:
     """The lines printed at the end: each check's status, what was skipped and why, the file."""
-    lines = [f"[gpu-check] {results['mode']} on {results['machine'].get('device')} "
-             f"(torch {results['machine'].get('torch')}), {results['seconds']:.0f} s of {results['budget_s']:.0f} s"]
+    lines = [
+        f"[gpu-check] {results['mode']} on {results['machine'].get('device')} "
+        f"(torch {results['machine'].get('torch')}), {results['seconds']:.0f} s of {results['budget_s']:.0f} s"
+    ]
     for name, c in results["checks"].items():
         lines.append(f"  {c['status']:<7} {name}" + (f" ({c['seconds']:.0f} s)" if c["status"] != "skipped" else ""))
     if results["skipped"]:
@@ -856,16 +1129,24 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="divebatch gpu-check",
         description="GPU acceptance check: the gpu tests, real-data CIFAR-10 epoch times per method, the throughput "
-                    "of K runs per GPU and the benchmarks' GPU sizes, on one GPU within --budget-minutes, into one "
-                    "results file. Then: divebatch gpu-hours RESULTS.json --write. See docs/replicate.md.")
+        "of K runs per GPU and the benchmarks' GPU sizes, on one GPU within --budget-minutes, into one "
+        "results file. Then: divebatch gpu-hours RESULTS.json --write. See docs/replicate.md.",
+    )
     p.add_argument("--cpu-check", action="store_true", help="the same checks at tiny sizes on the CPU (tests)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default: {DEFAULT_OUT})")
     p.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MIN, help="time budget (default: 8)")
-    p.add_argument("--only", default=None, help="comma list of checks to run (default: all): "
-                   + ", ".join(c.name for c in checks()))
-    p.add_argument("--cifar10", default=None, help="CIFAR-10: a folder holding cifar-10-batches-py/, or "
-                   "cifar10-jpeg.tar.gz (default: data/ when it holds the official files, else "
-                   "../shared/data/cifar10-jpeg.tar.gz)")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma list of checks to run (default: all): " + ", ".join(c.name for c in checks()),
+    )
+    p.add_argument(
+        "--cifar10",
+        default=None,
+        help="CIFAR-10: a folder holding cifar-10-batches-py/, or "
+        "cifar10-jpeg.tar.gz (default: data/ when it holds the official files, else "
+        "../shared/data/cifar10-jpeg.tar.gz)",
+    )
     p.add_argument("--cache", default=None, help="decoded data and carried wheels (default: ~/.cache/divebatch)")
     p.add_argument("--work", default=None, help="logs and run directories (default: a new temporary folder)")
     p.add_argument("--wheels", default=None, help="folder of carried .whl files for what the machine lacks")
@@ -875,16 +1156,31 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         ks = tuple(int(k) for k in a.runs_per_gpu.split(","))
     except ValueError:
-        print(f"divebatch gpu-check: error: invalid --runs-per-gpu {a.runs_per_gpu!r}; allowed: a comma list of "
-              f"integers >= 1", file=sys.stderr)
+        print(
+            f"divebatch gpu-check: error: invalid --runs-per-gpu {a.runs_per_gpu!r}; allowed: a comma list of "
+            f"integers >= 1",
+            file=sys.stderr,
+        )
         return 2
     try:
-        results = run_checks(a.cpu_check, Path(a.out), a.budget_minutes * 60, a.only.split(",") if a.only else None,
-                             a.cifar10, a.cache, a.work, a.wheels, a.gpu, ks)
+        results = run_checks(
+            a.cpu_check,
+            Path(a.out),
+            a.budget_minutes * 60,
+            a.only.split(",") if a.only else None,
+            a.cifar10,
+            a.cache,
+            a.work,
+            a.wheels,
+            a.gpu,
+            ks,
+        )
     except GpuCheckError as err:
         print(f"divebatch gpu-check: error: {err}", file=sys.stderr)
         return 2
     print(summary(results))
-    print(f"[gpu-check] results: {a.out}  (logs: {results['work_dir']}/logs)\n"
-          f"[gpu-check] next: divebatch gpu-hours {a.out} --write   (fills the table in docs/replicate.md)")
+    print(
+        f"[gpu-check] results: {a.out}  (logs: {results['work_dir']}/logs)\n"
+        f"[gpu-check] next: divebatch gpu-hours {a.out} --write   (fills the table in docs/replicate.md)"
+    )
     return 1 if any(c["status"] == "failed" for c in results["checks"].values()) else 0

@@ -36,7 +36,9 @@ import re
 import sys
 from pathlib import Path
 
-from divebatch.gpu_check import REPO, GpuCheckError, validate_results
+from divebatch.gpu_check import GpuCheckError, validate_results
+from divebatch.rundir import REPO_ROOT as REPO
+from divebatch.rundir import runs_path
 
 BEGIN, END = "<!-- gpu-hours:begin -->", "<!-- gpu-hours:end -->"
 DOC = REPO / "docs" / "replicate.md"
@@ -45,8 +47,9 @@ N_TRAIN = {"cifar10": 50000, "cifar100": 50000, "tiny_imagenet": 100000}
 N_EVAL = {"cifar10": 10000, "cifar100": 10000, "tiny_imagenet": 10000}
 
 
-def batch_schedule(method: str, epochs: int, initial: int, maximum: int, resize_freq: int,
-                   growth: str = "double") -> list[int]:
+def batch_schedule(
+    method: str, epochs: int, initial: int, maximum: int, resize_freq: int, growth: str = "double"
+) -> list[int]:
     """Batch size (samples) of each epoch.
 
     Args:
@@ -57,8 +60,10 @@ def batch_schedule(method: str, epochs: int, initial: int, maximum: int, resize_
         ValueError: unknown method or growth (names the value and what is allowed).
     """
     if method not in ("sgd", "adabatch", "divebatch") or growth not in ("double", "max", "none"):
-        raise ValueError(f"invalid method={method!r} / growth={growth!r}; allowed: sgd | adabatch | divebatch and "
-                         f"double | max | none")
+        raise ValueError(
+            f"invalid method={method!r} / growth={growth!r}; allowed: sgd | adabatch | divebatch and "
+            f"double | max | none"
+        )
     if method == "sgd" or (method == "divebatch" and growth == "none"):
         return [initial] * epochs
     if method == "divebatch" and growth == "max":
@@ -95,29 +100,45 @@ def timing_models(results: dict) -> dict[str, dict]:
         per_sample = {int(b): t / n for b, t in real["epoch_time_s"].items()}
         eval_per_sample = (real.get("eval_time_s") or 0.0) / real.get("n_test", 10000)
         for ds in ("cifar10", "cifar100"):
-            out[ds] = {"per_sample": per_sample, "eval_s": eval_per_sample * N_EVAL[ds],
-                       "measured_ratio": real.get("measured_epoch_ratio") or 1.0,
-                       "basis": "measured CIFAR-10 epochs" + (" (CIFAR-100: same images count and model)"
-                                                             if ds == "cifar100" else "")}
+            out[ds] = {
+                "per_sample": per_sample,
+                "eval_s": eval_per_sample * N_EVAL[ds],
+                "measured_ratio": real.get("measured_epoch_ratio") or 1.0,
+                "basis": "measured CIFAR-10 epochs"
+                + (" (CIFAR-100: same images count and model)" if ds == "cifar100" else ""),
+            }
     step = (checks.get("bench_imagenet_step") or {}).get("result") or {}
     rows = step.get("rows") or []
     plain = [r for r in rows if r.get("case") == "sgd"]
     exact = [r for r in rows if r.get("case") == "exact"]
     if plain:
         per = {int(r["batch"]): r["median_s"] / r["batch"] for r in plain}
-        out["tiny_imagenet"] = {"per_sample": per, "eval_s": N_EVAL["tiny_imagenet"] * min(per.values()) / 3,
-                                "measured_ratio": exact[0]["ratio_to_sgd"] if exact else 1.0,
-                                "basis": "compute-only: measured 224 px step, no data loading"}
+        out["tiny_imagenet"] = {
+            "per_sample": per,
+            "eval_s": N_EVAL["tiny_imagenet"] * min(per.values()) / 3,
+            "measured_ratio": exact[0]["ratio_to_sgd"] if exact else 1.0,
+            "basis": "compute-only: measured 224 px step, no data loading",
+        }
     return out
 
 
-def run_hours(method: str, epochs: int, initial: int, maximum: int, resize_freq: int, model: dict,
-              n_train: int, growth: str = "double") -> float:
+def run_hours(
+    method: str,
+    epochs: int,
+    initial: int,
+    maximum: int,
+    resize_freq: int,
+    model: dict,
+    n_train: int,
+    growth: str = "double",
+) -> float:
     """GPU-hours of one run under ``model`` (:func:`timing_models`) for ``growth`` (:func:`batch_schedule`)."""
     sched = batch_schedule(method, epochs, initial, maximum, resize_freq, growth)
     meas = measured_epochs(method, sched, resize_freq, maximum)
-    seconds = sum(n_train * per_sample_seconds(b, model["per_sample"]) * (model["measured_ratio"] if m else 1.0)
-                  + model["eval_s"] for b, m in zip(sched, meas))
+    seconds = sum(
+        n_train * per_sample_seconds(b, model["per_sample"]) * (model["measured_ratio"] if m else 1.0) + model["eval_s"]
+        for b, m in zip(sched, meas)
+    )
     return seconds / 3600
 
 
@@ -141,12 +162,20 @@ def _paper_runs(profile: str | Path) -> list[dict]:
 
     spec = load_profile(profile)
     runs = []
-    for r in expand(spec, "runs/paper"):
+    for r in expand(spec, runs_path("paper")):
         c = load_config(r.config, r.overrides, check_data=False)
         extra = "" if r.experiment == c.data.name else f" ({r.experiment})"  # e.g. the protocol=clean cells
-        runs.append({"dataset": c.data.name, "group": Path(r.config).stem + extra, "method": c.method.name,
-                     "epochs": c.epochs, "initial": c.method.initial_batch_size, "maximum": c.method.max_batch_size,
-                     "resize_freq": c.method.resize_freq})
+        runs.append(
+            {
+                "dataset": c.data.name,
+                "group": Path(r.config).stem + extra,
+                "method": c.method.name,
+                "epochs": c.epochs,
+                "initial": c.method.initial_batch_size,
+                "maximum": c.method.max_batch_size,
+                "resize_freq": c.method.resize_freq,
+            }
+        )
     import yaml
 
     for sweep in spec.sweeps:
@@ -156,13 +185,29 @@ def _paper_runs(profile: str | Path) -> list[dict]:
         grid = {k: v["values"] for k, v in doc["parameters"].items() if "values" in v}
         for values in itertools.product(*grid.values()):
             c = load_config(config, [f"{k}={v}" for k, v in zip(grid, values)], check_data=False)
-            runs.append({"dataset": c.data.name, "group": f"sweep {doc['name']}", "method": c.method.name,
-                         "epochs": c.epochs, "initial": c.method.initial_batch_size,
-                         "maximum": c.method.max_batch_size, "resize_freq": c.method.resize_freq})
+            runs.append(
+                {
+                    "dataset": c.data.name,
+                    "group": f"sweep {doc['name']}",
+                    "method": c.method.name,
+                    "epochs": c.epochs,
+                    "initial": c.method.initial_batch_size,
+                    "maximum": c.method.max_batch_size,
+                    "resize_freq": c.method.resize_freq,
+                }
+            )
         base = load_config("configs/cifar10/sgd_small.yaml", check_data=False)  # the sweep's SGD reference
-        runs.append({"dataset": base.data.name, "group": f"sweep {doc['name']} (SGD reference)", "method": "sgd",
-                     "epochs": base.epochs, "initial": base.method.initial_batch_size,
-                     "maximum": base.method.max_batch_size, "resize_freq": base.method.resize_freq})
+        runs.append(
+            {
+                "dataset": base.data.name,
+                "group": f"sweep {doc['name']} (SGD reference)",
+                "method": "sgd",
+                "epochs": base.epochs,
+                "initial": base.method.initial_batch_size,
+                "maximum": base.method.max_batch_size,
+                "resize_freq": base.method.resize_freq,
+            }
+        )
     return runs
 
 
@@ -191,12 +236,18 @@ def table(results: dict, runs: list[dict]) -> dict:
     rows = list(groups.values())
     timed = [g for g in rows if "hours" in g]
     total = sum(g["hours"] for g in timed)
-    speedup = {int(k): v for k, v in (((results["checks"].get("runs_per_gpu") or {}).get("result") or {})
-                                       .get("speedup") or {}).items()}
-    return {"rows": rows, "total_h": total, "total_low_h": sum(g["low"] for g in timed),
-            "total_high_h": sum(g["high"] for g in timed),
-            "untimed": sorted({g["dataset"] for g in rows if "hours" not in g}),
-            "by_k": {k: total / s for k, s in sorted(speedup.items())}}
+    speedup = {
+        int(k): v
+        for k, v in (((results["checks"].get("runs_per_gpu") or {}).get("result") or {}).get("speedup") or {}).items()
+    }
+    return {
+        "rows": rows,
+        "total_h": total,
+        "total_low_h": sum(g["low"] for g in timed),
+        "total_high_h": sum(g["high"] for g in timed),
+        "untimed": sorted({g["dataset"] for g in rows if "hours" not in g}),
+        "by_k": {k: total / s for k, s in sorted(speedup.items())},
+    }
 
 
 def _batches(g: dict) -> str:
@@ -210,40 +261,43 @@ def _batches(g: dict) -> str:
 def render(results: dict, t: dict, source: str) -> str:
     """The Markdown block (between the markers) for ``docs/replicate.md``."""
     m = results["machine"]
-    lines = [BEGIN,
-             f"GPU-hours of the `paper` profile, computed by `divebatch gpu-hours {source}` from the GPU acceptance "
-             f"check run on **{m.get('device')}** ({m.get('gpu_memory_gib', '?')} GiB; torch {m.get('torch')}, "
-             f"CUDA {m.get('cuda')}; commit {m.get('commit')}; {results['started'][:10]}). Epoch times: the "
-             f"protocol's settings (no speed options). DiveBatch: AdaBatch-like doubling as the estimate, "
-             f"[jump to the maximum at the first decision .. never grows] as the range.", "",
-             "| dataset | runs of | runs | epochs | batch size | GPU-hours per run | GPU-hours, all runs | basis |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        BEGIN,
+        f"GPU-hours of the `paper` profile, computed by `divebatch gpu-hours {source}` from the GPU acceptance "
+        f"check run on **{m.get('device')}** ({m.get('gpu_memory_gib', '?')} GiB; torch {m.get('torch')}, "
+        f"CUDA {m.get('cuda')}; commit {m.get('commit')}; {results['started'][:10]}). Epoch times: the "
+        f"protocol's settings (no speed options). DiveBatch: AdaBatch-like doubling as the estimate, "
+        f"[jump to the maximum at the first decision .. never grows] as the range.",
+        "",
+        "| dataset | runs of | runs | epochs | batch size | GPU-hours per run | GPU-hours, all runs | basis |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for g in t["rows"]:
         if "hours" not in g:
-            lines.append(f"| {g['dataset']} | {g['group']} | {g['runs']} | {g['epochs']} | {_batches(g)} | "
-                         f"not measured | not measured | - |")
+            lines.append(
+                f"| {g['dataset']} | {g['group']} | {g['runs']} | {g['epochs']} | {_batches(g)} | "
+                f"not measured | not measured | - |"
+            )
             continue
         per = g["hours"] / g["runs"]
         rng = f" [{g['low'] / g['runs']:.2f} .. {g['high'] / g['runs']:.2f}]" if g["method"] == "divebatch" else ""
-        lines.append(f"| {g['dataset']} | {g['group']} | {g['runs']} | {g['epochs']} | {_batches(g)} | "
-                     f"{per:.2f}{rng} | {g['hours']:.1f} | {g['basis']} |")
-    lines += ["", f"Total: **{t['total_h']:.0f} GPU-hours** one run per GPU (range {t['total_low_h']:.0f} .. "
-                  f"{t['total_high_h']:.0f})" + (f"; not timed: {', '.join(t['untimed'])}" if t["untimed"] else "")
-              + "."]
+        lines.append(
+            f"| {g['dataset']} | {g['group']} | {g['runs']} | {g['epochs']} | {_batches(g)} | "
+            f"{per:.2f}{rng} | {g['hours']:.1f} | {g['basis']} |"
+        )
+    lines += [
+        "",
+        f"Total: **{t['total_h']:.0f} GPU-hours** one run per GPU (range {t['total_low_h']:.0f} .. "
+        f"{t['total_high_h']:.0f})" + (f"; not timed: {', '.join(t['untimed'])}" if t["untimed"] else "") + ".",
+    ]
     if t["by_k"]:
         ks = ", ".join(f"K = {k}: {h:.0f} h ({h / 24:.1f} days)" for k, h in t["by_k"].items())
-        lines.append(f"On one {m.get('device')} with K runs per GPU (`--runs-per-gpu K`, measured throughput "
-                     f"gain): {ks}. With G such GPUs, divide by G.")
+        lines.append(
+            f"On one {m.get('device')} with K runs per GPU (`--runs-per-gpu K`, measured throughput "
+            f"gain): {ks}. With G such GPUs, divide by G."
+        )
     lines.append(END)
     return "\n".join(lines)
-
-
-def not_measured_block() -> str:
-    """The block while no GPU measurement exists."""
-    return (f"{BEGIN}\n**Not measured yet: no GPU was available** to this project. On a GPU machine, "
-            f"`bash replicate/gpu_check.sh` writes `runs/gpu_check/results.json` and `divebatch gpu-hours "
-            f"runs/gpu_check/results.json --write` fills this table (per dataset and method, for one GPU and for K "
-            f"runs per GPU, with the GPU it was measured on) and the paper profile's `expected_minutes`.\n{END}")
 
 
 def write(block: str, minutes: float | None, note: str, doc: Path | None = None, profile: Path | None = None) -> None:
@@ -271,25 +325,34 @@ def cli(argv: list[str] | None = None) -> int:
     """``divebatch gpu-hours RESULTS.json [--write]``: print the table; ``--write`` puts it into the docs."""
     p = argparse.ArgumentParser(prog="divebatch gpu-hours", description=__doc__.splitlines()[0])
     p.add_argument("results", help="results file of divebatch gpu-check (run on a GPU)")
-    p.add_argument("--write", action="store_true", help="write the table into docs/replicate.md and the "
-                   "expected_minutes of configs/profiles/paper.yaml")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="write the table into docs/replicate.md and the expected_minutes of configs/profiles/paper.yaml",
+    )
     p.add_argument("--profile", default="paper", help="profile to cost (default: paper)")
     a = p.parse_args(argv)
     try:
         results = validate_results(json.loads(Path(a.results).read_text()))
         if a.write and results["mode"] != "gpu":
-            raise GpuCheckError(f"results file {a.results}: mode={results['mode']!r}; allowed for --write: 'gpu' "
-                                f"(a CPU check's times are not GPU times)")
+            raise GpuCheckError(
+                f"results file {a.results}: mode={results['mode']!r}; allowed for --write: 'gpu' "
+                f"(a CPU check's times are not GPU times)"
+            )
         t = table(results, paper_runs(a.profile))
         block = render(results, t, a.results)
         print(block)
         if a.write:
             if not t["total_h"]:
-                raise GpuCheckError(f"results file {a.results}: no epoch times (check cifar10_faithful did not "
-                                    f"succeed); allowed for --write: a file with measured epoch times")
+                raise GpuCheckError(
+                    f"results file {a.results}: no epoch times (check cifar10_faithful did not "
+                    f"succeed); allowed for --write: a file with measured epoch times"
+                )
             best = min(t["by_k"].items(), key=lambda kv: kv[1]) if t["by_k"] else (1, t["total_h"])
-            note = (f"one {results['machine'].get('device')}, {best[0]} run(s) per GPU; from divebatch gpu-hours "
-                    f"({results['started'][:10]})")
+            note = (
+                f"one {results['machine'].get('device')}, {best[0]} run(s) per GPU; from divebatch gpu-hours "
+                f"({results['started'][:10]})"
+            )
             write(block, best[1] * 60, note)
             print(f"[gpu-hours] wrote {DOC} and {PROFILE}")
     except (OSError, ValueError) as err:  # GpuCheckError is a ValueError; json errors too

@@ -128,8 +128,14 @@ class Pool:
         runs_per_gpu: the most tasks on one GPU at once (>= 1); None: ``ceil(jobs / GPUs)``.
     """
 
-    def __init__(self, jobs: int, gpus: list[str] | None = None, log: Callable = print, prefix: str = "",
-                 runs_per_gpu: int | None = None):
+    def __init__(
+        self,
+        jobs: int,
+        gpus: list[str] | None = None,
+        log: Callable = print,
+        prefix: str = "",
+        runs_per_gpu: int | None = None,
+    ):
         self.log, self.prefix = log, prefix
         self.gpus = gpu_ids() if gpus is None else gpus
         self.jobs, self.per_gpu = resolve_jobs(jobs, runs_per_gpu, self.gpus, os.cpu_count() or 1)
@@ -160,9 +166,13 @@ class Pool:
         task.started = time.perf_counter()
         self.active.append(task)
 
-    def run(self, tasks: Iterable[Task], on_start: Callable[[Task], None] = lambda t: None,
-            on_finish: Callable[[Task], None] = lambda t: None,
-            on_poll: Callable[[list[Task]], None] = lambda active: None) -> None:
+    def run(
+        self,
+        tasks: Iterable[Task],
+        on_start: Callable[[Task], None] = lambda t: None,
+        on_finish: Callable[[Task], None] = lambda t: None,
+        on_poll: Callable[[list[Task]], None] = lambda active: None,
+    ) -> None:
         """Run every task of ``tasks``, pulling the next one only when a slot is free (so a generator
         may base its next task on the finished ones). ``on_start(task)`` follows each start,
         ``on_finish(task)`` each exit (``returncode`` and ``seconds`` set), ``on_poll(active)`` each poll.
@@ -186,8 +196,10 @@ class Pool:
                     self.active.remove(t)
                     on_finish(t)
         except KeyboardInterrupt:
-            self.log(f"{self.prefix} interrupted: stopping {len(self.active)} process(es); rerun the same command "
-                     f"to resume (runs restart from their last finished epoch)")
+            self.log(
+                f"{self.prefix} interrupted: stopping {len(self.active)} process(es); rerun the same command "
+                f"to resume (runs restart from their last finished epoch)"
+            )
             for t in self.active:
                 if t.proc.poll() is None:
                     t.proc.terminate()  # SIGINT may be ignored (background jobs); checkpoints are atomic

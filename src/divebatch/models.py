@@ -21,6 +21,7 @@ def register(name: str):
     def deco(fn):
         MODELS[name] = fn
         return fn
+
     return deco
 
 
@@ -60,7 +61,7 @@ class CifarResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         layers, in_planes = [], width
         for i, n in enumerate(blocks):
-            planes = width * 2 ** i
+            planes = width * 2**i
             for j in range(n):
                 layers.append(BasicBlock(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
                 in_planes = planes
@@ -101,8 +102,9 @@ def linear(num_classes: int, in_channels: int = 3, image_size: int = 32, width: 
 
 
 @register("transformer_lm")
-def transformer_lm(num_classes: int, in_channels: int = 1, image_size: int = 64, width: int = 64, depth: int = 2,
-                   heads: int = 4) -> nn.Module:
+def transformer_lm(
+    num_classes: int, in_channels: int = 1, image_size: int = 64, width: int = 64, depth: int = 2, heads: int = 4
+) -> nn.Module:
     """Decoder-only transformer LM (:class:`divebatch.transformer.TransformerLM`): vocabulary
     ``num_classes``, context ``image_size`` (the text data's ``data.seq_len``), width C, ``depth``
     pre-LayerNorm blocks of ``heads`` heads. Input (B, T) int64 ids, output (B, V, T) logits."""
@@ -111,8 +113,9 @@ def transformer_lm(num_classes: int, in_channels: int = 1, image_size: int = 64,
     return TransformerLM(num_classes, image_size, width, depth, heads)
 
 
-def build_model(name: str, num_classes: int, in_channels: int, image_size: int, width: int = 16,
-                **sizes: int) -> nn.Module:
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, width: int = 16, **sizes: int
+) -> nn.Module:
     """Model from the registry.
 
     Args:

@@ -20,11 +20,13 @@ from typing import Callable, Iterable
 import torch
 
 OPTIMIZERS: dict[str, Callable] = {
-    "sgd": lambda params, o: torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                             nesterov=o.nesterov),
+    "sgd": lambda params, o: torch.optim.SGD(
+        params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov
+    ),
     # weight decay decoupled from the gradient (Loshchilov & Hutter, 2019), on every parameter
-    "adamw": lambda params, o: torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                                 weight_decay=o.weight_decay),
+    "adamw": lambda params, o: torch.optim.AdamW(
+        params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+    ),
 }
 
 LR_SCALINGS: dict[str, Callable[[float], float]] = {"linear": lambda ratio: ratio, "sqrt": math.sqrt}

@@ -16,7 +16,7 @@ which the trainer calls with every micro-batch's inputs and targets before its b
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,13 @@ from torch import Tensor, nn
 from divebatch.diversity import _BN_TYPES, ESTIMATORS, EpochDiversityEstimator, _grads
 
 
-def per_sample_sq_norms(model: nn.Module, x: Tensor, y: Tensor,
-                        loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-                        chunk_size: int | None = 64) -> Tensor:
+def per_sample_sq_norms(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    chunk_size: int | None = 64,
+) -> Tensor:
     """Squared norms of the per-sample gradients ||grad_w f_i(w)||^2, exactly, by ``torch.func``.
 
     Args:
@@ -74,7 +78,7 @@ class FuncDiversity(EpochDiversityEstimator):
         loss_fn: one sample's loss (default the trainer's criterion, mean cross-entropy).
     """
 
-    uses_module_hooks = True  # functional_call on the eager module: measured epochs run uncompiled
+    uses_module_hooks: ClassVar[bool] = True  # functional_call on the eager module: measured epochs run uncompiled
 
     def __init__(self, chunk_size: int = 64, loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy):
         self.chunk_size, self.loss_fn = int(chunk_size), loss_fn
@@ -88,9 +92,11 @@ class FuncDiversity(EpochDiversityEstimator):
         """
         for name, m in model.named_modules():
             if isinstance(m, _BN_TYPES) or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0):
-                raise ValueError(f"invalid config: method.diversity_estimator='exact_func' with layer {name} "
-                                 f"({type(m).__name__}) whose train-mode output mixes or randomises samples; "
-                                 f"allowed: exact | microbatch for this model")
+                raise ValueError(
+                    f"invalid config: method.diversity_estimator='exact_func' with layer {name} "
+                    f"({type(m).__name__}) whose train-mode output mixes or randomises samples; "
+                    f"allowed: exact | microbatch for this model"
+                )
         return model
 
     def measuring(self, model: nn.Module):
@@ -116,8 +122,10 @@ class FuncDiversity(EpochDiversityEstimator):
             RuntimeError: no :meth:`observe` call since the last backward.
         """
         if self._chunk is None:
-            raise RuntimeError("exact_func estimator: backward() without observe(x, y); the trainer must pass "
-                               "every micro-batch's inputs and targets first")
+            raise RuntimeError(
+                "exact_func estimator: backward() without observe(x, y); the trainer must pass "
+                "every micro-batch's inputs and targets first"
+            )
         x, y = self._chunk
         self._chunk = None
         loss.backward()

@@ -27,6 +27,7 @@ def register(name: str) -> Callable[[type], type]:
         POLICIES[name] = cls
         cls.name = name
         return cls
+
     return deco
 
 
@@ -72,8 +73,16 @@ class BatchSizePolicy:
     name = "base"
     adaptive = True
 
-    def __init__(self, initial_batch_size: int, max_batch_size: int, resize_freq: int, n_train: int,
-                 delta: float = 0.1, lr_rescale: bool = False, lr_scaling: str = "linear"):
+    def __init__(
+        self,
+        initial_batch_size: int,
+        max_batch_size: int,
+        resize_freq: int,
+        n_train: int,
+        delta: float = 0.1,
+        lr_rescale: bool = False,
+        lr_scaling: str = "linear",
+    ):
         self.batch_size = int(initial_batch_size)
         self.initial_batch_size = int(initial_batch_size)
         self.max_batch_size = int(max_batch_size)
@@ -158,9 +167,15 @@ def build_policy(method_cfg, n_train: int) -> BatchSizePolicy:
         cls = POLICIES[method_cfg.name]
     except KeyError:
         raise KeyError(f"method.name={method_cfg.name!r}; allowed: {' | '.join(POLICIES)}") from None
-    return cls(method_cfg.initial_batch_size, method_cfg.max_batch_size, method_cfg.resize_freq, n_train,
-               delta=method_cfg.delta, lr_rescale=method_cfg.lr_rescale,
-               lr_scaling=getattr(method_cfg, "lr_scaling", "linear"))
+    return cls(
+        method_cfg.initial_batch_size,
+        method_cfg.max_batch_size,
+        method_cfg.resize_freq,
+        n_train,
+        delta=method_cfg.delta,
+        lr_rescale=method_cfg.lr_rescale,
+        lr_scaling=getattr(method_cfg, "lr_scaling", "linear"),
+    )
 
 
 def rescale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -9,24 +9,41 @@ import platform
 import subprocess
 from pathlib import Path
 
-PACKAGES = ("torch", "torchvision", "backpack-for-pytorch", "omegaconf", "wandb", "sweeps", "numpy",
-            "scipy", "pandas", "seaborn", "matplotlib", "scikit-learn")
-_REPO = Path(__file__).resolve().parents[2]
+from divebatch.rundir import REPO_ROOT
+
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "backpack-for-pytorch",
+    "omegaconf",
+    "wandb",
+    "sweeps",
+    "numpy",
+    "scipy",
+    "pandas",
+    "seaborn",
+    "matplotlib",
+    "scikit-learn",
+)
 GENERATED_DIRS = ("paper_tables", "figures", "notebooks")
 
 
-def git_commit(short: bool = False, repo: Path = _REPO) -> str:
+def git_commit(short: bool = False, repo: Path = REPO_ROOT) -> str:
     """The checkout's HEAD commit, with ``+dirty`` when tracked files other than the generated
     outputs (``GENERATED_DIRS``) have uncommitted changes; ``unknown`` outside a git checkout."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "--short" if short else "--verify", "HEAD")
         # regenerated outputs are not code: a replication rewriting its own tables must not mark
         # the runs that follow as made from uncommitted changes
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                         *(f":!{d}" for d in GENERATED_DIRS)))
+        dirty = bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{d}" for d in GENERATED_DIRS))
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")

@@ -1,7 +1,8 @@
 """``divebatch replicate [PROFILE] [--jobs N] ...``: train every run of a profile, then report.
 
 A profile (``configs/profiles/<name>.yaml``, schema :class:`ProfileSpec`) is the experiment matrix
-as data: experiments (a dataset with its method configs), seeds, overrides, the data each needs and
+as data: experiments (a dataset protocol with its methods, composed as ``configs/<dataset>/<method>.yaml``
+by :func:`divebatch.config.load_yaml`), seeds, overrides, the data each needs and
 where to look for it, the synthetic check's config. :func:`expand` turns it into runs, one run
 directory each, ``<runs-dir>/<experiment>/<config stem>/seed<k>/`` (default runs-dir:
 ``runs/<profile>``), with the run's stdout/stderr in ``train.log`` inside. :func:`replicate` then
@@ -50,12 +51,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from divebatch import launch
-from divebatch.config import ConfigError, config_diffs, load_config
+from divebatch import launch, rundir
+from divebatch.config import ConfigError, config_diffs, config_exists, load_config, method_names
+from divebatch.rundir import epochs_done, read_summary
 
 PROFILE_DIR = Path("configs") / "profiles"
+METHODS_DIR = Path("configs") / "methods"
 DEFAULT_PROFILE = "smoke"
-LOG_NAME = "train.log"  # inside each run directory
+LOG_NAME = rundir.LOG  # inside each run directory
 SYNTHETIC_STAMP = "synthetic_done.json"  # in the runs dir: which config/commit the synthetic outputs are from
 NETWORK_TIMEOUT_S = 3.0
 
@@ -83,10 +86,12 @@ class DataSpec:
 
 @dataclass
 class ExperimentSpec:
-    """One dataset cell of the matrix: every config x every seed."""
+    """One dataset cell of the matrix: every method (and config) x every seed."""
 
-    name: str = MISSING  # run directories: <runs-dir>/<name>/<config stem>/seed<k>
-    configs: List[str] = MISSING  # divebatch train YAML files
+    name: str = MISSING  # run directories: <runs-dir>/<name>/<method or config stem>/seed<k>
+    dataset: Optional[str] = None  # a protocol configs/<dataset>/base.yaml, composed with each of ``methods``
+    methods: List[str] = field(default_factory=list)  # configs/methods/<method>.yaml, with ``dataset``
+    configs: List[str] = field(default_factory=list)  # divebatch train YAML files, after the methods' cells
     data: Optional[str] = None  # a key of the profile's ``data``; its path is passed as data.path
     seeds: Optional[List[int]] = None  # default: the profile's seeds
     overrides: List[str] = field(default_factory=list)  # KEY=VALUE for this experiment's runs
@@ -119,7 +124,7 @@ class DataKind:
         title: human name.
         required: path -> the files/folders that must exist (``data.path`` is ``path``).
         fetch: path -> ``divebatch fetch-data`` arguments that put the data at ``path``, or None.
-        url, md5: the official archive, for the offline instructions.
+        url: the official archive (its host is probed before a download).
         manual: path -> how to put the data there by hand.
         path_means: what ``--data``/the env variable must point at.
     """
@@ -128,7 +133,6 @@ class DataKind:
     required: Callable[[Path], list[Path]]
     fetch: Optional[Callable[[Path], Optional[list[str]]]] = None
     url: Optional[str] = None
-    md5: Optional[str] = None
     manual: Callable[[Path], str] = lambda path: ""
     path_means: str = ""
 
@@ -142,10 +146,12 @@ def _cifar_kind(name: str) -> DataKind:
         title=cls.__name__.replace("CIFAR", "CIFAR-"),
         required=lambda root: [root / cls.base_folder / f for f in names],
         fetch=lambda root: [name, "--root", str(root)],
-        url=cls.url, md5=cls.tgz_md5,
-        manual=lambda root: (f"download {cls.url} (md5 {cls.tgz_md5}) on a machine with network, copy "
-                             f"{cls.filename} here and unpack it into {root}/: mkdir -p {root} && tar -xzf "
-                             f"{cls.filename} -C {root}  (gives {root / cls.base_folder}/)"),
+        url=cls.url,
+        manual=lambda root: (
+            f"download {cls.url} (md5 {cls.tgz_md5}) on a machine with network, copy "
+            f"{cls.filename} here and unpack it into {root}/: mkdir -p {root} && tar -xzf "
+            f"{cls.filename} -C {root}  (gives {root / cls.base_folder}/)"
+        ),
         path_means=f"the folder that contains {cls.base_folder}/",
     )
 
@@ -159,10 +165,12 @@ def _tiny_kind() -> DataKind:
         required=lambda p: [p / "wnids.txt", p / "train", p / "val" / "val_annotations.txt", p / "val" / "images"],
         # fetch-data extracts into ROOT/tiny-imagenet-200: usable only when the path has that name
         fetch=lambda p: ["tiny_imagenet", "--root", str(p.parent)] if p.name == "tiny-imagenet-200" else None,
-        url=TINY_IMAGENET_URL, md5=TINY_IMAGENET_MD5,
-        manual=lambda p: (f"download {TINY_IMAGENET_URL} (md5 {TINY_IMAGENET_MD5}) on a machine with network, "
-                          f"copy {zip_name} here and unzip it into {p.parent}/: unzip -q {zip_name} -d {p.parent}  "
-                          f"(gives {p.parent / 'tiny-imagenet-200'}/; the data path must be that folder)"),
+        url=TINY_IMAGENET_URL,
+        manual=lambda p: (
+            f"download {TINY_IMAGENET_URL} (md5 {TINY_IMAGENET_MD5}) on a machine with network, "
+            f"copy {zip_name} here and unzip it into {p.parent}/: unzip -q {zip_name} -d {p.parent}  "
+            f"(gives {p.parent / 'tiny-imagenet-200'}/; the data path must be that folder)"
+        ),
         path_means="the tiny-imagenet-200/ folder itself (wnids.txt, train/, val/)",
     )
 
@@ -170,15 +178,23 @@ def _tiny_kind() -> DataKind:
 DATA_KINDS: dict[str, Callable[[], DataKind]] = {
     "bundled": lambda: DataKind("bundled with the packages (scikit-learn digits)", required=lambda p: []),
     "npz": lambda: DataKind(
-        "image arrays (.npz)", required=lambda p: [p],
-        manual=lambda p: ("an .npz file with arrays train_x (N, 32, 32, 3) uint8 RGB, train_y (N,) int, test_x, "
-                          "test_y, e.g. the CIFAR-10 subset cifar10-mini.npz described in ../shared/data/README.md"),
-        path_means="the .npz file"),
+        "image arrays (.npz)",
+        required=lambda p: [p],
+        manual=lambda p: (
+            "an .npz file with arrays train_x (N, 32, 32, 3) uint8 RGB, train_y (N,) int, test_x, "
+            "test_y, e.g. the CIFAR-10 subset cifar10-mini.npz described in ../shared/data/README.md"
+        ),
+        path_means="the .npz file",
+    ),
     "text": lambda: DataKind(
-        "plain-text file", required=lambda p: [p],
-        manual=lambda p: ("a UTF-8 text file, e.g. the tiny Shakespeare corpus tinyshakespeare.txt described in "
-                          "../shared/data/README.md (1,115,394 characters)"),
-        path_means="the .txt file"),
+        "plain-text file",
+        required=lambda p: [p],
+        manual=lambda p: (
+            "a UTF-8 text file, e.g. the tiny Shakespeare corpus tinyshakespeare.txt described in "
+            "../shared/data/README.md (1,115,394 characters)"
+        ),
+        path_means="the .txt file",
+    ),
     "cifar10": lambda: _cifar_kind("cifar10"),
     "cifar100": lambda: _cifar_kind("cifar100"),
     "tiny_imagenet": _tiny_kind,
@@ -202,8 +218,9 @@ def profile_path(profile: str | Path) -> Path:
         return candidate
     have = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
     names = " | ".join(have) or f"(none found in {PROFILE_DIR})"
-    raise ProfileError(f"invalid profile {str(profile)!r}; allowed: {names} or a path to a profile YAML "
-                       f"(run from the repository root)")
+    raise ProfileError(
+        f"invalid profile {str(profile)!r}; allowed: {names} or a path to a profile YAML (run from the repository root)"
+    )
 
 
 def _bad(key: str, value, allowed: str) -> ProfileError:
@@ -222,8 +239,10 @@ def load_profile(profile: str | Path) -> DictConfig:
         spec = OmegaConf.merge(OmegaConf.structured(ProfileSpec), OmegaConf.load(path))
         OmegaConf.to_container(spec, throw_on_missing=True)
     except OmegaConfBaseException as err:
-        raise ProfileError(f"invalid profile {path}: {getattr(err, 'full_key', '?')}: "
-                           f"{str(err).splitlines()[0]}; allowed: the keys of divebatch.replicate.ProfileSpec") from None
+        raise ProfileError(
+            f"invalid profile {path}: {getattr(err, 'full_key', '?')}: "
+            f"{str(err).splitlines()[0]}; allowed: the keys of divebatch.replicate.ProfileSpec"
+        ) from None
     for key, d in spec.data.items():
         if d.kind not in DATA_KINDS:
             raise _bad(f"data.{key}.kind", d.kind, " | ".join(DATA_KINDS))
@@ -237,12 +256,28 @@ def load_profile(profile: str | Path) -> DictConfig:
     for i, e in enumerate(spec.experiments):
         if e.data is not None and e.data not in spec.data:
             raise _bad(f"experiments[{i}].data", e.data, " | ".join(spec.data) or "(no data declared)")
-        stems = [Path(c).stem for c in e.configs]
+        if e.methods and not e.dataset:
+            raise _bad(
+                f"experiments[{i}].dataset",
+                e.dataset,
+                "a folder of configs/ with a base.yaml protocol (required with methods)",
+            )
+        configs = experiment_configs(e)
+        stems = [Path(c).stem for c in configs]
         if not stems or len(set(stems)) != len(stems):
-            raise _bad(f"experiments[{i}].configs", list(e.configs), "a non-empty list of files with distinct names")
-        for c in e.configs:
-            if not Path(c).is_file():
-                raise _bad(f"experiments[{i}].configs", c, "existing divebatch train YAML files")
+            raise _bad(
+                f"experiments[{i}].configs", configs, "a non-empty list of methods and files with distinct names"
+            )
+        for c in configs:
+            if not config_exists(c):
+                allowed = (
+                    "existing divebatch train YAML files"
+                    if c in e.configs
+                    else f"methods of {METHODS_DIR.as_posix()}/ for dataset {e.dataset}: {' | '.join(method_names())}"
+                    if (Path(c).parent / "base.yaml").is_file()
+                    else f"a dataset folder of configs/ with a base.yaml for methods (configs/{e.dataset}/base.yaml)"
+                )
+                raise _bad(f"experiments[{i}].{'configs' if c in e.configs else 'methods'}", c, allowed)
         seeds = list(e.seeds if e.seeds is not None else spec.seeds)
         if not seeds or len(set(seeds)) != len(seeds):
             raise _bad(f"experiments[{i}].seeds", seeds, "a non-empty list of distinct integers")
@@ -250,6 +285,12 @@ def load_profile(profile: str | Path) -> DictConfig:
         if value is not None and not Path(value).is_file():
             raise _bad(key, value, "an existing YAML file")
     return spec
+
+
+def experiment_configs(e: DictConfig) -> list[str]:
+    """The training configs of an experiment: ``configs/<dataset>/<method>.yaml`` per method (a cell
+    that :func:`divebatch.config.load_yaml` composes), then the ``configs`` files as written."""
+    return [(Path("configs") / e.dataset / f"{m}.yaml").as_posix() for m in e.methods] + list(e.configs)
 
 
 @dataclass
@@ -310,8 +351,10 @@ def parse_data_args(items: list[str], spec: DictConfig) -> dict[str, str]:
         elif len(files) == 1:
             out[files[0]] = item
         else:
-            raise ProfileError(f"invalid --data {item!r}; allowed: NAME=PATH with NAME one of "
-                               f"{' | '.join(files) or '(none: profile ' + spec.name + ' needs no data files)'}")
+            raise ProfileError(
+                f"invalid --data {item!r}; allowed: NAME=PATH with NAME one of "
+                f"{' | '.join(files) or '(none: profile ' + spec.name + ' needs no data files)'}"
+            )
     return out
 
 
@@ -338,8 +381,12 @@ class Run:
         return [sys.executable, "-m", "divebatch", "train", self.config, *self.overrides]
 
 
-def expand(spec: DictConfig, runs_dir: str | Path, data: dict[str, DataSource] | None = None,
-           extra: list[str] | tuple[str, ...] = ()) -> list[Run]:
+def expand(
+    spec: DictConfig,
+    runs_dir: str | Path,
+    data: dict[str, DataSource] | None = None,
+    extra: list[str] | tuple[str, ...] = (),
+) -> list[Run]:
     """Every run of a profile, seeds outermost within an experiment (seed 1 of every method first,
     so an interrupted replication has whole comparisons early).
 
@@ -355,11 +402,19 @@ def expand(spec: DictConfig, runs_dir: str | Path, data: dict[str, DataSource] |
     runs = []
     for e in spec.experiments:
         data_path = [f"data.path={data[e.data].path}"] if e.data and data[e.data].path is not None else []
-        for seed in (e.seeds if e.seeds is not None else spec.seeds):
-            for config in e.configs:
+        for seed in e.seeds if e.seeds is not None else spec.seeds:
+            for config in experiment_configs(e):
                 out_dir = Path(runs_dir) / e.name / Path(config).stem / f"seed{seed}"
-                overrides = [*spec.overrides, *e.overrides, *data_path, *extra, f"seed={seed}",
-                             f"profile={spec.name}", f"out_dir={out_dir}", "progress=false"]
+                overrides = [
+                    *spec.overrides,
+                    *e.overrides,
+                    *data_path,
+                    *extra,
+                    f"seed={seed}",
+                    f"profile={spec.name}",
+                    f"out_dir={out_dir}",
+                    "progress=false",
+                ]
                 runs.append(Run(e.name, str(config), int(seed), out_dir, overrides))
     return runs
 
@@ -367,35 +422,20 @@ def expand(spec: DictConfig, runs_dir: str | Path, data: dict[str, DataSource] |
 # ----------------------------------------------------------------------------- run states
 
 
-def epochs_done(run_dir: Path) -> int:
-    """Rows of ``metrics.csv`` (finished epochs written so far), 0 when absent."""
-    try:
-        with open(run_dir / "metrics.csv") as f:
-            return max(0, sum(1 for line in f if line.strip()) - 1)
-    except OSError:
-        return 0
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run_state(run: Run, cfg: DictConfig) -> tuple[str, str]:
     """``(state, detail)``: ``finished`` (skip), ``conflict`` (the folder holds another config),
     ``resume`` (a checkpoint exists) or ``new``."""
     d = run.out_dir
-    if (d / "config.yaml").is_file():
-        diffs = config_diffs(OmegaConf.load(d / "config.yaml"), cfg)
+    if rundir.is_run_dir(d):
+        diffs = config_diffs(rundir.read_config(d), cfg)
         if diffs:
             return "conflict", "; ".join(diffs)
     summary = read_summary(d)
     if summary and summary.get("finished"):
-        return "finished", (f"{summary.get('epochs_completed')} epochs, final val_acc "
-                            f"{summary.get('final_val_acc', float('nan')):.2f}%")
-    if (d / "checkpoint.pt").is_file():
+        return "finished", (
+            f"{summary.get('epochs_completed')} epochs, final val_acc {summary.get('final_val_acc', float('nan')):.2f}%"
+        )
+    if (d / rundir.CHECKPOINT).is_file():
         return "resume", f"at epoch {epochs_done(d)}/{run.epochs}"
     return "new", f"{run.epochs} epochs"
 
@@ -419,6 +459,7 @@ def _host_answers(host: str, port: int, timeout: float) -> bool:
             ok.append(True)
         except OSError:
             pass
+
     t = threading.Thread(target=probe, daemon=True)
     t.start()
     t.join(timeout + 0.5)
@@ -432,25 +473,34 @@ def data_instructions(src: DataSource, profile: str, why_no_download: str) -> st
     by_dir: dict[Path, list[str]] = {}
     for p in missing:
         by_dir.setdefault(p.parent, []).append(p.name)
-    shown = ", ".join(f"{d}/{names[0]}" if len(names) == 1 else f"{d}/{{{', '.join(names)}}}"
-                      for d, names in by_dir.items())
-    lines = [f"- {src.key}: {info.title} for experiment(s) {', '.join(src.experiments) or '-'}; "
-             f"path {src.path} ({src.origin}); missing: {shown}"]
+    shown = ", ".join(
+        f"{d}/{names[0]}" if len(names) == 1 else f"{d}/{{{', '.join(names)}}}" for d, names in by_dir.items()
+    )
+    lines = [
+        f"- {src.key}: {info.title} for experiment(s) {', '.join(src.experiments) or '-'}; "
+        f"path {src.path} ({src.origin}); missing: {shown}"
+    ]
     args = info.fetch(src.path) if info.fetch else None
     if args:
-        lines.append(f"    with network:    uv run divebatch fetch-data {shlex.join(args)}   "
-                     f"(or rerun this command where the network answers; {why_no_download})")
+        lines.append(
+            f"    with network:    uv run divebatch fetch-data {shlex.join(args)}   "
+            f"(or rerun this command where the network answers; {why_no_download})"
+        )
     manual = info.manual(src.path)
     if manual:
         lines.append(f"    by hand:         {manual}")
     where = [f"--data {src.key}=PATH"] + ([f"{src.env}=PATH"] if src.env else [])
-    lines.append(f"    data elsewhere:  bash replicate/all.sh {profile} {where[0]}"
-                 + (f"  (or set {where[1]})" if len(where) > 1 else "") + f"; PATH is {info.path_means or 'the data'}")
+    lines.append(
+        f"    data elsewhere:  bash replicate/all.sh {profile} {where[0]}"
+        + (f"  (or set {where[1]})" if len(where) > 1 else "")
+        + f"; PATH is {info.path_means or 'the data'}"
+    )
     return "\n".join(lines)
 
 
-def ensure_data(sources: dict[str, DataSource], profile: str, offline: bool, allow_download: bool,
-                log=print) -> list[str]:
+def ensure_data(
+    sources: dict[str, DataSource], profile: str, offline: bool, allow_download: bool, log=print
+) -> list[str]:
     """Check every data entry used by an experiment; fetch what is missing when allowed and the
     network answers. Nothing is trained before this returns an empty list.
 
@@ -472,7 +522,9 @@ def ensure_data(sources: dict[str, DataSource], profile: str, offline: bool, all
         elif not _reachable(info.url):
             why = f"{urlsplit(info.url).hostname} did not answer within {NETWORK_TIMEOUT_S:.0f} s"
         else:
-            log(f"[replicate] fetching {src.key} ({info.title}) into {src.path}: divebatch fetch-data {shlex.join(args)}")
+            log(
+                f"[replicate] fetching {src.key} ({info.title}) into {src.path}: divebatch fetch-data {shlex.join(args)}"
+            )
             from divebatch.data import fetch_cli
 
             why = "the download failed" if fetch_cli(args) != 0 else ""
@@ -516,8 +568,15 @@ class _Counter:
     set_postfix_str = close = lambda self, *a, **k: None
 
 
-def train_tasks(tasks: list[Task], jobs: int, gpus: list[str], desc: str, record: Callable[[Task], None],
-                log=tqdm.write, runs_per_gpu: int | None = None) -> None:
+def train_tasks(
+    tasks: list[Task],
+    jobs: int,
+    gpus: list[str],
+    desc: str,
+    record: Callable[[Task], None],
+    log=tqdm.write,
+    runs_per_gpu: int | None = None,
+) -> None:
     """Run the tasks with :class:`divebatch.launch.Pool` (GPU pinning, threads, logs), with progress
     in epochs: a bar on a terminal; in a log file the finished-run lines carry the progress and an
     ETA from the epochs trained so far in this invocation. A run counts as successful only when its
@@ -557,8 +616,14 @@ def train_tasks(tasks: list[Task], jobs: int, gpus: list[str], desc: str, record
         t.returncode = 0 if ok else (exit_code or 1)
         done.extend([t] if t.run else [])
         if ok:
-            detail = (f": final val_acc {summary['final_val_acc']:.2f}% (best {summary['best_val_acc']:.2f}%), "
-                      f"{summary['epochs_completed']} epochs") if summary else ""
+            detail = (
+                (
+                    f": final val_acc {summary['final_val_acc']:.2f}% (best {summary['best_val_acc']:.2f}%), "
+                    f"{summary['epochs_completed']} epochs"
+                )
+                if summary
+                else ""
+            )
             if summary and summary.get("diverged"):  # recorded, reported as diverged; the matrix goes on
                 detail = f": DIVERGED (training loss non-finite in epoch {summary['diverged_epoch'] + 1}); log: {t.log}"
             progress = f"; {len(done)}/{n_runs} runs done, {bar.n}/{bar.total} epochs"
@@ -566,8 +631,10 @@ def train_tasks(tasks: list[Task], jobs: int, gpus: list[str], desc: str, record
                 progress += f", ETA {_fmt_s((time.perf_counter() - t0) * (bar.total - bar.n) / bar.n)}"
             log(f"[replicate] finished {t.name} in {_fmt_s(t.seconds)}{detail}{progress}")
         else:
-            log(f"[replicate] FAILED   {t.name} (exit {exit_code}) after {_fmt_s(t.seconds)}; "
-                f"log: {t.log}\n    last lines:\n{launch.tail(t.log)}")
+            log(
+                f"[replicate] FAILED   {t.name} (exit {exit_code}) after {_fmt_s(t.seconds)}; "
+                f"log: {t.log}\n    last lines:\n{launch.tail(t.log)}"
+            )
         record(t)
 
     try:
@@ -635,8 +702,10 @@ def runs_lock(runs_dir: Path):
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
-        raise ProfileError(f"runs directory {runs_dir} is in use by another divebatch replicate ({holder}); "
-                           f"allowed: one invocation per runs directory at a time (wait for it, or stop it)") from None
+        raise ProfileError(
+            f"runs directory {runs_dir} is in use by another divebatch replicate ({holder}); "
+            f"allowed: one invocation per runs directory at a time (wait for it, or stop it)"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()}\n")
@@ -662,11 +731,24 @@ def _list_outputs(out: Path, profile: str) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, data_args: list[str] = (),
-              runs_dir: str | Path | None = None, out: str | Path = ".", extra: list[str] = (),
-              offline: bool = False, download: bool = True, synthetic: bool = True, redo_synthetic: bool = False,
-              report: bool = True, notebooks: bool = True, sweeps: bool = True, dry_run: bool = False,
-              log=print, runs_per_gpu: int | None = None) -> Outcome:
+def replicate(
+    profile: str | Path = DEFAULT_PROFILE,
+    jobs: int | None = None,
+    data_args: list[str] = (),
+    runs_dir: str | Path | None = None,
+    out: str | Path = ".",
+    extra: list[str] = (),
+    offline: bool = False,
+    download: bool = True,
+    synthetic: bool = True,
+    redo_synthetic: bool = False,
+    report: bool = True,
+    notebooks: bool = True,
+    sweeps: bool = True,
+    dry_run: bool = False,
+    log=print,
+    runs_per_gpu: int | None = None,
+) -> Outcome:
     """Train every unfinished run of ``profile``, run its synthetic check and sweeps, then report.
 
     Args:
@@ -691,7 +773,7 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
     """
     t_start = time.perf_counter()
     spec = load_profile(profile)
-    runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / spec.name
+    runs_dir = Path(runs_dir) if runs_dir is not None else rundir.runs_path(spec.name)
     out = Path(out)
     sources = resolve_data(spec, parse_data_args(list(data_args), spec))
     runs = expand(spec, runs_dir, sources, list(extra))
@@ -701,55 +783,102 @@ def replicate(profile: str | Path = DEFAULT_PROFILE, jobs: int | None = None, da
         jobs, per_gpu = launch.resolve_jobs(jobs, runs_per_gpu, gpus, os.cpu_count() or 1)
     except ValueError as err:
         raise ProfileError(str(err)) from None
-    hw = (f"{len(gpus)} GPU(s) ({', '.join(gpus)}), up to {per_gpu} run(s) per GPU" if gpus
-          else f"{os.cpu_count()} CPU core(s)" + (" (--runs-per-gpu ignored: no GPU)" if runs_per_gpu else ""))
+    hw = (
+        f"{len(gpus)} GPU(s) ({', '.join(gpus)}), up to {per_gpu} run(s) per GPU"
+        if gpus
+        else f"{os.cpu_count()} CPU core(s)" + (" (--runs-per-gpu ignored: no GPU)" if runs_per_gpu else "")
+    )
     expected = f"; expected about {spec.expected_minutes:g} min on {spec.hardware}" if spec.expected_minutes else ""
-    log(f"[replicate] profile {spec.name}: {len(runs)} runs ({len(spec.experiments)} experiment(s)), "
+    log(
+        f"[replicate] profile {spec.name}: {len(runs)} runs ({len(spec.experiments)} experiment(s)), "
         f"runs in {runs_dir}, outputs in {out / 'paper_tables' / spec.name} and {out / 'figures' / spec.name}; "
-        f"{jobs} job(s) on {hw}{expected}")
+        f"{jobs} job(s) on {hw}{expected}"
+    )
     outcome = Outcome()
     if not dry_run:  # data first: nothing trains unless every dataset of the profile is there
         problems = ensure_data(sources, spec.name, offline, download, log)
         if problems:
             outcome.stopped = "data missing"
-            log(f"[replicate] profile {spec.name} stopped before training: data missing. Put the files in place "
-                f"and rerun the same command.\n" + "\n".join(problems))
+            log(
+                f"[replicate] profile {spec.name} stopped before training: data missing. Put the files in place "
+                f"and rerun the same command.\n" + "\n".join(problems)
+            )
             return outcome
     # under the lock of the runs directory: two invocations never train the same run at once
     with contextlib.nullcontext() if dry_run else runs_lock(runs_dir):
         tasks = _plan(runs, configs, outcome, dry_run, log, lambda i: launch.planned_device(i, gpus, jobs, per_gpu))
         stamp = synthetic_stamp(spec.synthetic, spec.name) if (synthetic and spec.synthetic) else None
         if stamp is not None:
-            argv = [sys.executable, "-m", "divebatch", "synthetic", "--profile", spec.name, "--config",
-                    str(spec.synthetic), "--out-root", str(out)]
+            argv = [
+                sys.executable,
+                "-m",
+                "divebatch",
+                "synthetic",
+                "--profile",
+                spec.name,
+                "--config",
+                str(spec.synthetic),
+                "--out-root",
+                str(out),
+            ]
             done_already = synthetic_done(runs_dir, out, stamp)
             if dry_run:
-                log(f"[replicate] synthetic: {'done' if done_already else 'to run'} (on the CPU, beside the "
-                    f"trainings): {shlex.join(argv[2:])}")
+                log(
+                    f"[replicate] synthetic: {'done' if done_already else 'to run'} (on the CPU, beside the "
+                    f"trainings): {shlex.join(argv[2:])}"
+                )
             elif done_already and not redo_synthetic:
-                outcome.steps.append("synthetic check: skipped (done for this config and commit; --redo-synthetic "
-                                     "reruns it)")
-                log(f"[replicate] skipped  synthetic check (outputs in {out / 'paper_tables' / spec.name} are from "
-                    f"this config and commit)")
+                outcome.steps.append(
+                    "synthetic check: skipped (done for this config and commit; --redo-synthetic reruns it)"
+                )
+                log(
+                    f"[replicate] skipped  synthetic check (outputs in {out / 'paper_tables' / spec.name} are from "
+                    f"this config and commit)"
+                )
             else:  # first, so that it runs beside the trainings rather than after them
                 tasks.insert(0, Task("synthetic check", argv, runs_dir / "logs" / "synthetic.log", needs_gpu=False))
         if dry_run:
             return outcome
         n_resumed = sum(1 for t in tasks if t.verb == "resumed")
-        log(f"[replicate] {sum(1 for t in tasks if t.run)} run(s) to train ({n_resumed} resumed), "
-            f"{len(outcome.skipped)} finished already" + (f", {len(outcome.failed)} refused" if outcome.failed else ""))
+        log(
+            f"[replicate] {sum(1 for t in tasks if t.run)} run(s) to train ({n_resumed} resumed), "
+            f"{len(outcome.skipped)} finished already" + (f", {len(outcome.failed)} refused" if outcome.failed else "")
+        )
         cpu0 = _children_cpu_s()
         if tasks:
-            train_tasks(tasks, jobs, gpus, spec.name, lambda t: _record(t, outcome, runs_dir, stamp),
-                        runs_per_gpu=per_gpu)
-        for sweep in (spec.sweeps if sweeps else []):
-            rc = _stream([sys.executable, "-m", "divebatch", "sweep", str(sweep), "--local", "--jobs", str(jobs),
-                          "--out", str(out)], log)
+            train_tasks(
+                tasks, jobs, gpus, spec.name, lambda t: _record(t, outcome, runs_dir, stamp), runs_per_gpu=per_gpu
+            )
+        for sweep in spec.sweeps if sweeps else []:
+            rc = _stream(
+                [
+                    sys.executable,
+                    "-m",
+                    "divebatch",
+                    "sweep",
+                    str(sweep),
+                    "--local",
+                    "--jobs",
+                    str(jobs),
+                    "--out",
+                    str(out),
+                ],
+                log,
+            )
             _step(outcome, f"sweep {sweep}", rc)
         if report and spec.report and runs:
             if any(read_summary(r.out_dir) for r in runs):
-                argv = [sys.executable, "-m", "divebatch", "report", str(runs_dir), "--out", str(out),
-                        "--profile", spec.name] + (["--notebooks"] if notebooks and spec.notebooks else [])
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "divebatch",
+                    "report",
+                    str(runs_dir),
+                    "--out",
+                    str(out),
+                    "--profile",
+                    spec.name,
+                ] + (["--notebooks"] if notebooks and spec.notebooks else [])
                 _step(outcome, "report", _stream(argv, log))
             else:
                 outcome.steps.append("report: not run (no run has finished)")
@@ -774,8 +903,9 @@ def _load_configs(runs: list[Run]) -> dict[str, DictConfig]:
     return configs
 
 
-def _plan(runs: list[Run], configs: dict, outcome: Outcome, dry_run: bool, log,
-          device: Callable[[int], str] = lambda i: "") -> list[Task]:
+def _plan(
+    runs: list[Run], configs: dict, outcome: Outcome, dry_run: bool, log, device: Callable[[int], str] = lambda i: ""
+) -> list[Task]:
     """Skip finished runs, refuse conflicting ones, and make a task of every other run. A dry run
     prints each run's state, the device ``device(i)`` of the i-th run to train, and its command."""
     tasks, n_to_train = [], 0
@@ -784,19 +914,31 @@ def _plan(runs: list[Run], configs: dict, outcome: Outcome, dry_run: bool, log,
         if dry_run:
             where = f" on {device(n_to_train)}" if state in ("new", "resume") else ""
             n_to_train += state in ("new", "resume")
-            log(f"[replicate] {state:<8} {run.name}{where}: {detail}; "
-                f"divebatch train {shlex.join([run.config, *run.overrides])}")
+            log(
+                f"[replicate] {state:<8} {run.name}{where}: {detail}; "
+                f"divebatch train {shlex.join([run.config, *run.overrides])}"
+            )
         elif state == "finished":
             outcome.skipped.append(run.name)
             log(f"[replicate] skipped  {run.name} (finished already: {detail})")
         elif state == "conflict":
             outcome.failed.append((run.name, f"{run.out_dir} holds a run with another config"))
-            log(f"[replicate] FAILED   {run.name}: {run.out_dir} holds a run with another config ({detail}); "
-                f"not started. Restore the profile/config, or move that folder away to train it anew.")
+            log(
+                f"[replicate] FAILED   {run.name}: {run.out_dir} holds a run with another config ({detail}); "
+                f"not started. Restore the profile/config, or move that folder away to train it anew."
+            )
         else:
             left = run.epochs - (epochs_done(run.out_dir) if state == "resume" else 0)
-            tasks.append(Task(run.name, run.argv(), run.log, run=run, total_epochs=max(0, left),
-                              verb="resumed" if state == "resume" else "started"))
+            tasks.append(
+                Task(
+                    run.name,
+                    run.argv(),
+                    run.log,
+                    run=run,
+                    total_epochs=max(0, left),
+                    verb="resumed" if state == "resume" else "started",
+                )
+            )
     return tasks
 
 
@@ -804,8 +946,7 @@ def _record(task: Task, outcome: Outcome, runs_dir: Path, stamp: dict | None) ->
     """File a finished task under trained/failed; a successful synthetic check leaves its stamp."""
     if task.run is None:  # the synthetic check
         if task.returncode == 0:
-            (runs_dir / SYNTHETIC_STAMP).write_text(json.dumps({**stamp, "seconds": round(task.seconds, 1)},
-                                                               indent=2))
+            (runs_dir / SYNTHETIC_STAMP).write_text(json.dumps({**stamp, "seconds": round(task.seconds, 1)}, indent=2))
             outcome.steps.append(f"synthetic check: ran in {_fmt_s(task.seconds)}")
         else:
             outcome.failed.append((task.name, str(task.log)))
@@ -829,8 +970,10 @@ def _children_cpu_s() -> float:
 
 
 def _summary(profile: str, o: Outcome, runs_dir: Path, wall: float, cpu: float, log) -> None:
-    lines = [f"[replicate] profile {profile} done in {_fmt_s(wall)} (processes used {_fmt_s(cpu)} of CPU time): "
-             f"{len(o.trained)} run(s) trained, {len(o.skipped)} skipped (finished already), {len(o.failed)} failed"]
+    lines = [
+        f"[replicate] profile {profile} done in {_fmt_s(wall)} (processes used {_fmt_s(cpu)} of CPU time): "
+        f"{len(o.trained)} run(s) trained, {len(o.skipped)} skipped (finished already), {len(o.failed)} failed"
+    ]
     lines += [f"  {s}" for s in o.steps]
     for name, where in o.failed:
         lines.append(f"  FAILED {name}: {where}")
@@ -850,22 +993,47 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="divebatch replicate",
         description="Train every run of a replication profile that is not finished (cut runs resume), run the "
-                    "synthetic check, then regenerate paper_tables/<profile>/, figures/<profile>/ and "
-                    "notebooks/<profile>/. Rerunning trains nothing new. See docs/replicate.md.")
-    p.add_argument("profile", nargs="?", default=DEFAULT_PROFILE,
-                   help=f"smoke | cpu | paper (configs/profiles/<name>.yaml) or a profile YAML (default: {DEFAULT_PROFILE})")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="trainings at once (default: GPUs x --runs-per-gpu; on CPU one per core, at most 8)")
-    p.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
-                   help="trainings at once on each visible GPU, each pinned to its GPU (default 1; a large GPU "
-                        "runs several ResNet-18 CIFAR runs faster than one after another: docs/replicate.md)")
-    p.add_argument("--data", action="append", default=[], metavar="[NAME=]PATH",
-                   help="where a dataset of the profile is (repeatable), e.g. --data ../shared/data/cifar10-mini.npz "
-                        "for the cpu profile, --data tiny_imagenet=DIR/tiny-imagenet-200 for paper")
+        "synthetic check, then regenerate paper_tables/<profile>/, figures/<profile>/ and "
+        "notebooks/<profile>/. Rerunning trains nothing new. See docs/replicate.md.",
+    )
+    p.add_argument(
+        "profile",
+        nargs="?",
+        default=DEFAULT_PROFILE,
+        help=f"smoke | cpu | paper (configs/profiles/<name>.yaml) or a profile YAML (default: {DEFAULT_PROFILE})",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="trainings at once (default: GPUs x --runs-per-gpu; on CPU one per core, at most 8)",
+    )
+    p.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=None,
+        metavar="K",
+        help="trainings at once on each visible GPU, each pinned to its GPU (default 1; a large GPU "
+        "runs several ResNet-18 CIFAR runs faster than one after another: docs/replicate.md)",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="where a dataset of the profile is (repeatable), e.g. --data ../shared/data/cifar10-mini.npz "
+        "for the cpu profile, --data tiny_imagenet=DIR/tiny-imagenet-200 for paper",
+    )
     p.add_argument("--runs-dir", default=None, help="run directories (default: runs/<profile>)")
     p.add_argument("--out", default=".", help="root of paper_tables/, figures/ and notebooks/ (default: .)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="extra",
-                   help="override for every run, e.g. --set wandb.mode=offline (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="extra",
+        help="override for every run, e.g. --set wandb.mode=offline (repeatable)",
+    )
     p.add_argument("--offline", action="store_true", help="never use the network (missing data stops the command)")
     p.add_argument("--no-download", action="store_true", help="do not download missing datasets")
     p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic theory check")
@@ -873,20 +1041,35 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--no-sweeps", action="store_true", help="skip the profile's hyperparameter sweeps")
     p.add_argument("--no-report", action="store_true", help="train only; no tables, figures or notebooks")
     p.add_argument("--no-notebooks", action="store_true", help="report without executing the notebooks")
-    p.add_argument("--dry-run", action="store_true",
-                   help="list the runs, their states and the device each would get; train nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs, their states and the device each would get; train nothing",
+    )
     args = p.parse_args(argv)
 
     def stop(signum, frame):  # `kill PID` stops the trainings too, as Ctrl-C does, so they can resume
         raise KeyboardInterrupt
+
     previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
     try:
-        outcome = replicate(args.profile, args.jobs, args.data, args.runs_dir, args.out, args.extra,
-                            offline=args.offline or os.environ.get("DIVEBATCH_OFFLINE") == "1",
-                            download=not args.no_download, synthetic=not args.no_synthetic,
-                            redo_synthetic=args.redo_synthetic, report=not args.no_report,
-                            notebooks=not args.no_notebooks, sweeps=not args.no_sweeps, dry_run=args.dry_run,
-                            runs_per_gpu=args.runs_per_gpu)
+        outcome = replicate(
+            args.profile,
+            args.jobs,
+            args.data,
+            args.runs_dir,
+            args.out,
+            args.extra,
+            offline=args.offline or os.environ.get("DIVEBATCH_OFFLINE") == "1",
+            download=not args.no_download,
+            synthetic=not args.no_synthetic,
+            redo_synthetic=args.redo_synthetic,
+            report=not args.no_report,
+            notebooks=not args.no_notebooks,
+            sweeps=not args.no_sweeps,
+            dry_run=args.dry_run,
+            runs_per_gpu=args.runs_per_gpu,
+        )
     except (ProfileError, ConfigError, FileNotFoundError) as err:
         print(f"divebatch replicate: error: {err}", file=sys.stderr)
         return 2

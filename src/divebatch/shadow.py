@@ -24,27 +24,59 @@ import contextlib
 import math
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from divebatch import rundir
 from divebatch.data import fixed_subset_indices, reference_batches
-from divebatch.diversity import (ExactDiversity, FixedPointDiversity, MicroBatchDiversity, backpack_hooks,
-                                 fixed_point_sums, subset_n_diversity)
+from divebatch.diversity import (
+    EstimatorDefaults,
+    ExactDiversity,
+    FixedPointDiversity,
+    MicroBatchDiversity,
+    backpack_hooks,
+    fixed_point_sums,
+    subset_n_diversity,
+)
 
-SHADOW_COLUMNS = ["epoch", "lr", "batch_size", "n_train", "n_delta_exact", "n_delta_microbatch", "n_delta_fixed_point",
-                  "fixed_point_samples", "n_delta_full", "fixed_point_s", "full_pass_s", "measured_epoch_s",
-                  "exact_mean_sq_norm", "exact_mean_grad_sq", "full_mean_sq_norm", "full_mean_grad_sq"]
+SHADOW_COLUMNS = [
+    "epoch",
+    "lr",
+    "batch_size",
+    "n_train",
+    "n_delta_exact",
+    "n_delta_microbatch",
+    "n_delta_fixed_point",
+    "fixed_point_samples",
+    "n_delta_full",
+    "fixed_point_s",
+    "full_pass_s",
+    "measured_epoch_s",
+    "exact_mean_sq_norm",
+    "exact_mean_grad_sq",
+    "full_mean_sq_norm",
+    "full_mean_grad_sq",
+]
 # n * Delta = (mean_i ||g_i||^2) / ||mean_i g_i||^2: the last four columns are these two factors for the epoch
 # estimator (S / n and ||A||^2 / n^2 over the epoch's iterates) and for Delta(w) (whole set, one point), so a
 # ratio of estimates splits into its numerator part (per-sample norms) and its denominator part (mean gradient).
-SUBSET_COLUMNS = ["epoch", "subset_samples", "draws", "n_delta_full", "rel_bias", "rel_sd", "rel_p90_abs_err",
-                  "share_inf"]
+SUBSET_COLUMNS = [
+    "epoch",
+    "subset_samples",
+    "draws",
+    "n_delta_full",
+    "rel_bias",
+    "rel_sd",
+    "rel_p90_abs_err",
+    "share_inf",
+]
 
 
-class ShadowEstimators:
+class ShadowEstimators(EstimatorDefaults):
     """The ``exact`` and ``microbatch`` epoch estimators on the same optimizer steps of one epoch.
 
     The update is the run's own: each step's backward is the exact estimator's (BackPACK
@@ -57,7 +89,7 @@ class ShadowEstimators:
     it would without the shadow.
     """
 
-    uses_module_hooks = True
+    uses_module_hooks: ClassVar[bool] = True
 
     def __init__(self, micro_batches: int = 2):
         self.exact, self.micro = ExactDiversity(), MicroBatchDiversity(micro_batches)
@@ -85,10 +117,12 @@ class ShadowEstimators:
 
     def criterion(self, base):
         """``base`` (the loss on (logits, y)) that also records y of each micro-batch of the step."""
+
         def loss(out, y):
             if self._capturing:
                 self._y.append(y.detach())
             return base(out, y)
+
         return loss
 
     def reset(self) -> None:
@@ -142,8 +176,9 @@ def chunk_sums(model: nn.Module, batches) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.array(s), (mat @ mat.T).cpu().numpy(), np.array(sizes)
 
 
-def subset_errors(s: np.ndarray, gram: np.ndarray, sizes: np.ndarray, n: int, subset_sizes, draws: int,
-                  seed: int) -> list[dict]:
+def subset_errors(
+    s: np.ndarray, gram: np.ndarray, sizes: np.ndarray, n: int, subset_sizes, draws: int, seed: int
+) -> list[dict]:
     """Sampling error of the ``fixed_point`` subset estimate against the whole set's n * Delta(w).
 
     Subsets are unions of m chunks drawn without replacement from the chunks of one random
@@ -177,11 +212,17 @@ def subset_errors(s: np.ndarray, gram: np.ndarray, sizes: np.ndarray, n: int, su
             est[d] = subset_n_diversity(float(s[pick].sum()), float(gram[np.ix_(pick, pick)].sum()), m * c, n)
         finite = est[np.isfinite(est)]
         rel = np.where(np.isfinite(est), est / full - 1, np.inf)
-        rows.append({"subset_samples": m * c, "draws": draws, "n_delta_full": full,
-                     "rel_bias": float(np.median(est) / full - 1) if len(finite) else math.inf,
-                     "rel_sd": float(finite.std(ddof=1) / full) if len(finite) > 1 else math.nan,
-                     "rel_p90_abs_err": float(np.quantile(np.abs(rel), 0.9)),
-                     "share_inf": float(1 - len(finite) / draws)})
+        rows.append(
+            {
+                "subset_samples": m * c,
+                "draws": draws,
+                "n_delta_full": full,
+                "rel_bias": float(np.median(est) / full - 1) if len(finite) else math.inf,
+                "rel_sd": float(finite.std(ddof=1) / full) if len(finite) > 1 else math.nan,
+                "rel_p90_abs_err": float(np.quantile(np.abs(rel), 0.9)),
+                "share_inf": float(1 - len(finite) / draws),
+            }
+        )
     return rows
 
 
@@ -195,8 +236,16 @@ class ShadowRecorder:
         max_micro_batch: chunk limit for the reference passes (``method.max_micro_batch``).
     """
 
-    def __init__(self, cfg, fixed_point_samples: int | None, bundle, device: torch.device, seed: int,
-                 resize_freq: int, max_micro_batch: int):
+    def __init__(
+        self,
+        cfg,
+        fixed_point_samples: int | None,
+        bundle,
+        device: torch.device,
+        seed: int,
+        resize_freq: int,
+        max_micro_batch: int,
+    ):
         self.cfg, self.bundle, self.device, self.seed = cfg, bundle, device, int(seed)
         self.resize_freq, self.n = int(resize_freq), bundle.n_train
         self.fixed = FixedPointDiversity(fixed_point_samples)
@@ -225,18 +274,29 @@ class ShadowRecorder:
         batches = reference_batches(self.bundle, order, self.cfg.chunk, self.device)
         s, gram, sizes = chunk_sums(model, batches())
         t2 = time.perf_counter()
-        subsets = subset_errors(s, gram, sizes, self.n, list(self.cfg.subset_sizes), self.cfg.draws,
-                                self.seed * 7 + epoch)
+        subsets = subset_errors(
+            s, gram, sizes, self.n, list(self.cfg.subset_sizes), self.cfg.draws, self.seed * 7 + epoch
+        )
         full = subset_n_diversity(float(s.sum()), float(gram.sum()), self.n, self.n)
-        row = {"epoch": epoch, "lr": lr, "batch_size": batch_size, "n_train": self.n,
-               "n_delta_exact": self.estimators.exact.value() * self.n,
-               "n_delta_microbatch": self.estimators.micro.value() * self.n,
-               "n_delta_fixed_point": self.fixed.value() * self.n, "fixed_point_samples": self.fixed.subset_samples,
-               "n_delta_full": full, "fixed_point_s": t1 - t0, "full_pass_s": t2 - t1,
-               "measured_epoch_s": measured_epoch_s,
-               "exact_mean_sq_norm": float(self.estimators.exact.sq_norm_sum) / self.n,
-               "exact_mean_grad_sq": float(sum(g.double().pow(2).sum() for g in self.estimators.exact.grad_sum)) / self.n ** 2,
-               "full_mean_sq_norm": float(s.sum()) / self.n, "full_mean_grad_sq": float(gram.sum()) / self.n ** 2}
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "batch_size": batch_size,
+            "n_train": self.n,
+            "n_delta_exact": self.estimators.exact.value() * self.n,
+            "n_delta_microbatch": self.estimators.micro.value() * self.n,
+            "n_delta_fixed_point": self.fixed.value() * self.n,
+            "fixed_point_samples": self.fixed.subset_samples,
+            "n_delta_full": full,
+            "fixed_point_s": t1 - t0,
+            "full_pass_s": t2 - t1,
+            "measured_epoch_s": measured_epoch_s,
+            "exact_mean_sq_norm": float(self.estimators.exact.sq_norm_sum) / self.n,
+            "exact_mean_grad_sq": float(sum(g.double().pow(2).sum() for g in self.estimators.exact.grad_sum))
+            / self.n**2,
+            "full_mean_sq_norm": float(s.sum()) / self.n,
+            "full_mean_grad_sq": float(gram.sum()) / self.n**2,
+        }
         self.rows.append(row)
         self.subset_rows += [{"epoch": epoch, **r} for r in subsets]
         return row
@@ -252,7 +312,9 @@ class ShadowRecorder:
         """``shadow.csv`` and ``shadow_subsets.csv`` in ``run_dir`` (through the trainer's atomic writer)."""
         import pandas as pd
 
-        for name, rows, cols in (("shadow.csv", self.rows, SHADOW_COLUMNS),
-                                 ("shadow_subsets.csv", self.subset_rows, SUBSET_COLUMNS)):
+        for name, rows, cols in (
+            (rundir.SHADOW, self.rows, SHADOW_COLUMNS),
+            (rundir.SHADOW_SUBSETS, self.subset_rows, SUBSET_COLUMNS),
+        ):
             df = pd.DataFrame(rows, columns=cols)
             atomic_write(Path(run_dir) / name, lambda p, df=df: df.to_csv(p, index=False))

@@ -15,6 +15,10 @@ metric is read back from the run directory (``summary.json`` / ``metrics.csv``).
 ``<root>/sweep_state.json``, so an interrupted sweep resumes without repeating a finished run (an
 unfinished one resumes from its checkpoint through the trainer's own resume).
 
+Seed sweeps are not files: ``divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD`` writes the grid
+over the profile's seeds of one profile cell (:func:`seed_sweep`), the same runs as
+``divebatch replicate PROFILE`` trains, for wandb agents.
+
 Bad input fails before any run starts: :func:`load_sweep` checks the YAML against the ``sweeps``
 JSON schema, every parameter name against :func:`divebatch.config.config_keys`, and every grid point
 (or every parameter's range) through :func:`divebatch.config.load_config`.
@@ -41,8 +45,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from divebatch import launch
+from divebatch import launch, rundir
 from divebatch.config import ConfigError, config_keys, load_config
+
+# a sweep metric is a summary.json key or a metrics.csv column (divebatch.rundir owns both lists)
+from divebatch.rundir import METRIC_COLUMNS, SUMMARY_KEYS
 
 with warnings.catch_warnings():  # sweeps 0.3.0 uses pydantic v1 config names; harmless under v2
     warnings.simplefilter("ignore", UserWarning)
@@ -60,13 +67,16 @@ DRIVER_KEYS = ("out_dir", "wandb.mode", "wandb.group", "progress")
 SENSITIVITY_KEYS = ("method.delta", "method.resize_freq", "method.max_batch_size")
 # Keys the small-batch SGD reference ignores, so it takes none of their values.
 ADAPTIVE_KEYS = SENSITIVITY_KEYS + ("method.lr_rescale", "method.diversity_estimator", "method.name")
-# summary.json keys (run-directory format of the project README); metrics.csv columns come from training.
-SUMMARY_KEYS = ("epochs_completed", "final_val_acc", "best_val_acc", "best_epoch", "final_train_loss",
-                "final_val_loss", "final_batch_size", "optimizer_steps", "wall_time_s")
 GRID_CHECK_LIMIT = 2000  # grid points validated one by one before any run starts
 # sweeps.params distributions whose min/max are parameter values (log_uniform's are exponents)
-VALUE_BOUNDED = ("int_uniform", "uniform", "q_uniform", "log_uniform_values", "q_log_uniform_values",
-                 "inv_log_uniform_values")
+VALUE_BOUNDED = (
+    "int_uniform",
+    "uniform",
+    "q_uniform",
+    "log_uniform_values",
+    "q_log_uniform_values",
+    "inv_log_uniform_values",
+)
 
 
 class SweepError(ValueError):
@@ -140,8 +150,10 @@ def _schema_errors(cfg: dict) -> list[str]:
 
 def _command_structure(cfg: dict, where: str) -> tuple[str, list[str], int]:
     command = cfg.get("command")
-    usage = (f"command: [divebatch, train, CONFIG.yaml, wandb.mode=online, profile=NAME, "
-             f"\"out_dir=runs/sweeps/NAME/${{oc.env:{RUN_ID_ENV}}}\", \"{ARGS_MACRO}\"]")
+    usage = (
+        f"command: [divebatch, train, CONFIG.yaml, wandb.mode=online, profile=NAME, "
+        f'"out_dir=runs/sweeps/NAME/${{oc.env:{RUN_ID_ENV}}}", "{ARGS_MACRO}"]'
+    )
     if not isinstance(command, list) or not all(isinstance(c, (str, int, float)) for c in command):
         raise SweepError(f"{where}: key 'command' must be a list of strings; allowed: {usage}")
     command = [str(c) for c in command]
@@ -151,14 +163,17 @@ def _command_structure(cfg: dict, where: str) -> tuple[str, list[str], int]:
     i = idx[0]
     train_config = command[i + 1]
     if train_config.startswith("${") or "=" in train_config:
-        raise SweepError(f"{where}: command item after 'train' is {train_config!r}; allowed: the training "
-                         f"CONFIG.yaml path. {usage}")
+        raise SweepError(
+            f"{where}: command item after 'train' is {train_config!r}; allowed: the training CONFIG.yaml path. {usage}"
+        )
     if ARGS_MACRO not in command:
         other = [c for c in command if c in ("${args}", "${args_no_boolean_flags}", "${args_json}")]
-        raise SweepError(f"{where}: command has {other or 'no parameter macro'}; allowed: {ARGS_MACRO!r} "
-                         f"(divebatch train takes KEY=VALUE overrides without hyphens)")
+        raise SweepError(
+            f"{where}: command has {other or 'no parameter macro'}; allowed: {ARGS_MACRO!r} "
+            f"(divebatch train takes KEY=VALUE overrides without hyphens)"
+        )
     fixed = []
-    for item in command[i + 2:]:
+    for item in command[i + 2 :]:
         if item.startswith("${") and item.endswith("}"):
             continue
         if "=" not in item:
@@ -200,45 +215,58 @@ def load_sweep(path: str | Path) -> Sweep:
     if problems:
         raise SweepError(f"{path} is rejected by wandb's sweep schema:\n  - " + "\n  - ".join(problems))
     if not cfg.get("program"):
-        raise SweepError(f"{path}: key 'program' is missing; `wandb agent` requires it (allowed: any file, e.g. "
-                         f"program: src/divebatch/cli.py; the command decides what runs)")
+        raise SweepError(
+            f"{path}: key 'program' is missing; `wandb agent` requires it (allowed: any file, e.g. "
+            f"program: src/divebatch/cli.py; the command decides what runs)"
+        )
     train_config, fixed, train_index = _command_structure(cfg, str(path))
     keys = config_keys()
     for item in fixed:
         key = item.split("=", 1)[0]
         if key not in keys:
-            raise SweepError(f"{path}: command override {item!r}: {key!r} is not a training config key; "
-                             f"{_suggest(key, keys)}allowed: divebatch.config.config_keys()")
+            raise SweepError(
+                f"{path}: command override {item!r}: {key!r} is not a training config key; "
+                f"{_suggest(key, keys)}allowed: divebatch.config.config_keys()"
+            )
     mode = _fixed_value(fixed, "wandb.mode")
     if mode != "online":
-        raise SweepError(f"{path}: command sets wandb.mode={mode}; allowed: wandb.mode=online (a wandb agent only "
-                         f"sees runs that log online; `--local` switches its runs to offline itself)")
+        raise SweepError(
+            f"{path}: command sets wandb.mode={mode}; allowed: wandb.mode=online (a wandb agent only "
+            f"sees runs that log online; `--local` switches its runs to offline itself)"
+        )
     out_dir = _fixed_value(fixed, "out_dir") or ""
     if f"oc.env:{RUN_ID_ENV}" not in out_dir:
-        raise SweepError(f"{path}: command sets out_dir={out_dir or None!r}; allowed: a path holding "
-                         f"${{oc.env:{RUN_ID_ENV}}} (e.g. runs/sweeps/NAME/${{oc.env:{RUN_ID_ENV}}}), so every "
-                         f"agent run writes its own run directory")
+        raise SweepError(
+            f"{path}: command sets out_dir={out_dir or None!r}; allowed: a path holding "
+            f"${{oc.env:{RUN_ID_ENV}}} (e.g. runs/sweeps/NAME/${{oc.env:{RUN_ID_ENV}}}), so every "
+            f"agent run writes its own run directory"
+        )
     fixed_keys = {item.split("=", 1)[0] for item in fixed}
     for name, spec in cfg["parameters"].items():
         if isinstance(spec, dict) and "parameters" in spec:
-            raise SweepError(f"{path}: parameter {name!r} is nested; allowed: flat dotted names such as "
-                             f"'method.delta' (the agent passes them as KEY=VALUE overrides)")
+            raise SweepError(
+                f"{path}: parameter {name!r} is nested; allowed: flat dotted names such as "
+                f"'method.delta' (the agent passes them as KEY=VALUE overrides)"
+            )
         if name not in keys:
-            raise SweepError(f"{path}: parameter {name!r} is not a training config key; {_suggest(name, keys)}"
-                             f"allowed: divebatch.config.config_keys() (e.g. method.delta, optim.lr, seed)")
+            raise SweepError(
+                f"{path}: parameter {name!r} is not a training config key; {_suggest(name, keys)}"
+                f"allowed: divebatch.config.config_keys() (e.g. method.delta, optim.lr, seed)"
+            )
         if name in DRIVER_KEYS:
-            raise SweepError(f"{path}: parameter {name!r} is set per run by the sweep itself; allowed: any other "
-                             f"config key")
+            raise SweepError(
+                f"{path}: parameter {name!r} is set per run by the sweep itself; allowed: any other config key"
+            )
         if name in fixed_keys:
             raise SweepError(f"{path}: parameter {name!r} is also fixed in the command; allowed: one or the other")
     metric = (cfg.get("metric") or {}).get("name")
     if metric is not None:
-        from divebatch.training import METRIC_COLUMNS  # heavy import (torch), only when a metric is set
-
         allowed = (*SUMMARY_KEYS, *METRIC_COLUMNS)
         if metric not in allowed:
-            raise SweepError(f"{path}: metric.name={metric!r}; {_suggest(metric, list(allowed))}allowed: a summary.json "
-                             f"key or metrics.csv column: {' | '.join(allowed)}")
+            raise SweepError(
+                f"{path}: metric.name={metric!r}; {_suggest(metric, list(allowed))}allowed: a summary.json "
+                f"key or metrics.csv column: {' | '.join(allowed)}"
+            )
     return Sweep(path, cfg, str(cfg.get("name") or path.stem), train_config, fixed, train_index)
 
 
@@ -282,19 +310,102 @@ def check_values(sweep: Sweep, extra: list[str] | tuple[str, ...] = (), check_da
     if sweep.method == "grid":
         points = grid_points(sweep)[:GRID_CHECK_LIMIT]
     else:
-        points = [{name: {"value": v}} for name, spec in sweep.config["parameters"].items()
-                  for v in _param_candidates(name, spec)]
+        points = [
+            {name: {"value": v}}
+            for name, spec in sweep.config["parameters"].items()
+            for v in _param_candidates(name, spec)
+        ]
     for point in points:
         overrides = [*sweep.fixed, *_args_no_hyphens(point), *extra]
         try:
             load_config(sweep.train_config, overrides, check_data=check_data)
         except FileNotFoundError as err:
-            raise SweepError(f"{sweep.path}: {err} (paths in a sweep command are relative to the folder the agent "
-                             f"runs in: the repository root)") from None
+            raise SweepError(
+                f"{sweep.path}: {err} (paths in a sweep command are relative to the folder the agent "
+                f"runs in: the repository root)"
+            ) from None
         except ConfigError as err:
             values = " ".join(_args_no_hyphens(point))
             raise SweepError(f"{sweep.path}: training config {sweep.train_config} with {values}: {err}") from None
     return len(points)
+
+
+# ----------------------------------------------------------------------------- seed sweeps of a profile
+
+
+def seed_sweep(profile: str | Path, cell: str) -> dict:
+    """The wandb grid sweep over the seeds of one cell of a profile (``configs/profiles/``).
+
+    Every run trains what ``divebatch replicate PROFILE`` trains for that cell and seed (its
+    config, the profile's and experiment's overrides, ``data.path``, ``profile``), logging online,
+    in ``runs/sweeps/seeds_<experiment>_<method>/<wandb run id>``.
+
+    Args:
+        profile: a profile name or YAML path.
+        cell: ``EXPERIMENT/METHOD`` as in the profile's run directories, e.g. ``cifar10/divebatch``.
+    Returns:
+        The sweep configuration (a dict, as a sweep YAML holds it).
+    Raises:
+        SweepError: ``cell`` is not a cell of the profile (names the cells that are).
+        divebatch.replicate.ProfileError: a bad profile.
+    """
+    from divebatch import replicate
+
+    spec = replicate.load_profile(profile)
+    runs = replicate.expand(spec, Path("runs") / spec.name)
+    cells = list(dict.fromkeys(run.name.rpartition("/seed")[0] for run in runs))
+    mine = [run for run in runs if run.name.rpartition("/seed")[0] == cell]
+    if not mine:
+        raise SweepError(
+            f"invalid --seeds {spec.name}/{cell}; allowed: {spec.name}/EXPERIMENT/METHOD with "
+            f"EXPERIMENT/METHOD one of {' | '.join(cells)}"
+        )
+    # the profile's command line without what differs per run, and with what an agent needs
+    per_run = ("seed", "out_dir", "progress", "wandb.mode")
+    fixed = [o for o in mine[0].overrides if o.split("=", 1)[0] not in per_run]
+    name = f"seeds_{cell.replace('/', '_')}"
+    seeds = [run.seed for run in mine]
+    return {
+        "name": name,
+        "description": f"{cell} of profile {spec.name}, seeds {seeds} (divebatch sweep --seeds {spec.name}/{cell})",
+        "project": "divebatch",
+        "program": "src/divebatch/cli.py",
+        "method": "grid",
+        "metric": {"name": "best_val_acc", "goal": "maximize"},
+        "parameters": {"seed": {"values": seeds}},
+        "command": [
+            "divebatch",
+            "train",
+            mine[0].config,
+            *fixed,
+            "wandb.mode=online",
+            f"out_dir=runs/sweeps/{name}/${{oc.env:{RUN_ID_ENV}}}",
+            ARGS_MACRO,
+        ],
+    }
+
+
+def write_seed_sweep(spec: str, path: str | Path | None = None) -> Path:
+    """Write :func:`seed_sweep` of ``spec`` = ``PROFILE/EXPERIMENT/METHOD`` as a sweep YAML.
+
+    Args:
+        path: default ``runs/sweeps/seeds_<experiment>_<method>.yaml``.
+    Returns:
+        The path written.
+    Raises:
+        SweepError: ``spec`` has no ``/`` or names no cell of the profile.
+    """
+    profile, sep, cell = spec.partition("/")
+    if not sep or not cell:
+        raise SweepError(f"invalid --seeds {spec!r}; allowed: PROFILE/EXPERIMENT/METHOD, e.g. paper/cifar10/divebatch")
+    config = seed_sweep(profile, cell)
+    path = Path(path) if path is not None else Path("runs") / "sweeps" / f"{config['name']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"# Generated by divebatch sweep --seeds {spec} (configs/profiles/; docs/sweeps.md)\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
+    return path
 
 
 # ----------------------------------------------------------------------------- the agent's command
@@ -379,26 +490,32 @@ class SweepState:
         path = root / STATE_FILE
         if not path.exists():
             if root.exists() and any(root.iterdir()):
-                raise SweepError(f"--root {root} exists and holds files but no {STATE_FILE}; refusing to mix a "
-                                 f"sweep into it. Use another --root.")
+                raise SweepError(
+                    f"--root {root} exists and holds files but no {STATE_FILE}; refusing to mix a "
+                    f"sweep into it. Use another --root."
+                )
             return cls(sweep.name, sweep.config, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         try:
             raw = json.loads(path.read_text())
             state = cls(raw["name"], raw["sweep_config"], raw["created"], [RunRecord(**r) for r in raw["runs"]])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise SweepError(f"{path} is unreadable ({err}); it is left untouched. Use another --root.") from None
-        diffs = [k for k in ("method", "metric", "parameters", "command")
-                 if state.sweep_config.get(k) != sweep.config.get(k)]
+        diffs = [
+            k for k in ("method", "metric", "parameters", "command") if state.sweep_config.get(k) != sweep.config.get(k)
+        ]
         if diffs:
-            raise SweepError(f"{root} holds sweep {state.name!r} started from a different YAML ({', '.join(diffs)} "
-                             f"differ from {sweep.path}); use another --root, or restore the YAML to resume")
+            raise SweepError(
+                f"{root} holds sweep {state.name!r} started from a different YAML ({', '.join(diffs)} "
+                f"differ from {sweep.path}); use another --root, or restore the YAML to resume"
+            )
         return state
 
     def save(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps({**asdict(self), "runs": [asdict(r) for r in self.runs]}, indent=2,
-                                  default=_json_default) + "\n")
+        tmp.write_text(
+            json.dumps({**asdict(self), "runs": [asdict(r) for r in self.runs]}, indent=2, default=_json_default) + "\n"
+        )
         os.replace(tmp, root / STATE_FILE)
 
     def sweep_runs(self) -> list[RunRecord]:
@@ -435,18 +552,12 @@ def _seeded(key: str):
 
 
 def _read_run(run_dir: Path) -> tuple[dict | None, list[dict]]:
-    """(summary.json or None, metrics.csv rows as dicts with float values)."""
-    summary = None
-    if (run_dir / "summary.json").is_file():
-        with contextlib.suppress(OSError, ValueError):
-            summary = json.loads((run_dir / "summary.json").read_text())
+    """(summary.json or None, metrics.csv rows as dicts with float values, empty cells left out;
+    no rows when metrics.csv is missing or malformed)."""
     rows = []
-    if (run_dir / "metrics.csv").is_file():
-        import csv
-
-        with contextlib.suppress(OSError, ValueError), open(run_dir / "metrics.csv") as fh:
-            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
-    return summary, rows
+    with contextlib.suppress(ValueError):
+        rows = [{k: v for k, v in r.items() if v is not None} for r in rundir.read_metrics(run_dir)]
+    return rundir.read_summary(run_dir), rows
 
 
 def _metric(sweep: Sweep, summary: dict | None, rows: list[dict]) -> float | None:
@@ -465,8 +576,13 @@ def _metric(sweep: Sweep, summary: dict | None, rows: list[dict]) -> float | Non
 
 def _sweep_run(root: Path, rec: RunRecord) -> "sweeps.SweepRun":
     summary, rows = _read_run(root / rec.name)
-    return sweeps.SweepRun(name=rec.name, state=rec.state, config={k: {"value": v} for k, v in rec.params.items()},
-                           summary_metrics=summary or {}, history=rows)
+    return sweeps.SweepRun(
+        name=rec.name,
+        state=rec.state,
+        config={k: {"value": v} for k, v in rec.params.items()},
+        summary_metrics=summary or {},
+        history=rows,
+    )
 
 
 def baseline_params(sweep: Sweep) -> list[dict]:
@@ -498,12 +614,27 @@ def local_command(sweep: Sweep, params: dict, out_dir: Path, wandb_mode: str = "
     (``wandb.mode``, ``wandb.group=<sweep name>``, ``out_dir``, ``progress=false``; the last value of a
     key wins in an omegaconf dotlist)."""
     argv = agent_command(sweep.config, {k: {"value": v} for k, v in params.items()})
-    return [sys.executable, "-m", "divebatch", *argv[sweep.train_index:], f"wandb.mode={wandb_mode}",
-            f"wandb.group={sweep.name}", f"out_dir={out_dir}", "progress=false"]
+    return [
+        sys.executable,
+        "-m",
+        "divebatch",
+        *argv[sweep.train_index :],
+        f"wandb.mode={wandb_mode}",
+        f"wandb.group={sweep.name}",
+        f"out_dir={out_dir}",
+        "progress=false",
+    ]
 
 
-def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = None, jobs: int = 1,
-              wandb_mode: str = "offline", baseline: bool = True, check_data: bool = True) -> SweepState:
+def run_local(
+    sweep: Sweep,
+    root: str | Path | None = None,
+    count: int | None = None,
+    jobs: int = 1,
+    wandb_mode: str = "offline",
+    baseline: bool = True,
+    check_data: bool = True,
+) -> SweepState:
     """Run a sweep on this machine (see module docstring) and return its final state.
 
     Unfinished runs of an earlier invocation go first (the trainer resumes them from their
@@ -530,16 +661,20 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
         raise SweepError(f"invalid --jobs {jobs}; allowed: an integer >= 1")
     cap = count if count is not None else sweep.config.get("run_cap")
     if sweep.method != "grid" and cap is None:
-        raise SweepError(f"{sweep.path}: method={sweep.method!r} never runs out of proposals; allowed: give "
-                         f"--count N (or run_cap in the YAML)")
-    root = Path(root) if root is not None else Path("runs") / "sweeps" / sweep.name
+        raise SweepError(
+            f"{sweep.path}: method={sweep.method!r} never runs out of proposals; allowed: give "
+            f"--count N (or run_cap in the YAML)"
+        )
+    root = Path(root) if root is not None else rundir.runs_path("sweeps", sweep.name)
     driver_extra = [f"wandb.mode={wandb_mode}", f"out_dir={root / 'check'}", "progress=false"]
     n_checked = check_values(sweep, driver_extra, check_data=check_data)
     state = SweepState.load_or_create(root, sweep)
     grid_size = len(grid_points(sweep)) if sweep.method == "grid" else None
     total = min(x for x in (grid_size, cap) if x is not None)
-    _say(f"[sweep] {sweep.name}: {sweep.method} search, {len(state.sweep_runs())}/{total} run(s) so far in {root} "
-          f"({n_checked} config(s) validated)")
+    _say(
+        f"[sweep] {sweep.name}: {sweep.method} search, {len(state.sweep_runs())}/{total} run(s) so far in {root} "
+        f"({n_checked} config(s) validated)"
+    )
 
     if baseline and sweep.is_sensitivity and (sweep.config.get("parameters", {}).get("method.name") is None):
         for params in baseline_params(sweep):
@@ -574,8 +709,11 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
     def tasks():  # unfinished runs first, then proposals, each made only when a slot frees
         for rec in itertools.chain([r for r in state.runs if r.state != "finished"], iter(propose, None)):
             records[rec.name] = rec
-            yield launch.Task(rec.name, local_command(sweep, rec.params, root / rec.name, wandb_mode),
-                              root / "logs" / f"{rec.name}.log")
+            yield launch.Task(
+                rec.name,
+                local_command(sweep, rec.params, root / rec.name, wandb_mode),
+                root / "logs" / f"{rec.name}.log",
+            )
 
     def start(t: launch.Task) -> None:
         records[t.name].state = "running"
@@ -596,8 +734,11 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
         else:
             rec.state = "failed"
             failed += 1
-            _say(f"[sweep] {rec.name} failed (exit {t.returncode}); last lines of {t.log}:\n"
-                 f"{launch.tail(t.log, 8, '    ')}", file=sys.stderr)
+            _say(
+                f"[sweep] {rec.name} failed (exit {t.returncode}); last lines of {t.log}:\n"
+                f"{launch.tail(t.log, 8, '    ')}",
+                file=sys.stderr,
+            )
         state.save(root)
 
     try:
@@ -607,8 +748,10 @@ def run_local(sweep: Sweep, root: str | Path | None = None, count: int | None = 
         raise
     write_results(state, root, sweep)
     done = sum(r.state == "finished" for r in state.runs)
-    _say(f"[sweep] {sweep.name}: {done}/{len(state.runs)} run(s) finished, {failed} failed in this invocation; "
-          f"state in {root / STATE_FILE}")
+    _say(
+        f"[sweep] {sweep.name}: {done}/{len(state.runs)} run(s) finished, {failed} failed in this invocation; "
+        f"state in {root / STATE_FILE}"
+    )
     return state
 
 
@@ -617,10 +760,21 @@ def write_results(state: SweepState, root: Path, sweep: Sweep) -> Path:
     first when the sweep has a metric."""
     import pandas as pd
 
-    metric = (sweep.config.get("metric") or {})
+    metric = sweep.config.get("metric") or {}
     params = list(dict.fromkeys([*sweep.params, *(k for r in state.runs for k in r.params)]))
-    df = pd.DataFrame([{"run": r.name, "role": r.role, "state": r.state, metric.get("name", "metric"): r.metric,
-                        **{k: r.params.get(k) for k in params}, "seconds": r.seconds} for r in state.runs])
+    df = pd.DataFrame(
+        [
+            {
+                "run": r.name,
+                "role": r.role,
+                "state": r.state,
+                metric.get("name", "metric"): r.metric,
+                **{k: r.params.get(k) for k in params},
+                "seconds": r.seconds,
+            }
+            for r in state.runs
+        ]
+    )
     df[params] = df[params].convert_dtypes()  # an int parameter stays int next to runs without it
     if metric.get("name") and len(df):
         df = df.sort_values(metric["name"], ascending=metric.get("goal") != "maximize", na_position="last")
@@ -647,8 +801,10 @@ def report(root: str | Path, out: str | Path = ".") -> list[Path]:
         res = analyse(runs.select(profile), profile, Path(out) / "paper_tables" / profile / VERDICT_FILE)
         written += write_report(res, out, roots=[str(root)])
         if res.sensitivity is not None:
-            _say(f"[sweep] sensitivity table: {Path(out) / 'paper_tables' / profile / 'sensitivity.md'}; "
-                  f"figure: {Path(out) / 'figures' / profile / 'sensitivity.png'}")
+            _say(
+                f"[sweep] sensitivity table: {Path(out) / 'paper_tables' / profile / 'sensitivity.md'}; "
+                f"figure: {Path(out) / 'figures' / profile / 'sensitivity.png'}"
+            )
     return written
 
 
@@ -656,53 +812,101 @@ def report(root: str | Path, out: str | Path = ".") -> list[Path]:
 
 
 def _online_help(sweep: Sweep) -> str:
-    lines = ["online (logged-in wandb user; run from the repository root, on every machine):",
-             f"  uv run wandb sweep {sweep.path}            # prints SWEEP_ID",
-             "  CUDA_VISIBLE_DEVICES=0 uv run wandb agent ENTITY/PROJECT/SWEEP_ID   # one agent per GPU"]
+    lines = [
+        "online (logged-in wandb user; run from the repository root, on every machine):",
+        f"  uv run wandb sweep {sweep.path}            # prints SWEEP_ID",
+        "  CUDA_VISIBLE_DEVICES=0 uv run wandb agent ENTITY/PROJECT/SWEEP_ID   # one agent per GPU",
+    ]
     if sweep.is_sensitivity:
         root = Path(_fixed_value(sweep.fixed, "out_dir")).parent
         for params in baseline_params(sweep):
-            argv = ["divebatch", "train", sweep.train_config, *[f for f in sweep.fixed if not f.startswith("out_dir=")],
-                    *[f"{k}={v}" for k, v in params.items()], f"out_dir={root / _baseline_name(params)}"]
+            argv = [
+                "divebatch",
+                "train",
+                sweep.train_config,
+                *[f for f in sweep.fixed if not f.startswith("out_dir=")],
+                *[f"{k}={v}" for k, v in params.items()],
+                f"out_dir={root / _baseline_name(params)}",
+            ]
             lines.append(f"  SGD reference, once: uv run {shlex.join(argv)}")
-    lines += ["offline (no network; wandb logs offline, `wandb sync` later):",
-              f"  uv run divebatch sweep {sweep.path} --local [--jobs N] [--count N]"]
+    lines += [
+        "offline (no network; wandb logs offline, `wandb sync` later):",
+        f"  uv run divebatch sweep {sweep.path} --local [--jobs N] [--count N]",
+    ]
     return "\n".join(lines)
 
 
 def cli(argv: list[str]) -> int:
-    """``divebatch sweep SWEEP.yaml [--local [--count N] [--jobs N] [--root DIR]] [--report]``."""
+    """``divebatch sweep SWEEP.yaml [--local [--count N] [--jobs N] [--root DIR]] [--report]``, or
+    ``divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD [--write PATH] [--local ...]`` (:func:`seed_sweep`)."""
     p = argparse.ArgumentParser(
         prog="divebatch sweep",
         description="Validate a wandb sweep YAML; with --local, run it on this machine without network "
-                    "(wandb's sweeps engine proposes, runs log to wandb offline); then report.")
-    p.add_argument("sweep", help="wandb sweep YAML, e.g. configs/sweeps/smoke_sensitivity.yaml")
+        "(wandb's sweeps engine proposes, runs log to wandb offline); then report.",
+    )
+    p.add_argument("sweep", nargs="?", help="wandb sweep YAML, e.g. configs/sweeps/smoke_sensitivity.yaml")
+    p.add_argument(
+        "--seeds",
+        metavar="PROFILE/EXPERIMENT/METHOD",
+        help="instead of a YAML: the grid over the profile's seeds of one of its cells (e.g. "
+        "paper/cifar10/divebatch), written to --write (then as a sweep YAML)",
+    )
+    p.add_argument(
+        "--write",
+        default=None,
+        metavar="PATH",
+        help="with --seeds: where to write it (default: runs/sweeps/seeds_<experiment>_<method>.yaml)",
+    )
     p.add_argument("--local", action="store_true", help="run the sweep here (offline); rerun to resume")
-    p.add_argument("--count", type=int, default=None,
-                   help="total sweep runs in the root (default: the whole grid, or run_cap)")
+    p.add_argument(
+        "--count", type=int, default=None, help="total sweep runs in the root (default: the whole grid, or run_cap)"
+    )
     p.add_argument("--jobs", type=int, default=1, help="trainings at once (GPUs: one each, round-robin)")
     p.add_argument("--root", default=None, help="sweep root (default: runs/sweeps/<sweep name>)")
-    p.add_argument("--wandb-mode", default="offline", choices=("offline", "disabled"),
-                   help="wandb mode of the local runs (default: offline)")
-    p.add_argument("--no-baseline", action="store_true",
-                   help="sensitivity sweeps: skip the small-batch SGD reference runs")
-    p.add_argument("--report", action="store_true",
-                   help="only write the tables and figures of the runs in the root (done after --local anyway)")
+    p.add_argument(
+        "--wandb-mode",
+        default="offline",
+        choices=("offline", "disabled"),
+        help="wandb mode of the local runs (default: offline)",
+    )
+    p.add_argument(
+        "--no-baseline", action="store_true", help="sensitivity sweeps: skip the small-batch SGD reference runs"
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="only write the tables and figures of the runs in the root (done after --local anyway)",
+    )
     p.add_argument("--no-report", action="store_true", help="--local without the report at the end")
     p.add_argument("--out", default=".", help="root of paper_tables/<profile>/ and figures/<profile>/ (default: .)")
     args = p.parse_args(argv)
+    if (args.sweep is None) == (args.seeds is None):
+        p.error("give a sweep YAML or --seeds PROFILE/EXPERIMENT/METHOD (one of the two)")
     try:
+        if args.seeds:
+            from divebatch.replicate import ProfileError
+
+            try:
+                args.sweep = str(write_seed_sweep(args.seeds, args.write))
+            except ProfileError as err:
+                raise SweepError(str(err)) from None
+            print(f"[sweep] wrote {args.sweep}")
         sweep = load_sweep(args.sweep)
-        root = Path(args.root) if args.root else Path("runs") / "sweeps" / sweep.name
+        root = Path(args.root) if args.root else rundir.runs_path("sweeps", sweep.name)
         if args.report:
             report(root, args.out)
             return 0
         if not args.local:
             n = check_values(sweep, check_data=False)
-            size = f"{len(grid_points(sweep))} runs" if sweep.method == "grid" else \
-                f"run_cap {sweep.config.get('run_cap', 'none')}"
-            print(f"{sweep.path}: valid wandb sweep '{sweep.name}' ({sweep.method}, {size}; {n} training config(s) "
-                  f"checked against {sweep.train_config}; profile {sweep.profile})")
+            size = (
+                f"{len(grid_points(sweep))} runs"
+                if sweep.method == "grid"
+                else f"run_cap {sweep.config.get('run_cap', 'none')}"
+            )
+            print(
+                f"{sweep.path}: valid wandb sweep '{sweep.name}' ({sweep.method}, {size}; {n} training config(s) "
+                f"checked against {sweep.train_config}; profile {sweep.profile})"
+            )
             print(_online_help(sweep))
             return 0
         if sweep.config.get("early_terminate"):
@@ -718,7 +922,10 @@ def cli(argv: list[str]) -> int:
         try:
             report(root, args.out)
         except Exception as err:  # the runs are safe on disk; the report can be redone alone
-            print(f"divebatch sweep: report failed ({type(err).__name__}: {err}); rerun it with "
-                  f"`divebatch sweep {args.sweep} --report` or `divebatch report {root}`", file=sys.stderr)
+            print(
+                f"divebatch sweep: report failed ({type(err).__name__}: {err}); rerun it with "
+                f"`divebatch sweep {args.sweep} --report` or `divebatch report {root}`",
+                file=sys.stderr,
+            )
             status = 1
     return status

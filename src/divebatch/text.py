@@ -48,7 +48,7 @@ def sequences(ids: np.ndarray, seq_len: int) -> tuple[Tensor, Tensor]:
     """
     n = (len(ids) - 1) // seq_len
     x = torch.from_numpy(ids[: n * seq_len].reshape(n, seq_len).copy())
-    y = torch.from_numpy(ids[1: n * seq_len + 1].reshape(n, seq_len).copy())
+    y = torch.from_numpy(ids[1 : n * seq_len + 1].reshape(n, seq_len).copy())
     return x, y
 
 
@@ -74,18 +74,23 @@ def text_bundle(cfg):
 
     path, seq_len = Path(cfg.path), int(cfg.seq_len)
     if not path.is_file():
-        raise DataNotFoundError(f"data.path={str(path)!r} is not a file; data.name=text needs a plain-text file, "
-                                f"e.g. ../shared/data/tinyshakespeare.txt")
+        raise DataNotFoundError(
+            f"data.path={str(path)!r} is not a file; data.name=text needs a plain-text file, "
+            f"e.g. ../shared/data/tinyshakespeare.txt"
+        )
     try:
         content = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"data.path={str(path)!r} is not UTF-8 text ({err}); "
-                        f"data.name=text needs a plain-text file") from None
+        raise DataError(
+            f"data.path={str(path)!r} is not UTF-8 text ({err}); data.name=text needs a plain-text file"
+        ) from None
     cut = split_point(len(content))
     if cut - 1 < seq_len or len(content) - cut - 1 < seq_len:
-        raise DataError(f"data.path={str(path)!r} has {len(content)} characters: {cut} for training and "
-                        f"{len(content) - cut} for validation; each part needs more than data.seq_len={seq_len} "
-                        f"(allowed: a longer file or a smaller data.seq_len)")
+        raise DataError(
+            f"data.path={str(path)!r} has {len(content)} characters: {cut} for training and "
+            f"{len(content) - cut} for validation; each part needs more than data.seq_len={seq_len} "
+            f"(allowed: a longer file or a smaller data.seq_len)"
+        )
     ids, vocab = encode(content)
     x_tr, y_tr = sequences(ids[:cut], seq_len)
     x_te, y_te = sequences(ids[cut:], seq_len)

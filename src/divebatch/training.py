@@ -24,17 +24,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from divebatch import distributed, provenance
-from divebatch.config import NO_BACKPACK_MODELS, ConfigError, config_diffs, load_config, to_yaml
+from divebatch.config import NO_BACKPACK_MODELS, ConfigError, load_config, to_yaml
+from divebatch.controller import BatchSizeController, accumulate_step, micro_batch_plan, micro_batch_weight  # noqa: F401
 from divebatch.data import DataError, build_data, fixed_subset_indices, make_loaders, reference_batches, resolve_loader
-from divebatch.diversity import build_estimator
 from divebatch.models import build_model
 from divebatch.optimizers import build_optimizer
-from divebatch.policies import build_policy, step_lr
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
-                  "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
-class RunDirError(RuntimeError):
-    """The run directory holds something that the requested run must not overwrite or cannot use."""
+# the run-directory format lives in divebatch.rundir; its names stay importable from here
+from divebatch.rundir import METRIC_COLUMNS, RunDir, RunDirError  # noqa: F401
+from divebatch.rundir import atomic_write as _atomic_write
 
 
 class TrainingOutOfMemory(RuntimeError):
@@ -44,79 +42,6 @@ class TrainingOutOfMemory(RuntimeError):
 
 # the most runs that share this process's GPU (set by divebatch.launch.Pool), for the message above
 RUNS_PER_GPU_ENV = "DIVEBATCH_RUNS_PER_GPU"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-class RunDir:
-    """The files of one run: config.yaml, manifest.json, metrics.csv, summary.json, checkpoint.pt."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.config, self.manifest = self.path / "config.yaml", self.path / "manifest.json"
-        self.metrics, self.summary = self.path / "metrics.csv", self.path / "summary.json"
-        self.checkpoint = self.path / "checkpoint.pt"
-
-    def prepare(self, cfg: DictConfig) -> list[str]:
-        """Create the folder and write config.yaml, or check that an existing run has the same config
-        (keys in ``config.RUNTIME_KEYS``, e.g. ``method.max_micro_batch``, may change; config.yaml
-        then holds the new values).
-
-        Returns:
-            The runtime keys that changed, as ``key: old -> new`` (empty for a new run).
-        Raises:
-            RunDirError: the folder holds a run with another config, or results without a config.
-        """
-        self.path.mkdir(parents=True, exist_ok=True)
-        changed = []
-        if self.config.exists():
-            old = OmegaConf.load(self.config)
-            changed = [d for d in config_diffs(old, cfg, runtime=True) if d.startswith("method.")]
-            diffs = config_diffs(old, cfg)
-            if diffs:
-                raise RunDirError(f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
-                                  f"Use another out_dir, or delete that folder to start over.")
-        elif self.metrics.exists() or self.checkpoint.exists():
-            raise RunDirError(f"out_dir={str(self.path)!r} holds results but no config.yaml; refusing to overwrite them.")
-        _atomic_write(self.config, lambda p: p.write_text(to_yaml(cfg)))
-        return changed
-
-    def load_checkpoint(self) -> dict | None:
-        """The latest checkpoint, or None for a fresh run.
-
-        Raises:
-            RunDirError: metrics exist without a checkpoint, or the checkpoint is truncated/corrupt.
-        """
-        if not self.checkpoint.exists():
-            if self.metrics.exists() and len(self.metrics.read_text().splitlines()) > 1:
-                raise RunDirError(f"{self.metrics} has finished epochs but {self.checkpoint.name} is missing; "
-                                  f"refusing to restart over existing metrics. Delete the folder to start over.")
-            return None
-        try:
-            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises several types for truncated/corrupt zip files
-            raise RunDirError(f"checkpoint {self.checkpoint} is unreadable ({type(err).__name__}: {err}). It is left "
-                              f"untouched; delete the run folder to start over.") from None
-
-    def save_checkpoint(self, state: dict) -> None:
-        _atomic_write(self.checkpoint, lambda p: torch.save(state, p))
-
-    def write_metrics(self, rows: list[dict]) -> None:
-        def fmt(v):
-            return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
-        lines = [",".join(METRIC_COLUMNS)] + [",".join(fmt(r[c]) for c in METRIC_COLUMNS) for r in rows]
-        _atomic_write(self.metrics, lambda p: p.write_text("\n".join(lines) + "\n"))
-
-    def write_json(self, path: Path, obj: dict) -> None:
-        _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
-
-    def read_summary(self) -> dict | None:
-        return json.loads(self.summary.read_text()) if self.summary.exists() else None
 
 
 class WandbLogger:
@@ -131,15 +56,29 @@ class WandbLogger:
 
         # Under `wandb agent` the sweep's run already exists and wandb.init joins it through
         # WANDB_SWEEP_ID / WANDB_RUN_ID: pass no id, project or entity of ours (divebatch.sweeps).
-        where = {} if os.environ.get("WANDB_SWEEP_ID") else dict(project=cfg.wandb.project, entity=cfg.wandb.entity,
-                                                                 id=run_id)
+        where = (
+            {}
+            if os.environ.get("WANDB_SWEEP_ID")
+            else dict(project=cfg.wandb.project, entity=cfg.wandb.entity, id=run_id)
+        )
         if os.environ.get("WANDB_SWEEP_ID") and cfg.wandb.mode != "online":
-            print(f"[divebatch] warning: running under a wandb sweep agent with wandb.mode={cfg.wandb.mode}; "
-                  f"the sweep will not see this run's metrics (allowed for sweeps: wandb.mode=online)", file=sys.stderr)
+            print(
+                f"[divebatch] warning: running under a wandb sweep agent with wandb.mode={cfg.wandb.mode}; "
+                f"the sweep will not see this run's metrics (allowed for sweeps: wandb.mode=online)",
+                file=sys.stderr,
+            )
         try:
-            self.run = wandb.init(group=cfg.wandb.group, name=cfg.wandb.name or run_dir.name, tags=list(cfg.wandb.tags),
-                                  config=OmegaConf.to_container(cfg, resolve=True), dir=str(run_dir),
-                                  mode=cfg.wandb.mode, resume="allow", reinit="finish_previous", **where)
+            self.run = wandb.init(
+                group=cfg.wandb.group,
+                name=cfg.wandb.name or run_dir.name,
+                tags=list(cfg.wandb.tags),
+                config=OmegaConf.to_container(cfg, resolve=True),
+                dir=str(run_dir),
+                mode=cfg.wandb.mode,
+                resume="allow",
+                reinit="finish_previous",
+                **where,
+            )
         except Exception as err:  # logging must never cost a training run
             print(f"[divebatch] warning: wandb.init failed ({err}); continuing without wandb", file=sys.stderr)
 
@@ -191,46 +130,27 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def micro_batch_plan(batch: int, max_micro_batch: int, estimator=None, split_above: int | None = None) -> list[int]:
-    """Micro-batch sizes (samples) of one optimizer step of ``batch`` samples.
-
-    A batch larger than ``split_above`` (default ``max_micro_batch``) is cut into chunks of
-    ``max_micro_batch``, the last one smaller, as the authors split (their Tiny-ImageNet SGD and
-    AdaBatch trainer splits only above 1024, into chunks of 512: ``fidelity.split_above``,
-    docs/protocol.md); an estimator with ``micro_batch_sizes`` (the micro-batch estimator needs
-    >= 2 parts) decides instead.
-    """
-    if estimator is not None and hasattr(estimator, "micro_batch_sizes"):
-        return estimator.micro_batch_sizes(batch, max_micro_batch)
-    if batch <= (split_above or max_micro_batch):
-        return [batch]
-    return [min(max_micro_batch, batch - start) for start in range(0, batch, max_micro_batch)]
-
-
-def micro_batch_weight(rule: str, micro: int, batch: int, chunks: int) -> float:
-    """Factor on a micro-batch's mean loss so that the step's gradients add up to one update.
-
-    ``per_sample`` (clean): ``b / B``, so the step's gradient is the batch's mean gradient for any
-    chunk sizes. ``per_chunk`` (authors' code, ``fidelity.micro_batch_loss``): ``1 / k`` for k
-    chunks, which weights the samples of a smaller last chunk more (docs/protocol.md).
-
-    Args:
-        micro: b, the chunk's samples; batch: B, the step's samples; chunks: k.
-    Returns:
-        the factor (dimensionless); each sample's weight in the step's loss is ``factor / b``.
-    """
-    return micro / batch if rule == "per_sample" else 1.0 / chunks
-
-
-def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, estimator=None, warmup=None,
-                    autocast=contextlib.nullcontext, desc: str = "", progress: bool = True,
-                    split_above: int | None = None, micro_batch_loss: str = "per_sample") -> dict:
-    """One pass over the training data; batches above ``split_above`` (default ``max_micro_batch``)
-    are split into chunks of ``max_micro_batch`` and their gradients accumulated into one optimizer
-    step, each chunk's loss weighted by :func:`micro_batch_weight`. Statistics stay on the device
-    until the end. With an ``estimator`` (a measured epoch) the loop runs inside
-    ``estimator.measuring(model)`` and the estimator may choose the micro-batch sizes
-    (:func:`micro_batch_plan`; its own plans always use ``per_sample`` weights).
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    criterion,
+    max_micro_batch: int,
+    estimator=None,
+    warmup=None,
+    autocast=contextlib.nullcontext,
+    desc: str = "",
+    progress: bool = True,
+    split_above: int | None = None,
+    micro_batch_loss: str = "per_sample",
+) -> dict:
+    """One pass over the training data, each step's gradients by
+    :func:`divebatch.controller.accumulate_step` (batches above ``split_above``, default
+    ``max_micro_batch``, split into chunks of ``max_micro_batch``, each chunk's loss weighted by
+    :func:`~divebatch.controller.micro_batch_weight`). Statistics stay on the device until the end.
+    With an ``estimator`` (a measured epoch) the loop runs inside ``estimator.measuring(model)``
+    and the estimator may choose the micro-batch sizes (its own plans always use ``per_sample``
+    weights).
 
     Returns:
         dict with train_loss (mean per sample), train_acc (percent; of the predicted positions for
@@ -248,36 +168,35 @@ def train_one_epoch(model, loader, optimizer, criterion, max_micro_batch: int, e
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
             batch = len(y) if shares is None else shares[steps]
             optimizer.zero_grad(set_to_none=True)
-            plan = micro_batch_plan(len(y), max_micro_batch, estimator, split_above)
-            n_micro = len(plan)
-            rule = "per_sample" if hasattr(estimator, "micro_batch_sizes") else micro_batch_loss
-            for j, (xm, ym) in enumerate(zip(x.split(plan), y.split(plan))):
-                with distributed.sync_gradients(model, j == n_micro - 1):  # DDP: one all-reduce per step
-                    with autocast():
-                        out = model(xm)
-                        loss = criterion(out, ym)
-                    # data-parallel: len(y) is this rank's share, batch the global batch
-                    weight = micro_batch_weight(rule, len(ym), len(y), n_micro) * len(y) / batch
-                    scaled = loss * weight
-                    if estimator is not None:  # sample i's gradient in `scaled` is g_i / (len(ym) / weight)
-                        if hasattr(estimator, "observe"):  # exact_func recomputes per-sample gradients
-                            estimator.observe(xm, ym)
-                        estimator.backward(model, scaled, batch, len(ym) / weight)
-                    else:
-                        scaled.backward()
-                loss_sum += loss.detach().float() * len(ym)
-                correct += (out.argmax(1) == ym).sum()
-                positions = ym[0].numel()
-            if estimator is not None:
-                estimator.step_end(model, batch)
+            step = accumulate_step(
+                model,
+                x,
+                y,
+                criterion,
+                estimator,
+                max_micro_batch,
+                split_above=split_above,
+                micro_batch_loss=micro_batch_loss,
+                autocast=autocast,
+                sync=distributed.sync_gradients,
+                global_batch=batch,
+            )
+            loss_sum += step.loss_sum
+            correct += step.correct
+            positions = step.positions
             lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (changes within warm-up epochs)
             optimizer.step()
             if warmup is not None:
                 warmup.step()
             samples += batch
             steps += 1
-    return {"train_loss": loss_sum.item() / samples, "train_acc": 100.0 * correct.item() / (samples * positions),
-            "steps": steps, "samples": samples, "lr": lr}
+    return {
+        "train_loss": loss_sum.item() / samples,
+        "train_acc": 100.0 * correct.item() / (samples * positions),
+        "steps": steps,
+        "samples": samples,
+        "lr": lr,
+    }
 
 
 @torch.no_grad()
@@ -297,8 +216,9 @@ def evaluate(model, loader, criterion, autocast=contextlib.nullcontext) -> tuple
     return loss_sum.item() / n, 100.0 * correct.item() / predicted
 
 
-def out_of_memory_message(err: BaseException, cfg: DictConfig, epoch: int, batch_size: int, micro_batch: int,
-                          phase: str, epochs_done: int) -> str:
+def out_of_memory_message(
+    err: BaseException, cfg: DictConfig, epoch: int, batch_size: int, micro_batch: int, phase: str, epochs_done: int
+) -> str:
     """The error shown for a CUDA out-of-memory error in ``phase`` (``training`` or ``evaluation``)
     of ``epoch`` (0-based): batch size and micro-batch size in samples, the setting to lower with a
     value to try, and that rerunning resumes from the last finished epoch."""
@@ -306,17 +226,22 @@ def out_of_memory_message(err: BaseException, cfg: DictConfig, epoch: int, batch
     lower = max(1, min(cap, micro_batch) // 2)
     shared = os.environ.get(RUNS_PER_GPU_ENV)
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    where = (f"batch size {batch_size}, micro-batch size {micro_batch} (method.max_micro_batch={cap})"
-             if phase == "training" else f"evaluation batch size {micro_batch}; training batch size {batch_size}, "
-             f"method.max_micro_batch={cap}")
-    lines = [f"CUDA out of memory in epoch {epoch + 1}/{cfg.epochs} ({phase}; {where}): {first}",
-             f"Lower method.max_micro_batch (now {cap}), e.g. method.max_micro_batch={lower} "
-             f"(divebatch replicate: --set method.max_micro_batch={lower}), and rerun the same command: the run "
-             f"resumes from its last finished epoch ({epochs_done}/{cfg.epochs}); a changed method.max_micro_batch "
-             f"does not refuse the resume (the micro-batch gradients add up to the same optimizer step)."]
+    where = (
+        f"batch size {batch_size}, micro-batch size {micro_batch} (method.max_micro_batch={cap})"
+        if phase == "training"
+        else f"evaluation batch size {micro_batch}; training batch size {batch_size}, method.max_micro_batch={cap}"
+    )
+    lines = [
+        f"CUDA out of memory in epoch {epoch + 1}/{cfg.epochs} ({phase}; {where}): {first}",
+        f"Lower method.max_micro_batch (now {cap}), e.g. method.max_micro_batch={lower} "
+        f"(divebatch replicate: --set method.max_micro_batch={lower}), and rerun the same command: the run "
+        f"resumes from its last finished epoch ({epochs_done}/{cfg.epochs}); a changed method.max_micro_batch "
+        f"does not refuse the resume (the micro-batch gradients add up to the same optimizer step).",
+    ]
     if shared and shared != "1":
-        lines.append(f"Up to {shared} runs share this GPU: fewer (divebatch replicate --runs-per-gpu) leave each more "
-                     f"memory.")
+        lines.append(
+            f"Up to {shared} runs share this GPU: fewer (divebatch replicate --runs-per-gpu) leave each more memory."
+        )
     return "\n".join(lines)
 
 
@@ -350,35 +275,47 @@ def train(cfg: DictConfig) -> dict:
 
     bundle = build_data(cfg.data)
     fid = cfg.fidelity  # where the authors' code differs from the method (docs/protocol.md)
-    model = build_model(cfg.model.name, fid.head_classes or bundle.num_classes, bundle.in_channels,
-                        bundle.image_size, cfg.model.width, depth=cfg.model.depth, heads=cfg.model.heads)
-    policy = build_policy(cfg.method, bundle.n_train)
-    estimator = (build_estimator(cfg.method.diversity_estimator, cfg.method.micro_batches, fid.running_grad_sum,
-                                 cfg.method.fixed_point_samples, cfg.model.name not in NO_BACKPACK_MODELS)
-                 if cfg.method.name == "divebatch" else None)
-    if estimator is not None:
-        model = estimator.prepare(model)
-    if hasattr(estimator, "attach"):  # fixed_point: a fixed subset of the training set, no augmentation
-        subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)
-        estimator.attach(reference_batches(bundle, subset, cfg.method.max_micro_batch, device), bundle.n_train)
+    model = build_model(
+        cfg.model.name,
+        fid.head_classes or bundle.num_classes,
+        bundle.in_channels,
+        bundle.image_size,
+        cfg.model.width,
+        depth=cfg.model.depth,
+        heads=cfg.model.heads,
+    )
+    # the method itself (batch size, diversity, resize, lr rescaling): the library API of divebatch.controller
+    ctl = BatchSizeController.from_config(cfg, bundle.n_train, backpack=cfg.model.name not in NO_BACKPACK_MODELS)
+    model = ctl.prepare(model)
+    if cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "fixed_point":
+        subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)  # no augmentation
+        ctl.attach_reference(reference_batches(bundle, subset, cfg.method.max_micro_batch, device))
     shadow = None
     if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.shadow)
         from divebatch.shadow import ShadowRecorder
 
-        shadow = ShadowRecorder(cfg.shadow, cfg.method.fixed_point_samples, bundle, device, cfg.seed,
-                                cfg.method.resize_freq, cfg.method.max_micro_batch)
+        shadow = ShadowRecorder(
+            cfg.shadow,
+            cfg.method.fixed_point_samples,
+            bundle,
+            device,
+            cfg.seed,
+            cfg.method.resize_freq,
+            cfg.method.max_micro_batch,
+        )
         model = shadow.prepare(model)
     model = model.to(device, memory_format=torch.channels_last if cfg.speed.channels_last else torch.preserve_format)
     eager_model = ctx.wrap(model)  # DDP in a process group
     forward_model = torch.compile(eager_model) if cfg.speed.compile else eager_model
     loader = resolve_loader(cfg.data.loader, bundle)
     generator = torch.Generator(device=device if loader == "device" else "cpu").manual_seed(cfg.seed)
-    train_loader, test_loader = make_loaders(bundle, cfg.data, policy.batch_size, device, generator, loader)
+    train_loader, test_loader = make_loaders(bundle, cfg.data, ctl.batch_size, device, generator, loader)
     train_loader, test_loader = distributed.shard_loaders(train_loader, test_loader, bundle, ctx)
     optimizer = build_optimizer(cfg.optim, model.parameters())  # optim.name: sgd | adamw
     # authors' CIFAR-100 code: the warm-up scheduler is built but never stepped (warm-up epochs at lr 0)
-    scheduler, warmup = build_schedulers(cfg.optim, optimizer, cfg.epochs, len(train_loader),
-                                         linear_warmup=not fid.warmup_at_lr_zero)
+    scheduler, warmup = build_schedulers(
+        cfg.optim, optimizer, cfg.epochs, len(train_loader), linear_warmup=not fid.warmup_at_lr_zero
+    )
     criterion = nn.CrossEntropyLoss()
     use_bf16 = cfg.speed.bf16 and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -387,9 +324,18 @@ def train(cfg: DictConfig) -> dict:
     history, counters = [], {"optimizer_steps": 0, "samples_seen": 0, "wall_time_s": 0.0}
     if state is None:
         start_epoch, run_id = 0, uuid.uuid4().hex[:12]
-        run.write_json(run.manifest, provenance.manifest(device, cfg.seed, wandb_id=run_id, n_train=bundle.n_train,
-                                                         command=" ".join(sys.argv), resumes=[],
-                                                         distributed=ctx.describe()))
+        run.write_json(
+            run.manifest,
+            provenance.manifest(
+                device,
+                cfg.seed,
+                wandb_id=run_id,
+                n_train=bundle.n_train,
+                command=" ".join(sys.argv),
+                resumes=[],
+                distributed=ctx.describe(),
+            ),
+        )
         _log(f"{run.path}: started ({cfg.method.name}, {cfg.data.name}, {cfg.model.name}, seed {cfg.seed}, {device})")
     else:
         model.load_state_dict(state["model"])
@@ -397,7 +343,7 @@ def train(cfg: DictConfig) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         if warmup is not None:
             warmup.load_state_dict(state["warmup"])
-        policy.load_state_dict(state["policy"])
+        ctl.load_state_dict(state["policy"])
         if shadow is not None:
             shadow.load_state_dict(state.get("shadow"))
             shadow.write(run.path, _atomic_write)
@@ -406,20 +352,24 @@ def train(cfg: DictConfig) -> dict:
         start_epoch, history, counters = state["next_epoch"], state["history"], state["counters"]
         manifest = json.loads(run.manifest.read_text()) if ctx.is_main else {"wandb_id": None, "resumes": []}
         run_id = manifest["wandb_id"]
-        manifest["resumes"].append({"epoch": start_epoch, "time": provenance.manifest(device, cfg.seed)["start_time"],
-                                    "commit": provenance.git_commit(), "device": provenance.device_description(device),
-                                    **({"changed": changed} if changed else {})})
+        manifest["resumes"].append(
+            {
+                "epoch": start_epoch,
+                "time": provenance.manifest(device, cfg.seed)["start_time"],
+                "commit": provenance.git_commit(),
+                "device": provenance.device_description(device),
+                **({"changed": changed} if changed else {}),
+            }
+        )
         run.write_json(run.manifest, manifest)
         run.write_metrics(history)  # drops any row written after the checkpoint
         _log(f"{run.path}: resumed at epoch {start_epoch}/{cfg.epochs}")
     logger = WandbLogger(distributed.wandb_config(cfg, ctx), run.path, run_id)
 
     for epoch in range(start_epoch, cfg.epochs):
-        batch_size = policy.batch_size
+        batch_size = ctl.batch_size
         train_loader.set_batch_size(batch_size)
-        measure = estimator is not None and policy.measures_diversity(epoch)
-        if measure:
-            estimator.reset()
+        measure = ctl.measures(epoch)
         shadow_est = shadow.epoch_estimator(epoch) if shadow is not None else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -429,83 +379,127 @@ def train(cfg: DictConfig) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = 0.0
         t0 = time.perf_counter()
+        epoch_est = ctl.begin_epoch(epoch, shadow_est)  # the estimator when this epoch measures, else the shadow's
         # BackPACK's module hooks (exact estimator) and torch.compile do not mix: measured epochs run eagerly
-        train_model = eager_model if measure and getattr(estimator, "uses_module_hooks", False) else forward_model
-        train_model = eager_model if shadow_est is not None else train_model
+        train_model = eager_model if epoch_est is not None and epoch_est.uses_module_hooks else forward_model
         # for the out-of-memory message only: no estimator, whose planning has state
         micro = max(micro_batch_plan(batch_size, cfg.method.max_micro_batch, None, fid.split_above))
         try:
-            stats = train_one_epoch(train_model, train_loader, optimizer,
-                                    criterion if shadow_est is None else shadow_est.criterion(criterion),
-                                    cfg.method.max_micro_batch, estimator if measure else shadow_est,
-                                    warmup if epoch < cfg.optim.warmup_epochs else None, autocast,
-                                    f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}", cfg.progress and ctx.is_main,
-                                    fid.split_above, fid.micro_batch_loss)
+            stats = train_one_epoch(
+                train_model,
+                train_loader,
+                optimizer,
+                criterion if shadow_est is None else shadow_est.criterion(criterion),
+                cfg.method.max_micro_batch,
+                epoch_est,
+                warmup if epoch < cfg.optim.warmup_epochs else None,
+                autocast,
+                f"epoch {epoch + 1}/{cfg.epochs} m={batch_size}",
+                cfg.progress and ctx.is_main,
+                fid.split_above,
+                fid.micro_batch_loss,
+            )
         except torch.cuda.OutOfMemoryError as err:
-            raise TrainingOutOfMemory(out_of_memory_message(err, cfg, epoch, batch_size, micro, "training",
-                                                            epoch)) from None
+            raise TrainingOutOfMemory(
+                out_of_memory_message(err, cfg, epoch, batch_size, micro, "training", epoch)
+            ) from None
         if lr_zero:
             for group, lr0 in zip(optimizer.param_groups, scheduled_lrs):
                 group["lr"] = lr0
-        if measure and hasattr(estimator, "measure"):  # fixed_point: Delta(w) at the epoch's final weights
-            estimator.measure(model)
+        ctl.finish_epoch(model)  # fixed_point: Delta(w) at the epoch's final weights
         stats = ctx.reduce_train_stats(stats, model)  # sums over ranks; rank 0's BatchNorm buffers
         t1 = time.perf_counter()
         try:
             val_loss, val_acc = evaluate(forward_model, test_loader, criterion, autocast)
         except torch.cuda.OutOfMemoryError as err:
-            raise TrainingOutOfMemory(out_of_memory_message(err, cfg, epoch, batch_size, getattr(test_loader, "batch_size", 0),
-                                                            "evaluation", epoch)) from None
+            raise TrainingOutOfMemory(
+                out_of_memory_message(
+                    err, cfg, epoch, batch_size, getattr(test_loader, "batch_size", 0), "evaluation", epoch
+                )
+            ) from None
         val_loss, val_acc = ctx.reduce_eval(val_loss, val_acc, test_loader)
         t2 = time.perf_counter()
-        diversity = distributed.diversity_value(estimator, ctx) if measure else None
+        diversity = ctl.diversity(lambda est: distributed.diversity_value(est, ctx)) if measure else None
         if shadow_est is not None:  # at the weights the resize decision would see; not counted in wall time
             shadow.record(model, epoch, stats["lr"], batch_size, t1 - t0)
         lr = stats["lr"]
-        step_lr(scheduler, optimizer, policy.step(epoch, diversity), squared=fid.lr_rescale_rule == "schedule_squared"
-                and policy.lr_rescale)
+        decision = ctl.end_epoch(epoch, optimizer, scheduler, diversity)  # scheduler step, resize, lr rescaling
         counters["optimizer_steps"] += stats["steps"]
         counters["samples_seen"] += stats["samples"]
         counters["wall_time_s"] += t2 - t0
-        row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-               "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "batch_size": batch_size,
-               "grad_diversity": diversity, **counters, "epoch_time_s": t1 - t0, "eval_time_s": t2 - t1,
-               "peak_memory_mb": peak_memory_mb(device)}
+        row = {
+            "epoch": epoch,
+            "train_loss": stats["train_loss"],
+            "train_acc": stats["train_acc"],
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "batch_size": batch_size,
+            "grad_diversity": diversity,
+            **counters,
+            "epoch_time_s": t1 - t0,
+            "eval_time_s": t2 - t1,
+            "peak_memory_mb": peak_memory_mb(device),
+        }
         history.append(row)
-        run.save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "warmup": warmup.state_dict() if warmup is not None else None, "policy": policy.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
-            "next_epoch": epoch + 1, "history": history, "counters": dict(counters),
-            **({"shadow": shadow.state_dict()} if shadow is not None else {}),
-        })
+        run.save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "warmup": warmup.state_dict() if warmup is not None else None,
+                "policy": ctl.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
+                "next_epoch": epoch + 1,
+                "history": history,
+                "counters": dict(counters),
+                **({"shadow": shadow.state_dict()} if shadow is not None else {}),
+            }
+        )
         run.write_metrics(history)
         if shadow is not None:
             shadow.write(run.path, _atomic_write)
         logger.log(row)
         if not math.isfinite(stats["train_loss"]):  # at paper scale, training on NaN costs GPU-hours
-            _log(f"epoch {epoch + 1}/{cfg.epochs}: the training loss became {stats['train_loss']} (lr {lr:.4g}, batch "
-                 f"size {batch_size}); the run stops here and summary.json records it as diverged. Lower optim.lr "
-                 f"(or set method.lr_rescale=false, or a smaller method.max_batch_size), then train into a new out_dir.")
+            _log(
+                f"epoch {epoch + 1}/{cfg.epochs}: the training loss became {stats['train_loss']} (lr {lr:.4g}, batch "
+                f"size {batch_size}); the run stops here and summary.json records it as diverged. Lower optim.lr "
+                f"(or set method.lr_rescale=false, or a smaller method.max_batch_size), then train into a new out_dir."
+            )
             break
-        div_txt = f" diversity={diversity:.4g} (n*Delta={diversity * bundle.n_train:.4g})" if diversity is not None else ""
-        _log(f"epoch {epoch + 1}/{cfg.epochs} m={batch_size} lr={lr:.4g} train_loss={stats['train_loss']:.4f} "
-             f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}" + (f" -> m={policy.batch_size}" if policy.batch_size != batch_size else ""))
+        div_txt = (
+            f" diversity={diversity:.4g} (n*Delta={diversity * bundle.n_train:.4g})" if diversity is not None else ""
+        )
+        _log(
+            f"epoch {epoch + 1}/{cfg.epochs} m={batch_size} lr={lr:.4g} train_loss={stats['train_loss']:.4f} "
+            f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}"
+            + (f" -> m={decision.next_batch_size}" if decision.resized else "")
+        )
 
     finite = [r for r in history if math.isfinite(r["val_acc"])] or history
     best = max(finite, key=lambda r: r["val_acc"])
     last = history[-1]
-    summary = {"finished": True, "epochs_completed": len(history), "final_val_acc": last["val_acc"],
-               "best_val_acc": best["val_acc"], "best_epoch": best["epoch"], "final_train_loss": last["train_loss"],
-               "final_val_loss": last["val_loss"], "final_batch_size": last["batch_size"],
-               "optimizer_steps": last["optimizer_steps"], "wall_time_s": last["wall_time_s"]}
+    summary = {
+        "finished": True,
+        "epochs_completed": len(history),
+        "final_val_acc": last["val_acc"],
+        "best_val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        "final_train_loss": last["train_loss"],
+        "final_val_loss": last["val_loss"],
+        "final_batch_size": last["batch_size"],
+        "optimizer_steps": last["optimizer_steps"],
+        "wall_time_s": last["wall_time_s"],
+    }
     diverged = [r["epoch"] for r in history if not math.isfinite(r["train_loss"])]
     summary["diverged"] = bool(diverged)
     if diverged:
         summary["diverged_epoch"] = diverged[0]  # 0-based, as in metrics.csv
     run.write_json(run.summary, summary)
     logger.finish(summary)
-    _log(f"{run.path}: finished, final val_acc={last['val_acc']:.2f}%, best {best['val_acc']:.2f}% at epoch {best['epoch']}")
+    _log(
+        f"{run.path}: finished, final val_acc={last['val_acc']:.2f}%, best {best['val_acc']:.2f}% at epoch {best['epoch']}"
+    )
     return summary
 
 

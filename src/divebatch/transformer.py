@@ -77,8 +77,13 @@ class TransformerLM(nn.Module):
 
     def __init__(self, vocab_size: int, context: int, width: int = 64, depth: int = 2, heads: int = 4):
         super().__init__()
-        for key, value in (("model.width", width), ("model.depth", depth), ("model.heads", heads),
-                           ("data.seq_len", context), ("vocab_size", vocab_size)):
+        for key, value in (
+            ("model.width", width),
+            ("model.depth", depth),
+            ("model.heads", heads),
+            ("data.seq_len", context),
+            ("vocab_size", vocab_size),
+        ):
             if value < 1:
                 raise ValueError(f"invalid config: {key}={value!r}; allowed: an integer >= 1")
         if width % heads:

@@ -9,17 +9,52 @@ figure functions (``plot_*``), and :func:`divebatch.analysis.notebooks.execute`.
 
 from divebatch.analysis.claims import claims_table
 from divebatch.analysis.collect import RunSet, RunWarning, collect_runs
-from divebatch.analysis.figures import (pareto_front, plot_curves, plot_dynamics, plot_noise_scale,
-                                        plot_sensitivity, plot_speedup_vs_accuracy, tradeoff_points)
+from divebatch.analysis.figures import (
+    pareto_front,
+    plot_curves,
+    plot_dynamics,
+    plot_noise_scale,
+    plot_sensitivity,
+    plot_speedup_vs_accuracy,
+    tradeoff_points,
+)
 from divebatch.analysis.report import Results, analyse, cli, load_results, write_report
 from divebatch.analysis.stats import accuracy_change, authors_time_to_target, per_run, speedup, time_to_target
-from divebatch.analysis.tables import (diversity_table, format_sensitivity, main_table, sensitivity_table,
-                                       speedup_table, write_table)
+from divebatch.analysis.tables import (
+    diversity_table,
+    format_sensitivity,
+    main_table,
+    sensitivity_table,
+    speedup_table,
+    write_table,
+)
 
 __all__ = [
-    "RunSet", "RunWarning", "Results", "accuracy_change", "analyse", "authors_time_to_target", "claims_table", "cli", "collect_runs",
-    "diversity_table", "format_sensitivity", "load_results", "main_table", "pareto_front", "per_run",
-    "plot_curves", "plot_dynamics", "plot_noise_scale", "plot_sensitivity", "plot_speedup_vs_accuracy",
-    "sensitivity_table", "speedup", "speedup_table", "time_to_target", "tradeoff_points", "write_report",
+    "RunSet",
+    "RunWarning",
+    "Results",
+    "accuracy_change",
+    "analyse",
+    "authors_time_to_target",
+    "claims_table",
+    "cli",
+    "collect_runs",
+    "diversity_table",
+    "format_sensitivity",
+    "load_results",
+    "main_table",
+    "pareto_front",
+    "per_run",
+    "plot_curves",
+    "plot_dynamics",
+    "plot_noise_scale",
+    "plot_sensitivity",
+    "plot_speedup_vs_accuracy",
+    "sensitivity_table",
+    "speedup",
+    "speedup_table",
+    "time_to_target",
+    "tradeoff_points",
+    "write_report",
     "write_table",
 ]

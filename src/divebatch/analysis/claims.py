@@ -60,18 +60,30 @@ CLAIM2_FACTORS = {ADABATCH: 2.0, SGD_SMALL: 5.0}  # claim 2 of docs/protocol.md
 AUTHORS, PER_RUN = "authors' definition", "per run"
 
 PAPER = {
-    1: ("DiveBatch converges faster than SGD and AdaBatch with a slight loss of final accuracy",
-        "1.06x to 5.0x faster (abstract; synthetic, CIFAR-10, CIFAR-100, Tiny-ImageNet)"),
-    2: ("On CIFAR-10, time to within 1% of final accuracy",
-        "about 2x faster than AdaBatch, about 5x faster than small-batch SGD (unit: 'time'; not stated further)"),
-    3: ("Keeps the generalization of small-batch training while using larger batches",
-        "final accuracy close to small-batch SGD (qualitative)"),
-    4: ("B <= delta * n * Delta(w) gives per-sample convergence like serial SGD (Yin et al., 2018)",
-        "synthetic logistic regression agrees with the theory"),
-    5: ("DiveBatch's trade-off on a transformer: faster than small-batch training with a slight quality loss",
-        "not tested in the paper (ResNet-18 image classifiers only)"),
-    6: ("(estimator study) The accuracy loss at this scale comes from the authors' epoch estimator",
-        "not a claim of the paper: a question of this replication (docs/diversity.md, 'Estimator study')"),
+    1: (
+        "DiveBatch converges faster than SGD and AdaBatch with a slight loss of final accuracy",
+        "1.06x to 5.0x faster (abstract; synthetic, CIFAR-10, CIFAR-100, Tiny-ImageNet)",
+    ),
+    2: (
+        "On CIFAR-10, time to within 1% of final accuracy",
+        "about 2x faster than AdaBatch, about 5x faster than small-batch SGD (unit: 'time'; not stated further)",
+    ),
+    3: (
+        "Keeps the generalization of small-batch training while using larger batches",
+        "final accuracy close to small-batch SGD (qualitative)",
+    ),
+    4: (
+        "B <= delta * n * Delta(w) gives per-sample convergence like serial SGD (Yin et al., 2018)",
+        "synthetic logistic regression agrees with the theory",
+    ),
+    5: (
+        "DiveBatch's trade-off on a transformer: faster than small-batch training with a slight quality loss",
+        "not tested in the paper (ResNet-18 image classifiers only)",
+    ),
+    6: (
+        "(estimator study) The accuracy loss at this scale comes from the authors' epoch estimator",
+        "not a claim of the paper: a question of this replication (docs/diversity.md, 'Estimator study')",
+    ),
 }
 
 
@@ -86,8 +98,9 @@ def _fmt(row: pd.Series | None) -> str:
         return "n/a"
     if "base" in row:  # the authors' definition: the two seed-mean times it divides
         digits = 1 if row["unit"] == "train_time_s" else 0
-        return (f"{row['speedup']:.2f}x ({row['base']:.{digits}f} / {row['value']:.{digits}f} "
-                f"{AUTHORS_UNITS[row['unit']]})")
+        return (
+            f"{row['speedup']:.2f}x ({row['base']:.{digits}f} / {row['value']:.{digits}f} {AUTHORS_UNITS[row['unit']]})"
+        )
     ci = f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]" if np.isfinite(row["ci_low"]) else " (1 seed)"
     return f"{row['speedup']:.2f}x{ci}"
 
@@ -118,12 +131,20 @@ class _AuthorsLookup:
         if r is None or col not in r or not np.isfinite(r[col]):
             return None
         sp, value = float(r[col]), float(r[f"authors_{unit}"])
-        return pd.Series({"speedup": sp, "ci_low": np.nan, "ci_high": np.nan, "value": value, "base": sp * value,
-                          "unit": unit})
+        return pd.Series(
+            {"speedup": sp, "ci_low": np.nan, "ci_high": np.nan, "value": value, "base": sp * value, "unit": unit}
+        )
 
 
-def _best_divebatch(main: pd.DataFrame, look: _Lookup, dataset: str, unit: str, methods=DIVEBATCH,
-                    baselines=(SGD_SMALL, ADABATCH), quality_of: str | None = None) -> tuple[pd.Series, dict] | None:
+def _best_divebatch(
+    main: pd.DataFrame,
+    look: _Lookup,
+    dataset: str,
+    unit: str,
+    methods=DIVEBATCH,
+    baselines=(SGD_SMALL, ADABATCH),
+    quality_of: str | None = None,
+) -> tuple[pd.Series, dict] | None:
     """The row of ``dataset`` among ``methods`` (DiveBatch variants) with the largest smallest
     speed-up against ``baselines``.
 
@@ -190,11 +211,15 @@ def claim1(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
         r, sp = best
         gain, within, text = quality(r)
         ok[dataset] = all(_faster(v) for v in sp.values()) and gain >= -SLIGHT_LOSS_PP * within / WITHIN_PP
-        parts.append(f"{dataset}: {_name(r)} {_fmt(sp[SGD_SMALL])} vs SGD small, {_fmt(sp[ADABATCH])} vs AdaBatch, "
-                     f"{text}")
+        parts.append(
+            f"{dataset}: {_name(r)} {_fmt(sp[SGD_SMALL])} vs SGD small, {_fmt(sp[ADABATCH])} vs AdaBatch, {text}"
+        )
     if not ok:
         have = ", ".join(datasets) or "none"
-        return NOT_MEASURED, f"no run with DiveBatch, small-batch SGD and AdaBatch on the claim's datasets (have: {have})"
+        return (
+            NOT_MEASURED,
+            f"no run with DiveBatch, small-batch SGD and AdaBatch on the claim's datasets (have: {have})",
+        )
     return _verdict(ok), "; ".join(parts)
 
 
@@ -231,11 +256,15 @@ def claim3(main: pd.DataFrame) -> tuple[str, str]:
         gain, within, text = quality(r)
         ok[dataset] = gain >= -GENERALIZATION_TOL_PP * within / WITHIN_PP
         if text.startswith("accuracy"):
-            ci = (f" [{r['acc_change_vs_sgd_small_pp_low']:+.2f}, {r['acc_change_vs_sgd_small_pp_high']:+.2f}]"
-                  if np.isfinite(r["acc_change_vs_sgd_small_pp_low"]) else "")
+            ci = (
+                f" [{r['acc_change_vs_sgd_small_pp_low']:+.2f}, {r['acc_change_vs_sgd_small_pp_high']:+.2f}]"
+                if np.isfinite(r["acc_change_vs_sgd_small_pp_low"])
+                else ""
+            )
             text += ci
-        parts.append(f"{dataset}: {_name(r)} final batch {r['final_batch_size_mean']:.0f} vs {small_bs:.0f}, "
-                     f"{text} vs SGD small")
+        parts.append(
+            f"{dataset}: {_name(r)} final batch {r['final_batch_size_mean']:.0f} vs {small_bs:.0f}, {text} vs SGD small"
+        )
     if not ok:
         return NOT_MEASURED, "; ".join(parts) or "no dataset with DiveBatch and small-batch SGD runs"
     return _verdict(ok), "; ".join(parts)
@@ -251,22 +280,31 @@ def claim4(verdict_path: Path | None) -> tuple[str, str]:
         if not isinstance(holds, bool):
             raise TypeError(f"'holds' is {holds!r}, allowed: true | false")
     except (OSError, ValueError, KeyError, TypeError) as err:
-        warnings.warn(f"{Path(verdict_path).name} unusable ({err!r}); claim 4 reported as not measured",
-                      RunWarning, stacklevel=2)
+        warnings.warn(
+            f"{Path(verdict_path).name} unusable ({err!r}); claim 4 reported as not measured", RunWarning, stacklevel=2
+        )
         return NOT_MEASURED, f"synthetic_verdict.json unusable: {err}"
     return (HOLDS if holds else FAILS), summary
 
 
-_AUTHORS_RULE = ("authors' time to target (docs/protocol.md): seed-mean curve, target = final mean - 1 pp "
-                 "(a loss: + its tolerance), "
-                 "time in training seconds (evaluation excluded); faster = baseline / DiveBatch > 1 (one curve, "
-                 "no interval). ")
-_PER_RUN_RULE = ("per-run time to own target (final - 1 pp), mean over seeds, time in wall-clock seconds "
-                 "(training + evaluation); faster = bootstrap 95% interval of the speed-up above 1. ")
-_CLAIM1 = (f"per dataset of the claim, DiveBatch is faster than both small-batch SGD and AdaBatch and its accuracy is "
-           f"at most {SLIGHT_LOSS_PP:g} pp below small-batch SGD; holds if on every such dataset")
-_CLAIM2 = (f"on CIFAR-10 (any subset), DiveBatch is faster than both baselines and its speed-up is >= "
-           f"1/{CLAIM_TOLERANCE:g} of the claimed factor (2x AdaBatch, 5x SGD)")
+_AUTHORS_RULE = (
+    "authors' time to target (docs/protocol.md): seed-mean curve, target = final mean - 1 pp "
+    "(a loss: + its tolerance), "
+    "time in training seconds (evaluation excluded); faster = baseline / DiveBatch > 1 (one curve, "
+    "no interval). "
+)
+_PER_RUN_RULE = (
+    "per-run time to own target (final - 1 pp), mean over seeds, time in wall-clock seconds "
+    "(training + evaluation); faster = bootstrap 95% interval of the speed-up above 1. "
+)
+_CLAIM1 = (
+    f"per dataset of the claim, DiveBatch is faster than both small-batch SGD and AdaBatch and its accuracy is "
+    f"at most {SLIGHT_LOSS_PP:g} pp below small-batch SGD; holds if on every such dataset"
+)
+_CLAIM2 = (
+    f"on CIFAR-10 (any subset), DiveBatch is faster than both baselines and its speed-up is >= "
+    f"1/{CLAIM_TOLERANCE:g} of the claimed factor (2x AdaBatch, 5x SGD)"
+)
 
 
 def claim5(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
@@ -274,8 +312,10 @@ def claim5(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
     variant must be faster than each baseline (interval above 1) and at most 2 x ``within`` worse
     in the primary metric than the family's small-batch run."""
     ok, parts = {}, []
-    families = (("SGD", DIVEBATCH, (SGD_SMALL, ADABATCH), "sgd_small"),
-                ("AdamW", ADAMW_DIVEBATCH, (ADAMW_SMALL,), "adamw_small"))
+    families = (
+        ("SGD", DIVEBATCH, (SGD_SMALL, ADABATCH), "sgd_small"),
+        ("AdamW", ADAMW_DIVEBATCH, (ADAMW_SMALL,), "adamw_small"),
+    )
     models = main["model"] if "model" in main else pd.Series(dtype=object)
     for dataset in sorted(main.loc[models.isin(TRANSFORMER_MODELS), "dataset"].unique()):
         for family, methods, baselines, slug in families:
@@ -292,15 +332,23 @@ def claim5(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
         return NOT_MEASURED, "no transformer runs with DiveBatch and its small-batch baseline"
     return _verdict(ok), "; ".join(parts)
 
-_CLAIM5 = (f"claim 1's rule on each transformer dataset and optimizer family (SGD: vs small-batch SGD and "
-           f"AdaBatch; AdamW: vs small-batch AdamW), quality in the primary metric (at most {SLIGHT_LOSS_PP:g} x its "
-           f"tolerance worse); holds if in every family")
+
+_CLAIM5 = (
+    f"claim 1's rule on each transformer dataset and optimizer family (SGD: vs small-batch SGD and "
+    f"AdaBatch; AdamW: vs small-batch AdamW), quality in the primary metric (at most {SLIGHT_LOSS_PP:g} x its "
+    f"tolerance worse); holds if in every family"
+)
 RULES = {
-    (1, AUTHORS): _AUTHORS_RULE + _CLAIM1, (1, PER_RUN): _PER_RUN_RULE + _CLAIM1,
-    (2, AUTHORS): _AUTHORS_RULE + _CLAIM2, (2, PER_RUN): _PER_RUN_RULE + _CLAIM2,
-    (5, AUTHORS): _AUTHORS_RULE + _CLAIM5, (5, PER_RUN): _PER_RUN_RULE + _CLAIM5,
-    3: (f"per dataset, a DiveBatch run whose final batch exceeds small-batch SGD's ends at most "
-        f"{GENERALIZATION_TOL_PP:g} pp below small-batch SGD (mean over seeds); holds if on every dataset"),
+    (1, AUTHORS): _AUTHORS_RULE + _CLAIM1,
+    (1, PER_RUN): _PER_RUN_RULE + _CLAIM1,
+    (2, AUTHORS): _AUTHORS_RULE + _CLAIM2,
+    (2, PER_RUN): _PER_RUN_RULE + _CLAIM2,
+    (5, AUTHORS): _AUTHORS_RULE + _CLAIM5,
+    (5, PER_RUN): _PER_RUN_RULE + _CLAIM5,
+    3: (
+        f"per dataset, a DiveBatch run whose final batch exceeds small-batch SGD's ends at most "
+        f"{GENERALIZATION_TOL_PP:g} pp below small-batch SGD (mean over seeds); holds if on every dataset"
+    ),
     4: "the synthetic check's own verdict (synthetic_verdict.json: holds)",
 }
 
@@ -325,8 +373,7 @@ def claims_table(main: pd.DataFrame, speedups: pd.DataFrame, verdict_path: str |
 
     study = estimators.estimator_claim(main)  # the estimator study's row, from every estimator's runs
     main, speedups = estimators.authors_rows(main), estimators.authors_rows(speedups)  # claims 1-3: the paper's
-    judges = ((AUTHORS, _AuthorsLookup(main), AUTHORS_UNITS),
-              (PER_RUN, _Lookup(speedups), UNIT_LABELS))
+    judges = ((AUTHORS, _AuthorsLookup(main), AUTHORS_UNITS), (PER_RUN, _Lookup(speedups), UNIT_LABELS))
     rows = []
     for claim, judge in ((1, claim1), (2, claim2)):
         for definition, look, labels in judges:
@@ -336,12 +383,26 @@ def claims_table(main: pd.DataFrame, speedups: pd.DataFrame, verdict_path: str |
     losses = sorted(set(main["metric"].dropna()) - {"val_acc"}) if "metric" in main else []
     unit3 = "final validation accuracy (pp)" + "".join(f"; {m} where it is the primary metric" for m in losses)
     rows.append((3, "-", unit3, *claim3(main), RULES[3]))
-    rows.append((4, "-", "per-sample convergence (synthetic)", *claim4(Path(verdict_path) if verdict_path else None),
-                 RULES[4]))
+    rows.append(
+        (4, "-", "per-sample convergence (synthetic)", *claim4(Path(verdict_path) if verdict_path else None), RULES[4])
+    )
     if "model" in main and main["model"].isin(TRANSFORMER_MODELS).any():  # only where such runs exist
         for definition, look, labels in judges:
             for unit in labels:
                 rows.append((5, definition, labels[unit], *claim5(main, look, unit), RULES[(5, definition)]))
     rows.append((6, "-", "final validation accuracy (pp)", *study, estimators.ESTIMATOR_RULE))
-    return pd.DataFrame([{"claim": c, "statement": PAPER[c][0], "definition": d, "unit": unit, "paper": PAPER[c][1],
-                          "ours": ours, "verdict": verdict, "rule": rule} for c, d, unit, verdict, ours, rule in rows])
+    return pd.DataFrame(
+        [
+            {
+                "claim": c,
+                "statement": PAPER[c][0],
+                "definition": d,
+                "unit": unit,
+                "paper": PAPER[c][1],
+                "ours": ours,
+                "verdict": verdict,
+                "rule": rule,
+            }
+            for c, d, unit, verdict, ours, rule in rows
+        ]
+    )

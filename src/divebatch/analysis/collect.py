@@ -15,7 +15,6 @@ a crashed run.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -27,46 +26,78 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from divebatch.analysis.style import METHOD_ORDER
+from divebatch import rundir
 from divebatch.config import TrainConfig
+from divebatch.methods import BY_KEY, PAPER_METHODS
 from divebatch.provenance import label
 
-METRIC_COLUMNS = (
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_diversity",
-    "optimizer_steps", "samples_seen", "epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb",
-)
+# the run-directory format (file names, metrics.csv columns, readers) is divebatch.rundir's;
+# METRIC_COLUMNS and find_run_dirs stay importable from here
+from divebatch.rundir import METRIC_COLUMNS, find_run_dirs
+
 # Columns without which no table can be made; the others may be absent in older runs.
 REQUIRED_METRICS = ("epoch", "train_loss", "val_acc", "batch_size", "optimizer_steps", "wall_time_s")
 
 # Hyperparameters that define a setting, per method (config key -> column). Keys a method ignores
 # (delta for AdaBatch, everything adaptive for SGD) must not split its runs into groups.
 COMMON_HPARAMS = {
-    "model.name": "model", "model.width": "width", "epochs": "epochs_planned", "optim.lr": "lr0",
-    "optim.momentum": "momentum", "optim.weight_decay": "weight_decay", "optim.schedule": "schedule",
-    "optim.warmup_epochs": "warmup_epochs", "data.augment": "augment",
+    "model.name": "model",
+    "model.width": "width",
+    "epochs": "epochs_planned",
+    "optim.lr": "lr0",
+    "optim.momentum": "momentum",
+    "optim.weight_decay": "weight_decay",
+    "optim.schedule": "schedule",
+    "optim.warmup_epochs": "warmup_epochs",
+    "data.augment": "augment",
     "method.initial_batch_size": "initial_batch_size",
     # authors_code and clean runs of one config are different settings (docs/protocol.md)
     "protocol": "protocol",
 }
-ADAPTIVE_HPARAMS = {"method.max_batch_size": "max_batch_size", "method.resize_freq": "resize_freq",
-                    "method.lr_rescale": "lr_rescale"}
+ADAPTIVE_HPARAMS = {
+    "method.max_batch_size": "max_batch_size",
+    "method.resize_freq": "resize_freq",
+    "method.lr_rescale": "lr_rescale",
+}
 METHOD_HPARAMS = {
     "sgd": COMMON_HPARAMS,
     "adabatch": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS},
-    "divebatch": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS, "method.delta": "delta",
-                  "method.diversity_estimator": "diversity_estimator"},
+    "divebatch": {
+        **COMMON_HPARAMS,
+        **ADAPTIVE_HPARAMS,
+        "method.delta": "delta",
+        "method.diversity_estimator": "diversity_estimator",
+    },
 }
 # The fidelity switches are recorded (run table) but do not split groups: `protocol` labels them, and
 # runs of one group whose switches differ are warned about (collect_runs).
-FIDELITY_HPARAMS = {f"fidelity.{k}": f"fidelity_{k}" for k in (
-    "lr_rescale_rule", "warmup_at_lr_zero", "micro_batch_loss", "split_above", "running_grad_sum", "head_classes")}
+FIDELITY_HPARAMS = {
+    f"fidelity.{k}": f"fidelity_{k}"
+    for k in (
+        "lr_rescale_rule",
+        "warmup_at_lr_zero",
+        "micro_batch_loss",
+        "split_above",
+        "running_grad_sum",
+        "head_classes",
+    )
+}
 # The primary metric a run is judged by (``primary_metric`` of its config: column, direction, the
 # tolerance of the own target) and the optimizer, whose runs are named apart (AdamW ...).
-METRIC_KEYS = {"primary_metric.column": "metric", "primary_metric.direction": "metric_direction",
-               "primary_metric.within": "metric_within"}
-ALL_HPARAMS = {**METHOD_HPARAMS["divebatch"], "method.max_micro_batch": "max_micro_batch",
-               "data.train_subset": "train_subset", "optim.name": "optimizer", "method.lr_scaling": "lr_scaling",
-               **METRIC_KEYS, **FIDELITY_HPARAMS}
+METRIC_KEYS = {
+    "primary_metric.column": "metric",
+    "primary_metric.direction": "metric_direction",
+    "primary_metric.within": "metric_within",
+}
+ALL_HPARAMS = {
+    **METHOD_HPARAMS["divebatch"],
+    "method.max_micro_batch": "max_micro_batch",
+    "data.train_subset": "train_subset",
+    "optim.name": "optimizer",
+    "method.lr_scaling": "lr_scaling",
+    **METRIC_KEYS,
+    **FIDELITY_HPARAMS,
+}
 # protocol value -> what tables show (docs/protocol.md); null (not set) shows as "-"
 PROTOCOL_NAMES = {"authors_code": "authors' code", "clean": "clean"}
 STATUSES = ("complete", "diverged", "excluded")
@@ -76,12 +107,10 @@ _SHORT = {"initial_batch_size": "m0", "max_batch_size": "max_bs", "epochs_planne
 # Dataset families of the claims (docs/protocol.md, "The claims"); the name of a subset
 # (cifar10-mini.npz) starts with its family.
 FAMILIES = ("cifar100", "cifar10", "tiny_imagenet", "synthetic", "digits")
-# Method display names: (method.name, lr_rescale) -> name; SGD is split into small/large batch later.
-DISPLAY_NAMES = {
-    ("adabatch", False): "AdaBatch", ("adabatch", True): "AdaBatch + lr rescale",
-    ("divebatch", False): "DiveBatch", ("divebatch", True): "DiveBatch + lr rescale",
-}
-SGD_SMALL, SGD_LARGE = METHOD_ORDER[0], METHOD_ORDER[1]
+# A run's method is its config's display_name (divebatch.methods.VARIANTS). Runs written before that
+# key existed are named from (method.name, lr_rescale); SGD is split into small/large batch later.
+DISPLAY_NAMES = {(v.policy, v.lr_rescale): v.display_name for v in PAPER_METHODS if v.policy != "sgd"}
+SGD_SMALL, SGD_LARGE = BY_KEY["sgd_small"].display_name, BY_KEY["sgd_large"].display_name
 OPTIMIZER_NAMES = {"adamw": "AdamW"}  # optim.name -> prefix of the display name (SGD runs have none)
 GROUP = ["dataset", "method", "setting"]
 # columns of RunSet.runs that describe the run's status, not copied into RunSet.epochs
@@ -127,8 +156,7 @@ class RunSet:
         keep = (self.runs["profile"] == profile) | self.runs["profile"].isna()
         ep = self.epochs[self.epochs["profile"] == profile] if len(self.epochs) else self.epochs
         missing = {k: v for k, v in self.missing_seeds.items() if k[0] == profile}
-        return RunSet(ep.reset_index(drop=True), self.runs[keep].reset_index(drop=True),
-                      list(self.warnings), missing)
+        return RunSet(ep.reset_index(drop=True), self.runs[keep].reset_index(drop=True), list(self.warnings), missing)
 
     def provenance(self, datasets: list[str] | None = None) -> str:
         """:func:`divebatch.provenance.label` for the complete runs (of ``datasets`` if given).
@@ -200,36 +228,6 @@ def _schema() -> DictConfig:
     return OmegaConf.structured(TrainConfig)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def find_run_dirs(roots: list[str | Path]) -> list[tuple[Path, Path]]:
-    """``(root, run_dir)`` for every folder holding ``config.yaml`` under ``roots`` (recursively).
-
-    A run directory's own subfolders are not searched, nor any ``wandb`` folder (wandb keeps a
-    copy of ``config.yaml`` in its run files).
-
-    Raises:
-        FileNotFoundError: a root does not exist.
-    """
-    found = []
-    for root in map(Path, roots):
-        if not root.exists():
-            raise FileNotFoundError(f"runs directory not found: {root}")
-        stack = [root]
-        while stack:
-            d = stack.pop()
-            if (d / "config.yaml").is_file():
-                found.append((root, d))
-                continue
-            stack.extend(sorted((p for p in d.iterdir() if p.is_dir() and p.name != "wandb"), reverse=True))
-    return found
-
-
 def _display_path(root: Path, run_dir: Path) -> str:
     # Relative to the root's parent: no absolute path of this machine lands in a table.
     rel = run_dir.relative_to(root)
@@ -238,37 +236,54 @@ def _display_path(root: Path, run_dir: Path) -> str:
 
 def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     """One run's row for :attr:`RunSet.runs` and its metrics (None when unusable)."""
-    row: dict = {"run_id": _display_path(root, run_dir), "complete": False, "reason": "",
-                 "diverged": False, "diverged_epoch": np.nan}
+    row: dict = {
+        "run_id": _display_path(root, run_dir),
+        "complete": False,
+        "reason": "",
+        "diverged": False,
+        "diverged_epoch": np.nan,
+    }
     try:
-        cfg = _load_config(run_dir / "config.yaml")
+        cfg = _load_config(run_dir / rundir.CONFIG)
     except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
         first = (str(err).splitlines() or [""])[0].replace(str(run_dir), row["run_id"])
-        row.update(profile=None, dataset=None, status="excluded",
-                   reason=f"config.yaml unreadable ({type(err).__name__}: {first})")
+        row.update(
+            profile=None,
+            dataset=None,
+            status="excluded",
+            reason=f"config.yaml unreadable ({type(err).__name__}: {first})",
+        )
         return row, None
     method_name = str(cfg.method.name)
     row.update(
-        profile=str(cfg.profile), dataset=dataset_name(cfg), method_name=method_name, seed=int(cfg.seed),
+        profile=str(cfg.profile),
+        dataset=dataset_name(cfg),
+        method_name=method_name,
+        seed=int(cfg.seed),
+        display_name=OmegaConf.select(cfg, "display_name", default=None),
         **{col: OmegaConf.select(cfg, key) for key, col in ALL_HPARAMS.items()},
     )
     row["family"] = dataset_family(row["dataset"])
     row["lr_rescale"] = bool(row["lr_rescale"]) and method_name != "sgd"
-    manifest = _read_json(run_dir / "manifest.json") or {}
+    manifest = rundir.read_manifest(run_dir) or {}
     row["commit"] = manifest.get("commit")
-    summary = _read_json(run_dir / "summary.json")
-    row["finished"] = bool(summary and summary.get("finished"))
+    summary = rundir.read_summary(run_dir)
+    status = rundir.summary_status(summary)
+    row["finished"] = status in ("finished", "diverged")
     planned = int(cfg.epochs)
     if OmegaConf.select(cfg, "shadow.enabled", default=False):  # read by divebatch.analysis.estimators only
-        row.update(status="excluded", reason="shadow measurement run (estimator study: estimators_shadow table)",
-                   finished=row["finished"], epochs_completed=np.nan)
+        row.update(
+            status="excluded",
+            reason="shadow measurement run (estimator study: estimators_shadow table)",
+            finished=row["finished"],
+            epochs_completed=np.nan,
+        )
         return row, None
 
     metrics = None
-    mpath = run_dir / "metrics.csv"
-    if mpath.is_file():
+    if (run_dir / rundir.METRICS).is_file():
         try:
-            metrics = pd.read_csv(mpath)
+            metrics = rundir.read_metrics_frame(run_dir)
         except (OSError, ValueError, pd.errors.EmptyDataError) as err:
             row["reason"] = f"metrics.csv unreadable: {err}"
     else:
@@ -284,11 +299,11 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
                 metrics[col] = np.nan
         metrics = metrics[list(METRIC_COLUMNS)].sort_values("epoch").reset_index(drop=True)
         row["epochs_completed"] = len(metrics)
-        if summary is None:
+        if status == "missing":
             row["reason"] = "summary.json missing (run unfinished or crashed)"
-        elif not summary.get("finished"):
+        elif status == "unfinished":
             row["reason"] = "summary.json says finished=false"
-        elif summary.get("diverged"):
+        elif status == "diverged":
             row["diverged"] = True
             row["diverged_epoch"] = _diverged_epoch(summary, metrics)
             at = "" if np.isnan(row["diverged_epoch"]) else f" at epoch {int(row['diverged_epoch']) + 1}"
@@ -317,19 +332,24 @@ def _diverged_epoch(summary: dict, metrics: pd.DataFrame) -> float:
 
 
 def _name_methods(runs: pd.DataFrame) -> pd.Series:
-    """Display names; an SGD run is 'large batch' when its batch exceeds the smallest SGD batch of
-    its profile, dataset and optimizer (docs/protocol.md, "Protocol per dataset": 128 small, 2048 large on
-    CIFAR-10).
+    """Display names: each run's ``display_name`` (set by its method file, configs/methods/).
 
-    Runs with another optimizer than SGD are named after it (``optim.name=adamw``: ``AdamW (small
-    batch)``, ``AdamW DiveBatch + sqrt lr rescale``, ...); ``sqrt`` marks the square-root lr rule.
+    A run written before that key existed is named by a guess: an SGD run is 'large batch' when its
+    batch exceeds the smallest SGD batch of its profile, dataset and optimizer (docs/protocol.md,
+    "Protocol per dataset": 128 small, 2048 large on CIFAR-10); runs with another optimizer than SGD
+    are named after it (``optim.name=adamw``: ``AdamW (small batch)``, ``AdamW DiveBatch + sqrt lr
+    rescale``, ...); ``sqrt`` marks the square-root lr rule.
     """
-    names = pd.Series([DISPLAY_NAMES.get((m, bool(r))) for m, r in zip(runs["method_name"], runs["lr_rescale"])],
-                      index=runs.index, dtype=object)
+    names = pd.Series(
+        [DISPLAY_NAMES.get((m, bool(r))) for m, r in zip(runs["method_name"], runs["lr_rescale"])],
+        index=runs.index,
+        dtype=object,
+    )
     optimizer = runs["optimizer"].fillna("sgd") if "optimizer" in runs else pd.Series("sgd", index=runs.index)
     sgd = runs["method_name"] == "sgd"
-    smallest = runs[sgd].assign(_o=optimizer[sgd]).groupby(["profile", "dataset", "_o"])[
-        "initial_batch_size"].transform("min")
+    smallest = (
+        runs[sgd].assign(_o=optimizer[sgd]).groupby(["profile", "dataset", "_o"])["initial_batch_size"].transform("min")
+    )
     names[sgd] = np.where(runs.loc[sgd, "initial_batch_size"] > smallest, SGD_LARGE, SGD_SMALL)
     if "lr_scaling" in runs:
         sqrt = runs["lr_rescale"].astype(bool) & (runs["lr_scaling"] == "sqrt") & names.notna()
@@ -338,6 +358,9 @@ def _name_methods(runs: pd.DataFrame) -> pd.Series:
         mine = (optimizer == opt) & names.notna()
         names[mine & sgd] = names[mine & sgd].str.replace("SGD", shown)
         names[mine & ~sgd] = shown + " " + names[mine & ~sgd]
+    if "display_name" in runs:  # recorded by the run: no guess
+        given = runs["display_name"].notna()
+        names[given] = runs.loc[given, "display_name"]
     return names.fillna(runs["method_name"])
 
 
@@ -366,8 +389,11 @@ def _settings(runs: pd.DataFrame) -> pd.Series:
     """
     out = pd.Series("", index=runs.index, dtype=object)
     for (_, method_name, _), g in runs.groupby(["dataset", "method_name", "method"]):
-        cols = [c for c in METHOD_HPARAMS.get(method_name, COMMON_HPARAMS).values()
-                if c != "lr_rescale" and g[c].map(_plain).nunique() > 1]
+        cols = [
+            c
+            for c in METHOD_HPARAMS.get(method_name, COMMON_HPARAMS).values()
+            if c != "lr_rescale" and g[c].map(_plain).nunique() > 1
+        ]
         if not cols:
             continue
         values = {c: [_plain(v) for v in g[c]] for c in cols}
@@ -403,15 +429,20 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
         if m is not None:
             metrics[row["run_id"]] = m
         elif row["status"] == "diverged":
-            problems.append(f"diverged run {row['run_id']}: {row['reason']}; left out of the aggregates, "
-                            "counted in the main table's diverged column")
+            problems.append(
+                f"diverged run {row['run_id']}: {row['reason']}; left out of the aggregates, "
+                "counted in the main table's diverged column"
+            )
         else:
             problems.append(f"excluded run {row['run_id']}: {row['reason']}")
     runs = pd.DataFrame(rows)
     if runs.empty:
-        return RunSet(pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", *METRIC_COLUMNS]),
-                      pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", "complete", "status", "reason"]),
-                      [], {})
+        return RunSet(
+            pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", *METRIC_COLUMNS]),
+            pd.DataFrame(columns=["run_id", "profile", *GROUP, "seed", "complete", "status", "reason"]),
+            [],
+            {},
+        )
     readable = runs["method_name"].notna() if "method_name" in runs else pd.Series(False, index=runs.index)
     runs["method"], runs["setting"] = None, ""
     if readable.any():
@@ -429,19 +460,23 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
             problems.append(f"excluded run {runs.loc[i, 'run_id']}: {runs.loc[i, 'reason']}")
 
     missing: dict[tuple[str, str, str, str], list[int]] = {}
-    for (profile, dataset), d in runs[runs["method"].notna()].groupby(["profile", "dataset"]):
+    for (profile, _dataset), d in runs[runs["method"].notna()].groupby(["profile", "dataset"]):
         expected = set(d["seed"].astype(int))
         for key, g in d.groupby(GROUP):
             lack = sorted(expected - set(g.loc[g["complete"] | g["diverged"], "seed"].astype(int)))
             if lack:
                 missing[(profile, *key)] = lack
-                problems.append(f"profile {profile}, {key[0]}, {key[1]}{' (' + key[2] + ')' if key[2] else ''}: "
-                                f"no complete run for seed(s) {lack}; aggregates use {len(expected) - len(lack)} seed(s)")
+                problems.append(
+                    f"profile {profile}, {key[0]}, {key[1]}{' (' + key[2] + ')' if key[2] else ''}: "
+                    f"no complete run for seed(s) {lack}; aggregates use {len(expected) - len(lack)} seed(s)"
+                )
     for (profile, *key), g in runs[runs["complete"]].groupby(["profile", *GROUP]):
         differ = [c for c in FIDELITY_HPARAMS.values() if c in g and g[c].map(_plain).nunique() > 1]
         if differ:
-            problems.append(f"profile {profile}, {', '.join(k for k in key if k)}: runs differ in {differ} but share "
-                            f"protocol={_plain(g['protocol'].iloc[0])}; they are aggregated together")
+            problems.append(
+                f"profile {profile}, {', '.join(k for k in key if k)}: runs differ in {differ} but share "
+                f"protocol={_plain(g['protocol'].iloc[0])}; they are aggregated together"
+            )
     for msg in problems:
         warnings.warn(msg, RunWarning, stacklevel=2)
 
@@ -454,8 +489,7 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
                 m[col] = r[col]
         frames.append(m)
     run_cols = [c for c in keep.columns if c not in _RUN_ONLY]
-    epochs = (pd.concat(frames, ignore_index=True) if frames
-              else pd.DataFrame(columns=[*run_cols, *METRIC_COLUMNS]))
+    epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*run_cols, *METRIC_COLUMNS])
     epochs = epochs[[*run_cols, *METRIC_COLUMNS]]
     if len(epochs):
         epochs["seed"] = epochs["seed"].astype(int)

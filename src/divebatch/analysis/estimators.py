@@ -25,9 +25,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
-from divebatch.analysis.collect import SGD_SMALL, dataset_name, find_run_dirs
+from divebatch import rundir
+from divebatch.analysis.collect import SGD_SMALL, dataset_name
 from divebatch.analysis.style import METHOD_PALETTE
 
 AUTHORS_ESTIMATOR = "exact"  # method.diversity_estimator of the paper (the default everywhere it is replicated)
@@ -35,10 +35,12 @@ ESTIMATORS = ("exact", "microbatch", "fixed_point")  # divebatch.diversity.ESTIM
 DIVEBATCH = ("DiveBatch", "DiveBatch + lr rescale")
 SHADOW_ESTIMATES = {"exact": "n_delta_exact", "microbatch": "n_delta_microbatch", "fixed_point": "n_delta_fixed_point"}
 RECOVERED_SHARE = 0.5  # the claim row: the fixed-point estimator recovers at least this share of the loss
-ESTIMATOR_RULE = (f"holds when, for both DiveBatch variants, the authors' estimator loses accuracy against small-batch "
-                  f"SGD (bootstrap 95% interval below 0) and DiveBatch with the fixed-point estimator recovers at least "
-                  f"{RECOVERED_SHARE:.0%} of that loss (mean final accuracies); does not hold when a variant recovers "
-                  f"less; not measured without fixed-point runs or without a significant loss")
+ESTIMATOR_RULE = (
+    f"holds when, for both DiveBatch variants, the authors' estimator loses accuracy against small-batch "
+    f"SGD (bootstrap 95% interval below 0) and DiveBatch with the fixed-point estimator recovers at least "
+    f"{RECOVERED_SHARE:.0%} of that loss (mean final accuracies); does not hold when a variant recovers "
+    f"less; not measured without fixed-point runs or without a significant loss"
+)
 STYLES = {"exact": "-", "microbatch": "--", "fixed_point": ":"}
 MARKERS = {"exact": "o", "microbatch": "s", "fixed_point": "^"}
 
@@ -95,11 +97,13 @@ def estimator_claim(main: pd.DataFrame) -> tuple[str, str]:
             loss = -float(ex["acc_change_vs_sgd_small_pp"])
             significant = float(ex["acc_change_vs_sgd_small_pp_high"]) < 0
             share = (float(fp["final_acc_mean"]) - float(ex["final_acc_mean"])) / loss if loss > 0 else float("nan")
-            parts.append(f"{dataset}, {method}: authors' estimator {ex['acc_change_vs_sgd_small_pp']:+.1f} pp vs "
-                         f"small-batch SGD [{ex['acc_change_vs_sgd_small_pp_low']:+.1f}, "
-                         f"{ex['acc_change_vs_sgd_small_pp_high']:+.1f}], fixed point "
-                         f"{fp['acc_change_vs_sgd_small_pp']:+.1f} pp" +
-                         (f" (recovers {share:.0%} of the loss)" if np.isfinite(share) else ""))
+            parts.append(
+                f"{dataset}, {method}: authors' estimator {ex['acc_change_vs_sgd_small_pp']:+.1f} pp vs "
+                f"small-batch SGD [{ex['acc_change_vs_sgd_small_pp_low']:+.1f}, "
+                f"{ex['acc_change_vs_sgd_small_pp_high']:+.1f}], fixed point "
+                f"{fp['acc_change_vs_sgd_small_pp']:+.1f} pp"
+                + (f" (recovers {share:.0%} of the loss)" if np.isfinite(share) else "")
+            )
             if significant:
                 verdicts.append(share >= RECOVERED_SHARE)
     if not verdicts:
@@ -115,20 +119,29 @@ def first_decisions(epochs: pd.DataFrame) -> pd.DataFrame:
         ``n_delta_at_first``, ``first_batch_size`` (samples), ``final_batch_size``.
     """
     rows = []
-    for run_id, m in epochs[epochs["method"].isin(DIVEBATCH)].groupby("run_id", sort=False):
+    for _run_id, m in epochs[epochs["method"].isin(DIVEBATCH)].groupby("run_id", sort=False):
         m = m.sort_values("epoch")
         measured = m[m["grad_diversity"].notna()]
         last = m.iloc[-1]
-        row = {"dataset": last["dataset"], "method": last["method"], "setting": last["setting"],
-               "estimator": estimator_of(last["setting"]), "seed": int(last["seed"]),
-               "first_decision_epoch": np.nan, "n_delta_at_first": np.nan, "first_batch_size": np.nan,
-               "final_batch_size": float(last["batch_size"])}
+        row = {
+            "dataset": last["dataset"],
+            "method": last["method"],
+            "setting": last["setting"],
+            "estimator": estimator_of(last["setting"]),
+            "seed": int(last["seed"]),
+            "first_decision_epoch": np.nan,
+            "n_delta_at_first": np.nan,
+            "first_batch_size": np.nan,
+            "final_batch_size": float(last["batch_size"]),
+        }
         if len(measured):
             first = measured.iloc[0]
             after = m[m["epoch"] > first["epoch"]]
-            row.update(first_decision_epoch=int(first["epoch"]) + 1,
-                       n_delta_at_first=float(first["grad_diversity"]) * float(last["n_train"]),
-                       first_batch_size=float(after["batch_size"].iloc[0]) if len(after) else np.nan)
+            row.update(
+                first_decision_epoch=int(first["epoch"]) + 1,
+                n_delta_at_first=float(first["grad_diversity"]) * float(last["n_train"]),
+                first_batch_size=float(after["batch_size"].iloc[0]) if len(after) else np.nan,
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -138,27 +151,54 @@ def estimator_table(main: pd.DataFrame, speedups: pd.DataFrame, epochs: pd.DataF
     final accuracy (mean, sd), change against small-batch SGD (pp, bootstrap 95% CI), speed-up in
     optimizer steps to the own target against small-batch SGD (CI), first decision's batch size and
     n*Delta_hat there (mean over seeds), final batch size."""
-    cols = ["dataset", "method", "setting", "n_seeds", "final_acc_mean", "final_acc_std", "acc_change_vs_sgd_small_pp",
-            "acc_change_vs_sgd_small_pp_low", "acc_change_vs_sgd_small_pp_high", "final_batch_size_mean"]
+    cols = [
+        "dataset",
+        "method",
+        "setting",
+        "n_seeds",
+        "final_acc_mean",
+        "final_acc_std",
+        "acc_change_vs_sgd_small_pp",
+        "acc_change_vs_sgd_small_pp_low",
+        "acc_change_vs_sgd_small_pp_high",
+        "final_batch_size_mean",
+    ]
     keep = main["method"].isin((*DIVEBATCH, SGD_SMALL, "AdaBatch", "AdaBatch + lr rescale"))
     t = main.loc[keep, [c for c in cols if c in main]].copy()
     t.insert(2, "estimator", [estimator_of(s) if m in DIVEBATCH else "-" for m, s in zip(t["method"], t["setting"])])
-    sp = speedups[(speedups["baseline"] == SGD_SMALL) & (speedups["unit"] == "optimizer_steps")
-                  & (speedups["target"] == "own")] if len(speedups) else speedups
+    sp = (
+        speedups[
+            (speedups["baseline"] == SGD_SMALL)
+            & (speedups["unit"] == "optimizer_steps")
+            & (speedups["target"] == "own")
+        ]
+        if len(speedups)
+        else speedups
+    )
     if len(sp):
         sp = sp[["dataset", "method", "setting", "speedup", "ci_low", "ci_high"]].rename(
-            columns={"speedup": "steps_speedup_vs_sgd_small", "ci_low": "steps_speedup_vs_sgd_small_low",
-                     "ci_high": "steps_speedup_vs_sgd_small_high"})
+            columns={
+                "speedup": "steps_speedup_vs_sgd_small",
+                "ci_low": "steps_speedup_vs_sgd_small_low",
+                "ci_high": "steps_speedup_vs_sgd_small_high",
+            }
+        )
         t = t.merge(sp, on=["dataset", "method", "setting"], how="left")
     first = first_decisions(epochs)
     if len(first):
-        agg = first.groupby(["dataset", "method", "setting"]).agg(
-            first_batch_size_mean=("first_batch_size", "mean"), n_delta_at_first_mean=("n_delta_at_first", "mean")
-        ).reset_index()
+        agg = (
+            first.groupby(["dataset", "method", "setting"])
+            .agg(first_batch_size_mean=("first_batch_size", "mean"), n_delta_at_first_mean=("n_delta_at_first", "mean"))
+            .reset_index()
+        )
         t = t.merge(agg, on=["dataset", "method", "setting"], how="left")
     order = {e: i for i, e in enumerate(("-", *ESTIMATORS))}
-    return (t.assign(_e=t["estimator"].map(order)).sort_values(["dataset", "method", "_e"], kind="stable")
-             .drop(columns="_e").reset_index(drop=True))
+    return (
+        t.assign(_e=t["estimator"].map(order))
+        .sort_values(["dataset", "method", "_e"], kind="stable")
+        .drop(columns="_e")
+        .reset_index(drop=True)
+    )
 
 
 def format_estimator_table(t: pd.DataFrame) -> pd.DataFrame:
@@ -166,18 +206,26 @@ def format_estimator_table(t: pd.DataFrame) -> pd.DataFrame:
         if col not in r or pd.isna(r[col]):
             return ""
         return f"{fmt.format(r[col])} [{fmt.format(r[col + '_low'])}, {fmt.format(r[col + '_high'])}]"
-    return pd.DataFrame({
-        "dataset": t["dataset"], "method": t["method"], "estimator": t["estimator"],
-        "final acc. (%)": [f"{m:.1f} ± {s:.1f}" for m, s in zip(t["final_acc_mean"], t["final_acc_std"])],
-        "vs SGD small (pp)": [iv(r, "acc_change_vs_sgd_small_pp", "{:+.1f}") for _, r in t.iterrows()],
-        "speed-up, optimizer steps vs SGD small": [iv(r, "steps_speedup_vs_sgd_small", "{:.2f}")
-                                                   for _, r in t.iterrows()],
-        "n·Δ_hat at 1st decision": t.get("n_delta_at_first_mean", pd.Series(np.nan, index=t.index)).map(
-            lambda v: "" if pd.isna(v) else f"{v:.4g}"),
-        "batch after 1st decision": t.get("first_batch_size_mean", pd.Series(np.nan, index=t.index)).map(
-            lambda v: "" if pd.isna(v) else f"{v:.0f}"),
-        "final batch": t["final_batch_size_mean"].map(lambda v: f"{v:.0f}"),
-    })
+
+    return pd.DataFrame(
+        {
+            "dataset": t["dataset"],
+            "method": t["method"],
+            "estimator": t["estimator"],
+            "final acc. (%)": [f"{m:.1f} ± {s:.1f}" for m, s in zip(t["final_acc_mean"], t["final_acc_std"])],
+            "vs SGD small (pp)": [iv(r, "acc_change_vs_sgd_small_pp", "{:+.1f}") for _, r in t.iterrows()],
+            "speed-up, optimizer steps vs SGD small": [
+                iv(r, "steps_speedup_vs_sgd_small", "{:.2f}") for _, r in t.iterrows()
+            ],
+            "n·Δ_hat at 1st decision": t.get("n_delta_at_first_mean", pd.Series(np.nan, index=t.index)).map(
+                lambda v: "" if pd.isna(v) else f"{v:.4g}"
+            ),
+            "batch after 1st decision": t.get("first_batch_size_mean", pd.Series(np.nan, index=t.index)).map(
+                lambda v: "" if pd.isna(v) else f"{v:.0f}"
+            ),
+            "final batch": t["final_batch_size_mean"].map(lambda v: f"{v:.0f}"),
+        }
+    )
 
 
 # ----------------------------------------------------------------------------- shadow runs
@@ -187,18 +235,20 @@ def read_shadow(roots, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``shadow.csv`` and ``shadow_subsets.csv`` of every shadow run of ``profile`` under ``roots``,
     with ``dataset`` and ``seed`` columns (empty frames when there is none)."""
     rows, subs = [], []
-    for _, run_dir in find_run_dirs([Path(r) for r in roots or []]):
-        if not (run_dir / "shadow.csv").is_file() or not (run_dir / "summary.json").is_file():
+    for _, run_dir in rundir.find_run_dirs([Path(r) for r in roots or []]):
+        if not (run_dir / rundir.SHADOW).is_file() or not (run_dir / rundir.SUMMARY).is_file():
             continue
-        cfg = OmegaConf.load(run_dir / "config.yaml")
+        cfg = rundir.read_config(run_dir)
         if str(cfg.get("profile")) != profile:
             continue
         keys = {"dataset": dataset_name(cfg), "seed": int(cfg.seed)}
-        rows.append(pd.read_csv(run_dir / "shadow.csv").assign(**keys))
-        if (run_dir / "shadow_subsets.csv").is_file():
-            subs.append(pd.read_csv(run_dir / "shadow_subsets.csv").assign(**keys))
-    return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(),
-            pd.concat(subs, ignore_index=True) if subs else pd.DataFrame())
+        rows.append(pd.read_csv(run_dir / rundir.SHADOW).assign(**keys))
+        if (run_dir / rundir.SHADOW_SUBSETS).is_file():
+            subs.append(pd.read_csv(run_dir / rundir.SHADOW_SUBSETS).assign(**keys))
+    return (
+        pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(),
+        pd.concat(subs, ignore_index=True) if subs else pd.DataFrame(),
+    )
 
 
 def shadow_table(shadow: pd.DataFrame) -> pd.DataFrame:
@@ -214,9 +264,17 @@ def shadow_table(shadow: pd.DataFrame) -> pd.DataFrame:
     if {"exact_mean_sq_norm", "full_mean_sq_norm"} <= set(s.columns):  # exact / Delta(w) = numerator x denominator part
         s["exact_numerator_ratio"] = s["exact_mean_sq_norm"] / s["full_mean_sq_norm"]
         s["exact_denominator_ratio"] = s["full_mean_grad_sq"] / s["exact_mean_grad_sq"]
-    cols = ["lr", "n_delta_full", *SHADOW_ESTIMATES.values(), *(f"ratio_{e}" for e in SHADOW_ESTIMATES),
-            *[c for c in ("exact_numerator_ratio", "exact_denominator_ratio") if c in s],
-            "fixed_point_samples", "fixed_point_s", "full_pass_s", "measured_epoch_s"]
+    cols = [
+        "lr",
+        "n_delta_full",
+        *SHADOW_ESTIMATES.values(),
+        *(f"ratio_{e}" for e in SHADOW_ESTIMATES),
+        *[c for c in ("exact_numerator_ratio", "exact_denominator_ratio") if c in s],
+        "fixed_point_samples",
+        "fixed_point_s",
+        "full_pass_s",
+        "measured_epoch_s",
+    ]
     out = s.groupby(["dataset", "epoch"])[cols].median().reset_index()
     out.insert(2, "seeds", s.groupby(["dataset", "epoch"])["seed"].nunique().to_numpy())
     return out
@@ -226,9 +284,15 @@ def subsets_table(subsets: pd.DataFrame) -> pd.DataFrame:
     """Fixed-point sampling error per dataset and subset size: median and maximum over resize points and
     seeds of the relative sd and of the 90th-percentile relative error, share of unresolved draws."""
     g = subsets.groupby(["dataset", "subset_samples"])
-    return g.agg(points=("rel_sd", "size"), rel_bias_median=("rel_bias", "median"), rel_sd_median=("rel_sd", "median"),
-                 rel_sd_max=("rel_sd", "max"), rel_p90_abs_err_median=("rel_p90_abs_err", "median"),
-                 rel_p90_abs_err_max=("rel_p90_abs_err", "max"), share_inf_max=("share_inf", "max")).reset_index()
+    return g.agg(
+        points=("rel_sd", "size"),
+        rel_bias_median=("rel_bias", "median"),
+        rel_sd_median=("rel_sd", "median"),
+        rel_sd_max=("rel_sd", "max"),
+        rel_p90_abs_err_median=("rel_p90_abs_err", "median"),
+        rel_p90_abs_err_max=("rel_p90_abs_err", "max"),
+        share_inf_max=("share_inf", "max"),
+    ).reset_index()
 
 
 # ----------------------------------------------------------------------------- figures
@@ -247,8 +311,11 @@ def plot_ratio(shadow: pd.DataFrame) -> plt.Figure:
     for ax in axes:
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_yscale("log")
-    axes[0].set(xlabel="epoch (resize point)", ylabel="estimate / n·Δ(w) over all n (same weights)",
-                title="Each estimator against Δ(w), shadow SGD run")
+    axes[0].set(
+        xlabel="epoch (resize point)",
+        ylabel="estimate / n·Δ(w) over all n (same weights)",
+        title="Each estimator against Δ(w), shadow SGD run",
+    )
     axes[1].set(xlabel="learning rate in the measured epoch", title="... against the learning rate")
     axes[0].legend(fontsize=8)
     return fig
@@ -264,8 +331,16 @@ def plot_schedules(epochs: pd.DataFrame) -> plt.Figure:
         g = d[d["dataset"] == dataset]
         for (method, est), h in g.groupby(["method", "estimator"]):
             med = h.groupby("epoch")["batch_size"].median()
-            ax.plot(med.index + 1, med.values, STYLES.get(est, "-"), color=METHOD_PALETTE.get(method),
-                    marker=MARKERS.get(est, "o"), ms=3, drawstyle="steps-post", label=f"{method}, {est}")
+            ax.plot(
+                med.index + 1,
+                med.values,
+                STYLES.get(est, "-"),
+                color=METHOD_PALETTE.get(method),
+                marker=MARKERS.get(est, "o"),
+                ms=3,
+                drawstyle="steps-post",
+                label=f"{method}, {est}",
+            )
         ax.set_yscale("log", base=2)
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set(xlabel="epoch", ylabel="batch size (samples)", title=f"DiveBatch batch size per estimator: {dataset}")
@@ -280,28 +355,44 @@ def plot_tradeoff(table: pd.DataFrame) -> plt.Figure:
         if "steps_speedup_vs_sgd_small" not in r or pd.isna(r["steps_speedup_vs_sgd_small"]):
             continue
         x, y = r["steps_speedup_vs_sgd_small"], r["acc_change_vs_sgd_small_pp"]
-        ax.errorbar(x, y, xerr=[[x - r["steps_speedup_vs_sgd_small_low"]], [r["steps_speedup_vs_sgd_small_high"] - x]],
-                    yerr=[[y - r["acc_change_vs_sgd_small_pp_low"]], [r["acc_change_vs_sgd_small_pp_high"] - y]],
-                    fmt=MARKERS.get(r["estimator"], "o"), color=METHOD_PALETTE.get(r["method"]), capsize=2,
-                    label=f"{r['method']}, {r['estimator']} ({r['dataset']})")
+        ax.errorbar(
+            x,
+            y,
+            xerr=[[x - r["steps_speedup_vs_sgd_small_low"]], [r["steps_speedup_vs_sgd_small_high"] - x]],
+            yerr=[[y - r["acc_change_vs_sgd_small_pp_low"]], [r["acc_change_vs_sgd_small_pp_high"] - y]],
+            fmt=MARKERS.get(r["estimator"], "o"),
+            color=METHOD_PALETTE.get(r["method"]),
+            capsize=2,
+            label=f"{r['method']}, {r['estimator']} ({r['dataset']})",
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.axvline(1, color="k", lw=0.8)
-    ax.set(xscale="log", xlabel="speed-up to own target vs small-batch SGD (optimizer steps)",
-           ylabel="final accuracy change vs small-batch SGD (pp)", title="Speed-up against accuracy, per estimator")
+    ax.set(
+        xscale="log",
+        xlabel="speed-up to own target vs small-batch SGD (optimizer steps)",
+        ylabel="final accuracy change vs small-batch SGD (pp)",
+        title="Speed-up against accuracy, per estimator",
+    )
     ax.legend(fontsize=7)
     return fig
 
 
 DESCRIPTIONS = {
-    "estimators": ("Estimator study: DiveBatch with and without lr rescaling under each gradient-diversity estimator "
-                   "(exact = the authors' epoch estimator, microbatch, fixed_point = Δ(w) at the epoch's final "
-                   "weights), beside small-batch SGD and AdaBatch: final accuracy, change against small-batch SGD "
-                   "(bootstrap 95% CI), speed-up in optimizer steps, n·Δ_hat and batch size at the first decision."),
-    "estimators_shadow": ("Shadow SGD runs: at each resize point, every estimator's n·Δ and its ratio to n·Δ(w) over "
-                          "the whole training set at the same weights (median over seeds), with the lr and the "
-                          "fixed-point estimate's cost in seconds."),
-    "estimators_subsets": ("Fixed-point estimator: sampling error of the subset estimate against Δ(w) over all n, per "
-                           "subset size (relative sd and 90th-percentile relative error over random subsets)."),
+    "estimators": (
+        "Estimator study: DiveBatch with and without lr rescaling under each gradient-diversity estimator "
+        "(exact = the authors' epoch estimator, microbatch, fixed_point = Δ(w) at the epoch's final "
+        "weights), beside small-batch SGD and AdaBatch: final accuracy, change against small-batch SGD "
+        "(bootstrap 95% CI), speed-up in optimizer steps, n·Δ_hat and batch size at the first decision."
+    ),
+    "estimators_shadow": (
+        "Shadow SGD runs: at each resize point, every estimator's n·Δ and its ratio to n·Δ(w) over "
+        "the whole training set at the same weights (median over seeds), with the lr and the "
+        "fixed-point estimate's cost in seconds."
+    ),
+    "estimators_subsets": (
+        "Fixed-point estimator: sampling error of the subset estimate against Δ(w) over all n, per "
+        "subset size (relative sd and 90th-percentile relative error over random subsets)."
+    ),
     "estimators_ratio": "Each estimator / Δ(w) at the same weights against the epoch and the learning rate (shadow runs).",
     "estimators_schedules": "DiveBatch's batch-size schedule per estimator (median over seeds).",
     "estimators_tradeoff": "Speed-up in optimizer steps against accuracy change vs small-batch SGD, per estimator.",

@@ -49,8 +49,14 @@ def _legend_right(axes) -> None:
         if ax.get_legend() is not None:
             ax.get_legend().remove()
     if handles:
-        axes[0, -1].legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.02, 1),
-                           frameon=False, fontsize="small")
+        axes[0, -1].legend(
+            list(handles.values()),
+            list(handles),
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1),
+            frameon=False,
+            fontsize="small",
+        )
 
 
 def protocol_note(df: pd.DataFrame) -> str:
@@ -97,7 +103,9 @@ def plot_curves(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="row")
     metric = metric_of(df.iloc[0])[0] if len(df) else "val_acc"
     for row, (y, ylabel) in enumerate(((metric, METRIC_LABELS.get(metric, metric)), ("train_loss", "training loss"))):
-        for col, (x, xlabel) in enumerate((("epoch1", "epoch"), ("wall_time_mean", "wall-clock time (s, mean over seeds)"))):
+        for col, (x, xlabel) in enumerate(
+            (("epoch1", "epoch"), ("wall_time_mean", "wall-clock time (s, mean over seeds)"))
+        ):
             ax = axes[row, col]
             sns.lineplot(data=df, x=x, y=y, ax=ax, **kw)
             ax.set(xlabel=xlabel, ylabel=ylabel)
@@ -118,8 +126,16 @@ def plot_dynamics(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
     kw = _line_kwargs(df)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     # one step line per run: a band would cut the corners of the steps
-    sns.lineplot(data=df, x="epoch1", y="batch_size", ax=axes[0], drawstyle="steps-post", units="run_id",
-                 estimator=None, **{**kw, "errorbar": None})
+    sns.lineplot(
+        data=df,
+        x="epoch1",
+        y="batch_size",
+        ax=axes[0],
+        drawstyle="steps-post",
+        units="run_id",
+        estimator=None,
+        **{**kw, "errorbar": None},
+    )
     axes[0].set(xlabel="epoch", ylabel="batch size (samples)")
     _log2(axes[0])
     div = df.dropna(subset=["grad_diversity"])
@@ -129,8 +145,10 @@ def plot_dynamics(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
     else:
         axes[1].text(0.5, 0.5, "no gradient diversity measured", ha="center", va="center", transform=axes[1].transAxes)
     axes[1].set(xlabel="epoch", ylabel="gradient diversity Delta_hat")
-    fig.suptitle(f"{dataset}: batch size (one line per run) and gradient diversity (mean, band = 1 sd over seeds)\n"
-                 f"{protocol_note(df)}")
+    fig.suptitle(
+        f"{dataset}: batch size (one line per run) and gradient diversity (mean, band = 1 sd over seeds)\n"
+        f"{protocol_note(df)}"
+    )
     _legend_right(axes)
     return fig
 
@@ -164,7 +182,8 @@ def tradeoff_points(main: pd.DataFrame, speedups: pd.DataFrame, target: str = "o
     # the primary metric's gain (> 0 better; the accuracy change in pp by default)
     gain = "metric_gain_vs_sgd_small" if "metric_gain_vs_sgd_small" in main else "acc_change_vs_sgd_small_pp"
     acc = main[["dataset", "method", "setting", gain, f"{gain}_low", f"{gain}_high"]].set_axis(
-        ["dataset", "method", "setting", "acc_change_pp", "acc_low", "acc_high"], axis=1)
+        ["dataset", "method", "setting", "acc_change_pp", "acc_low", "acc_high"], axis=1
+    )
     pts = sp.merge(acc, on=["dataset", "method", "setting"])
     pts = pts[pts["method"] != SGD_SMALL].drop(columns=["baseline", "baseline_group", "target"])
     pts["pareto"] = False
@@ -184,20 +203,32 @@ def plot_speedup_vs_accuracy(main: pd.DataFrame, speedups: pd.DataFrame, target:
     pts = tradeoff_points(main, speedups, target)
     datasets = sorted(pts["dataset"].unique()) or ["(none)"]
     units = list(UNITS)
-    fig, axes = plt.subplots(len(datasets), len(units), figsize=(4.2 * len(units), 3.6 * len(datasets)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(datasets), len(units), figsize=(4.2 * len(units), 3.6 * len(datasets)), squeeze=False)
     palette = _palette(_methods(pts)) if len(pts) else {}
     for i, dataset in enumerate(datasets):
         for j, unit in enumerate(units):
             ax = axes[i, j]
             g = pts[(pts["dataset"] == dataset) & (pts["unit"] == unit)]
             for _, r in g.iterrows():
-                xerr = [[r["acc_change_pp"] - r["acc_low"]], [r["acc_high"] - r["acc_change_pp"]]] \
-                    if np.isfinite(r["acc_low"]) else None
-                yerr = [[r["speedup"] - r["ci_low"]], [r["ci_high"] - r["speedup"]]] if np.isfinite(r["ci_low"]) else None
-                ax.errorbar(r["acc_change_pp"], r["speedup"], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
-                            color=palette[r["method"]], mec="black" if r["pareto"] else None,
-                            label=r["method"] + (f" ({r['setting']})" if r["setting"] else ""))
+                xerr = (
+                    [[r["acc_change_pp"] - r["acc_low"]], [r["acc_high"] - r["acc_change_pp"]]]
+                    if np.isfinite(r["acc_low"])
+                    else None
+                )
+                yerr = (
+                    [[r["speedup"] - r["ci_low"]], [r["ci_high"] - r["speedup"]]] if np.isfinite(r["ci_low"]) else None
+                )
+                ax.errorbar(
+                    r["acc_change_pp"],
+                    r["speedup"],
+                    xerr=xerr,
+                    yerr=yerr,
+                    fmt="o",
+                    capsize=3,
+                    color=palette[r["method"]],
+                    mec="black" if r["pareto"] else None,
+                    label=r["method"] + (f" ({r['setting']})" if r["setting"] else ""),
+                )
             front = g[g["pareto"]].sort_values("acc_change_pp")
             if len(front) > 1:
                 ax.plot(front["acc_change_pp"], front["speedup"], "--", color="0.5", lw=1, zorder=0)
@@ -205,12 +236,20 @@ def plot_speedup_vs_accuracy(main: pd.DataFrame, speedups: pd.DataFrame, target:
             ax.axvline(0, color="0.6", lw=0.8)
             d = main[main["dataset"] == dataset]
             metric = d["metric"].iloc[0] if "metric" in d and len(d) else "val_acc"
-            xlabel = ("accuracy change vs SGD small (pp)" if metric == "val_acc"
-                      else f"{metric} gain vs SGD small (> 0: lower {metric})")
-            ax.set(title=f"{dataset}: {UNIT_LABELS[unit]}", xlabel=xlabel,
-                   ylabel=f"speed-up vs SGD small ({UNIT_LABELS[unit]})")
+            xlabel = (
+                "accuracy change vs SGD small (pp)"
+                if metric == "val_acc"
+                else f"{metric} gain vs SGD small (> 0: lower {metric})"
+            )
+            ax.set(
+                title=f"{dataset}: {UNIT_LABELS[unit]}",
+                xlabel=xlabel,
+                ylabel=f"speed-up vs SGD small ({UNIT_LABELS[unit]})",
+            )
     _legend_right(axes)
-    fig.suptitle(f"Speed-up vs accuracy change against small-batch SGD ({'own' if target == 'own' else 'common'} target)")
+    fig.suptitle(
+        f"Speed-up vs accuracy change against small-batch SGD ({'own' if target == 'own' else 'common'} target)"
+    )
     return fig
 
 
@@ -239,13 +278,21 @@ def plot_sensitivity(table: pd.DataFrame) -> plt.Figure:
             extra = ", ".join(f"{o}={v:g}" for o, v in zip(others, key[1:]) if np.isfinite(v))
             label = f"{method} ({extra})" if extra else method
             g = g.sort_values(h)
-            for i, (col, ylabel) in enumerate(rows):
+            for i, (col, _ylabel) in enumerate(rows):
                 if col == "final_acc_mean":
                     err = g["final_acc_std"].fillna(0).to_numpy()
                 else:
                     err = np.nan_to_num(np.vstack([g[col] - g[f"{col}_low"], g[f"{col}_high"] - g[col]]))
-                axes[i, j].errorbar(g[h], g[col], yerr=err, fmt="o", ls=styles[k % len(styles)], capsize=3,
-                                    color=palette[method], label=label)
+                axes[i, j].errorbar(
+                    g[h],
+                    g[col],
+                    yerr=err,
+                    fmt="o",
+                    ls=styles[k % len(styles)],
+                    capsize=3,
+                    color=palette[method],
+                    label=label,
+                )
         for i, (col, ylabel) in enumerate(rows):
             ax = axes[i, j]
             if h == "delta":

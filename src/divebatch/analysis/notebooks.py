@@ -12,13 +12,19 @@ import io
 import os
 from pathlib import Path
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[3] / "notebooks"
+from divebatch.rundir import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # name -> what it shows (one sentence, used in the report's README)
 NOTEBOOKS = {
-    "speedup_vs_accuracy": ("Executed notebook: the speed-up versus accuracy trade-off (Pareto view per dataset "
-                            "and across hyperparameters) with its reading in words."),
-    "diversity_dynamics": ("Executed notebook: how gradient diversity evolves, how the batch size follows, and "
-                           "the relation n * Delta = 1 + B_simple to the gradient noise scale."),
+    "speedup_vs_accuracy": (
+        "Executed notebook: the speed-up versus accuracy trade-off (Pareto view per dataset "
+        "and across hyperparameters) with its reading in words."
+    ),
+    "diversity_dynamics": (
+        "Executed notebook: how gradient diversity evolves, how the batch size follows, and "
+        "the relation n * Delta = 1 + B_simple to the gradient noise scale."
+    ),
 }
 
 
@@ -37,8 +43,15 @@ def resolve(notebook: str | Path) -> Path:
     raise FileNotFoundError(f"notebook {str(notebook)!r} not found; allowed: a .ipynb path or one of {list(NOTEBOOKS)}")
 
 
-def execute(notebook: str | Path, runs_dir: str | Path | list, profile: str, out_dir: str | Path,
-            report_root: str | Path = ".", timeout: int = 600, kernel_name: str = "python3") -> tuple[Path, Path]:
+def execute(
+    notebook: str | Path,
+    runs_dir: str | Path | list,
+    profile: str,
+    out_dir: str | Path,
+    report_root: str | Path = ".",
+    timeout: int = 600,
+    kernel_name: str = "python3",
+) -> tuple[Path, Path]:
     """Run a notebook top to bottom in a fresh kernel and write the executed copy and its HTML export.
 
     Args:
@@ -64,10 +77,13 @@ def execute(notebook: str | Path, runs_dir: str | Path | list, profile: str, out
     out_dir.mkdir(parents=True, exist_ok=True)
     roots = [runs_dir] if isinstance(runs_dir, (str, Path)) else list(runs_dir)
     nb = nbformat.read(src, as_version=4)
-    env = {**os.environ, "DIVEBATCH_RUNS": os.pathsep.join(str(r) for r in roots), "DIVEBATCH_PROFILE": profile,
-           "DIVEBATCH_REPORT_ROOT": str(report_root)}
-    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name,
-                            resources={"metadata": {"path": os.getcwd()}})
+    env = {
+        **os.environ,
+        "DIVEBATCH_RUNS": os.pathsep.join(str(r) for r in roots),
+        "DIVEBATCH_PROFILE": profile,
+        "DIVEBATCH_REPORT_ROOT": str(report_root),
+    }
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": os.getcwd()}})
     ipynb, html = out_dir / src.name, out_dir / f"{src.stem}.html"
     try:
         client.execute(env=env)

@@ -29,16 +29,21 @@ def describe_tradeoff(main: pd.DataFrame, speedups: pd.DataFrame, profile: str) 
     pts = tradeoff_points(main, speedups)
     if pts.empty:
         return "No method could be compared with small-batch SGD in these runs (no small-batch SGD group)."
-    lines = [f"Reading for profile `{profile}` (speed-ups against small-batch SGD, own target = final - 1 pp; "
-             "brackets: bootstrap 95% interval over seeds):", ""]
+    lines = [
+        f"Reading for profile `{profile}` (speed-ups against small-batch SGD, own target = final - 1 pp; "
+        "brackets: bootstrap 95% interval over seeds):",
+        "",
+    ]
     for dataset, d in pts.groupby("dataset"):
         for unit in UNITS:
             g = d[d["unit"] == unit]
             if g.empty:
                 continue
             fastest = g.sort_values("speedup", ascending=False).iloc[0]
-            front = ", ".join(f"{r['method']}{' (' + r['setting'] + ')' if r['setting'] else ''}"
-                              for _, r in g[g["pareto"]].sort_values("speedup", ascending=False).iterrows())
+            front = ", ".join(
+                f"{r['method']}{' (' + r['setting'] + ')' if r['setting'] else ''}"
+                for _, r in g[g["pareto"]].sort_values("speedup", ascending=False).iterrows()
+            )
             faster = "faster" if fastest["speedup"] > 1 else "not faster"
             lines.append(
                 f"- **{dataset}, {UNIT_LABELS[unit]}**: the fastest is {fastest['method']} at "
@@ -46,15 +51,23 @@ def describe_tradeoff(main: pd.DataFrame, speedups: pd.DataFrame, profile: str) 
                 f"{UNIT_LABELS[unit]}), with an accuracy change of "
                 f"{_ci(fastest, 'acc_change_pp', 'acc_low', 'acc_high', '+.2f', ' pp')}. "
                 f"Pareto front (no other point is both faster and more accurate): {front or 'empty'}."
-                + (f" Its final accuracy is lower than small-batch SGD's, so its own target is easier to reach: "
-                   f"compare the common-target speed-ups." if fastest["acc_change_pp"] < -WITHIN_PP else ""))
+                + (
+                    " Its final accuracy is lower than small-batch SGD's, so its own target is easier to reach: "
+                    "compare the common-target speed-ups."
+                    if fastest["acc_change_pp"] < -WITHIN_PP
+                    else ""
+                )
+            )
     steps = pts[pts["unit"] == "optimizer_steps"]["speedup"]
     wall = pts[pts["unit"] == "wall_time_s"]["speedup"]
     if len(steps) and len(wall) and np.nanmedian(wall) < np.nanmedian(steps):
-        lines += ["", "Speed-ups in wall-clock seconds are smaller than in optimizer steps (medians "
-                  f"{np.nanmedian(wall):.2f}x and {np.nanmedian(steps):.2f}x): fewer, larger steps save less time "
-                  "than they save steps when the hardware does not process a larger batch in the same time "
-                  "(on CPU a step costs roughly in proportion to its batch)."]
+        lines += [
+            "",
+            "Speed-ups in wall-clock seconds are smaller than in optimizer steps (medians "
+            f"{np.nanmedian(wall):.2f}x and {np.nanmedian(steps):.2f}x): fewer, larger steps save less time "
+            "than they save steps when the hardware does not process a larger batch in the same time "
+            "(on CPU a step costs roughly in proportion to its batch).",
+        ]
     return "\n".join(lines)
 
 
@@ -75,8 +88,12 @@ def rule_agreement(div: pd.DataFrame) -> pd.DataFrame:
     d = div.dropna(subset=["rule_batch", "next_batch_size"])
     if d.empty:
         return pd.DataFrame(columns=["dataset", "method", "measured_epochs", "rule_followed"])
-    return (d.assign(ok=d["rule_batch"] == d["next_batch_size"]).groupby(["dataset", "method"])
-             .agg(measured_epochs=("ok", "size"), rule_followed=("ok", "sum")).reset_index())
+    return (
+        d.assign(ok=d["rule_batch"] == d["next_batch_size"])
+        .groupby(["dataset", "method"])
+        .agg(measured_epochs=("ok", "size"), rule_followed=("ok", "sum"))
+        .reset_index()
+    )
 
 
 def describe_dynamics(div: pd.DataFrame, profile: str) -> str:
@@ -92,23 +109,36 @@ def describe_dynamics(div: pd.DataFrame, profile: str) -> str:
         name = f"{method}{' (' + setting + ')' if setting else ''}"
         followed = g.dropna(subset=["next_batch_size"])  # a run's last epoch has no next batch
         raw = div[(div["dataset"] == dataset) & (div["method"] == method) & (div["setting"] == setting)]
-        clipped = ((raw["proposed_batch"] > raw["max_batch_size"]) & (raw["next_batch_size"] == raw["max_batch_size"])).any()
-        text = (f"- **{dataset}, {name}**: n * Delta_hat (= 1 + B_simple) {trend} from {first['n_delta']:.3g} "
-                f"(epoch {int(first['epoch'])}) to {last['n_delta']:.3g} (epoch {int(last['epoch'])}); the proposed "
-                f"batch delta * n * Delta_hat goes from {first['proposed_batch']:.0f} to {last['proposed_batch']:.0f}")
+        clipped = (
+            (raw["proposed_batch"] > raw["max_batch_size"]) & (raw["next_batch_size"] == raw["max_batch_size"])
+        ).any()
+        text = (
+            f"- **{dataset}, {name}**: n * Delta_hat (= 1 + B_simple) {trend} from {first['n_delta']:.3g} "
+            f"(epoch {int(first['epoch'])}) to {last['n_delta']:.3g} (epoch {int(last['epoch'])}); the proposed "
+            f"batch delta * n * Delta_hat goes from {first['proposed_batch']:.0f} to {last['proposed_batch']:.0f}"
+        )
         if len(followed) == 1:
-            text += (f", and the batch size used next is {followed['next_batch_size'].iloc[0]:.0f} (after epoch "
-                     f"{int(followed['epoch'].iloc[0])})")
+            text += (
+                f", and the batch size used next is {followed['next_batch_size'].iloc[0]:.0f} (after epoch "
+                f"{int(followed['epoch'].iloc[0])})"
+            )
         elif len(followed) > 1:
-            text += (f", and the batch size used next goes from {followed['next_batch_size'].iloc[0]:.0f} (after "
-                     f"epoch {int(followed['epoch'].iloc[0])}) to {followed['next_batch_size'].iloc[-1]:.0f} (after "
-                     f"epoch {int(followed['epoch'].iloc[-1])})")
+            text += (
+                f", and the batch size used next goes from {followed['next_batch_size'].iloc[0]:.0f} (after "
+                f"epoch {int(followed['epoch'].iloc[0])}) to {followed['next_batch_size'].iloc[-1]:.0f} (after "
+                f"epoch {int(followed['epoch'].iloc[-1])})"
+            )
         lines.append(text + ("; the max batch size clipped it at least once." if clipped else "."))
-    grows = sum(g.sort_values("epoch")["n_delta"].iloc[-1] > g.sort_values("epoch")["n_delta"].iloc[0]
-                for _, g in s.groupby(["dataset", "method", "setting"]))
+    grows = sum(
+        g.sort_values("epoch")["n_delta"].iloc[-1] > g.sort_values("epoch")["n_delta"].iloc[0]
+        for _, g in s.groupby(["dataset", "method", "setting"])
+    )
     total = s.groupby(["dataset", "method", "setting"]).ngroups
-    lines += ["", f"n * Delta_hat grows over training in {grows} of {total} group(s). McCandlish et al. (2018) "
-              "observe the noise scale B_simple growing as the loss falls; DiveBatch's batch size "
-              "delta * n * Delta_hat = delta * (1 + B_simple) then follows it, a fraction delta of the noise scale, "
-              "until the max batch size stops it."]
+    lines += [
+        "",
+        f"n * Delta_hat grows over training in {grows} of {total} group(s). McCandlish et al. (2018) "
+        "observe the noise scale B_simple growing as the loss falls; DiveBatch's batch size "
+        "delta * n * Delta_hat = delta * (1 + B_simple) then follows it, a fraction delta of the noise scale, "
+        "until the max batch size stops it.",
+    ]
     return "\n".join(lines)

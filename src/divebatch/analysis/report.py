@@ -78,14 +78,20 @@ def analyse(runs: RunSet, profile: str, verdict_path: str | Path | None = None) 
     ep = runs.epochs
     main = tables.main_table(ep, runs.runs)
     speedups = tables.speedup_table(ep)
-    return Results(runs=runs, profile=profile, main=main, speedups=speedups,
-                   claims=claims_mod.claims_table(main, speedups, verdict_path),
-                   diversity=tables.diversity_table(ep),
-                   sensitivity=tables.sensitivity_table(ep) if tables.has_sweep(ep) else None)
+    return Results(
+        runs=runs,
+        profile=profile,
+        main=main,
+        speedups=speedups,
+        claims=claims_mod.claims_table(main, speedups, verdict_path),
+        diversity=tables.diversity_table(ep),
+        sensitivity=tables.sensitivity_table(ep) if tables.has_sweep(ep) else None,
+    )
 
 
-def load_results(roots: list[str | Path] | str | Path, profile: str | None = None,
-                 report_root: str | Path = ".") -> Results:
+def load_results(
+    roots: list[str | Path] | str | Path, profile: str | None = None, report_root: str | Path = "."
+) -> Results:
     """Collect the runs under ``roots`` and analyse one profile (the only one present if None).
 
     Args:
@@ -117,35 +123,53 @@ def slug(text: str) -> str:
 
 # What each output shows, one sentence (used in the generated README).
 DESCRIPTIONS = {
-    "main": ("Main table, one row per dataset, method and setting (with its protocol: authors' code, clean or -): "
-             "seeds used and seeds diverged, final and best validation accuracy and accuracy at 25% of the "
-             "epochs (mean ± sd over seeds), peak memory (MB; peak RSS on CPU), accuracy change against "
-             "small-batch SGD and AdaBatch (percentage points, bootstrap 95% CI), the authors' time to target "
-             "(seed-mean curve, final - 1 pp; epochs, optimizer steps, training seconds) and its speed-ups, then "
-             "per-run time to the own target (final - 1 pp) and the common target in epochs, optimizer steps and "
-             "wall-clock seconds."),
-    "speedups": ("Speed-up of every method against small-batch SGD and against AdaBatch (mean baseline time / "
-                 "mean method time to target, > 1 is faster, bootstrap 95% CI over seeds), separately in epochs, "
-                 "optimizer steps and wall-clock seconds, for the own and the common target."),
-    "claims": ("Each claim of docs/protocol.md with the paper's figure, ours, the definition of time to target "
-               "(the authors' first, then per run) and unit it is judged in, and a verdict (holds / does not "
-               "hold / not measured at this scale) computed by the stated rule."),
-    "runs": ("Every run directory found with its protocol and status (complete, diverged at epoch N, "
-             "excluded), final accuracy, time to target and, for diverged or excluded runs, why they were "
-             "left out of every aggregate."),
-    "diversity": ("Every epoch that measured gradient diversity: Delta_hat, n * Delta_hat = 1 + B_simple "
-                  "(gradient noise scale), DiveBatch's proposed batch and the batch size used next."),
-    "sensitivity": ("Final accuracy and speed-up against small-batch SGD (three units) for each delta, "
-                    "resize frequency and max batch size of the sweep."),
-    "curves": ("Validation accuracy and training loss against epochs and against wall-clock seconds, mean over "
-               "seeds with a one-sd band, for {dataset}."),
+    "main": (
+        "Main table, one row per dataset, method and setting (with its protocol: authors' code, clean or -): "
+        "seeds used and seeds diverged, final and best validation accuracy and accuracy at 25% of the "
+        "epochs (mean ± sd over seeds), peak memory (MB; peak RSS on CPU), accuracy change against "
+        "small-batch SGD and AdaBatch (percentage points, bootstrap 95% CI), the authors' time to target "
+        "(seed-mean curve, final - 1 pp; epochs, optimizer steps, training seconds) and its speed-ups, then "
+        "per-run time to the own target (final - 1 pp) and the common target in epochs, optimizer steps and "
+        "wall-clock seconds."
+    ),
+    "speedups": (
+        "Speed-up of every method against small-batch SGD and against AdaBatch (mean baseline time / "
+        "mean method time to target, > 1 is faster, bootstrap 95% CI over seeds), separately in epochs, "
+        "optimizer steps and wall-clock seconds, for the own and the common target."
+    ),
+    "claims": (
+        "Each claim of docs/protocol.md with the paper's figure, ours, the definition of time to target "
+        "(the authors' first, then per run) and unit it is judged in, and a verdict (holds / does not "
+        "hold / not measured at this scale) computed by the stated rule."
+    ),
+    "runs": (
+        "Every run directory found with its protocol and status (complete, diverged at epoch N, "
+        "excluded), final accuracy, time to target and, for diverged or excluded runs, why they were "
+        "left out of every aggregate."
+    ),
+    "diversity": (
+        "Every epoch that measured gradient diversity: Delta_hat, n * Delta_hat = 1 + B_simple "
+        "(gradient noise scale), DiveBatch's proposed batch and the batch size used next."
+    ),
+    "sensitivity": (
+        "Final accuracy and speed-up against small-batch SGD (three units) for each delta, "
+        "resize frequency and max batch size of the sweep."
+    ),
+    "curves": (
+        "Validation accuracy and training loss against epochs and against wall-clock seconds, mean over "
+        "seeds with a one-sd band, for {dataset}."
+    ),
     "dynamics": "Batch size and measured gradient diversity against epochs for {dataset} (mean, one-sd band).",
-    "speedup_vs_accuracy": ("Speed-up against small-batch SGD versus accuracy change, one point per method and "
-                            "setting with bootstrap error bars, per dataset and unit; the dashed line is the "
-                            "Pareto front."),
+    "speedup_vs_accuracy": (
+        "Speed-up against small-batch SGD versus accuracy change, one point per method and "
+        "setting with bootstrap error bars, per dataset and unit; the dashed line is the "
+        "Pareto front."
+    ),
     "sensitivity_fig": "Final accuracy and speed-up against delta, resize frequency and max batch size (sweeps).",
-    "noise_scale": ("n * Delta_hat = 1 + B_simple against epochs, DiveBatch's proposed versus used batch size, "
-                    "and the batch size at measured epochs."),
+    "noise_scale": (
+        "n * Delta_hat = 1 + B_simple against epochs, DiveBatch's proposed versus used batch size, "
+        "and the batch size at measured epochs."
+    ),
 }
 
 
@@ -160,8 +184,9 @@ def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
 
 
-def write_report(res: Results, out: str | Path = ".", run_notebooks: bool = False,
-                 roots: list[str] | None = None) -> list[Path]:
+def write_report(
+    res: Results, out: str | Path = ".", run_notebooks: bool = False, roots: list[str] | None = None
+) -> list[Path]:
     """Write every table and figure of one profile under ``out`` (see module docstring).
 
     Existing outputs of the same profile are replaced, with a message on stderr naming how many.
@@ -188,32 +213,63 @@ def write_report(res: Results, out: str | Path = ".", run_notebooks: bool = Fals
 
     have_runs = not res.runs.epochs.empty
     if have_runs or len(res.diverged):  # a profile whose every run diverged still says so in its main table
-        table("main", res.main, tables.format_main(res.main),
-              "Accuracy and time to target per dataset, method and setting (peak memory: CUDA allocator peak on "
-              "GPU, peak RSS of the process on CPU)")
+        table(
+            "main",
+            res.main,
+            tables.format_main(res.main),
+            "Accuracy and time to target per dataset, method and setting (peak memory: CUDA allocator peak on "
+            "GPU, peak RSS of the process on CPU)",
+        )
     if have_runs:
-        table("speedups", res.speedups, tables.format_speedups(res.speedups),
-              "Speed-ups against small-batch SGD and AdaBatch (ratio, bootstrap 95% CI over seeds)")
-    table("claims", res.claims, res.claims.rename(columns=str.capitalize),
-          "Claims of docs/protocol.md and our verdicts (speed: the authors' definition first, then per run)")
+        table(
+            "speedups",
+            res.speedups,
+            tables.format_speedups(res.speedups),
+            "Speed-ups against small-batch SGD and AdaBatch (ratio, bootstrap 95% CI over seeds)",
+        )
+    table(
+        "claims",
+        res.claims,
+        res.claims.rename(columns=str.capitalize),
+        "Claims of docs/protocol.md and our verdicts (speed: the authors' definition first, then per run)",
+    )
     runs_tab = _runs_table(res)
-    table("runs", runs_tab, runs_tab.assign(protocol=runs_tab["protocol"].map(protocol_name)).fillna(""),
-          "Every run directory found")
+    table(
+        "runs",
+        runs_tab,
+        runs_tab.assign(protocol=runs_tab["protocol"].map(protocol_name)).fillna(""),
+        "Every run directory found",
+    )
     if have_runs:
         if len(res.diversity):
             table("diversity", res.diversity, res.diversity.round(4), "Gradient diversity measurements")
         if res.sensitivity is not None:
-            table("sensitivity", res.sensitivity, tables.format_sensitivity(res.sensitivity),
-                  "Sensitivity to delta, resize frequency and max batch size")
+            table(
+                "sensitivity",
+                res.sensitivity,
+                tables.format_sensitivity(res.sensitivity),
+                "Sensitivity to delta, resize frequency and max batch size",
+            )
         for dataset in res.datasets:
             label = res.runs.provenance([dataset])
-            figure(f"curves_{slug(dataset)}", figures.plot_curves(res.runs.epochs, dataset),
-                   DESCRIPTIONS["curves"].format(dataset=dataset), label)
-            figure(f"dynamics_{slug(dataset)}", figures.plot_dynamics(res.runs.epochs, dataset),
-                   DESCRIPTIONS["dynamics"].format(dataset=dataset), label)
+            figure(
+                f"curves_{slug(dataset)}",
+                figures.plot_curves(res.runs.epochs, dataset),
+                DESCRIPTIONS["curves"].format(dataset=dataset),
+                label,
+            )
+            figure(
+                f"dynamics_{slug(dataset)}",
+                figures.plot_dynamics(res.runs.epochs, dataset),
+                DESCRIPTIONS["dynamics"].format(dataset=dataset),
+                label,
+            )
         if len(res.speedups):
-            figure("speedup_vs_accuracy", figures.plot_speedup_vs_accuracy(res.main, res.speedups),
-                   DESCRIPTIONS["speedup_vs_accuracy"])
+            figure(
+                "speedup_vs_accuracy",
+                figures.plot_speedup_vs_accuracy(res.main, res.speedups),
+                DESCRIPTIONS["speedup_vs_accuracy"],
+            )
         if len(res.diversity):
             figure("noise_scale", figures.plot_noise_scale(res.diversity), DESCRIPTIONS["noise_scale"])
         if res.sensitivity is not None:
@@ -233,8 +289,10 @@ def write_report(res: Results, out: str | Path = ".", run_notebooks: bool = Fals
     readme.write_text(_readme(res, entries, tdir, others))
     written.append(readme)
     if replaced:
-        print(f"report: replaced {len(replaced)} existing file(s) in {_rel(tdir, out)} and {_rel(fdir, out)}",
-              file=sys.stderr)
+        print(
+            f"report: replaced {len(replaced)} existing file(s) in {_rel(tdir, out)} and {_rel(fdir, out)}",
+            file=sys.stderr,
+        )
     return written
 
 
@@ -244,28 +302,57 @@ def _runs_table(res: Results) -> pd.DataFrame:
     3 ...``, 1-based), ``epochs_completed``, then for complete runs the per-run numbers of
     :func:`tables.run_table`."""
     r = res.runs.runs
-    cols = ["run_id", "dataset", "method", "setting", "protocol", "seed", "complete", "status", "reason",
-            "epochs_completed"]
+    cols = [
+        "run_id",
+        "dataset",
+        "method",
+        "setting",
+        "protocol",
+        "seed",
+        "complete",
+        "status",
+        "reason",
+        "epochs_completed",
+    ]
     base = r.reindex(columns=cols).copy()
     if res.runs.epochs.empty:
         return base
     per = tables.run_table(res.runs.epochs)
-    keep = ["run_id", "final_acc", "best_acc", "acc_at_25pct", "peak_memory_mb", "final_batch_size",
-            *[c for c in per.columns if c.startswith(("own_", "common_"))]]
+    keep = [
+        "run_id",
+        "final_acc",
+        "best_acc",
+        "acc_at_25pct",
+        "peak_memory_mb",
+        "final_batch_size",
+        *[c for c in per.columns if c.startswith(("own_", "common_"))],
+    ]
     return base.merge(per[keep], on="run_id", how="left")
 
 
 def _readme(res: Results, entries, tdir: Path, others: list[Path]) -> str:
-    lines = [f"# Results of profile `{res.profile}`", "",
-             "Generated by `divebatch report`; do not edit by hand. How to read every table and figure, and how "
-             "speed-ups, time to target and verdicts are defined: `docs/analysis.md`.", "",
-             f"Provenance: `{res.provenance}`", ""]
+    lines = [
+        f"# Results of profile `{res.profile}`",
+        "",
+        "Generated by `divebatch report`; do not edit by hand. How to read every table and figure, and how "
+        "speed-ups, time to target and verdicts are defined: `docs/analysis.md`.",
+        "",
+        f"Provenance: `{res.provenance}`",
+        "",
+    ]
     if "CPU-scale" in res.provenance:
-        lines += ["These are CPU-scale results (small subsets, few epochs), not the paper's numbers. "
-                  "On CPU larger batches do not give wall-clock speed-ups; every speed-up says its unit.", ""]
-    lines += ["## Claims", "",
-              "Speed claims are judged first with the authors' time to target (seed-mean curve, final - 1 pp, "
-              "training seconds; docs/protocol.md), then per run (bootstrap 95% intervals over seeds).", ""]
+        lines += [
+            "These are CPU-scale results (small subsets, few epochs), not the paper's numbers. "
+            "On CPU larger batches do not give wall-clock speed-ups; every speed-up says its unit.",
+            "",
+        ]
+    lines += [
+        "## Claims",
+        "",
+        "Speed claims are judged first with the authors' time to target (seed-mean curve, final - 1 pp, "
+        "training seconds; docs/protocol.md), then per run (bootstrap 95% intervals over seeds).",
+        "",
+    ]
     for _, c in res.claims.iterrows():
         lines.append(f"- Claim {c['claim']} ({_claim_unit(c)}): **{c['verdict']}**. {c['ours']}")
     lines.append("")
@@ -275,8 +362,10 @@ def _readme(res: Results, entries, tdir: Path, others: list[Path]) -> str:
         lines.append("None: no run's training loss became non-finite.")
     for _, r in diverged.iterrows():
         setting = f" ({r['setting']})" if r["setting"] else ""
-        lines.append(f"- `{r['run_id']}` ({r['dataset']}, {r['method']}{setting}, seed {r['seed']}): {r['reason']}; "
-                     "left out of every aggregate, counted in the main table's Diverged column")
+        lines.append(
+            f"- `{r['run_id']}` ({r['dataset']}, {r['method']}{setting}, seed {r['seed']}): {r['reason']}; "
+            "left out of every aggregate, counted in the main table's Diverged column"
+        )
     lines.append("")
     excluded = res.excluded
     missing = res.runs.missing_seeds
@@ -286,8 +375,9 @@ def _readme(res: Results, entries, tdir: Path, others: list[Path]) -> str:
     for _, r in excluded.iterrows():
         lines.append(f"- excluded `{r['run_id']}`: {r['reason']}")
     for (_, dataset, method, setting), seeds in sorted(missing.items()):
-        lines.append(f"- {dataset}, {method}{' (' + setting + ')' if setting else ''}: no complete run for "
-                     f"seed(s) {seeds}")
+        lines.append(
+            f"- {dataset}, {method}{' (' + setting + ')' if setting else ''}: no complete run for seed(s) {seeds}"
+        )
     lines.append("")
     section = None
     for sec, paths, sentence in entries:
@@ -297,8 +387,13 @@ def _readme(res: Results, entries, tdir: Path, others: list[Path]) -> str:
         links = ", ".join(f"[{p.name}]({_rel(p, tdir)})" for p in paths)
         lines.append(f"- {links}: {sentence}")
     if others:
-        lines += ["", "## Other files in these folders", "",
-                  "Not written by this report (e.g. by `divebatch synthetic`); see the command that wrote them.", ""]
+        lines += [
+            "",
+            "## Other files in these folders",
+            "",
+            "Not written by this report (e.g. by `divebatch synthetic`); see the command that wrote them.",
+            "",
+        ]
         lines += [f"- [{p.name}]({_rel(p, tdir)})" for p in others]
     return "\n".join(lines) + "\n"
 
@@ -314,10 +409,14 @@ def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="divebatch report", description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", metavar="RUNS_DIR", help="folders searched recursively for run directories")
     p.add_argument("--out", default=".", help="root of paper_tables/<profile>/ and figures/<profile>/ (default: .)")
-    p.add_argument("--profile", default=None,
-                   help="report only this profile (default: one report per profile found in the runs)")
-    p.add_argument("--notebooks", action="store_true",
-                   help="also execute the notebooks into <out>/notebooks/<profile>/ (.ipynb and .html)")
+    p.add_argument(
+        "--profile", default=None, help="report only this profile (default: one report per profile found in the runs)"
+    )
+    p.add_argument(
+        "--notebooks",
+        action="store_true",
+        help="also execute the notebooks into <out>/notebooks/<profile>/ (.ipynb and .html)",
+    )
     args = p.parse_args(argv)
     try:
         rs = collect_runs(args.runs)
@@ -329,8 +428,9 @@ def cli(argv: list[str] | None = None) -> int:
         return 1
     profiles = rs.profiles
     if args.profile is not None and args.profile not in profiles:
-        print(f"divebatch report: --profile {args.profile!r} has no run; allowed: {' | '.join(profiles)}",
-              file=sys.stderr)
+        print(
+            f"divebatch report: --profile {args.profile!r} has no run; allowed: {' | '.join(profiles)}", file=sys.stderr
+        )
         return 2
     for profile in [args.profile] if args.profile else profiles:
         verdict = Path(args.out) / "paper_tables" / profile / VERDICT_FILE
@@ -339,8 +439,10 @@ def cli(argv: list[str] | None = None) -> int:
             res = analyse(rs.select(profile), profile, verdict)
             paths = write_report(res, args.out, args.notebooks, args.runs)
         n_ok = int(res.runs.runs["complete"].sum())
-        print(f"report {profile}: {n_ok} complete run(s), {len(res.diverged)} diverged, {len(res.excluded)} excluded; "
-              f"wrote {len(paths)} files; see {Path(args.out) / 'paper_tables' / profile / 'README.md'}")
+        print(
+            f"report {profile}: {n_ok} complete run(s), {len(res.diverged)} diverged, {len(res.excluded)} excluded; "
+            f"wrote {len(paths)} files; see {Path(args.out) / 'paper_tables' / profile / 'README.md'}"
+        )
         for _, r in res.diverged.iterrows():
             print(f"  DIVERGED {r['run_id']}: {r['reason']}")
         for _, c in res.claims.iterrows():

@@ -53,8 +53,9 @@ N_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0  # fixed so a report is reproducible byte for byte
 
 
-def time_to_target(metrics: pd.DataFrame, target: float, column: str = "val_acc",
-                   higher: bool = True) -> dict[str, float]:
+def time_to_target(
+    metrics: pd.DataFrame, target: float, column: str = "val_acc", higher: bool = True
+) -> dict[str, float]:
     """Time for one run to first reach ``target`` in ``column``, in every unit of :data:`UNITS`.
 
     Args:
@@ -105,8 +106,9 @@ def seed_mean_curve(metrics: pd.DataFrame, column: str = "val_acc") -> pd.DataFr
     return m.groupby("epoch", sort=True)[cols].mean().reset_index()
 
 
-def authors_time_to_target(metrics: pd.DataFrame, within_pp: float = WITHIN_PP, column: str = "val_acc",
-                           higher: bool = True) -> dict[str, float]:
+def authors_time_to_target(
+    metrics: pd.DataFrame, within_pp: float = WITHIN_PP, column: str = "val_acc", higher: bool = True
+) -> dict[str, float]:
     """Time to target as the authors compute it, on the seed-mean curve of one group.
 
     Source: ``pytorch-cifar@7289184 src/plot.ipynb``, function
@@ -142,9 +144,12 @@ def authors_time_to_target(metrics: pd.DataFrame, within_pp: float = WITHIN_PP, 
         return {"target": target, **{u: nan for u in AUTHORS_UNITS}}
     i = int(hit[0])
     # np.sum, not Series.sum: a missing epoch time must give NaN, not a smaller total
-    return {"target": target, "epochs": float(curve["epoch"].iloc[i] + 1),
-            "optimizer_steps": float(curve["optimizer_steps"].iloc[i]),
-            "train_time_s": float(np.sum(curve["epoch_time_s"].to_numpy()[: i + 1]))}
+    return {
+        "target": target,
+        "epochs": float(curve["epoch"].iloc[i] + 1),
+        "optimizer_steps": float(curve["optimizer_steps"].iloc[i]),
+        "train_time_s": float(np.sum(curve["epoch_time_s"].to_numpy()[: i + 1])),
+    }
 
 
 def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFrame:
@@ -168,13 +173,20 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
     for run_id, m in epochs.groupby("run_id", sort=False):
         m = curves[run_id] = m.sort_values("epoch")
         last = m.iloc[-1]
-        row = {"run_id": run_id, **{c: last[c] for c in group}, "family": last.get("family"),
-               "method_name": last.get("method_name"), "seed": int(last["seed"]),
-               "initial_batch_size": last.get("initial_batch_size"),
-               "final_acc": float(last["val_acc"]), "best_acc": float(m["val_acc"].max()),
-               "acc_at_25pct": _acc_at_quarter(m, last.get("epochs_planned")),
-               "peak_memory_mb": float(m["peak_memory_mb"].max()) if "peak_memory_mb" in m else float("nan"),
-               "final_batch_size": float(last["batch_size"]), "final_train_loss": float(last["train_loss"])}
+        row = {
+            "run_id": run_id,
+            **{c: last[c] for c in group},
+            "family": last.get("family"),
+            "method_name": last.get("method_name"),
+            "seed": int(last["seed"]),
+            "initial_batch_size": last.get("initial_batch_size"),
+            "final_acc": float(last["val_acc"]),
+            "best_acc": float(m["val_acc"].max()),
+            "acc_at_25pct": _acc_at_quarter(m, last.get("epochs_planned")),
+            "peak_memory_mb": float(m["peak_memory_mb"].max()) if "peak_memory_mb" in m else float("nan"),
+            "final_batch_size": float(last["batch_size"]),
+            "final_train_loss": float(last["train_loss"]),
+        }
         col, higher, within = metric_of(last)
         row["final_metric"] = float(last[col])
         row["best_metric"] = float(m[col].max() if higher else m[col].min())
@@ -186,8 +198,10 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
         return runs
     targets = common_targets(runs, group, epochs)
     runs["common_target"] = runs["dataset"].map(targets)
-    common = [time_to_target(curves[r], t, *metric_of(curves[r].iloc[-1])[:2])
-              for r, t in zip(runs["run_id"], runs["common_target"])]
+    common = [
+        time_to_target(curves[r], t, *metric_of(curves[r].iloc[-1])[:2])
+        for r, t in zip(runs["run_id"], runs["common_target"])
+    ]
     for u in UNITS:
         runs[f"common_{u}"] = [c[u] for c in common]
     return runs
@@ -217,8 +231,7 @@ def metric_sign(row: pd.Series) -> float:
     return 1.0 if metric_of(row)[1] else -1.0
 
 
-def common_targets(runs: pd.DataFrame, group: list[str] | None = None,
-                   epochs: pd.DataFrame | None = None) -> pd.Series:
+def common_targets(runs: pd.DataFrame, group: list[str] | None = None, epochs: pd.DataFrame | None = None) -> pd.Series:
     """Per dataset: the worst mean final primary metric among its groups, made :data:`WITHIN_PP`
     (or the metric's ``within``) easier: lowest accuracy - 1 pp, highest loss + ``within``.
 
@@ -245,14 +258,6 @@ class Interval:
     low: float
     high: float
     n: int
-
-    def fmt(self, digits: int = 2, suffix: str = "") -> str:
-        if not np.isfinite(self.value):
-            return "n/a"
-        core = f"{self.value:.{digits}f}{suffix}"
-        if not np.isfinite(self.low):
-            return f"{core} (n={self.n})"
-        return f"{core} [{self.low:.{digits}f}, {self.high:.{digits}f}] (n={self.n})"
 
 
 def _ratio_of_means(base, method, axis=-1):
@@ -288,9 +293,16 @@ def paired_bootstrap(x: np.ndarray, y: np.ndarray, statistic, confidence: float 
     with warnings.catch_warnings():
         # few seeds give few distinct resamples; scipy warns, the interval is still what we report
         warnings.simplefilter("ignore")
-        res = stats.bootstrap((x, y), statistic, paired=True, vectorized=True, n_resamples=N_RESAMPLES,
-                              confidence_level=confidence, method="percentile",
-                              rng=np.random.default_rng(BOOTSTRAP_SEED))
+        res = stats.bootstrap(
+            (x, y),
+            statistic,
+            paired=True,
+            vectorized=True,
+            n_resamples=N_RESAMPLES,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(BOOTSTRAP_SEED),
+        )
     ci = res.confidence_interval
     return Interval(value, float(ci.low), float(ci.high), n)
 
@@ -320,8 +332,9 @@ def accuracy_change(method_acc: np.ndarray, base_acc: np.ndarray) -> Interval:
     return paired_bootstrap(method_acc, base_acc, _difference_of_means)
 
 
-def paired(runs: pd.DataFrame, method_key: tuple, base_key: tuple, column: str,
-           group: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def paired(
+    runs: pd.DataFrame, method_key: tuple, base_key: tuple, column: str, group: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Values of ``column`` for the seeds two groups share, aligned by seed: (method, base)."""
     group = group or ["dataset", "method", "setting"]
 

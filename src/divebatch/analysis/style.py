@@ -10,20 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-# Display names in a fixed order; colours follow the order so every figure agrees.
-METHOD_ORDER = [
-    "SGD (small batch)",
-    "SGD (large batch)",
-    "AdaBatch",
-    "AdaBatch + lr rescale",
-    "DiveBatch",
-    "DiveBatch + lr rescale",
-    # runs with optim.name=adamw (collect.OPTIMIZER_NAMES; sqrt: the square-root lr rule)
-    "AdamW (small batch)",
-    "AdamW (large batch)",
-    "AdamW DiveBatch",
-    "AdamW DiveBatch + sqrt lr rescale",
-]
+from divebatch.methods import DISPLAY_ORDER  # noqa: E402
+
+# Display names in a fixed order (divebatch.methods.VARIANTS); colours follow the order so every figure agrees.
+METHOD_ORDER = list(DISPLAY_ORDER)
 METHOD_PALETTE = dict(zip(METHOD_ORDER, sns.color_palette("colorblind", len(METHOD_ORDER))))
 
 

@@ -15,9 +15,21 @@ import numpy as np
 import pandas as pd
 
 from divebatch.analysis.collect import ALL_HPARAMS, GROUP, SGD_SMALL, protocol_name
-from divebatch.analysis.stats import (AUTHORS_UNITS, UNIT_LABELS, UNITS, WITHIN_PP, Interval, accuracy_change,
-                                      authors_speedup, authors_time_to_target, metric_of, metric_sign, paired,
-                                      per_run, speedup)
+from divebatch.analysis.stats import (
+    AUTHORS_UNITS,
+    UNIT_LABELS,
+    UNITS,
+    WITHIN_PP,
+    Interval,
+    accuracy_change,
+    authors_speedup,
+    authors_time_to_target,
+    metric_of,
+    metric_sign,
+    paired,
+    per_run,
+    speedup,
+)
 from divebatch.analysis.style import METHOD_ORDER
 
 # Baseline role -> methods that can play it, in order of preference. "AdaBatch" prefers the plain
@@ -33,8 +45,12 @@ SENSITIVITY_HPARAMS = ("delta", "resize_freq", "max_batch_size")
 
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return (df.assign(_r=df["method"].map(lambda m: rank.get(m, len(rank))))
-              .sort_values(["dataset", "_r", "method", "setting"]).drop(columns="_r").reset_index(drop=True))
+    return (
+        df.assign(_r=df["method"].map(lambda m: rank.get(m, len(rank))))
+        .sort_values(["dataset", "_r", "method", "setting"])
+        .drop(columns="_r")
+        .reset_index(drop=True)
+    )
 
 
 def run_table(epochs: pd.DataFrame) -> pd.DataFrame:
@@ -56,8 +72,10 @@ def baseline_groups(runs: pd.DataFrame) -> dict[tuple[str, str], tuple]:
     for dataset in runs["dataset"].unique():
         for role, candidates in BASELINES.items():
             for cand in candidates:
-                s = sizes[(sizes.index.get_level_values("dataset") == dataset)
-                          & (sizes.index.get_level_values("method") == cand)]
+                s = sizes[
+                    (sizes.index.get_level_values("dataset") == dataset)
+                    & (sizes.index.get_level_values("method") == cand)
+                ]
                 if len(s):
                     out[(dataset, role)] = s.sort_index().sort_values(ascending=False, kind="stable").index[0]
                     break
@@ -115,8 +133,9 @@ def target_rule(target: str, metric: str = "val_acc", higher: bool = True, withi
         return TARGETS[target]
     op = "-" if higher else "+"
     worst = "lowest" if higher else "highest"
-    return (f"own final {metric} {op} {within:g}" if target == "own"
-            else f"common ({worst} final {metric} {op} {within:g})")
+    return (
+        f"own final {metric} {op} {within:g}" if target == "own" else f"common ({worst} final {metric} {op} {within:g})"
+    )
 
 
 def main_table(epochs: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -154,12 +173,25 @@ def main_table(epochs: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.Dat
     groups = dict(list(runs.groupby(GROUP, sort=False))) if len(runs) else {}
     for key in diverged:
         if key not in groups:  # every run of this group diverged: a row that says so
-            rows.append({**dict(zip(GROUP, key)), "protocol": _group_protocol(runs_found, key), "n_seeds": 0,
-                         "seeds": "", "diverged": len(diverged[key]), "diverged_seeds": _seeds(diverged[key])})
+            rows.append(
+                {
+                    **dict(zip(GROUP, key)),
+                    "protocol": _group_protocol(runs_found, key),
+                    "n_seeds": 0,
+                    "seeds": "",
+                    "diverged": len(diverged[key]),
+                    "diverged_seeds": _seeds(diverged[key]),
+                }
+            )
     for key, g in groups.items():
-        row = dict(zip(GROUP, key), protocol=g["protocol"].iloc[0] if "protocol" in g else None,
-                   n_seeds=len(g), seeds=_seeds(g["seed"]), diverged=len(diverged.get(key, [])),
-                   diverged_seeds=_seeds(diverged.get(key, [])))
+        row = dict(
+            zip(GROUP, key),
+            protocol=g["protocol"].iloc[0] if "protocol" in g else None,
+            n_seeds=len(g),
+            seeds=_seeds(g["seed"]),
+            diverged=len(diverged.get(key, [])),
+            diverged_seeds=_seeds(diverged.get(key, [])),
+        )
         for col in ("final_acc", "best_acc", "acc_at_25pct"):
             row[f"{col}_mean"], row[f"{col}_std"] = g[col].mean(), g[col].std(ddof=1)
         row["peak_memory_mb_mean"] = g["peak_memory_mb"].mean()
@@ -190,7 +222,8 @@ def main_table(epochs: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.Dat
             slug, base = BASELINE_SLUG[role], bases.get((key[0], role))
             for u in AUTHORS_UNITS:
                 row[f"authors_speedup_vs_{slug}_{u}"] = (
-                    authors_speedup(authors.loc[base, f"authors_{u}"], row[f"authors_{u}"]) if base else np.nan)
+                    authors_speedup(authors.loc[base, f"authors_{u}"], row[f"authors_{u}"]) if base else np.nan
+                )
         row["common_target"] = g["common_target"].iloc[0]
         for target in TARGETS:
             for u in UNITS:
@@ -221,8 +254,18 @@ def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
         Empty when no baseline exists.
     """
     runs = run_table(epochs)
-    cols = [*GROUP, "baseline", "baseline_group", "target", "unit", "speedup", "ci_low", "ci_high", "n_seeds",
-            "target_rule"]
+    cols = [
+        *GROUP,
+        "baseline",
+        "baseline_group",
+        "target",
+        "unit",
+        "speedup",
+        "ci_low",
+        "ci_high",
+        "n_seeds",
+        "target_rule",
+    ]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     bases = baseline_groups(runs)
@@ -238,9 +281,20 @@ def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
                 for u in UNITS:
                     m, b = paired(runs, key, base, f"{target}_{u}")
                     iv = speedup(b, m)
-                    rows.append(dict(zip(GROUP, key), baseline=role, baseline_group=base_name, target=target,
-                                     unit=u, speedup=iv.value, ci_low=iv.low, ci_high=iv.high, n_seeds=iv.n,
-                                     target_rule=target_rule(target, *rule_of[key[0]])))
+                    rows.append(
+                        dict(
+                            zip(GROUP, key),
+                            baseline=role,
+                            baseline_group=base_name,
+                            target=target,
+                            unit=u,
+                            speedup=iv.value,
+                            ci_low=iv.low,
+                            ci_high=iv.high,
+                            n_seeds=iv.n,
+                            target_rule=target_rule(target, *rule_of[key[0]]),
+                        )
+                    )
     return _order(pd.DataFrame(rows, columns=cols)) if rows else pd.DataFrame(columns=cols)
 
 
@@ -265,11 +319,18 @@ def sensitivity_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, g in runs[runs["method_name"] != "sgd"].groupby(GROUP, sort=False):
         first = g.iloc[0]
-        row = {"dataset": key[0], "method": key[1],
-               **{h: (first[h] if not (h == "delta" and first["method_name"] != "divebatch") else np.nan)
-                  for h in SENSITIVITY_HPARAMS},
-               "initial_batch_size": first["initial_batch_size"], "n_seeds": len(g),
-               "final_acc_mean": g["final_acc"].mean(), "final_acc_std": g["final_acc"].std(ddof=1)}
+        row = {
+            "dataset": key[0],
+            "method": key[1],
+            **{
+                h: (first[h] if not (h == "delta" and first["method_name"] != "divebatch") else np.nan)
+                for h in SENSITIVITY_HPARAMS
+            },
+            "initial_batch_size": first["initial_batch_size"],
+            "n_seeds": len(g),
+            "final_acc_mean": g["final_acc"].mean(),
+            "final_acc_std": g["final_acc"].std(ddof=1),
+        }
         base = bases.get((key[0], SGD_SMALL))
         nan = Interval(np.nan, np.nan, np.nan, 0)
         iv = accuracy_change(*paired(runs, key, base, "final_acc")) if base else nan
@@ -288,8 +349,10 @@ def has_sweep(epochs: pd.DataFrame) -> bool:
     if epochs.empty:
         return False
     adaptive = epochs[epochs["method_name"] != "sgd"].drop_duplicates("run_id")
-    return any(g[list(SENSITIVITY_HPARAMS)].astype(str).drop_duplicates().shape[0] > 1
-               for _, g in adaptive.groupby(["dataset", "method"]))
+    return any(
+        g[list(SENSITIVITY_HPARAMS)].astype(str).drop_duplicates().shape[0] > 1
+        for _, g in adaptive.groupby(["dataset", "method"])
+    )
 
 
 # ---------------------------------------------------------------- formatting
@@ -347,31 +410,41 @@ def format_main(table: pd.DataFrame) -> pd.DataFrame:
     for _, r in table.iterrows():
         n = int(r["n_seeds"])
         ttt = " / ".join(_num(r[f"authors_{u}"], AUTHORS_DIGITS[u]) for u in AUTHORS_UNITS)
-        row = {"Dataset": r["dataset"], "Method": r["method"], "Setting": r["setting"] or "-",
-               "Protocol": protocol_name(r.get("protocol")),
-               "Seeds": f"{n} ({r['seeds']})" if n else "0",
-               "Diverged": f"{int(r['diverged'])}/{n + int(r['diverged'])}"}
+        row = {
+            "Dataset": r["dataset"],
+            "Method": r["method"],
+            "Setting": r["setting"] or "-",
+            "Protocol": protocol_name(r.get("protocol")),
+            "Seeds": f"{n} ({r['seeds']})" if n else "0",
+            "Diverged": f"{int(r['diverged'])}/{n + int(r['diverged'])}",
+        }
         if other:
             m = r["metric"] if isinstance(r.get("metric"), str) else metric_name
             row[f"Final {m}"] = mean_std(r.get("final_metric_mean", np.nan), r.get("final_metric_std", np.nan), 3)
             row[f"Best {m}"] = mean_std(r.get("best_metric_mean", np.nan), r.get("best_metric_std", np.nan), 3)
             for role in roles:
                 row[f"{m} change vs {short[role]}"] = _metric_change(r, f"metric_gain_vs_{BASELINE_SLUG[role]}")
-        row.update({"Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
-                    "Best acc. (%)": mean_std(r["best_acc_mean"], r["best_acc_std"]),
-                    "Acc. at 25% of epochs (%)": mean_std(r["acc_at_25pct_mean"], r["acc_at_25pct_std"]),
-                    "Peak memory (MB)": _num(r["peak_memory_mb_mean"], 0),
-                    "Final batch size": _num(r["final_batch_size_mean"], 0)})
+        row.update(
+            {
+                "Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
+                "Best acc. (%)": mean_std(r["best_acc_mean"], r["best_acc_std"]),
+                "Acc. at 25% of epochs (%)": mean_std(r["acc_at_25pct_mean"], r["acc_at_25pct_std"]),
+                "Peak memory (MB)": _num(r["peak_memory_mb_mean"], 0),
+                "Final batch size": _num(r["final_batch_size_mean"], 0),
+            }
+        )
         for role in roles:
             row[f"Acc. change vs {short[role]} (pp)"] = _iv(r, f"acc_change_vs_{BASELINE_SLUG[role]}_pp", suffix=" pp")
         row[f"Authors' time to target ({_AUTHORS_HEAD})"] = ttt
         for role in roles:
             row[f"Authors' speed-up vs {short[role]} ({_AUTHORS_HEAD})"] = " / ".join(
-                _num(r.get(f"authors_speedup_vs_{BASELINE_SLUG[role]}_{u}", np.nan), 2, "x") for u in AUTHORS_UNITS)
+                _num(r.get(f"authors_speedup_vs_{BASELINE_SLUG[role]}_{u}", np.nan), 2, "x") for u in AUTHORS_UNITS
+            )
         for target in TARGETS:
             for u, digits in (("epochs", 1), ("optimizer_steps", 0), ("wall_time_s", 1)):
                 row[f"{UNIT_LABELS[u].capitalize()} to {target} target"] = mean_std(
-                    r[f"{target}_{u}_mean"], r[f"{target}_{u}_std"], digits)
+                    r[f"{target}_{u}_mean"], r[f"{target}_{u}_std"], digits
+                )
         metric = r["metric"] if isinstance(r.get("metric"), str) else metric_name
         target = f"{r['common_target']:.3f} {metric}" if other and metric != "val_acc" else f"{r['common_target']:.1f}%"
         row["Reached common target"] = f"{int(r['common_reached'])}/{n} (target {target})" if n else "n/a"
@@ -384,9 +457,14 @@ def format_speedups(table: pd.DataFrame) -> pd.DataFrame:
     per baseline and unit, ``ratio [low, high]`` (x = times faster than the baseline)."""
     if table.empty:
         return pd.DataFrame(columns=["Dataset", "Method", "Setting", "Target"])
-    t = table.assign(cell=[_iv(r.rename({"ci_low": "speedup_low", "ci_high": "speedup_high"}), "speedup", suffix="x")
-                           + f" (n={r['n_seeds']})" for _, r in table.iterrows()],
-                     column=[f"vs {b}: {UNIT_LABELS[u]}" for b, u in zip(table["baseline"], table["unit"])])
+    t = table.assign(
+        cell=[
+            _iv(r.rename({"ci_low": "speedup_low", "ci_high": "speedup_high"}), "speedup", suffix="x")
+            + f" (n={r['n_seeds']})"
+            for _, r in table.iterrows()
+        ],
+        column=[f"vs {b}: {UNIT_LABELS[u]}" for b, u in zip(table["baseline"], table["unit"])],
+    )
     wide = t.pivot_table(index=[*GROUP, "target"], columns="column", values="cell", aggfunc="first", sort=False)
     order = [f"vs {b}: {UNIT_LABELS[u]}" for b in BASELINES for u in UNITS]
     wide = wide[[c for c in order if c in wide.columns]].reset_index()
@@ -396,19 +474,25 @@ def format_speedups(table: pd.DataFrame) -> pd.DataFrame:
     else:
         wide["target"] = wide["target"].map(TARGETS)
     wide["setting"] = wide["setting"].replace("", "-")
-    return _order(wide).rename(columns={"dataset": "Dataset", "method": "Method", "setting": "Setting",
-                                        "target": "Target"})
+    return _order(wide).rename(
+        columns={"dataset": "Dataset", "method": "Method", "setting": "Setting", "target": "Target"}
+    )
 
 
 def format_sensitivity(table: pd.DataFrame) -> pd.DataFrame:
     """Readable version of :func:`sensitivity_table`."""
     rows = []
     for _, r in table.iterrows():
-        row = {"Dataset": r["dataset"], "Method": r["method"],
-               "delta": "-" if not np.isfinite(r["delta"]) else f"{r['delta']:g}",
-               "resize_freq": int(r["resize_freq"]), "max batch size": int(r["max_batch_size"]),
-               "Seeds": int(r["n_seeds"]), "Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
-               "Acc. change vs SGD small (pp)": _iv(r, "acc_change_pp", suffix=" pp")}
+        row = {
+            "Dataset": r["dataset"],
+            "Method": r["method"],
+            "delta": "-" if not np.isfinite(r["delta"]) else f"{r['delta']:g}",
+            "resize_freq": int(r["resize_freq"]),
+            "max batch size": int(r["max_batch_size"]),
+            "Seeds": int(r["n_seeds"]),
+            "Final acc. (%)": mean_std(r["final_acc_mean"], r["final_acc_std"]),
+            "Acc. change vs SGD small (pp)": _iv(r, "acc_change_pp", suffix=" pp"),
+        }
         for u in UNITS:
             row[f"Speed-up vs SGD small ({UNIT_LABELS[u]})"] = _iv(r, f"speedup_{u}", suffix="x")
         rows.append(row)
@@ -416,13 +500,25 @@ def format_sensitivity(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tex_escape(text: str) -> str:
-    table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}"}
+    table = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "|": r"\textbar{}",
+    }
     return "".join(table.get(ch, ch) for ch in text)
 
 
-def write_table(numeric: pd.DataFrame, display: pd.DataFrame, stem: str | Path, provenance: str,
-                title: str) -> list[Path]:
+def write_table(
+    numeric: pd.DataFrame, display: pd.DataFrame, stem: str | Path, provenance: str, title: str
+) -> list[Path]:
     """Write ``stem.csv`` (numeric, plus a ``provenance`` column), ``stem.md`` and ``stem.tex``
     (formatted; title and provenance as heading/caption and footer).
 
@@ -458,8 +554,22 @@ def diversity_table(epochs: pd.DataFrame) -> pd.DataFrame:
     """
     from divebatch.policies import divebatch_batch_size  # imports torch; only needed here
 
-    cols = ["run_id", *GROUP, "seed", "epoch", "grad_diversity", "n_train", "n_delta", "b_simple", "delta",
-            "proposed_batch", "rule_batch", "batch_size", "next_batch_size", "max_batch_size"]
+    cols = [
+        "run_id",
+        *GROUP,
+        "seed",
+        "epoch",
+        "grad_diversity",
+        "n_train",
+        "n_delta",
+        "b_simple",
+        "delta",
+        "proposed_batch",
+        "rule_batch",
+        "batch_size",
+        "next_batch_size",
+        "max_batch_size",
+    ]
     if epochs.empty:
         return pd.DataFrame(columns=cols)
     ep = epochs.sort_values(["run_id", "epoch"])
@@ -468,7 +578,10 @@ def diversity_table(epochs: pd.DataFrame) -> pd.DataFrame:
     d["n_delta"] = d["n_train"].astype(float) * d["grad_diversity"].astype(float)
     d["b_simple"] = d["n_delta"] - 1
     d["proposed_batch"] = d["delta"].astype(float) * d["n_delta"]
-    d["rule_batch"] = [divebatch_batch_size(int(b), float(g), int(n), float(dl), int(mx)) if m == "divebatch" else np.nan
-                       for b, g, n, dl, mx, m in zip(d["batch_size"], d["grad_diversity"], d["n_train"], d["delta"],
-                                                     d["max_batch_size"], d["method_name"])]
+    d["rule_batch"] = [
+        divebatch_batch_size(int(b), float(g), int(n), float(dl), int(mx)) if m == "divebatch" else np.nan
+        for b, g, n, dl, mx, m in zip(
+            d["batch_size"], d["grad_diversity"], d["n_train"], d["delta"], d["max_batch_size"], d["method_name"]
+        )
+    ]
     return d[cols].reset_index(drop=True)

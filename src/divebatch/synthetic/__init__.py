@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from divebatch.rundir import REPO_ROOT as _REPO
+
 CONFIG_DIR = Path("configs") / "synthetic"
-_REPO = Path(__file__).resolve().parents[3]
 
 
 def profile_config(profile: str) -> Path:
@@ -33,7 +34,9 @@ def profile_config(profile: str) -> Path:
         if path.is_file():
             return path
     have = sorted({p.stem for root in (Path.cwd(), _REPO) for p in (root / CONFIG_DIR).glob("*.yaml")})
-    raise FileNotFoundError(f"--profile {profile!r} has no {CONFIG_DIR / (profile + '.yaml')}; allowed: {' | '.join(have) or '(none)'}")
+    raise FileNotFoundError(
+        f"--profile {profile!r} has no {CONFIG_DIR / (profile + '.yaml')}; allowed: {' | '.join(have) or '(none)'}"
+    )
 
 
 def _digests(paths) -> dict[Path, str]:
@@ -64,18 +67,22 @@ def run(cfg, out_root: str | Path = ".", log=print) -> list[Path]:
     meth_res = methods.run(cfg, log) if "methods" in cfg.experiments else None
     t2 = time.perf_counter()
     commit = git_commit(short=True)
-    data = (f"synthetic logistic regression (d={cfg.data.n_features}; knee n={cfg.data.n_train}, "
-            f"methods n={cfg.methods.data.n_train})")
+    data = (
+        f"synthetic logistic regression (d={cfg.data.n_features}; knee n={cfg.data.n_train}, "
+        f"methods n={cfg.methods.data.n_train})"
+    )
     prov = label(cfg.profile, data, list(cfg.seeds), commit)
     written = outputs.write_all(cfg, knee_res, meth_res, out_root, prov, commit)
     after = _digests(written)
     replaced = [p for p in after if p in before]
     if replaced:
         changed = [p for p in replaced if before[p] != after[p]]
-        print(f"synthetic: replaced {len(replaced)} existing file(s) in {dirs[0]} and {dirs[1]}; "
-              f"{len(changed)} changed content" + (f" ({', '.join(p.name for p in changed[:8])}"
-                                                   f"{', ...' if len(changed) > 8 else ''})" if changed else ""),
-              file=sys.stderr)
+        print(
+            f"synthetic: replaced {len(replaced)} existing file(s) in {dirs[0]} and {dirs[1]}; "
+            f"{len(changed)} changed content"
+            + (f" ({', '.join(p.name for p in changed[:8])}{', ...' if len(changed) > 8 else ''})" if changed else ""),
+            file=sys.stderr,
+        )
     log(f"[synthetic] knee {t1 - t0:.1f} s, methods {t2 - t1:.1f} s; wrote {len(written)} files")
     return written
 
@@ -85,11 +92,16 @@ def cli(argv: list[str] | None = None) -> int:
     from divebatch.synthetic.config import load
 
     p = argparse.ArgumentParser(prog="divebatch synthetic", description=__doc__.splitlines()[0])
-    p.add_argument("--profile", default=None,
-                   help="profile name: reads configs/synthetic/<profile>.yaml (default: smoke) unless --config "
-                        "is given, and names the output folders (default with --config: the config's profile)")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="profile name: reads configs/synthetic/<profile>.yaml (default: smoke) unless --config "
+        "is given, and names the output folders (default with --config: the config's profile)",
+    )
     p.add_argument("--config", default=None, help="a synthetic config YAML (schema: divebatch.synthetic.config)")
-    p.add_argument("--out-root", default=".", help="root of figures/<profile>/ and paper_tables/<profile>/ (default: .)")
+    p.add_argument(
+        "--out-root", default=".", help="root of figures/<profile>/ and paper_tables/<profile>/ (default: .)"
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. seeds=[1,2]")
     args = p.parse_args(argv)
     try:

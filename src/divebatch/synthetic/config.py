@@ -79,7 +79,9 @@ class MethodsConfig:
     large_batch_lr: str = "linear"
     resolution: float = 0.05  # relative spacing (samples) of the target checks
     micro_batches: int = 2  # micro-batch estimator (experiment d): parts per step
-    fixed_point_samples: Optional[int] = 1024  # experiment d: a quarter of n, to show the subset's sampling error; null: all n
+    fixed_point_samples: Optional[int] = (
+        1024  # experiment d: a quarter of n, to show the subset's sampling error; null: all n
+    )
 
 
 @dataclass
@@ -102,8 +104,11 @@ def _bad(key: str, value, allowed: str) -> ValueError:
 def variant_spec(cfg, variant: VariantConfig) -> DataSpec:
     """The DataSpec of a variant: ``cfg.data`` with the variant's non-null fields replaced."""
     base = DataSpec(**{f.name: getattr(cfg.data, f.name) for f in fields(DataSpec)})
-    changes = {k: getattr(variant, k) for k in ("label_noise", "duplicate", "spectrum_decay", "n_train")
-               if getattr(variant, k) is not None}
+    changes = {
+        k: getattr(variant, k)
+        for k in ("label_noise", "duplicate", "spectrum_decay", "n_train")
+        if getattr(variant, k) is not None
+    }
     return replace(base, **changes)
 
 
@@ -130,13 +135,22 @@ def validate(cfg: DictConfig) -> DictConfig:
         check_spec(variant_spec(cfg, v), f"variants[{i}]")
     k = cfg.knee
     if not k.lr_log2_min < k.lr_log2_max or k.lr_log2_step <= 0:
-        raise _bad("knee.lr_log2_min/max/step", (k.lr_log2_min, k.lr_log2_max, k.lr_log2_step), "min < max and step > 0")
+        raise _bad(
+            "knee.lr_log2_min/max/step", (k.lr_log2_min, k.lr_log2_max, k.lr_log2_step), "min < max and step > 0"
+        )
     if k.lr_window is not None and (len(k.lr_window) != 2 or not k.lr_window[0] < k.lr_window[1]):
         raise _bad("knee.lr_window", list(k.lr_window), "null or [low, high] with low < high (log2 units)")
     if k.batch_sizes is not None and (not k.batch_sizes or min(k.batch_sizes) < 1):
         raise _bad("knee.batch_sizes", list(k.batch_sizes), "null or a list of integers >= 1")
-    for key in ("max_epochs", "resolution", "tolerance", "small_factor", "small_ratio_max", "large_factor",
-                "large_ratio_min"):
+    for key in (
+        "max_epochs",
+        "resolution",
+        "tolerance",
+        "small_factor",
+        "small_ratio_max",
+        "large_factor",
+        "large_ratio_min",
+    ):
         if not getattr(k, key) > 0:
             raise _bad(f"knee.{key}", getattr(k, key), "a number > 0")
     m = cfg.methods
@@ -151,8 +165,11 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise _bad(f"methods.{key}", getattr(m, key), "an integer >= 1")
     n = m.data.n_train * m.data.duplicate
     if not m.initial_batch_size <= m.max_batch_size <= n:
-        raise _bad("methods.max_batch_size", m.max_batch_size,
-                   f"an integer in [methods.initial_batch_size={m.initial_batch_size}, n={n}]")
+        raise _bad(
+            "methods.max_batch_size",
+            m.max_batch_size,
+            f"an integer in [methods.initial_batch_size={m.initial_batch_size}, n={n}]",
+        )
     if not m.delta > 0:
         raise _bad("methods.delta", m.delta, "a number > 0")
     if not 0 <= m.momentum < 1:
@@ -187,7 +204,8 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
         layers.append(OmegaConf.from_dotlist([o.removeprefix("--") for o in overrides]))
         cfg = OmegaConf.merge(*layers)
     except OmegaConfBaseException as err:
-        raise ValueError(f"invalid synthetic config at {getattr(err, 'full_key', None) or '?'}: "
-                         f"{str(err).splitlines()[0]}") from None
+        raise ValueError(
+            f"invalid synthetic config at {getattr(err, 'full_key', None) or '?'}: {str(err).splitlines()[0]}"
+        ) from None
     OmegaConf.set_struct(cfg, True)
     return validate(cfg)

@@ -88,7 +88,7 @@ def generate(spec: DataSpec, seed: int) -> SyntheticData:
         y = (torch.rand(n_all, generator=g, dtype=DTYPE) < torch.sigmoid(spec.signal * margin)).to(DTYPE)
     flip = torch.rand(n_all, generator=g, dtype=DTYPE) < spec.label_noise
     y = torch.where(flip, 1 - y, y)
-    xt, yt = x[:spec.n_train], y[:spec.n_train]
+    xt, yt = x[: spec.n_train], y[: spec.n_train]
     if spec.duplicate > 1:
         xt, yt = xt.repeat(spec.duplicate, 1), yt.repeat(spec.duplicate)
-    return SyntheticData(x_train=xt, y_train=yt, x_val=x[spec.n_train:], y_val=y[spec.n_train:], w_true=u, l2=spec.l2)
+    return SyntheticData(x_train=xt, y_train=yt, x_val=x[spec.n_train :], y_val=y[spec.n_train :], w_true=u, l2=spec.l2)

@@ -69,13 +69,24 @@ def prepare(spec: DataSpec, seeds: list[int], target_relative: float, with_paths
     loss0 = torch.stack([P.mean_loss(d.x_train, d.y_train, w0, spec.l2)[0] for d in data])
     loss_star = torch.tensor([o.loss for o in opts], dtype=P.DTYPE)
     target = target_relative * (loss0 - loss_star)
-    probs = Problems(spec=spec, seeds=list(seeds), x=x, y=y, x_val=torch.stack([d.x_val for d in data]),
-                     y_val=torch.stack([d.y_val for d in data]), w_star=torch.stack([o.w for o in opts]),
-                     loss_star=loss_star, loss0=loss0, target_subopt=target,
-                     smoothness=max(P.smoothness(d.x_train, spec.l2) for d in data))
+    probs = Problems(
+        spec=spec,
+        seeds=list(seeds),
+        x=x,
+        y=y,
+        x_val=torch.stack([d.x_val for d in data]),
+        y_val=torch.stack([d.y_val for d in data]),
+        w_star=torch.stack([o.w for o in opts]),
+        loss_star=loss_star,
+        loss0=loss0,
+        target_subopt=target,
+        smoothness=max(P.smoothness(d.x_train, spec.l2) for d in data),
+    )
     if with_paths:
-        probs.paths = [P.descent_path(d.x_train, d.y_train, spec.l2, w0[0], float(ls), float(t))
-                       for d, ls, t in zip(data, loss_star, target)]
+        probs.paths = [
+            P.descent_path(d.x_train, d.y_train, spec.l2, w0[0], float(ls), float(t))
+            for d, ls, t in zip(data, loss_star, target)
+        ]
     return probs
 
 
@@ -83,7 +94,7 @@ def batch_grid(n: int, batch_sizes=None) -> list[int]:
     """Powers of two from 1 up to n, plus n itself (or the configured list, capped at n)."""
     if batch_sizes is not None:
         return sorted({min(int(b), n) for b in batch_sizes})
-    grid = [2 ** k for k in range(int(np.log2(n)) + 1)]
+    grid = [2**k for k in range(int(np.log2(n)) + 1)]
     return grid if grid[-1] == n else grid + [n]
 
 
@@ -100,8 +111,18 @@ def tuned_runs(probs: Problems, batch_size: int, kcfg, max_samples: int, lo: flo
     w0 = torch.zeros(probs.spec.n_features, dtype=P.DTYPE)
     for attempt in range(kcfg.lr_grid_extensions + 1):
         ks = torch.arange(lo, hi + step / 2, step, dtype=P.DTYPE)
-        res = run_to_target(probs.x, probs.y, probs.spec.l2, w0, probs.target_loss, batch_size,
-                            2.0 ** ks / probs.smoothness, probs.seeds, max_samples, kcfg.resolution)
+        res = run_to_target(
+            probs.x,
+            probs.y,
+            probs.spec.l2,
+            w0,
+            probs.target_loss,
+            batch_size,
+            2.0**ks / probs.smoothness,
+            probs.seeds,
+            max_samples,
+            kcfg.resolution,
+        )
         at_low = res.hit & (res.best_lr_index == 0)
         at_high = res.hit & (res.best_lr_index == len(ks) - 1)
         if attempt == kcfg.lr_grid_extensions or not (at_low.any() or at_high.any()):
@@ -152,18 +173,44 @@ def run_variant(cfg, variant) -> dict:
             k_best = float(ks[res.best_lr_index].min())
             lo, hi = k_best + cfg.knee.lr_window[0], k_best + cfg.knee.lr_window[1]
         for i, seed in enumerate(probs.seeds):
-            rows.append({"variant": variant.name, "seed": seed, "batch_size": b, "hit": bool(res.hit[i]),
-                         "samples": int(res.samples[i]), "steps": int(res.steps[i]),
-                         "epochs": int(res.samples[i]) / spec.n_train,
-                         "lr": float(res.best_lr[i]), "lr_log2_over_L": float(ks[res.best_lr_index[i]]),
-                         "lr_at_grid_edge": bool(edge[i]), "n_delta_at_hit": float(res.n_delta_hit[i])})
-    seeds = pd.DataFrame([{
-        "variant": variant.name, "seed": s, "loss_star": float(probs.loss_star[i]), "loss0": float(probs.loss0[i]),
-        "target_subopt": float(probs.target_subopt[i]), "n_delta_start": float(probs.paths[i].n_delta[0]),
-        "n_delta_target": probs.paths[i].n_delta_target, "b_noise_target": probs.paths[i].b_noise_target,
-        "gd_steps_to_target": len(probs.paths[i].n_delta) - 1} for i, s in enumerate(probs.seeds)])
-    return {"variant": dict(variant), "spec": asdict(spec), "problems": probs, "runs": pd.DataFrame(rows),
-            "seeds": seeds}
+            rows.append(
+                {
+                    "variant": variant.name,
+                    "seed": seed,
+                    "batch_size": b,
+                    "hit": bool(res.hit[i]),
+                    "samples": int(res.samples[i]),
+                    "steps": int(res.steps[i]),
+                    "epochs": int(res.samples[i]) / spec.n_train,
+                    "lr": float(res.best_lr[i]),
+                    "lr_log2_over_L": float(ks[res.best_lr_index[i]]),
+                    "lr_at_grid_edge": bool(edge[i]),
+                    "n_delta_at_hit": float(res.n_delta_hit[i]),
+                }
+            )
+    seeds = pd.DataFrame(
+        [
+            {
+                "variant": variant.name,
+                "seed": s,
+                "loss_star": float(probs.loss_star[i]),
+                "loss0": float(probs.loss0[i]),
+                "target_subopt": float(probs.target_subopt[i]),
+                "n_delta_start": float(probs.paths[i].n_delta[0]),
+                "n_delta_target": probs.paths[i].n_delta_target,
+                "b_noise_target": probs.paths[i].b_noise_target,
+                "gd_steps_to_target": len(probs.paths[i].n_delta) - 1,
+            }
+            for i, s in enumerate(probs.seeds)
+        ]
+    )
+    return {
+        "variant": dict(variant),
+        "spec": asdict(spec),
+        "problems": probs,
+        "runs": pd.DataFrame(rows),
+        "seeds": seeds,
+    }
 
 
 def _pick(curve: pd.Series, mask) -> tuple[float, float]:
@@ -210,22 +257,41 @@ def summarize_variant(result: dict, kcfg) -> dict:
         "large_batch_ok": bool(not np.isfinite(large_b) or large_ratio >= kcfg.large_ratio_min),
     }
     return {
-        "variant": v["name"], "kind": v["kind"], "of": v["of"], "n": spec["n_train"] * spec["duplicate"],
-        "n_train": spec["n_train"], "duplicate": spec["duplicate"], "label_noise": spec["label_noise"],
-        "spectrum_decay": spec["spectrum_decay"], "l2": spec["l2"],
+        "variant": v["name"],
+        "kind": v["kind"],
+        "of": v["of"],
+        "n": spec["n_train"] * spec["duplicate"],
+        "n_train": spec["n_train"],
+        "duplicate": spec["duplicate"],
+        "label_noise": spec["label_noise"],
+        "spectrum_decay": spec["spectrum_decay"],
+        "l2": spec["l2"],
         "target_subopt": float(seeds["target_subopt"].median()),
-        "n_delta_start": nd_start, "n_delta_target": nd_gd,
+        "n_delta_start": nd_start,
+        "n_delta_target": nd_gd,
         "n_delta_target_min": float(seeds["n_delta_target"].min()),
-        "n_delta_target_max": float(seeds["n_delta_target"].max()), "n_delta_sgd": nd_sgd,
-        "band_low": lo, "band_high": hi, "b_noise_target": float(seeds["b_noise_target"].median()),
-        "knee": knee, "knee_seed_min": float(np.nanmin([f[1] for f in fits])),
-        "knee_seed_max": float(np.nanmax([f[1] for f in fits])), "e_min_fit": e_min,
-        "knee_over_n_delta_target": knee / nd_gd, "knee_over_n_delta_sgd": knee / nd_sgd,
-        "samples_b1": float(curve.loc[1]) if 1 in curve.index else float("nan"), "samples_small": e_ref,
+        "n_delta_target_max": float(seeds["n_delta_target"].max()),
+        "n_delta_sgd": nd_sgd,
+        "band_low": lo,
+        "band_high": hi,
+        "b_noise_target": float(seeds["b_noise_target"].median()),
+        "knee": knee,
+        "knee_seed_min": float(np.nanmin([f[1] for f in fits])),
+        "knee_seed_max": float(np.nanmax([f[1] for f in fits])),
+        "e_min_fit": e_min,
+        "knee_over_n_delta_target": knee / nd_gd,
+        "knee_over_n_delta_sgd": knee / nd_sgd,
+        "samples_b1": float(curve.loc[1]) if 1 in curve.index else float("nan"),
+        "samples_small": e_ref,
         "steps_bmax": float(steps.iloc[-1]),
-        "small_b": small_b, "small_ratio": small_ratio, "large_b": large_b, "large_ratio": large_ratio,
-        "runs_missed": int((~runs["hit"]).sum()), "lr_at_grid_edge": int(runs["lr_at_grid_edge"].sum()),
-        **checks, "agrees": all(checks.values()),
+        "small_b": small_b,
+        "small_ratio": small_ratio,
+        "large_b": large_b,
+        "large_ratio": large_ratio,
+        "runs_missed": int((~runs["hit"]).sum()),
+        "lr_at_grid_edge": int(runs["lr_at_grid_edge"].sum()),
+        **checks,
+        "agrees": all(checks.values()),
     }
 
 
@@ -250,9 +316,17 @@ def controlled(summary: pd.DataFrame, dup_tolerance: float = 2.0, slope_range=(0
     for _, r in summary[summary["kind"] == "duplicate"].iterrows():
         base = by_name.loc[r["of"]]
         kr, nr = r["knee"] / base["knee"], r["n_delta_target"] / base["n_delta_target"]
-        dups.append({"variant": r["variant"], "of": r["of"], "duplicate": int(r["duplicate"]), "knee_ratio": float(kr),
-                     "n_delta_ratio": float(nr), "tolerance": dup_tolerance,
-                     "ok": bool(np.isfinite(kr) and abs(np.log(kr)) <= np.log(dup_tolerance))})
+        dups.append(
+            {
+                "variant": r["variant"],
+                "of": r["of"],
+                "duplicate": int(r["duplicate"]),
+                "knee_ratio": float(kr),
+                "n_delta_ratio": float(nr),
+                "tolerance": dup_tolerance,
+                "ok": bool(np.isfinite(kr) and abs(np.log(kr)) <= np.log(dup_tolerance)),
+            }
+        )
     out["duplicates"] = dups
     return out
 
@@ -269,6 +343,10 @@ def run(cfg, log=print) -> dict:
         log(f"[synthetic] knee: variant {v.name} ...")
         results.append(run_variant(cfg, v))
     summary = pd.DataFrame([summarize_variant(r, cfg.knee) for r in results])
-    return {"results": results, "runs": pd.concat([r["runs"] for r in results], ignore_index=True),
-            "seeds": pd.concat([r["seeds"] for r in results], ignore_index=True), "summary": summary,
-            "controlled": controlled(summary)}
+    return {
+        "results": results,
+        "runs": pd.concat([r["runs"] for r in results], ignore_index=True),
+        "seeds": pd.concat([r["seeds"] for r in results], ignore_index=True),
+        "summary": summary,
+        "controlled": controlled(summary),
+    }

@@ -25,19 +25,17 @@ import torch
 
 from divebatch.config import MethodConfig
 from divebatch.diversity import EpochDiversityEstimator, MicroBatchDiversity, subset_n_diversity, two_scale_sq_norm_sum
+from divebatch.methods import PAPER_METHODS
 from divebatch.policies import build_policy, rescale_lr
 from divebatch.synthetic import problem as P
 from divebatch.synthetic.knee import Problems, prepare
 from divebatch.synthetic.sgd import run_to_target
 
-# display name -> (policy name, which configured batch size it starts from, lr rescaling)
+# display name -> (policy name, which configured batch size it starts from, lr rescaling): the
+# paper's six methods of divebatch.methods (the synthetic problem has SGD only, no AdamW)
 METHODS = {
-    "SGD (small batch)": ("sgd", "initial_batch_size", False),
-    "SGD (large batch)": ("sgd", "max_batch_size", False),
-    "AdaBatch": ("adabatch", "initial_batch_size", False),
-    "AdaBatch + lr rescale": ("adabatch", "initial_batch_size", True),
-    "DiveBatch": ("divebatch", "initial_batch_size", False),
-    "DiveBatch + lr rescale": ("divebatch", "initial_batch_size", True),
+    v.display_name: (v.policy, "max_batch_size" if v.large_batch else "initial_batch_size", v.lr_rescale)
+    for v in PAPER_METHODS
 }
 
 
@@ -57,11 +55,21 @@ def tune_lr(probs: Problems, batch_size: int, kcfg, epochs: int) -> float:
     """
     ks = torch.arange(kcfg.lr_log2_min, kcfg.lr_log2_max + kcfg.lr_log2_step / 2, kcfg.lr_log2_step, dtype=P.DTYPE)
     never = torch.full_like(probs.loss_star, -float("inf"))
-    res = run_to_target(probs.x, probs.y, probs.spec.l2, torch.zeros(probs.x.shape[-1], dtype=P.DTYPE), never,
-                        batch_size, 2.0 ** ks / probs.smoothness, probs.seeds, epochs * probs.n, kcfg.resolution)
+    res = run_to_target(
+        probs.x,
+        probs.y,
+        probs.spec.l2,
+        torch.zeros(probs.x.shape[-1], dtype=P.DTYPE),
+        never,
+        batch_size,
+        2.0**ks / probs.smoothness,
+        probs.seeds,
+        epochs * probs.n,
+        kcfg.resolution,
+    )
     best = torch.nan_to_num(res.final_loss, nan=float("inf")).argmin(1)
     k = np.sort(ks[best].numpy())[(len(probs.seeds) - 1) // 2]
-    return float(2.0 ** k / probs.smoothness)
+    return float(2.0**k / probs.smoothness)
 
 
 def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[list[dict], dict]:
@@ -81,9 +89,14 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
     x, y, xv, yv = probs.x[i], probs.y[i], probs.x_val[i], probs.y_val[i]
     l2, n = probs.spec.l2, probs.n
     loss_star, target = float(probs.loss_star[i]), float(probs.target_loss[i])
-    method_cfg = MethodConfig(name=policy_name, initial_batch_size=getattr(mcfg, start_key),
-                              max_batch_size=mcfg.max_batch_size, resize_freq=mcfg.resize_freq,
-                              delta=mcfg.delta, lr_rescale=rescale)
+    method_cfg = MethodConfig(
+        name=policy_name,
+        initial_batch_size=getattr(mcfg, start_key),
+        max_batch_size=mcfg.max_batch_size,
+        resize_freq=mcfg.resize_freq,
+        delta=mcfg.delta,
+        lr_rescale=rescale,
+    )
     policy = build_policy(method_cfg, n)
     w = torch.nn.Parameter(torch.zeros(1, x.shape[1], dtype=P.DTYPE))
     opt = torch.optim.SGD([w], lr=lr, momentum=mcfg.momentum)
@@ -92,8 +105,11 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
     micro = EpochDiversityEstimator()  # the two-scale estimator, fed from the same steps' micro-batches
     planner = MicroBatchDiversity(mcfg.micro_batches)
     k_fp = mcfg.fixed_point_samples
-    fp_idx = (torch.randperm(n, generator=torch.Generator().manual_seed(7919 + seed))[:k_fp]
-              if k_fp is not None and k_fp < n else torch.arange(n))
+    fp_idx = (
+        torch.randperm(n, generator=torch.Generator().manual_seed(7919 + seed))[:k_fp]
+        if k_fp is not None and k_fp < n
+        else torch.arange(n)
+    )
     steps = samples = 0
     wall = 0.0
     hit: dict = {}
@@ -111,7 +127,7 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
             t_step = t_est = 0.0
             for start in range(0, n, batch_size):
                 t0 = time.perf_counter()
-                idx = perm[start:start + batch_size]
+                idx = perm[start : start + batch_size]
                 xb, yb = x[idx], y[idx]
                 g = P.mean_grad(xb, yb, w, l2)
                 t1 = time.perf_counter()
@@ -121,8 +137,13 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
                 sizes = planner.micro_batch_sizes(len(idx), len(idx))  # not timed: a diagnostic
                 parts = [P.mean_grad(xm, ym, w, l2)[0] * len(ym) for xm, ym in zip(xb.split(sizes), yb.split(sizes))]
                 u = torch.stack(parts).sum(0)
-                micro.add(torch.as_tensor(two_scale_sq_norm_sum(sum(float(p.pow(2).sum()) for p in parts),
-                                                                float(u.pow(2).sum()), sizes)), [u], len(idx))
+                micro.add(
+                    torch.as_tensor(
+                        two_scale_sq_norm_sum(sum(float(p.pow(2).sum()) for p in parts), float(u.pow(2).sum()), sizes)
+                    ),
+                    [u],
+                    len(idx),
+                )
                 w.grad = g
                 opt.step()
                 t_step += time.perf_counter() - t2 + t1 - t0
@@ -132,8 +153,11 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
                 if not hit and samples >= next_check:
                     sub = float(P.mean_loss(x, y, w, l2)[0]) - loss_star
                     if sub <= target - loss_star:
-                        hit = {"steps_to_target": steps, "samples_to_target": samples,
-                               "wall_to_target_s": wall + t_step + (t_est if measuring else 0.0)}
+                        hit = {
+                            "steps_to_target": steps,
+                            "samples_to_target": samples,
+                            "wall_to_target_s": wall + t_step + (t_est if measuring else 0.0),
+                        }
                     next_check = samples * (1 + mcfg.resolution)
             wall += t_step + (t_est if measuring else 0.0)
             loss = float(P.mean_loss(x, y, w, l2)[0])
@@ -141,37 +165,67 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
                 diverged = True
             nd_hat = est.value() * n
             xk, yk = x[fp_idx], y[fp_idx]  # fixed-point estimator: Delta at the epoch's final w, fixed subset
-            nd_fp = subset_n_diversity(float(P.sq_norm_sum(xk, yk, w, l2)[0]),
-                                       float((P.mean_grad(xk, yk, w, l2)[0] * len(fp_idx)).pow(2).sum()), len(fp_idx), n)
-            rows.append({
-                "method": name, "seed": seed, "epoch": epoch, "batch_size": batch_size, "lr": lr_now,
-                "train_loss": loss, "suboptimality": loss - loss_star, "train_acc": accuracy(x, y, w),
-                "val_loss": float(P.mean_loss(xv, yv, w, l2)[0]), "val_acc": accuracy(xv, yv, w),
-                "optimizer_steps": steps, "samples_seen": samples, "n_delta_hat": nd_hat, "measured": measuring,
-                "n_delta_microbatch": micro.value() * n, "n_delta_fixed_point": nd_fp,
-                "n_delta_exact_start": nd_start, "n_delta_exact_end": float(P.n_diversity(x, y, w, l2)[0]),
-                "epoch_time_s": t_step + (t_est if measuring else 0.0),
-            })
+            nd_fp = subset_n_diversity(
+                float(P.sq_norm_sum(xk, yk, w, l2)[0]),
+                float((P.mean_grad(xk, yk, w, l2)[0] * len(fp_idx)).pow(2).sum()),
+                len(fp_idx),
+                n,
+            )
+            rows.append(
+                {
+                    "method": name,
+                    "seed": seed,
+                    "epoch": epoch,
+                    "batch_size": batch_size,
+                    "lr": lr_now,
+                    "train_loss": loss,
+                    "suboptimality": loss - loss_star,
+                    "train_acc": accuracy(x, y, w),
+                    "val_loss": float(P.mean_loss(xv, yv, w, l2)[0]),
+                    "val_acc": accuracy(xv, yv, w),
+                    "optimizer_steps": steps,
+                    "samples_seen": samples,
+                    "n_delta_hat": nd_hat,
+                    "measured": measuring,
+                    "n_delta_microbatch": micro.value() * n,
+                    "n_delta_fixed_point": nd_fp,
+                    "n_delta_exact_start": nd_start,
+                    "n_delta_exact_end": float(P.n_diversity(x, y, w, l2)[0]),
+                    "epoch_time_s": t_step + (t_est if measuring else 0.0),
+                }
+            )
             if diverged:
                 break
             rescale_lr(opt, policy.step(epoch, nd_hat / n if measuring else None))
     last = rows[-1]
     summary = {
-        "method": name, "seed": seed, "lr0": lr, "reached": bool(hit), "diverged": diverged,
+        "method": name,
+        "seed": seed,
+        "lr0": lr,
+        "reached": bool(hit),
+        "diverged": diverged,
         "steps_to_target": hit.get("steps_to_target", float("nan")),
         "samples_to_target": hit.get("samples_to_target", float("nan")),
         "epochs_to_target": hit.get("samples_to_target", float("nan")) / n,
-        "wall_to_target_s": hit.get("wall_to_target_s", float("nan")), "wall_total_s": wall,
-        "final_loss": last["train_loss"], "final_suboptimality": last["suboptimality"],
-        "final_train_acc": last["train_acc"], "final_val_acc": last["val_acc"],
-        "final_batch_size": policy.batch_size, "optimizer_steps": steps, "samples_seen": samples,
+        "wall_to_target_s": hit.get("wall_to_target_s", float("nan")),
+        "wall_total_s": wall,
+        "final_loss": last["train_loss"],
+        "final_suboptimality": last["suboptimality"],
+        "final_train_acc": last["train_acc"],
+        "final_val_acc": last["val_acc"],
+        "final_batch_size": policy.batch_size,
+        "optimizer_steps": steps,
+        "samples_seen": samples,
     }
     return rows, summary
 
 
 # experiment d's estimators: trajectory column -> name (docs/diversity.md, "Estimator study")
-ESTIMATOR_COLUMNS = {"n_delta_hat": "exact (authors' epoch estimator)", "n_delta_microbatch": "microbatch",
-                     "n_delta_fixed_point": "fixed_point"}
+ESTIMATOR_COLUMNS = {
+    "n_delta_hat": "exact (authors' epoch estimator)",
+    "n_delta_microbatch": "microbatch",
+    "n_delta_fixed_point": "fixed_point",
+}
 
 
 def estimator_table(traj: pd.DataFrame) -> pd.DataFrame:
@@ -194,8 +248,14 @@ def estimator_table(traj: pd.DataFrame) -> pd.DataFrame:
         unresolved = traj.groupby("method", sort=False)[col].agg(lambda v: float(np.isinf(v).mean()))
         t = traj.replace([np.inf, -np.inf], np.nan).dropna(subset=[col, "n_delta_exact_start", "n_delta_exact_end"])
         for name, g in t.groupby("method", sort=False):
-            rows.append({"method": name, "estimator": est_name, **_ratio_summary(g, col),
-                         "share_inf": unresolved.get(name, np.nan)})
+            rows.append(
+                {
+                    "method": name,
+                    "estimator": est_name,
+                    **_ratio_summary(g, col),
+                    "share_inf": unresolved.get(name, np.nan),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -204,11 +264,17 @@ def _ratio_summary(g: pd.DataFrame, col: str) -> dict:
     rs, re = g[col] / g["n_delta_exact_start"], g[col] / g["n_delta_exact_end"]
     lo = np.minimum(g["n_delta_exact_start"], g["n_delta_exact_end"])
     hi = np.maximum(g["n_delta_exact_start"], g["n_delta_exact_end"])
-    return {"epochs": len(g),
-            "ratio_start_median": rs.median(), "ratio_start_p10": rs.quantile(0.1), "ratio_start_p90": rs.quantile(0.9),
-            "ratio_end_median": re.median(), "ratio_end_p10": re.quantile(0.1), "ratio_end_p90": re.quantile(0.9),
-            "share_between": float(((g[col] >= lo) & (g[col] <= hi)).mean()),
-            "share_below": float((g[col] < lo).mean())}
+    return {
+        "epochs": len(g),
+        "ratio_start_median": rs.median(),
+        "ratio_start_p10": rs.quantile(0.1),
+        "ratio_start_p90": rs.quantile(0.9),
+        "ratio_end_median": re.median(),
+        "ratio_end_p10": re.quantile(0.1),
+        "ratio_end_p90": re.quantile(0.9),
+        "share_between": float(((g[col] >= lo) & (g[col] <= hi)).mean()),
+        "share_below": float((g[col] < lo).mean()),
+    }
 
 
 def run(cfg, log=print) -> dict:
@@ -241,5 +307,10 @@ def run(cfg, log=print) -> dict:
             rows += r
             runs.append(s)
     traj = pd.DataFrame(rows)
-    return {"problems": probs, "lrs": lrs, "trajectories": traj, "runs": pd.DataFrame(runs),
-            "estimator": estimator_table(traj)}
+    return {
+        "problems": probs,
+        "lrs": lrs,
+        "trajectories": traj,
+        "runs": pd.DataFrame(runs),
+        "estimator": estimator_table(traj),
+    }

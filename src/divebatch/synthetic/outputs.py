@@ -55,43 +55,78 @@ def variant_title(row) -> str:
 # knee (experiments a and b)
 # ---------------------------------------------------------------------------------------------
 
+
 def knee_tables(knee: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None, str]]:
     """name -> (numeric, display, title) for the knee experiment's tables (display None: CSV only)."""
     s = knee["summary"]
-    display = pd.DataFrame({
-        "variant": s["variant"], "kind": s["kind"], "n": s["n"], "label noise": s["label_noise"],
-        "dup.": s["duplicate"], "spectrum decay": s["spectrum_decay"],
-        "target (nats)": s["target_subopt"].map(lambda v: f"{v:.3g}"),
-        "n·Δ(w0)": s["n_delta_start"].map(_g),
-        "n·Δ at target: GD path / SGD": [f"{_g(a)} / {_g(b)}" for a, b in zip(s["n_delta_target"], s["n_delta_sgd"])],
-        "knee B_crit [seed range]": [f"{_g(k)} [{_g(lo)}, {_g(hi)}]"
-                                     for k, lo, hi in zip(s["knee"], s["knee_seed_min"], s["knee_seed_max"])],
-        "knee / n·Δ (GD)": s["knee_over_n_delta_target"].map(lambda v: _g(v, 2)),
-        "samples, small B": s["samples_small"].map(_g),
-        "ratio at B well below": [f"{_g(r, 2)} (B={_g(b)})" for r, b in zip(s["small_ratio"], s["small_b"])],
-        "ratio at B far above": [f"{_g(r, 2)} (B={_g(b)})" if np.isfinite(b) else "no such B"
-                                 for r, b in zip(s["large_ratio"], s["large_b"])],
-        "agrees": s["agrees"].map({True: "yes", False: "no"}),
-    })
+    display = pd.DataFrame(
+        {
+            "variant": s["variant"],
+            "kind": s["kind"],
+            "n": s["n"],
+            "label noise": s["label_noise"],
+            "dup.": s["duplicate"],
+            "spectrum decay": s["spectrum_decay"],
+            "target (nats)": s["target_subopt"].map(lambda v: f"{v:.3g}"),
+            "n·Δ(w0)": s["n_delta_start"].map(_g),
+            "n·Δ at target: GD path / SGD": [
+                f"{_g(a)} / {_g(b)}" for a, b in zip(s["n_delta_target"], s["n_delta_sgd"])
+            ],
+            "knee B_crit [seed range]": [
+                f"{_g(k)} [{_g(lo)}, {_g(hi)}]" for k, lo, hi in zip(s["knee"], s["knee_seed_min"], s["knee_seed_max"])
+            ],
+            "knee / n·Δ (GD)": s["knee_over_n_delta_target"].map(lambda v: _g(v, 2)),
+            "samples, small B": s["samples_small"].map(_g),
+            "ratio at B well below": [f"{_g(r, 2)} (B={_g(b)})" for r, b in zip(s["small_ratio"], s["small_b"])],
+            "ratio at B far above": [
+                f"{_g(r, 2)} (B={_g(b)})" if np.isfinite(b) else "no such B"
+                for r, b in zip(s["large_ratio"], s["large_b"])
+            ],
+            "agrees": s["agrees"].map({True: "yes", False: "no"}),
+        }
+    )
     runs = knee["runs"]
-    curve = (runs.assign(samples_hit=runs["samples"].where(runs["hit"]))
-             .groupby(["variant", "batch_size"], sort=False)
-             .agg(seeds=("seed", "nunique"), hits=("hit", "sum"), samples_median=("samples_hit", "median"),
-                  samples_min=("samples_hit", "min"), samples_max=("samples_hit", "max"),
-                  steps_median=("steps", "median"), lr_log2_over_L_median=("lr_log2_over_L", "median"),
-                  n_delta_at_hit_median=("n_delta_at_hit", "median"), lr_at_grid_edge=("lr_at_grid_edge", "sum"))
-             .reset_index())
-    curve_display = curve.assign(**{c: curve[c].map(_g) for c in
-                                    ("samples_median", "samples_min", "samples_max", "steps_median",
-                                     "n_delta_at_hit_median")})
+    curve = (
+        runs.assign(samples_hit=runs["samples"].where(runs["hit"]))
+        .groupby(["variant", "batch_size"], sort=False)
+        .agg(
+            seeds=("seed", "nunique"),
+            hits=("hit", "sum"),
+            samples_median=("samples_hit", "median"),
+            samples_min=("samples_hit", "min"),
+            samples_max=("samples_hit", "max"),
+            steps_median=("steps", "median"),
+            lr_log2_over_L_median=("lr_log2_over_L", "median"),
+            n_delta_at_hit_median=("n_delta_at_hit", "median"),
+            lr_at_grid_edge=("lr_at_grid_edge", "sum"),
+        )
+        .reset_index()
+    )
+    curve_display = curve.assign(
+        **{
+            c: curve[c].map(_g)
+            for c in ("samples_median", "samples_min", "samples_max", "steps_median", "n_delta_at_hit_median")
+        }
+    )
     return {
-        "synthetic_knee": (s, display, "Knee of samples-to-target against batch size, per data variant, "
-                           "against n·Δ at the target (Yin et al., 2018)"),
-        "synthetic_knee_curve": (curve, curve_display, "Samples and optimizer steps to the target per batch size "
-                                 "(median and range over seeds; lr = 2^k / L, best of the grid)"),
+        "synthetic_knee": (
+            s,
+            display,
+            "Knee of samples-to-target against batch size, per data variant, "
+            "against n·Δ at the target (Yin et al., 2018)",
+        ),
+        "synthetic_knee_curve": (
+            curve,
+            curve_display,
+            "Samples and optimizer steps to the target per batch size "
+            "(median and range over seeds; lr = 2^k / L, best of the grid)",
+        ),
         "synthetic_knee_runs": (runs, None, "Every knee run: seed, batch size, best lr, samples and steps to target"),
-        "synthetic_knee_seeds": (knee["seeds"], knee["seeds"], "Per-seed references: loss(w*), target, "
-                                 "n·Δ at w0 and at the target on the gradient-descent path, B_noise"),
+        "synthetic_knee_seeds": (
+            knee["seeds"],
+            knee["seeds"],
+            "Per-seed references: loss(w*), target, n·Δ at w0 and at the target on the gradient-descent path, B_noise",
+        ),
     }
 
 
@@ -101,8 +136,13 @@ def plot_knee(knee: dict, kcfg) -> plt.Figure:
     runs = knee["runs"]
     names = list(s.index)
     # the last, narrow column holds the legend, so nothing is drawn outside the saved canvas
-    fig, grid = plt.subplots(2, len(names) + 1, figsize=(3.5 * len(names) + 2.2, 6.6), squeeze=False,
-                             gridspec_kw={"width_ratios": [1] * len(names) + [0.6]})
+    fig, grid = plt.subplots(
+        2,
+        len(names) + 1,
+        figsize=(3.5 * len(names) + 2.2, 6.6),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1] * len(names) + [0.6]},
+    )
     axes = grid[:, :-1]
     for ax in grid[:, -1]:
         ax.axis("off")
@@ -113,15 +153,22 @@ def plot_knee(knee: dict, kcfg) -> plt.Figure:
         bgrid = np.geomspace(1, row["n"], 200)
         for i, (col, ylabel) in enumerate((("samples", "samples to target"), ("steps", "optimizer steps to target"))):
             ax = axes[i, j]
-            ax.axvspan(row["band_low"], row["band_high"], color=BAND_COLOR, alpha=0.25, lw=0,
-                       label="n·Δ at the target (band)")
+            ax.axvspan(
+                row["band_low"], row["band_high"], color=BAND_COLOR, alpha=0.25, lw=0, label="n·Δ at the target (band)"
+            )
             ax.axvline(row["n_delta_start"], color=BAND_COLOR, ls=":", lw=1.2, label="n·Δ(w0) (start)")
             ax.scatter(hit["batch_size"], hit[col], s=10, color="0.55", alpha=0.6, label="one seed", zorder=2)
             ax.plot(med.index, med[col], "o-", color="tab:blue", ms=4, label="median over seeds", zorder=3)
             if np.isfinite(row["knee"]):
                 fit = row["e_min_fit"] * (1 + bgrid / row["knee"])
-                ax.plot(bgrid, fit if col == "samples" else fit / bgrid, "--", color="k", lw=1,
-                        label="fit E_min (1 + B/B_crit)")
+                ax.plot(
+                    bgrid,
+                    fit if col == "samples" else fit / bgrid,
+                    "--",
+                    color="k",
+                    lw=1,
+                    label="fit E_min (1 + B/B_crit)",
+                )
                 ax.axvline(row["knee"], color="k", lw=1, label="fitted knee B_crit")
             ax.set_xscale("log", base=2)
             _log_y(ax)
@@ -130,13 +177,18 @@ def plot_knee(knee: dict, kcfg) -> plt.Figure:
             if i == 1:
                 ax.set_xlabel("batch size B (samples)")
             if i == 0:
-                ax.set_title(f"{variant_title(row.to_dict() | {'variant': name})}\n"
-                             f"knee {row['knee']:.3g} vs n·Δ {row['n_delta_target']:.3g}", fontsize=8.5)
+                ax.set_title(
+                    f"{variant_title(row.to_dict() | {'variant': name})}\n"
+                    f"knee {row['knee']:.3g} vs n·Δ {row['n_delta_target']:.3g}",
+                    fontsize=8.5,
+                )
     handles, labels = axes[0, 0].get_legend_handles_labels()
     grid[0, -1].legend(handles, labels, loc="center left", fontsize=8, frameon=False)
-    fig.suptitle("(a) Synthetic logistic regression: samples and optimizer steps to the target against the batch "
-                 f"size (lr: best of a grid per B; target: {knee['target_relative']:g} of the initial suboptimality)",
-                 fontsize=10)
+    fig.suptitle(
+        "(a) Synthetic logistic regression: samples and optimizer steps to the target against the batch "
+        f"size (lr: best of a grid per B; target: {knee['target_relative']:g} of the initial suboptimality)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -144,39 +196,66 @@ def plot_knee_vs_diversity(knee: dict, kcfg) -> plt.Figure:
     """Left: fitted knee against n·Δ at the target per variant. Right: curves rescaled by n·Δ."""
     s = knee["summary"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.8))
-    fig.suptitle("(b) Controlled diversity: label noise moves n·Δ and the knee with it; duplication moves neither",
-                 fontsize=10)
+    fig.suptitle(
+        "(b) Controlled diversity: label noise moves n·Δ and the knee with it; duplication moves neither", fontsize=10
+    )
     lo = min(s["band_low"].min(), s["knee_seed_min"].min()) / 2
     hi = max(s["band_high"].max(), s["knee_seed_max"].max()) * 2
     xs = np.geomspace(lo, hi, 50)
     ax.plot(xs, xs, "k-", lw=1, label="knee = n·Δ")
     ax.fill_between(xs, xs / kcfg.tolerance, xs * kcfg.tolerance, color="0.85", label=f"within x{kcfg.tolerance:g}")
     for k, (_, r) in enumerate(s.iterrows()):
-        ax.errorbar(r["n_delta_target"], r["knee"],
-                    xerr=[[max(r["n_delta_target"] - r["band_low"], 0)], [max(r["band_high"] - r["n_delta_target"], 0)]],
-                    yerr=[[max(r["knee"] - r["knee_seed_min"], 0)], [max(r["knee_seed_max"] - r["knee"], 0)]],
-                    fmt="o", color=KIND_COLORS[r["kind"]], capsize=3)
-        ax.annotate(r["variant"], (r["n_delta_target"], r["knee"]), textcoords="offset points",
-                    xytext=(6, 6 if k % 2 == 0 else -12), fontsize=8)
+        ax.errorbar(
+            r["n_delta_target"],
+            r["knee"],
+            xerr=[[max(r["n_delta_target"] - r["band_low"], 0)], [max(r["band_high"] - r["n_delta_target"], 0)]],
+            yerr=[[max(r["knee"] - r["knee_seed_min"], 0)], [max(r["knee_seed_max"] - r["knee"], 0)]],
+            fmt="o",
+            color=KIND_COLORS[r["kind"]],
+            capsize=3,
+        )
+        ax.annotate(
+            r["variant"],
+            (r["n_delta_target"], r["knee"]),
+            textcoords="offset points",
+            xytext=(6, 6 if k % 2 == 0 else -12),
+            fontsize=8,
+        )
     for kind, color in KIND_COLORS.items():
         if (s["kind"] == kind).any():
             ax.plot([], [], "o", color=color, label=f"{kind} variant")
-    ax.set(xscale="log", yscale="log", xlabel="n·Δ at the target (samples; bar: GD path to SGD iterates)",
-           ylabel="fitted knee B_crit (samples; bar: seed range)",
-           title="Fitted knee against n·Δ at the target")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="n·Δ at the target (samples; bar: GD path to SGD iterates)",
+        ylabel="fitted knee B_crit (samples; bar: seed range)",
+        title="Fitted knee against n·Δ at the target",
+    )
     ax.legend(fontsize=8)
     runs = knee["runs"]
     palette = sns.color_palette("colorblind", len(s))
     for color, (_, r) in zip(palette, s.iterrows()):
         med = runs[(runs["variant"] == r["variant"]) & runs["hit"]].groupby("batch_size")["samples"].median()
-        bx.plot(med.index / r["n_delta_target"], med / r["samples_small"], marker="o", ms=3, color=color,
-                label=r["variant"], ls="--" if r["kind"] == "stress" else "-")
+        bx.plot(
+            med.index / r["n_delta_target"],
+            med / r["samples_small"],
+            marker="o",
+            ms=3,
+            color=color,
+            label=r["variant"],
+            ls="--" if r["kind"] == "stress" else "-",
+        )
     ratios = [b / r["n_delta_target"] for _, r in s.iterrows() for b in (1, r["n"])]
     u = np.geomspace(min(ratios), max(ratios), 100)
     bx.plot(u, 1 + u, "k:", lw=1.2, label="theory: 1 + B / n·Δ")
     bx.axvline(1, color=BAND_COLOR, lw=1)
-    bx.set(xscale="log", yscale="log", xlabel="B / n·Δ at the target (GD path)",
-           ylabel="samples to target / small-batch samples", title="Every variant rescaled by its n·Δ")
+    bx.set(
+        xscale="log",
+        yscale="log",
+        xlabel="B / n·Δ at the target (GD path)",
+        ylabel="samples to target / small-batch samples",
+        title="Every variant rescaled by its n·Δ",
+    )
     bx.legend(fontsize=8)
     return fig
 
@@ -192,12 +271,17 @@ def plot_diversity_path(knee: dict) -> plt.Figure:
         label = v["name"] + (f" (duplicates {v['of']}: same curve)" if v["kind"] == "duplicate" else "")
         ls, lw = styles[v["kind"]]
         for k, path in enumerate(res["problems"].paths):
-            ax.plot(path.suboptimality, path.n_delta, color=color, lw=lw, alpha=0.8,
-                    label=label if k == 0 else None, ls=ls)
+            ax.plot(
+                path.suboptimality, path.n_delta, color=color, lw=lw, alpha=0.8, label=label if k == 0 else None, ls=ls
+            )
             ax.plot(float(res["problems"].target_subopt[k]), path.n_delta_target, "o", color=color, ms=4)
-    ax.set(xscale="log", yscale="log", xlabel="suboptimality loss(w) - loss(w*) (nats)",
-           ylabel="exact n·Δ(w) (samples)",
-           title="n·Δ along the full-batch gradient-descent path (dot: at the target)")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="suboptimality loss(w) - loss(w*) (nats)",
+        ylabel="exact n·Δ(w) (samples)",
+        title="n·Δ along the full-batch gradient-descent path (dot: at the target)",
+    )
     ax.invert_xaxis()
     ax.legend(fontsize=8)
     return fig
@@ -207,22 +291,41 @@ def plot_diversity_path(knee: dict) -> plt.Figure:
 # methods (experiments c and d)
 # ---------------------------------------------------------------------------------------------
 
+
 def _order(df: pd.DataFrame) -> pd.DataFrame:
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return df.assign(_r=df["method"].map(rank)).sort_values(["_r"], kind="stable").drop(columns="_r").reset_index(drop=True)
+    return (
+        df.assign(_r=df["method"].map(rank))
+        .sort_values(["_r"], kind="stable")
+        .drop(columns="_r")
+        .reset_index(drop=True)
+    )
 
 
 def methods_tables(res: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
     runs = res["runs"]
-    agg = runs.groupby("method", sort=False).agg(
-        seeds=("seed", "nunique"), reached=("reached", "sum"), lr0=("lr0", "first"),
-        steps_to_target_mean=("steps_to_target", "mean"), steps_to_target_sd=("steps_to_target", "std"),
-        epochs_to_target_mean=("epochs_to_target", "mean"), epochs_to_target_sd=("epochs_to_target", "std"),
-        final_suboptimality_mean=("final_suboptimality", "mean"), final_suboptimality_sd=("final_suboptimality", "std"),
-        final_val_acc_mean=("final_val_acc", "mean"), final_val_acc_sd=("final_val_acc", "std"),
-        final_batch_size_mean=("final_batch_size", "mean"), optimizer_steps=("optimizer_steps", "mean"),
-        wall_to_target_mean=("wall_to_target_s", "mean"), wall_to_target_sd=("wall_to_target_s", "std"),
-        wall_total_mean=("wall_total_s", "mean")).reset_index()
+    agg = (
+        runs.groupby("method", sort=False)
+        .agg(
+            seeds=("seed", "nunique"),
+            reached=("reached", "sum"),
+            lr0=("lr0", "first"),
+            steps_to_target_mean=("steps_to_target", "mean"),
+            steps_to_target_sd=("steps_to_target", "std"),
+            epochs_to_target_mean=("epochs_to_target", "mean"),
+            epochs_to_target_sd=("epochs_to_target", "std"),
+            final_suboptimality_mean=("final_suboptimality", "mean"),
+            final_suboptimality_sd=("final_suboptimality", "std"),
+            final_val_acc_mean=("final_val_acc", "mean"),
+            final_val_acc_sd=("final_val_acc", "std"),
+            final_batch_size_mean=("final_batch_size", "mean"),
+            optimizer_steps=("optimizer_steps", "mean"),
+            wall_to_target_mean=("wall_to_target_s", "mean"),
+            wall_to_target_sd=("wall_to_target_s", "std"),
+            wall_total_mean=("wall_total_s", "mean"),
+        )
+        .reset_index()
+    )
     # a mean over seeds is defined only when every seed reached the target
     for c in ("steps_to_target", "epochs_to_target", "wall_to_target"):
         agg.loc[agg["reached"] < agg["seeds"], [f"{c}_mean", f"{c}_sd"]] = np.nan
@@ -242,39 +345,68 @@ def methods_tables(res: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str
     agg["speedup_wall_vs_adabatch"] = speedup("wall_to_target_mean", "AdaBatch", "AdaBatch + lr rescale")
     wall_cols = [c for c in agg.columns if "wall" in c]
     det = agg.drop(columns=wall_cols)
-    display = pd.DataFrame({
-        "method": det["method"], "lr0": det["lr0"].map(lambda v: f"{v:.3g}"),
-        "reached": [f"{int(r)}/{int(s)}" for r, s in zip(det["reached"], det["seeds"])],
-        "steps to target": [_pm(m, s) for m, s in zip(det["steps_to_target_mean"], det["steps_to_target_sd"])],
-        "epochs to target": [_pm(m, s, "{:.2f}") for m, s in zip(det["epochs_to_target_mean"], det["epochs_to_target_sd"])],
-        "speed-up in steps vs SGD small / AdaBatch": [f"{_g(a, 3)} / {_g(b, 3)}" for a, b in
-                                                      zip(det["speedup_steps_vs_sgd_small"], det["speedup_steps_vs_adabatch"])],
-        "final suboptimality (nats)": [f"{m:.2e} ± {s:.1e}" for m, s in zip(det["final_suboptimality_mean"], det["final_suboptimality_sd"])],
-        "final val. acc. (%)": [_pm(m, s, "{:.2f}") for m, s in zip(det["final_val_acc_mean"], det["final_val_acc_sd"])],
-        "final batch size": det["final_batch_size_mean"].map(lambda v: f"{v:.0f}"),
-        "total steps": det["optimizer_steps"].map(lambda v: f"{v:.0f}"),
-    })
+    display = pd.DataFrame(
+        {
+            "method": det["method"],
+            "lr0": det["lr0"].map(lambda v: f"{v:.3g}"),
+            "reached": [f"{int(r)}/{int(s)}" for r, s in zip(det["reached"], det["seeds"])],
+            "steps to target": [_pm(m, s) for m, s in zip(det["steps_to_target_mean"], det["steps_to_target_sd"])],
+            "epochs to target": [
+                _pm(m, s, "{:.2f}") for m, s in zip(det["epochs_to_target_mean"], det["epochs_to_target_sd"])
+            ],
+            "speed-up in steps vs SGD small / AdaBatch": [
+                f"{_g(a, 3)} / {_g(b, 3)}"
+                for a, b in zip(det["speedup_steps_vs_sgd_small"], det["speedup_steps_vs_adabatch"])
+            ],
+            "final suboptimality (nats)": [
+                f"{m:.2e} ± {s:.1e}" for m, s in zip(det["final_suboptimality_mean"], det["final_suboptimality_sd"])
+            ],
+            "final val. acc. (%)": [
+                _pm(m, s, "{:.2f}") for m, s in zip(det["final_val_acc_mean"], det["final_val_acc_sd"])
+            ],
+            "final batch size": det["final_batch_size_mean"].map(lambda v: f"{v:.0f}"),
+            "total steps": det["optimizer_steps"].map(lambda v: f"{v:.0f}"),
+        }
+    )
     wall = agg[["method", "seeds", "reached", *wall_cols]]
-    wall_display = pd.DataFrame({
-        "method": wall["method"],
-        "wall time to target (s)": [_pm(m, s, "{:.3f}") for m, s in zip(wall["wall_to_target_mean"], wall["wall_to_target_sd"])],
-        "speed-up vs SGD small / AdaBatch": [f"{_g(a)} / {_g(b)}" for a, b in
-                                             zip(wall["speedup_wall_vs_sgd_small"], wall["speedup_wall_vs_adabatch"])],
-        "total wall time (s)": wall["wall_total_mean"].map(lambda v: f"{v:.3f}"),
-    })
+    wall_display = pd.DataFrame(
+        {
+            "method": wall["method"],
+            "wall time to target (s)": [
+                _pm(m, s, "{:.3f}") for m, s in zip(wall["wall_to_target_mean"], wall["wall_to_target_sd"])
+            ],
+            "speed-up vs SGD small / AdaBatch": [
+                f"{_g(a)} / {_g(b)}"
+                for a, b in zip(wall["speedup_wall_vs_sgd_small"], wall["speedup_wall_vs_adabatch"])
+            ],
+            "total wall time (s)": wall["wall_total_mean"].map(lambda v: f"{v:.3f}"),
+        }
+    )
     traj = res["trajectories"].drop(columns=["epoch_time_s"])
     est = _order(res["estimator"])
-    est_display = est.assign(**{c: est[c].map(lambda v: f"{v:.3g}") for c in est.columns
-                                if c.startswith(("ratio", "share"))})
+    est_display = est.assign(
+        **{c: est[c].map(lambda v: f"{v:.3g}") for c in est.columns if c.startswith(("ratio", "share"))}
+    )
     return {
-        "synthetic_methods": (det, display, "SGD, AdaBatch and DiveBatch on the synthetic problem: optimizer steps "
-                              "and epochs to the target suboptimality, final loss and accuracy (mean ± sd over seeds)"),
-        "synthetic_methods_walltime": (wall, wall_display, "Wall-clock seconds to the target (optimizer steps only; "
-                                       "the one non-deterministic table)"),
+        "synthetic_methods": (
+            det,
+            display,
+            "SGD, AdaBatch and DiveBatch on the synthetic problem: optimizer steps "
+            "and epochs to the target suboptimality, final loss and accuracy (mean ± sd over seeds)",
+        ),
+        "synthetic_methods_walltime": (
+            wall,
+            wall_display,
+            "Wall-clock seconds to the target (optimizer steps only; the one non-deterministic table)",
+        ),
         "synthetic_methods_trajectories": (traj, None, "Per-epoch trajectories of every method and seed"),
-        "synthetic_estimator": (est, est_display, "Each diversity estimator (the authors' epoch estimator, micro-batch, "
-                                "fixed point) against exact n·Δ at the epoch's start and end iterates (ratios: median "
-                                "[10th, 90th percentile] over epochs and seeds)"),
+        "synthetic_estimator": (
+            est,
+            est_display,
+            "Each diversity estimator (the authors' epoch estimator, micro-batch, "
+            "fixed point) against exact n·Δ at the epoch's start and end iterates (ratios: median "
+            "[10th, 90th percentile] over epochs and seeds)",
+        ),
     }
 
 
@@ -293,7 +425,9 @@ def plot_methods(res: dict) -> plt.Figure:
         axes[1, 1].plot(g["epoch"] + 1, g["n_delta_hat"], ls, color=color, label=f"{name}: estimator")
     g = med[med["method"] == "SGD (small batch)"] if "SGD (small batch)" in set(med["method"]) else med.iloc[:0]
     if len(g):
-        axes[1, 1].plot(g["epoch"] + 1, g["n_delta_exact_end"], "k:", lw=1.2, label="exact n·Δ at epoch end (SGD small)")
+        axes[1, 1].plot(
+            g["epoch"] + 1, g["n_delta_exact_end"], "k:", lw=1.2, label="exact n·Δ at epoch end (SGD small)"
+        )
     for ax in axes[0]:
         ax.axhline(target, color="0.3", lw=0.8, ls=":", label="target")
         ax.set_yscale("log")
@@ -303,7 +437,9 @@ def plot_methods(res: dict) -> plt.Figure:
     axes[1, 0].set_yscale("log", base=2)
     axes[1, 0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axes[1, 0].set(xlabel="epoch", ylabel="batch size (samples)", title="(c) Batch size used in each epoch")
-    axes[1, 1].set(yscale="log", xlabel="epoch", ylabel="n·Δ (samples)", title="(d) Gradient diversity: epoch estimator")
+    axes[1, 1].set(
+        yscale="log", xlabel="epoch", ylabel="n·Δ (samples)", title="(d) Gradient diversity: epoch estimator"
+    )
     axes[0, 0].legend(fontsize=7)
     axes[1, 1].legend(fontsize=6.5)
     fig.suptitle("Synthetic logistic regression: methods (median over seeds)", fontsize=10)
@@ -311,19 +447,33 @@ def plot_methods(res: dict) -> plt.Figure:
 
 
 def plot_estimator(res: dict) -> plt.Figure:
-    traj = res["trajectories"].replace([np.inf, -np.inf], np.nan).dropna(
-        subset=["n_delta_hat", "n_delta_exact_start", "n_delta_exact_end"])
+    traj = (
+        res["trajectories"]
+        .replace([np.inf, -np.inf], np.nan)
+        .dropna(subset=["n_delta_hat", "n_delta_exact_start", "n_delta_exact_end"])
+    )
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True)
     for ax, col, what in ((axes[0], "n_delta_exact_start", "start"), (axes[1], "n_delta_exact_end", "end")):
         for name in [m for m in METHOD_ORDER if m in set(traj["method"])]:
             g = traj[traj["method"] == name]
-            ax.scatter(g[col], g["n_delta_hat"], s=12, alpha=0.7, color=METHOD_PALETTE[name], label=name,
-                       marker="^" if name.endswith("lr rescale") else "o")
+            ax.scatter(
+                g[col],
+                g["n_delta_hat"],
+                s=12,
+                alpha=0.7,
+                color=METHOD_PALETTE[name],
+                label=name,
+                marker="^" if name.endswith("lr rescale") else "o",
+            )
         lo = float(min(traj[col].min(), traj["n_delta_hat"].min())) / 1.5
         hi = float(max(traj[col].max(), traj["n_delta_hat"].max())) * 1.5
         ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="estimate = exact")
-        ax.set(xscale="log", yscale="log", xlabel=f"exact n·Δ at the epoch's {what} iterate (samples)",
-               title=f"(d) Epoch estimator against exact n·Δ at the epoch's {what}")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel=f"exact n·Δ at the epoch's {what} iterate (samples)",
+            title=f"(d) Epoch estimator against exact n·Δ at the epoch's {what}",
+        )
     axes[0].set_ylabel("epoch estimator n·Δ_hat (samples)")
     axes[0].legend(fontsize=7)
     return fig
@@ -349,14 +499,16 @@ def plot_estimators(res: dict) -> plt.Figure:
         ax.title.set_fontsize(8)
     axes[0, 0].set_ylabel("estimate / exact n·Δ at the epoch's end")
     axes[0, 0].legend(fontsize=6.5)
-    fig.suptitle("(d) Each diversity estimator against exact n·Δ along the methods' trajectories (median over seeds)",
-                 fontsize=9)
+    fig.suptitle(
+        "(d) Each diversity estimator against exact n·Δ along the methods' trajectories (median over seeds)", fontsize=9
+    )
     return fig
 
 
 # ---------------------------------------------------------------------------------------------
 # verdict and writing
 # ---------------------------------------------------------------------------------------------
+
 
 def verdict(knee: dict, cfg, provenance: str, commit: str) -> dict:
     """Claim 4's machine-readable verdict (read by :func:`divebatch.analysis.claims.claim4`).
@@ -369,30 +521,50 @@ def verdict(knee: dict, cfg, provenance: str, commit: str) -> dict:
     s, ctrl = knee["summary"], knee["controlled"]
     judged = s[s["kind"] != "stress"]
     holds = bool(judged["agrees"].all() and ctrl["slope_ok"] is not False and all(d["ok"] for d in ctrl["duplicates"]))
-    parts = [f"{r['variant']}: knee {r['knee']:.3g} vs n*Delta {r['n_delta_target']:.3g} at the target "
-             f"(x{r['knee_over_n_delta_target']:.2f}){'' if r['agrees'] else ' - disagrees'}"
-             for _, r in judged.iterrows()]
+    parts = [
+        f"{r['variant']}: knee {r['knee']:.3g} vs n*Delta {r['n_delta_target']:.3g} at the target "
+        f"(x{r['knee_over_n_delta_target']:.2f}){'' if r['agrees'] else ' - disagrees'}"
+        for _, r in judged.iterrows()
+    ]
     if ctrl["slope"] is not None:
         parts.append(f"log-log slope of knee on n*Delta over label noise {ctrl['slope']:.2f}")
     parts += [f"x{d['duplicate']} duplication moves the knee x{d['knee_ratio']:.2f}" for d in ctrl["duplicates"]]
     for _, r in s[s["kind"] == "stress"].iterrows():
-        parts.append(f"ill-conditioned stress variant {r['variant']} (not judged): knee {r['knee']:.3g} = "
-                     f"x{r['knee_over_n_delta_target']:.2f} of n*Delta {r['n_delta_target']:.3g}, so there n*Delta "
-                     "is only an upper bound on the knee")
+        parts.append(
+            f"ill-conditioned stress variant {r['variant']} (not judged): knee {r['knee']:.3g} = "
+            f"x{r['knee_over_n_delta_target']:.2f} of n*Delta {r['n_delta_target']:.3g}, so there n*Delta "
+            "is only an upper bound on the knee"
+        )
     scope = "on well-conditioned data (the noise and duplicate variants)"
-    summary = (f"knee of samples-to-target tracks n*Delta {scope}: " if holds
-               else f"knee does not track n*Delta {scope}: ") + "; ".join(parts)
+    summary = (
+        f"knee of samples-to-target tracks n*Delta {scope}: " if holds else f"knee does not track n*Delta {scope}: "
+    ) + "; ".join(parts)
     clean = s.replace({np.nan: None}).to_dict(orient="records")
-    return {"claim": 4, "holds": holds, "summary": summary, "scope": scope, "profile": cfg.profile, "seeds": list(cfg.seeds),
-            "commit": commit, "provenance": provenance, "target_relative": cfg.target_relative,
-            "rules": {"tolerance": cfg.knee.tolerance, "small_factor": cfg.knee.small_factor,
-                      "small_ratio_max": cfg.knee.small_ratio_max, "large_factor": cfg.knee.large_factor,
-                      "large_ratio_min": cfg.knee.large_ratio_min},
-            "variants": clean, "controlled": ctrl}
+    return {
+        "claim": 4,
+        "holds": holds,
+        "summary": summary,
+        "scope": scope,
+        "profile": cfg.profile,
+        "seeds": list(cfg.seeds),
+        "commit": commit,
+        "provenance": provenance,
+        "target_relative": cfg.target_relative,
+        "rules": {
+            "tolerance": cfg.knee.tolerance,
+            "small_factor": cfg.knee.small_factor,
+            "small_ratio_max": cfg.knee.small_ratio_max,
+            "large_factor": cfg.knee.large_factor,
+            "large_ratio_min": cfg.knee.large_ratio_min,
+        },
+        "variants": clean,
+        "controlled": ctrl,
+    }
 
 
-def write_all(cfg, knee: dict | None, methods: dict | None, out_root: str | Path, provenance: str,
-              commit: str) -> list[Path]:
+def write_all(
+    cfg, knee: dict | None, methods: dict | None, out_root: str | Path, provenance: str, commit: str
+) -> list[Path]:
     """Write every output of the experiments that ran. Returns the paths written."""
     apply_style()
     out_root = Path(out_root)

@@ -121,13 +121,16 @@ def solve(x: Tensor, y: Tensor, l2: float, gtol: float = 1e-11) -> Optimum:
         s = scipy.special.expit(xn @ w)
         return (xn.T * (s * (1 - s))) @ xn / n + l2 * np.eye(xn.shape[1])
 
-    res = scipy.optimize.minimize(fun, np.zeros(xn.shape[1]), jac=True, hess=hess, method="trust-exact",
-                                  options={"gtol": gtol, "maxiter": 1000})
+    res = scipy.optimize.minimize(
+        fun, np.zeros(xn.shape[1]), jac=True, hess=hess, method="trust-exact", options={"gtol": gtol, "maxiter": 1000}
+    )
     w = torch.from_numpy(res.x).to(DTYPE)
     gnorm = float(mean_grad(x, y, w.unsqueeze(0), l2).norm())
     if not gnorm <= 10 * gtol:
-        raise RuntimeError(f"w* solver did not converge: ||grad||={gnorm:.3g} > {10 * gtol:.1g} ({res.message}); "
-                           "use l2 > 0 or label noise for separable data")
+        raise RuntimeError(
+            f"w* solver did not converge: ||grad||={gnorm:.3g} > {10 * gtol:.1g} ({res.message}); "
+            "use l2 > 0 or label noise for separable data"
+        )
     return Optimum(w=w, loss=float(mean_loss(x, y, w.unsqueeze(0), l2)), grad_norm=gnorm)
 
 
@@ -160,8 +163,9 @@ class DescentPath:
     b_noise_target: float  # McCandlish's B_noise at the target (same interpolation)
 
 
-def descent_path(x: Tensor, y: Tensor, l2: float, w0: Tensor, loss_star: float, target_subopt: float,
-                 max_steps: int = 200_000) -> DescentPath:
+def descent_path(
+    x: Tensor, y: Tensor, l2: float, w0: Tensor, loss_star: float, target_subopt: float, max_steps: int = 200_000
+) -> DescentPath:
     """Gradient descent with step 1/L (monotone for an L-smooth loss) until loss - loss* <= target.
 
     Args:

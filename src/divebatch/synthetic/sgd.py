@@ -43,8 +43,18 @@ class FirstHit:
     final_loss: Tensor  # (S, L) loss of every lr when the run stopped (NaN where diverged)
 
 
-def run_to_target(x: Tensor, y: Tensor, l2: float, w0: Tensor, target_loss: Tensor, batch_size: int,
-                  lrs: Tensor, seeds: list[int], max_samples: int, resolution: float = 0.02) -> FirstHit:
+def run_to_target(
+    x: Tensor,
+    y: Tensor,
+    l2: float,
+    w0: Tensor,
+    target_loss: Tensor,
+    batch_size: int,
+    lrs: Tensor,
+    seeds: list[int],
+    max_samples: int,
+    resolution: float = 0.02,
+) -> FirstHit:
     """Run mini-batch SGD with every lr of a grid until each seed has one lr below its target loss.
 
     Args:
@@ -98,7 +108,7 @@ def run_to_target(x: Tensor, y: Tensor, l2: float, w0: Tensor, target_loss: Tens
     while not bool(hit.all()) and samples < max_samples:
         perm = torch.stack([torch.randperm(n, generator=g) for g in gens])  # (S, n)
         for start in range(0, n, batch_size):
-            idx = perm[:, start:start + batch_size]
+            idx = perm[:, start : start + batch_size]
             xb, yb = x[rows, idx], y[rows, idx]
             # Finished seeds keep stepping (cheaper than compacting); their results are frozen.
             w.sub_(lr * P.mean_grad(xb, yb, w, l2))
@@ -117,6 +127,14 @@ def run_to_target(x: Tensor, y: Tensor, l2: float, w0: Tensor, target_loss: Tens
         for s in missing.nonzero().flatten().tolist():
             steps_hit[s], samples_hit[s], best[s] = step, samples, idx[s]
             nd_hit[s] = nd[s, idx[s]]
-    return FirstHit(batch_size=batch_size, hit=hit, steps=steps_hit, samples=samples_hit, best_lr=lrs.to(P.DTYPE)[best],
-                    best_lr_index=best, n_delta_hit=nd_hit, diverged=diverged,
-                    final_loss=torch.where(torch.isfinite(loss), loss, torch.nan))
+    return FirstHit(
+        batch_size=batch_size,
+        hit=hit,
+        steps=steps_hit,
+        samples=samples_hit,
+        best_lr=lrs.to(P.DTYPE)[best],
+        best_lr_index=best,
+        n_delta_hit=nd_hit,
+        diverged=diverged,
+        final_loss=torch.where(torch.isfinite(loss), loss, torch.nan),
+    )

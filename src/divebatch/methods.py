@@ -1,0 +1,54 @@
+"""The methods compared, by name: the one list that tables, figures and the synthetic check use.
+
+Each :class:`Variant` is a file ``configs/methods/<key>.yaml`` (its ``display_name`` is recorded in
+every run's config.yaml; tests/test_composition.py keeps the files and this list equal) and the
+run directory name of its cells in the profiles. The order is the order of tables and legends;
+colours follow it (:mod:`divebatch.analysis.style`). Imports nothing heavy: the analysis uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One method of the comparison.
+
+    Attributes:
+        key: ``configs/methods/<key>.yaml``; the run directory name of its profile cells.
+        display_name: what tables and figures call it (the config key ``display_name``).
+        policy: ``method.name`` (sgd | adabatch | divebatch).
+        lr_rescale: ``method.lr_rescale``.
+        large_batch: starts at ``method.max_batch_size`` instead of ``method.initial_batch_size``.
+        optimizer: ``optim.name``.
+    """
+
+    key: str
+    display_name: str
+    policy: str
+    lr_rescale: bool = False
+    large_batch: bool = False
+    optimizer: str = "sgd"
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("sgd_small", "SGD (small batch)", "sgd"),
+    Variant("sgd_large", "SGD (large batch)", "sgd", large_batch=True),
+    Variant("adabatch", "AdaBatch", "adabatch"),
+    Variant("adabatch_rescale", "AdaBatch + lr rescale", "adabatch", lr_rescale=True),
+    Variant("divebatch", "DiveBatch", "divebatch"),
+    Variant("divebatch_rescale", "DiveBatch + lr rescale", "divebatch", lr_rescale=True),
+    # AdamW instead of SGD with momentum (the transformer); sqrt: the square-root lr rule
+    Variant("adamw_small", "AdamW (small batch)", "sgd", optimizer="adamw"),
+    Variant("adamw_large", "AdamW (large batch)", "sgd", large_batch=True, optimizer="adamw"),
+    Variant("adamw_divebatch", "AdamW DiveBatch", "divebatch", optimizer="adamw"),
+    Variant(
+        "adamw_divebatch_rescale", "AdamW DiveBatch + sqrt lr rescale", "divebatch", lr_rescale=True, optimizer="adamw"
+    ),
+)
+BY_KEY = {v.key: v for v in VARIANTS}
+BY_DISPLAY_NAME = {v.display_name: v for v in VARIANTS}
+DISPLAY_ORDER = [v.display_name for v in VARIANTS]
+# the six methods of the paper's comparison (SGD with momentum): the synthetic check runs these
+PAPER_METHODS = [v for v in VARIANTS if v.optimizer == "sgd"]

@@ -1,0 +1,338 @@
+"""The run directory: one folder per training run, its file names, its writer and its readers.
+
+``divebatch train`` writes one run directory (``out_dir``), format fixed in the project README:
+
+* ``config.yaml``: the resolved config (:data:`CONFIG`); a folder holding one *is* a run directory;
+* ``manifest.json``: commit, seed, device, wandb id, resumes (:data:`MANIFEST`);
+* ``metrics.csv``: one row per finished epoch, columns :data:`METRIC_COLUMNS` (:data:`METRICS`);
+* ``summary.json``: written when the run ends (``finished``, ``diverged``, :data:`SUMMARY_KEYS`);
+* ``checkpoint.pt``: the state to resume from (:data:`CHECKPOINT`);
+* ``train.log``: the run's stdout/stderr under ``divebatch replicate`` (:data:`LOG`);
+* ``shadow.csv`` / ``shadow_subsets.csv``: shadow-measurement runs only (:mod:`divebatch.shadow`).
+
+Every file is written whole through a temporary file and a rename (:func:`atomic_write`), so a
+reader (the orchestrator polling progress, a report during a replication) never sees half a file.
+The readers here are lenient where a report or an orchestrator must survive a crashed or older run
+(a missing or unreadable file reads as None / empty) and strict where the trainer must not
+overwrite results (:class:`RunDir`).
+
+Paths: run and output paths given by the user (``out_dir``, ``--runs-dir``, ``--out``) and their
+defaults (:func:`runs_path`) are relative to the working directory, which ``replicate/all.sh``
+makes the repository root; files shipped with the repository (``uv.lock``, ``notebooks/``,
+``docs/``) resolve from :data:`REPO_ROOT`, wherever the command runs.
+
+This module imports only the standard library at import time: the orchestrator and the sweep
+driver read run directories without loading torch, and ``divebatch gpu-check`` (which reports
+missing packages instead of failing on them) uses it too. ``omegaconf``, ``pandas`` and ``torch``
+are imported by the functions that need them (config, metrics frame, checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+CONFIG = "config.yaml"
+MANIFEST = "manifest.json"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+CHECKPOINT = "checkpoint.pt"
+LOG = "train.log"  # under divebatch replicate
+SHADOW = "shadow.csv"
+SHADOW_SUBSETS = "shadow_subsets.csv"
+
+# metrics.csv columns, in file order (accuracies in percent, losses in nats per sample or token,
+# times in seconds, optimizer_steps / samples_seen / wall_time_s cumulative, peak memory in MB)
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "batch_size",
+    "grad_diversity",
+    "optimizer_steps",
+    "samples_seen",
+    "epoch_time_s",
+    "eval_time_s",
+    "wall_time_s",
+    "peak_memory_mb",
+)
+# summary.json's numeric keys (besides finished, diverged and, for a diverged run, diverged_epoch)
+SUMMARY_KEYS = (
+    "epochs_completed",
+    "final_val_acc",
+    "best_val_acc",
+    "best_epoch",
+    "final_train_loss",
+    "final_val_loss",
+    "final_batch_size",
+    "optimizer_steps",
+    "wall_time_s",
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (src/divebatch/rundir.py -> .)
+RUNS_ROOT = Path("runs")  # default parent of run directories, relative to the working directory
+
+
+class RunDirError(RuntimeError):
+    """The run directory holds something that the requested run must not overwrite or cannot use."""
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def runs_path(*parts: str | Path) -> Path:
+    """A default output location under ``runs/`` (relative to the working directory, as every path
+    the user gives), e.g. ``runs_path("sweeps", name)`` -> ``runs/sweeps/<name>``."""
+    return RUNS_ROOT.joinpath(*parts)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a ``config.yaml`` (a run directory, finished or not)."""
+    return (Path(path) / CONFIG).is_file()
+
+
+def find_run_dirs(roots: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+    """``(root, run_dir)`` for every folder holding ``config.yaml`` under ``roots`` (recursively),
+    depth first in name order.
+
+    A run directory's own subfolders are not searched, nor any ``wandb`` folder (wandb keeps a
+    copy of ``config.yaml`` in its run files).
+
+    Raises:
+        FileNotFoundError: a root does not exist.
+    """
+    found = []
+    for root in map(Path, roots):
+        if not root.exists():
+            raise FileNotFoundError(f"runs directory not found: {root}")
+        stack = [root]
+        while stack:
+            d = stack.pop()
+            if is_run_dir(d):
+                found.append((root, d))
+                continue
+            stack.extend(sorted((p for p in d.iterdir() if p.is_dir() and p.name != "wandb"), reverse=True))
+    return found
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file.
+
+    Args:
+        path: the file to (re)place.
+        write: called with the temporary path; writes the whole content there.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def format_metrics(rows: list[dict]) -> str:
+    """``metrics.csv``'s text: a header of :data:`METRIC_COLUMNS`, one line per row; floats as
+    ``repr`` (round-trips exactly, ``nan``/``inf`` for non-finite), None as an empty cell.
+
+    Raises:
+        KeyError: a row lacks one of :data:`METRIC_COLUMNS`.
+    """
+
+    def fmt(v):
+        return "" if v is None else (repr(v) if isinstance(v, float) else str(v))
+
+    lines = [",".join(METRIC_COLUMNS)] + [",".join(fmt(r[c]) for c in METRIC_COLUMNS) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_json(obj: dict) -> str:
+    """``summary.json`` / ``manifest.json`` text: indented by 2, with a final newline."""
+    return json.dumps(obj, indent=2) + "\n"
+
+
+class RunDir:
+    """The files of one run as the trainer sees them: config.yaml, manifest.json, metrics.csv,
+    summary.json, checkpoint.pt (attributes ``config``, ``manifest``, ``metrics``, ``summary``,
+    ``checkpoint``: their paths). Refuses, with :class:`RunDirError`, to overwrite another run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config, self.manifest = self.path / CONFIG, self.path / MANIFEST
+        self.metrics, self.summary = self.path / METRICS, self.path / SUMMARY
+        self.checkpoint = self.path / CHECKPOINT
+
+    def prepare(self, cfg: DictConfig) -> list[str]:
+        """Create the folder and write config.yaml, or check that an existing run has the same config
+        (keys in ``config.RUNTIME_KEYS``, e.g. ``method.max_micro_batch``, may change; config.yaml
+        then holds the new values).
+
+        Returns:
+            The runtime keys that changed, as ``key: old -> new`` (empty for a new run).
+        Raises:
+            RunDirError: the folder holds a run with another config, or results without a config.
+        """
+        from omegaconf import OmegaConf
+
+        from divebatch.config import config_diffs, to_yaml
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        changed = []
+        if self.config.exists():
+            old = OmegaConf.load(self.config)
+            changed = [d for d in config_diffs(old, cfg, runtime=True) if d.startswith("method.")]
+            diffs = config_diffs(old, cfg)
+            if diffs:
+                raise RunDirError(
+                    f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
+                    f"Use another out_dir, or delete that folder to start over."
+                )
+        elif self.metrics.exists() or self.checkpoint.exists():
+            raise RunDirError(
+                f"out_dir={str(self.path)!r} holds results but no config.yaml; refusing to overwrite them."
+            )
+        atomic_write(self.config, lambda p: p.write_text(to_yaml(cfg)))
+        return changed
+
+    def load_checkpoint(self) -> dict | None:
+        """The latest checkpoint (loaded to the CPU), or None for a fresh run.
+
+        Raises:
+            RunDirError: metrics exist without a checkpoint, or the checkpoint is truncated/corrupt.
+        """
+        if not self.checkpoint.exists():
+            if self.metrics.exists() and len(self.metrics.read_text().splitlines()) > 1:
+                raise RunDirError(
+                    f"{self.metrics} has finished epochs but {self.checkpoint.name} is missing; "
+                    f"refusing to restart over existing metrics. Delete the folder to start over."
+                )
+            return None
+        import torch  # only the trainer reads checkpoints; readers of results need no torch
+
+        try:
+            return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises several types for truncated/corrupt zip files
+            raise RunDirError(
+                f"checkpoint {self.checkpoint} is unreadable ({type(err).__name__}: {err}). It is left "
+                f"untouched; delete the run folder to start over."
+            ) from None
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Write ``state`` (tensors and plain values, ``torch.save``) to checkpoint.pt."""
+        import torch
+
+        atomic_write(self.checkpoint, lambda p: torch.save(state, p))
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Rewrite metrics.csv from ``rows`` (:func:`format_metrics`). On resume the trainer passes
+        the checkpoint's history, which drops any row written after the checkpoint."""
+        text = format_metrics(rows)
+        atomic_write(self.metrics, lambda p: p.write_text(text))
+
+    def write_json(self, path: Path, obj: dict) -> None:
+        """Write ``obj`` to ``path`` (the run's manifest or summary) as :func:`format_json`."""
+        atomic_write(path, lambda p: p.write_text(format_json(obj)))
+
+    def read_summary(self) -> dict | None:
+        """summary.json, or None before the run ends.
+
+        Raises:
+            ValueError: summary.json is not valid JSON (the trainer does not train over it).
+        """
+        return json.loads(self.summary.read_text()) if self.summary.exists() else None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_json(path: str | Path) -> dict | None:
+    """A JSON file's content, None when it is missing or unreadable (a report survives a crashed run)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    """``summary.json`` of ``run_dir``; None when the run has not ended (missing) or it is unreadable."""
+    return read_json(Path(run_dir) / SUMMARY)
+
+
+def read_manifest(run_dir: str | Path) -> dict | None:
+    """``manifest.json`` of ``run_dir``; None when missing or unreadable."""
+    return read_json(Path(run_dir) / MANIFEST)
+
+
+def read_config(run_dir: str | Path) -> DictConfig:
+    """``config.yaml`` of ``run_dir`` as written (no schema merge, no validation).
+
+    Raises:
+        OSError: missing or unreadable; yaml/omegaconf errors when it is not a config mapping.
+    """
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(Path(run_dir) / CONFIG)
+
+
+def epochs_done(run_dir: str | Path) -> int:
+    """Finished epochs written so far: the non-empty rows of ``metrics.csv`` after its header,
+    0 when the file is absent or unreadable."""
+    try:
+        with open(Path(run_dir) / METRICS) as f:
+            return max(0, sum(1 for line in f if line.strip()) - 1)
+    except OSError:
+        return 0
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """``metrics.csv`` rows as dicts ``column -> float`` (empty cells: None), in file order; the
+    columns are the file's own (a run written by an older version may lack some of
+    :data:`METRIC_COLUMNS`). Empty list when the file is absent or unreadable.
+
+    Raises:
+        ValueError: a cell is not a number, or a row has more cells than the header.
+    """
+    try:
+        with open(Path(run_dir) / METRICS, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return []
+    out = []
+    for i, r in enumerate(rows):
+        if None in r:
+            raise ValueError(
+                f"{Path(run_dir) / METRICS}: row {i + 1} has more cells than the header "
+                f"({len(r) - 1} columns); allowed: one cell per column"
+            )
+        out.append({k: (float(v) if v not in ("", None) else None) for k, v in r.items()})
+    return out
+
+
+def read_metrics_frame(run_dir: str | Path):
+    """``metrics.csv`` as a pandas DataFrame, columns as in the file (pandas imported on call).
+
+    Raises:
+        OSError: missing or unreadable; ValueError / ``pandas.errors.EmptyDataError``: malformed.
+    """
+    import pandas as pd
+
+    return pd.read_csv(Path(run_dir) / METRICS)
+
+
+def summary_status(summary: dict | None) -> str:
+    """What ``summary.json`` says of a run: ``missing`` (None: unfinished or crashed),
+    ``unfinished`` (``finished: false``), ``diverged`` (finished with a non-finite training loss)
+    or ``finished``."""
+    if summary is None:
+        return "missing"
+    if not summary.get("finished"):
+        return "unfinished"
+    return "diverged" if summary.get("diverged") else "finished"
