@@ -666,3 +666,23 @@ def test_claims_are_judged_with_the_authors_definition_first(tmp_path):
     ours = _row(claims, claim=2, unit="training s", definition=authors)["ours"]
     # mean curve base + 0.2 reaches 90.2 - 1 in epoch 4: 4 x 1.8 s against 4 x 0.1 s
     assert "18.00x (7.2 / 0.4 training s) vs AdaBatch" in ours
+
+
+def test_executed_notebooks_carry_no_path_of_the_machine():
+    """Warning lines in executed notebooks name source files by absolute path; the saved copy keeps
+    them repository-relative."""
+    import nbformat
+
+    from divebatch.analysis import notebooks as nb_mod
+    from divebatch.rundir import REPO_ROOT
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("pass")
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "stream", name="stderr", text=f"{REPO_ROOT}/src/divebatch/analysis/report.py:1: RunWarning: x\n"
+        )
+    ]
+    nb.cells.append(cell)
+    nb_mod._relative_paths(nb)
+    assert cell.outputs[0]["text"] == "src/divebatch/analysis/report.py:1: RunWarning: x\n"

@@ -88,10 +88,21 @@ def execute(
     try:
         client.execute(env=env)
     finally:
+        _relative_paths(nb)
         nbformat.write(nb, ipynb)
     body, _ = HTMLExporter().from_notebook_node(nb)
     html.write_text(body, encoding="utf-8")
     return ipynb, html
+
+
+def _relative_paths(nb) -> None:
+    """Make the repository's absolute path in stream outputs (warning lines name source files)
+    repository-relative, so that committed notebooks carry no path of the machine they ran on."""
+    prefix = str(REPO_ROOT) + os.sep
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and prefix in out.get("text", ""):
+                out["text"] = out["text"].replace(prefix, "")
 
 
 def show(fig, provenance: str | None = None) -> None:
