@@ -64,7 +64,7 @@ def test_own_loop_at_lr_zero_measures_the_exact_diversity(estimator, use_backwar
         assert 0.2 * exact < decision.diversity < 5 * exact
     else:
         assert decision.diversity == pytest.approx(exact, rel=1e-5)
-    want = int(min(max(0.5 * exact * 48, 8), 32)) if estimator != "microbatch" else decision.next_batch_size
+    want = int(min(max(0.5 * decision.diversity * 48, 8), 32))  # the resize rule on this estimate
     assert decision.next_batch_size == want == ctl.batch_size and decision.batch_size == 8
 
 

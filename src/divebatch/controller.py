@@ -244,7 +244,7 @@ class BatchSizeController:
                 except KeyError as err:
                     raise ValueError(err.args[0]) from None
             self.estimator = estimator
-        self.n_train, self.fixed_point_samples = int(n_train), fixed_point_samples
+        self.n_train = int(n_train)
         self.squared = lr_rescale_rule == "schedule_squared"
         self.max_micro_batch, self.split_above, self.micro_batch_loss = max_micro_batch, split_above, micro_batch_loss
         self.active: DiversityEstimator | None = None  # the estimator of the running epoch, if any
@@ -288,7 +288,7 @@ class BatchSizeController:
         """``fixed_point`` only: the fixed subset it measures Delta(w) on, as a callable returning
         (x, y) batches on the model's device without augmentation
         (:func:`divebatch.data.reference_batches`). No-op for the other estimators."""
-        if self.estimator is not None and hasattr(self.estimator, "attach"):
+        if self.estimator is not None:
             self.estimator.attach(reference, self.n_train)
 
     def measures(self, epoch: int) -> bool:

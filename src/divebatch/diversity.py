@@ -148,6 +148,9 @@ class EstimatorDefaults:
     def measure(self, model: nn.Module) -> None:
         """End-of-epoch measurement at the final weights (none for the epoch estimators)."""
 
+    def attach(self, reference, n_train: int) -> None:
+        """Samples to measure at one point (fixed_point only; the epoch estimators use the epoch's own)."""
+
 
 class EpochDiversityEstimator(EstimatorDefaults):
     """The authors' epoch estimator of Delta, accumulated on the device in sum units.

@@ -369,7 +369,6 @@ def train(cfg: DictConfig) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         batch_size = ctl.batch_size
         train_loader.set_batch_size(batch_size)
-        measure = ctl.measures(epoch)
         shadow_est = shadow.epoch_estimator(epoch) if shadow is not None else None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -419,7 +418,7 @@ def train(cfg: DictConfig) -> dict:
             ) from None
         val_loss, val_acc = ctx.reduce_eval(val_loss, val_acc, test_loader)
         t2 = time.perf_counter()
-        diversity = ctl.diversity(lambda est: distributed.diversity_value(est, ctx)) if measure else None
+        diversity = ctl.diversity(lambda est: distributed.diversity_value(est, ctx))  # None: not measured
         if shadow_est is not None:  # at the weights the resize decision would see; not counted in wall time
             shadow.record(model, epoch, stats["lr"], batch_size, t1 - t0)
         lr = stats["lr"]
