@@ -53,8 +53,9 @@ def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
     assert len({r.out_dir for r in runs}) == len(runs)
     for e in spec.experiments:
         mine = [r for r in runs if r.experiment == e.name]
-        if e.overrides:  # an extra experiment on top of the matrix (e.g. protocol=clean): checked below
-            assert len(mine) == len(rep.experiment_configs(e)) * len(e.seeds if e.seeds is not None else spec.seeds)
+        if e.overrides or e.sweep:  # an extra experiment on top of the matrix (protocol=clean, a sweep)
+            assert len(mine) == len(rep.experiment_cells(e)) * len(e.seeds if e.seeds is not None else spec.seeds)
+            assert {c.profile for c in map(cfgs.get, (r.name for r in mine))} == {e.report_as or spec.name}
             continue
         seeds = list(e.seeds if e.seeds is not None else spec.seeds)
         assert len(mine) == len(rep.experiment_configs(e)) * len(seeds)
@@ -67,7 +68,8 @@ def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
         for r in mine:
             c = cfgs[r.name]
             assert c.profile == spec.name
-            assert Path(c.out_dir) == Path("runs") / profile / e.name / Path(r.config).stem / f"seed{r.seed}"
+            assert Path(c.out_dir) == Path("runs") / profile / e.name / r.cell / f"seed{r.seed}"
+            assert r.cell == Path(r.config).stem
             assert c.progress is False
 
 
@@ -86,6 +88,13 @@ def test_paper_profile_follows_protocol(in_repo):
     by_exp = {}
     for name, c in cfgs.items():
         by_exp.setdefault(name.split("/")[0], []).append(c)
+    # the sensitivity sweep: DiveBatch at its 27 grid points and the SGD reference, seed 1, reported apart
+    sens = by_exp.pop("cifar10_sensitivity")
+    assert {c.profile for c in sens} == {"cifar10_sensitivity"} and {c.seed for c in sens} == {1}
+    assert sorted(c.method.name for c in sens) == ["divebatch"] * 27 + ["sgd"]
+    assert len({(c.method.delta, c.method.resize_freq, c.method.max_batch_size) for c in sens}) == 27
+    assert {c.data.name for c in sens} == {"cifar10"} and {c.epochs for c in sens} == {200}
+    assert {c.profile for cs in by_exp.values() for c in cs} == {"paper"}
     assert set(by_exp) == {
         "cifar10",
         "cifar100",
@@ -253,9 +262,9 @@ def test_paper_without_data_stops_before_training(in_repo, tmp_path, capsys, mon
     monkeypatch.setenv("DIVEBATCH_CIFAR100_ROOT", str(empty))
     monkeypatch.setenv("DIVEBATCH_TINY_IMAGENET_DIR", str(empty / "tiny-imagenet-200"))
     checked = []
-    monkeypatch.setattr(rep, "_reachable", lambda url, timeout=3.0: checked.append(url) or False)
+    monkeypatch.setattr("divebatch.fetch._reachable", lambda url, timeout=3.0: checked.append(url) or False)
     monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
-    monkeypatch.setattr("divebatch.data.fetch_cli", lambda argv: pytest.fail("tried to download"))
+    monkeypatch.setattr("divebatch.fetch.fetch_cli", lambda argv: pytest.fail("tried to download"))
     runs = tmp_path / "runs"
     code = rep.cli(["paper", "--runs-dir", str(runs), "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out

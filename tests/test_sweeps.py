@@ -1,11 +1,11 @@
-"""wandb sweeps: shipped sweep YAMLs, the agent's command, bad input, and local (offline) sweeps."""
+"""wandb sweeps: shipped sweep YAMLs, the agent's command, bad input, and sweeps as matrix experiments (offline)."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -56,15 +56,16 @@ def test_seed_sweep_of_every_profile_cell_trains_the_profiles_runs(profile, tmp_
     spec = rep.load_profile(profile)
     runs = rep.expand(spec, Path("runs") / profile)
     cells = sorted({r.name.rpartition("/seed")[0] for r in runs})
-    assert len(cells) == sum(len(rep.experiment_configs(e)) for e in spec.experiments)
+    assert len(cells) == sum(len(rep.experiment_cells(e)) for e in spec.experiments)
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")
     for cell in cells:
         sweep = sw.load_sweep(sw.write_seed_sweep(f"{profile}/{cell}", tmp_path / f"{cell.replace('/', '_')}.yaml"))
-        assert sweep.params == ["seed"] and sweep.profile == profile and sweep.method == "grid"
+        tag = next(r for r in runs if r.name.startswith(f"{cell}/")).overrides[-3]  # the runs' profile=TAG
+        assert sweep.params == ["seed"] and f"profile={sweep.profile}" == tag and sweep.method == "grid"
         seeds = sweep.config["parameters"]["seed"]["values"]
-        assert seeds == list(spec.seeds)
+        assert seeds == sorted(r.seed for r in runs if r.name.startswith(f"{cell}/"))
         for seed in seeds:
-            argv = sw.agent_command(sweep.config, {"seed": {"value": seed}})
+            argv = _agent_command(sweep.config, {"seed": {"value": seed}})
             got = load_config(argv[2], argv[3:], check_data=False)
             run = next(r for r in runs if r.name == f"{cell}/seed{seed}")
             assert config_diffs(load_config(run.config, run.overrides, check_data=False), got) == [], cell
@@ -79,11 +80,31 @@ def test_seed_sweep_of_an_unknown_cell_names_the_cells(capsys):
     assert "allowed: PROFILE/EXPERIMENT/METHOD" in capsys.readouterr().err
 
 
+def _agent_command(sweep_config: dict, run_config: dict) -> list[str]:
+    """The argv `wandb agent` (wandb/wandb_agent.py, Agent._command_run) runs for one proposal, built
+    with wandb's own functions: whole-item ${macro}s replaced, ${args_no_hyphens} by name=value items."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    macros = create_sweep_command_args({"args": run_config})
+    argv = []
+    for item in create_sweep_command([str(c) for c in sweep_config["command"]]):
+        argv += macros[item[2:-1]] if item.startswith("${") and item.endswith("}") else [item]
+    return argv
+
+
 def test_sensitivity_and_lr_sweeps():
-    for name in ("cifar10_sensitivity", "smoke_sensitivity"):
+    for name in ("cifar10_sensitivity", "smoke_sensitivity", "cpu_sensitivity"):
         sweep = sw.load_sweep(REPO / "configs" / "sweeps" / f"{name}.yaml")
         assert sweep.method == "grid"
-        assert set(sw.SENSITIVITY_KEYS) <= set(sweep.params)
+        assert {"method.delta", "method.resize_freq", "method.max_batch_size"} <= set(sweep.params)
+        # run locally by a profile whose experiment also trains the SGD reference of the speed-ups
+        profiles = [
+            p for p in (REPO / "configs" / "profiles").glob("*.yaml") if f"configs/sweeps/{name}.yaml" in p.read_text()
+        ]
+        assert profiles, name
+        for e in yaml.safe_load(profiles[0].read_text())["experiments"]:
+            if e.get("sweep") == f"configs/sweeps/{name}.yaml":
+                assert "sgd_small" in e["methods"]
         assert all(len(sweep.config["parameters"][k]["values"]) >= 2 for k in ("method.delta", "method.resize_freq"))
     lr = [sw.load_sweep(p) for p in SHIPPED if "lr" in p.stem]
     assert lr and all(s.method in ("bayes", "random") and "optim.lr" in s.params for s in lr)
@@ -105,7 +126,7 @@ def test_agent_command_parses_into_expected_config(name, monkeypatch, capsys):
     # what `wandb agent` exports before it starts the run's command
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep42")
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")
-    argv = sw.agent_command(sweep.config, proposal.config)
+    argv = _agent_command(sweep.config, proposal.config)
     values = {k: v["value"] for k, v in proposal.config.items()}
     # ${args_no_hyphens}: one "name=value" item per parameter, value as Python's str()
     assert [a for a in argv if a.split("=")[0] in values] == [f"{k}={v}" for k, v in values.items()]
@@ -189,126 +210,109 @@ def test_command_must_give_each_agent_run_its_own_dir(tmp_path):
         sw.load_sweep(_write(path, raw))
 
 
-class FakeTraining:
-    """Stands in for a training subprocess: writes the run directory's result files at once.
-
-    best_val_acc peaks at lr = 0.1, so a search that reads the metric back can be checked.
-    """
-
-    started: list[dict] = []
-
-    def __init__(self, argv, stdout=None, stderr=None, env=None):
-        over = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
-        FakeTraining.started.append(over)
-        out = Path(over["out_dir"])
-        out.mkdir(parents=True, exist_ok=True)
-        lr = float(over.get("optim.lr", 0.05))
-        acc = 90.0 - 10.0 * abs(math.log10(lr) + 1.0)
-        (out / "metrics.csv").write_text("epoch,val_acc\n0,50.0\n1,%r\n" % acc)
-        (out / "summary.json").write_text(json.dumps({"finished": True, "best_val_acc": acc, "final_val_acc": acc}))
-        self.returncode = 0
-
-    def poll(self):
-        return 0
-
-    def wait(self, timeout=None):
-        return 0
-
-    def send_signal(self, sig):
-        pass
-
-
 class NoTraining:
     def __init__(self, *args, **kwargs):
         raise AssertionError("a finished sweep started a training")
 
 
 @pytest.mark.parametrize("method", ["random", "bayes"])
-def test_local_search_feeds_metric_back_and_resumes(tmp_path, monkeypatch, method):
-    path = _sweep_yaml(tmp_path, {"optim.lr": {"distribution": "log_uniform_values", "min": 0.01, "max": 1.0}}, method)
-    sweep = sw.load_sweep(path)
-    root = tmp_path / "root"
-    FakeTraining.started = []
-    monkeypatch.setattr(launch.subprocess, "Popen", FakeTraining)
-    state = sw.run_local(sweep, root, count=3, jobs=2, wandb_mode="disabled")
-    assert [r.state for r in state.runs] == ["finished"] * 3
-    for rec, over in zip(state.runs, FakeTraining.started):
-        assert float(over["optim.lr"]) == pytest.approx(rec.params["optim.lr"])
-        assert over["wandb.mode"] == "disabled" and over["out_dir"] == str(root / rec.name)
-        assert rec.metric == pytest.approx(json.loads((root / rec.name / "summary.json").read_text())["best_val_acc"])
-    assert len({r.params["optim.lr"] for r in state.runs}) == 3
-    results = pd.read_csv(root / sw.RESULTS_FILE)
-    assert results["best_val_acc"].is_monotonic_decreasing  # best first
-    # a larger count adds runs; the finished ones are not repeated
-    state = sw.run_local(sweep, root, count=4, jobs=1, wandb_mode="disabled")
-    assert len(FakeTraining.started) == 4 and len(state.runs) == 4
-    monkeypatch.setattr(launch.subprocess, "Popen", NoTraining)
-    assert len(sw.run_local(sweep, root, count=4, wandb_mode="disabled").runs) == 4
+def test_random_and_bayes_points_are_fixed_draws(tmp_path, method):
+    """Offline a random or bayes sweep is run_cap (or --count) seeded draws from its ranges: the same
+    list every time, a longer list starts with the shorter one, every value inside the range."""
+    lr = {"optim.lr": {"distribution": "log_uniform_values", "min": 0.01, "max": 1.0}}
+    sweep = sw.load_sweep(_sweep_yaml(tmp_path, lr, method, run_cap=4))
+    first = sw.points(sweep)
+    assert len(first) == 4 and sw.points(sweep) == first and sw.points(sweep, 2) == first[:2]
+    values = [float(p[0].split("=")[1]) for p in first]
+    assert len(set(values)) == 4 and all(0.01 <= v <= 1.0 for v in values)
+    assert [sw.point_name(p) for p in first] == [f"lr{v:.4g}" for v in values]
+    other = sw.load_sweep(_sweep_yaml(tmp_path, lr, method, run_cap=4, name="other"))
+    assert sw.points(other) != first  # seeded by the sweep's name
 
 
 def test_random_and_bayes_need_a_count(tmp_path):
     sweep = sw.load_sweep(_sweep_yaml(tmp_path, {"optim.lr": {"min": 0.01, "max": 0.1}}, "random"))
     with pytest.raises(sw.SweepError, match="--count"):
-        sw.run_local(sweep, tmp_path / "root")
-    assert not (tmp_path / "root").exists()
+        sw.points(sweep)
+    assert len(sw.points(sweep, 3)) == 3
 
 
-def test_interrupted_sweep_resumes_unfinished_runs_only(tmp_path, monkeypatch):
-    sweep = sw.load_sweep(_sweep_yaml(tmp_path, {"method.delta": {"values": [0.05, 0.5]}}))
-    root = tmp_path / "root"
-    monkeypatch.setattr(launch.subprocess, "Popen", FakeTraining)
-    sw.run_local(sweep, root, wandb_mode="disabled", baseline=False)
-    # as if the driver had been killed: one run marked running with no result yet, one finished
-    # on disk although the state never heard of it
-    state = json.loads((root / sw.STATE_FILE).read_text())
-    state["runs"][0]["state"] = "running"
-    (root / state["runs"][0]["name"] / "summary.json").unlink()
-    state["runs"][1]["state"] = "running"
-    (root / sw.STATE_FILE).write_text(json.dumps(state))
-    FakeTraining.started = []
-    state = sw.run_local(sweep, root, wandb_mode="disabled", baseline=False)
-    assert [o["out_dir"] for o in FakeTraining.started] == [str(root / "run-000")]
-    assert [r.state for r in state.runs] == ["finished", "finished"]
-    # the same root with another search space is refused
-    other = sw.load_sweep(_sweep_yaml(tmp_path, {"method.delta": {"values": [0.05, 0.7]}}))
-    with pytest.raises(sw.SweepError, match="different YAML"):
-        sw.run_local(other, root, wandb_mode="disabled")
+def test_sweep_experiment_expands_to_its_points_and_refuses_a_seed_parameter(tmp_path):
+    from divebatch import replicate as rep
 
-
-def test_local_grid_sweep_trains_and_feeds_sensitivity_table(tmp_path, monkeypatch, capsys):
-    """Real trainings (subprocesses): a 2-point grid plus the SGD reference, then the report."""
-    path = _sweep_yaml(
-        tmp_path,
-        {
-            "method.delta": {"values": [0.02, 0.5]},
-            "method.resize_freq": {"value": 1},
-            "method.max_batch_size": {"value": 512},
-        },
-    )
-    root, out = tmp_path / "root", tmp_path / "out"
-    argv = [str(path), "--local", "--jobs", "2", "--root", str(root), "--out", str(out), "--wandb-mode", "disabled"]
-    assert sw.cli(argv) == 0, capsys.readouterr().err
-    state = json.loads((root / sw.STATE_FILE).read_text())
-    assert sorted((r["name"], r["state"]) for r in state["runs"]) == [
-        ("baseline-sgd", "finished"),
-        ("run-000", "finished"),
-        ("run-001", "finished"),
+    grid = {"method.delta": {"values": [0.05, 0.5]}, "method.resize_freq": {"values": [1, 2]}}
+    path = _sweep_yaml(tmp_path, grid)
+    profile = {"name": "p", "seeds": [3], "experiments": [{"name": "e", "sweep": str(path)}]}
+    runs = rep.expand(rep.load_profile(profile), tmp_path / "runs")
+    assert [r.cell for r in runs] == [
+        "delta0.05-resize_freq1",
+        "delta0.05-resize_freq2",
+        "delta0.5-resize_freq1",
+        "delta0.5-resize_freq2",
     ]
-    summaries = {r["name"]: json.loads((root / r["name"] / "summary.json").read_text()) for r in state["runs"]}
+    r = runs[1]
+    assert r.config == str(tmp_path / "tiny.yaml") and r.seed == 3
+    # the command's agent-only items (wandb.mode=online, out_dir, profile) give way to the matrix's
+    assert r.overrides == [
+        "method.delta=0.05",
+        "method.resize_freq=2",
+        "seed=3",
+        "profile=p",
+        f"out_dir={tmp_path / 'runs' / 'e' / 'delta0.05-resize_freq2' / 'seed3'}",
+        "progress=false",
+    ]
+    seeded = _sweep_yaml(tmp_path, {"seed": {"values": [1, 2]}})
+    with pytest.raises(rep.ProfileError, match=r"experiments\[0\]\.sweep.*'seed'"):
+        rep.load_profile({"name": "p", "experiments": [{"name": "e", "sweep": str(seeded)}]})
+
+
+def test_local_grid_sweep_trains_resumes_and_feeds_sensitivity_table(tmp_path, monkeypatch, capsys):
+    """Real trainings (subprocesses): a profile experiment of a 2-point grid plus its SGD reference
+    (written in the profile), then the report; the --local shortcut finds it all finished."""
+    from divebatch import replicate as rep
+
+    grid = {"method.delta": {"values": [0.02, 0.5]}, "method.resize_freq": {"value": 1}}
+    path = _sweep_yaml(tmp_path, {**grid, "method.max_batch_size": {"value": 512}})
+    (tmp_path / "configs" / "tiny").mkdir(parents=True)  # a dataset protocol beside the shipped methods
+    (tmp_path / "configs" / "methods").symlink_to(REPO / "configs" / "methods")
+    _write(tmp_path / "configs" / "tiny" / "base.yaml", TINY_CONFIG)
+    root, out = tmp_path / "root", tmp_path / "out"
+    profile = {
+        "name": "sweep_test",
+        "seeds": [1],
+        "overrides": ["wandb.mode=disabled"],
+        "experiments": [
+            {
+                "name": "tiny_sweep",
+                "dataset": str(tmp_path / "configs" / "tiny"),
+                "methods": ["sgd_small"],
+                "sweep": str(path),
+            }
+        ],
+        "notebooks": False,
+    }
+    assert rep.replicate(profile, jobs=2, runs_dir=root, out=out).exit_code == 0, capsys.readouterr().err
+    summaries = {d.parent.name: json.loads((d / "summary.json").read_text()) for d in root.glob("tiny_sweep/*/seed1")}
+    assert sorted(summaries) == [
+        "delta0.02-max_batch_size512-resize_freq1",
+        "delta0.5-max_batch_size512-resize_freq1",
+        "sgd_small",
+    ]
     assert all(s["finished"] and s["epochs_completed"] == 2 for s in summaries.values())
 
     table = pd.read_csv(out / "paper_tables" / "sweep_test" / "sensitivity.csv")
     assert sorted(table["delta"]) == [0.02, 0.5]
     for _, row in table.iterrows():
-        run = next(r["name"] for r in state["runs"] if r["params"].get("method.delta") == row["delta"])
+        run = next(k for k in summaries if k.startswith(f"delta{row['delta']:g}-"))
         assert row["final_acc_mean"] == pytest.approx(summaries[run]["final_val_acc"])
+        assert np.isfinite(row["speedup_epochs"])  # measured against the SGD reference
     assert "sweep_test" in table["provenance"].iloc[0]
     assert (out / "figures" / "sweep_test" / "sensitivity.png").stat().st_size > 0
 
-    # a second invocation trains nothing
+    # the --local shortcut trains the same points (without the reference): all finished, nothing runs
     monkeypatch.setattr(launch.subprocess, "Popen", NoTraining)
     mtimes = {p: p.stat().st_mtime for p in root.rglob("metrics.csv")}
-    assert sw.cli([*argv, "--no-report"]) == 0
+    assert sw.cli([str(path), "--local", "--root", str(root), "--no-report", "--wandb-mode", "disabled"]) == 0
     assert {p: p.stat().st_mtime for p in root.rglob("metrics.csv")} == mtimes
 
 

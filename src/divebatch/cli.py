@@ -16,7 +16,7 @@ COMMANDS = {
     "synthetic": ("divebatch.synthetic:cli", "synthetic logistic-regression check of the theory"),
     "sweep": ("divebatch.sweeps:cli", "run a wandb sweep YAML locally (offline) or validate it"),
     "replicate": ("divebatch.replicate:cli", "train every run of a profile, then report"),
-    "fetch-data": ("divebatch.data:fetch_cli", "download a dataset (needs network)"),
+    "fetch-data": ("divebatch.fetch:fetch_cli", "download a dataset (needs network)"),
     "gpu-check": (
         "divebatch.gpu_check:cli",
         "GPU acceptance check: gpu tests, epoch times, K runs per GPU, benchmarks",

@@ -15,7 +15,6 @@ int64, and has ``set_batch_size(m)`` and ``len()`` (batches per epoch, last one 
 
 from __future__ import annotations
 
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from torchvision import transforms as T
 from divebatch import augment
 from divebatch.config import ConfigError
 from divebatch.distributed import global_batch_spans, shard_span
+from divebatch.fetch import TINY_IMAGENET_MD5, TINY_IMAGENET_URL
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # authors' values
 # the authors' CIFAR-100 values at full precision (docs/protocol.md, "Protocol table: cifar100")
@@ -39,8 +39,6 @@ CIFAR100_STATS = (
     (0.2673342858792401, 0.2564384629170883, 0.27615047132568404),
 )
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 
 
 class DataError(ValueError):
@@ -698,35 +696,3 @@ def make_loaders(
     train = TorchvisionLoader(bundle.train_set, batch_size, device, True, cfg.num_workers, generator)
     test = TorchvisionLoader(bundle.test_set, eval_batch_size, device, False, cfg.num_workers, None)
     return train, test
-
-
-def fetch_cli(argv: list[str]) -> int:
-    """``divebatch fetch-data {cifar10,cifar100,tiny_imagenet} --root DIR``: download and verify."""
-    import argparse
-
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    p = argparse.ArgumentParser(prog="divebatch fetch-data", description=fetch_cli.__doc__)
-    p.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet"])
-    p.add_argument("--root", default="data", help="folder to download into (default: data)")
-    a = p.parse_args(argv)
-    root = Path(a.root)
-    try:
-        if a.dataset == "tiny_imagenet":
-            if (root / "tiny-imagenet-200" / "wnids.txt").exists():
-                print(f"already present: {root / 'tiny-imagenet-200'}")
-            else:
-                download_and_extract_archive(TINY_IMAGENET_URL, str(root), md5=TINY_IMAGENET_MD5)
-            print(f"use: data.name=tiny_imagenet data.path={root / 'tiny-imagenet-200'}")
-        else:
-            cls = tvd.CIFAR10 if a.dataset == "cifar10" else tvd.CIFAR100
-            cls(root, train=True, download=True), cls(root, train=False, download=True)
-            print(f"use: data.name={a.dataset} data.path={root}")
-    except OSError as err:  # URLError is an OSError
-        print(
-            f"divebatch fetch-data: download failed ({err}). On a machine without network, copy the "
-            f"official archive into {root} by hand (see README, 'Data').",
-            file=sys.stderr,
-        )
-        return 1
-    return 0

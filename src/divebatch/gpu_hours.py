@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import math
 import re
@@ -144,7 +143,7 @@ def run_hours(
 
 @functools.lru_cache(maxsize=4)
 def paper_runs(profile: str | Path = "paper") -> tuple[dict, ...]:
-    """Every training run of the profile and of its sweeps: dataset, group name, method settings
+    """Every training run of the profile (its sweep points included): dataset, group name, method settings
     (read-only; cached: loading the profile's and the sweep's configs takes seconds)."""
     import os
 
@@ -165,47 +164,16 @@ def _paper_runs(profile: str | Path) -> list[dict]:
     for r in expand(spec, runs_path("paper")):
         c = load_config(r.config, r.overrides, check_data=False)
         extra = "" if r.experiment == c.data.name else f" ({r.experiment})"  # e.g. the protocol=clean cells
+        sweep_point = r.cell != Path(r.config).stem
         runs.append(
             {
                 "dataset": c.data.name,
-                "group": Path(r.config).stem + extra,
+                "group": f"sweep {r.experiment}" if sweep_point else r.cell + extra,
                 "method": c.method.name,
                 "epochs": c.epochs,
                 "initial": c.method.initial_batch_size,
                 "maximum": c.method.max_batch_size,
                 "resize_freq": c.method.resize_freq,
-            }
-        )
-    import yaml
-
-    for sweep in spec.sweeps:
-        doc = yaml.safe_load(Path(sweep).read_text())
-        cmd = doc["command"]
-        config = next(a for a in cmd if str(a).endswith(".yaml"))
-        grid = {k: v["values"] for k, v in doc["parameters"].items() if "values" in v}
-        for values in itertools.product(*grid.values()):
-            c = load_config(config, [f"{k}={v}" for k, v in zip(grid, values)], check_data=False)
-            runs.append(
-                {
-                    "dataset": c.data.name,
-                    "group": f"sweep {doc['name']}",
-                    "method": c.method.name,
-                    "epochs": c.epochs,
-                    "initial": c.method.initial_batch_size,
-                    "maximum": c.method.max_batch_size,
-                    "resize_freq": c.method.resize_freq,
-                }
-            )
-        base = load_config("configs/cifar10/sgd_small.yaml", check_data=False)  # the sweep's SGD reference
-        runs.append(
-            {
-                "dataset": base.data.name,
-                "group": f"sweep {doc['name']} (SGD reference)",
-                "method": "sgd",
-                "epochs": base.epochs,
-                "initial": base.method.initial_batch_size,
-                "maximum": base.method.max_batch_size,
-                "resize_freq": base.method.resize_freq,
             }
         )
     return runs

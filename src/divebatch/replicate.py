@@ -1,11 +1,14 @@
 """``divebatch replicate [PROFILE] [--jobs N] ...``: train every run of a profile, then report.
 
 A profile (``configs/profiles/<name>.yaml``, schema :class:`ProfileSpec`) is the experiment matrix
-as data: experiments (a dataset protocol with its methods, composed as ``configs/<dataset>/<method>.yaml``
-by :func:`divebatch.config.load_yaml`), seeds, overrides, the data each needs and
-where to look for it, the synthetic check's config. :func:`expand` turns it into runs, one run
-directory each, ``<runs-dir>/<experiment>/<config stem>/seed<k>/`` (default runs-dir:
-``runs/<profile>``), with the run's stdout/stderr in ``train.log`` inside. :func:`replicate` then
+as data: experiments, each a list of cells (a dataset protocol with its methods, composed as
+``configs/<dataset>/<method>.yaml`` by :func:`divebatch.config.load_yaml`; training config files;
+the points of a wandb sweep YAML, :func:`divebatch.sweeps.points`), seeds, overrides, the data each
+needs and where to look for it, the synthetic check's config. :func:`expand` turns it into runs,
+one run directory each, ``<runs-dir>/<experiment>/<cell>/seed<k>/`` (default runs-dir:
+``runs/<profile>``), with the run's stdout/stderr in ``train.log`` inside. The same mechanism runs
+a sweep offline (``divebatch sweep X.yaml --local``: a one-experiment profile) and its seed
+matrix. :func:`replicate` then
 
 1. checks the data of every experiment and stops before any training when something is missing
    (fetching it first when the profile allows downloads and the network answers a quick check),
@@ -15,10 +18,10 @@ directory each, ``<runs-dir>/<experiment>/<config stem>/seed<k>/`` (default runs
    run resumes from its checkpoint, because
    ``divebatch train`` does; a finished run is skipped without starting a process; a failing run
    is reported with its log and the others go on;
-3. runs the synthetic theory check (``divebatch synthetic``) unless it is done for this config
-   and commit, and the profile's sweeps (``divebatch sweep --local``);
-4. regenerates ``paper_tables/<profile>/``, ``figures/<profile>/`` and ``notebooks/<profile>/``
-   with ``divebatch report``.
+3. runs the synthetic theory check (``divebatch synthetic``) beside the trainings, unless it is
+   done for this config and commit;
+4. regenerates ``paper_tables/<tag>/``, ``figures/<tag>/`` and ``notebooks/<profile>/`` with
+   ``divebatch report``, for the profile's name and every experiment's ``report_as`` tag.
 
 ``bash replicate/all.sh [PROFILE] [ARGS]`` is this command after bootstrapping the pinned
 environment. Paths in a profile are relative to the working directory (the repository root).
@@ -30,14 +33,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import os
 import resource
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -45,14 +46,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
-from urllib.parse import urlsplit
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from divebatch import launch, rundir
+from divebatch import launch, rundir, sweeps
 from divebatch.config import ConfigError, config_diffs, config_exists, load_config, method_names
+from divebatch.fetch import DATA_KINDS, DataSource, ensure_data
 from divebatch.rundir import epochs_done, read_summary
 
 PROFILE_DIR = Path("configs") / "profiles"
@@ -60,7 +61,6 @@ METHODS_DIR = Path("configs") / "methods"
 DEFAULT_PROFILE = "smoke"
 LOG_NAME = rundir.LOG  # inside each run directory
 SYNTHETIC_STAMP = "synthetic_done.json"  # in the runs dir: which config/commit the synthetic outputs are from
-NETWORK_TIMEOUT_S = 3.0
 
 
 class ProfileError(ValueError):
@@ -86,15 +86,18 @@ class DataSpec:
 
 @dataclass
 class ExperimentSpec:
-    """One dataset cell of the matrix: every method (and config) x every seed."""
+    """One block of the matrix: every cell (method, config file, sweep point) x every seed."""
 
-    name: str = MISSING  # run directories: <runs-dir>/<name>/<method or config stem>/seed<k>
+    name: str = MISSING  # run directories: <runs-dir>/<name>/<cell>/seed<k>
     dataset: Optional[str] = None  # a protocol configs/<dataset>/base.yaml, composed with each of ``methods``
     methods: List[str] = field(default_factory=list)  # configs/methods/<method>.yaml, with ``dataset``
     configs: List[str] = field(default_factory=list)  # divebatch train YAML files, after the methods' cells
+    sweep: Optional[str] = None  # a wandb sweep YAML: one cell per point (divebatch.sweeps.points), last
+    count: Optional[int] = None  # random/bayes sweeps: number of points (default: the sweep's run_cap)
     data: Optional[str] = None  # a key of the profile's ``data``; its path is passed as data.path
     seeds: Optional[List[int]] = None  # default: the profile's seeds
     overrides: List[str] = field(default_factory=list)  # KEY=VALUE for this experiment's runs
+    report_as: Optional[str] = None  # the runs' ``profile`` tag, i.e. paper_tables/<report_as>/ (default: the profile)
 
 
 @dataclass
@@ -108,97 +111,8 @@ class ProfileSpec:
     data: Dict[str, DataSpec] = field(default_factory=dict)
     experiments: List[ExperimentSpec] = field(default_factory=list)
     synthetic: Optional[str] = None  # configs/synthetic/<x>.yaml; null: no synthetic check
-    sweeps: List[str] = field(default_factory=list)  # configs/sweeps/<x>.yaml run with --local
     report: bool = True
     notebooks: bool = True
-
-
-# ----------------------------------------------------------------------------- data kinds
-
-
-@dataclass(frozen=True)
-class DataKind:
-    """What a dataset needs on disk and how to get it.
-
-    Attributes:
-        title: human name.
-        required: path -> the files/folders that must exist (``data.path`` is ``path``).
-        fetch: path -> ``divebatch fetch-data`` arguments that put the data at ``path``, or None.
-        url: the official archive (its host is probed before a download).
-        manual: path -> how to put the data there by hand.
-        path_means: what ``--data``/the env variable must point at.
-    """
-
-    title: str
-    required: Callable[[Path], list[Path]]
-    fetch: Optional[Callable[[Path], Optional[list[str]]]] = None
-    url: Optional[str] = None
-    manual: Callable[[Path], str] = lambda path: ""
-    path_means: str = ""
-
-
-def _cifar_kind(name: str) -> DataKind:
-    from torchvision import datasets as tvd
-
-    cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
-    names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    return DataKind(
-        title=cls.__name__.replace("CIFAR", "CIFAR-"),
-        required=lambda root: [root / cls.base_folder / f for f in names],
-        fetch=lambda root: [name, "--root", str(root)],
-        url=cls.url,
-        manual=lambda root: (
-            f"download {cls.url} (md5 {cls.tgz_md5}) on a machine with network, copy "
-            f"{cls.filename} here and unpack it into {root}/: mkdir -p {root} && tar -xzf "
-            f"{cls.filename} -C {root}  (gives {root / cls.base_folder}/)"
-        ),
-        path_means=f"the folder that contains {cls.base_folder}/",
-    )
-
-
-def _tiny_kind() -> DataKind:
-    from divebatch.data import TINY_IMAGENET_MD5, TINY_IMAGENET_URL
-
-    zip_name = Path(urlsplit(TINY_IMAGENET_URL).path).name
-    return DataKind(
-        title="Tiny-ImageNet",
-        required=lambda p: [p / "wnids.txt", p / "train", p / "val" / "val_annotations.txt", p / "val" / "images"],
-        # fetch-data extracts into ROOT/tiny-imagenet-200: usable only when the path has that name
-        fetch=lambda p: ["tiny_imagenet", "--root", str(p.parent)] if p.name == "tiny-imagenet-200" else None,
-        url=TINY_IMAGENET_URL,
-        manual=lambda p: (
-            f"download {TINY_IMAGENET_URL} (md5 {TINY_IMAGENET_MD5}) on a machine with network, "
-            f"copy {zip_name} here and unzip it into {p.parent}/: unzip -q {zip_name} -d {p.parent}  "
-            f"(gives {p.parent / 'tiny-imagenet-200'}/; the data path must be that folder)"
-        ),
-        path_means="the tiny-imagenet-200/ folder itself (wnids.txt, train/, val/)",
-    )
-
-
-DATA_KINDS: dict[str, Callable[[], DataKind]] = {
-    "bundled": lambda: DataKind("bundled with the packages (scikit-learn digits)", required=lambda p: []),
-    "npz": lambda: DataKind(
-        "image arrays (.npz)",
-        required=lambda p: [p],
-        manual=lambda p: (
-            "an .npz file with arrays train_x (N, 32, 32, 3) uint8 RGB, train_y (N,) int, test_x, "
-            "test_y, e.g. the CIFAR-10 subset cifar10-mini.npz described in ../shared/data/README.md"
-        ),
-        path_means="the .npz file",
-    ),
-    "text": lambda: DataKind(
-        "plain-text file",
-        required=lambda p: [p],
-        manual=lambda p: (
-            "a UTF-8 text file, e.g. the tiny Shakespeare corpus tinyshakespeare.txt described in "
-            "../shared/data/README.md (1,115,394 characters)"
-        ),
-        path_means="the .txt file",
-    ),
-    "cifar10": lambda: _cifar_kind("cifar10"),
-    "cifar100": lambda: _cifar_kind("cifar100"),
-    "tiny_imagenet": _tiny_kind,
-}
 
 
 # ----------------------------------------------------------------------------- loading and expansion
@@ -227,16 +141,20 @@ def _bad(key: str, value, allowed: str) -> ProfileError:
     return ProfileError(f"invalid profile: {key}={value!r}; allowed: {allowed}")
 
 
-def load_profile(profile: str | Path) -> DictConfig:
-    """Load and validate a profile (schema :class:`ProfileSpec`).
+def load_profile(profile: str | Path | dict) -> DictConfig:
+    """Load and validate a profile (schema :class:`ProfileSpec`): a name, a YAML path, or the
+    profile itself as a dict (e.g. :func:`divebatch.sweeps.local_profile`).
 
     Raises:
-        ProfileError: unknown key, wrong type, missing file, unknown data kind or reference,
-            duplicate experiment names or run names (names key, value and allowed).
+        ProfileError: unknown key, wrong type, missing file, unknown data kind or reference, a bad
+            sweep, duplicate experiment names or run names (names key, value and allowed).
     """
-    path = profile_path(profile)
+    path = profile if isinstance(profile, dict) else profile_path(profile)
     try:
-        spec = OmegaConf.merge(OmegaConf.structured(ProfileSpec), OmegaConf.load(path))
+        spec = OmegaConf.merge(
+            OmegaConf.structured(ProfileSpec),
+            OmegaConf.create(path) if isinstance(path, dict) else OmegaConf.load(path),
+        )
         OmegaConf.to_container(spec, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise ProfileError(
@@ -262,13 +180,16 @@ def load_profile(profile: str | Path) -> DictConfig:
                 e.dataset,
                 "a folder of configs/ with a base.yaml protocol (required with methods)",
             )
-        configs = experiment_configs(e)
-        stems = [Path(c).stem for c in configs]
-        if not stems or len(set(stems)) != len(stems):
+        try:
+            cells = experiment_cells(e)
+        except sweeps.SweepError as err:
+            raise _bad(f"experiments[{i}].sweep", e.sweep, f"a valid wandb sweep YAML ({err})") from None
+        names = [name for name, _, _ in cells]
+        if not names or len(set(names)) != len(names):
             raise _bad(
-                f"experiments[{i}].configs", configs, "a non-empty list of methods and files with distinct names"
+                f"experiments[{i}]", names, "a non-empty list of methods, files and sweep points with distinct names"
             )
-        for c in configs:
+        for c in dict.fromkeys(config for _, config, _ in cells):
             if not config_exists(c):
                 allowed = (
                     "existing divebatch train YAML files"
@@ -281,36 +202,34 @@ def load_profile(profile: str | Path) -> DictConfig:
         seeds = list(e.seeds if e.seeds is not None else spec.seeds)
         if not seeds or len(set(seeds)) != len(seeds):
             raise _bad(f"experiments[{i}].seeds", seeds, "a non-empty list of distinct integers")
-    for key, value in (("synthetic", spec.synthetic), *(("sweeps", s) for s in spec.sweeps)):
-        if value is not None and not Path(value).is_file():
-            raise _bad(key, value, "an existing YAML file")
+    if spec.synthetic is not None and not Path(spec.synthetic).is_file():
+        raise _bad("synthetic", spec.synthetic, "an existing YAML file")
     return spec
 
 
+def experiment_cells(e: DictConfig) -> list[tuple[str, str, list[str]]]:
+    """The cells of an experiment as ``(name, training config, overrides)``: per method
+    ``configs/<dataset>/<method>.yaml`` (composed by :func:`divebatch.config.load_yaml`), then the
+    ``configs`` files as written (both named by the file stem), then one cell per point of the
+    ``sweep`` (named by :func:`divebatch.sweeps.point_name`; its command's fixed overrides, then the
+    point's values).
+
+    Raises:
+        divebatch.sweeps.SweepError: a bad sweep YAML, or one that sweeps ``seed`` (the matrix's).
+    """
+    cells = [(Path(c).stem, c, []) for c in experiment_configs(e)]
+    if e.sweep is not None:
+        sweep = sweeps.load_sweep(e.sweep)
+        if "seed" in sweep.params:
+            raise sweeps.SweepError(f"{e.sweep}: parameter 'seed'; allowed: seeds from the experiment's `seeds`")
+        for point in sweeps.points(sweep, e.count):
+            cells.append((sweeps.point_name(point), sweep.train_config, [*sweep.matrix_overrides(), *point]))
+    return cells
+
+
 def experiment_configs(e: DictConfig) -> list[str]:
-    """The training configs of an experiment: ``configs/<dataset>/<method>.yaml`` per method (a cell
-    that :func:`divebatch.config.load_yaml` composes), then the ``configs`` files as written."""
+    """The training config files of an experiment's method and file cells (no sweep points)."""
     return [(Path("configs") / e.dataset / f"{m}.yaml").as_posix() for m in e.methods] + list(e.configs)
-
-
-@dataclass
-class DataSource:
-    """A data entry of the profile with its path resolved (``--data`` > env variable > profile)."""
-
-    key: str
-    kind: str
-    path: Optional[Path]
-    origin: str  # where the path came from, for messages
-    download: bool
-    env: Optional[str]
-    experiments: list[str]
-
-    @property
-    def info(self) -> DataKind:
-        return DATA_KINDS[self.kind]()
-
-    def missing(self) -> list[Path]:
-        return [] if self.path is None else [p for p in self.info.required(self.path) if not p.exists()]
 
 
 def resolve_data(spec: DictConfig, given: dict[str, str], env: dict | None = None) -> dict[str, DataSource]:
@@ -363,6 +282,7 @@ class Run:
     """One training run of the matrix."""
 
     experiment: str
+    cell: str  # the method, config stem or sweep point
     config: str  # divebatch train YAML, as written in the profile
     seed: int
     out_dir: Path
@@ -371,7 +291,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.experiment}/{Path(self.config).stem}/seed{self.seed}"
+        return f"{self.experiment}/{self.cell}/seed{self.seed}"
 
     @property
     def log(self) -> Path:
@@ -395,27 +315,30 @@ def expand(
         runs_dir: parent of the experiments' run directories.
         data: :func:`resolve_data`; None: the profile's own paths.
         extra: KEY=VALUE overrides for every run (``--set``), after the profile's.
-    Overrides, later wins: profile, experiment, ``data.path``, ``extra``, then ``seed``,
-    ``profile``, ``out_dir`` and ``progress=false`` (one log line per epoch, no bar, in the log).
+    Overrides, later wins: profile, experiment, the cell's (a sweep point's), ``data.path``,
+    ``extra``, then ``seed``, ``profile`` (the experiment's ``report_as``, else the profile's name),
+    ``out_dir`` and ``progress=false`` (one log line per epoch, no bar, in the log).
     """
     data = resolve_data(spec, {}) if data is None else data
     runs = []
     for e in spec.experiments:
         data_path = [f"data.path={data[e.data].path}"] if e.data and data[e.data].path is not None else []
+        cells = experiment_cells(e)
         for seed in e.seeds if e.seeds is not None else spec.seeds:
-            for config in experiment_configs(e):
-                out_dir = Path(runs_dir) / e.name / Path(config).stem / f"seed{seed}"
+            for cell, config, cell_overrides in cells:
+                out_dir = Path(runs_dir) / e.name / cell / f"seed{seed}"
                 overrides = [
                     *spec.overrides,
                     *e.overrides,
+                    *cell_overrides,
                     *data_path,
                     *extra,
                     f"seed={seed}",
-                    f"profile={spec.name}",
+                    f"profile={e.report_as or spec.name}",
                     f"out_dir={out_dir}",
                     "progress=false",
                 ]
-                runs.append(Run(e.name, str(config), int(seed), out_dir, overrides))
+                runs.append(Run(e.name, cell, str(config), int(seed), out_dir, overrides))
     return runs
 
 
@@ -438,100 +361,6 @@ def run_state(run: Run, cfg: DictConfig) -> tuple[str, str]:
     if (d / rundir.CHECKPOINT).is_file():
         return "resume", f"at epoch {epochs_done(d)}/{run.epochs}"
     return "new", f"{run.epochs} epochs"
-
-
-# ----------------------------------------------------------------------------- data check
-
-
-def _reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
-    """Whether the host of ``url`` accepts a TCP connection within ``timeout`` seconds."""
-    parts = urlsplit(url)
-    return _host_answers(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout)
-
-
-@functools.lru_cache(maxsize=None)  # one check per host and invocation (CIFAR-10 and -100 share one)
-def _host_answers(host: str, port: int, timeout: float) -> bool:
-    ok = []
-
-    def probe():  # in a daemon thread, so that a resolver that hangs cannot hold the command
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(ok)
-
-
-def data_instructions(src: DataSource, profile: str, why_no_download: str) -> str:
-    """What is missing for one data entry and how to put it in place (several ways)."""
-    info = src.info
-    missing = src.missing()
-    by_dir: dict[Path, list[str]] = {}
-    for p in missing:
-        by_dir.setdefault(p.parent, []).append(p.name)
-    shown = ", ".join(
-        f"{d}/{names[0]}" if len(names) == 1 else f"{d}/{{{', '.join(names)}}}" for d, names in by_dir.items()
-    )
-    lines = [
-        f"- {src.key}: {info.title} for experiment(s) {', '.join(src.experiments) or '-'}; "
-        f"path {src.path} ({src.origin}); missing: {shown}"
-    ]
-    args = info.fetch(src.path) if info.fetch else None
-    if args:
-        lines.append(
-            f"    with network:    uv run divebatch fetch-data {shlex.join(args)}   "
-            f"(or rerun this command where the network answers; {why_no_download})"
-        )
-    manual = info.manual(src.path)
-    if manual:
-        lines.append(f"    by hand:         {manual}")
-    where = [f"--data {src.key}=PATH"] + ([f"{src.env}=PATH"] if src.env else [])
-    lines.append(
-        f"    data elsewhere:  bash replicate/all.sh {profile} {where[0]}"
-        + (f"  (or set {where[1]})" if len(where) > 1 else "")
-        + f"; PATH is {info.path_means or 'the data'}"
-    )
-    return "\n".join(lines)
-
-
-def ensure_data(
-    sources: dict[str, DataSource], profile: str, offline: bool, allow_download: bool, log=print
-) -> list[str]:
-    """Check every data entry used by an experiment; fetch what is missing when allowed and the
-    network answers. Nothing is trained before this returns an empty list.
-
-    Returns:
-        One instruction block per entry still missing (empty: all data present).
-    """
-    problems = []
-    for src in sources.values():
-        if not src.experiments or not src.missing():
-            continue
-        info = src.info
-        args = info.fetch(src.path) if (info.fetch and src.download) else None
-        if args is None:
-            why = "this profile does not download it" if not src.download else "no download into this path"
-        elif offline:
-            why = "--offline given"
-        elif not allow_download:
-            why = "--no-download given"
-        elif not _reachable(info.url):
-            why = f"{urlsplit(info.url).hostname} did not answer within {NETWORK_TIMEOUT_S:.0f} s"
-        else:
-            log(
-                f"[replicate] fetching {src.key} ({info.title}) into {src.path}: divebatch fetch-data {shlex.join(args)}"
-            )
-            from divebatch.data import fetch_cli
-
-            why = "the download failed" if fetch_cli(args) != 0 else ""
-            if not src.missing():
-                continue
-        problems.append(data_instructions(src, profile, why))
-    return problems
 
 
 # ----------------------------------------------------------------------------- execution
@@ -677,7 +506,7 @@ class Outcome:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, log path or reason)
-    steps: list[str] = field(default_factory=list)  # synthetic / sweeps / report outcome lines
+    steps: list[str] = field(default_factory=list)  # synthetic / report outcome lines
     outputs: list[Path] = field(default_factory=list)
     stopped: Optional[str] = None  # stopped before training: why
 
@@ -744,15 +573,14 @@ def replicate(
     redo_synthetic: bool = False,
     report: bool = True,
     notebooks: bool = True,
-    sweeps: bool = True,
     dry_run: bool = False,
     log=print,
     runs_per_gpu: int | None = None,
 ) -> Outcome:
-    """Train every unfinished run of ``profile``, run its synthetic check and sweeps, then report.
+    """Train every unfinished run of ``profile``, run its synthetic check, then report.
 
     Args:
-        profile: a name in ``configs/profiles/`` or a YAML path.
+        profile: a name in ``configs/profiles/``, a YAML path, or the profile as a dict.
         jobs: processes at once (default: GPUs x ``runs_per_gpu``; on CPU one per core, at most 8).
         runs_per_gpu: trainings at once on each visible GPU, each process pinned to its GPU
             (default 1, or ``ceil(jobs / GPUs)`` when ``jobs`` is given); ignored without GPUs.
@@ -761,7 +589,7 @@ def replicate(
         out: root of ``paper_tables/<profile>/``, ``figures/<profile>/``, ``notebooks/<profile>/``.
         extra: KEY=VALUE overrides for every run.
         offline: never touch the network (missing data stops the command).
-        synthetic, report, notebooks, sweeps: False skips that step; redo_synthetic: rerun it even
+        synthetic, report, notebooks: False skips that step; redo_synthetic: rerun it even
             when its outputs are current.
         dry_run: print the matrix, each run's state and the device it would get; train nothing.
     Returns:
@@ -849,40 +677,15 @@ def replicate(
             train_tasks(
                 tasks, jobs, gpus, spec.name, lambda t: _record(t, outcome, runs_dir, stamp), runs_per_gpu=per_gpu
             )
-        for sweep in spec.sweeps if sweeps else []:
-            rc = _stream(
-                [
-                    sys.executable,
-                    "-m",
-                    "divebatch",
-                    "sweep",
-                    str(sweep),
-                    "--local",
-                    "--jobs",
-                    str(jobs),
-                    "--out",
-                    str(out),
-                ],
-                log,
-            )
-            _step(outcome, f"sweep {sweep}", rc)
-        if report and spec.report and runs:
-            if any(read_summary(r.out_dir) for r in runs):
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "divebatch",
-                    "report",
-                    str(runs_dir),
-                    "--out",
-                    str(out),
-                    "--profile",
-                    spec.name,
-                ] + (["--notebooks"] if notebooks and spec.notebooks else [])
-                _step(outcome, "report", _stream(argv, log))
-            else:
-                outcome.steps.append("report: not run (no run has finished)")
-        outcome.outputs = _list_outputs(out, spec.name)
+        tags = list(dict.fromkeys(e.report_as or spec.name for e in spec.experiments))
+        for tag in tags if report and spec.report else []:
+            if not any(read_summary(r.out_dir) for r in runs if f"profile={tag}" in r.overrides):
+                outcome.steps.append(f"report {tag}: not run (no run has finished)")
+                continue
+            nb = ["--notebooks"] if notebooks and spec.notebooks and tag == spec.name else []
+            argv = [sys.executable, "-m", "divebatch", "report", str(runs_dir), "--out", str(out), "--profile", tag]
+            _step(outcome, f"report {tag}", _stream(argv + nb, log))
+        outcome.outputs = [d for tag in tags for d in _list_outputs(out, tag)]
         _summary(spec.name, outcome, runs_dir, time.perf_counter() - t_start, _children_cpu_s() - cpu0, log)
         return outcome
 
@@ -1038,7 +841,6 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--no-download", action="store_true", help="do not download missing datasets")
     p.add_argument("--no-synthetic", action="store_true", help="skip the synthetic theory check")
     p.add_argument("--redo-synthetic", action="store_true", help="rerun the synthetic check even when it is done")
-    p.add_argument("--no-sweeps", action="store_true", help="skip the profile's hyperparameter sweeps")
     p.add_argument("--no-report", action="store_true", help="train only; no tables, figures or notebooks")
     p.add_argument("--no-notebooks", action="store_true", help="report without executing the notebooks")
     p.add_argument(
@@ -1066,7 +868,6 @@ def cli(argv: list[str] | None = None) -> int:
             redo_synthetic=args.redo_synthetic,
             report=not args.no_report,
             notebooks=not args.no_notebooks,
-            sweeps=not args.no_sweeps,
             dry_run=args.dry_run,
             runs_per_gpu=args.runs_per_gpu,
         )

@@ -1,4 +1,4 @@
-"""wandb sweeps: one sweep YAML, run online by wandb agents or offline by a local driver.
+"""wandb sweeps: one sweep YAML, run online by wandb agents or offline as a matrix of runs.
 
 A sweep YAML in ``configs/sweeps/`` is plain wandb sweep configuration. Its ``command`` runs
 ``divebatch train CONFIG.yaml KEY=VALUE ... ${args_no_hyphens}``: the wandb agent replaces
@@ -7,13 +7,14 @@ dotlist override, so training has no sweep-specific code path. Each run's direct
 fixed override ``out_dir=runs/sweeps/<name>/${oc.env:WANDB_RUN_ID}``: omegaconf resolves it from the
 run id the agent exports before it starts the command, so every agent run gets its own directory.
 
-Online (``wandb sweep`` + ``wandb agent``) needs nothing from this module. Offline,
-``divebatch sweep SWEEP.yaml --local`` is the controller: wandb's own search engine, the ``sweeps``
-package (grid, random, bayes), proposes runs from the finished ones; each proposal runs as a
-subprocess of the same command with ``wandb.mode=offline`` and ``out_dir=<root>/<run name>``; its
-metric is read back from the run directory (``summary.json`` / ``metrics.csv``). The state lives in
-``<root>/sweep_state.json``, so an interrupted sweep resumes without repeating a finished run (an
-unfinished one resumes from its checkpoint through the trainer's own resume).
+Online (``wandb sweep`` + ``wandb agent``) needs nothing from this module. Offline there is no
+second driver: :func:`points` turns the sweep into a fixed list of parameter sets (the grid, or
+``run_cap`` draws of wandb's ``sweeps`` engine seeded by the sweep's name), and a profile
+experiment with ``sweep: X.yaml`` (:mod:`divebatch.replicate`) trains one run per point and seed,
+with resume, then reports, like any other cell of the matrix. ``divebatch sweep X.yaml --local``
+is that with a one-experiment profile made from the sweep. A bayes search needs the results of
+the runs before it, which a fixed matrix does not have: offline it draws its points at random from
+the same ranges (said on the command line); the Bayesian search is the online one.
 
 Seed sweeps are not files: ``divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD`` writes the grid
 over the profile's seeds of one profile cell (:func:`seed_sweep`), the same runs as
@@ -28,24 +29,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import difflib
-import itertools
-import json
-import os
 import random
-import shlex
 import sys
 import warnings
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from divebatch import launch, rundir
+from divebatch import rundir
 from divebatch.config import ConfigError, config_keys, load_config
 
 # a sweep metric is a summary.json key or a metrics.csv column (divebatch.rundir owns both lists)
@@ -57,16 +53,11 @@ with warnings.catch_warnings():  # sweeps 0.3.0 uses pydantic v1 config names; h
     from sweeps.config.schema import validator as _schema_validator
     from sweeps.params import HyperParameter
 
-STATE_FILE = "sweep_state.json"
-RESULTS_FILE = "sweep_results.csv"
 ARGS_MACRO = "${args_no_hyphens}"  # wandb agent: one "name=value" per parameter (an omegaconf dotlist)
 RUN_ID_ENV = "WANDB_RUN_ID"  # exported by `wandb agent` before it starts each run's command
-# Keys the local driver sets per run; a sweep must not search over them.
-DRIVER_KEYS = ("out_dir", "wandb.mode", "wandb.group", "progress")
-# Swept keys that make a sweep a sensitivity sweep (analysis.tables.SENSITIVITY_HPARAMS by config key).
-SENSITIVITY_KEYS = ("method.delta", "method.resize_freq", "method.max_batch_size")
-# Keys the small-batch SGD reference ignores, so it takes none of their values.
-ADAPTIVE_KEYS = SENSITIVITY_KEYS + ("method.lr_rescale", "method.diversity_estimator", "method.name")
+# Keys each run of the matrix gets from its profile (divebatch.replicate.expand); a sweep must not
+# search over them, and its fixed values of them are for agents only.
+MATRIX_KEYS = ("out_dir", "wandb.mode", "profile", "progress")
 GRID_CHECK_LIMIT = 2000  # grid points validated one by one before any run starts
 # sweeps.params distributions whose min/max are parameter values (log_uniform's are exponents)
 VALUE_BOUNDED = (
@@ -118,9 +109,9 @@ class Sweep:
     def profile(self) -> str | None:
         return _fixed_value(self.fixed, "profile")
 
-    @property
-    def is_sensitivity(self) -> bool:
-        return any(p in SENSITIVITY_KEYS for p in self.params)
+    def matrix_overrides(self) -> list[str]:
+        """The command's fixed overrides that a matrix run keeps (all but :data:`MATRIX_KEYS`)."""
+        return [item for item in self.fixed if item.split("=", 1)[0] not in MATRIX_KEYS]
 
 
 def _fixed_value(fixed: list[str], key: str) -> str | None:
@@ -194,7 +185,7 @@ def load_sweep(path: str | Path) -> Sweep:
     the command runs ``divebatch train CONFIG.yaml`` with ``${args_no_hyphens}``, sets
     ``wandb.mode=online`` (else an agent's runs never report) and an ``out_dir`` holding
     ``${oc.env:WANDB_RUN_ID}`` (one directory per run); every parameter is a training config key
-    (:func:`divebatch.config.config_keys`), not one the local driver sets (:data:`DRIVER_KEYS`) and not
+    (:func:`divebatch.config.config_keys`), not one the matrix sets per run (:data:`MATRIX_KEYS`) and not
     also fixed in the command; the metric is a ``summary.json`` key or a ``metrics.csv`` column.
     Values are checked by :func:`check_values`.
 
@@ -253,9 +244,10 @@ def load_sweep(path: str | Path) -> Sweep:
                 f"{path}: parameter {name!r} is not a training config key; {_suggest(name, keys)}"
                 f"allowed: divebatch.config.config_keys() (e.g. method.delta, optim.lr, seed)"
             )
-        if name in DRIVER_KEYS:
+        if name in MATRIX_KEYS:
             raise SweepError(
-                f"{path}: parameter {name!r} is set per run by the sweep itself; allowed: any other config key"
+                f"{path}: parameter {name!r} is set per run by the matrix and the agent's command; "
+                f"allowed: any other config key"
             )
         if name in fixed_keys:
             raise SweepError(f"{path}: parameter {name!r} is also fixed in the command; allowed: one or the other")
@@ -408,138 +400,20 @@ def write_seed_sweep(spec: str, path: str | Path | None = None) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- the agent's command
+# ----------------------------------------------------------------------------- points of the matrix
 
 
 def _args_no_hyphens(run_config: dict) -> list[str]:
+    """wandb agent's ``${args_no_hyphens}`` items (``name=value``, value by ``str``) of one proposal."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     return create_sweep_command_args({"args": run_config})["args_no_hyphens"]
 
 
-def agent_command(sweep_config: dict, run_config: dict) -> list[str]:
-    """The argv ``wandb agent`` runs for one proposed run.
-
-    Mirrors ``wandb/wandb_agent.py`` (``Agent._command_run``) of wandb 0.31: ``${envvar:NAME}``
-    pieces are replaced from the environment, then every list item of the form ``${macro}`` is
-    replaced by wandb's ``create_sweep_command_args`` lists (``${args_no_hyphens}``: ``name=value``
-    per parameter, the value formatted by Python's ``str``), ``${env}`` by ``/usr/bin/env``,
-    ``${interpreter}`` by ``python``, ``${program}`` by the sweep's program.
-
-    Args:
-        sweep_config: the sweep YAML as a dict.
-        run_config: ``{parameter: {"value": v}}`` (a ``sweeps.SweepRun.config``).
-    """
-    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
-
-    command = create_sweep_command([str(c) for c in sweep_config["command"]])
-    macros = create_sweep_command_args({"args": run_config})
-    macros.update(interpreter=["python"], program=[sweep_config.get("program")], env=["/usr/bin/env"])
-    argv: list[str] = []
-    for item in command:
-        if item.startswith("${") and item.endswith("}"):
-            argv += macros.get(item[2:-1]) or []
-        else:
-            argv.append(item)
-    return argv
-
-
-# ----------------------------------------------------------------------------- local (offline) driver
-
-
-@dataclass
-class RunRecord:
-    """One run of a local sweep, as kept in ``sweep_state.json``.
-
-    Attributes:
-        name: run directory name under the sweep root (``run-000``, ``baseline-sgd-seed1``).
-        params: swept values, ``{config key: value}``.
-        role: ``sweep`` (proposed by the search) or ``baseline`` (small-batch SGD reference).
-        state: ``pending`` | ``running`` | ``finished`` | ``failed`` (``sweeps.RunState`` names).
-        metric: the sweep metric read back from the run directory (None until finished).
-        returncode: exit status of the last training process.
-        seconds: wall-clock seconds of the last training process (start-up included).
-    """
-
-    name: str
-    params: dict
-    role: str = "sweep"
-    state: str = "pending"
-    metric: float | None = None
-    returncode: int | None = None
-    seconds: float | None = None
-
-
-@dataclass
-class SweepState:
-    """``<root>/sweep_state.json``: the sweep config it was started with and every run so far."""
-
-    name: str
-    sweep_config: dict
-    created: str
-    runs: list[RunRecord] = field(default_factory=list)
-
-    @classmethod
-    def load_or_create(cls, root: Path, sweep: Sweep) -> "SweepState":
-        """The state of ``root``, or a new one.
-
-        Raises:
-            SweepError: ``root`` holds a sweep started from a different YAML (method, metric,
-                parameters or command differ), or an unreadable state file.
-        """
-        path = root / STATE_FILE
-        if not path.exists():
-            if root.exists() and any(root.iterdir()):
-                raise SweepError(
-                    f"--root {root} exists and holds files but no {STATE_FILE}; refusing to mix a "
-                    f"sweep into it. Use another --root."
-                )
-            return cls(sweep.name, sweep.config, _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        try:
-            raw = json.loads(path.read_text())
-            state = cls(raw["name"], raw["sweep_config"], raw["created"], [RunRecord(**r) for r in raw["runs"]])
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise SweepError(f"{path} is unreadable ({err}); it is left untouched. Use another --root.") from None
-        diffs = [
-            k for k in ("method", "metric", "parameters", "command") if state.sweep_config.get(k) != sweep.config.get(k)
-        ]
-        if diffs:
-            raise SweepError(
-                f"{root} holds sweep {state.name!r} started from a different YAML ({', '.join(diffs)} "
-                f"differ from {sweep.path}); use another --root, or restore the YAML to resume"
-            )
-        return state
-
-    def save(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{STATE_FILE}.tmp"
-        tmp.write_text(
-            json.dumps({**asdict(self), "runs": [asdict(r) for r in self.runs]}, indent=2, default=_json_default) + "\n"
-        )
-        os.replace(tmp, root / STATE_FILE)
-
-    def sweep_runs(self) -> list[RunRecord]:
-        return [r for r in self.runs if r.role == "sweep"]
-
-
-def _say(msg: str, file=None) -> None:
-    print(msg, file=file or sys.stdout, flush=True)  # progress lines must show even when piped to a log
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
-
-
 @contextlib.contextmanager
 def _seeded(key: str):
     """Seed Python's and numpy's global RNGs (the sweeps package samples from them) from ``key``,
-    so a local random or bayes sweep proposes the same runs when repeated; restore them afterwards."""
+    so the draws of a random sweep are the same every time; restore them afterwards."""
     py_state, np_state = random.getstate(), np.random.get_state()
     seed = zlib.crc32(key.encode())
     random.seed(seed)
@@ -551,305 +425,76 @@ def _seeded(key: str):
         np.random.set_state(np_state)
 
 
-def _read_run(run_dir: Path) -> tuple[dict | None, list[dict]]:
-    """(summary.json or None, metrics.csv rows as dicts with float values, empty cells left out;
-    no rows when metrics.csv is missing or malformed)."""
-    rows = []
-    with contextlib.suppress(ValueError):
-        rows = [{k: v for k, v in r.items() if v is not None} for r in rundir.read_metrics(run_dir)]
-    return rundir.read_summary(run_dir), rows
+def points(sweep: Sweep, count: int | None = None) -> list[list[str]]:
+    """The sweep as a fixed list of runs, each the ``KEY=VALUE`` overrides the agent would pass.
 
+    Grid: every point, in wandb's order. Random and bayes: ``count`` (else the YAML's ``run_cap``)
+    draws of wandb's random search over the same parameter specs, seeded by the sweep's name, so a
+    longer list starts with the shorter one and a rerun resumes the same runs (bayes: see the
+    module docstring).
 
-def _metric(sweep: Sweep, summary: dict | None, rows: list[dict]) -> float | None:
-    """The sweep metric of a run: its summary value, else the best (goal) value of that column."""
-    metric = sweep.config.get("metric") or {}
-    name = metric.get("name")
-    if not name:
-        return None
-    if summary and isinstance(summary.get(name), (int, float)):
-        return float(summary[name])
-    values = [r[name] for r in rows if name in r and np.isfinite(r[name])]
-    if not values:
-        return None
-    return max(values) if metric.get("goal", "minimize") == "maximize" else min(values)
-
-
-def _sweep_run(root: Path, rec: RunRecord) -> "sweeps.SweepRun":
-    summary, rows = _read_run(root / rec.name)
-    return sweeps.SweepRun(
-        name=rec.name,
-        state=rec.state,
-        config={k: {"value": v} for k, v in rec.params.items()},
-        summary_metrics=summary or {},
-        history=rows,
-    )
-
-
-def baseline_params(sweep: Sweep) -> list[dict]:
-    """The small-batch SGD reference runs of a sensitivity sweep: ``method.name=sgd`` on the sweep's
-    training config, once per value of a swept ``seed``; other non-adaptive parameters take their
-    first value (adaptive ones, :data:`ADAPTIVE_KEYS`, are ignored by SGD)."""
-    seeds: list[Any] = [None]
-    common: dict = {}
-    for name, spec in sweep.config["parameters"].items():
-        if name in ADAPTIVE_KEYS:
-            continue
-        values = _param_candidates(name, spec)
-        if name == "seed":
-            seeds = values
-        else:
-            common[name] = values[0]
-            if len(values) > 1:
-                _say(f"[sweep] note: the SGD reference uses {name}={values[0]} (first of {len(values)} values)")
-    return [{**common, "method.name": "sgd", **({"seed": s} if s is not None else {})} for s in seeds]
-
-
-def _baseline_name(params: dict) -> str:
-    return f"baseline-sgd-seed{params['seed']}" if "seed" in params else "baseline-sgd"
-
-
-def local_command(sweep: Sweep, params: dict, out_dir: Path, wandb_mode: str = "offline") -> list[str]:
-    """The argv of one local run: the agent's command (:func:`agent_command`) from ``train`` on,
-    started as ``python -m divebatch`` of this interpreter, with the driver's overrides appended
-    (``wandb.mode``, ``wandb.group=<sweep name>``, ``out_dir``, ``progress=false``; the last value of a
-    key wins in an omegaconf dotlist)."""
-    argv = agent_command(sweep.config, {k: {"value": v} for k, v in params.items()})
-    return [
-        sys.executable,
-        "-m",
-        "divebatch",
-        *argv[sweep.train_index :],
-        f"wandb.mode={wandb_mode}",
-        f"wandb.group={sweep.name}",
-        f"out_dir={out_dir}",
-        "progress=false",
-    ]
-
-
-def run_local(
-    sweep: Sweep,
-    root: str | Path | None = None,
-    count: int | None = None,
-    jobs: int = 1,
-    wandb_mode: str = "offline",
-    baseline: bool = True,
-    check_data: bool = True,
-) -> SweepState:
-    """Run a sweep on this machine (see module docstring) and return its final state.
-
-    Unfinished runs of an earlier invocation go first (the trainer resumes them from their
-    checkpoint), then new proposals until the grid is exhausted or the sweep holds ``count`` runs
-    (``--count``, else the YAML's ``run_cap``). Random and bayes sweeps need one of the two.
-
-    Args:
-        root: sweep root (default ``runs/sweeps/<name>``); one run directory per run inside.
-        count: total number of sweep runs in the root (earlier invocations included).
-        jobs: trainings at once (:class:`divebatch.launch.Pool`): with GPUs each is pinned to the
-            least busy one with ``CUDA_VISIBLE_DEVICES``; every one gets ``cores / jobs`` threads.
-        wandb_mode: ``offline`` (syncable later with ``wandb sync``) or ``disabled``.
-        baseline: for a sensitivity sweep, also train the small-batch SGD reference
-            (:func:`baseline_params`) that speed-ups are measured against.
-        check_data: check before any run that the data files of every config exist.
-    Returns:
-        The :class:`SweepState` (also in ``<root>/sweep_state.json``).
     Raises:
-        SweepError: bad sweep or root; a random/bayes sweep without a count. Nothing has run then.
+        SweepError: a random or bayes sweep with neither ``count`` nor ``run_cap``, or ``count`` < 1.
     """
-    if wandb_mode not in ("offline", "disabled"):
-        raise SweepError(f"invalid wandb mode {wandb_mode!r} for a local sweep; allowed: offline | disabled")
-    if jobs < 1:
-        raise SweepError(f"invalid --jobs {jobs}; allowed: an integer >= 1")
-    cap = count if count is not None else sweep.config.get("run_cap")
-    if sweep.method != "grid" and cap is None:
-        raise SweepError(
-            f"{sweep.path}: method={sweep.method!r} never runs out of proposals; allowed: give "
-            f"--count N (or run_cap in the YAML)"
-        )
-    root = Path(root) if root is not None else rundir.runs_path("sweeps", sweep.name)
-    driver_extra = [f"wandb.mode={wandb_mode}", f"out_dir={root / 'check'}", "progress=false"]
-    n_checked = check_values(sweep, driver_extra, check_data=check_data)
-    state = SweepState.load_or_create(root, sweep)
-    grid_size = len(grid_points(sweep)) if sweep.method == "grid" else None
-    total = min(x for x in (grid_size, cap) if x is not None)
-    _say(
-        f"[sweep] {sweep.name}: {sweep.method} search, {len(state.sweep_runs())}/{total} run(s) so far in {root} "
-        f"({n_checked} config(s) validated)"
-    )
-
-    if baseline and sweep.is_sensitivity and (sweep.config.get("parameters", {}).get("method.name") is None):
-        for params in baseline_params(sweep):
-            name = _baseline_name(params)
-            if not any(r.name == name for r in state.runs):
-                state.runs.append(RunRecord(name, params, role="baseline"))
-    # a run the driver lost track of may have finished anyway
-    for rec in state.runs:
-        if rec.state != "finished":
-            summary, rows = _read_run(root / rec.name)
-            if summary and summary.get("finished"):
-                rec.state, rec.metric = "finished", _metric(sweep, summary, rows)
-    state.save(root)
-
-    records: dict[str, RunRecord] = {}
-    failed = 0
-
-    def propose() -> RunRecord | None:
-        if len(state.sweep_runs()) >= total:
-            return None
-        history = [_sweep_run(root, r) for r in state.sweep_runs()]
-        with _seeded(f"{sweep.name}/{len(history)}"), warnings.catch_warnings():
+    if sweep.method == "grid":
+        configs = grid_points(sweep)
+    else:
+        n = count if count is not None else sweep.config.get("run_cap")
+        if n is None or n < 1:
+            raise SweepError(
+                f"{sweep.path}: method={sweep.method!r} has no fixed number of runs; allowed: run_cap N in the "
+                f"YAML or --count N (N >= 1)"
+            )
+        with _seeded(sweep.name), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            proposal = sweeps.next_run(sweep.config, history, validate=True)
-        if proposal is None:
-            return None
-        params = {k: _plain(v["value"]) for k, v in proposal.config.items()}
-        rec = RunRecord(f"run-{len(state.sweep_runs()):03d}", params)
-        state.runs.append(rec)
-        return rec
-
-    def tasks():  # unfinished runs first, then proposals, each made only when a slot frees
-        for rec in itertools.chain([r for r in state.runs if r.state != "finished"], iter(propose, None)):
-            records[rec.name] = rec
-            yield launch.Task(
-                rec.name,
-                local_command(sweep, rec.params, root / rec.name, wandb_mode),
-                root / "logs" / f"{rec.name}.log",
-            )
-
-    def start(t: launch.Task) -> None:
-        records[t.name].state = "running"
-        state.save(root)
-        values = " ".join(f"{k}={v}" for k, v in records[t.name].params.items())
-        _say(f"[sweep] {t.name} started{f' on GPU {t.gpu}' if t.gpu is not None else ''}: {values}")
-
-    def finish(t: launch.Task) -> None:
-        nonlocal failed
-        rec = records[t.name]
-        rec.returncode, rec.seconds = t.returncode, round(t.seconds, 1)
-        summary, rows = _read_run(root / rec.name)
-        if t.returncode == 0 and summary and summary.get("finished"):
-            rec.state, rec.metric = "finished", _metric(sweep, summary, rows)
-            metric = sweep.config.get("metric", {}).get("name")
-            shown = f", {metric}={rec.metric:.4g}" if rec.metric is not None else ""
-            _say(f"[sweep] {rec.name} finished in {rec.seconds:.0f} s{shown}")
-        else:
-            rec.state = "failed"
-            failed += 1
-            _say(
-                f"[sweep] {rec.name} failed (exit {t.returncode}); last lines of {t.log}:\n"
-                f"{launch.tail(t.log, 8, '    ')}",
-                file=sys.stderr,
-            )
-        state.save(root)
-
-    try:
-        launch.Pool(jobs, log=lambda msg: _say(msg, file=sys.stderr), prefix="[sweep]").run(tasks(), start, finish)
-    except KeyboardInterrupt:
-        state.save(root)
-        raise
-    write_results(state, root, sweep)
-    done = sum(r.state == "finished" for r in state.runs)
-    _say(
-        f"[sweep] {sweep.name}: {done}/{len(state.runs)} run(s) finished, {failed} failed in this invocation; "
-        f"state in {root / STATE_FILE}"
-    )
-    return state
+            configs = [r.config for r in sweeps.next_runs({**sweep.config, "method": "random"}, [], n=n)]
+    return [_args_no_hyphens(c) for c in configs]
 
 
-def write_results(state: SweepState, root: Path, sweep: Sweep) -> Path:
-    """``<root>/sweep_results.csv``: one row per run (name, role, state, metric, parameters), best
-    first when the sweep has a metric."""
-    import pandas as pd
+def point_name(overrides: list[str]) -> str:
+    """A run-directory name for a point, e.g. ``delta0.02-resize_freq1-max_batch_size128`` (the last
+    part of each key; floats to 4 significant digits)."""
 
-    metric = sweep.config.get("metric") or {}
-    params = list(dict.fromkeys([*sweep.params, *(k for r in state.runs for k in r.params)]))
-    df = pd.DataFrame(
-        [
-            {
-                "run": r.name,
-                "role": r.role,
-                "state": r.state,
-                metric.get("name", "metric"): r.metric,
-                **{k: r.params.get(k) for k in params},
-                "seconds": r.seconds,
-            }
-            for r in state.runs
-        ]
-    )
-    df[params] = df[params].convert_dtypes()  # an int parameter stays int next to runs without it
-    if metric.get("name") and len(df):
-        df = df.sort_values(metric["name"], ascending=metric.get("goal") != "maximize", na_position="last")
-    path = root / RESULTS_FILE
-    df.to_csv(path, index=False)
-    return path
+    def short(value: str) -> str:
+        with contextlib.suppress(ValueError):
+            if not value.lstrip("-").isdigit():
+                return f"{float(value):.4g}"
+        return value
 
-
-def report(root: str | Path, out: str | Path = ".") -> list[Path]:
-    """Tables and figures of the runs under a sweep root, via ``divebatch.analysis`` (as
-    ``divebatch report ROOT --out OUT``): for each profile found, ``OUT/paper_tables/<profile>/`` and
-    ``OUT/figures/<profile>/``, with the sensitivity table and figure when the runs vary delta,
-    resize_freq or max batch size.
-
-    Returns:
-        The paths written.
-    """
-    from divebatch.analysis.collect import collect_runs
-    from divebatch.analysis.report import VERDICT_FILE, analyse, write_report
-
-    runs = collect_runs(root)
-    written = []
-    for profile in runs.profiles:
-        res = analyse(runs.select(profile), profile, Path(out) / "paper_tables" / profile / VERDICT_FILE)
-        written += write_report(res, out, roots=[str(root)])
-        if res.sensitivity is not None:
-            _say(
-                f"[sweep] sensitivity table: {Path(out) / 'paper_tables' / profile / 'sensitivity.md'}; "
-                f"figure: {Path(out) / 'figures' / profile / 'sensitivity.png'}"
-            )
-    return written
+    return "-".join(f"{k.rpartition('.')[2]}{short(v)}" for k, _, v in (o.partition("=") for o in overrides))
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def _online_help(sweep: Sweep) -> str:
-    lines = [
-        "online (logged-in wandb user; run from the repository root, on every machine):",
-        f"  uv run wandb sweep {sweep.path}            # prints SWEEP_ID",
-        "  CUDA_VISIBLE_DEVICES=0 uv run wandb agent ENTITY/PROJECT/SWEEP_ID   # one agent per GPU",
-    ]
-    if sweep.is_sensitivity:
-        root = Path(_fixed_value(sweep.fixed, "out_dir")).parent
-        for params in baseline_params(sweep):
-            argv = [
-                "divebatch",
-                "train",
-                sweep.train_config,
-                *[f for f in sweep.fixed if not f.startswith("out_dir=")],
-                *[f"{k}={v}" for k, v in params.items()],
-                f"out_dir={root / _baseline_name(params)}",
-            ]
-            lines.append(f"  SGD reference, once: uv run {shlex.join(argv)}")
-    lines += [
-        "offline (no network; wandb logs offline, `wandb sync` later):",
-        f"  uv run divebatch sweep {sweep.path} --local [--jobs N] [--count N]",
-    ]
-    return "\n".join(lines)
+def local_profile(sweep: Sweep, count: int | None = None, wandb_mode: str = "offline") -> dict:
+    """The one-experiment profile (:class:`divebatch.replicate.ProfileSpec`) that trains the sweep's
+    :func:`points` here, with the training config's own seed; runs tagged with the sweep's profile."""
+    seed = int(load_config(sweep.train_config, sweep.matrix_overrides(), check_data=False).seed)
+    experiment = {"name": sweep.name, "sweep": str(sweep.path), "seeds": [seed]}
+    return {
+        "name": sweep.profile or sweep.name,
+        "description": f"sweep {sweep.path}, run with divebatch sweep --local",
+        "overrides": [f"wandb.mode={wandb_mode}"],
+        "experiments": [{**experiment, **({"count": count} if count is not None else {})}],
+        "notebooks": False,
+    }
 
 
 def cli(argv: list[str]) -> int:
-    """``divebatch sweep SWEEP.yaml [--local [--count N] [--jobs N] [--root DIR]] [--report]``, or
-    ``divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD [--write PATH] [--local ...]`` (:func:`seed_sweep`)."""
+    """``divebatch sweep SWEEP.yaml [--local [--count N] [--jobs N] [--root DIR]]``, or
+    ``divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD [--write PATH]`` (:func:`seed_sweep`)."""
     p = argparse.ArgumentParser(
         prog="divebatch sweep",
-        description="Validate a wandb sweep YAML; with --local, run it on this machine without network "
-        "(wandb's sweeps engine proposes, runs log to wandb offline); then report.",
+        description="Validate a wandb sweep YAML and print how to run it with wandb agents; with --local, "
+        "train its points here without network (divebatch replicate with a one-experiment profile), then report.",
     )
     p.add_argument("sweep", nargs="?", help="wandb sweep YAML, e.g. configs/sweeps/smoke_sensitivity.yaml")
     p.add_argument(
         "--seeds",
         metavar="PROFILE/EXPERIMENT/METHOD",
-        help="instead of a YAML: the grid over the profile's seeds of one of its cells (e.g. "
-        "paper/cifar10/divebatch), written to --write (then as a sweep YAML)",
+        help="instead of a YAML: write the grid over the profile's seeds of one of its cells (e.g. "
+        "paper/cifar10/divebatch) to --write, for wandb agents",
     )
     p.add_argument(
         "--write",
@@ -857,75 +502,58 @@ def cli(argv: list[str]) -> int:
         metavar="PATH",
         help="with --seeds: where to write it (default: runs/sweeps/seeds_<experiment>_<method>.yaml)",
     )
-    p.add_argument("--local", action="store_true", help="run the sweep here (offline); rerun to resume")
-    p.add_argument(
-        "--count", type=int, default=None, help="total sweep runs in the root (default: the whole grid, or run_cap)"
-    )
-    p.add_argument("--jobs", type=int, default=1, help="trainings at once (GPUs: one each, round-robin)")
-    p.add_argument("--root", default=None, help="sweep root (default: runs/sweeps/<sweep name>)")
+    p.add_argument("--local", action="store_true", help="train the sweep's points here (offline); rerun to resume")
+    p.add_argument("--count", type=int, default=None, help="random and bayes: number of runs (default: run_cap)")
+    p.add_argument("--jobs", type=int, default=None, help="trainings at once (as divebatch replicate --jobs)")
+    p.add_argument("--root", default=None, help="runs directory (default: runs/sweeps/<sweep name>)")
     p.add_argument(
         "--wandb-mode",
         default="offline",
         choices=("offline", "disabled"),
         help="wandb mode of the local runs (default: offline)",
     )
-    p.add_argument(
-        "--no-baseline", action="store_true", help="sensitivity sweeps: skip the small-batch SGD reference runs"
-    )
-    p.add_argument(
-        "--report",
-        action="store_true",
-        help="only write the tables and figures of the runs in the root (done after --local anyway)",
-    )
     p.add_argument("--no-report", action="store_true", help="--local without the report at the end")
     p.add_argument("--out", default=".", help="root of paper_tables/<profile>/ and figures/<profile>/ (default: .)")
     args = p.parse_args(argv)
     if (args.sweep is None) == (args.seeds is None):
         p.error("give a sweep YAML or --seeds PROFILE/EXPERIMENT/METHOD (one of the two)")
+    from divebatch import replicate
+
     try:
         if args.seeds:
-            from divebatch.replicate import ProfileError
-
-            try:
-                args.sweep = str(write_seed_sweep(args.seeds, args.write))
-            except ProfileError as err:
-                raise SweepError(str(err)) from None
-            print(f"[sweep] wrote {args.sweep}")
+            path = write_seed_sweep(args.seeds, args.write)
+            print(f"[sweep] wrote {path}")
+            args.sweep = str(path)
         sweep = load_sweep(args.sweep)
-        root = Path(args.root) if args.root else rundir.runs_path("sweeps", sweep.name)
-        if args.report:
-            report(root, args.out)
-            return 0
-        if not args.local:
-            n = check_values(sweep, check_data=False)
-            size = (
-                f"{len(grid_points(sweep))} runs"
-                if sweep.method == "grid"
-                else f"run_cap {sweep.config.get('run_cap', 'none')}"
+        if args.local:
+            if sweep.config.get("early_terminate") or sweep.method == "bayes":
+                print(
+                    "[sweep] note: offline, a bayes sweep is a random search over the same ranges and "
+                    "early_terminate does not apply (both need wandb's server: run agents online for them)"
+                )
+            root = Path(args.root) if args.root else rundir.runs_path("sweeps", sweep.name)
+            outcome = replicate.replicate(
+                local_profile(sweep, args.count, args.wandb_mode),
+                args.jobs,
+                runs_dir=root,
+                out=args.out,
+                report=not args.no_report,
             )
-            print(
-                f"{sweep.path}: valid wandb sweep '{sweep.name}' ({sweep.method}, {size}; {n} training config(s) "
-                f"checked against {sweep.train_config}; profile {sweep.profile})"
-            )
-            print(_online_help(sweep))
-            return 0
-        if sweep.config.get("early_terminate"):
-            print("[sweep] note: early_terminate applies to online agents only; local runs train to the end")
-        state = run_local(sweep, root, args.count, args.jobs, args.wandb_mode, baseline=not args.no_baseline)
-    except (SweepError, FileNotFoundError, ConfigError) as err:
+            return outcome.exit_code
+        n = check_values(sweep, check_data=False)
+        size = f"{len(grid_points(sweep))} runs" if sweep.method == "grid" else f"run_cap {sweep.config.get('run_cap')}"
+        print(
+            f"{sweep.path}: valid wandb sweep '{sweep.name}' ({sweep.method}, {size}; {n} training config(s) "
+            f"checked against {sweep.train_config}; profile {sweep.profile})\n"
+            f"online (logged-in wandb user; from the repository root, on every machine):\n"
+            f"  uv run wandb sweep {sweep.path}            # prints SWEEP_ID\n"
+            f"  CUDA_VISIBLE_DEVICES=0 uv run wandb agent ENTITY/PROJECT/SWEEP_ID   # one agent per GPU\n"
+            f"offline (no network; wandb logs offline, `wandb sync` later):\n"
+            f"  uv run divebatch sweep {sweep.path} --local [--jobs N] [--count N]"
+        )
+        return 0
+    except (SweepError, replicate.ProfileError, FileNotFoundError, ConfigError) as err:
         print(f"divebatch sweep: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    status = 0 if all(r.state == "finished" for r in state.runs) else 1
-    if not args.no_report and any(r.state == "finished" for r in state.runs):
-        try:
-            report(root, args.out)
-        except Exception as err:  # the runs are safe on disk; the report can be redone alone
-            print(
-                f"divebatch sweep: report failed ({type(err).__name__}: {err}); rerun it with "
-                f"`divebatch sweep {args.sweep} --report` or `divebatch report {root}`",
-                file=sys.stderr,
-            )
-            status = 1
-    return status
