@@ -481,6 +481,10 @@ def local_profile(sweep: Sweep, count: int | None = None, wandb_mode: str = "off
     }
 
 
+def _experiments(profile: Path) -> list[dict]:
+    return (yaml.safe_load(profile.read_text()) or {}).get("experiments") or []
+
+
 def cli(argv: list[str]) -> int:
     """``divebatch sweep SWEEP.yaml [--local [--count N] [--jobs N] [--root DIR]]``, or
     ``divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD [--write PATH]`` (:func:`seed_sweep`)."""
@@ -549,8 +553,11 @@ def cli(argv: list[str]) -> int:
             f"  uv run wandb sweep {sweep.path}            # prints SWEEP_ID\n"
             f"  CUDA_VISIBLE_DEVICES=0 uv run wandb agent ENTITY/PROJECT/SWEEP_ID   # one agent per GPU\n"
             f"offline (no network; wandb logs offline, `wandb sync` later):\n"
-            f"  uv run divebatch sweep {sweep.path} --local [--jobs N] [--count N]"
+            f"  uv run divebatch sweep {sweep.path} --local [--jobs N] [--count N]   # its points alone"
         )
+        for profile in sorted(replicate.PROFILE_DIR.glob("*.yaml")):  # profiles that train it, with references
+            if any(e.get("sweep") == Path(args.sweep).as_posix() for e in _experiments(profile)):
+                print(f"  bash replicate/all.sh {profile.stem}   # with the profile's other cells ({profile})")
         return 0
     except (SweepError, replicate.ProfileError, FileNotFoundError, ConfigError) as err:
         print(f"divebatch sweep: error: {err}", file=sys.stderr)
