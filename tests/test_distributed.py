@@ -34,8 +34,18 @@ from torch import nn
 
 from divebatch import distributed
 from divebatch.config import DataConfig, load_config
-from divebatch.data import DataBundle, ResizableBatchSampler, build_data, make_loaders
-from divebatch.distributed import DistContext, RankZeroRunDir, global_batch_spans, shard_span
+from divebatch.data import (
+    DataBundle,
+    RankWorkerSeed,
+    ResizableBatchSampler,
+    ShardedLoader,
+    batch_shares,
+    build_data,
+    global_batch_spans,
+    make_loaders,
+    shard_span,
+)
+from divebatch.distributed import DistContext
 from divebatch.diversity import ExactDiversity, gradient_diversity, per_sample_gradients
 from divebatch.models import build_model
 
@@ -79,7 +89,9 @@ EXACT = {
 
 # Runs `divebatch train` once per '--'-separated argument group under torchrun; optionally injects
 # a failure on rank 1 (raise or hang in its second evaluation) or stalls rank 0 right after the
-# checkpoint of epoch STALL_AFTER (so the test can kill the job at a known point).
+# checkpoint of epoch STALL_AFTER (so the test can kill the job at a known point). On every rank but
+# 0, any file access through the run directory, the shadow files' writer, wandb and the progress
+# log raise: the trainer's rank-0 I/O must be guarded explicitly (`if ctx.is_main:` / `ctx.on_main`).
 DRIVER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
@@ -105,6 +117,15 @@ DRIVER = textwrap.dedent("""
                 (self.path / "STALLED").write_text("")
                 time.sleep(3600)
         training.RunDir.save_checkpoint = stalling_save
+    if rank != 0:
+        def rank_0_only(name):
+            def refuse(*args, **kwargs):
+                raise AssertionError(f"rank {rank} called {name}: run-directory I/O is rank 0's")
+            return refuse
+        for name in ("prepare", "read_summary", "load_checkpoint", "save_checkpoint", "write_metrics", "write_json"):
+            setattr(training.RunDir, name, rank_0_only(f"RunDir.{name}"))
+        for name in ("_atomic_write", "_log", "WandbLogger"):
+            setattr(training, name, rank_0_only(name))
     groups, cur = [], []
     for a in sys.argv[1:] + ["--"]:
         if a == "--":
@@ -218,10 +239,9 @@ def test_device_loader_shards_reassemble_the_single_process_batches(world):
     bundle, data_cfg = _bundle(n), OmegaConf.structured(DataConfig(loader="device", augment=True))
 
     def loaders(rank):
-        train, test = make_loaders(bundle, data_cfg, 17, cpu, torch.Generator().manual_seed(5))
         if rank is None:
-            return train, test
-        return distributed.shard_loaders(train, test, bundle, DistContext(rank, world, rank, cpu, "gloo", 1.0))
+            return make_loaders(bundle, data_cfg, 17, cpu, torch.Generator().manual_seed(5))
+        return make_loaders(bundle, data_cfg, 17, cpu, torch.Generator().manual_seed(5), rank=rank, world_size=world)
 
     ref, ranks = loaders(None), [loaders(r) for r in range(world)]
     for bs in (17, 20):  # 103 = 6 * 17 + 1 (tail 1 < K: merged), then 5 * 20 + 3
@@ -247,11 +267,7 @@ def test_device_loader_shards_reassemble_the_single_process_batches(world):
 def test_batch_sampler_shards_reassemble_the_global_batches():
     world, n = 3, 52
     ref = ResizableBatchSampler(n, 10, True, torch.Generator().manual_seed(1))
-    samplers = []
-    for r in range(world):
-        s = ResizableBatchSampler(n, 10, True, torch.Generator().manual_seed(1))
-        s.rank, s.world_size = r, world
-        samplers.append(s)
+    samplers = [ResizableBatchSampler(n, 10, True, torch.Generator().manual_seed(1), r, world) for r in range(world)]
     glob = list(ref)  # 5 batches of 10, then 2 (< 3 ranks): merged
     glob[-2:] = [glob[-2] + glob[-1]]
     parts = [list(s) for s in samplers]
@@ -272,13 +288,10 @@ def test_dataloader_path_shards_by_sampler_with_rank_seeded_workers(tiny_npz):
     bundle = build_data(cfg)
     ref = make_loaders(bundle, cfg, 8, cpu, torch.Generator().manual_seed(2))[0]
     ranks = [
-        distributed.shard_loaders(
-            *make_loaders(bundle, cfg, 8, cpu, torch.Generator().manual_seed(2)),
-            bundle,
-            DistContext(r, world, r, cpu, "gloo", 1.0),
-        )
+        make_loaders(bundle, cfg, 8, cpu, torch.Generator().manual_seed(2), rank=r, world_size=world)
         for r in range(world)
     ]
+    assert all(isinstance(ld, ShardedLoader) and not ld.slice_batches for pair in ranks for ld in pair)
     glob, parts = list(ref), [list(tr) for tr, _ in ranks]
     glob[-2:] = [(torch.cat([glob[-2][0], glob[-1][0]]), torch.cat([glob[-2][1], glob[-1][1]]))]  # 41 = 5 * 8 + 1
     assert len(glob) == len(parts[0]) == len(parts[1]) == len(ranks[0][0])
@@ -287,13 +300,10 @@ def test_dataloader_path_shards_by_sampler_with_rank_seeded_workers(tiny_npz):
         assert torch.allclose(torch.cat([p[t][0] for p in parts]), x)
     assert [tr.local_samples for tr, _ in ranks] == [sum(len(b[1]) for b in p) for p in parts]
     workers = OmegaConf.merge(cfg, {"num_workers": 1})
-    tr, _ = distributed.shard_loaders(
-        *make_loaders(bundle, workers, 8, cpu, torch.Generator()), bundle, DistContext(1, world, 1, cpu, "gloo", 1.0)
-    )
-    assert (
-        isinstance(tr.loader.loader.worker_init_fn, distributed.RankWorkerSeed)
-        and tr.loader.loader.worker_init_fn.rank == 1
-    )
+    tr, _ = make_loaders(bundle, workers, 8, cpu, torch.Generator(), rank=1, world_size=world)
+    assert isinstance(tr.loader.loader.worker_init_fn, RankWorkerSeed) and tr.loader.loader.worker_init_fn.rank == 1
+    one, _ = make_loaders(bundle, workers, 8, cpu, torch.Generator())  # one process: plain loader, no rank seeds
+    assert not isinstance(one, ShardedLoader) and one.loader.worker_init_fn is None
 
 
 def test_single_process_context_is_the_identity(tmp_path):
@@ -301,14 +311,15 @@ def test_single_process_context_is_the_identity(tmp_path):
     assert not ctx.enabled and ctx.is_main and ctx.describe() is None
     model = nn.Linear(2, 2)
     assert ctx.wrap(model) is model
-    sentinel = object()
-    assert distributed.run_dir(sentinel, ctx) is sentinel
+    assert ctx.on_main(lambda a, b: a + b, 1, 2) == 3  # no broadcast: the call itself
+    with pytest.raises(FileNotFoundError):
+        ctx.on_main(lambda: open(tmp_path / "missing"))
     assert ctx.reduce_train_stats({"train_loss": 1.5, "train_acc": 50.0, "samples": 4}) == {
         "train_loss": 1.5,
         "train_acc": 50.0,
         "samples": 4,
     }
-    assert distributed.batch_shares([1, 2]) is None
+    assert batch_shares([1, 2]) is None
 
 
 def test_timeout_env_is_validated(monkeypatch):
@@ -320,53 +331,52 @@ def test_timeout_env_is_validated(monkeypatch):
             distributed.timeout_s()
 
 
-class _Ctx:
-    """Stand-in for a rank's DistContext: ``broadcast`` returns what rank 0 would have sent."""
+def _rank(rank: int, sent=None) -> DistContext:
+    """A 2-rank DistContext whose ``broadcast`` returns what rank 0 would have sent (no process
+    group); what each call was given is kept in ``received``."""
+    received = []
 
-    def __init__(self, is_main, sent=None):
-        self.is_main, self.sent, self.received = is_main, sent, []
+    class _Ctx(DistContext):
+        def broadcast(self, obj):
+            received.append(obj)
+            return obj if self.is_main else sent
 
-    def broadcast(self, obj):
-        self.received.append(obj)
-        return obj if self.is_main else self.sent
+    ctx = _Ctx(rank=rank, world_size=2, backend="gloo")
+    object.__setattr__(ctx, "received", received)
+    return ctx
 
 
-class _Run:
-    def __init__(self):
-        self.writes = []
+def test_on_main_runs_only_on_rank_0_and_broadcasts_results_and_errors():
+    calls = []
 
-    def read_summary(self):
+    def read():
+        calls.append(1)
         raise FileNotFoundError("summary unreadable on rank 0")
 
-    def save_checkpoint(self, state):
-        self.writes.append(state)
-
-
-def test_rank_zero_run_dir_broadcasts_reads_and_errors_and_writes_only_on_rank_0():
-    main = RankZeroRunDir(_Run(), _Ctx(True))
+    main = _rank(0)
     with pytest.raises(FileNotFoundError, match="rank 0"):
-        main.read_summary()
-    main.save_checkpoint({"a": 1})
-    assert main._run.writes == [{"a": 1}]
-    # another rank never touches the files: it raises the error rank 0 broadcast
-    other = RankZeroRunDir(_Run(), _Ctx(False, sent=(None, FileNotFoundError("summary unreadable on rank 0"))))
+        main.on_main(read)
+    assert calls == [1] and isinstance(main.received[0][1], FileNotFoundError)  # rank 0 sent its error
+    # another rank never calls fn: it raises the error rank 0 broadcast, or returns its result
+    other = _rank(1, sent=(None, FileNotFoundError("summary unreadable on rank 0")))
     with pytest.raises(FileNotFoundError, match="rank 0"):
-        other.read_summary()
-    other.save_checkpoint({"a": 1})
-    assert other._run.writes == []
-    assert RankZeroRunDir(_Run(), _Ctx(False, sent=({"finished": True}, None))).read_summary() == {"finished": True}
+        other.on_main(read)
+    assert calls == [1] and other.received == [(None, None)]
+    changed = ["method.max_micro_batch: 512 -> 256"]  # e.g. the changed runtime keys of a resume
+    assert _rank(0).on_main(lambda cfg: changed, None) == changed
+    assert _rank(1, sent=(changed, None)).on_main(read) == changed
 
 
-def test_rank_zero_run_dir_returns_the_changed_runtime_keys_on_every_rank():
-    """A resumed data-parallel run records the runtime keys that changed, as a single process does."""
-    changed = ["method.max_micro_batch: 512 -> 256"]
+def test_on_main_sends_an_error_that_cannot_be_pickled_as_a_runtime_error():
+    class Local(Exception):  # a local class cannot be pickled
+        pass
 
-    class _Prepared(_Run):
-        def prepare(self, cfg):
-            return changed
+    def fail():
+        raise Local("bad checkpoint")
 
-    assert RankZeroRunDir(_Prepared(), _Ctx(True)).prepare(None) == changed
-    assert RankZeroRunDir(_Prepared(), _Ctx(False, sent=(changed, None))).prepare(None) == changed
+    main = _rank(0)
+    with pytest.raises(RuntimeError, match="Local: bad checkpoint"):
+        main.on_main(fail)
 
 
 # ----------------------------------------------------------------------------- estimator (in-process)

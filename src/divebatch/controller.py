@@ -383,7 +383,7 @@ class BatchSizeController:
 
         Args:
             reduce: data-parallel: ``reduce(estimator)`` sums the ranks' shares and returns the
-                value (:func:`divebatch.distributed.diversity_value`).
+                value (:meth:`divebatch.distributed.DistContext.diversity`).
         """
         if self._measured is None:
             return None

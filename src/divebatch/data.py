@@ -11,6 +11,17 @@
 
 Every loader yields ``(x, y)`` on the training device: x (B, C, H, W) float32 normalised, y (B,)
 int64, and has ``set_batch_size(m)`` and ``len()`` (batches per epoch, last one smaller).
+
+Data-parallel sharding lives here, in one place (section "data-parallel sharding"):
+:func:`make_loaders` with ``rank``/``world_size`` returns this rank's loaders
+(:class:`ShardedLoader`). It belongs with the loaders rather than with the process group
+(:mod:`divebatch.distributed`) because each data path must shard at its own point: the DataLoader
+path in its batch sampler (each rank decodes only its own images), the device path after the
+global batch is gathered and augmented (so the shared generator stays in lockstep and the samples
+equal one process's). Both follow one rule (:func:`global_batch_spans`, :func:`shard_span`).
+Sharding needs only the two integers ``rank`` and ``world_size``, never a collective; the
+process group, DDP and the cross-rank sums stay in :mod:`divebatch.distributed`, which knows
+nothing of loaders. With ``world_size=1`` (a single process) nothing is wrapped.
 """
 
 from __future__ import annotations
@@ -29,7 +40,6 @@ from torchvision import transforms as T
 
 from divebatch import augment
 from divebatch.config import ConfigError
-from divebatch.distributed import global_batch_spans, shard_span
 from divebatch.fetch import TINY_IMAGENET_MD5, TINY_IMAGENET_URL
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # authors' values
@@ -599,13 +609,21 @@ class ResizableBatchSampler(Sampler[list[int]]):
     """Random (or sequential) batches whose size can change between epochs without rebuilding the
     DataLoader or its persistent workers (indices are drawn in the main process).
 
-    With ``rank``/``world_size`` set (data-parallel runs, :func:`divebatch.distributed.shard_loaders`)
-    it yields only that rank's contiguous shard of each global batch of ``batch_size``.
+    With ``world_size > 1`` (data-parallel runs) it yields only rank ``rank``'s contiguous shard of
+    each global batch of ``batch_size`` (:func:`global_batch_spans`, :func:`shard_span`).
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
-        self.rank, self.world_size = 0, 1
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return len(global_batch_spans(self.n, self.batch_size, self.world_size))
@@ -618,7 +636,11 @@ class ResizableBatchSampler(Sampler[list[int]]):
 
 
 class TorchvisionLoader:
-    """DataLoader with PIL transforms (authors' path); yields batches already on ``device``."""
+    """DataLoader with PIL transforms (authors' path); yields batches already on ``device``.
+
+    With ``world_size > 1`` the batch sampler yields only rank ``rank``'s indices and the workers'
+    seeds are offset by the rank (:class:`RankWorkerSeed`).
+    """
 
     def __init__(
         self,
@@ -628,8 +650,10 @@ class TorchvisionLoader:
         shuffle: bool,
         num_workers: int,
         generator: torch.Generator | None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        self.sampler = ResizableBatchSampler(len(dataset), batch_size, shuffle, generator)
+        self.sampler = ResizableBatchSampler(len(dataset), batch_size, shuffle, generator, rank, world_size)
         self.device = device
         self.loader = DataLoader(
             dataset,
@@ -638,6 +662,7 @@ class TorchvisionLoader:
             persistent_workers=num_workers > 0,
             pin_memory=device.type == "cuda",
             generator=generator,
+            worker_init_fn=RankWorkerSeed(rank) if world_size > 1 and num_workers > 0 else None,
         )
 
     def set_batch_size(self, batch_size: int) -> None:
@@ -671,15 +696,23 @@ def make_loaders(
     generator: torch.Generator,
     loader: str | None = None,
     eval_batch_size: int = 1000,
+    rank: int = 0,
+    world_size: int = 1,
 ):
     """Train and evaluation loaders for ``data.loader`` (auto | device | torchvision).
 
     Args:
+        batch_size: the (global) training batch size in samples.
         generator: drives shuffling and augmentation; on ``device`` for the device path, on the
-            CPU for the DataLoader path.
+            CPU for the DataLoader path. In a data-parallel run every rank passes a generator with
+            the same seed (it stays in lockstep over the ranks).
         loader: the resolved loader (:func:`resolve_loader`); default from ``cfg.loader``.
+        rank, world_size: data-parallel runs: this rank and the number of ranks
+            (:class:`divebatch.distributed.DistContext`); the loaders are then this rank's
+            :class:`ShardedLoader` s. ``world_size=1``: the plain loaders.
     Raises:
-        ConfigError: ``data.loader=device`` for a dataset that is not held in memory.
+        ConfigError: ``data.loader=device`` for a dataset that is not held in memory, or a batch
+            size smaller than ``world_size``.
     """
     loader = resolve_loader(loader or cfg.loader, bundle)
     if loader == "device":
@@ -692,7 +725,171 @@ def make_loaders(
         aug = augment.AUGMENTATIONS[bundle.augment] if cfg.augment else None
         train = DeviceLoader(x, y, batch_size, bundle.mean, bundle.std, device, aug, True, generator)
         test = DeviceLoader(xt, yt, eval_batch_size, bundle.mean, bundle.std, device, None, False, None)
+        if world_size == 1:
+            return train, test
+        # every rank draws the global batches and keeps its slice (generator in lockstep)
+        return tuple(ShardedLoader(ld, len(ld.y), rank, world_size, slice_batches=True) for ld in (train, test))
+    train = TorchvisionLoader(bundle.train_set, batch_size, device, True, cfg.num_workers, generator, rank, world_size)
+    test = TorchvisionLoader(bundle.test_set, eval_batch_size, device, False, cfg.num_workers, None, rank, world_size)
+    if world_size == 1:
         return train, test
-    train = TorchvisionLoader(bundle.train_set, batch_size, device, True, cfg.num_workers, generator)
-    test = TorchvisionLoader(bundle.test_set, eval_batch_size, device, False, cfg.num_workers, None)
-    return train, test
+    # the batch samplers already yield only this rank's indices
+    return tuple(ShardedLoader(ld, ld.sampler.n, rank, world_size, slice_batches=False) for ld in (train, test))
+
+
+# ----------------------------------------------------------------------------- data-parallel sharding
+
+
+def global_batch_spans(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int]]:
+    """Positions ``[start, stop)`` in the epoch's permutation of each global batch.
+
+    Batches of ``batch_size`` in order, the last one smaller; with several ranks a last batch of
+    fewer than ``world_size`` samples is merged into the previous batch (no empty shards).
+
+    Raises:
+        ValueError: ``batch_size < world_size`` or ``n < world_size`` (a rank would get nothing).
+    """
+    if world_size > 1 and (batch_size < world_size or n < world_size):
+        raise ValueError(
+            f"batch size {batch_size} and dataset size {n} must be >= the number of "
+            f"data-parallel processes ({world_size})"
+        )
+    spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < world_size:
+        tail = spans.pop()
+        spans[-1] = (spans[-1][0], tail[1])
+    return spans
+
+
+def shard_span(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous part of ``[start, stop)``: ``floor`` or ``ceil`` of size/K samples,
+    the first ``size mod K`` ranks one more (``numpy.array_split`` convention)."""
+    q, r = divmod(stop - start, world_size)
+    lo = start + rank * q + min(rank, r)
+    return lo, lo + q + (rank < r)
+
+
+class ShardedLoader:
+    """This rank's shards of a loader's global batches (built by :func:`make_loaders`).
+
+    Global batch t of ``B_t`` samples is cut into K contiguous shards of ``floor(B_t/K)`` or
+    ``ceil(B_t/K)`` samples (:func:`shard_span`); a last global batch of fewer than K samples is
+    merged into the one before it (:func:`global_batch_spans`), so no rank gets an empty shard.
+    Two modes:
+
+    * ``slice_batches=True`` (device loader): the wrapped loader yields the *global* batches (same
+      permutation and augmentation draws on every rank, so its generator stays in lockstep and
+      the samples equal a single process's); this wrapper keeps the rank's contiguous shard, and
+      merges a too-small last batch into the previous one.
+    * ``slice_batches=False`` (DataLoader path): the wrapped loader's batch sampler already
+      yields only this rank's indices (``ResizableBatchSampler`` with ``rank``/``world_size``), so
+      only this rank's images are decoded; the wrapper just knows the global batch sizes.
+
+    Args:
+        loader: has ``set_batch_size(m)``, ``batch_size`` and yields ``(x, y)``.
+        n: samples per epoch of the wrapped loader.
+        rank, world_size: this rank and the number of ranks.
+    Raises:
+        ConfigError: a batch size smaller than ``world_size`` (at construction and on
+            ``set_batch_size``).
+        ValueError: fewer than ``world_size`` samples.
+    """
+
+    def __init__(self, loader, n: int, rank: int, world_size: int, slice_batches: bool = True):
+        self.loader, self.n, self.rank, self.world_size = loader, n, rank, world_size
+        self.slice_batches = slice_batches
+        self._check(loader.batch_size)
+
+    def __getattr__(self, name):  # anything else (e.g. tuning knobs) is the wrapped loader's
+        return getattr(self.__dict__["loader"], name)
+
+    def _check(self, batch_size: int) -> None:
+        if batch_size < self.world_size:
+            raise ConfigError(
+                f"invalid config: batch size {batch_size} with {self.world_size} data-parallel "
+                f"processes; allowed: method.initial_batch_size >= {self.world_size}"
+            )
+        if self.n < self.world_size:
+            raise ValueError(f"{self.n} samples cannot be split over {self.world_size} processes")
+
+    @property
+    def batch_size(self) -> int:
+        return self.loader.batch_size
+
+    def set_batch_size(self, batch_size: int) -> None:
+        self._check(batch_size)
+        self.loader.set_batch_size(batch_size)
+
+    def spans(self) -> list[tuple[int, int]]:
+        return global_batch_spans(self.n, self.loader.batch_size, self.world_size)
+
+    def shares(self) -> list[float]:
+        """``B_t / K`` for every step t of an epoch (see :func:`batch_shares`)."""
+        return [(b - a) / self.world_size for a, b in self.spans()]
+
+    @property
+    def local_samples(self) -> int:
+        """Samples this rank sees per epoch."""
+        return sum(hi - lo for lo, hi in (shard_span(a, b, self.rank, self.world_size) for a, b in self.spans()))
+
+    def __len__(self) -> int:
+        return len(self.spans())
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if not self.slice_batches:
+            yield from self.loader
+            return
+        spans, bs = self.spans(), self.loader.batch_size
+        sizes = [min(bs, self.n - a) for a in range(0, self.n, bs)]  # what the wrapped loader yields
+        merged = len(spans) < len(sizes)
+        held = None  # this rank's part of the batch that the too-small last batch is merged into
+        for t, (x, y) in enumerate(self.loader):
+            if t >= len(sizes) or len(y) != sizes[t]:
+                raise RuntimeError(
+                    f"sharding expects global batches of sizes {sizes}; the wrapped loader "
+                    f"yielded {len(y)} samples at step {t}"
+                )
+            # this rank's positions [lo, hi) of the step, intersected with this batch's [a, a + len(y))
+            a = t * bs
+            lo, hi = shard_span(*spans[min(t, len(spans) - 1)], self.rank, self.world_size)
+            i, j = max(lo - a, 0), max(min(hi - a, len(y)), 0)
+            part = (x[i:j], y[i:j])
+            if merged and t == len(sizes) - 2:
+                held = (part[0].clone(), part[1].clone())  # the wrapped loader may reuse its buffers
+                continue
+            if held is not None:
+                part = (torch.cat((held[0], part[0])), torch.cat((held[1], part[1])))
+                held = None
+            yield part
+
+
+def batch_shares(loader) -> list[float] | None:
+    """Per-step ``B_t / K`` for a :class:`ShardedLoader` (None for any other loader).
+
+    The trainer scales a micro-batch's mean loss by ``len(micro) / share`` (instead of
+    ``len(micro) / len(batch)``), so that DDP's average over K ranks is the global mean gradient
+    ``(1/B_t) sum_i g_i`` also when shards differ in size; the estimator's sum-unit factors use
+    the same share. With one process the share is ``len(batch)``.
+    """
+    return loader.shares() if isinstance(loader, ShardedLoader) else None
+
+
+class RankWorkerSeed:
+    """DataLoader ``worker_init_fn`` that offsets each worker's seeds by the rank.
+
+    Every rank's DataLoader draws its base seed from the same (lockstep) generator, so without
+    this the workers of all ranks would replay the same augmentation draws. The offset (a prime
+    larger than any worker count) keeps seeds distinct across ranks and workers, and runs stay
+    reproducible for a given number of ranks and workers.
+    """
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def __call__(self, worker_id: int) -> None:
+        import random
+
+        seed = (torch.initial_seed() + 1_000_003 * self.rank) % 2**63
+        torch.manual_seed(seed)
+        random.seed(seed)
+

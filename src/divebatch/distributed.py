@@ -1,10 +1,19 @@
-"""Data-parallel training with ``torchrun``: process group, data sharding, cross-rank sums.
+"""Data-parallel training with ``torchrun``: process group, DDP, cross-rank sums, rank-0 reads.
 
 ``torchrun --nproc_per_node=K -m divebatch train CONFIG [KEY=VALUE ...]`` starts K processes
 (ranks); :func:`setup` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT) and joins the process group: NCCL with device ``cuda:LOCAL_RANK`` on GPUs, gloo on
 CPUs. Without torchrun's variables everything here is the identity and a run is the ordinary
 single-process one. See docs/distributed.md.
+
+The trainer's whole data-parallel surface is one :class:`DistContext`, made once by
+:func:`setup`: ``rank``/``world_size`` (for the loaders), ``is_main`` (rank 0 does the writes,
+visibly, under ``if ctx.is_main:``), ``on_main`` (rank 0 reads, every rank gets the result),
+``wrap`` (DDP), ``reduce_train_stats`` / ``reduce_eval`` / ``diversity`` (the epoch's sums over
+ranks). Besides it: :func:`sync_gradients` (DDP's ``no_sync`` for micro-batches) and, for the
+command line, :func:`rank_tag` and :func:`report_failure`. Sharding of the data is in
+:mod:`divebatch.data` (:func:`divebatch.data.make_loaders` with ``rank``/``world_size``), with
+the loaders it changes; this module knows nothing of loaders.
 
 Semantics (chosen so that K ranks compute what one process computes on the same samples):
 
@@ -15,17 +24,19 @@ Semantics (chosen so that K ranks compute what one process computes on the same 
   exactly once per epoch whatever the batch size. A last global batch with fewer samples than
   ranks (``0 < n mod B < K``) is merged into the one before it, so no rank ever gets an empty
   shard (that epoch then has one optimizer step fewer than in one process).
+  (:func:`divebatch.data.global_batch_spans`, :func:`divebatch.data.shard_span`.)
 * Each rank scales its loss so that its backward yields ``(K/B) * sum_{i in shard} g_i``; DDP
   averages over the K ranks, so every rank's ``p.grad`` is the global mean gradient
-  ``(1/B) sum_i g_i`` even when shards differ in size.
+  ``(1/B) sum_i g_i`` even when shards differ in size (:func:`divebatch.data.batch_shares`).
 * Gradient diversity (:class:`divebatch.diversity.EpochDiversityEstimator`, sum units): each rank
   accumulates its share (its own samples' squared norms; ``B/K`` times the global mean gradient),
-  and :func:`diversity_value` sums the shares over ranks once per epoch, so S and A are the sums
-  over all samples of the epoch. Rank 0's value is broadcast so every rank takes the same
+  and :meth:`DistContext.diversity` sums the shares over ranks once per epoch, so S and A are the
+  sums over all samples of the epoch. Rank 0's value is broadcast so every rank takes the same
   batch-size decision at the same epoch boundary.
 * Evaluation is sharded the same way; losses and hit counts are summed over ranks.
-* Only rank 0 writes the run directory and logs to wandb; rank 0 reads the checkpoint and
-  broadcasts it, so all ranks resume from the same state.
+* Only rank 0 writes the run directory and logs to wandb (the trainer's ``if ctx.is_main:``
+  blocks); rank 0 reads the run directory and the checkpoint and broadcasts them
+  (:meth:`DistContext.on_main`), so all ranks resume from the same state.
 * Collectives time out after ``DIVEBATCH_DIST_TIMEOUT_S`` seconds (default 600, PyTorch's NCCL
   default), so a rank that hangs stops the job with an error instead of blocking forever; a rank
   that dies is noticed by torchrun, which stops the others.
@@ -41,13 +52,11 @@ import pickle
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from divebatch.config import ConfigError
 
@@ -78,11 +87,6 @@ def timeout_s() -> float:
     if not value > 0:
         raise ConfigError(f"invalid environment: {TIMEOUT_ENV}={raw!r}; allowed: a number of seconds > 0")
     return value
-
-
-def is_main() -> bool:
-    """True in a single process and on rank 0 of a process group (the rank that writes outputs)."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def rank_tag() -> str:
@@ -119,6 +123,8 @@ class DistContext:
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0 and in a single process: the rank that writes the run directory, logs
+        and prints (the trainer guards those writes with ``if ctx.is_main:``)."""
         return self.rank == 0
 
     def describe(self) -> dict | None:
@@ -177,6 +183,28 @@ class DistContext:
         dist.broadcast_object_list(box, src=0, device=self.device if self.backend == "nccl" else None)
         return box[0]
 
+    def on_main(self, fn: Callable, *args) -> Any:
+        """``fn(*args)`` run on rank 0 only, its result returned on every rank (broadcast).
+
+        For reads of the run directory that every rank needs (summary, changed keys, checkpoint):
+        other ranks never touch the files, so they need no shared file system. An exception that
+        ``fn`` raises on rank 0 is broadcast too and raised on every rank (instead of the others
+        waiting for a collective that never comes); one that cannot be pickled arrives as a
+        RuntimeError with its type and message. In a single process: ``fn(*args)``.
+        """
+        if not self.enabled:
+            return fn(*args)
+        result = error = None
+        if self.is_main:
+            try:
+                result = fn(*args)
+            except Exception as err:  # re-raised on every rank below
+                error = _picklable(err)
+        result, error = self.broadcast((result, error))
+        if error is not None:
+            raise error
+        return result
+
     # -- epoch statistics
 
     def reduce_train_stats(self, stats: dict, model: nn.Module | None = None) -> dict:
@@ -206,13 +234,26 @@ class DistContext:
 
         Args:
             loss, acc: :func:`divebatch.training.evaluate`'s result on this rank's shard.
-            loader: the :class:`ShardedLoader` that produced the shard (gives its sample count).
+            loader: the :class:`divebatch.data.ShardedLoader` that produced the shard (gives its
+                sample count).
         """
         if not self.enabled:
             return loss, acc
         n = loader.local_samples
         loss_sum, hits, total = self.sum_floats([loss * n, acc * n, n])
         return loss_sum / total, hits / total
+
+    def diversity(self, estimator) -> float:
+        """The epoch's gradient-diversity estimate, identical on every rank.
+
+        Each rank's accumulated shares are summed over ranks (``estimator.all_reduce_``), the value
+        is computed, and rank 0's value is broadcast so the batch-size decision cannot differ by
+        rounding. In a single process: ``estimator.value()``.
+        """
+        if not self.enabled:
+            return estimator.value()
+        estimator.all_reduce_(self.all_reduce_sum)
+        return self.broadcast(estimator.value())
 
 
 _SINGLE = DistContext()
@@ -304,13 +345,6 @@ def report_failure(err: BaseException) -> None:
     )
 
 
-def wandb_config(cfg: DictConfig, ctx: DistContext) -> DictConfig:
-    """``cfg`` for the wandb logger: unchanged on rank 0, ``wandb.mode=disabled`` on other ranks."""
-    if ctx.is_main:
-        return cfg
-    return OmegaConf.merge(cfg, {"wandb": {"mode": "disabled"}})
-
-
 # ----------------------------------------------------------------------------- gradients
 
 
@@ -326,258 +360,9 @@ def sync_gradients(model: nn.Module, sync: bool) -> contextlib.AbstractContextMa
     return contextlib.nullcontext()
 
 
-def batch_shares(loader) -> list[float] | None:
-    """Per-step ``B_t / K`` for a :class:`ShardedLoader` (None for any other loader).
-
-    The trainer scales a micro-batch's mean loss by ``len(micro) / share`` (instead of
-    ``len(micro) / len(batch)``), so that DDP's average over K ranks is the global mean gradient
-    ``(1/B_t) sum_i g_i`` also when shards differ in size; the estimator's sum-unit factors use
-    the same share. With one process the share is ``len(batch)``.
-    """
-    return loader.shares() if isinstance(loader, ShardedLoader) else None
-
-
-def diversity_value(estimator, ctx: DistContext) -> float:
-    """The epoch's gradient-diversity estimate, identical on every rank.
-
-    Each rank's accumulated shares are summed over ranks (``estimator.all_reduce_``), the value is
-    computed, and rank 0's value is broadcast so the batch-size decision cannot differ by rounding.
-    """
-    if not ctx.enabled:
-        return estimator.value()
-    estimator.all_reduce_(ctx.all_reduce_sum)
-    return ctx.broadcast(estimator.value())
-
-
-# ----------------------------------------------------------------------------- data sharding
-
-
-def global_batch_spans(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int]]:
-    """Positions ``[start, stop)`` in the epoch's permutation of each global batch.
-
-    Batches of ``batch_size`` in order, the last one smaller; with several ranks a last batch of
-    fewer than ``world_size`` samples is merged into the previous batch (no empty shards).
-
-    Raises:
-        ValueError: ``batch_size < world_size`` or ``n < world_size`` (a rank would get nothing).
-    """
-    if world_size > 1 and (batch_size < world_size or n < world_size):
-        raise ValueError(
-            f"batch size {batch_size} and dataset size {n} must be >= the number of "
-            f"data-parallel processes ({world_size})"
-        )
-    spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
-    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < world_size:
-        tail = spans.pop()
-        spans[-1] = (spans[-1][0], tail[1])
-    return spans
-
-
-def shard_span(start: int, stop: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rank ``rank``'s contiguous part of ``[start, stop)``: ``floor`` or ``ceil`` of size/K samples,
-    the first ``size mod K`` ranks one more (``numpy.array_split`` convention)."""
-    q, r = divmod(stop - start, world_size)
-    lo = start + rank * q + min(rank, r)
-    return lo, lo + q + (rank < r)
-
-
-class ShardedLoader:
-    """This rank's shards of a loader's global batches (see the module docstring).
-
-    Two modes:
-
-    * ``slice_batches=True`` (device loader): the wrapped loader yields the *global* batches (same
-      permutation and augmentation draws on every rank, so its generator stays in lockstep and
-      the samples equal a single process's); this wrapper keeps the rank's contiguous shard, and
-      merges a too-small last batch into the previous one.
-    * ``slice_batches=False`` (DataLoader path): the wrapped loader's batch sampler already
-      yields only this rank's indices (``ResizableBatchSampler.rank/world_size``), so only this
-      rank's images are decoded; the wrapper just knows the global batch sizes.
-
-    Args:
-        loader: has ``set_batch_size(m)``, ``batch_size`` and yields ``(x, y)``.
-        n: samples per epoch of the wrapped loader.
-        rank, world_size: this rank and the number of ranks.
-    """
-
-    def __init__(self, loader, n: int, rank: int, world_size: int, slice_batches: bool = True):
-        self.loader, self.n, self.rank, self.world_size = loader, n, rank, world_size
-        self.slice_batches = slice_batches
-        self._check(loader.batch_size)
-
-    def __getattr__(self, name):  # anything else (e.g. tuning knobs) is the wrapped loader's
-        return getattr(self.__dict__["loader"], name)
-
-    def _check(self, batch_size: int) -> None:
-        if batch_size < self.world_size:
-            raise ConfigError(
-                f"invalid config: batch size {batch_size} with {self.world_size} data-parallel "
-                f"processes; allowed: method.initial_batch_size >= {self.world_size}"
-            )
-        if self.n < self.world_size:
-            raise ValueError(f"{self.n} samples cannot be split over {self.world_size} processes")
-
-    @property
-    def batch_size(self) -> int:
-        return self.loader.batch_size
-
-    def set_batch_size(self, batch_size: int) -> None:
-        self._check(batch_size)
-        self.loader.set_batch_size(batch_size)
-
-    def spans(self) -> list[tuple[int, int]]:
-        return global_batch_spans(self.n, self.loader.batch_size, self.world_size)
-
-    def shares(self) -> list[float]:
-        """``B_t / K`` for every step t of an epoch (see :func:`batch_shares`)."""
-        return [(b - a) / self.world_size for a, b in self.spans()]
-
-    @property
-    def local_samples(self) -> int:
-        """Samples this rank sees per epoch."""
-        return sum(hi - lo for lo, hi in (shard_span(a, b, self.rank, self.world_size) for a, b in self.spans()))
-
-    def __len__(self) -> int:
-        return len(self.spans())
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        if not self.slice_batches:
-            yield from self.loader
-            return
-        spans, bs = self.spans(), self.loader.batch_size
-        sizes = [min(bs, self.n - a) for a in range(0, self.n, bs)]  # what the wrapped loader yields
-        merged = len(spans) < len(sizes)
-        held = None  # this rank's part of the batch that the too-small last batch is merged into
-        for t, (x, y) in enumerate(self.loader):
-            if t >= len(sizes) or len(y) != sizes[t]:
-                raise RuntimeError(
-                    f"sharding expects global batches of sizes {sizes}; the wrapped loader "
-                    f"yielded {len(y)} samples at step {t}"
-                )
-            # this rank's positions [lo, hi) of the step, intersected with this batch's [a, a + len(y))
-            a = t * bs
-            lo, hi = shard_span(*spans[min(t, len(spans) - 1)], self.rank, self.world_size)
-            i, j = max(lo - a, 0), max(min(hi - a, len(y)), 0)
-            part = (x[i:j], y[i:j])
-            if merged and t == len(sizes) - 2:
-                held = (part[0].clone(), part[1].clone())  # the wrapped loader may reuse its buffers
-                continue
-            if held is not None:
-                part = (torch.cat((held[0], part[0])), torch.cat((held[1], part[1])))
-                held = None
-            yield part
-
-
-def dataset_sizes(bundle) -> tuple[int, int]:
-    """(training samples, evaluation samples) of a :class:`divebatch.data.DataBundle`."""
-    n_test = len(bundle.test_set) if bundle.test_set is not None else len(bundle.arrays[3])
-    return bundle.n_train, n_test
-
-
-class RankWorkerSeed:
-    """DataLoader ``worker_init_fn`` that offsets each worker's seeds by the rank.
-
-    Every rank's DataLoader draws its base seed from the same (lockstep) generator, so without
-    this the workers of all ranks would replay the same augmentation draws. The offset (a prime
-    larger than any worker count) keeps seeds distinct across ranks and workers, and runs stay
-    reproducible for a given number of ranks and workers.
-    """
-
-    def __init__(self, rank: int, then: Callable | None = None):
-        self.rank, self.then = rank, then
-
-    def __call__(self, worker_id: int) -> None:
-        import random
-
-        seed = (torch.initial_seed() + 1_000_003 * self.rank) % 2**63
-        torch.manual_seed(seed)
-        random.seed(seed)
-        if self.then is not None:
-            self.then(worker_id)
-
-
-def shard_loaders(train_loader, test_loader, bundle, ctx: DistContext):
-    """Wrap the trainer's loaders so that each rank sees its shards (identity in one process).
-
-    A loader with a shardable batch sampler (``sampler.world_size``, the DataLoader path) draws
-    only this rank's indices and its workers get rank-specific seeds (:class:`RankWorkerSeed`);
-    any other loader's global batches are sliced.
-    """
-    if not ctx.enabled:
-        return train_loader, test_loader
-    out = []
-    for loader, n in zip((train_loader, test_loader), dataset_sizes(bundle)):
-        sampler = getattr(loader, "sampler", None)
-        by_sampler = sampler is not None and hasattr(sampler, "world_size")
-        if by_sampler:
-            sampler.rank, sampler.world_size = ctx.rank, ctx.world_size
-            data_loader = getattr(loader, "loader", None)
-            if isinstance(data_loader, DataLoader) and data_loader.num_workers > 0:
-                data_loader.worker_init_fn = RankWorkerSeed(ctx.rank, data_loader.worker_init_fn)
-        out.append(ShardedLoader(loader, n, ctx.rank, ctx.world_size, slice_batches=not by_sampler))
-    return tuple(out)
-
-
-# ----------------------------------------------------------------------------- run directory
-
-
 def _picklable(err: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(err))
         return err
     except Exception:
         return RuntimeError(f"{type(err).__name__}: {err}")
-
-
-class RankZeroRunDir:
-    """A :class:`divebatch.rundir.RunDir` seen from one rank: rank 0 reads and writes; reads are
-    broadcast to every rank (so they need no shared file system) and so are rank 0's errors
-    (every rank then raises the same error instead of waiting for a collective that never comes).
-    Writes on other ranks do nothing. Other attributes are the wrapped run directory's.
-    """
-
-    def __init__(self, run, ctx: DistContext):
-        self._run, self._ctx = run, ctx
-
-    def __getattr__(self, name):
-        return getattr(self._run, name)
-
-    def _on_main(self, fn: Callable, *args):
-        result = error = None
-        if self._ctx.is_main:
-            try:
-                result = fn(*args)
-            except Exception as err:  # re-raised on every rank below
-                error = _picklable(err)
-        result, error = self._ctx.broadcast((result, error))
-        if error is not None:
-            raise error
-        return result
-
-    def prepare(self, cfg) -> list[str]:
-        """The changed runtime keys rank 0 found (recorded in the manifest's resume entry)."""
-        return self._on_main(self._run.prepare, cfg)
-
-    def read_summary(self):
-        return self._on_main(self._run.read_summary)
-
-    def load_checkpoint(self):
-        return self._on_main(self._run.load_checkpoint)
-
-    def _write(self, fn: Callable, *args):
-        if self._ctx.is_main:
-            return fn(*args)
-
-    def save_checkpoint(self, state: dict) -> None:
-        self._write(self._run.save_checkpoint, state)
-
-    def write_metrics(self, rows) -> None:
-        self._write(self._run.write_metrics, rows)
-
-    def write_json(self, path, obj) -> None:
-        self._write(self._run.write_json, path, obj)
-
-
-def run_dir(run, ctx: DistContext):
-    """``run`` itself in a single process, a :class:`RankZeroRunDir` in a process group."""
-    return RankZeroRunDir(run, ctx) if ctx.enabled else run

@@ -3,6 +3,14 @@
 The epoch loop (:func:`train`) follows the authors' order: train the epoch (measuring gradient
 diversity only in epochs that end with a resize decision), evaluate, step the lr scheduler, then
 let the batch-size policy decide and rescale the lr if configured.
+
+Data-parallel runs (torchrun; docs/distributed.md) change the loop at a few marked points, all
+through one :class:`divebatch.distributed.DistContext` (``ctx``): the loaders are this rank's
+shards (:func:`divebatch.data.make_loaders` with ``ctx.rank``/``ctx.world_size``), the model is
+wrapped in DDP (``ctx.wrap``), the epoch's statistics and gradient diversity are summed over ranks
+(``ctx.reduce_train_stats``, ``ctx.reduce_eval``, ``ctx.diversity``), rank 0 reads the run
+directory for every rank (``ctx.on_main``) and does all writes and logging (``if ctx.is_main:``).
+In a single process each of these is the identity.
 """
 
 from __future__ import annotations
@@ -26,7 +34,15 @@ from tqdm.auto import tqdm
 from divebatch import distributed, provenance
 from divebatch.config import NO_BACKPACK_MODELS, ConfigError, load_config, to_yaml
 from divebatch.controller import BatchSizeController, accumulate_step, micro_batch_plan, micro_batch_weight  # noqa: F401
-from divebatch.data import DataError, build_data, fixed_subset_indices, make_loaders, reference_batches, resolve_loader
+from divebatch.data import (
+    DataError,
+    batch_shares,
+    build_data,
+    fixed_subset_indices,
+    make_loaders,
+    reference_batches,
+    resolve_loader,
+)
 from divebatch.models import build_model
 from divebatch.optimizers import build_optimizer
 
@@ -162,7 +178,7 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     samples = steps = 0
     positions = 1  # predictions per sample: 1 for a class label, T for a (B, T) sequence target
-    shares = distributed.batch_shares(loader)  # data-parallel: global batch / ranks per step (distributed.py)
+    shares = batch_shares(loader)  # data-parallel: global batch / ranks per step (None in one process)
     measuring = estimator.measuring(model) if estimator is not None else contextlib.nullcontext()
     with measuring:  # e.g. BackPACK's hooks: on for this measured epoch only
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
@@ -178,7 +194,7 @@ def train_one_epoch(
                 split_above=split_above,
                 micro_batch_loss=micro_batch_loss,
                 autocast=autocast,
-                sync=distributed.sync_gradients,
+                sync=distributed.sync_gradients,  # data-parallel: DDP's all-reduce on the last micro-batch only
                 global_batch=batch,
             )
             loss_sum += step.loss_sum
@@ -246,8 +262,8 @@ def out_of_memory_message(
 
 
 def _log(msg: str) -> None:
-    if distributed.is_main():
-        tqdm.write(f"[divebatch] {msg}", file=sys.stdout)
+    """A progress line on stdout (the trainer calls it on rank 0 only)."""
+    tqdm.write(f"[divebatch] {msg}", file=sys.stdout)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -263,11 +279,11 @@ def train(cfg: DictConfig) -> dict:
         DataError: dataset files are missing or malformed (the message says what is expected).
     """
     ctx = distributed.setup(cfg.device)  # under torchrun: join the process group (docs/distributed.md)
-    run = distributed.run_dir(RunDir(cfg.out_dir), ctx)  # rank 0 reads and writes; reads are broadcast
-    changed = run.prepare(cfg)
-    summary = run.read_summary()
+    run = RunDir(cfg.out_dir)  # rank 0 alone reads and writes it; what it reads is broadcast (ctx.on_main)
+    changed, summary = ctx.on_main(lambda: (run.prepare(cfg), run.read_summary()))
     if summary and summary.get("finished"):
-        _log(f"{run.path}: finished already ({summary['epochs_completed']} epochs); nothing to train")
+        if ctx.is_main:
+            _log(f"{run.path}: finished already ({summary['epochs_completed']} epochs); nothing to train")
         return summary
     device = ctx.device if ctx.enabled else resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -309,8 +325,9 @@ def train(cfg: DictConfig) -> dict:
     forward_model = torch.compile(eager_model) if cfg.speed.compile else eager_model
     loader = resolve_loader(cfg.data.loader, bundle)
     generator = torch.Generator(device=device if loader == "device" else "cpu").manual_seed(cfg.seed)
-    train_loader, test_loader = make_loaders(bundle, cfg.data, ctl.batch_size, device, generator, loader)
-    train_loader, test_loader = distributed.shard_loaders(train_loader, test_loader, bundle, ctx)
+    train_loader, test_loader = make_loaders(  # data-parallel: this rank's shards of the global batches
+        bundle, cfg.data, ctl.batch_size, device, generator, loader, rank=ctx.rank, world_size=ctx.world_size
+    )
     optimizer = build_optimizer(cfg.optim, model.parameters())  # optim.name: sgd | adamw
     # authors' CIFAR-100 code: the warm-up scheduler is built but never stepped (warm-up epochs at lr 0)
     scheduler, warmup = build_schedulers(
@@ -320,23 +337,26 @@ def train(cfg: DictConfig) -> dict:
     use_bf16 = cfg.speed.bf16 and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
-    state = run.load_checkpoint()
+    state = ctx.on_main(run.load_checkpoint)  # rank 0 reads it, every rank resumes from it
     history, counters = [], {"optimizer_steps": 0, "samples_seen": 0, "wall_time_s": 0.0}
     if state is None:
         start_epoch, run_id = 0, uuid.uuid4().hex[:12]
-        run.write_json(
-            run.manifest,
-            provenance.manifest(
-                device,
-                cfg.seed,
-                wandb_id=run_id,
-                n_train=bundle.n_train,
-                command=" ".join(sys.argv),
-                resumes=[],
-                distributed=ctx.describe(),
-            ),
-        )
-        _log(f"{run.path}: started ({cfg.method.name}, {cfg.data.name}, {cfg.model.name}, seed {cfg.seed}, {device})")
+        if ctx.is_main:
+            run.write_json(
+                run.manifest,
+                provenance.manifest(
+                    device,
+                    cfg.seed,
+                    wandb_id=run_id,
+                    n_train=bundle.n_train,
+                    command=" ".join(sys.argv),
+                    resumes=[],
+                    distributed=ctx.describe(),
+                ),
+            )
+            _log(
+                f"{run.path}: started ({cfg.method.name}, {cfg.data.name}, {cfg.model.name}, seed {cfg.seed}, {device})"
+            )
     else:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -346,25 +366,27 @@ def train(cfg: DictConfig) -> dict:
         ctl.load_state_dict(state["policy"])
         if shadow is not None:
             shadow.load_state_dict(state.get("shadow"))
-            shadow.write(run.path, _atomic_write)
         torch.set_rng_state(state["rng"]["torch"])
         generator.set_state(state["rng"]["loader"])
         start_epoch, history, counters = state["next_epoch"], state["history"], state["counters"]
-        manifest = json.loads(run.manifest.read_text()) if ctx.is_main else {"wandb_id": None, "resumes": []}
-        run_id = manifest["wandb_id"]
-        manifest["resumes"].append(
-            {
-                "epoch": start_epoch,
-                "time": provenance.manifest(device, cfg.seed)["start_time"],
-                "commit": provenance.git_commit(),
-                "device": provenance.device_description(device),
-                **({"changed": changed} if changed else {}),
-            }
-        )
-        run.write_json(run.manifest, manifest)
-        run.write_metrics(history)  # drops any row written after the checkpoint
-        _log(f"{run.path}: resumed at epoch {start_epoch}/{cfg.epochs}")
-    logger = WandbLogger(distributed.wandb_config(cfg, ctx), run.path, run_id)
+        if ctx.is_main:  # the manifest is rank 0's to read and rewrite
+            if shadow is not None:
+                shadow.write(run.path, _atomic_write)
+            manifest = json.loads(run.manifest.read_text())
+            run_id = manifest["wandb_id"]
+            manifest["resumes"].append(
+                {
+                    "epoch": start_epoch,
+                    "time": provenance.manifest(device, cfg.seed)["start_time"],
+                    "commit": provenance.git_commit(),
+                    "device": provenance.device_description(device),
+                    **({"changed": changed} if changed else {}),
+                }
+            )
+            run.write_json(run.manifest, manifest)
+            run.write_metrics(history)  # drops any row written after the checkpoint
+            _log(f"{run.path}: resumed at epoch {start_epoch}/{cfg.epochs}")
+    logger = WandbLogger(cfg, run.path, run_id) if ctx.is_main else None  # rank 0 alone logs to wandb
 
     for epoch in range(start_epoch, cfg.epochs):
         batch_size = ctl.batch_size
@@ -418,7 +440,7 @@ def train(cfg: DictConfig) -> dict:
             ) from None
         val_loss, val_acc = ctx.reduce_eval(val_loss, val_acc, test_loader)
         t2 = time.perf_counter()
-        diversity = ctl.diversity(lambda est: distributed.diversity_value(est, ctx))  # None: not measured
+        diversity = ctl.diversity(ctx.diversity)  # None: not measured; data-parallel: summed over ranks
         if shadow_est is not None:  # at the weights the resize decision would see; not counted in wall time
             shadow.record(model, epoch, stats["lr"], batch_size, t1 - t0)
         lr = stats["lr"]
@@ -441,39 +463,45 @@ def train(cfg: DictConfig) -> dict:
             "peak_memory_mb": peak_memory_mb(device),
         }
         history.append(row)
-        run.save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "warmup": warmup.state_dict() if warmup is not None else None,
-                "policy": ctl.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
-                "next_epoch": epoch + 1,
-                "history": history,
-                "counters": dict(counters),
-                **({"shadow": shadow.state_dict()} if shadow is not None else {}),
-            }
-        )
-        run.write_metrics(history)
-        if shadow is not None:
-            shadow.write(run.path, _atomic_write)
-        logger.log(row)
-        if not math.isfinite(stats["train_loss"]):  # at paper scale, training on NaN costs GPU-hours
-            _log(
-                f"epoch {epoch + 1}/{cfg.epochs}: the training loss became {stats['train_loss']} (lr {lr:.4g}, batch "
-                f"size {batch_size}); the run stops here and summary.json records it as diverged. Lower optim.lr "
-                f"(or set method.lr_rescale=false, or a smaller method.max_batch_size), then train into a new out_dir."
+        if ctx.is_main:  # rank 0 writes the run directory and logs; the other ranks hold the same state
+            run.save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "warmup": warmup.state_dict() if warmup is not None else None,
+                    "policy": ctl.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
+                    "next_epoch": epoch + 1,
+                    "history": history,
+                    "counters": dict(counters),
+                    **({"shadow": shadow.state_dict()} if shadow is not None else {}),
+                }
             )
+            run.write_metrics(history)
+            if shadow is not None:
+                shadow.write(run.path, _atomic_write)
+            logger.log(row)
+        if not math.isfinite(stats["train_loss"]):  # at paper scale, training on NaN costs GPU-hours
+            if ctx.is_main:
+                _log(
+                    f"epoch {epoch + 1}/{cfg.epochs}: the training loss became {stats['train_loss']} (lr {lr:.4g}, "
+                    f"batch size {batch_size}); the run stops here and summary.json records it as diverged. Lower "
+                    f"optim.lr (or set method.lr_rescale=false, or a smaller method.max_batch_size), then train into "
+                    f"a new out_dir."
+                )
             break
-        div_txt = (
-            f" diversity={diversity:.4g} (n*Delta={diversity * bundle.n_train:.4g})" if diversity is not None else ""
-        )
-        _log(
-            f"epoch {epoch + 1}/{cfg.epochs} m={batch_size} lr={lr:.4g} train_loss={stats['train_loss']:.4f} "
-            f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}"
-            + (f" -> m={decision.next_batch_size}" if decision.resized else "")
-        )
+        if ctx.is_main:
+            div_txt = (
+                f" diversity={diversity:.4g} (n*Delta={diversity * bundle.n_train:.4g})"
+                if diversity is not None
+                else ""
+            )
+            _log(
+                f"epoch {epoch + 1}/{cfg.epochs} m={batch_size} lr={lr:.4g} train_loss={stats['train_loss']:.4f} "
+                f"val_acc={val_acc:.2f}% time={t2 - t0:.1f}s{div_txt}"
+                + (f" -> m={decision.next_batch_size}" if decision.resized else "")
+            )
 
     finite = [r for r in history if math.isfinite(r["val_acc"])] or history
     best = max(finite, key=lambda r: r["val_acc"])
@@ -494,11 +522,13 @@ def train(cfg: DictConfig) -> dict:
     summary["diverged"] = bool(diverged)
     if diverged:
         summary["diverged_epoch"] = diverged[0]  # 0-based, as in metrics.csv
-    run.write_json(run.summary, summary)
-    logger.finish(summary)
-    _log(
-        f"{run.path}: finished, final val_acc={last['val_acc']:.2f}%, best {best['val_acc']:.2f}% at epoch {best['epoch']}"
-    )
+    if ctx.is_main:
+        run.write_json(run.summary, summary)
+        logger.finish(summary)
+        _log(
+            f"{run.path}: finished, final val_acc={last['val_acc']:.2f}%, best {best['val_acc']:.2f}% "
+            f"at epoch {best['epoch']}"
+        )
     return summary
 
 
@@ -517,12 +547,9 @@ def cli(argv: list[str]) -> int:
             print(to_yaml(cfg), end="")
             return 0
         train(cfg)
-    except (ConfigError, RunDirError, DataError) as err:  # the user's to fix; anything else is a bug
+    except (ConfigError, RunDirError, DataError, TrainingOutOfMemory) as err:  # the user's to fix; else a bug
         print(f"divebatch train: error{distributed.rank_tag()}: {err}", file=sys.stderr)
-        return 2
-    except TrainingOutOfMemory as err:
-        print(f"divebatch train: error{distributed.rank_tag()}: {err}", file=sys.stderr)
-        return 3
+        return 3 if isinstance(err, TrainingOutOfMemory) else 2
     except Exception as err:
         distributed.report_failure(err)  # which rank failed; explains collective timeouts
         raise
