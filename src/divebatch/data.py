@@ -892,4 +892,3 @@ class RankWorkerSeed:
         seed = (torch.initial_seed() + 1_000_003 * self.rank) % 2**63
         torch.manual_seed(seed)
         random.seed(seed)
-
