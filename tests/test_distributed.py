@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import cli_env
+from conftest import cli_env, per_sample_gradients
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -36,7 +36,7 @@ from divebatch import distributed
 from divebatch.config import DataConfig, load_config
 from divebatch.data import DataBundle, ResizableBatchSampler, build_data, make_loaders
 from divebatch.distributed import DistContext, RankZeroRunDir, global_batch_spans, shard_span
-from divebatch.diversity import ExactDiversity, gradient_diversity, per_sample_gradients
+from divebatch.diversity import ExactDiversity, gradient_diversity
 from divebatch.models import build_model
 
 RTOL = 1e-4

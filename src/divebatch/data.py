@@ -29,6 +29,7 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 
 from divebatch import augment
+from divebatch.choices import declared
 from divebatch.config import ConfigError
 from divebatch.distributed import global_batch_spans, shard_span
 
@@ -88,7 +89,7 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {}
 
 def register(name: str):
     def deco(fn):
-        DATASETS[name] = fn
+        DATASETS[declared("data.name", name)] = fn
         return fn
 
     return deco
