@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
+from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # ../shared/data relative to the repository root
@@ -100,3 +102,43 @@ def cli_env() -> dict:
 def divebatch_cmd(*args: str) -> list[str]:
     """``python -m divebatch ARGS`` with this interpreter (the installed console script's code path)."""
     return [sys.executable, "-m", "divebatch", *args]
+
+
+# ----------------------------------------------------------------------------- reference computations
+# Test-only references that the library does not use: brute-force per-sample gradients and the
+# noise-scale form of n * Delta (docs/diversity.md).
+
+
+def noise_scale_form(per_sample_grads: Tensor) -> Tensor:
+    """``n * Delta`` computed as ``1 + tr(Sigma) / ||G||^2`` (docs/protocol.md identity; McCandlish et al., 2018).
+
+    Args:
+        per_sample_grads: (n, p) tensor.
+    Returns:
+        0-d tensor, equal to ``n * gradient_diversity(per_sample_grads)`` up to rounding.
+    """
+    mean = per_sample_grads.mean(0)
+    trace_cov = (per_sample_grads - mean).pow(2).sum(1).mean()  # population covariance (1/n)
+    return 1 + trace_cov / mean.pow(2).sum()
+
+
+def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
+    """Brute-force per-sample gradients by a loop of single-sample backward passes (reference).
+
+    The model is used in whatever mode it is in; BatchNorm in train mode on a single sample is
+    ill-defined, so call this with BatchNorm in eval mode.
+
+    Args:
+        model: the network; its parameters with ``requires_grad`` form the gradient vector.
+        loss_fn: per-batch loss with ``reduction='sum'`` or ``'mean'`` (identical on one sample).
+        x: (n, ...) inputs; y: (n,) targets.
+    Returns:
+        (n, p) tensor of flattened per-sample gradients, parameters in ``model.parameters()`` order.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(x.shape[0]):
+        loss = loss_fn(model(x[i : i + 1]), y[i : i + 1])
+        grads = torch.autograd.grad(loss, params)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)

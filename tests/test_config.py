@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 from omegaconf import OmegaConf
 
+from divebatch.choices import CHOICES, REGISTRIES, UndeclaredChoiceError
 from divebatch.config import ConfigError, TrainConfig, config_keys, load_config
 
 # The keys the issue's interface fixes; every other key has a default.
@@ -142,6 +147,44 @@ def test_invalid_values_name_key_value_and_allowed(overrides, key, value, allowe
         load_config(None, ["data.name=digits", *overrides])
     msg = str(err.value)
     assert key in msg and value in msg and "allowed" in msg and allowed in msg, msg
+
+
+@pytest.mark.parametrize("key", sorted(REGISTRIES))
+def test_each_choice_list_is_its_registrys_keys(key):
+    """The config validation's names of a registry-implemented choice (divebatch.choices) are the
+    keys of the registry that implements it: no declared name lacks its builder (a builder without a
+    declared name is refused when it registers)."""
+    module, _, attribute = REGISTRIES[key].partition(":")
+    registry = getattr(importlib.import_module(module), attribute)
+    assert set(registry) == set(CHOICES[key])
+
+
+def test_validating_a_config_imports_no_torch():
+    """The choice names come from divebatch.choices, not from the (torch) registries: the orchestrator
+    and the sweep driver validate configs without torch (a blocked ``torch`` import raises ImportError)."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = None
+        from divebatch.config import load_config
+        load_config(None, ["model.name=resnet18_cifar", "data.name=cifar10"], check_data=False)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_registry_refuses_an_undeclared_name():
+    from divebatch.models import register
+
+    with pytest.raises(UndeclaredChoiceError, match="model.name='vgg16'.*divebatch.choices.CHOICES"):
+        register("vgg16")(lambda num_classes: None)
+
+
+def test_validation_takes_a_choice_list_from_the_registry_names(monkeypatch):
+    """A name added to a registry (and so to divebatch.choices) is a valid config value, with nothing else to edit."""
+    with pytest.raises(ConfigError, match="model.name='vgg16'"):
+        load_config(overrides=["model.name=vgg16"], check_data=False)
+    monkeypatch.setitem(CHOICES, "model.name", (*CHOICES["model.name"], "vgg16"))
+    assert load_config(overrides=["model.name=vgg16"], check_data=False).model.name == "vgg16"
 
 
 def test_unknown_key_in_yaml_is_named(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import per_sample_gradients
 from torch import nn
 
 import divebatch
@@ -18,7 +19,6 @@ from divebatch.diversity import (
     DiversityEstimator,
     build_estimator,
     gradient_diversity,
-    per_sample_gradients,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

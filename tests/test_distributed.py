@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import cli_env
+from conftest import cli_env, per_sample_gradients
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -46,7 +46,7 @@ from divebatch.data import (
     shard_span,
 )
 from divebatch.distributed import DistContext
-from divebatch.diversity import ExactDiversity, gradient_diversity, per_sample_gradients
+from divebatch.diversity import ExactDiversity, gradient_diversity
 from divebatch.models import build_model
 
 RTOL = 1e-4

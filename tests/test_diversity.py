@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import noise_scale_form, per_sample_gradients
 from torch import nn
 
 from divebatch.diversity import (
@@ -21,8 +22,6 @@ from divebatch.diversity import (
     batchnorm_eval,
     extend_model,
     gradient_diversity,
-    noise_scale_form,
-    per_sample_gradients,
 )
 from divebatch.training import train_one_epoch
 

@@ -18,6 +18,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import per_sample_gradients
 from torch import nn
 
 from divebatch.diversity import (
@@ -26,7 +27,6 @@ from divebatch.diversity import (
     MicroBatchDiversity,
     build_estimator,
     gradient_diversity,
-    per_sample_gradients,
 )
 from divebatch.training import micro_batch_plan, train_one_epoch
 

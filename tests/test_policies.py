@@ -64,10 +64,8 @@ def test_adabatch_doubles_up_to_the_cap(m, max_bs, expected):
 # ----------------------------------------------------------------------------- policy objects
 
 
-def test_registry_names_match_the_config_choices():
-    from divebatch.config import METHODS
-
-    assert set(POLICIES) == set(METHODS)
+def test_registry_maps_each_method_name_to_its_policy():
+    # the names equal the config's choices: tests/test_config.py::test_each_choice_list_is_its_registrys_keys
     assert POLICIES["sgd"] is FixedBatchSize and POLICIES["adabatch"] is AdaBatch and POLICIES["divebatch"] is DiveBatch
 
 

@@ -19,14 +19,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import REPO, TINY
+from conftest import REPO, TINY, per_sample_gradients
 from omegaconf import OmegaConf
 from torch import nn
 
 from divebatch import data as data_mod
 from divebatch import training
 from divebatch.config import ConfigError, load_config
-from divebatch.diversity import ExactDiversity, gradient_diversity, per_sample_gradients
+from divebatch.diversity import ExactDiversity, gradient_diversity
 from divebatch.models import build_model
 from divebatch.training import train, train_one_epoch
 

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, noise_scale_form
 
-from divebatch.diversity import EpochDiversityEstimator, gradient_diversity, noise_scale_form
+from divebatch.diversity import EpochDiversityEstimator, gradient_diversity
 from divebatch.policies import divebatch_batch_size
 from divebatch.synthetic import problem as P
 from divebatch.synthetic.config import load

@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, cli_env, divebatch_cmd, write_npz
+from conftest import TINY, cli_env, divebatch_cmd, per_sample_gradients, write_npz
 from omegaconf import OmegaConf
 from torch import nn
 
 from divebatch.config import load_config
-from divebatch.diversity import gradient_diversity, per_sample_gradients
+from divebatch.diversity import gradient_diversity
 from divebatch.models import build_model
 from divebatch.policies import divebatch_batch_size
 from divebatch.training import METRIC_COLUMNS, RunDirError, build_schedulers, train, train_one_epoch

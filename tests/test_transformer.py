@@ -2,7 +2,7 @@
 torch.func, AdamW with the square-root lr rule, and the config rules tying them together.
 
 Exactness of the per-sample norms is checked against a loop of single-sample backward passes
-(:func:`divebatch.diversity.per_sample_gradients`), and the estimator inside the trainer's epoch
+(``per_sample_gradients`` of tests/conftest.py), and the estimator inside the trainer's epoch
 loop against the definition of Delta with lr 0 (the iterate never moves).
 """
 
@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_DATA, needs_shared
+from conftest import SHARED_DATA, needs_shared, per_sample_gradients
 from torch import nn
 
 from divebatch.config import ConfigError, load_config
 from divebatch.data import DataError, build_data, make_loaders
-from divebatch.diversity import build_estimator, gradient_diversity, per_sample_gradients
+from divebatch.diversity import build_estimator, gradient_diversity
 from divebatch.optimizers import build_optimizer, lr_factor
 from divebatch.persample import FuncDiversity, per_sample_sq_norms
 from divebatch.policies import build_policy

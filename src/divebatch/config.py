@@ -7,7 +7,9 @@ is not a file names a composed cell (:func:`cell_parts`): the dataset's protocol
 ``configs/<dataset>/base.yaml``, the method ``configs/methods/<method>.yaml`` and the protocol's
 own values for that method (its ``methods.<method>`` entry), each written once. Unknown keys
 and invalid values fail here, before any data is read or any model is built, with a message
-naming the key, the value and what is allowed.
+naming the key, the value and what is allowed. The names of the choices that a registry implements
+(``model.name``, ``data.name``, ...) come from :mod:`divebatch.choices`, the torch-free list the
+registries are keyed by: this module imports no torch, and neither does validating a config.
 """
 
 from __future__ import annotations
@@ -20,22 +22,16 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-DATASETS = ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz", "imagefolder", "text")
-MODELS = ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear", "transformer_lm")
-METHODS = ("sgd", "adabatch", "divebatch")
+from divebatch.choices import CHOICES
+
+# Choices implemented by a registry (model.name, data.name, method.name, method.diversity_estimator,
+# optim.name, method.lr_scaling) take their names from divebatch.choices.CHOICES, which the registries
+# are keyed by. The choices below are branches of one function each and are named here.
 SCHEDULES = ("constant", "cosine", "multistep", "step")
 LOADERS = ("auto", "device", "torchvision")
 PROTOCOLS = ("authors_code", "clean")
 LR_RESCALE_RULES = ("linear", "schedule_squared")
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")
-ESTIMATORS = (
-    "exact",
-    "microbatch",
-    "fixed_point",
-    "exact_func",
-)  # divebatch.diversity.ESTIMATORS (a test keeps them equal)
-OPTIMIZERS = ("sgd", "adamw")
-LR_SCALINGS = ("linear", "sqrt")
 METRIC_COLUMNS = ("val_acc", "val_loss")  # metrics.csv columns a report may judge by
 METRIC_DIRECTIONS = ("higher", "lower")
 # models whose per-sample gradients BackPACK cannot compute (attention): exact_func or microbatch
@@ -209,19 +205,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     Raises:
         ConfigError: naming the key, the offending value and what is allowed.
     """
-    _check_choice(cfg, "data.name", DATASETS)
-    _check_choice(cfg, "model.name", MODELS)
-    _check_choice(cfg, "method.name", METHODS)
+    for key, names in CHOICES.items():  # the registry-implemented choices (divebatch.choices)
+        _check_choice(cfg, key, names)
     _check_choice(cfg, "optim.schedule", SCHEDULES)
     _check_choice(cfg, "data.loader", LOADERS)
-    _check_choice(cfg, "method.diversity_estimator", ESTIMATORS)
     _check_choice(cfg, "wandb.mode", WANDB_MODES)
     if cfg.protocol is not None:
         _check_choice(cfg, "protocol", PROTOCOLS)
     _check_choice(cfg, "fidelity.lr_rescale_rule", LR_RESCALE_RULES)
     _check_choice(cfg, "fidelity.micro_batch_loss", MICRO_BATCH_LOSSES)
-    _check_choice(cfg, "optim.name", OPTIMIZERS)
-    _check_choice(cfg, "method.lr_scaling", LR_SCALINGS)
     _check_choice(cfg, "primary_metric.column", METRIC_COLUMNS)
     _check_choice(cfg, "primary_metric.direction", METRIC_DIRECTIONS)
     _check_text_model(cfg)
@@ -303,7 +295,11 @@ def _check_text_model(cfg: DictConfig) -> None:
     """
     text_data, text_model = cfg.data.name == "text", cfg.model.name in NO_BACKPACK_MODELS
     if text_data != text_model:
-        allowed = "transformer_lm" if text_data else " | ".join(m for m in MODELS if m not in NO_BACKPACK_MODELS)
+        allowed = (
+            "transformer_lm"
+            if text_data
+            else " | ".join(m for m in CHOICES["model.name"] if m not in NO_BACKPACK_MODELS)
+        )
         raise _allowed("model.name", cfg.model.name, f"{allowed} for data.name={cfg.data.name}")
     if text_model and cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "exact":
         raise _allowed(

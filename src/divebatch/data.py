@@ -39,6 +39,7 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 
 from divebatch import augment
+from divebatch.choices import declared
 from divebatch.config import ConfigError
 from divebatch.fetch import TINY_IMAGENET_MD5, TINY_IMAGENET_URL
 
@@ -96,7 +97,7 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {}
 
 def register(name: str):
     def deco(fn):
-        DATASETS[name] = fn
+        DATASETS[declared("data.name", name)] = fn
         return fn
 
     return deco

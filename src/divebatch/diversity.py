@@ -49,41 +49,6 @@ def gradient_diversity(per_sample_grads: Tensor) -> Tensor:
     return num / den
 
 
-def noise_scale_form(per_sample_grads: Tensor) -> Tensor:
-    """``n * Delta`` computed as ``1 + tr(Sigma) / ||G||^2`` (docs/protocol.md identity; McCandlish et al., 2018).
-
-    Args:
-        per_sample_grads: (n, p) tensor.
-    Returns:
-        0-d tensor, equal to ``n * gradient_diversity(per_sample_grads)`` up to rounding.
-    """
-    mean = per_sample_grads.mean(0)
-    trace_cov = (per_sample_grads - mean).pow(2).sum(1).mean()  # population covariance (1/n)
-    return 1 + trace_cov / mean.pow(2).sum()
-
-
-def per_sample_gradients(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
-    """Brute-force per-sample gradients by a loop of single-sample backward passes (reference).
-
-    The model is used in whatever mode it is in; BatchNorm in train mode on a single sample is
-    ill-defined, so call this with BatchNorm in eval mode.
-
-    Args:
-        model: the network; its parameters with ``requires_grad`` form the gradient vector.
-        loss_fn: per-batch loss with ``reduction='sum'`` or ``'mean'`` (identical on one sample).
-        x: (n, ...) inputs; y: (n,) targets.
-    Returns:
-        (n, p) tensor of flattened per-sample gradients, parameters in ``model.parameters()`` order.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    rows = []
-    for i in range(x.shape[0]):
-        loss = loss_fn(model(x[i : i + 1]), y[i : i + 1])
-        grads = torch.autograd.grad(loss, params)
-        rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    return torch.stack(rows)
-
-
 @runtime_checkable
 class DiversityEstimator(Protocol):
     """What the trainer and :class:`divebatch.controller.BatchSizeController` rely on, every
@@ -249,8 +214,8 @@ def backpack_hooks(model: nn.Module) -> Iterator[nn.Module]:
     modules that own parameters, for the duration of the block only.
 
     Why not ``backpack.extend`` for the whole run: its hooks stay on every module (containers
-    included) and make every later step slower, measured 1.1x (linear) to 1.3x (narrow ResNet)
-    on a 2-core CPU (docs/performance.md), and ``backpack.disable()`` removes only part of it.
+    included) and make every later step slower, and ``backpack.disable()`` removes only part of
+    it (measured cost: docs/performance.md, "The exact estimator, made cheap", item 1).
     First-order extensions such as ``BatchL2Grad`` read only ``module.input0`` and the output
     gradient of the module that owns the parameter, so those modules are all that need hooks.
     Modules already extended with :func:`extend_model` are left as they are.
@@ -308,10 +273,11 @@ def _conv2d_batch_l2_class():
           ordinary weight gradient and no im2col; n m k extra floats;
         * Gram route otherwise (late layers: few positions): n s^2 extra floats.
 
-        Why kept over the library (docs/performance.md, benchmark (a)): a measured step with
-        stock BackPACK + opt_einsum costs 1.5 to 2x this route's on the ResNets (2-core CPU),
-        above the project's 1.3x bar for home-made code. Same values: tested against per-sample
-        loops and against stock ``BatchL2Grad``.
+        Why kept over the library: a measured step with stock BackPACK + opt_einsum is slower
+        than with this route on the ResNets by more than the project's bar for home-made code
+        (the measured ratios: docs/performance.md, "The exact estimator, made cheap", item 2,
+        benchmark (a)). Same values: tested against per-sample loops and against stock
+        ``BatchL2Grad``.
 
         Padding modes other than zeros and string paddings ('same') are applied to the input
         first, as ``nn.Conv2d`` does (BackPACK's own route assumes zero padding).
@@ -351,9 +317,9 @@ def batch_l2_extension():
     """BackPACK's ``BatchL2Grad`` with Conv2d weights by the cheaper route (``CheapestBatchL2Conv2d``,
     installed with BackPACK's documented ``set_module_extension``); every other layer is BackPACK's.
 
-    The same values as stock ``BatchL2Grad()``, whose measured step costs 1.5 to 2x as much on
-    the ResNets even with opt_einsum ordering its einsum (2-core CPU, docs/performance.md
-    benchmark (a), which prints both side by side).
+    The same values as stock ``BatchL2Grad()``, whose measured step costs more on the ResNets
+    even with opt_einsum ordering its einsum (the ratios: docs/performance.md, "The exact
+    estimator, made cheap", item 2; benchmark (a) prints both side by side).
 
     Returns:
         a ``backpack.extensions.BatchL2Grad`` instance (cached: the same object every call).

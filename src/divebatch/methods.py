@@ -48,7 +48,6 @@ VARIANTS: tuple[Variant, ...] = (
     ),
 )
 BY_KEY = {v.key: v for v in VARIANTS}
-BY_DISPLAY_NAME = {v.display_name: v for v in VARIANTS}
 DISPLAY_ORDER = [v.display_name for v in VARIANTS]
 # the six methods of the paper's comparison (SGD with momentum): the synthetic check runs these
 PAPER_METHODS = [v for v in VARIANTS if v.optimizer == "sgd"]

@@ -14,12 +14,14 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from divebatch.choices import declared
+
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
     def deco(fn):
-        MODELS[name] = fn
+        MODELS[declared("model.name", name)] = fn
         return fn
 
     return deco

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from divebatch.choices import declared
 from divebatch.diversity import _BN_TYPES, ESTIMATORS, EpochDiversityEstimator, _grads
 
 
@@ -138,4 +139,4 @@ class FuncDiversity(EpochDiversityEstimator):
         self._step_sq = None
 
 
-ESTIMATORS["exact_func"] = FuncDiversity
+ESTIMATORS[declared("method.diversity_estimator", "exact_func")] = FuncDiversity

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from divebatch.choices import declared
 from divebatch.optimizers import lr_factor
 
 POLICIES: dict[str, type["BatchSizePolicy"]] = {}
@@ -24,7 +25,7 @@ POLICIES: dict[str, type["BatchSizePolicy"]] = {}
 
 def register(name: str) -> Callable[[type], type]:
     def deco(cls: type) -> type:
-        POLICIES[name] = cls
+        POLICIES[declared("method.name", name)] = cls
         cls.name = name
         return cls
 

@@ -42,14 +42,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from divebatch.analysis.collect import SGD_SMALL, RunWarning, dataset_family
+from divebatch.analysis.collect import ADABATCH, ADAMW_SMALL, DIVEBATCH_VARIANTS, SGD_SMALL, RunWarning, dataset_family
 from divebatch.analysis.stats import AUTHORS_UNITS, UNIT_LABELS, WITHIN_PP
-from divebatch.analysis.tables import ADAMW_SMALL, BASELINE_SLUG
+from divebatch.analysis.tables import BASELINE_SLUG
+from divebatch.methods import BY_KEY
 
 HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured at this scale"
-DIVEBATCH = ("DiveBatch", "DiveBatch + lr rescale")
-ADAMW_DIVEBATCH = ("AdamW DiveBatch", "AdamW DiveBatch + lr rescale", "AdamW DiveBatch + sqrt lr rescale")
-ADABATCH = "AdaBatch"
+DIVEBATCH = DIVEBATCH_VARIANTS
+# the AdamW DiveBatch variants (divebatch.methods), and the name that collect's guess gives an AdamW
+# DiveBatch run with the linear lr rule written before display_name was recorded
+ADAMW_DIVEBATCH = (
+    BY_KEY["adamw_divebatch"].display_name,
+    "AdamW DiveBatch + lr rescale",
+    BY_KEY["adamw_divebatch_rescale"].display_name,
+)
 TRANSFORMER_MODELS = ("transformer_lm",)  # claim 5: DiveBatch beyond ResNets
 CLAIM1_FAMILIES = ("synthetic", "cifar10", "cifar100", "tiny_imagenet")  # the datasets claim 1 names
 SLIGHT_LOSS_PP = 2.0  # claim 1: "slight loss of final accuracy" = at most this many points below SGD

@@ -111,6 +111,9 @@ FAMILIES = ("cifar100", "cifar10", "tiny_imagenet", "synthetic", "digits")
 # key existed are named from (method.name, lr_rescale); SGD is split into small/large batch later.
 DISPLAY_NAMES = {(v.policy, v.lr_rescale): v.display_name for v in PAPER_METHODS if v.policy != "sgd"}
 SGD_SMALL, SGD_LARGE = BY_KEY["sgd_small"].display_name, BY_KEY["sgd_large"].display_name
+ADABATCH, ADABATCH_RESCALE = BY_KEY["adabatch"].display_name, BY_KEY["adabatch_rescale"].display_name
+ADAMW_SMALL = BY_KEY["adamw_small"].display_name
+DIVEBATCH_VARIANTS = (BY_KEY["divebatch"].display_name, BY_KEY["divebatch_rescale"].display_name)  # SGD only
 OPTIMIZER_NAMES = {"adamw": "AdamW"}  # optim.name -> prefix of the display name (SGD runs have none)
 GROUP = ["dataset", "method", "setting"]
 # columns of RunSet.runs that describe the run's status, not copied into RunSet.epochs

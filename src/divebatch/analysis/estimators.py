@@ -27,12 +27,13 @@ import numpy as np
 import pandas as pd
 
 from divebatch import rundir
-from divebatch.analysis.collect import SGD_SMALL, dataset_name
+from divebatch.analysis.collect import ADABATCH, ADABATCH_RESCALE, DIVEBATCH_VARIANTS, SGD_SMALL, dataset_name
 from divebatch.analysis.style import METHOD_PALETTE
+from divebatch.choices import CHOICES
 
 AUTHORS_ESTIMATOR = "exact"  # method.diversity_estimator of the paper (the default everywhere it is replicated)
-ESTIMATORS = ("exact", "microbatch", "fixed_point")  # divebatch.diversity.ESTIMATORS, in display order
-DIVEBATCH = ("DiveBatch", "DiveBatch + lr rescale")
+ESTIMATORS = CHOICES["method.diversity_estimator"]  # display order: the registry's names (divebatch.choices)
+DIVEBATCH = DIVEBATCH_VARIANTS
 SHADOW_ESTIMATES = {"exact": "n_delta_exact", "microbatch": "n_delta_microbatch", "fixed_point": "n_delta_fixed_point"}
 RECOVERED_SHARE = 0.5  # the claim row: the fixed-point estimator recovers at least this share of the loss
 ESTIMATOR_RULE = (
@@ -163,7 +164,7 @@ def estimator_table(main: pd.DataFrame, speedups: pd.DataFrame, epochs: pd.DataF
         "acc_change_vs_sgd_small_pp_high",
         "final_batch_size_mean",
     ]
-    keep = main["method"].isin((*DIVEBATCH, SGD_SMALL, "AdaBatch", "AdaBatch + lr rescale"))
+    keep = main["method"].isin((*DIVEBATCH, SGD_SMALL, ADABATCH, ADABATCH_RESCALE))
     t = main.loc[keep, [c for c in cols if c in main]].copy()
     t.insert(2, "estimator", [estimator_of(s) if m in DIVEBATCH else "-" for m, s in zip(t["method"], t["setting"])])
     sp = (

@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from divebatch.analysis.collect import ALL_HPARAMS, GROUP, SGD_SMALL, protocol_name
+from divebatch.analysis.collect import (
+    ADABATCH,
+    ADABATCH_RESCALE,
+    ADAMW_SMALL,
+    ALL_HPARAMS,
+    GROUP,
+    SGD_SMALL,
+    protocol_name,
+)
 from divebatch.analysis.stats import (
     AUTHORS_UNITS,
     UNIT_LABELS,
@@ -36,9 +44,8 @@ from divebatch.analysis.style import METHOD_ORDER
 # variant (claim 2 of docs/protocol.md compares against AdaBatch); with only the rescaled one, that one is used.
 # "AdamW (small batch)" is the baseline of the AdamW runs (transformer profile); roles absent from
 # the runs add no column.
-ADAMW_SMALL = "AdamW (small batch)"
-BASELINES = {SGD_SMALL: (SGD_SMALL,), "AdaBatch": ("AdaBatch", "AdaBatch + lr rescale"), ADAMW_SMALL: (ADAMW_SMALL,)}
-BASELINE_SLUG = {SGD_SMALL: "sgd_small", "AdaBatch": "adabatch", ADAMW_SMALL: "adamw_small"}
+BASELINES = {SGD_SMALL: (SGD_SMALL,), ADABATCH: (ADABATCH, ADABATCH_RESCALE), ADAMW_SMALL: (ADAMW_SMALL,)}
+BASELINE_SLUG = {SGD_SMALL: "sgd_small", ADABATCH: "adabatch", ADAMW_SMALL: "adamw_small"}
 TARGETS = {"own": f"own final - {WITHIN_PP:g} pp", "common": f"common (lowest final - {WITHIN_PP:g} pp)"}
 SENSITIVITY_HPARAMS = ("delta", "resize_freq", "max_batch_size")
 
@@ -124,7 +131,7 @@ def present_roles(bases: dict) -> list[str]:
     """The roles of :data:`BASELINES` that some dataset has; SGD small and AdaBatch always (the
     paper's baselines keep their columns, NaN when absent)."""
     have = {role for _, role in bases}
-    return [r for r in BASELINES if r in have or r in (SGD_SMALL, "AdaBatch")]
+    return [r for r in BASELINES if r in have or r in (SGD_SMALL, ADABATCH)]
 
 
 def target_rule(target: str, metric: str = "val_acc", higher: bool = True, within: float = WITHIN_PP) -> str:
@@ -406,7 +413,7 @@ def format_main(table: pd.DataFrame) -> pd.DataFrame:
     other = "metric" in table and (table["metric"].fillna("val_acc") != "val_acc").any()
     metric_name = table["metric"].dropna().iloc[0] if other else "val_acc"  # rows whose every seed diverged
     roles = [role for role in BASELINES if f"acc_change_vs_{BASELINE_SLUG[role]}_pp" in table]
-    short = {SGD_SMALL: "SGD small", "AdaBatch": "AdaBatch", ADAMW_SMALL: "AdamW small"}
+    short = {SGD_SMALL: "SGD small", ADABATCH: "AdaBatch", ADAMW_SMALL: "AdamW small"}  # column headers
     for _, r in table.iterrows():
         n = int(r["n_seeds"])
         ttt = " / ".join(_num(r[f"authors_{u}"], AUTHORS_DIGITS[u]) for u in AUTHORS_UNITS)

@@ -21,6 +21,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from divebatch.analysis.style import METHOD_ORDER, METHOD_PALETTE, apply_style, save_figure
 from divebatch.analysis.tables import write_table
+from divebatch.methods import BY_KEY
+
+SGD_SMALL = BY_KEY["sgd_small"].display_name
+ADABATCH, ADABATCH_RESCALE = BY_KEY["adabatch"].display_name, BY_KEY["adabatch_rescale"].display_name
 
 VERDICT_FILE = "synthetic_verdict.json"
 KIND_COLORS = {"noise": "tab:blue", "duplicate": "tab:green", "stress": "tab:red"}
@@ -339,10 +343,10 @@ def methods_tables(res: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str
             out.append(by.loc[b, col] / by.loc[m, col] if b in by.index else np.nan)
         return out
 
-    agg["speedup_steps_vs_sgd_small"] = speedup("steps_to_target_mean", "SGD (small batch)")
-    agg["speedup_steps_vs_adabatch"] = speedup("steps_to_target_mean", "AdaBatch", "AdaBatch + lr rescale")
-    agg["speedup_wall_vs_sgd_small"] = speedup("wall_to_target_mean", "SGD (small batch)")
-    agg["speedup_wall_vs_adabatch"] = speedup("wall_to_target_mean", "AdaBatch", "AdaBatch + lr rescale")
+    agg["speedup_steps_vs_sgd_small"] = speedup("steps_to_target_mean", SGD_SMALL)
+    agg["speedup_steps_vs_adabatch"] = speedup("steps_to_target_mean", ADABATCH, ADABATCH_RESCALE)
+    agg["speedup_wall_vs_sgd_small"] = speedup("wall_to_target_mean", SGD_SMALL)
+    agg["speedup_wall_vs_adabatch"] = speedup("wall_to_target_mean", ADABATCH, ADABATCH_RESCALE)
     wall_cols = [c for c in agg.columns if "wall" in c]
     det = agg.drop(columns=wall_cols)
     display = pd.DataFrame(
@@ -423,7 +427,7 @@ def plot_methods(res: dict) -> plt.Figure:
         axes[0, 1].plot(g["optimizer_steps"], g["suboptimality"], ls, color=color, label=name)
         axes[1, 0].plot(g["epoch"] + 1, g["batch_size"], ls, color=color, label=name, drawstyle="steps-post")
         axes[1, 1].plot(g["epoch"] + 1, g["n_delta_hat"], ls, color=color, label=f"{name}: estimator")
-    g = med[med["method"] == "SGD (small batch)"] if "SGD (small batch)" in set(med["method"]) else med.iloc[:0]
+    g = med[med["method"] == SGD_SMALL]
     if len(g):
         axes[1, 1].plot(
             g["epoch"] + 1, g["n_delta_exact_end"], "k:", lw=1.2, label="exact n·Δ at epoch end (SGD small)"
