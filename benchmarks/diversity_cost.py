@@ -38,7 +38,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from divebatch.diversity import ExactDiversity, batchnorm_eval, extend_model  # noqa: E402
+from divebatch.method.diversity import ExactDiversity, batchnorm_eval, extend_model  # noqa: E402
 from divebatch.models import build_model  # noqa: E402
 from divebatch.training import micro_batch_plan  # noqa: E402
 

@@ -43,7 +43,7 @@ ESTIMATORS = {"exact": {}, "microbatch_k2": {"micro_batches": 2}, "microbatch_k4
 
 
 def _estimator(label: str):
-    from divebatch.diversity import ESTIMATORS as REGISTRY
+    from divebatch.method.diversity import ESTIMATORS as REGISTRY
 
     return REGISTRY[label.split("_")[0]](**ESTIMATORS[label])
 

@@ -35,7 +35,7 @@ import common  # noqa: E402
 
 from divebatch.config import load_config  # noqa: E402
 from divebatch.data import cache_dir  # noqa: E402
-from divebatch.policies import divebatch_batch_size  # noqa: E402
+from divebatch.method.policies import divebatch_batch_size  # noqa: E402
 from divebatch.training import train  # noqa: E402
 
 ESTIMATOR_COLUMNS = {
@@ -67,7 +67,7 @@ def unpacked(archive: Path) -> Path:
 
 def decisions(shadow: pd.DataFrame, delta: float, m0: int, cap: int) -> pd.DataFrame:
     """Per row, each estimator's n*Delta, its ratio to Delta(w) over all n, and the batch size
-    DiveBatch's rule (:func:`divebatch.policies.divebatch_batch_size`) would pick from m0."""
+    DiveBatch's rule (:func:`divebatch.method.policies.divebatch_batch_size`) would pick from m0."""
     rows = []
     for _, r in shadow.iterrows():
         n = int(r.n_train)

@@ -16,7 +16,6 @@ import pytest
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from divebatch import replicate as rep
 from divebatch.config import (
     ConfigError,
     ConfigFileNotFoundError,
@@ -27,6 +26,7 @@ from divebatch.config import (
     method_names,
 )
 from divebatch.methods import BY_KEY, DISPLAY_ORDER, VARIANTS
+from divebatch.orchestration import replicate as rep
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROFILE_CONFIGS = json.loads((FIXTURES / "profile_configs.json").read_text())

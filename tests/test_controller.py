@@ -14,7 +14,7 @@ from torch import nn
 
 import divebatch
 from divebatch import BatchSizeController
-from divebatch.diversity import (
+from divebatch.method.diversity import (
     ESTIMATORS,
     DiversityEstimator,
     build_estimator,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from conftest import noise_scale_form, per_sample_gradients
 from torch import nn
 
-from divebatch.diversity import (
+from divebatch.method.diversity import (
     EpochDiversityEstimator,
     ExactDiversity,
     batchnorm_eval,

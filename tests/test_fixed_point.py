@@ -20,7 +20,7 @@ from torch import nn
 
 from divebatch.config import ConfigError
 from divebatch.data import build_data, fixed_subset_indices, reference_batches
-from divebatch.diversity import (
+from divebatch.method.diversity import (
     ESTIMATORS,
     FixedPointDiversity,
     build_estimator,

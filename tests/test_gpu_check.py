@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from divebatch import gpu_check as gc
-from divebatch import gpu_hours as gh
+from divebatch.orchestration import gpu_check as gc
+from divebatch.orchestration import gpu_hours as gh
 
 
 def not_measured_block() -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from divebatch import launch
+from divebatch.orchestration import launch
 
 SHOW = "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']), os.environ['OMP_NUM_THREADS'])"
 

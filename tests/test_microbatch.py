@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from conftest import per_sample_gradients
 from torch import nn
 
-from divebatch.diversity import (
+from divebatch.method.diversity import (
     ESTIMATORS,
     ExactDiversity,
     MicroBatchDiversity,
@@ -265,7 +265,7 @@ def test_exact_conv_routes_equal_a_per_sample_loop(conv):
     padding BackPACK's own route would get wrong (reflect) or cannot take ('same', asymmetric here)."""
     from backpack import backpack
 
-    from divebatch.diversity import backpack_hooks, batch_l2_extension
+    from divebatch.method.diversity import backpack_hooks, batch_l2_extension
 
     torch.manual_seed(0)
     size = 4 if conv.get("stride") == 2 else 6
@@ -291,7 +291,7 @@ def test_exact_estimator_equals_stock_backpack_batch_l2(opt_einsum, monkeypatch)
     against stock. Benchmark (a) compares their speed (docs/performance.md)."""
     from backpack.extensions import BatchL2Grad
 
-    from divebatch.diversity import _conv2d_batch_l2_class
+    from divebatch.method.diversity import _conv2d_batch_l2_class
     from divebatch.models import build_model
 
     route = _conv2d_batch_l2_class()

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from divebatch.config import MethodConfig
-from divebatch.policies import (
+from divebatch.method.policies import (
     POLICIES,
     AdaBatch,
     DiveBatch,

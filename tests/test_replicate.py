@@ -14,8 +14,8 @@ import yaml
 from conftest import REPO, TINY
 from omegaconf import OmegaConf
 
-from divebatch import replicate as rep
 from divebatch.config import load_config
+from divebatch.orchestration import replicate as rep
 
 METHODS = {("sgd", False), ("adabatch", False), ("adabatch", True), ("divebatch", False), ("divebatch", True)}
 

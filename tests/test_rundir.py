@@ -47,8 +47,8 @@ def test_import_needs_no_torch_pandas_or_omegaconf():
         import divebatch.rundir
         heavy = sorted(m for m in ("torch", "pandas", "omegaconf", "numpy") if sys.modules.get(m) is not None)
         assert not heavy, f"divebatch.rundir imported {heavy}"
-        import divebatch.replicate, divebatch.sweeps, divebatch.gpu_check, divebatch.analysis.collect
-        sw = divebatch.sweeps
+        import divebatch.orchestration.replicate, divebatch.orchestration.sweeps, divebatch.orchestration.gpu_check, divebatch.analysis.collect
+        sw = divebatch.orchestration.sweeps
         assert "val_acc" in sw.METRIC_COLUMNS and "best_val_acc" in sw.SUMMARY_KEYS
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -56,8 +56,9 @@ def test_import_needs_no_torch_pandas_or_omegaconf():
 
 
 def test_metric_columns_defined_once():
-    from divebatch import sweeps, training
+    from divebatch import training
     from divebatch.analysis import collect
+    from divebatch.orchestration import sweeps
 
     assert training.METRIC_COLUMNS is collect.METRIC_COLUMNS is sweeps.METRIC_COLUMNS is METRIC_COLUMNS
     assert training.RunDir is RunDir and training.RunDirError is RunDirError

@@ -11,11 +11,13 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from divebatch import launch
-from divebatch import sweeps as sw
 from divebatch.config import config_exists, config_keys, load_yaml
+from divebatch.orchestration import launch
+from divebatch.orchestration import sweeps as sw
 
-wandb_sweeps = sw.sweeps  # wandb's `sweeps` package, imported by divebatch.sweeps without its pydantic warning
+wandb_sweeps = (
+    sw.sweeps
+)  # wandb's `sweeps` package, imported by divebatch.orchestration.sweeps without its pydantic warning
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
@@ -50,8 +52,8 @@ def test_shipped_sweep_validates(path):
 def test_seed_sweep_of_every_profile_cell_trains_the_profiles_runs(profile, tmp_path, monkeypatch):
     """`divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD`: a valid wandb grid over the profile's seeds
     whose agent runs resolve to the configs `divebatch replicate PROFILE` trains (up to where they run)."""
-    from divebatch import replicate as rep
     from divebatch.config import config_diffs, load_config
+    from divebatch.orchestration import replicate as rep
 
     spec = rep.load_profile(profile)
     runs = rep.expand(spec, Path("runs") / profile)
@@ -238,7 +240,7 @@ def test_random_and_bayes_need_a_count(tmp_path):
 
 
 def test_sweep_experiment_expands_to_its_points_and_refuses_a_seed_parameter(tmp_path):
-    from divebatch import replicate as rep
+    from divebatch.orchestration import replicate as rep
 
     grid = {"method.delta": {"values": [0.05, 0.5]}, "method.resize_freq": {"values": [1, 2]}}
     path = _sweep_yaml(tmp_path, grid)
@@ -269,7 +271,7 @@ def test_sweep_experiment_expands_to_its_points_and_refuses_a_seed_parameter(tmp
 def test_local_grid_sweep_trains_resumes_and_feeds_sensitivity_table(tmp_path, monkeypatch, capsys):
     """Real trainings (subprocesses): a profile experiment of a 2-point grid plus its SGD reference
     (written in the profile), then the report; the --local shortcut finds it all finished."""
-    from divebatch import replicate as rep
+    from divebatch.orchestration import replicate as rep
 
     grid = {"method.delta": {"values": [0.02, 0.5]}, "method.resize_freq": {"value": 1}}
     path = _sweep_yaml(tmp_path, {**grid, "method.max_batch_size": {"value": 512}})

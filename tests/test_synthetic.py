@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import REPO, noise_scale_form
 
-from divebatch.diversity import EpochDiversityEstimator, gradient_diversity
-from divebatch.policies import divebatch_batch_size
+from divebatch.method.diversity import EpochDiversityEstimator, gradient_diversity
+from divebatch.method.policies import divebatch_batch_size
 from divebatch.synthetic import problem as P
 from divebatch.synthetic.config import load
 from divebatch.synthetic.data import DataSpec, generate

@@ -21,9 +21,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from divebatch.config import load_config
-from divebatch.diversity import gradient_diversity
+from divebatch.method.diversity import gradient_diversity
+from divebatch.method.policies import divebatch_batch_size
 from divebatch.models import build_model
-from divebatch.policies import divebatch_batch_size
 from divebatch.training import METRIC_COLUMNS, RunDirError, build_schedulers, train, train_one_epoch
 
 TIME_COLUMNS = ["epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]

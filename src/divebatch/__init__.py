@@ -13,11 +13,11 @@ __version__ = "0.1.0"
 __all__ = ["BatchSizeController", "Decision", "DiversityEstimator", "build_estimator", "gradient_diversity"]
 
 _PUBLIC = {
-    "BatchSizeController": "divebatch.controller",
-    "Decision": "divebatch.controller",
-    "DiversityEstimator": "divebatch.diversity",
-    "build_estimator": "divebatch.diversity",
-    "gradient_diversity": "divebatch.diversity",
+    "BatchSizeController": "divebatch.method.controller",
+    "Decision": "divebatch.method.controller",
+    "DiversityEstimator": "divebatch.method.diversity",
+    "build_estimator": "divebatch.method.diversity",
+    "gradient_diversity": "divebatch.method.diversity",
 }
 
 

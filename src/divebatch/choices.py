@@ -31,8 +31,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 REGISTRIES: dict[str, str] = {
     "data.name": "divebatch.data:DATASETS",
     "model.name": "divebatch.models:MODELS",
-    "method.name": "divebatch.policies:POLICIES",
-    "method.diversity_estimator": "divebatch.diversity:ESTIMATORS",
+    "method.name": "divebatch.method.policies:POLICIES",
+    "method.diversity_estimator": "divebatch.method.diversity:ESTIMATORS",
     "optim.name": "divebatch.optimizers:OPTIMIZERS",
     "method.lr_scaling": "divebatch.optimizers:LR_SCALINGS",
 }

@@ -14,14 +14,17 @@ COMMANDS = {
     "train": ("divebatch.training:cli", "train one run from a YAML config and KEY=VALUE overrides"),
     "report": ("divebatch.analysis:cli", "tables, figures and claims from run directories"),
     "synthetic": ("divebatch.synthetic:cli", "synthetic logistic-regression check of the theory"),
-    "sweep": ("divebatch.sweeps:cli", "run a wandb sweep YAML locally (offline) or validate it"),
-    "replicate": ("divebatch.replicate:cli", "train every run of a profile, then report"),
+    "sweep": ("divebatch.orchestration.sweeps:cli", "run a wandb sweep YAML locally (offline) or validate it"),
+    "replicate": ("divebatch.orchestration.replicate:cli", "train every run of a profile, then report"),
     "fetch-data": ("divebatch.fetch:fetch_cli", "download a dataset (needs network)"),
     "gpu-check": (
-        "divebatch.gpu_check:cli",
+        "divebatch.orchestration.gpu_check:cli",
         "GPU acceptance check: gpu tests, epoch times, K runs per GPU, benchmarks",
     ),
-    "gpu-hours": ("divebatch.gpu_hours:cli", "GPU-hours of the paper profile from a gpu-check results file"),
+    "gpu-hours": (
+        "divebatch.orchestration.gpu_hours:cli",
+        "GPU-hours of the paper profile from a gpu-check results file",
+    ),
 }
 
 

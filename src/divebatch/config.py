@@ -134,7 +134,7 @@ class PrimaryMetricConfig:
 @dataclass
 class ShadowConfig:
     """Shadow measurement of every diversity estimator at the resize points of an sgd/adabatch run
-    (:mod:`divebatch.shadow`; docs/diversity.md, "Estimator study")."""
+    (:mod:`divebatch.method.shadow`; docs/diversity.md, "Estimator study")."""
 
     enabled: bool = False
     chunk: int = 128  # samples per chunk of the whole-set pass (the unit of the subset draws)

@@ -28,7 +28,7 @@ Semantics (chosen so that K ranks compute what one process computes on the same 
 * Each rank scales its loss so that its backward yields ``(K/B) * sum_{i in shard} g_i``; DDP
   averages over the K ranks, so every rank's ``p.grad`` is the global mean gradient
   ``(1/B) sum_i g_i`` even when shards differ in size (:func:`divebatch.data.batch_shares`).
-* Gradient diversity (:class:`divebatch.diversity.EpochDiversityEstimator`, sum units): each rank
+* Gradient diversity (:class:`divebatch.method.diversity.EpochDiversityEstimator`, sum units): each rank
   accumulates its share (its own samples' squared norms; ``B/K`` times the global mean gradient),
   and :meth:`DistContext.diversity` sums the shares over ranks once per epoch, so S and A are the
   sums over all samples of the epoch. Rank 0's value is broadcast so every rank takes the same

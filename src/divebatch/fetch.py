@@ -2,7 +2,7 @@
 archives and their download (``divebatch fetch-data``), and what to do when data is missing.
 
 :func:`ensure_data` is the first step of ``divebatch replicate``: it checks every data entry of a
-profile (:class:`DataSource`, resolved by :func:`divebatch.replicate.resolve_data`), downloads
+profile (:class:`DataSource`, resolved by :func:`divebatch.orchestration.replicate.resolve_data`), downloads
 what it may when the network answers a quick check, and otherwise returns instructions naming
 the files and where to put them, so that nothing trains with data missing. Loading the data is
 :mod:`divebatch.data`'s job.

@@ -1,7 +1,7 @@
 """Optimizer registry (``optim.name``): SGD with momentum (the paper's) and AdamW.
 
 Learning-rate rescaling at a batch-size change multiplies every param group's lr by a factor
-(:func:`divebatch.policies.rescale_lr`); the factor follows ``method.lr_scaling``:
+(:func:`divebatch.method.policies.rescale_lr`); the factor follows ``method.lr_scaling``:
 
 * ``linear``: lr proportional to the batch size (Goyal et al., 2017, "Accurate, Large Minibatch
   SGD"; the authors' rule) — the rule for SGD;

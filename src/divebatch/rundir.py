@@ -8,7 +8,7 @@
 * ``summary.json``: written when the run ends (``finished``, ``diverged``, :data:`SUMMARY_KEYS`);
 * ``checkpoint.pt``: the state to resume from (:data:`CHECKPOINT`);
 * ``train.log``: the run's stdout/stderr under ``divebatch replicate`` (:data:`LOG`);
-* ``shadow.csv`` / ``shadow_subsets.csv``: shadow-measurement runs only (:mod:`divebatch.shadow`).
+* ``shadow.csv`` / ``shadow_subsets.csv``: shadow-measurement runs only (:mod:`divebatch.method.shadow`).
 
 Every file is written whole through a temporary file and a rename (:func:`atomic_write`), so a
 reader (the orchestrator polling progress, a report during a replication) never sees half a file.

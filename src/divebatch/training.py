@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from divebatch import distributed, provenance
 from divebatch.config import NO_BACKPACK_MODELS, ConfigError, load_config, to_yaml
-from divebatch.controller import BatchSizeController, accumulate_step, micro_batch_plan, micro_batch_weight  # noqa: F401
 from divebatch.data import (
     DataError,
     batch_shares,
@@ -43,6 +42,7 @@ from divebatch.data import (
     reference_batches,
     resolve_loader,
 )
+from divebatch.method.controller import BatchSizeController, accumulate_step, micro_batch_plan, micro_batch_weight  # noqa: F401
 from divebatch.models import build_model
 from divebatch.optimizers import build_optimizer
 
@@ -56,7 +56,7 @@ class TrainingOutOfMemory(RuntimeError):
     the micro-batch size and the setting to lower (``method.max_micro_batch``)."""
 
 
-# the most runs that share this process's GPU (set by divebatch.launch.Pool), for the message above
+# the most runs that share this process's GPU (set by divebatch.orchestration.launch.Pool), for the message above
 RUNS_PER_GPU_ENV = "DIVEBATCH_RUNS_PER_GPU"
 
 
@@ -71,7 +71,7 @@ class WandbLogger:
         import wandb
 
         # Under `wandb agent` the sweep's run already exists and wandb.init joins it through
-        # WANDB_SWEEP_ID / WANDB_RUN_ID: pass no id, project or entity of ours (divebatch.sweeps).
+        # WANDB_SWEEP_ID / WANDB_RUN_ID: pass no id, project or entity of ours (divebatch.orchestration.sweeps).
         where = (
             {}
             if os.environ.get("WANDB_SWEEP_ID")
@@ -161,9 +161,9 @@ def train_one_epoch(
     micro_batch_loss: str = "per_sample",
 ) -> dict:
     """One pass over the training data, each step's gradients by
-    :func:`divebatch.controller.accumulate_step` (batches above ``split_above``, default
+    :func:`divebatch.method.controller.accumulate_step` (batches above ``split_above``, default
     ``max_micro_batch``, split into chunks of ``max_micro_batch``, each chunk's loss weighted by
-    :func:`~divebatch.controller.micro_batch_weight`). Statistics stay on the device until the end.
+    :func:`~divebatch.method.controller.micro_batch_weight`). Statistics stay on the device until the end.
     With an ``estimator`` (a measured epoch) the loop runs inside ``estimator.measuring(model)``
     and the estimator may choose the micro-batch sizes (its own plans always use ``per_sample``
     weights).
@@ -300,15 +300,15 @@ def train(cfg: DictConfig) -> dict:
         depth=cfg.model.depth,
         heads=cfg.model.heads,
     )
-    # the method itself (batch size, diversity, resize, lr rescaling): the library API of divebatch.controller
+    # the method itself (batch size, diversity, resize, lr rescaling): the library API of divebatch.method.controller
     ctl = BatchSizeController.from_config(cfg, bundle.n_train, backpack=cfg.model.name not in NO_BACKPACK_MODELS)
     model = ctl.prepare(model)
     if cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "fixed_point":
         subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)  # no augmentation
         ctl.attach_reference(reference_batches(bundle, subset, cfg.method.max_micro_batch, device))
     shadow = None
-    if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.shadow)
-        from divebatch.shadow import ShadowRecorder
+    if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.method.shadow)
+        from divebatch.method.shadow import ShadowRecorder
 
         shadow = ShadowRecorder(
             cfg.shadow,

@@ -4,7 +4,7 @@ GPT-style (Radford et al., 2019): token and learned position embeddings, ``depth
 blocks (causal multi-head self-attention through torch's ``F.scaled_dot_product_attention``, then
 a 4x MLP with GELU, each in a residual branch), a final LayerNorm and a linear head. No dropout
 and no BatchNorm, so a sample's gradient depends on that sample alone and the per-sample
-gradients of :mod:`divebatch.persample` are those of the update; no in-place operations.
+gradients of :mod:`divebatch.method.persample` are those of the update; no in-place operations.
 
 Input (B, T) int64 token ids with T <= the context length; output (B, V, T) float logits: the
 class axis second, as ``nn.CrossEntropyLoss`` expects with a (B, T) target, so the trainer's

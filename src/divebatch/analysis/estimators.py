@@ -4,7 +4,7 @@
 Inputs: the DiveBatch runs of a profile with ``method.diversity_estimator`` = ``exact`` (the authors'
 epoch estimator, the default), ``microbatch`` or ``fixed_point`` (Delta(w) at the epoch's final
 weights), which the main table keeps apart as settings; and the shadow runs (``shadow.enabled``,
-:mod:`divebatch.shadow`), whose ``shadow.csv`` / ``shadow_subsets.csv`` hold every estimator and
+:mod:`divebatch.method.shadow`), whose ``shadow.csv`` / ``shadow_subsets.csv`` hold every estimator and
 Delta(w) at the same weights at each resize point. Outputs (written by :func:`write`):
 
 * ``estimators`` table: per dataset, DiveBatch variant and estimator: final accuracy, its change

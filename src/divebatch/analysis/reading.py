@@ -83,7 +83,7 @@ def noise_scale_summary(div: pd.DataFrame) -> pd.DataFrame:
 
 def rule_agreement(div: pd.DataFrame) -> pd.DataFrame:
     """Per dataset and method: measured epochs, and how many of them were followed by the batch size
-    DiveBatch's rule gives (:func:`divebatch.policies.divebatch_batch_size`) — a check that the runs
+    DiveBatch's rule gives (:func:`divebatch.method.policies.divebatch_batch_size`) — a check that the runs
     applied the rule to the Delta_hat they logged."""
     d = div.dropna(subset=["rule_batch", "next_batch_size"])
     if d.empty:

@@ -551,7 +551,7 @@ def diversity_table(epochs: pd.DataFrame) -> pd.DataFrame:
     ``n_delta = n * Delta_hat`` equals ``1 + B_simple``, one plus the simple gradient noise scale of
     McCandlish et al. (2018) (identity in docs/protocol.md, "Gradient diversity");
     ``proposed_batch = delta * n * Delta_hat`` is DiveBatch's unclipped rule and ``rule_batch`` the clipped one
-    (:func:`divebatch.policies.divebatch_batch_size`), which ``next_batch_size`` should equal.
+    (:func:`divebatch.method.policies.divebatch_batch_size`), which ``next_batch_size`` should equal.
     n is ``n_train`` (samples seen in the first epoch).
 
     Returns:
@@ -559,7 +559,7 @@ def diversity_table(epochs: pd.DataFrame) -> pd.DataFrame:
         b_simple, delta, proposed_batch, rule_batch, batch_size, next_batch_size, max_batch_size``
         (batch sizes in samples; ``next_batch_size`` NaN at a run's last epoch).
     """
-    from divebatch.policies import divebatch_batch_size  # imports torch; only needed here
+    from divebatch.method.policies import divebatch_batch_size  # imports torch; only needed here
 
     cols = [
         "run_id",

@@ -2,9 +2,9 @@
 estimator of Delta against exact Delta on the same trajectories.
 
 The batch-size decisions are the training core's own code: the policies come from
-:func:`divebatch.policies.build_policy` (the DiveBatch rule is :func:`divebatch.policies.divebatch_batch_size`),
-the learning-rate rescaling is :func:`divebatch.policies.rescale_lr` applied to a ``torch.optim.SGD``,
-and Delta_hat is :class:`divebatch.diversity.EpochDiversityEstimator` fed in sum units. Only the
+:func:`divebatch.method.policies.build_policy` (the DiveBatch rule is :func:`divebatch.method.policies.divebatch_batch_size`),
+the learning-rate rescaling is :func:`divebatch.method.policies.rescale_lr` applied to a ``torch.optim.SGD``,
+and Delta_hat is :class:`divebatch.method.diversity.EpochDiversityEstimator` fed in sum units. Only the
 gradient is the closed form of :mod:`divebatch.synthetic.problem` instead of autograd.
 
 Every method runs ``epochs`` epochs from w0 = 0 with a constant base lr (no schedule). The
@@ -24,9 +24,14 @@ import pandas as pd
 import torch
 
 from divebatch.config import MethodConfig
-from divebatch.diversity import EpochDiversityEstimator, MicroBatchDiversity, subset_n_diversity, two_scale_sq_norm_sum
+from divebatch.method.diversity import (
+    EpochDiversityEstimator,
+    MicroBatchDiversity,
+    subset_n_diversity,
+    two_scale_sq_norm_sum,
+)
+from divebatch.method.policies import build_policy, rescale_lr
 from divebatch.methods import PAPER_METHODS
-from divebatch.policies import build_policy, rescale_lr
 from divebatch.synthetic import problem as P
 from divebatch.synthetic.knee import Problems, prepare
 from divebatch.synthetic.sgd import run_to_target

@@ -3,7 +3,7 @@
 A profile (``configs/profiles/<name>.yaml``, schema :class:`ProfileSpec`) is the experiment matrix
 as data: experiments, each a list of cells (a dataset protocol with its methods, composed as
 ``configs/<dataset>/<method>.yaml`` by :func:`divebatch.config.load_yaml`; training config files;
-the points of a wandb sweep YAML, :func:`divebatch.sweeps.points`), seeds, overrides, the data each
+the points of a wandb sweep YAML, :func:`divebatch.orchestration.sweeps.points`), seeds, overrides, the data each
 needs and where to look for it, the synthetic check's config. :func:`expand` turns it into runs,
 one run directory each, ``<runs-dir>/<experiment>/<cell>/seed<k>/`` (default runs-dir:
 ``runs/<profile>``), with the run's stdout/stderr in ``train.log`` inside. The same mechanism runs
@@ -51,9 +51,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
-from divebatch import launch, rundir, sweeps
+from divebatch import rundir
 from divebatch.config import ConfigError, config_diffs, config_exists, load_config, method_names
 from divebatch.fetch import DATA_KINDS, DataSource, ensure_data
+from divebatch.orchestration import launch, sweeps
 from divebatch.rundir import epochs_done, read_summary
 
 PROFILE_DIR = Path("configs") / "profiles"
@@ -92,7 +93,7 @@ class ExperimentSpec:
     dataset: Optional[str] = None  # a protocol configs/<dataset>/base.yaml, composed with each of ``methods``
     methods: List[str] = field(default_factory=list)  # configs/methods/<method>.yaml, with ``dataset``
     configs: List[str] = field(default_factory=list)  # divebatch train YAML files, after the methods' cells
-    sweep: Optional[str] = None  # a wandb sweep YAML: one cell per point (divebatch.sweeps.points), last
+    sweep: Optional[str] = None  # a wandb sweep YAML: one cell per point (divebatch.orchestration.sweeps.points), last
     count: Optional[int] = None  # random/bayes sweeps: number of points (default: the sweep's run_cap)
     data: Optional[str] = None  # a key of the profile's ``data``; its path is passed as data.path
     seeds: Optional[List[int]] = None  # default: the profile's seeds
@@ -143,7 +144,7 @@ def _bad(key: str, value, allowed: str) -> ProfileError:
 
 def load_profile(profile: str | Path | dict) -> DictConfig:
     """Load and validate a profile (schema :class:`ProfileSpec`): a name, a YAML path, or the
-    profile itself as a dict (e.g. :func:`divebatch.sweeps.local_profile`).
+    profile itself as a dict (e.g. :func:`divebatch.orchestration.sweeps.local_profile`).
 
     Raises:
         ProfileError: unknown key, wrong type, missing file, unknown data kind or reference, a bad
@@ -159,7 +160,7 @@ def load_profile(profile: str | Path | dict) -> DictConfig:
     except OmegaConfBaseException as err:
         raise ProfileError(
             f"invalid profile {path}: {getattr(err, 'full_key', '?')}: "
-            f"{str(err).splitlines()[0]}; allowed: the keys of divebatch.replicate.ProfileSpec"
+            f"{str(err).splitlines()[0]}; allowed: the keys of divebatch.orchestration.replicate.ProfileSpec"
         ) from None
     for key, d in spec.data.items():
         if d.kind not in DATA_KINDS:
@@ -211,11 +212,11 @@ def experiment_cells(e: DictConfig) -> list[tuple[str, str, list[str]]]:
     """The cells of an experiment as ``(name, training config, overrides)``: per method
     ``configs/<dataset>/<method>.yaml`` (composed by :func:`divebatch.config.load_yaml`), then the
     ``configs`` files as written (both named by the file stem), then one cell per point of the
-    ``sweep`` (named by :func:`divebatch.sweeps.point_name`; its command's fixed overrides, then the
+    ``sweep`` (named by :func:`divebatch.orchestration.sweeps.point_name`; its command's fixed overrides, then the
     point's values).
 
     Raises:
-        divebatch.sweeps.SweepError: a bad sweep YAML, or one that sweeps ``seed`` (the matrix's).
+        divebatch.orchestration.sweeps.SweepError: a bad sweep YAML, or one that sweeps ``seed`` (the matrix's).
     """
     cells = [(Path(c).stem, c, []) for c in experiment_configs(e)]
     if e.sweep is not None:
@@ -406,11 +407,11 @@ def train_tasks(
     log=tqdm.write,
     runs_per_gpu: int | None = None,
 ) -> None:
-    """Run the tasks with :class:`divebatch.launch.Pool` (GPU pinning, threads, logs), with progress
+    """Run the tasks with :class:`divebatch.orchestration.launch.Pool` (GPU pinning, threads, logs), with progress
     in epochs: a bar on a terminal; in a log file the finished-run lines carry the progress and an
     ETA from the epochs trained so far in this invocation. A run counts as successful only when its
     ``summary.json`` says finished; ``record(task)`` gets every task when it ends (``returncode``
-    0: success). ``runs_per_gpu``: the most trainings per GPU at once (:class:`divebatch.launch.Pool`).
+    0: success). ``runs_per_gpu``: the most trainings per GPU at once (:class:`divebatch.orchestration.launch.Pool`).
 
     Raises:
         KeyboardInterrupt: after stopping the running processes (their runs resume next time).

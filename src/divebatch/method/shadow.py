@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from divebatch import rundir
 from divebatch.data import fixed_subset_indices, reference_batches
-from divebatch.diversity import (
+from divebatch.method.diversity import (
     EstimatorDefaults,
     ExactDiversity,
     FixedPointDiversity,
@@ -159,7 +159,7 @@ class ShadowEstimators(EstimatorDefaults):
 
 def chunk_sums(model: nn.Module, batches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-chunk S_j = sum_{i in j} ||g_i||^2 and A_j = sum_{i in j} g_i at the current weights
-    (eval-mode BatchNorm, no augmentation: :func:`divebatch.diversity.fixed_point_sums` per chunk).
+    (eval-mode BatchNorm, no augmentation: :func:`divebatch.method.diversity.fixed_point_sums` per chunk).
 
     Args:
         batches: iterable of (x, y) chunks (each chunk is one unit of the subset draws).

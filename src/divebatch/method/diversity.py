@@ -51,7 +51,7 @@ def gradient_diversity(per_sample_grads: Tensor) -> Tensor:
 
 @runtime_checkable
 class DiversityEstimator(Protocol):
-    """What the trainer and :class:`divebatch.controller.BatchSizeController` rely on, every
+    """What the trainer and :class:`divebatch.method.controller.BatchSizeController` rely on, every
     estimator alike (``method.diversity_estimator``; :data:`ESTIMATORS`).
 
     Lifecycle of one measured epoch: :meth:`reset`; the epoch's steps run inside
@@ -665,7 +665,7 @@ def fixed_point_sums(
     restored; BatchNorm running statistics and parameters are not changed.
 
     For models BackPACK does not cover (attention: the transformer), ``per_sample="func"`` takes
-    ||g_i||^2 from :func:`divebatch.persample.per_sample_sq_norms` (``torch.func`` vmap of grad)
+    ||g_i||^2 from :func:`divebatch.method.persample.per_sample_sq_norms` (``torch.func`` vmap of grad)
     with the same sum-reduced per-sample loss, so S and A stay in the same units.
 
     Args:
@@ -684,7 +684,7 @@ def fixed_point_sums(
     sq, count = None, 0
     try:
         if per_sample == "func":
-            from divebatch.persample import per_sample_sq_norms
+            from divebatch.method.persample import per_sample_sq_norms
 
             def sum_loss(out, target):
                 return F.cross_entropy(out, target, reduction="sum")
@@ -837,4 +837,4 @@ def build_estimator(
 
 
 # exact_func (torch.func per-sample norms, for models BackPACK does not cover) registers itself here
-from divebatch import persample  # noqa: E402,F401
+from divebatch.method import persample  # noqa: E402,F401

@@ -9,7 +9,7 @@ BatchNorm in train mode, no dropout); it recomputes a forward and backward per c
 measured step costs about two plain steps plus the per-sample gradients' memory (n p floats per
 chunk); measured in docs/performance.md (benchmark ``benchmarks/transformer_cost.py``).
 
-Estimator protocol: as :class:`divebatch.diversity.ExactDiversity`, plus :meth:`FuncDiversity.observe`,
+Estimator protocol: as :class:`divebatch.method.diversity.ExactDiversity`, plus :meth:`FuncDiversity.observe`,
 which the trainer calls with every micro-batch's inputs and targets before its backward.
 """
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from divebatch.choices import declared
-from divebatch.diversity import _BN_TYPES, ESTIMATORS, EpochDiversityEstimator, _grads
+from divebatch.method.diversity import _BN_TYPES, ESTIMATORS, EpochDiversityEstimator, _grads
 
 
 def per_sample_sq_norms(
@@ -69,7 +69,7 @@ def per_sample_sq_norms(
 class FuncDiversity(EpochDiversityEstimator):
     """The authors' epoch estimator with exact per-sample norms from :func:`per_sample_sq_norms`.
 
-    Same accumulation as :class:`divebatch.diversity.ExactDiversity` (sum units; S = sum of the
+    Same accumulation as :class:`divebatch.method.diversity.ExactDiversity` (sum units; S = sum of the
     per-sample squared norms, A = sum of the step's mean gradients times B), for models BackPACK
     does not cover. Per-sample norms are those of the parameters at the step's start, as the
     update's own gradient; weight decay is not part of them (it is not in ``p.grad``).

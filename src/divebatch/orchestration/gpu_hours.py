@@ -1,6 +1,6 @@
 """``divebatch gpu-hours RESULTS.json [--write]``: GPU-hours of the paper profile from measured epoch times.
 
-Input: the results file of ``divebatch gpu-check`` (:mod:`divebatch.gpu_check`) run on a GPU. The
+Input: the results file of ``divebatch gpu-check`` (:mod:`divebatch.orchestration.gpu_check`) run on a GPU. The
 paper profile (``configs/profiles/paper.yaml``) and its sensitivity sweep are expanded into their
 runs; each run's batch size per epoch follows its method, and each epoch costs the measured time
 at that batch size:
@@ -35,7 +35,7 @@ import re
 import sys
 from pathlib import Path
 
-from divebatch.gpu_check import GpuCheckError, validate_results
+from divebatch.orchestration.gpu_check import GpuCheckError, validate_results
 from divebatch.rundir import REPO_ROOT as REPO
 from divebatch.rundir import runs_path
 
@@ -157,7 +157,7 @@ def paper_runs(profile: str | Path = "paper") -> tuple[dict, ...]:
 
 def _paper_runs(profile: str | Path) -> list[dict]:
     from divebatch.config import load_config
-    from divebatch.replicate import expand, load_profile
+    from divebatch.orchestration.replicate import expand, load_profile
 
     spec = load_profile(profile)
     runs = []

@@ -10,7 +10,7 @@ run id the agent exports before it starts the command, so every agent run gets i
 Online (``wandb sweep`` + ``wandb agent``) needs nothing from this module. Offline there is no
 second driver: :func:`points` turns the sweep into a fixed list of parameter sets (the grid, or
 ``run_cap`` draws of wandb's ``sweeps`` engine seeded by the sweep's name), and a profile
-experiment with ``sweep: X.yaml`` (:mod:`divebatch.replicate`) trains one run per point and seed,
+experiment with ``sweep: X.yaml`` (:mod:`divebatch.orchestration.replicate`) trains one run per point and seed,
 with resume, then reports, like any other cell of the matrix. ``divebatch sweep X.yaml --local``
 is that with a one-experiment profile made from the sweep. A bayes search needs the results of
 the runs before it, which a fixed matrix does not have: offline it draws its points at random from
@@ -55,7 +55,7 @@ with warnings.catch_warnings():  # sweeps 0.3.0 uses pydantic v1 config names; h
 
 ARGS_MACRO = "${args_no_hyphens}"  # wandb agent: one "name=value" per parameter (an omegaconf dotlist)
 RUN_ID_ENV = "WANDB_RUN_ID"  # exported by `wandb agent` before it starts each run's command
-# Keys each run of the matrix gets from its profile (divebatch.replicate.expand); a sweep must not
+# Keys each run of the matrix gets from its profile (divebatch.orchestration.replicate.expand); a sweep must not
 # search over them, and its fixed values of them are for agents only.
 MATRIX_KEYS = ("out_dir", "wandb.mode", "profile", "progress")
 GRID_CHECK_LIMIT = 2000  # grid points validated one by one before any run starts
@@ -339,9 +339,9 @@ def seed_sweep(profile: str | Path, cell: str) -> dict:
         The sweep configuration (a dict, as a sweep YAML holds it).
     Raises:
         SweepError: ``cell`` is not a cell of the profile (names the cells that are).
-        divebatch.replicate.ProfileError: a bad profile.
+        divebatch.orchestration.replicate.ProfileError: a bad profile.
     """
-    from divebatch import replicate
+    from divebatch.orchestration import replicate
 
     spec = replicate.load_profile(profile)
     runs = replicate.expand(spec, Path("runs") / spec.name)
@@ -468,7 +468,7 @@ def point_name(overrides: list[str]) -> str:
 
 
 def local_profile(sweep: Sweep, count: int | None = None, wandb_mode: str = "offline") -> dict:
-    """The one-experiment profile (:class:`divebatch.replicate.ProfileSpec`) that trains the sweep's
+    """The one-experiment profile (:class:`divebatch.orchestration.replicate.ProfileSpec`) that trains the sweep's
     :func:`points` here, with the training config's own seed; runs tagged with the sweep's profile."""
     seed = int(load_config(sweep.train_config, sweep.matrix_overrides(), check_data=False).seed)
     experiment = {"name": sweep.name, "sweep": str(sweep.path), "seeds": [seed]}
@@ -521,7 +521,7 @@ def cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if (args.sweep is None) == (args.seeds is None):
         p.error("give a sweep YAML or --seeds PROFILE/EXPERIMENT/METHOD (one of the two)")
-    from divebatch import replicate
+    from divebatch.orchestration import replicate
 
     try:
         if args.seeds:

@@ -28,7 +28,7 @@ the CIFAR-10 layout, a narrow ResNet, one repetition, no torch.compile): what th
 
 The results file (JSON, schema ``divebatch-gpu-check/1``, :func:`validate_results`) is written
 after every check, so a cut session keeps what finished. ``divebatch gpu-hours RESULTS.json``
-(:mod:`divebatch.gpu_hours`) turns it into the GPU-hours table of ``docs/replicate.md``.
+(:mod:`divebatch.orchestration.gpu_hours`) turns it into the GPU-hours table of ``docs/replicate.md``.
 
 This module imports only the standard library at the top, so that it can report missing
 packages instead of failing on them.
@@ -598,7 +598,7 @@ def check_runs_per_gpu(ctx: Context) -> dict:
     """Aggregate throughput of K identical runs at once on the GPU against one run: the sum over
     the runs of training samples per second in their second and third epochs (the first is warm-up;
     the K processes start together, so these epochs overlap), divided by one run's."""
-    from divebatch import launch
+    from divebatch.orchestration import launch
 
     data = _require_data(ctx)
     subset = 256 if ctx.cpu_check else 20000

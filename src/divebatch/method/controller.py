@@ -2,7 +2,7 @@
 
 :class:`BatchSizeController` is the method as a library: it says the batch size of the next
 epoch, measures gradient diversity in the epochs that end with a decision (with any estimator of
-:data:`divebatch.diversity.ESTIMATORS`), applies the resize rule and the learning-rate rescaling
+:data:`divebatch.method.diversity.ESTIMATORS`), applies the resize rule and the learning-rate rescaling
 to the optimizer, and saves and restores its state with a checkpoint. The project's trainer
 (:func:`divebatch.training.train`) runs on it; ``examples/custom_loop.py`` uses it in a loop
 of its own::
@@ -33,8 +33,8 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from divebatch.diversity import DiversityEstimator, build_estimator
-from divebatch.policies import POLICIES, BatchSizePolicy, rescale_lr, step_lr
+from divebatch.method.diversity import DiversityEstimator, build_estimator
+from divebatch.method.policies import POLICIES, BatchSizePolicy, rescale_lr, step_lr
 
 LR_RESCALE_RULES = ("linear", "schedule_squared")  # fidelity.lr_rescale_rule (docs/protocol.md)
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")  # fidelity.micro_batch_loss
@@ -107,8 +107,8 @@ def accumulate_step(
     The step's ``len(y)`` samples are split by :func:`micro_batch_plan`; each micro-batch's mean
     loss is weighted by :func:`micro_batch_weight` (``per_sample`` whenever the estimator plans
     the split), so ``p.grad`` holds the step's mean gradient. With an ``estimator`` (a measured
-    epoch) every backward goes through it (:class:`divebatch.diversity.DiversityEstimator`) and
-    :meth:`~divebatch.diversity.DiversityEstimator.step_end` runs after the last micro-batch.
+    epoch) every backward goes through it (:class:`divebatch.method.diversity.DiversityEstimator`) and
+    :meth:`~divebatch.method.diversity.DiversityEstimator.step_end` runs after the last micro-batch.
 
     Args:
         x: (B, ...) inputs; y: (B,) class labels or (B, T) sequence targets, on the model's device.
@@ -172,7 +172,7 @@ class BatchSizeController:
     """Adaptive batch size by gradient diversity (DiveBatch), doubling (AdaBatch) or fixed (SGD).
 
     Args:
-        method: ``divebatch`` | ``adabatch`` | ``sgd`` (:data:`divebatch.policies.POLICIES`).
+        method: ``divebatch`` | ``adabatch`` | ``sgd`` (:data:`divebatch.method.policies.POLICIES`).
         n_train: n, the training-set size (samples).
         initial_batch_size: m0 (samples); max_batch_size: the cap (samples).
         resize_freq: epochs between decisions; a decision ends epoch e (0-based) when
@@ -181,14 +181,14 @@ class BatchSizeController:
         lr_rescale: multiply the lr by the batch-size ratio at a resize; ``lr_scaling``
             ``linear`` (SGD; Goyal et al., 2017) or ``sqrt`` (Adam; Malladi et al., 2022);
             ``lr_rescale_rule`` ``linear`` or ``schedule_squared`` (the authors' CIFAR-100 code,
-            docs/protocol.md; :func:`divebatch.policies.step_lr`).
+            docs/protocol.md; :func:`divebatch.method.policies.step_lr`).
         estimator: ``exact`` (the authors' epoch estimator, BackPACK per-sample norms),
             ``exact_func`` (the same with ``torch.func`` norms: models BackPACK does not cover),
             ``microbatch`` (two-scale) or ``fixed_point`` (Delta(w) at the epoch's final weights;
-            needs :meth:`attach_reference`); or a :class:`~divebatch.diversity.DiversityEstimator`
+            needs :meth:`attach_reference`); or a :class:`~divebatch.method.diversity.DiversityEstimator`
             instance. Ignored unless ``method="divebatch"``.
         micro_batches, fixed_point_samples, running_grad_sum: the estimators' options
-            (:func:`divebatch.diversity.build_estimator`); backpack: False for models BackPACK
+            (:func:`divebatch.method.diversity.build_estimator`); backpack: False for models BackPACK
             does not cover (fixed_point then uses ``torch.func``).
         max_micro_batch: larger steps are split into micro-batches (samples; memory only);
             split_above: split only above this (default ``max_micro_batch``); micro_batch_loss:
@@ -302,7 +302,7 @@ class BatchSizeController:
     def begin_epoch(self, epoch: int, estimator: DiversityEstimator | None = None) -> DiversityEstimator | None:
         """Start epoch ``epoch`` (0-based): in a measured epoch, reset the estimator and return it
         (the caller runs the epoch inside its ``measuring(model)`` context); else return
-        ``estimator`` (the shadow measurement's, :mod:`divebatch.shadow`), usually None.
+        ``estimator`` (the shadow measurement's, :mod:`divebatch.method.shadow`), usually None.
         :meth:`epoch` wraps this and :meth:`finish_epoch`."""
         measured = self.measures(epoch)
         self.active = self.estimator if measured else estimator
@@ -313,7 +313,7 @@ class BatchSizeController:
 
     def finish_epoch(self, model: nn.Module) -> None:
         """After the epoch's last step: a measured epoch's end-of-epoch measurement at the final
-        weights (:meth:`~divebatch.diversity.DiversityEstimator.measure`: fixed_point)."""
+        weights (:meth:`~divebatch.method.diversity.DiversityEstimator.measure`: fixed_point)."""
         if self._measured is not None:
             self.estimator.measure(model)
         self.active = None
@@ -326,7 +326,7 @@ class BatchSizeController:
 
         Args:
             estimator: an estimator to run in an unmeasured epoch instead of none (the shadow
-                measurement, :mod:`divebatch.shadow`).
+                measurement, :mod:`divebatch.method.shadow`).
         Yields:
             True when the epoch is measured.
         """
