@@ -62,8 +62,8 @@ def test_seed_sweep_of_every_profile_cell_trains_the_profiles_runs(profile, tmp_
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")
     for cell in cells:
         sweep = sw.load_sweep(sw.write_seed_sweep(f"{profile}/{cell}", tmp_path / f"{cell.replace('/', '_')}.yaml"))
-        tag = next(r for r in runs if r.name.startswith(f"{cell}/")).overrides[-3]  # the runs' profile=TAG
-        assert sweep.params == ["seed"] and f"profile={sweep.profile}" == tag and sweep.method == "grid"
+        tag = next(r for r in runs if r.name.startswith(f"{cell}/")).tag
+        assert sweep.params == ["seed"] and sweep.profile == tag and sweep.method == "grid"
         seeds = sweep.config["parameters"]["seed"]["values"]
         assert seeds == sorted(r.seed for r in runs if r.name.startswith(f"{cell}/"))
         for seed in seeds:

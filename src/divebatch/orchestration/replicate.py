@@ -212,11 +212,12 @@ def experiment_cells(e: DictConfig) -> list[tuple[str, str, list[str]]]:
     """The cells of an experiment as ``(name, training config, overrides)``: per method
     ``configs/<dataset>/<method>.yaml`` (composed by :func:`divebatch.config.load_yaml`), then the
     ``configs`` files as written (both named by the file stem), then one cell per point of the
-    ``sweep`` (named by :func:`divebatch.orchestration.sweeps.point_name`; its command's fixed overrides, then the
-    point's values).
+    ``sweep`` (named by :func:`~divebatch.orchestration.sweeps.point_name`; its command's fixed
+    overrides, then the point's values).
 
     Raises:
-        divebatch.orchestration.sweeps.SweepError: a bad sweep YAML, or one that sweeps ``seed`` (the matrix's).
+        ~divebatch.orchestration.sweeps.SweepError: a bad sweep YAML, or one that sweeps ``seed``
+            (the matrix's).
     """
     cells = [(Path(c).stem, c, []) for c in experiment_configs(e)]
     if e.sweep is not None:
@@ -288,6 +289,7 @@ class Run:
     seed: int
     out_dir: Path
     overrides: list[str]  # everything passed after the config (out_dir, seed, profile included)
+    tag: str  # its ``profile`` key: the report it belongs to (the experiment's report_as, else the profile)
     epochs: int = 0
 
     @property
@@ -324,7 +326,7 @@ def expand(
     runs = []
     for e in spec.experiments:
         data_path = [f"data.path={data[e.data].path}"] if e.data and data[e.data].path is not None else []
-        cells = experiment_cells(e)
+        cells, tag = experiment_cells(e), e.report_as or spec.name
         for seed in e.seeds if e.seeds is not None else spec.seeds:
             for cell, config, cell_overrides in cells:
                 out_dir = Path(runs_dir) / e.name / cell / f"seed{seed}"
@@ -335,11 +337,11 @@ def expand(
                     *data_path,
                     *extra,
                     f"seed={seed}",
-                    f"profile={e.report_as or spec.name}",
+                    f"profile={tag}",
                     f"out_dir={out_dir}",
                     "progress=false",
                 ]
-                runs.append(Run(e.name, cell, str(config), int(seed), out_dir, overrides))
+                runs.append(Run(e.name, cell, str(config), int(seed), out_dir, overrides, tag))
     return runs
 
 
@@ -680,7 +682,7 @@ def replicate(
             )
         tags = list(dict.fromkeys(e.report_as or spec.name for e in spec.experiments))
         for tag in tags if report and spec.report else []:
-            if not any(read_summary(r.out_dir) for r in runs if f"profile={tag}" in r.overrides):
+            if not any(read_summary(r.out_dir) for r in runs if r.tag == tag):
                 outcome.steps.append(f"report {tag}: not run (no run has finished)")
                 continue
             nb = ["--notebooks"] if notebooks and spec.notebooks and tag == spec.name else []
