@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 UV_VERSION=0.13.8
+export PATH="$PATH:$HOME/.local/bin"  # where pip --user put uv on an earlier call
 if ! command -v uv >/dev/null 2>&1; then
   echo "[env] installing uv==$UV_VERSION with pip" >&2
   python3 -m pip install --quiet --user "uv==$UV_VERSION"
-  export PATH="$HOME/.local/bin:$PATH"
 fi
 # --frozen: install exactly what uv.lock says, never re-resolve
 # --compile-bytecode: imports stay fast where PYTHONDONTWRITEBYTECODE is set (each process would
