@@ -279,8 +279,8 @@ def test_local_grid_sweep_trains_resumes_and_feeds_sensitivity_table(tmp_path, m
     (tmp_path / "configs" / "methods").symlink_to(REPO / "configs" / "methods")
     _write(tmp_path / "configs" / "tiny" / "base.yaml", TINY_CONFIG)
     root, out = tmp_path / "root", tmp_path / "out"
-    profile = {
-        "name": "sweep_test",
+    profile = {  # reported under the experiment's tag, not the profile's name
+        "name": "profile_name",
         "seeds": [1],
         "overrides": ["wandb.mode=disabled"],
         "experiments": [
@@ -289,6 +289,7 @@ def test_local_grid_sweep_trains_resumes_and_feeds_sensitivity_table(tmp_path, m
                 "dataset": str(tmp_path / "configs" / "tiny"),
                 "methods": ["sgd_small"],
                 "sweep": str(path),
+                "report_as": "sweep_test",
             }
         ],
         "notebooks": False,
@@ -310,6 +311,7 @@ def test_local_grid_sweep_trains_resumes_and_feeds_sensitivity_table(tmp_path, m
         assert np.isfinite(row["speedup_epochs"])  # measured against the SGD reference
     assert "sweep_test" in table["provenance"].iloc[0]
     assert (out / "figures" / "sweep_test" / "sensitivity.png").stat().st_size > 0
+    assert not (out / "paper_tables" / "profile_name").exists()
 
     # the --local shortcut trains the same points (without the reference): all finished, nothing runs
     monkeypatch.setattr(launch.subprocess, "Popen", NoTraining)
