@@ -96,7 +96,7 @@ def test_shadow_runs_are_excluded_from_the_tables_and_read_by_the_study(tmp_path
         "shadow/s1",
         val_acc=BASE,
         method="sgd",
-        seed=1,
+        seed=7,  # a seed no main run has: the shadow outputs name it, the main tables do not
         initial_batch_size=64,
         max_batch_size=640,
         overrides=["shadow.enabled=true"],
@@ -138,6 +138,13 @@ def test_shadow_runs_are_excluded_from_the_tables_and_read_by_the_study(tmp_path
     assert st["ratio_exact"].tolist() == [40.0, 45.0] and st["ratio_fixed_point"].tolist() == [1.1, 1.05]
     sb = est.subsets_table(subsets)
     assert sb["rel_sd_median"].tolist() == [0.3, 0.15]
+    from divebatch.analysis import cli
+
+    assert cli([str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    tdir = tmp_path / "out" / "paper_tables" / "test"
+    for name in ("estimators_shadow", "estimators_subsets"):
+        assert "seeds=7 " in pd.read_csv(tdir / f"{name}.csv")["provenance"].iloc[0]
+    assert "7" not in pd.read_csv(tdir / "main.csv")["provenance"].iloc[0].split("seeds=")[1].split(" ")[0]
 
 
 def test_report_writes_the_study(tmp_path, monkeypatch):

@@ -278,7 +278,6 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
         row.update(
             status="excluded",
             reason="shadow measurement run (estimator study: estimators_shadow table)",
-            finished=row["finished"],
             epochs_completed=np.nan,
         )
         return row, None

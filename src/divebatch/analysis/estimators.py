@@ -25,11 +25,21 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import yaml
+from omegaconf.errors import OmegaConfBaseException
 
 from divebatch import rundir
-from divebatch.analysis.collect import ADABATCH, ADABATCH_RESCALE, DIVEBATCH_VARIANTS, SGD_SMALL, dataset_name
+from divebatch.analysis.collect import (
+    ADABATCH,
+    ADABATCH_RESCALE,
+    DIVEBATCH_VARIANTS,
+    SGD_SMALL,
+    agreed_commit,
+    dataset_name,
+)
 from divebatch.analysis.style import METHOD_PALETTE
 from divebatch.choices import CHOICES
+from divebatch.provenance import label
 
 AUTHORS_ESTIMATOR = "exact"  # method.diversity_estimator of the paper (the default everywhere it is replicated)
 ESTIMATORS = CHOICES["method.diversity_estimator"]  # display order: the registry's names (divebatch.choices)
@@ -233,16 +243,21 @@ def format_estimator_table(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_shadow(roots, profile: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``shadow.csv`` and ``shadow_subsets.csv`` of every shadow run of ``profile`` under ``roots``,
-    with ``dataset`` and ``seed`` columns (empty frames when there is none)."""
+    """``shadow.csv`` and ``shadow_subsets.csv`` of every finished shadow run of ``profile`` under
+    ``roots``, with ``dataset``, ``seed`` and ``commit`` columns (empty frames when there is none).
+    A run whose config cannot be read is left out here (the report's runs table lists it)."""
     rows, subs = [], []
     for _, run_dir in rundir.find_run_dirs([Path(r) for r in roots or []]):
-        if not (run_dir / rundir.SHADOW).is_file() or not (run_dir / rundir.SUMMARY).is_file():
+        if not (run_dir / rundir.SHADOW).is_file() or rundir.summary_status(rundir.read_summary(run_dir)) != "finished":
             continue
-        cfg = rundir.read_config(run_dir)
+        try:
+            cfg = rundir.read_config(run_dir)
+        except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException):
+            continue
         if str(cfg.get("profile")) != profile:
             continue
-        keys = {"dataset": dataset_name(cfg), "seed": int(cfg.seed)}
+        manifest = rundir.read_manifest(run_dir) or {}
+        keys = {"dataset": dataset_name(cfg), "seed": int(cfg.seed), "commit": manifest.get("commit")}
         rows.append(pd.read_csv(run_dir / rundir.SHADOW).assign(**keys))
         if (run_dir / rundir.SHADOW_SUBSETS).is_file():
             subs.append(pd.read_csv(run_dir / rundir.SHADOW_SUBSETS).assign(**keys))
@@ -405,8 +420,8 @@ def write(res, roots, table, figure) -> None:
 
     Args:
         res: the report's :class:`divebatch.analysis.report.Results`; roots: its run folders (for the
-            shadow files); table, figure: the report's writers ``table(name, numeric, display, title)``
-            and ``figure(stem, fig, sentence)``.
+            shadow files); table, figure: the report's writers ``table(name, numeric, display, title,
+            label)`` and ``figure(stem, fig, sentence, label)`` (label: the provenance line).
     """
     ep = res.runs.epochs
     if has_study(res.main):
@@ -415,10 +430,17 @@ def write(res, roots, table, figure) -> None:
         figure("estimators_schedules", plot_schedules(ep), DESCRIPTIONS["estimators_schedules"])
         figure("estimators_tradeoff", plot_tradeoff(t), DESCRIPTIONS["estimators_tradeoff"])
     shadow, subsets = read_shadow(roots, res.profile)
-    if len(shadow):
+    if len(shadow):  # labelled by the shadow runs themselves: the report's label covers its complete runs only
+        prov = label(
+            res.profile,
+            ",".join(sorted(shadow["dataset"].unique())),
+            sorted(int(s) for s in shadow["seed"].unique()),
+            commit=agreed_commit(shadow["commit"]),
+        )
         st = shadow_table(shadow)
-        table("estimators_shadow", st, st.round(4), "Every estimator against Δ(w) at the same weights (shadow runs)")
-        figure("estimators_ratio", plot_ratio(shadow), DESCRIPTIONS["estimators_ratio"])
+        title = "Every estimator against Δ(w) at the same weights (shadow runs)"
+        table("estimators_shadow", st, st.round(4), title, prov)
+        figure("estimators_ratio", plot_ratio(shadow), DESCRIPTIONS["estimators_ratio"], prov)
     if len(subsets):
         sb = subsets_table(subsets)
-        table("estimators_subsets", sb, sb.round(4), "Fixed-point estimator: sampling error per subset size")
+        table("estimators_subsets", sb, sb.round(4), "Fixed-point estimator: sampling error per subset size", prov)

@@ -201,8 +201,8 @@ def write_report(
     entries: list[tuple[str, list[Path], str]] = []  # (section, paths, sentence)
     prov = res.provenance
 
-    def table(name, numeric, display, title):
-        paths = tables.write_table(numeric, display, tdir / name, prov, title)
+    def table(name, numeric, display, title, label=prov):
+        paths = tables.write_table(numeric, display, tdir / name, label, title)
         written.extend(paths)
         entries.append(("Tables", paths, DESCRIPTIONS[name]))
 
