@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from divebatch import distributed
-from divebatch.config import DataConfig, load_config
+from divebatch.config import ConfigError, DataConfig, load_config
 from divebatch.data import (
     DataBundle,
     RankWorkerSeed,
@@ -306,6 +306,17 @@ def test_dataloader_path_shards_by_sampler_with_rank_seeded_workers(tiny_npz):
     assert not isinstance(one, ShardedLoader) and one.loader.worker_init_fn is None
 
 
+def test_dataloader_path_refuses_augmentation_without_workers_under_ddp(tiny_npz):
+    """With num_workers=0 the main process draws the augmentations from the same RNG on every rank."""
+    cfg = OmegaConf.structured(
+        DataConfig(name="npz", path=str(tiny_npz(n_train=41, n_test=9)), loader="torchvision", num_workers=0)
+    )
+    bundle, cpu = build_data(cfg), torch.device("cpu")
+    make_loaders(bundle, cfg, 8, cpu, torch.Generator())  # one process: allowed
+    with pytest.raises(ConfigError, match="data.num_workers=0 with data.augment=true under torchrun"):
+        make_loaders(bundle, cfg, 8, cpu, torch.Generator(), rank=0, world_size=2)
+
+
 def test_single_process_context_is_the_identity(tmp_path):
     ctx = distributed.setup("cpu")  # pytest is not started by torchrun
     assert not ctx.enabled and ctx.is_main and ctx.describe() is None
@@ -519,6 +530,22 @@ def test_kill_and_resume_with_two_ranks(two_rank_runs, tmp_path):
     cut, full = metrics(run).drop(columns=TIMING), metrics(two_rank_runs["main"]).drop(columns=TIMING)
     pd.testing.assert_frame_equal(cut, full)  # same computation: bit-identical
     assert json.loads((run / "manifest.json").read_text())["resumes"][0]["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["method.name=sgd", "shadow.enabled=true"], "shadow.enabled=True"),
+        (["method.diversity_estimator=microbatch"], "method.diversity_estimator=microbatch"),
+    ],
+)
+def test_per_rank_estimators_are_refused_before_training(tmp_path, overrides, key):
+    """Shadow runs and the micro-batch estimator keep per-rank sums: refused at start, not at the
+    first measured epoch."""
+    cfg = write_config(tmp_path / "c.yaml", MAIN)
+    code, out, err = torchrun(tmp_path, str(cfg), f"out_dir={tmp_path / 'r'}", *overrides)
+    assert code != 0 and f"invalid config: {key} under torchrun" in err
+    assert not (tmp_path / "r" / "metrics.csv").exists()
 
 
 def test_failing_rank_stops_the_job(tmp_path):

@@ -79,6 +79,8 @@ def test_text_bundle_splits_90_10_into_non_overlapping_sequences(text_file):
     loader, test = make_loaders(bundle, cfg.data, 8, torch.device("cpu"), torch.Generator().manual_seed(0))
     xb, yb = next(iter(loader))
     assert xb.dtype == torch.int64 and xb.shape == (8, 16)  # token ids, not normalised
+    with pytest.raises(ConfigError, match="data.loader=torchvision for data.name=text"):  # no per-sample dataset
+        make_loaders(bundle, cfg.data, 8, torch.device("cpu"), torch.Generator(), "torchvision")
 
 
 def test_text_errors_name_key_and_value(tmp_path, text_file):

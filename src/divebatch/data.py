@@ -712,8 +712,9 @@ def make_loaders(
             (:class:`divebatch.distributed.DistContext`); the loaders are then this rank's
             :class:`ShardedLoader` s. ``world_size=1``: the plain loaders.
     Raises:
-        ConfigError: ``data.loader=device`` for a dataset that is not held in memory, or a batch
-            size smaller than ``world_size``.
+        ConfigError: ``data.loader=device`` for a dataset that is not held in memory,
+            ``data.loader=torchvision`` for one without a per-sample dataset (text), a batch size
+            smaller than ``world_size``, or augmentation without DataLoader workers under torchrun.
     """
     loader = resolve_loader(loader or cfg.loader, bundle)
     if loader == "device":
@@ -730,6 +731,15 @@ def make_loaders(
             return train, test
         # every rank draws the global batches and keeps its slice (generator in lockstep)
         return tuple(ShardedLoader(ld, len(ld.y), rank, world_size, slice_batches=True) for ld in (train, test))
+    if bundle.train_set is None:
+        raise ConfigError(
+            f"invalid config: data.loader=torchvision for data.name={bundle.name}; allowed: data.loader=auto | device"
+        )
+    if world_size > 1 and cfg.num_workers == 0 and cfg.augment:  # workers draw per-rank augmentations
+        raise ConfigError(
+            "invalid config: data.num_workers=0 with data.augment=true under torchrun (every rank would draw the "
+            "same crops and flips); allowed: data.num_workers >= 1"
+        )
     train = TorchvisionLoader(bundle.train_set, batch_size, device, True, cfg.num_workers, generator, rank, world_size)
     test = TorchvisionLoader(bundle.test_set, eval_batch_size, device, False, cfg.num_workers, None, rank, world_size)
     if world_size == 1:

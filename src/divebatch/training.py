@@ -42,7 +42,7 @@ from divebatch.data import (
     reference_batches,
     resolve_loader,
 )
-from divebatch.method.controller import BatchSizeController, accumulate_step, micro_batch_plan, micro_batch_weight  # noqa: F401
+from divebatch.method.controller import BatchSizeController, accumulate_step, micro_batch_plan  # noqa: F401
 from divebatch.models import build_model
 from divebatch.optimizers import build_optimizer
 
@@ -279,6 +279,13 @@ def train(cfg: DictConfig) -> dict:
         DataError: dataset files are missing or malformed (the message says what is expected).
     """
     ctx = distributed.setup(cfg.device)  # under torchrun: join the process group (docs/distributed.md)
+    microbatch = cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "microbatch"
+    if ctx.enabled and (cfg.shadow.enabled or microbatch):  # refused now, not at the first measured epoch
+        key, value = ("shadow.enabled", True) if cfg.shadow.enabled else ("method.diversity_estimator", "microbatch")
+        raise ConfigError(
+            f"invalid config: {key}={value} under torchrun ({ctx.world_size} processes); allowed: a single "
+            f"process (its per-rank sums are not reduced across ranks)"
+        )
     run = RunDir(cfg.out_dir)  # rank 0 alone reads and writes it; what it reads is broadcast (ctx.on_main)
     changed, summary = ctx.on_main(lambda: (run.prepare(cfg), run.read_summary()))
     if summary and summary.get("finished"):

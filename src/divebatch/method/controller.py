@@ -295,10 +295,6 @@ class BatchSizeController:
         """Whether epoch ``epoch`` (0-based) ends with a decision that needs gradient diversity."""
         return self.estimator is not None and self.policy.measures_diversity(epoch)
 
-    def uses_module_hooks(self, epoch: int) -> bool:
-        """Whether the epoch's estimator needs the eager (uncompiled) model."""
-        return self.measures(epoch) and self.estimator.uses_module_hooks
-
     def begin_epoch(self, epoch: int, estimator: DiversityEstimator | None = None) -> DiversityEstimator | None:
         """Start epoch ``epoch`` (0-based): in a measured epoch, reset the estimator and return it
         (the caller runs the epoch inside its ``measuring(model)`` context); else return
