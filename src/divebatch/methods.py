@@ -49,5 +49,10 @@ VARIANTS: tuple[Variant, ...] = (
 )
 BY_KEY = {v.key: v for v in VARIANTS}
 DISPLAY_ORDER = [v.display_name for v in VARIANTS]
+# the names the analysis and the synthetic check refer to by role
+SGD_SMALL, SGD_LARGE = BY_KEY["sgd_small"].display_name, BY_KEY["sgd_large"].display_name
+ADABATCH, ADABATCH_RESCALE = BY_KEY["adabatch"].display_name, BY_KEY["adabatch_rescale"].display_name
+ADAMW_SMALL = BY_KEY["adamw_small"].display_name
+DIVEBATCH_VARIANTS = (BY_KEY["divebatch"].display_name, BY_KEY["divebatch_rescale"].display_name)  # SGD only
 # the six methods of the paper's comparison (SGD with momentum): the synthetic check runs these
 PAPER_METHODS = [v for v in VARIANTS if v.optimizer == "sgd"]

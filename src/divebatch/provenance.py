@@ -26,6 +26,7 @@ PACKAGES = (
     "scikit-learn",
 )
 GENERATED_DIRS = ("paper_tables", "figures", "notebooks")
+VERDICT_FILE = "synthetic_verdict.json"  # written by `divebatch synthetic` into paper_tables/<profile>/
 
 
 def git_commit(short: bool = False, repo: Path = REPO_ROOT) -> str:

@@ -42,13 +42,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from divebatch.analysis.collect import ADABATCH, ADAMW_SMALL, DIVEBATCH_VARIANTS, SGD_SMALL, RunWarning, dataset_family
-from divebatch.analysis.stats import AUTHORS_UNITS, UNIT_LABELS, WITHIN_PP
+from divebatch.analysis.collect import RunWarning, dataset_family
+from divebatch.analysis.stats import AUTHORS_UNITS, UNIT_LABELS, WITHIN_PP, metric_of, metric_sign
 from divebatch.analysis.tables import BASELINE_SLUG
-from divebatch.methods import BY_KEY
+from divebatch.methods import ADABATCH, ADAMW_SMALL, BY_KEY, DIVEBATCH_VARIANTS, SGD_SMALL
 
 HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured at this scale"
-DIVEBATCH = DIVEBATCH_VARIANTS
 # the AdamW DiveBatch variants (divebatch.methods), and the name that collect's guess gives an AdamW
 # DiveBatch run with the linear lr rule written before display_name was recorded
 ADAMW_DIVEBATCH = (
@@ -147,7 +146,7 @@ def _best_divebatch(
     look: _Lookup,
     dataset: str,
     unit: str,
-    methods=DIVEBATCH,
+    methods=DIVEBATCH_VARIANTS,
     baselines=(SGD_SMALL, ADABATCH),
     quality_of: str | None = None,
 ) -> tuple[pd.Series, dict] | None:
@@ -189,14 +188,12 @@ def quality(r: pd.Series, baseline: str = "sgd_small") -> tuple[float, float, st
         the loss change for a loss), ``within`` the metric's tolerance, and e.g. ``accuracy
         -1.20 pp`` or ``val_loss +0.041`` (the change in the metric's own sign) for the verdict text.
     """
-    metric = r.get("metric", "val_acc")
-    metric = metric if isinstance(metric, str) else "val_acc"
+    metric, _, within = metric_of(r)
     if metric == "val_acc" or f"metric_gain_vs_{baseline}" not in r:
         change = r[f"acc_change_vs_{baseline}_pp"]
         return change, WITHIN_PP, f"accuracy {change:+.2f} pp"
     gain = r[f"metric_gain_vs_{baseline}"]
-    change = gain if r.get("metric_direction") != "lower" else -gain
-    return gain, float(r.get("metric_within", WITHIN_PP)), f"{metric} {change:+.3f}"
+    return gain, within, f"{metric} {gain * metric_sign(r):+.3f}"
 
 
 def _verdict(per_dataset: dict[str, bool]) -> str:
@@ -250,7 +247,7 @@ def claim3(main: pd.DataFrame) -> tuple[str, str]:
     for dataset in datasets:
         d = main[main["dataset"] == dataset]
         sgd = d[d["method"] == SGD_SMALL]
-        dive = d[d["method"].isin(DIVEBATCH) & np.isfinite(d["acc_change_vs_sgd_small_pp"])]
+        dive = d[d["method"].isin(DIVEBATCH_VARIANTS) & np.isfinite(d["acc_change_vs_sgd_small_pp"])]
         if sgd.empty or dive.empty:
             continue
         small_bs = sgd["final_batch_size_mean"].min()
@@ -319,7 +316,7 @@ def claim5(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
     in the primary metric than the family's small-batch run."""
     ok, parts = {}, []
     families = (
-        ("SGD", DIVEBATCH, (SGD_SMALL, ADABATCH), "sgd_small"),
+        ("SGD", DIVEBATCH_VARIANTS, (SGD_SMALL, ADABATCH), "sgd_small"),
         ("AdamW", ADAMW_DIVEBATCH, (ADAMW_SMALL,), "adamw_small"),
     )
     models = main["model"] if "model" in main else pd.Series(dtype=object)

@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from divebatch import rundir
 from divebatch.config import TrainConfig
-from divebatch.methods import BY_KEY, PAPER_METHODS
+from divebatch.methods import PAPER_METHODS, SGD_LARGE, SGD_SMALL
 from divebatch.provenance import label
 
 # the run-directory format (file names, metrics.csv columns, readers) is divebatch.rundir's;
@@ -110,10 +110,6 @@ FAMILIES = ("cifar100", "cifar10", "tiny_imagenet", "synthetic", "digits")
 # A run's method is its config's display_name (divebatch.methods.VARIANTS). Runs written before that
 # key existed are named from (method.name, lr_rescale); SGD is split into small/large batch later.
 DISPLAY_NAMES = {(v.policy, v.lr_rescale): v.display_name for v in PAPER_METHODS if v.policy != "sgd"}
-SGD_SMALL, SGD_LARGE = BY_KEY["sgd_small"].display_name, BY_KEY["sgd_large"].display_name
-ADABATCH, ADABATCH_RESCALE = BY_KEY["adabatch"].display_name, BY_KEY["adabatch_rescale"].display_name
-ADAMW_SMALL = BY_KEY["adamw_small"].display_name
-DIVEBATCH_VARIANTS = (BY_KEY["divebatch"].display_name, BY_KEY["divebatch_rescale"].display_name)  # SGD only
 OPTIMIZER_NAMES = {"adamw": "AdamW"}  # optim.name -> prefix of the display name (SGD runs have none)
 GROUP = ["dataset", "method", "setting"]
 # columns of RunSet.runs that describe the run's status, not copied into RunSet.epochs

@@ -29,21 +29,14 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 
 from divebatch import rundir
-from divebatch.analysis.collect import (
-    ADABATCH,
-    ADABATCH_RESCALE,
-    DIVEBATCH_VARIANTS,
-    SGD_SMALL,
-    agreed_commit,
-    dataset_name,
-)
+from divebatch.analysis.collect import agreed_commit, dataset_name
 from divebatch.analysis.style import METHOD_PALETTE
 from divebatch.choices import CHOICES
+from divebatch.methods import ADABATCH, ADABATCH_RESCALE, DIVEBATCH_VARIANTS, SGD_SMALL
 from divebatch.provenance import label
 
 AUTHORS_ESTIMATOR = "exact"  # method.diversity_estimator of the paper (the default everywhere it is replicated)
 ESTIMATORS = CHOICES["method.diversity_estimator"]  # display order: the registry's names (divebatch.choices)
-DIVEBATCH = DIVEBATCH_VARIANTS
 SHADOW_ESTIMATES = {"exact": "n_delta_exact", "microbatch": "n_delta_microbatch", "fixed_point": "n_delta_fixed_point"}
 RECOVERED_SHARE = 0.5  # the claim row: the fixed-point estimator recovers at least this share of the loss
 ESTIMATOR_RULE = (
@@ -76,7 +69,7 @@ def authors_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _divebatch(main: pd.DataFrame) -> pd.DataFrame:
-    d = main[main["method"].isin(DIVEBATCH)].copy()
+    d = main[main["method"].isin(DIVEBATCH_VARIANTS)].copy()
     d["estimator"] = d["setting"].map(estimator_of)
     return d
 
@@ -100,7 +93,7 @@ def estimator_claim(main: pd.DataFrame) -> tuple[str, str]:
     d = _divebatch(main)
     parts, verdicts = [], []
     for dataset in sorted(d["dataset"].unique()):
-        for method in DIVEBATCH:
+        for method in DIVEBATCH_VARIANTS:
             g = d[(d["dataset"] == dataset) & (d["method"] == method)].set_index("estimator")
             if AUTHORS_ESTIMATOR not in g.index or "fixed_point" not in g.index:
                 continue
@@ -130,7 +123,7 @@ def first_decisions(epochs: pd.DataFrame) -> pd.DataFrame:
         ``n_delta_at_first``, ``first_batch_size`` (samples), ``final_batch_size``.
     """
     rows = []
-    for _run_id, m in epochs[epochs["method"].isin(DIVEBATCH)].groupby("run_id", sort=False):
+    for _run_id, m in epochs[epochs["method"].isin(DIVEBATCH_VARIANTS)].groupby("run_id", sort=False):
         m = m.sort_values("epoch")
         measured = m[m["grad_diversity"].notna()]
         last = m.iloc[-1]
@@ -174,9 +167,11 @@ def estimator_table(main: pd.DataFrame, speedups: pd.DataFrame, epochs: pd.DataF
         "acc_change_vs_sgd_small_pp_high",
         "final_batch_size_mean",
     ]
-    keep = main["method"].isin((*DIVEBATCH, SGD_SMALL, ADABATCH, ADABATCH_RESCALE))
+    keep = main["method"].isin((*DIVEBATCH_VARIANTS, SGD_SMALL, ADABATCH, ADABATCH_RESCALE))
     t = main.loc[keep, [c for c in cols if c in main]].copy()
-    t.insert(2, "estimator", [estimator_of(s) if m in DIVEBATCH else "-" for m, s in zip(t["method"], t["setting"])])
+    t.insert(
+        2, "estimator", [estimator_of(s) if m in DIVEBATCH_VARIANTS else "-" for m, s in zip(t["method"], t["setting"])]
+    )
     sp = (
         speedups[
             (speedups["baseline"] == SGD_SMALL)
@@ -339,7 +334,7 @@ def plot_ratio(shadow: pd.DataFrame) -> plt.Figure:
 
 def plot_schedules(epochs: pd.DataFrame) -> plt.Figure:
     """DiveBatch's batch size per epoch (median over seeds), one line per estimator and variant."""
-    d = epochs[epochs["method"].isin(DIVEBATCH)].copy()
+    d = epochs[epochs["method"].isin(DIVEBATCH_VARIANTS)].copy()
     d["estimator"] = d["setting"].map(estimator_of)
     datasets = sorted(d["dataset"].unique()) or [""]
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
@@ -367,7 +362,7 @@ def plot_schedules(epochs: pd.DataFrame) -> plt.Figure:
 def plot_tradeoff(table: pd.DataFrame) -> plt.Figure:
     """Speed-up in optimizer steps against small-batch SGD versus accuracy change, per estimator."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for _, r in table[table["method"].isin(DIVEBATCH)].iterrows():
+    for _, r in table[table["method"].isin(DIVEBATCH_VARIANTS)].iterrows():
         if "steps_speedup_vs_sgd_small" not in r or pd.isna(r["steps_speedup_vs_sgd_small"]):
             continue
         x, y = r["steps_speedup_vs_sgd_small"], r["acc_change_vs_sgd_small_pp"]

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from divebatch.analysis.collect import SGD_SMALL, protocol_name
+from divebatch.analysis.collect import protocol_name
 from divebatch.analysis.stats import UNIT_LABELS, UNITS, metric_of
 from divebatch.analysis.style import METHOD_ORDER, METHOD_PALETTE, apply_style
 from divebatch.analysis.tables import SENSITIVITY_HPARAMS
+from divebatch.methods import SGD_SMALL
 
 
 def _methods(df: pd.DataFrame) -> list[str]:

@@ -21,8 +21,7 @@ from divebatch.analysis import claims as claims_mod
 from divebatch.analysis import estimators, figures, tables
 from divebatch.analysis.collect import RunSet, collect_runs, protocol_name
 from divebatch.analysis.style import save_figure
-
-VERDICT_FILE = "synthetic_verdict.json"  # written by `divebatch synthetic` into paper_tables/<profile>/
+from divebatch.provenance import VERDICT_FILE
 
 
 @dataclass

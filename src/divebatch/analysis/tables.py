@@ -14,15 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from divebatch.analysis.collect import (
-    ADABATCH,
-    ADABATCH_RESCALE,
-    ADAMW_SMALL,
-    ALL_HPARAMS,
-    GROUP,
-    SGD_SMALL,
-    protocol_name,
-)
+from divebatch.analysis.collect import ALL_HPARAMS, GROUP, protocol_name
 from divebatch.analysis.stats import (
     AUTHORS_UNITS,
     UNIT_LABELS,
@@ -39,6 +31,7 @@ from divebatch.analysis.stats import (
     speedup,
 )
 from divebatch.analysis.style import METHOD_ORDER
+from divebatch.methods import ADABATCH, ADABATCH_RESCALE, ADAMW_SMALL, SGD_SMALL
 
 # Baseline role -> methods that can play it, in order of preference. "AdaBatch" prefers the plain
 # variant (claim 2 of docs/protocol.md compares against AdaBatch); with only the rescaled one, that one is used.
@@ -393,7 +386,7 @@ def _metric_change(row: pd.Series, gain: str, digits: int = 3) -> str:
     """The change of the primary metric (method - baseline, in its own units and sign) from its gain
     columns, ``+0.012 [low, high]``; ``n/a`` when missing."""
     value, low, high = row.get(gain, np.nan), row.get(f"{gain}_low", np.nan), row.get(f"{gain}_high", np.nan)
-    if row.get("metric_direction") == "lower":
+    if metric_sign(row) < 0:  # a gain is minus the change of a loss
         value, low, high = -value, -high, -low
     if not np.isfinite(value):
         return "n/a"

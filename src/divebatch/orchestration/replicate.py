@@ -55,6 +55,7 @@ from divebatch import rundir
 from divebatch.config import ConfigError, config_diffs, config_exists, load_config, method_names
 from divebatch.fetch import DATA_KINDS, DataSource, ensure_data
 from divebatch.orchestration import launch, sweeps
+from divebatch.provenance import VERDICT_FILE
 from divebatch.rundir import epochs_done, read_summary
 
 PROFILE_DIR = Path("configs") / "profiles"
@@ -491,7 +492,7 @@ def synthetic_stamp(config: str, profile: str) -> dict:
 
 def synthetic_done(runs_dir: Path, out: Path, stamp: dict) -> bool:
     """The synthetic outputs exist and their stamp matches ``stamp`` (same config, profile, commit)."""
-    verdict = out / "paper_tables" / stamp["profile"] / "synthetic_verdict.json"
+    verdict = out / "paper_tables" / stamp["profile"] / VERDICT_FILE
     try:
         old = json.loads((runs_dir / SYNTHETIC_STAMP).read_text())
     except (OSError, ValueError):

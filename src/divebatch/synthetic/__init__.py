@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from divebatch.provenance import VERDICT_FILE
 from divebatch.rundir import REPO_ROOT as _REPO
 
 CONFIG_DIR = Path("configs") / "synthetic"
@@ -112,7 +113,7 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"divebatch synthetic: {err}", file=sys.stderr)
         return 2
     written = run(cfg, args.out_root)
-    verdict = [w for w in written if w.name == "synthetic_verdict.json"]
+    verdict = [w for w in written if w.name == VERDICT_FILE]
     if verdict:
         import json
 

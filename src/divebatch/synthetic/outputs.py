@@ -21,12 +21,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from divebatch.analysis.style import METHOD_ORDER, METHOD_PALETTE, apply_style, save_figure
 from divebatch.analysis.tables import write_table
-from divebatch.methods import BY_KEY
+from divebatch.methods import ADABATCH, ADABATCH_RESCALE, SGD_SMALL
+from divebatch.provenance import VERDICT_FILE
 
-SGD_SMALL = BY_KEY["sgd_small"].display_name
-ADABATCH, ADABATCH_RESCALE = BY_KEY["adabatch"].display_name, BY_KEY["adabatch_rescale"].display_name
-
-VERDICT_FILE = "synthetic_verdict.json"
 KIND_COLORS = {"noise": "tab:blue", "duplicate": "tab:green", "stress": "tab:red"}
 BAND_COLOR = "tab:orange"
 
