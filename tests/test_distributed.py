@@ -126,6 +126,8 @@ DRIVER = textwrap.dedent("""
             setattr(training.RunDir, name, rank_0_only(f"RunDir.{name}"))
         for name in ("_atomic_write", "_log", "WandbLogger"):
             setattr(training, name, rank_0_only(name))
+        import numpy
+        numpy.savez = rank_0_only("numpy.savez")  # the decoded image-folder cache is rank 0's to write
     groups, cur = [], []
     for a in sys.argv[1:] + ["--"]:
         if a == "--":
@@ -546,6 +548,19 @@ def test_per_rank_estimators_are_refused_before_training(tmp_path, overrides, ke
     code, out, err = torchrun(tmp_path, str(cfg), f"out_dir={tmp_path / 'r'}", *overrides)
     assert code != 0 and f"invalid config: {key} under torchrun" in err
     assert not (tmp_path / "r" / "metrics.csv").exists()
+
+
+def test_rank_0_alone_fills_the_image_folder_cache(tmp_path):
+    """A fresh cache: rank 0 decodes the folder and writes the cache, rank 1 reads it (the driver
+    makes numpy.savez raise on rank 1)."""
+    from test_imagefolder import write_layout
+
+    write_layout(tmp_path / "data", size=(8, 8), per_class=(6, 2))
+    cfg = write_config(tmp_path / "c.yaml", {**MAIN, "data": {"name": "imagefolder", "path": str(tmp_path / "data")}})
+    env = {"DIVEBATCH_CACHE": str(tmp_path / "cache")}
+    code, out, err = torchrun(tmp_path, str(cfg), f"out_dir={tmp_path / 'r'}", "epochs=1", env=env)
+    assert code == 0, f"torchrun failed ({code}):\n{out[-3000:]}\n{err[-3000:]}"
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 1
 
 
 def test_failing_rank_stops_the_job(tmp_path):

@@ -37,6 +37,7 @@ from divebatch.data import (
     DataError,
     batch_shares,
     build_data,
+    decode_imagefolder,
     fixed_subset_indices,
     make_loaders,
     reference_batches,
@@ -296,6 +297,8 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
 
+    if ctx.enabled and cfg.data.name == "imagefolder":  # rank 0 fills the decoded-image cache, the others read it
+        ctx.on_main(lambda: decode_imagefolder(Path(cfg.data.path)) and None)  # None: nothing to broadcast
     bundle = build_data(cfg.data)
     fid = cfg.fidelity  # where the authors' code differs from the method (docs/protocol.md)
     model = build_model(
