@@ -213,3 +213,66 @@ def test_find_run_dirs_skips_nested_and_wandb(tmp_path):
 def test_paths():
     assert rundir.runs_path("sweeps", "x").as_posix() == "runs/sweeps/x"  # relative to the working directory
     assert (rundir.REPO_ROOT / "pyproject.toml").is_file() and (rundir.REPO_ROOT / "src" / "divebatch").is_dir()
+
+
+# ----------------------------------------------------------------------------- one writer per run folder
+
+HOLDER = """
+import sys, time
+from divebatch.rundir import RunDir
+RunDir(sys.argv[1]).lock()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def _hold(path):
+    """A live process holding ``path``'s writer lock (returned once it holds it)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_path, tiny_config):
+    import signal
+
+    from divebatch.rundir import RunDirError
+    from divebatch.training import train
+
+    cfg = tiny_config("epochs=1")
+    train(cfg)  # a finished run whose files must survive a refused second writer
+    from pathlib import Path
+
+    before = {p.name: p.read_bytes() for p in Path(cfg.out_dir).iterdir() if p.name != ".lock"}
+    holder = _hold(cfg.out_dir)
+    try:
+        with pytest.raises(RunDirError) as err:
+            train(cfg)
+        msg = str(err.value)
+        assert "\n" not in msg and str(cfg.out_dir) in msg and f"pid {holder.pid}" in msg
+        after = {p.name: p.read_bytes() for p in Path(cfg.out_dir).iterdir() if p.name != ".lock"}
+        assert after == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    summary = train(cfg)  # the kernel released the killed holder's lock: the trainer gets the folder
+    assert summary["finished"] and summary["epochs_completed"] == 1
+
+
+def test_the_lock_is_released_when_training_ends_or_fails(tmp_path, tiny_config):
+    from divebatch.rundir import RunDir, RunDirError
+    from divebatch.training import train
+
+    cfg = tiny_config("epochs=1")
+    train(cfg)
+    free = RunDir(cfg.out_dir)
+    free.lock()  # free again after a finished run (released in this process too)
+    free.unlock()
+    with pytest.raises(RunDirError, match="different config"):
+        train(tiny_config("epochs=1", "optim.lr=0.5"))
+    other = RunDir(cfg.out_dir)
+    other.lock()
+    other.unlock()

@@ -180,7 +180,23 @@ def channel_stats(x: Tensor, chunk: int = 4096) -> tuple[tuple, tuple]:
     return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
 
 
+def nchw(x: Tensor) -> Tensor:
+    """``x`` with the row-major (N, C, H, W) strides, copied only when its strides differ.
+
+    ``Tensor.contiguous()`` is not enough: it ignores the strides of size-1 dimensions, so a
+    one-channel batch made by NumPy fancy indexing (strides (HW, 1, W, 1)) stays ambiguous and
+    convolutions read it as channels_last (NHWC). An NHWC input sends a stride-2 1x1 convolution
+    with few input channels to oneDNN's faulty kernel (docs/performance.md, "The oneDNN CPU bug").
+    """
+    return (
+        x
+        if x.stride() == torch.empty(x.shape, device="meta").stride()
+        else x.clone(memory_format=torch.contiguous_format)
+    )
+
+
 def _array_bundle(name, x_tr, y_tr, x_te, y_te, num_classes, augment_name, cfg, stats=None) -> DataBundle:
+    x_tr, x_te = nchw(x_tr), nchw(x_te)
     if stats is None:  # per-channel statistics of the training images
         stats = channel_stats(x_tr)
     t_train, t_eval = _pil_transforms(*stats, augment_name, cfg.augment)

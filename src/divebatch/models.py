@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -27,6 +28,37 @@ def register(name: str):
     return deco
 
 
+# oneDNN 3.12's jit_1x1 backward-weights kernel (torch 2.13-2.14, x86 CPUs with AVX2 and no AVX-512,
+# or any x86 CPU under ONEDNN_MAX_CPU_ISA=AVX2) writes past its scratchpad for a stride-2 1x1
+# convolution whose operands are channels_last (NHWC) and whose input has fewer than 8 input
+# channels (16 reported on AVX-512): heap corruption with 1 thread, a wrong weight gradient with 2.
+# Upstream: uxlfoundation/oneDNN issue 6035. docs/performance.md, "The oneDNN CPU bug", gives the
+# reproduction, the CPUs and versions and the measured cost of this guard (none at width 16).
+ONEDNN_1X1_GUARD_BELOW = 16  # input channels under which the guard applies
+
+
+def _contiguous_strides(t: Tensor) -> tuple[int, ...]:
+    return torch.empty(t.shape, device="meta").stride()
+
+
+def nchw_operands(conv: nn.Conv2d, args: tuple[Tensor, ...]):
+    """Forward pre-hook: on CPU, give the convolution row-major (N, C, H, W) input and weight.
+
+    A channels_last model (``speed.channels_last``) or an ambiguous one-channel batch would
+    otherwise send the stride-2 1x1 shortcut convolution to the faulty oneDNN kernel (see
+    ``ONEDNN_1X1_GUARD_BELOW``). The weight's storage is re-laid out in place (the same Parameter,
+    so optimizer state and BackPACK's hooks are untouched); the input is copied only when its strides
+    differ. No effect on CUDA or with row-major operands.
+    """
+    (x,) = args
+    if x.device.type != "cpu":
+        return None
+    w = conv.weight
+    if w.stride() != _contiguous_strides(w):
+        w.data = w.data.clone(memory_format=torch.contiguous_format)
+    return None if x.stride() == _contiguous_strides(x) else (x.clone(memory_format=torch.contiguous_format),)
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block (He et al., 2016), as in kuangliu/pytorch-cifar, without in-place ops."""
 
@@ -39,6 +71,8 @@ class BasicBlock(nn.Module):
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            if stride != 1 and in_planes < ONEDNN_1X1_GUARD_BELOW:
+                self.shortcut[0].register_forward_pre_hook(nchw_operands)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

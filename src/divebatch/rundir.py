@@ -8,6 +8,7 @@
 * ``summary.json``: written when the run ends (``finished``, ``diverged``, :data:`SUMMARY_KEYS`);
 * ``checkpoint.pt``: the state to resume from (:data:`CHECKPOINT`);
 * ``train.log``: the run's stdout/stderr under ``divebatch replicate`` (:data:`LOG`);
+* ``.lock``: the writer lock, held by the one process training the run (:meth:`RunDir.lock`);
 * ``shadow.csv`` / ``shadow_subsets.csv``: shadow-measurement runs only (:mod:`divebatch.method.shadow`).
 
 Every file is written whole through a temporary file and a rename (:func:`atomic_write`), so a
@@ -30,8 +31,11 @@ are imported by the functions that need them (config, metrics frame, checkpoint)
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
+import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -44,6 +48,7 @@ METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 LOG = "train.log"  # under divebatch replicate
+LOCK = ".lock"  # the writer lock (RunDir.lock); its text names the last holder
 SHADOW = "shadow.csv"
 SHADOW_SUBSETS = "shadow_subsets.csv"
 
@@ -169,22 +174,60 @@ class RunDir:
         self.config, self.manifest = self.path / CONFIG, self.path / MANIFEST
         self.metrics, self.summary = self.path / METRICS, self.path / SUMMARY
         self.checkpoint = self.path / CHECKPOINT
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Become the folder's one writer: take an exclusive ``flock`` on ``.lock`` and keep it until
+        :meth:`unlock` or the end of the process (the kernel releases it on any exit, SIGKILL
+        included, so a killed run leaves no stale lock). Creates the folder; writes nothing else.
+        Under torchrun, rank 0 alone holds it (it alone writes the run directory).
+
+        Raises:
+            RunDirError: another live process holds the lock (the message names the folder and that
+                process); nothing in the folder was changed.
+        """
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = (
+                os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that has not written its name yet"
+            )
+            os.close(fd)
+            raise RunDirError(
+                f"out_dir={str(self.path)!r} is being trained by another process ({holder}); nothing was "
+                f"changed. Wait for it to end, or stop it and rerun this command to resume."
+            ) from None
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the writer lock (no-op when not held). The ``.lock`` file stays, naming the last holder."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def prepare(self, cfg: DictConfig) -> list[str]:
-        """Create the folder and write config.yaml, or check that an existing run has the same config
-        (keys in ``config.RUNTIME_KEYS``, e.g. ``method.max_micro_batch``, may change; config.yaml
-        then holds the new values).
+        """Take the writer lock (:meth:`lock`), then create the folder and write config.yaml, or check
+        that an existing run has the same config (keys in ``config.RUNTIME_KEYS``, e.g.
+        ``method.max_micro_batch``, may change; config.yaml then holds the new values).
 
         Returns:
             The runtime keys that changed, as ``key: old -> new`` (empty for a new run).
         Raises:
-            RunDirError: the folder holds a run with another config, or results without a config.
+            RunDirError: another process is training in the folder, the folder holds a run with
+                another config, or results without a config.
         """
         from omegaconf import OmegaConf
 
         from divebatch.config import config_diffs, to_yaml
 
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
         changed = []
         if self.config.exists():
             old = OmegaConf.load(self.config)

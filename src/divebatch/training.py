@@ -276,9 +276,18 @@ def train(cfg: DictConfig) -> dict:
     ``diverged: true`` (and ``diverged_epoch``, 0-based) and it counts as finished.
 
     Raises:
-        RunDirError: out_dir holds another run, or an unreadable checkpoint.
+        RunDirError: out_dir holds another run or an unreadable checkpoint, or another process is
+            training in it (one writer per run folder: :meth:`divebatch.rundir.RunDir.lock`).
         DataError: dataset files are missing or malformed (the message says what is expected).
     """
+    run = RunDir(cfg.out_dir)  # rank 0 alone reads and writes it; what it reads is broadcast (ctx.on_main)
+    try:
+        return _train(cfg, run)
+    finally:
+        run.unlock()  # prepare() took the writer lock on rank 0
+
+
+def _train(cfg: DictConfig, run: RunDir) -> dict:
     ctx = distributed.setup(cfg.device)  # under torchrun: join the process group (docs/distributed.md)
     microbatch = cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "microbatch"
     if ctx.enabled and (cfg.shadow.enabled or microbatch):  # refused now, not at the first measured epoch
@@ -287,7 +296,6 @@ def train(cfg: DictConfig) -> dict:
             f"invalid config: {key}={value} under torchrun ({ctx.world_size} processes); allowed: a single "
             f"process (its per-rank sums are not reduced across ranks)"
         )
-    run = RunDir(cfg.out_dir)  # rank 0 alone reads and writes it; what it reads is broadcast (ctx.on_main)
     changed, summary = ctx.on_main(lambda: (run.prepare(cfg), run.read_summary()))
     if summary and summary.get("finished"):
         if ctx.is_main:
