@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "train": ("divebatch.training:cli", "train one run from a YAML config and KEY=VALUE overrides"),
     "report": ("divebatch.analysis:cli", "tables, figures and claims from run directories"),
+    "authors": ("divebatch.analysis.authors:cli", "the authors' reported numbers, checked: speed-up ratios, s/epoch"),
     "synthetic": ("divebatch.synthetic:cli", "synthetic logistic-regression check of the theory"),
     "sweep": ("divebatch.orchestration.sweeps:cli", "run a wandb sweep YAML locally (offline) or validate it"),
     "replicate": ("divebatch.orchestration.replicate:cli", "train every run of a profile, then report"),
