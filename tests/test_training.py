@@ -27,7 +27,7 @@ from divebatch.models import build_model
 from divebatch.training import METRIC_COLUMNS, RunDirError, build_schedulers, train, train_one_epoch
 
 TIME_COLUMNS = ["epoch_time_s", "eval_time_s", "wall_time_s", "peak_memory_mb"]
-RUN_FILES = {"config.yaml", "manifest.json", "metrics.csv", "summary.json", "checkpoint.pt"}
+RUN_FILES = {"config.yaml", "manifest.json", "metrics.csv", "summary.json", "checkpoint.pt", ".lock"}
 
 
 def metrics(run_dir) -> pd.DataFrame:
@@ -160,6 +160,7 @@ def test_run_directory_holds_exactly_the_fixed_files(divebatch_run):
     assert manifest["seed"] == cfg.seed and manifest["device"].startswith("cpu")
     assert manifest["packages"]["torch"] == torch.__version__.split("+")[0]
     assert manifest["commit"] and "T" in manifest["start_time"]
+    assert manifest["command"].split()[0] == "divebatch"  # never where the entry point lives on this machine
 
 
 def test_metrics_columns_and_counters(divebatch_run):
@@ -234,9 +235,9 @@ def test_checkpoint_loads_with_weights_only_and_holds_the_model(divebatch_run):
 
 def test_second_run_of_the_same_command_trains_nothing(divebatch_run):
     cfg, out, summary = divebatch_run
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.name != ".lock"}
     assert train(cfg) == summary
-    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.name != ".lock"}
     assert {k: v[1] for k, v in after.items()} == {k: v[1] for k, v in before.items()}
     for name in ("metrics.csv", "checkpoint.pt", "summary.json", "manifest.json"):
         assert after[name][0] == before[name][0], name

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import sys
 import time
 import uuid
@@ -367,7 +368,8 @@ def _train(cfg: DictConfig, run: RunDir) -> dict:
                     cfg.seed,
                     wandb_id=run_id,
                     n_train=bundle.n_train,
-                    command=" ".join(sys.argv),
+                    # argv[0] is where the entry point is installed on this machine: not part of the command
+                    command=shlex.join(["divebatch", *sys.argv[1:]]),
                     resumes=[],
                     distributed=ctx.describe(),
                 ),
