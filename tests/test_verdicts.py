@@ -6,6 +6,7 @@ not evidence (claims 1-3 and the estimator study's row 6)."""
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,8 +15,9 @@ from scipy import stats
 
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis import collect_runs, main_table, speedup_table
+from divebatch.analysis.figures import collapsed_runs, plot_curves, plot_noise_scale, plot_speedup_vs_accuracy
 from divebatch.analysis.stats import matched_target
-from divebatch.analysis.tables import format_matched, matched_table, target_ladder
+from divebatch.analysis.tables import diversity_table, format_matched, matched_table, target_ladder
 
 SGD_ACC = np.array([40.0, 60.0, 75.0, 85.0, 90.0, 92.0, 93.0, 94.0, 95.0, 95.0])
 # ends 15 pp below SGD: its own target (79) comes at epoch 4, SGD's (94) at epoch 8
@@ -224,3 +226,60 @@ def test_target_ladder_marks_the_matched_target(tmp_path):
     assert at["speedup"].iloc[0] == pytest.approx(8 * 102 / (5 * 42))
     assert dive["target_value"].is_monotonic_increasing
     assert len(matched_table(ep)) == len(speedup_table(ep).query("target == 'matched'"))
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_collapsed_runs_are_drawn_apart_and_slow_runs_are_not(tmp_path):
+    ep = _study(tmp_path, GOOD_ACC, dive_steps=40)
+    write_run(tmp_path, "stuck/s1", val_acc=[10.0] * E, method="divebatch", lr_rescale=True, dataset="cifar10")
+    write_run(tmp_path, "slow/s1", val_acc=SGD_ACC - 20, method="adabatch", lr_rescale=True, dataset="cifar10")
+    ep = collect_runs(tmp_path).epochs
+    assert [r.split("/", 1)[1] for r in collapsed_runs(ep)] == ["stuck/s1"]  # not "slow/s1": it learns
+    fig = plot_curves(ep, "cifar10")
+    assert any(ax.get_title() == "collapsed runs (drawn apart)" for ax in fig.axes)
+    top = fig.axes[0]  # accuracy against epochs, the collapsed run left out: the y axis stays above its 10 %
+    assert top.get_ylim()[0] > 10.5
+    plt.close(fig)
+
+
+def test_noise_scale_draws_each_run_and_never_averages_estimators(tmp_path):
+    for estimator, n_delta in (("exact", 700.0), ("fixed_point", 1.0)):
+        for seed in (1, 2):
+            write_run(
+                tmp_path,
+                f"{estimator}/s{seed}",
+                val_acc=[50.0, 60.0, 70.0, 80.0],
+                seed=seed,
+                initial_batch_size=64,
+                batch_size=[64, 64, 128, 128],
+                grad_diversity=[np.nan, n_delta / 1000, np.nan, n_delta / 1000],
+                overrides=[f"method.diversity_estimator={estimator}"],
+            )
+    div = diversity_table(collect_runs(tmp_path).epochs)
+    fig = plot_noise_scale(div)
+    ys = np.concatenate([line.get_ydata() for line in fig.axes[0].get_lines() if len(line.get_ydata())])
+    assert np.isclose(ys, 700.0).any() and np.isclose(ys, 1.0).any()
+    assert not np.isclose(ys, (700.0 + 1.0) / 2).any()  # the average of the two estimators is never drawn
+    plt.close(fig)
+
+
+def test_speedup_vs_accuracy_gives_each_setting_its_own_marker(tmp_path):
+    for seed in (1, 2):
+        _write(tmp_path, "sgd", SGD_ACC, "sgd", seed, 100)
+        for estimator in ("exact", "fixed_point"):
+            _write(
+                tmp_path,
+                f"dive-{estimator}",
+                GOOD_ACC,
+                "divebatch",
+                seed,
+                40,
+                overrides=[f"method.diversity_estimator={estimator}"],
+            )
+    ep = collect_runs(tmp_path).epochs
+    fig = plot_speedup_vs_accuracy(main_table(ep), speedup_table(ep))
+    markers = {line.get_marker() for line in fig.axes[0].get_lines()} - {None, "None", "", "_", "|"}  # caps
+    assert len(markers) == 2  # the two estimators of DiveBatch: two markers, neither hidden under the other
+    plt.close(fig)
