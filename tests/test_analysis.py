@@ -1,5 +1,5 @@
 """divebatch.analysis on hand-written run directories (tests/fixtures/fake_runs.py): time to target
-and speed-ups against hand-computed values, bootstrap intervals, exclusion of incomplete runs,
+and speed-ups against hand-computed values, t-intervals over seeds, exclusion of incomplete runs,
 claim verdicts that follow the numbers, the report command and the notebooks."""
 
 from __future__ import annotations

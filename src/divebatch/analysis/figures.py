@@ -416,7 +416,7 @@ def plot_sensitivity(table: pd.DataFrame) -> plt.Figure:
 
     Columns: hyperparameters with more than one value (log x for delta, log2 for max batch size);
     rows: final accuracy (%, mean and sd over seeds), speed-up in epochs, optimizer steps and
-    wall-clock s (bootstrap 95% CI). In a grid sweep each combination of the other varied
+    wall-clock s (95 % t-interval over seeds). In a grid sweep each combination of the other varied
     hyperparameters is its own line (colour = method, line style = that combination).
     """
     apply_style()
@@ -462,7 +462,7 @@ def plot_sensitivity(table: pd.DataFrame) -> plt.Figure:
                 ax.axhline(1, color="0.6", lw=0.8)
             ax.set(xlabel=h, ylabel=ylabel)
     _legend_right(axes)
-    fig.suptitle("Sensitivity vs small-batch SGD (own target)\nbars: sd of accuracy, bootstrap 95% CI of speed-up")
+    fig.suptitle("Sensitivity vs small-batch SGD (own target)\nbars: sd of accuracy, 95 % t-interval of speed-up")
     return fig
 
 
