@@ -1,5 +1,5 @@
 """divebatch.analysis on hand-written run directories (tests/fixtures/fake_runs.py): time to target
-and speed-ups against hand-computed values, bootstrap intervals, exclusion of incomplete runs,
+and speed-ups against hand-computed values, t-intervals over seeds, exclusion of incomplete runs,
 claim verdicts that follow the numbers, the report command and the notebooks."""
 
 from __future__ import annotations
@@ -95,21 +95,25 @@ def test_time_to_target_and_speedups_match_hand_computation(tmp_path):
     assert dive["acc_change_vs_sgd_small_pp"] == pytest.approx((89 + 89.6) / 2 - (90 + 90.5) / 2)
 
     sp = speedup_table(rs.epochs)
-    expect = {  # (baseline, target, unit) -> mean baseline time / mean DiveBatch time
-        ("SGD (small batch)", "own", "epochs"): (4 + 5) / (3 + 4),
-        ("SGD (small batch)", "own", "optimizer_steps"): (40 + 50) / (18 + 20),
-        ("SGD (small batch)", "own", "wall_time_s"): (8 + 10) / (5 + 5),
-        ("AdaBatch", "own", "epochs"): (4 + 4) / (3 + 4),
-        ("AdaBatch", "own", "optimizer_steps"): (21 + 21) / (18 + 20),
-        ("AdaBatch", "own", "wall_time_s"): (5 + 5.6) / (5 + 5),
-        ("SGD (small batch)", "common", "optimizer_steps"): (40 + 40) / (18 + 20),
-        ("AdaBatch", "common", "wall_time_s"): (5 + 5.6) / (5 + 5),
+    expect = {  # (baseline, target, unit) -> (baseline times, DiveBatch times) of seeds 1 and 2
+        ("SGD (small batch)", "own", "epochs"): ((4, 5), (3, 4)),
+        ("SGD (small batch)", "own", "optimizer_steps"): ((40, 50), (18, 20)),
+        ("SGD (small batch)", "own", "wall_time_s"): ((8, 10), (5, 5)),
+        ("AdaBatch", "own", "epochs"): ((4, 4), (3, 4)),
+        ("AdaBatch", "own", "optimizer_steps"): ((21, 21), (18, 20)),
+        ("AdaBatch", "own", "wall_time_s"): ((5, 5.6), (5, 5)),
+        ("SGD (small batch)", "common", "optimizer_steps"): ((40, 40), (18, 20)),
+        ("AdaBatch", "common", "wall_time_s"): ((5, 5.6), (5, 5)),
     }
-    for (baseline, target, unit), value in expect.items():
+    t1 = stats.t.ppf(0.975, 1)  # two seeds, paired: one degree of freedom
+    for (baseline, target, unit), (b, m) in expect.items():
         r = _row(sp, method="DiveBatch", baseline=baseline, target=target, unit=unit)
-        assert r["speedup"] == pytest.approx(value), (baseline, target, unit)
-        assert r["n_seeds"] == 2
-        assert r["ci_low"] <= r["speedup"] <= r["ci_high"]
+        logs = np.log(np.divide(b, m))  # per-seed log speed-ups
+        assert r["speedup"] == pytest.approx(np.exp(logs.mean())), (baseline, target, unit)
+        half = t1 * logs.std(ddof=1) / np.sqrt(2)
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((np.exp(logs.mean() - half), np.exp(logs.mean() + half)))
+        assert r["ratio_of_means"] == pytest.approx(np.mean(b) / np.mean(m))  # the authors' statistic beside it
+        assert r["n_seeds"] == 2 and r["pairing"] == "paired"
 
 
 def _seed_sample(n: int, center: float, reverse: bool) -> np.ndarray:
@@ -118,20 +122,52 @@ def _seed_sample(n: int, center: float, reverse: bool) -> np.ndarray:
     return center + (q[::-1] if reverse else q)
 
 
-def test_bootstrap_contains_estimate_and_widens_with_fewer_seeds():
+def test_t_interval_contains_estimate_and_widens_with_fewer_seeds():
     widths = {}
     for n in (3, 10):
         base, method = _seed_sample(n, 10.0, False), _seed_sample(n, 5.0, True)
         iv = speedup(base, method)
-        assert iv.low <= iv.value <= iv.high and iv.n == n
-        assert iv.value == pytest.approx(base.mean() / method.mean())
+        assert iv.low <= iv.value <= iv.high and iv.n == n and iv.pairing == "paired"
+        assert iv.value == pytest.approx(np.exp(np.mean(np.log(base / method))))  # geometric mean of the ratios
+        assert iv.mean == pytest.approx(base.mean() / method.mean())  # ratio of seed means, beside it
         acc = accuracy_change(method, base)
         assert acc.low <= acc.value <= acc.high
         widths[n] = (iv.high - iv.low, acc.high - acc.low)
     assert widths[3][0] > widths[10][0] and widths[3][1] > widths[10][1]
     base, method = _seed_sample(10, 10.0, False), _seed_sample(10, 5.0, True)
     one = speedup(base[:1], method[:1])
-    assert one.n == 1 and np.isnan(one.low) and np.isfinite(one.value)
+    assert one.n == 1 and np.isnan(one.low) and np.isnan(one.high) and np.isfinite(one.value)
+    assert np.isnan(accuracy_change(method[:1], base[:1]).low)  # n=1: no interval, never a fake one
+
+
+def test_three_seed_interval_is_a_t_interval_not_the_seed_range():
+    """A percentile bootstrap over 3 seeds gives [min, max] of the seeds; the t-interval is wider and
+    computed from t_{0.975, n-1} x SEM, by hand here."""
+    method = np.array([88.0, 90.5, 89.2])
+    base = np.array([90.0, 91.0, 90.7])
+    d = method - base  # paired: the same seeds
+    iv = accuracy_change(method, base)
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert (iv.value, iv.low, iv.high) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
+    assert iv.sem == pytest.approx(d.std(ddof=1) / np.sqrt(3)) and iv.n == 3 and iv.pairing == "paired"
+    assert (iv.low, iv.high) != pytest.approx((d.min(), d.max()))
+    assert iv.low < d.min() and iv.high > d.max()  # t_{0.975, 2} = 4.30: wider than the seed range here
+    # speed-ups: on the log-ratio, exponentiated
+    b, m = np.array([100.0, 120.0, 90.0]), np.array([50.0, 70.0, 60.0])
+    logs = np.log(b / m)
+    sp = speedup(b, m)
+    half = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / np.sqrt(3)
+    assert (sp.low, sp.high) == pytest.approx((np.exp(logs.mean() - half), np.exp(logs.mean() + half)))
+    assert (sp.low, sp.high) != pytest.approx(((b / m).min(), (b / m).max()))
+    # groups that share no seed: Welch's two-sample t (Welch-Satterthwaite degrees of freedom)
+    x, y = np.array([1.0, 2.0, 4.0]), np.array([0.0, 0.5, 0.7, 0.2])
+    vx, vy = x.var(ddof=1) / 3, y.var(ddof=1) / 4
+    df = (vx + vy) ** 2 / (vx**2 / 2 + vy**2 / 3)
+    welch = accuracy_change(x, y, paired_by_seed=False)
+    half = stats.t.ppf(0.975, df) * np.sqrt(vx + vy)
+    assert welch.pairing == "welch" and (welch.low, welch.high) == pytest.approx(
+        (x.mean() - y.mean() - half, x.mean() - y.mean() + half)
+    )
 
 
 @pytest.mark.parametrize(
@@ -657,7 +693,7 @@ def test_claims_are_judged_with_the_authors_definition_first(tmp_path):
         rows = claims[claims["claim"] == claim]
         assert rows["definition"].tolist() == [claims_mod.AUTHORS] * 3 + [claims_mod.PER_RUN] * 3
         assert rows["unit"].tolist()[:3] == ["epochs", "optimizer steps", "training s"]
-        assert rows["rule"].iloc[0].startswith("authors' time to target (docs/protocol.md)")
+        assert rows["rule"].iloc[0].startswith("seed-mean curves (authors' definition, docs/protocol.md)")
     authors = claims_mod.AUTHORS
     assert _verdict(claims, 2, "training s", authors) == claims_mod.HOLDS  # 1.8 / 0.1 = 18x on training time
     assert _verdict(claims, 2, "wall-clock s") == claims_mod.FAILS  # per run, wall clock: 1x

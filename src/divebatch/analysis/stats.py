@@ -1,4 +1,4 @@
-"""Time to target, speed-ups and bootstrap confidence intervals over seeds.
+"""Time to target, speed-ups and t-intervals over seeds.
 
 Definitions (docs/protocol.md, claim 2: "time to reach within 1 % of the final accuracy"):
 
@@ -14,13 +14,18 @@ Definitions (docs/protocol.md, claim 2: "time to reach within 1 % of the final a
 - *own target*: the run's final validation accuracy minus :data:`WITHIN_PP` percentage points.
 - *common target* of a dataset: the lowest mean final accuracy among its methods (and settings)
   minus :data:`WITHIN_PP` points, the same for every run of that dataset.
-- *speed-up* of a method against a baseline in unit U: mean over seeds of the baseline's time
-  to target divided by mean over seeds of the method's (> 1: the method is faster), over the
-  seeds both have. Its 95% interval is a paired percentile bootstrap over those seeds
-  (:func:`scipy.stats.bootstrap`), seeds resampled jointly so seed-to-seed variation shared by
-  both runs of a seed cancels.
-- *accuracy change*: mean final accuracy of the method minus the baseline's, in percentage
-  points, with the same paired bootstrap interval.
+- *matched target* of a method against a baseline (:func:`matched_target`): the lower of the two
+  seed-mean final accuracies minus :data:`WITHIN_PP` (a loss: the higher final + ``within``), the
+  same accuracy for both, so a method that ends low does not get an easier target. Speed
+  verdicts use it; the own target stays as the authors' definition.
+- *speed-up* of a method against a baseline in unit U (:func:`speedup`): ``exp`` of the mean over
+  seeds of ``log(baseline time / method time)`` (> 1: the method is faster), with the 95 %
+  t-interval over seeds on that log-ratio (Student's t, ``scipy.stats.t``), *paired* by seed when
+  the runs of the two groups share seeds (the seeds both have), Welch's two-sample t otherwise.
+  Beside it, the authors' statistic: the ratio of the seed-mean times with its SEM.
+- *accuracy change* (:func:`accuracy_change`): mean final accuracy of the method minus the
+  baseline's, in percentage points, with the 95 % t-interval on the per-seed differences (paired)
+  or Welch's, and the SEM. With one seed there is no interval ("n=1, no interval").
 
 *Primary metric* (docs/analysis.md): a run is judged by the ``primary_metric`` its config declares
 (``column``: ``val_acc`` or ``val_loss``; ``direction``: higher or lower is better; ``within``:
@@ -34,7 +39,6 @@ column, "reached" as at or beyond the target in the good direction, the own targ
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,9 +52,16 @@ UNIT_LABELS = {"epochs": "epochs", "optimizer_steps": "optimizer steps", "wall_t
 # authors' definition: unit -> label (training seconds only, unlike wall_time_s)
 AUTHORS_UNITS = {"epochs": "epochs", "optimizer_steps": "optimizer steps", "train_time_s": "training s"}
 QUARTER = 0.25  # "accuracy at 25 % of the planned epochs"
-CONFIDENCE = 0.95
-N_RESAMPLES = 9999
-BOOTSTRAP_SEED = 0  # fixed so a report is reproducible byte for byte
+CONFIDENCE = 0.95  # two-sided level of every t-interval
+# matched target: the units of the time to it (per seed and on the seed-mean curve); train_time_s is
+# the cumulative training seconds (sum of epoch_time_s, evaluation excluded)
+MATCHED_UNITS = {
+    "epochs": "epochs",
+    "optimizer_steps": "optimizer steps",
+    "train_time_s": "training s",
+    "wall_time_s": "wall-clock s",
+}
+INTERVAL_NAME = "95 % t-interval over n seeds"
 
 
 def time_to_target(
@@ -163,7 +174,8 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
         ``best_acc`` (percent), ``acc_at_25pct`` (percent, at epoch :func:`quarter_epoch` of the
         planned epochs ``epochs_planned``; NaN when that column is absent), ``peak_memory_mb`` (max
         over epochs; MB, CUDA allocator peak or peak RSS on CPU), ``final_batch_size``,
-        ``final_train_loss``, ``final_metric`` and ``best_metric`` (the primary metric, see the
+        ``final_train_loss``, ``resized`` (False when ``batch_size`` never changed,
+        :func:`never_resized`), ``final_metric`` and ``best_metric`` (the primary metric, see the
         module docstring; equal to the accuracies by default), ``own_target`` and
         ``common_target`` (in the metric's units), then ``own_<unit>`` and ``common_<unit>`` for
         each unit.
@@ -186,6 +198,7 @@ def per_run(epochs: pd.DataFrame, group: list[str] | None = None) -> pd.DataFram
             "peak_memory_mb": float(m["peak_memory_mb"].max()) if "peak_memory_mb" in m else float("nan"),
             "final_batch_size": float(last["batch_size"]),
             "final_train_loss": float(last["train_loss"]),
+            "resized": not never_resized(m["batch_size"]),
         }
         col, higher, within = metric_of(last)
         row["final_metric"] = float(last[col])
@@ -252,69 +265,144 @@ def common_targets(runs: pd.DataFrame, group: list[str] | None = None, epochs: p
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate with its bootstrap interval over ``n`` seeds (NaN bounds when n < 2)."""
+    """A point estimate over ``n`` seeds with its 95 % t-interval and its standard error.
+
+    Attributes:
+        value: the point estimate (a difference of means, or a ratio: exp of the mean log-ratio).
+        low, high: the 95 % t-interval (NaN when ``n`` < 2: "n=1, no interval").
+        n: seeds used (pairs when ``pairing`` is ``paired``, the smaller sample under Welch).
+        sem: standard error of the mean of the quantity the interval is built on (for a ratio: of
+            the mean log-ratio, i.e. about the relative SEM of the ratio); NaN when n < 2.
+        pairing: ``paired`` (per-seed differences of runs that share a seed), ``welch`` (two
+            independent samples, Welch's t) or ``""`` (no comparison possible).
+        mean, mean_sem: the authors' statistic beside it: the mean difference (or the ratio of the
+            seed means) and its SEM (for a ratio: by the delta method, first order).
+    """
 
     value: float
     low: float
     high: float
     n: int
+    sem: float = float("nan")
+    pairing: str = ""
+    mean: float = float("nan")
+    mean_sem: float = float("nan")
 
 
-def _ratio_of_means(base, method, axis=-1):
-    return np.mean(base, axis=axis) / np.mean(method, axis=axis)
+NAN_INTERVAL = Interval(float("nan"), float("nan"), float("nan"), 0)
 
 
-def _difference_of_means(method, base, axis=-1):
-    return np.mean(method, axis=axis) - np.mean(base, axis=axis)
+def _sem(x: np.ndarray) -> float:
+    return float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
-def paired_bootstrap(x: np.ndarray, y: np.ndarray, statistic, confidence: float = CONFIDENCE) -> Interval:
-    """Statistic of two seed-paired samples with a percentile bootstrap interval.
+def t_interval(x: np.ndarray, y: np.ndarray | None = None, confidence: float = CONFIDENCE) -> Interval:
+    """Mean (of ``x``, or of ``x - y`` for two samples) with its two-sided t-interval.
+
+    One sample (``y`` None) or two *paired* samples of equal length: Student's t on the per-seed
+    values (``x - y``), ``n - 1`` degrees of freedom, ``mean +/- t_{(1+c)/2, n-1} * sd / sqrt(n)``.
+    Two samples of unequal length (``paired`` False by the caller's choice, see
+    :func:`welch_interval`) are not handled here.
 
     Args:
-        x, y: shape (n,) float arrays, element i of each from the same seed; NaN pairs are dropped.
-        statistic: ``f(x, y, axis) -> float``, vectorised along ``axis``.
-        confidence: two-sided level of the interval.
+        x, y: shape (n,) float arrays; NaN entries (NaN pairs) are dropped.
+        confidence: two-sided level.
     Returns:
-        :class:`Interval`; bounds are NaN with fewer than 2 pairs, equal to the value when all
-        resamples agree (every seed gives the same numbers).
+        :class:`Interval` with ``pairing`` ``paired`` for two samples; bounds NaN with n < 2; equal
+        to the value when every seed gives the same number (sd 0).
+    """
+    x = np.asarray(x, dtype=float)
+    if y is not None:
+        y = np.asarray(y, dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        d = x[ok] - y[ok]
+    else:
+        d = x[np.isfinite(x)]
+    n = len(d)
+    pairing = "paired" if y is not None else ""
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0, pairing=pairing)
+    value = float(np.mean(d))
+    if n < 2:
+        return Interval(value, float("nan"), float("nan"), n, pairing=pairing, mean=value)
+    sem = _sem(d)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+    return Interval(value, value - half, value + half, n, sem, pairing, value, sem)
+
+
+def welch_interval(x: np.ndarray, y: np.ndarray, confidence: float = CONFIDENCE) -> Interval:
+    """``mean(x) - mean(y)`` of two independent samples with Welch's t-interval.
+
+    Degrees of freedom by Welch-Satterthwaite:
+    ``(s_x^2/n_x + s_y^2/n_y)^2 / ((s_x^2/n_x)^2/(n_x-1) + (s_y^2/n_y)^2/(n_y-1))``.
+
+    Args:
+        x, y: float arrays (any lengths); NaN entries are dropped.
+    Returns:
+        :class:`Interval` with ``pairing`` ``welch`` and ``n`` = the smaller sample size; bounds NaN
+        when either sample has fewer than 2 values; equal to the value when both sds are 0.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = len(x)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    n = min(len(x), len(y))
     if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), 0)
-    value = float(statistic(x, y, axis=-1))
+        return Interval(float("nan"), float("nan"), float("nan"), 0, pairing="welch")
+    value = float(np.mean(x) - np.mean(y))
     if n < 2:
-        return Interval(value, float("nan"), float("nan"), n)
-    if np.ptp(x) == 0 and np.ptp(y) == 0:
-        return Interval(value, value, value, n)
-    with warnings.catch_warnings():
-        # few seeds give few distinct resamples; scipy warns, the interval is still what we report
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap(
-            (x, y),
-            statistic,
-            paired=True,
-            vectorized=True,
-            n_resamples=N_RESAMPLES,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(BOOTSTRAP_SEED),
-        )
-    ci = res.confidence_interval
-    return Interval(value, float(ci.low), float(ci.high), n)
+        return Interval(value, float("nan"), float("nan"), n, pairing="welch", mean=value)
+    vx, vy = np.var(x, ddof=1) / len(x), np.var(y, ddof=1) / len(y)
+    sem = float(np.sqrt(vx + vy))
+    if sem == 0:
+        return Interval(value, value, value, n, 0.0, "welch", value, 0.0)
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * sem
+    return Interval(value, value - half, value + half, n, sem, "welch", value, sem)
 
 
-def speedup(base_times: np.ndarray, method_times: np.ndarray) -> Interval:
-    """Speed-up = mean(base_times) / mean(method_times), seed-paired bootstrap interval.
+def _compare(x, y, paired_by_seed: bool) -> Interval:
+    return t_interval(x, y) if paired_by_seed else welch_interval(x, y)
+
+
+def speedup(base_times: np.ndarray, method_times: np.ndarray, paired_by_seed: bool = True) -> Interval:
+    """Speed-up of a method over a baseline from times to target, with a 95 % t-interval on the log-ratio.
+
+    ``log(base / method)`` per seed (paired) or ``mean log base - mean log method`` (Welch), the
+    t-interval on that, exponentiated: value = ``exp(mean log-ratio)`` (the geometric mean of the
+    per-seed speed-ups when paired), bounds ``exp(low)``, ``exp(high)``; > 1 means faster. Beside it
+    (``mean``, ``mean_sem``): the ratio of the seed means ``mean(base) / mean(method)`` with its
+    delta-method SEM ``r * sqrt((sem_b / mean_b)^2 + (sem_m / mean_m)^2)``.
 
     Args:
-        base_times, method_times: shape (n,) times to target of the baseline and the method for
-            the same n seeds, in one unit (epochs, optimizer steps or seconds).
+        base_times, method_times: times to target in one unit (epochs, optimizer steps or seconds),
+            > 0; paired: shape (n,) each, element i from seed i; NaN (target not reached) drops the
+            seed (pair).
+        paired_by_seed: the two runs of each index share a seed (see :func:`compare_groups`).
+    Returns:
+        :class:`Interval` (bounds NaN with fewer than 2 seeds).
     """
-    return paired_bootstrap(base_times, method_times, _ratio_of_means)
+    b, m = np.asarray(base_times, dtype=float), np.asarray(method_times, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lb, lm = np.log(np.where(b > 0, b, np.nan)), np.log(np.where(m > 0, m, np.nan))
+    iv = _compare(lb, lm, paired_by_seed)
+    if paired_by_seed:
+        ok = np.isfinite(lb) & np.isfinite(lm)
+        b, m = b[ok], m[ok]
+    else:
+        b, m = b[np.isfinite(lb)], m[np.isfinite(lm)]
+    ratio, ratio_sem = float("nan"), float("nan")
+    if len(b) and len(m):
+        ratio = float(np.mean(b) / np.mean(m))
+        ratio_sem = ratio * float(np.hypot(_sem(b) / np.mean(b), _sem(m) / np.mean(m)))
+    return Interval(
+        float(np.exp(iv.value)),
+        float(np.exp(iv.low)),
+        float(np.exp(iv.high)),
+        iv.n,
+        iv.sem,
+        iv.pairing,
+        ratio,
+        ratio_sem,
+    )
 
 
 def authors_speedup(base_value: float, method_value: float) -> float:
@@ -327,9 +415,11 @@ def authors_speedup(base_value: float, method_value: float) -> float:
     return base_value / method_value
 
 
-def accuracy_change(method_acc: np.ndarray, base_acc: np.ndarray) -> Interval:
-    """mean(method_acc) - mean(base_acc) in percentage points, seed-paired bootstrap interval."""
-    return paired_bootstrap(method_acc, base_acc, _difference_of_means)
+def accuracy_change(method_acc: np.ndarray, base_acc: np.ndarray, paired_by_seed: bool = True) -> Interval:
+    """``mean(method_acc) - mean(base_acc)`` (percentage points, or the metric's units) with a 95 %
+    t-interval: on the per-seed differences when the runs share seeds (``paired_by_seed``, arrays
+    aligned by seed), Welch's otherwise. ``mean`` +/- ``mean_sem`` is the same difference with its SEM."""
+    return _compare(method_acc, base_acc, paired_by_seed)
 
 
 def paired(
@@ -345,3 +435,79 @@ def paired(
     m, b = by_seed(method_key), by_seed(base_key)
     seeds = sorted(set(m.index) & set(b.index))
     return m.loc[seeds].to_numpy(float), b.loc[seeds].to_numpy(float)
+
+
+def compare_groups(
+    runs: pd.DataFrame, method_key: tuple, base_key: tuple, column: str, group: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The values of ``column`` for two groups and whether to pair them by seed.
+
+    Paired (the third item True) when the groups share at least 2 seeds: the arrays hold the shared
+    seeds in the same order (seeds one group lacks are left out). Otherwise every seed of each
+    group, unpaired (Welch). Returns ``(method_values, base_values, paired_by_seed)``.
+    """
+    group = group or ["dataset", "method", "setting"]
+
+    def by_seed(key: tuple) -> pd.Series:
+        mask = np.logical_and.reduce([runs[g].to_numpy() == k for g, k in zip(group, key)])
+        return pd.Series(runs.loc[mask, column].to_numpy(float), index=runs.loc[mask, "seed"].to_numpy())
+
+    m, b = by_seed(method_key), by_seed(base_key)
+    shared = sorted(set(m.index) & set(b.index))
+    if len(shared) >= 2 or (len(shared) == 1 and len(m) == 1 and len(b) == 1):
+        return m.loc[shared].to_numpy(float), b.loc[shared].to_numpy(float), True
+    return m.to_numpy(float), b.to_numpy(float), False
+
+
+def matched_target(method_final: float, base_final: float, within: float = WITHIN_PP, higher: bool = True) -> float:
+    """Common target of a method and a baseline: the worse of their two seed-mean finals made
+    ``within`` easier (accuracy: ``min(finals) - within``; a loss: ``max(finals) + within``).
+
+    Both must reach the same quality, so a method that ends 15 pp lower does not get its own lower
+    target (the authors' definition rewards ending low). NaN when either final is NaN."""
+    if not (np.isfinite(method_final) and np.isfinite(base_final)):
+        return float("nan")
+    return min(method_final, base_final) - within if higher else max(method_final, base_final) + within
+
+
+def times_to(metrics: pd.DataFrame, target: float, column: str = "val_acc", higher: bool = True) -> dict[str, float]:
+    """Time for one run (or one seed-mean curve) to first reach ``target``, in :data:`MATCHED_UNITS`.
+
+    Args:
+        metrics: rows with ``epoch`` (0-based), ``column``, cumulative ``optimizer_steps`` and
+            ``wall_time_s``, per-epoch ``epoch_time_s`` (training seconds), any order.
+    Returns:
+        ``epochs`` (0-based epoch + 1), ``optimizer_steps``, ``train_time_s`` (sum of
+        ``epoch_time_s`` up to and including the hit; NaN when one is missing), ``wall_time_s``;
+        all NaN when never reached.
+    """
+    m = metrics.sort_values("epoch")
+    values = m[column].to_numpy(float)
+    hit = np.flatnonzero(values >= target if higher else values <= target) if np.isfinite(target) else []
+    if not len(hit):
+        return {u: float("nan") for u in MATCHED_UNITS}
+    i = int(hit[0])
+    train = m["epoch_time_s"].to_numpy(float)[: i + 1] if "epoch_time_s" in m else np.array([np.nan])
+    return {
+        "epochs": float(m["epoch"].iloc[i] + 1),
+        "optimizer_steps": float(m["optimizer_steps"].iloc[i]),
+        "train_time_s": float(np.sum(train)),
+        "wall_time_s": float(m["wall_time_s"].iloc[i]) if "wall_time_s" in m else float("nan"),
+    }
+
+
+def mean_curve(metrics: pd.DataFrame, column: str = "val_acc") -> pd.DataFrame:
+    """:func:`seed_mean_curve` plus the seed-mean cumulative ``wall_time_s`` (when present)."""
+    curve = seed_mean_curve(metrics, column)
+    if "wall_time_s" in metrics:
+        wall = metrics[["epoch", "wall_time_s"]].astype(float).groupby("epoch", sort=True)["wall_time_s"].mean()
+        curve["wall_time_s"] = wall.to_numpy()
+    return curve
+
+
+def never_resized(batch_sizes: pd.Series) -> bool:
+    """True when a run's ``batch_size`` column (metrics.csv, one value per epoch) never changed: an
+    adaptive-batch run that never resized is plain SGD at its initial batch and cannot be evidence
+    for a claim about adaptive batch sizes."""
+    b = pd.to_numeric(batch_sizes, errors="coerce").dropna()
+    return bool(len(b) == 0 or b.nunique() == 1)
