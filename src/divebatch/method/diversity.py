@@ -13,8 +13,9 @@ their ratio at the epoch's end. Their sums carry 1/m^2 and 1/m factors (mean los
 only when every batch has the same size m. :class:`EpochDiversityEstimator` accumulates in
 *sum units* instead (S = sum_i ||g_i||^2, A = sum_i g_i over the epoch's samples), which is the
 authors' ratio whenever batch sizes are equal and stays exact with a smaller last batch and
-with micro-batching. Everything stays on the training device; the only host sync is
-:meth:`EpochDiversityEstimator.value`, once per epoch.
+with micro-batching; :class:`ExactDiversity` with ``mean_units`` (``fidelity.mean_units``, the
+authors' protocols) keeps their units instead, bit for bit. Everything stays on the training
+device; the only host sync is :meth:`EpochDiversityEstimator.value`, once per epoch.
 """
 
 from __future__ import annotations
