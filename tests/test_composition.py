@@ -4,7 +4,10 @@ The fixtures ``fixtures/profile_configs.json`` and ``fixtures/method_file_config
 resolved configs (keys that differ from the schema defaults) of every profile run and of every
 per-dataset method file as the code before the composition resolved them (commit 88f8297, where
 each cell was its own file ``configs/<dataset>/<method>.yaml``). The composition must give the
-same runs, so that run directories written before are finished runs, not new ones.
+same runs, so that run directories written before are finished runs, not new ones. One change since
+then, by design: ``fidelity.mean_units: true`` in every ``protocol: authors_code`` run (the authors'
+estimator units, docs/protocol.md); a DiveBatch run written before it measured in sum units, so it
+is not the same run.
 """
 
 from __future__ import annotations

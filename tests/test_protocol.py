@@ -137,6 +137,7 @@ def test_every_protocol_value_matches_the_authors_code_table(dataset):
         "method.resize_freq",
         "method.lr_rescale",
         "method.max_micro_batch",
+        "fidelity.mean_units",
         "augmentation",
         "normalization.mean",
         "normalization.std",

@@ -119,6 +119,7 @@ class FidelityConfig:
     micro_batch_loss: str = "per_sample"  # per_sample: chunk loss * b/B | per_chunk: chunk loss / chunks
     split_above: Optional[int] = None  # split a batch only when larger than this (null: method.max_micro_batch)
     running_grad_sum: bool = False  # estimator adds the running p.grad after every chunk (Tiny-ImageNet bug)
+    mean_units: bool = False  # estimator sums S and A in the authors' per-backward mean units (1/(b k)^2, 1/(b k))
     head_classes: Optional[int] = None  # model outputs; null: the dataset's classes (Tiny-ImageNet code: 1000)
 
 

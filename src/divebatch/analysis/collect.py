@@ -79,6 +79,7 @@ FIDELITY_HPARAMS = {
         "micro_batch_loss",
         "split_above",
         "running_grad_sum",
+        "mean_units",
         "head_classes",
     )
 }

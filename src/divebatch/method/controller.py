@@ -187,7 +187,7 @@ class BatchSizeController:
             ``microbatch`` (two-scale) or ``fixed_point`` (Delta(w) at the epoch's final weights;
             needs :meth:`attach_reference`); or a :class:`~divebatch.method.diversity.DiversityEstimator`
             instance. Ignored unless ``method="divebatch"``.
-        micro_batches, fixed_point_samples, running_grad_sum: the estimators' options
+        micro_batches, fixed_point_samples, running_grad_sum, mean_units: the estimators' options
             (:func:`divebatch.method.diversity.build_estimator`); backpack: False for models BackPACK
             does not cover (fixed_point then uses ``torch.func``).
         max_micro_batch: larger steps are split into micro-batches (samples; memory only);
@@ -218,6 +218,7 @@ class BatchSizeController:
         max_micro_batch: int = 2048,
         split_above: int | None = None,
         micro_batch_loss: str = "per_sample",
+        mean_units: bool = False,
     ):
         if method not in POLICIES:
             raise ValueError(f"method={method!r}; allowed: {' | '.join(POLICIES)}")
@@ -239,7 +240,7 @@ class BatchSizeController:
             if isinstance(estimator, str):
                 try:
                     estimator = build_estimator(
-                        estimator, micro_batches, running_grad_sum, fixed_point_samples, backpack
+                        estimator, micro_batches, running_grad_sum, fixed_point_samples, backpack, mean_units
                     )
                 except KeyError as err:
                     raise ValueError(err.args[0]) from None
@@ -272,6 +273,7 @@ class BatchSizeController:
             max_micro_batch=m.max_micro_batch,
             split_above=fid.split_above,
             micro_batch_loss=fid.micro_batch_loss,
+            mean_units=fid.mean_units,
         )
 
     @property

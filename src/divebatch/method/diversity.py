@@ -13,8 +13,9 @@ their ratio at the epoch's end. Their sums carry 1/m^2 and 1/m factors (mean los
 only when every batch has the same size m. :class:`EpochDiversityEstimator` accumulates in
 *sum units* instead (S = sum_i ||g_i||^2, A = sum_i g_i over the epoch's samples), which is the
 authors' ratio whenever batch sizes are equal and stays exact with a smaller last batch and
-with micro-batching. Everything stays on the training device; the only host sync is
-:meth:`EpochDiversityEstimator.value`, once per epoch.
+with micro-batching; :class:`ExactDiversity` with ``mean_units`` (``fidelity.mean_units``, the
+authors' protocols) keeps their units instead, bit for bit. Everything stays on the training
+device; the only host sync is :meth:`EpochDiversityEstimator.value`, once per epoch.
 """
 
 from __future__ import annotations
@@ -142,14 +143,25 @@ class EpochDiversityEstimator(EstimatorDefaults):
                 of g_i (pass ``p.grad`` of a mean loss with ``grad_scale=batch_size``: no temporary).
             samples: number of samples in the step.
         """
-        grads = [g.detach() for g in grads]
         if self.grad_sum is None:
             self.sq_norm_sum = sq_norm_sum.detach().clone()
-            self.grad_sum = torch._foreach_mul(grads, float(grad_scale))
         else:
             self.sq_norm_sum += sq_norm_sum.detach()
-            torch._foreach_add_(self.grad_sum, grads, alpha=float(grad_scale))
+        self.add_grads(grads, grad_scale)
         self.samples += samples
+
+    def add_grads(self, grads: Sequence[Tensor], grad_scale: float = 1.0) -> None:
+        """A += ``grad_scale * grads``, in place on the device (the first call copies).
+
+        Args:
+            grads: per-parameter tensors (``p.grad``), in ``model.parameters()`` order.
+            grad_scale: factor on ``grads`` (1.0: an exact copy / exact elementwise addition).
+        """
+        grads = [g.detach() for g in grads]
+        if self.grad_sum is None:
+            self.grad_sum = torch._foreach_mul(grads, float(grad_scale))
+        else:
+            torch._foreach_add_(self.grad_sum, grads, alpha=float(grad_scale))
 
     def value(self) -> float:
         """Delta_hat = S / ||A||^2 (one host sync). NaN when nothing was accumulated."""
@@ -364,6 +376,25 @@ def backward_with_sq_norms(model: nn.Module, loss: Tensor, scale: float, extensi
     Returns:
         0-d tensor on the loss's device: sum_i ||g_i||^2 over the micro-batch's samples.
     """
+    return batch_l2_sums(model, loss, extension).sum() * (scale * scale)
+
+
+def batch_l2_sums(model: nn.Module, loss: Tensor, extension=None) -> Tensor:
+    """The backward pass of :func:`backward_with_sq_norms`, returning BackPACK's per-sample squared
+    norms summed per parameter, in the loss's own units.
+
+    Args:
+        model: as for :func:`backward_with_sq_norms`.
+        loss: the micro-batch loss as used for the update; if sample i's gradient in it is
+            ``w * g_i``, parameter j's entry is ``w^2 * sum_i ||dg_i/dtheta_j||^2``.
+        extension: as for :func:`backward_with_sq_norms`.
+    Returns:
+        (P,) tensor on the loss's device, one entry per parameter with a gradient, in
+        ``model.named_parameters()`` order: ``p.batch_l2.sum()`` (the authors' per-parameter term,
+        ``src/train_utils.py:181`` at pytorch-cifar@7289184).
+    Raises:
+        RuntimeError: BackPACK gave no per-sample norms for a parameter that has a gradient.
+    """
     from backpack import backpack
 
     with batchnorm_eval(model), backpack(extension if extension is not None else batch_l2_extension()):
@@ -382,7 +413,7 @@ def backward_with_sq_norms(model: nn.Module, loss: Tensor, scale: float, extensi
             f"forward and backward inside backpack_hooks(model) (or on an extend_model model) "
             f"and use layers BackPACK's BatchL2Grad supports"
         )
-    return torch.stack(sq).sum() * (scale * scale)
+    return torch.stack(sq)
 
 
 class ExactDiversity(EpochDiversityEstimator):
@@ -397,16 +428,37 @@ class ExactDiversity(EpochDiversityEstimator):
     :class:`MicroBatchDiversity`) and declares ``uses_module_hooks`` (measured epochs then run
     the uncompiled model). Costs: docs/performance.md.
 
+    Units. By default S and A are in sum units (S = sum_i ||g_i||^2, A = sum_i g_i; exact with a
+    smaller last batch and with chunks). With ``mean_units`` (``fidelity.mean_units``, the authors'
+    protocols; docs/protocol.md) they are in the authors' per-backward units: each backward adds
+    BackPACK's ``batch_l2`` of the loss as used for the update, w^2 ||g_i||^2 per sample, to S, and
+    ``p.grad`` (weight w per sample) to A, where w = 1/(b k) for a chunk of b samples of a step
+    split into k chunks under ``fidelity.micro_batch_loss=per_chunk`` (1/m for an unsplit step of m),
+    and the value is S / (||A||^2 + 1e-10) with ||A||^2 = ``torch.norm`` of the concatenated A on
+    the host, squared. Sources: pytorch-cifar@7289184 ``src/train_utils.py:202-211`` (unsplit step,
+    CIFAR-10), ``:21-25`` (||A||^2), ``:231-232, 246-247`` (the ratio); the Tiny-ImageNet trainer
+    that produced the results, pytorch-cifar@5462789 ``src/train_utils.py:164-179`` (chunks: loss / k,
+    A and S after every chunk); pytorch-cifar100@43c2ab1 ``train_utils.py:99-112, 127-129, 142-143``.
+    S is summed on the host in float64, one term per parameter per backward in parameter order, as
+    their ``individual_grad_norm_sum += (param.batch_l2).sum().item()``; A is summed elementwise in
+    the parameters' dtype, as their ``accumulated_grads[j] += param.grad``. The same arithmetic, so
+    the same bits given the same per-parameter ``batch_l2`` sums (BackPACK's extensions; our Conv2d
+    route, :func:`batch_l2_extension`, agrees with BackPACK's to rounding only). Data-parallel runs:
+    w also carries DDP's 1/K, so the ranks' summed S and A are the single process's.
+
     Args:
         extension: BackPACK extension writing ``p.batch_l2`` (default :func:`batch_l2_extension`;
             benchmark (a) passes stock ``BatchL2Grad()`` to compare the Conv2d routes).
+        running_grad_sum: ``fidelity.running_grad_sum`` (:meth:`backward`).
+        mean_units: ``fidelity.mean_units``: the authors' per-backward mean units (above).
     """
 
     uses_module_hooks: ClassVar[bool] = True  # the trainer runs measured epochs on the eager (uncompiled) model
 
-    def __init__(self, extension=None, running_grad_sum: bool = False):
+    def __init__(self, extension=None, running_grad_sum: bool = False, mean_units: bool = False):
         self.extension = extension
         self.running_grad_sum = bool(running_grad_sum)
+        self.mean_units = bool(mean_units)
         super().__init__()
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -421,6 +473,7 @@ class ExactDiversity(EpochDiversityEstimator):
     def reset(self) -> None:
         super().reset()
         self._step_sq: Tensor | None = None
+        self._terms: list[Tensor] = []  # mean units: each backward's per-parameter batch_l2 sums
 
     def backward(self, model: nn.Module, loss: Tensor, batch_size: int, sample_scale: float | None = None) -> None:
         """``loss.backward()`` that also records the chunk's per-sample squared norms.
@@ -431,13 +484,22 @@ class ExactDiversity(EpochDiversityEstimator):
             batch_size: B, the step's samples.
             sample_scale: default B (the chunk loss is ``mean_loss * b / B``); ``b * k`` under the
                 authors' ``loss / k`` chunk weighting (``fidelity.micro_batch_loss=per_chunk``).
+                Sum units only: it turns BackPACK's ``batch_l2`` back into ||g_i||^2; mean units
+                keep ``batch_l2`` as it is.
 
         With ``running_grad_sum`` (the authors' Tiny-ImageNet loop, ``fidelity.running_grad_sum``;
-        their ``src/train_utils.py:179-181`` at pytorch-cifar@7289184, docs/protocol.md) the
-        *running* accumulated gradient is added to A after every chunk, so a step of k chunks adds
-        sum_s (k - s + 1) U_s instead of sum_s U_s: about ((k + 1) / 2)^-2 of the estimate for k
-        equal chunks.
+        their ``src/train_utils.py:179-181`` at pytorch-cifar@7289184, ``:177-179`` at 5462789,
+        docs/protocol.md) the *running* accumulated gradient is added to A after every chunk, so a
+        step of k chunks adds sum_s (k - s + 1) U_s instead of sum_s U_s: about ((k + 1) / 2)^-2 of
+        the estimate for k equal chunks.
         """
+        if self.mean_units:
+            ranks = _data_parallel_ranks(model)
+            terms = batch_l2_sums(model, loss, self.extension)
+            self._terms.append(terms if ranks == 1 else terms / ranks**2)
+            if self.running_grad_sum:
+                self.add_grads(_grads(model), 1.0 / ranks)
+            return
         sq = backward_with_sq_norms(model, loss, sample_scale or batch_size, self.extension)
         if self.running_grad_sum:
             self.add(sq, _grads(model), 0, grad_scale=batch_size)
@@ -445,11 +507,51 @@ class ExactDiversity(EpochDiversityEstimator):
             self._step_sq = sq if self._step_sq is None else self._step_sq + sq
 
     def step_end(self, model: nn.Module, batch_size: int) -> None:
+        if self.mean_units:
+            if not self.running_grad_sum:
+                self.add_grads(_grads(model), 1.0 / _data_parallel_ranks(model))
+            self.samples += batch_size
+            return
         if self.running_grad_sum:
             self.samples += batch_size
             return
         self.add(self._step_sq, _grads(model), batch_size, grad_scale=batch_size)
         self._step_sq = None
+
+    def _fold_terms(self) -> float:
+        """Mean units: S on the host, the authors' way (a float64 sum over backwards and parameters,
+        in order; their ``src/train_utils.py:181`` at pytorch-cifar@7289184). One host sync."""
+        s = 0.0 if self.sq_norm_sum is None else float(self.sq_norm_sum)
+        if self._terms:
+            for term in torch.cat(self._terms).double().cpu().tolist():
+                s += term
+        return s
+
+    def value(self) -> float:
+        """Delta_hat (one host sync): S / ||A||^2 in sum units; with ``mean_units`` the authors'
+        S / (||A||^2 + 1e-10) (class docstring). NaN when nothing was accumulated."""
+        if not self.mean_units:
+            return super().value()
+        if self.grad_sum is None:
+            return float("nan")
+        grad_sum_norm = torch.norm(torch.cat([g.flatten() for g in self.grad_sum]).cpu()).item() ** 2
+        return self._fold_terms() / (grad_sum_norm + 1e-10)
+
+    def all_reduce_(self, all_reduce_sum: Callable[[Sequence[Tensor]], None]) -> None:
+        """Data-parallel runs: as :meth:`EpochDiversityEstimator.all_reduce_`; in mean units each rank's
+        S is first summed on the host (:meth:`_fold_terms`)."""
+        if self.mean_units and self.grad_sum is not None:
+            device = self.grad_sum[0].device
+            self.sq_norm_sum = torch.tensor(self._fold_terms(), dtype=torch.float64, device=device)
+            self._terms = []
+        super().all_reduce_(all_reduce_sum)
+
+
+def _data_parallel_ranks(model: nn.Module) -> int:
+    """K, the number of processes DDP averages ``p.grad`` over (1 for a model without DDP)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return torch.distributed.get_world_size(model.process_group)
+    return 1
 
 
 def _grads(model: nn.Module) -> list[Tensor]:
@@ -810,6 +912,7 @@ def build_estimator(
     running_grad_sum: bool = False,
     fixed_point_samples: int | None = None,
     backpack: bool = True,
+    mean_units: bool = False,
 ):
     """Estimator named by ``method.diversity_estimator``.
 
@@ -822,6 +925,8 @@ def build_estimator(
             size (None: the whole training set).
         backpack: False for models BackPACK does not cover (``config.NO_BACKPACK_MODELS``): the
             ``fixed_point`` estimator then takes its per-sample norms from ``torch.func``.
+        mean_units: ``fidelity.mean_units``, the authors' per-backward mean units for S and A
+            (``exact`` only; see :class:`ExactDiversity`).
     Raises:
         KeyError: unknown name (lists the allowed ones).
     """
@@ -832,7 +937,7 @@ def build_estimator(
     if name == "fixed_point":
         return FixedPointDiversity(fixed_point_samples, per_sample="backpack" if backpack else "func")
     if name == "exact":
-        return ExactDiversity(running_grad_sum=running_grad_sum)
+        return ExactDiversity(running_grad_sum=running_grad_sum, mean_units=mean_units)
     return ESTIMATORS[name]()
 
 
