@@ -67,10 +67,11 @@ def failed_checks(row) -> list[str]:
 
 
 def variant_title(row) -> str:
-    dup = f", x{int(row['duplicate'])} duplicated" if row["duplicate"] > 1 else ""
-    cond = f", spectrum decay {row['spectrum_decay']:g}" if row["spectrum_decay"] > 0 else ""
+    """Two lines: the variant's name, then its data (label noise, duplication, spectrum, direction)."""
+    dup = f", x{int(row['duplicate'])} dup." if row["duplicate"] > 1 else ""
+    cond = f", decay {row['spectrum_decay']:g}" if row["spectrum_decay"] > 0 else ""
     cond += ", balanced u" if row.get("direction") == "balanced" and row["spectrum_decay"] > 0 else ""
-    return f"{row['variant']} (label noise {row['label_noise']:g}{dup}{cond})"
+    return f"{row['variant']}\n(label noise {row['label_noise']:g}{dup}{cond})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def plot_knee(knee: dict, kcfg) -> plt.Figure:
     fig, grid = plt.subplots(
         2,
         len(names) + 1,
-        figsize=(3.5 * len(names) + 2.2, 6.6),
+        figsize=(3.8 * len(names) + 2.2, 6.8),
         squeeze=False,
         gridspec_kw={"width_ratios": [1] * len(names) + [0.6]},
     )
@@ -211,7 +212,7 @@ def plot_knee(knee: dict, kcfg) -> plt.Figure:
                 ax.set_title(
                     f"{variant_title(row.to_dict() | {'variant': name})}\n"
                     f"knee {row['knee']:.3g} vs n·Δ {row['n_delta_target']:.3g}",
-                    fontsize=8.5,
+                    fontsize=8,
                 )
     handles, labels = [], []
     for ax in axes[:, 0]:
