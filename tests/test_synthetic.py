@@ -324,6 +324,21 @@ def test_config_errors_name_key_value_and_allowed():
         load(overrides=["knee.nope=1"])
 
 
+def test_profile_configs_load_and_judge_every_variant():
+    from divebatch.synthetic import profile_config
+
+    for profile in ("smoke", "full"):
+        cfg = load(profile_config(profile))
+        assert cfg.knee.min_gd_steps >= 20 and cfg.data.direction == "balanced"
+        assert {v.kind for v in cfg.variants} <= {"noise", "duplicate", "conditioning"}
+    with pytest.raises(ValueError, match=r"variants\[0\].kind='stress'; allowed: noise \| duplicate \| conditioning"):
+        load(overrides=["variants=[{name: a, kind: stress}]"])
+    with pytest.raises(ValueError, match=r"knee.min_gd_steps=0; allowed: an integer >= 1"):
+        load(overrides=["knee.min_gd_steps=0"])
+    with pytest.raises(ValueError, match=r"data.direction='diagonal'; allowed: isotropic \| balanced"):
+        load(overrides=["data.direction=diagonal"])
+
+
 TINY = [
     "profile=test",
     "seeds=[1,2]",
