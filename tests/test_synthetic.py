@@ -7,17 +7,20 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, noise_scale_form
 
 from divebatch.method.diversity import EpochDiversityEstimator, gradient_diversity
 from divebatch.method.policies import divebatch_batch_size
+from divebatch.synthetic import knee as K
 from divebatch.synthetic import problem as P
 from divebatch.synthetic.config import load
 from divebatch.synthetic.data import DataSpec, generate
 from divebatch.synthetic.knee import fit_knee, prepare, tuned_runs
-from divebatch.synthetic.methods import run_method
+from divebatch.synthetic.methods import METHODS, run_method
+from divebatch.synthetic.outputs import failed_checks, knee_tables, verdict
 
 L2 = 0.01
 SMOKE = REPO / "configs" / "synthetic" / "smoke.yaml"
@@ -110,6 +113,143 @@ def test_fit_knee_recovers_a_known_curve():
     assert e_min == pytest.approx(300, rel=1e-6) and knee == pytest.approx(150, rel=1e-6)
 
 
+def regime_variant(*overrides):
+    """One variant (n = 1024, d = 20, label noise 0.1, target 0.2, 2 seeds, B in {1, 16, 256}):
+    by default the smoke profile's multi-step data (spectrum decay 1, balanced direction)."""
+    cfg = load(
+        overrides=[
+            "seeds=[1,2]",
+            "data.n_train=1024",
+            "data.n_val=8",
+            "data.spectrum_decay=1.0",
+            "data.direction=balanced",
+            "target_relative=0.2",
+            "knee.batch_sizes=[1,16,256]",
+            "knee.max_epochs=100",
+            "variants=[{name: v}]",
+            *overrides,
+        ]
+    )
+    summary = K.summarize_variant(K.run_variant(cfg, cfg.variants[0]), cfg.knee)
+    return cfg, summary
+
+
+def test_full_batch_steps_are_the_fewest_over_the_lr_grid():
+    cfg = load(overrides=["knee.lr_log2_min=-2", "knee.lr_log2_max=3"])
+    spec = DataSpec(n_train=256, n_val=8, n_features=6, label_noise=0.1, spectrum_decay=1.0, direction="balanced")
+    probs = prepare(spec, [4, 5], target_relative=0.2, with_paths=False)
+    gd = K.full_batch_steps(probs, cfg.knee)
+    ks = np.arange(-2, 3.25, 0.5)
+
+    def first_hit(i: int, k: float) -> float:  # brute force: plain gradient descent at one lr
+        x, y, target = probs.x[i], probs.y[i], float(probs.target_loss[i])
+        w = torch.zeros(1, 6, dtype=P.DTYPE)
+        for t in range(1, 2_000):
+            w = w - 2.0**k / probs.smoothness * P.mean_grad(x, y, w, spec.l2)
+            loss = float(P.mean_loss(x, y, w, spec.l2)[0])
+            if loss <= target:
+                return t
+            if not np.isfinite(loss):
+                break
+        return np.inf  # diverged or too slow
+
+    for i in range(2):
+        first = [first_hit(i, k) for k in ks]
+        assert gd.steps[i] == min(first) and first[list(ks).index(gd.lr_log2_over_L[i])] == gd.steps[i]
+        assert gd.steps[i] > 3  # the balanced, ill-conditioned problem needs many steps
+
+
+def test_degenerate_regime_is_flagged_and_cannot_agree():
+    """Isotropic features (the old smoke regime): full-batch GD reaches the target in 1-3 steps.
+    The knee then sits at n*Delta (it would pass the tolerance check), but the variant is flagged
+    and the verdict cannot hold; the multi-step problem passes the regime check."""
+    cfg, deg = regime_variant("data.spectrum_decay=0.0")
+    assert deg["gd_steps"] <= 3 and deg["gd_steps_max"] <= 3
+    assert deg["knee_within_tolerance"]  # what the old check saw
+    assert not deg["regime_ok"] and not deg["agrees"]
+    assert any(f.startswith("degenerate regime") for f in failed_checks(deg))
+    v = verdict({"summary": pd.DataFrame([deg]), "controlled": K.controlled(pd.DataFrame([deg]))}, cfg, "p", "c")
+    assert v["holds"] is False and "degenerate regime" in v["summary"]
+
+    _, multi = regime_variant()
+    assert multi["gd_steps"] >= cfg.knee.min_gd_steps and multi["regime_ok"]
+    assert multi["gd_steps_min"] <= multi["gd_steps"] <= multi["gd_steps_max"]
+    assert multi["gd_steps_lr_1_over_L"] >= multi["gd_steps"]  # lr 1/L is in the grid
+    assert not any(f.startswith("degenerate") for f in failed_checks(multi))
+
+
+# Three seeds' samples-to-target at B = 1, 2, ..., 4096 (noisy E_min (1 + B / B_crit) curves) whose
+# median curve fits a knee of 36.4, outside the seeds' own knees 22.5 to 32.1.
+SEED_CURVES = [
+    [1723, 843, 757, 1186, 1913, 1554, 2677, 6625, 4964, 16193, 50948, 71434, 109633],
+    [2020, 911, 1221, 1443, 2009, 2495, 4186, 7450, 13199, 26384, 27780, 111104, 139238],
+    [301, 753, 411, 662, 632, 872, 1768, 2026, 5232, 9935, 23503, 31841, 89332],
+]
+
+
+def test_knee_is_the_median_of_the_seed_knees_and_lies_in_their_range():
+    b = 2 ** np.arange(13)
+    per_seed = sorted(fit_knee(b, np.array(c, dtype=float))[1] for c in SEED_CURVES)
+    pooled = fit_knee(b, np.median(np.array(SEED_CURVES, dtype=float), axis=0))[1]
+    assert not per_seed[0] <= pooled <= per_seed[-1]  # the counterexample is real
+    runs = pd.DataFrame(
+        [
+            {
+                "variant": "v",
+                "seed": s,
+                "batch_size": int(bb),
+                "hit": True,
+                "samples": e,
+                "steps": -(-e // int(bb)),
+                "lr_log2_over_L": 0.0,
+                "lr_at_grid_edge": False,
+                "n_delta_at_hit": 30.0,
+            }
+            for s, c in enumerate(SEED_CURVES)
+            for bb, e in zip(b, c)
+        ]
+    )
+    seeds = pd.DataFrame(
+        {
+            "seed": range(3),
+            "target_subopt": 0.01,
+            "n_delta_start": 10.0,
+            "n_delta_target": 30.0,
+            "b_noise_target": 40.0,
+            "gd_steps_best_lr": 30,
+            "gd_steps_lr_1_over_L": 60,
+            "gd_lr_at_grid_edge": False,
+        }
+    )
+    variant = {"name": "v", "kind": "noise", "of": None}
+    spec = {
+        "n_train": 4096,
+        "duplicate": 1,
+        "label_noise": 0.1,
+        "spectrum_decay": 1.0,
+        "direction": "balanced",
+        "l2": 1e-3,
+    }
+    row = K.summarize_variant({"runs": runs, "seeds": seeds, "variant": variant, "spec": spec}, load().knee)
+    assert row["knee"] == pytest.approx(per_seed[1])
+    assert (row["knee_seed_min"], row["knee_seed_max"]) == pytest.approx((per_seed[0], per_seed[-1]))
+    _, display, _ = knee_tables({"summary": pd.DataFrame([row]), "runs": runs, "seeds": seeds})["synthetic_knee"]
+    cell = display.filter(like="knee B_crit").iloc[0, 0]
+    assert cell == f"{per_seed[1]:.3g} [{per_seed[0]:.3g}, {per_seed[-1]:.3g}]", cell
+    assert display.filter(like="full-batch GD steps").iloc[0, 0] == "30 [30, 30] / 60"
+
+
+def test_method_names_default_to_the_runnable_registry():
+    names = list(load().methods.names)
+    assert names == list(METHODS)  # one source: divebatch.synthetic.methods.METHODS
+    assert not any("AdamW" in n for n in names)
+    with pytest.raises(
+        ValueError,
+        match=r"methods.names=\['AdamW \(small batch\)'\]; allowed: a list drawn from SGD \(small batch\) \|",
+    ):
+        load(overrides=["methods.names=[AdamW (small batch)]"])
+
+
 def test_knee_prediction_holds_on_a_small_instance():
     """Yin et al. (2018): samples-to-target flat for B well below n*Delta, growing far above it.
 
@@ -184,6 +324,21 @@ def test_config_errors_name_key_value_and_allowed():
         load(overrides=["knee.nope=1"])
 
 
+def test_profile_configs_load_and_judge_every_variant():
+    from divebatch.synthetic import profile_config
+
+    for profile in ("smoke", "full"):
+        cfg = load(profile_config(profile))
+        assert cfg.knee.min_gd_steps >= 20 and cfg.data.direction == "balanced"
+        assert {v.kind for v in cfg.variants} <= {"noise", "duplicate", "conditioning"}
+    with pytest.raises(ValueError, match=r"variants\[0\].kind='stress'; allowed: noise \| duplicate \| conditioning"):
+        load(overrides=["variants=[{name: a, kind: stress}]"])
+    with pytest.raises(ValueError, match=r"knee.min_gd_steps=0; allowed: an integer >= 1"):
+        load(overrides=["knee.min_gd_steps=0"])
+    with pytest.raises(ValueError, match=r"data.direction='diagonal'; allowed: isotropic \| balanced"):
+        load(overrides=["data.direction=diagonal"])
+
+
 TINY = [
     "profile=test",
     "seeds=[1,2]",
@@ -219,9 +374,11 @@ def test_cli_writes_labelled_deterministic_outputs(tmp_path, capsys):
         "synthetic_estimator",
     ):
         assert (figs / f"{stem}.png").stat().st_size > 10_000 and (figs / f"{stem}.pdf").is_file()
-    verdict = json.loads((tables / "synthetic_verdict.json").read_text())
-    assert isinstance(verdict["holds"], bool) and "knee" in verdict["summary"]
-    assert [v["variant"] for v in verdict["variants"]] == ["base", "dup2"]
+    result = json.loads((tables / "synthetic_verdict.json").read_text())
+    assert isinstance(result["holds"], bool) and "knee" in result["summary"]
+    assert [v["variant"] for v in result["variants"]] == ["base", "dup2"]
+    assert all(v["gd_steps"] >= 1 for v in result["variants"])
+    assert "full-batch GD steps to target" in (tables / "synthetic_knee.md").read_text()
     csvs = sorted(p.name for p in tables.glob("*.csv"))
     assert {"synthetic_knee.csv", "synthetic_methods.csv", "synthetic_methods_walltime.csv"} <= set(csvs)
     for name in csvs:

@@ -16,12 +16,21 @@ from typing import List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from divebatch.analysis.style import METHOD_ORDER
 from divebatch.synthetic.data import DataSpec, check_spec
 
 EXPERIMENTS = ("knee", "methods")
-VARIANT_KINDS = ("noise", "duplicate", "stress")
+VARIANT_KINDS = ("noise", "duplicate", "conditioning")
 LARGE_BATCH_LR = ("linear", "tuned")
+
+
+def runnable_methods() -> list[str]:
+    """Display names of the methods the synthetic check can run, in registry order: the keys of
+    :data:`divebatch.synthetic.methods.METHODS` (the six SGD methods of the paper's comparison; the
+    AdamW variants of :mod:`divebatch.methods` have no synthetic counterpart). The default of
+    ``methods.names`` and the list it is validated against."""
+    from divebatch.synthetic.methods import METHODS  # late: that module imports this one (via knee)
+
+    return list(METHODS)
 
 
 @dataclass
@@ -30,8 +39,8 @@ class VariantConfig:
 
     ``kind``: ``noise`` variants form the label-noise series (the knee should follow n*Delta);
     ``duplicate`` variants repeat the samples of variant ``of`` (the knee should not move);
-    ``stress`` variants probe where the theory's n*Delta is expected to be loose (ill-conditioned
-    features), and do not enter the overall verdict.
+    ``conditioning`` variants change the feature spectrum. Every variant is judged by the same
+    rule (:func:`divebatch.synthetic.knee.summarize_variant`); the kind only adds the series checks.
     """
 
     name: str = "base"
@@ -40,6 +49,7 @@ class VariantConfig:
     label_noise: Optional[float] = None
     duplicate: Optional[int] = None
     spectrum_decay: Optional[float] = None
+    direction: Optional[str] = None
     n_train: Optional[int] = None
 
 
@@ -60,13 +70,16 @@ class KneeConfig:
     small_ratio_max: float = 2.0  # ... needs at most this many times the samples of B = 1
     large_factor: float = 4.0  # "far above": B >= large_factor * n*Delta ...
     large_ratio_min: float = 2.5  # ... needs at least this many times the plateau's samples
+    # full-batch gradient descent (best lr of the grid) must need at least this many steps to the
+    # target (median over seeds); fewer: a degenerate regime, where the variant cannot agree
+    min_gd_steps: int = 20
 
 
 @dataclass
 class MethodsConfig:
     data: DataSpec = field(default_factory=DataSpec)
     target_relative: float = 0.01
-    names: List[str] = field(default_factory=lambda: list(METHOD_ORDER))
+    names: List[str] = field(default_factory=runnable_methods)
     epochs: int = 30
     initial_batch_size: int = 8
     max_batch_size: int = 1024
@@ -106,7 +119,7 @@ def variant_spec(cfg, variant: VariantConfig) -> DataSpec:
     base = DataSpec(**{f.name: getattr(cfg.data, f.name) for f in fields(DataSpec)})
     changes = {
         k: getattr(variant, k)
-        for k in ("label_noise", "duplicate", "spectrum_decay", "n_train")
+        for k in ("label_noise", "duplicate", "spectrum_decay", "direction", "n_train")
         if getattr(variant, k) is not None
     }
     return replace(base, **changes)
@@ -153,11 +166,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     ):
         if not getattr(k, key) > 0:
             raise _bad(f"knee.{key}", getattr(k, key), "a number > 0")
+    if k.min_gd_steps < 1:
+        raise _bad("knee.min_gd_steps", k.min_gd_steps, "an integer >= 1")
     m = cfg.methods
     check_spec(m.data, "methods.data")
+    runnable = runnable_methods()
     for name in m.names:
-        if name not in METHOD_ORDER:
-            raise _bad("methods.names", list(m.names), f"a list drawn from {' | '.join(METHOD_ORDER)}")
+        if name not in runnable:
+            raise _bad("methods.names", list(m.names), f"a list drawn from {' | '.join(runnable)}")
     if not 0 < m.target_relative < 1:
         raise _bad("methods.target_relative", m.target_relative, "a number in (0, 1)")
     for key in ("epochs", "initial_batch_size", "resize_freq"):

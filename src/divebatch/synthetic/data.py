@@ -1,7 +1,12 @@
 """Seeded synthetic binary-classification data for logistic regression, with diversity controls.
 
 Features x ~ N(0, diag(s_j^2)) with s_j = (j + 1)^(-spectrum_decay) (isotropic by default); a
-ground-truth direction u (unit norm); clean labels y = 1[x . u > 0] when ``signal`` is null, else
+ground-truth direction u (unit norm): uniform on the sphere (``direction: isotropic``), or with
+u_j proportional to g_j / s_j, g ~ N(0, I) (``direction: balanced``), so that every feature
+contributes equally, in distribution, to the margin x . u = sum_j s_j u_j z_j (z ~ N(0, I)); with
+ill-conditioned features this puts the loss in the low-variance (low-curvature) directions too, where
+full-batch gradient descent is slow. Both draw the same random numbers and coincide when
+spectrum_decay = 0. Clean labels y = 1[x . u > 0] when ``signal`` is null, else
 y ~ Bernoulli(sigmoid(signal * x . u)); then each label is flipped with probability
 ``label_noise``. The flips are nested across noise levels (one uniform draw per sample), and the
 features do not depend on the noise level or the duplication, so variants of one seed differ only
@@ -24,6 +29,8 @@ from torch import Tensor
 
 from divebatch.synthetic.problem import DTYPE
 
+DIRECTIONS = ("isotropic", "balanced")
+
 
 @dataclass
 class DataSpec:
@@ -34,6 +41,7 @@ class DataSpec:
     label_noise: float = 0.05  # probability of flipping each label (train and validation)
     duplicate: int = 1  # repeat every training sample this many times
     spectrum_decay: float = 0.0  # feature std s_j = (j + 1) ** -spectrum_decay
+    direction: str = "isotropic"  # ground truth u: isotropic (uniform) | balanced (u_j ~ g_j / s_j)
     l2: float = 1e-3  # L2 regularisation of the loss (part of every f_i)
 
 
@@ -61,6 +69,7 @@ def check_spec(spec: DataSpec, where: str = "data") -> None:
         ("label_noise", 0 <= spec.label_noise < 0.5, "a number in [0, 0.5)"),
         ("duplicate", spec.duplicate >= 1, "an integer >= 1"),
         ("spectrum_decay", spec.spectrum_decay >= 0, "a number >= 0"),
+        ("direction", spec.direction in DIRECTIONS, " | ".join(DIRECTIONS)),
         ("l2", spec.l2 >= 0, "a number >= 0"),
     ]
     for key, ok, allowed in rules:
@@ -80,6 +89,8 @@ def generate(spec: DataSpec, seed: int) -> SyntheticData:
     scales = torch.arange(1, d + 1, dtype=DTYPE).pow(-spec.spectrum_decay)
     x = torch.randn(n_all, d, generator=g, dtype=DTYPE) * scales
     u = torch.randn(d, generator=g, dtype=DTYPE)
+    if spec.direction == "balanced":
+        u = u / scales
     u = u / u.norm()
     margin = x @ u
     if spec.signal is None:

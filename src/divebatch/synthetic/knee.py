@@ -11,9 +11,17 @@ McCandlish et al. (2018, eq. 2.11) give the curve this predicts,
     E(B) = E_min (1 + B / B_crit),      S(B) = E(B) / B = S_min (1 + B_crit / B),
 
 with B_crit ~ B_simple = n*Delta - 1 (docs/protocol.md identity). The knee is B_crit, fitted per seed
-by least squares on log E. n*Delta grows as the iterate approaches w*, so the value that matters
-for a target is n*Delta at the target; it is measured on the full-batch gradient-descent path
-from w0 (the path SGD's mean follows), where it crosses the target suboptimality.
+by least squares on log E; a variant's knee is the median of its seeds' knees (so it lies in their
+range). n*Delta grows as the iterate approaches w*, so the value that matters for a target is
+n*Delta at the target; it is measured on the full-batch gradient-descent path from w0 (the path
+SGD's mean follows), where it crosses the target suboptimality.
+
+Regime. The knee is where optimizer steps to target stop falling like 1/B; that says something
+about SGD noise only if full-batch gradient descent itself needs many steps (S_min >> 1). Where
+it reaches the target in one to three steps, steps cannot fall far and "samples flat, then growing
+linearly" is little more than the arithmetic of E = B x S. So every variant reports the steps that
+full-batch gradient descent needs at the best learning rate of the grid (:func:`full_batch_steps`),
+and a variant below ``knee.min_gd_steps`` is flagged as a degenerate regime and cannot agree.
 """
 
 from __future__ import annotations
@@ -131,6 +139,66 @@ def tuned_runs(probs: Problems, batch_size: int, kcfg, max_samples: int, lo: flo
         hi += 4 * step if at_high.any() else 0
 
 
+@dataclass
+class FullBatchSteps:
+    """Per-seed result of :func:`full_batch_steps` (arrays of length S)."""
+
+    steps: np.ndarray  # int64, full-batch gradient-descent steps to the target at the best lr
+    lr_log2_over_L: np.ndarray  # float64, k of the best lr 2^k / L
+    at_grid_edge: np.ndarray  # bool, best lr still at the top of the (extended) grid
+
+
+def full_batch_steps(probs: Problems, kcfg, max_steps: int = 100_000) -> FullBatchSteps:
+    """Fewest full-batch gradient-descent steps from w0 = 0 to each seed's target loss, over the lr
+    grid 2^k / L of the knee (k from ``kcfg.lr_log2_min`` to ``kcfg.lr_log2_max`` in steps of
+    ``kcfg.lr_log2_step``; L the smoothness bound), extended upward by 4 steps (at most
+    ``kcfg.lr_grid_extensions`` times) while a seed's best lr sits at the top.
+
+    This is S_min, the large-batch limit of steps to target (McCandlish et al., 2018, eq. 2.11): the
+    knee says something about gradient noise only when it is well above one. Every seed and lr run
+    in lock-step (one (S, L, d) weight tensor); lrs whose loss becomes non-finite are dropped. Ties
+    (several lrs reaching the target at the same step): the lowest loss.
+
+    Args:
+        probs: prepared problems (S seeds of one variant).
+        kcfg: the ``knee`` config section.
+        max_steps: cap on the steps.
+    Returns:
+        :class:`FullBatchSteps`.
+    Raises:
+        RuntimeError: some seed has no lr reaching the target within ``max_steps`` steps.
+    """
+    x, y, l2, n = probs.x, probs.y, probs.spec.l2, probs.n
+    step = kcfg.lr_log2_step
+    hi = kcfg.lr_log2_max
+    target = probs.target_loss.unsqueeze(1)  # (S, 1)
+    S = x.shape[0]
+    for attempt in range(kcfg.lr_grid_extensions + 1):
+        ks = torch.arange(kcfg.lr_log2_min, hi + step / 2, step, dtype=P.DTYPE)
+        lr = (2.0**ks / probs.smoothness).view(1, -1, 1)
+        w = torch.zeros(S, len(ks), x.shape[-1], dtype=P.DTYPE)
+        steps = np.full(S, -1, dtype=np.int64)
+        best = np.zeros(S, dtype=np.int64)
+        for t in range(1, max_steps + 1):
+            w = w - lr * P.mean_grad(x, y, w, l2)
+            loss = P.mean_loss(x, y, w, l2)  # (S, L)
+            below = (loss <= target) & torch.isfinite(loss)
+            for s in (below.any(1) & torch.from_numpy(steps < 0)).nonzero().flatten().tolist():
+                steps[s], best[s] = t, int(torch.where(below[s], loss[s], torch.inf).argmin())
+            if (steps > 0).all():
+                break
+        else:
+            raise RuntimeError(
+                f"full-batch gradient descent did not reach the target in {max_steps} steps for seeds "
+                f"{[probs.seeds[s] for s in np.flatnonzero(steps < 0)]} (variant with n={n}); "
+                "raise knee.lr_log2_max or target_relative"
+            )
+        edge = best == len(ks) - 1
+        if attempt == kcfg.lr_grid_extensions or not edge.any():
+            return FullBatchSteps(steps=steps, lr_log2_over_L=ks.numpy()[best], at_grid_edge=edge)
+        hi += 4 * step
+
+
 def fit_knee(batch_sizes: np.ndarray, samples: np.ndarray) -> tuple[float, float]:
     """Least-squares fit of log E(B) = log E_min + log(1 + B / B_crit) (McCandlish et al., 2018).
 
@@ -162,6 +230,7 @@ def run_variant(cfg, variant) -> dict:
     """
     spec = variant_spec(cfg, variant)
     probs = prepare(spec, list(cfg.seeds), cfg.target_relative)
+    gd = full_batch_steps(probs, cfg.knee)
     budget = int(cfg.knee.max_epochs * spec.n_train)
     rows = []
     lo, hi = cfg.knee.lr_log2_min, cfg.knee.lr_log2_max
@@ -199,7 +268,10 @@ def run_variant(cfg, variant) -> dict:
                 "n_delta_start": float(probs.paths[i].n_delta[0]),
                 "n_delta_target": probs.paths[i].n_delta_target,
                 "b_noise_target": probs.paths[i].b_noise_target,
-                "gd_steps_to_target": len(probs.paths[i].n_delta) - 1,
+                "gd_steps_best_lr": int(gd.steps[i]),
+                "gd_best_lr_log2_over_L": float(gd.lr_log2_over_L[i]),
+                "gd_lr_at_grid_edge": bool(gd.at_grid_edge[i]),
+                "gd_steps_lr_1_over_L": len(probs.paths[i].n_delta) - 1,
             }
             for i, s in enumerate(probs.seeds)
         ]
@@ -228,8 +300,15 @@ def summarize_variant(result: dict, kcfg) -> dict:
     The small-batch reference ``samples_small`` is the median samples-to-target over those same
     runs (seeds x batch sizes), steadier than B = 1 alone.
 
-    Checks: the knee lies within a factor ``tolerance`` of the band; at the largest grid B <=
-    band_low / small_factor, samples are at most ``small_ratio_max`` x the reference; at the
+    The knee is the median of the per-seed knees (each a :func:`fit_knee` of that seed's curve), so
+    it lies within the seed range printed next to it; ``e_min_fit`` is the median of the per-seed
+    E_min. (A fit to the seeds' median curve is a different estimator and can fall outside that
+    range.)
+
+    Checks: full-batch gradient descent needs at least ``min_gd_steps`` steps to the target at the
+    best lr of the grid (median over seeds; otherwise the variant is in a degenerate regime and
+    cannot agree); the knee lies within a factor ``tolerance`` of the band; at the largest grid B
+    <= band_low / small_factor, samples are at most ``small_ratio_max`` x the reference; at the
     smallest grid B >= large_factor x band_high (when the grid reaches it), at least
     ``large_ratio_min`` x. The samples curve is the per-B median over seeds, censored (NaN) where a
     seed missed the budget.
@@ -239,8 +318,15 @@ def summarize_variant(result: dict, kcfg) -> dict:
     runs = runs.assign(samples_or_nan=runs["samples"].where(runs["hit"]))
     curve = runs.groupby("batch_size")["samples_or_nan"].agg(lambda s: s.median() if s.notna().all() else np.nan)
     steps = runs.groupby("batch_size")["steps"].median()
-    fits = [fit_knee(g["batch_size"].to_numpy(), g["samples_or_nan"].to_numpy()) for _, g in runs.groupby("seed")]
-    e_min, knee = fit_knee(curve.index.to_numpy(), curve.to_numpy())
+    fits = np.array(
+        [fit_knee(g["batch_size"].to_numpy(), g["samples_or_nan"].to_numpy()) for _, g in runs.groupby("seed")]
+    )  # (S, 2): E_min, B_crit per seed
+    fitted = np.isfinite(fits[:, 1])
+    e_min, knee = (
+        (float(np.median(fits[fitted, 0])), float(np.median(fits[fitted, 1]))) if fitted.any() else (np.nan,) * 2
+    )
+    knee_min, knee_max = (float(fits[fitted, 1].min()), float(fits[fitted, 1].max())) if fitted.any() else (np.nan,) * 2
+    gd_steps = float(seeds["gd_steps_best_lr"].median())
     nd_start = float(seeds["n_delta_start"].median())
     small_runs = runs[runs["batch_size"] <= max(1.0, nd_start)]
     nd_gd, nd_sgd = float(seeds["n_delta_target"].median()), float(small_runs["n_delta_at_hit"].median())
@@ -251,6 +337,7 @@ def summarize_variant(result: dict, kcfg) -> dict:
     small_ratio, large_ratio = small_e / e_ref, large_e / e_ref
     tol = kcfg.tolerance
     checks = {
+        "regime_ok": bool(gd_steps >= kcfg.min_gd_steps),
         "knee_within_tolerance": bool(np.isfinite(knee) and lo / tol <= knee <= hi * tol),
         "small_batch_ok": bool(np.isfinite(small_ratio) and small_ratio <= kcfg.small_ratio_max),
         # untestable (no grid B that far above the band) counts as passing; the summary says so
@@ -265,8 +352,16 @@ def summarize_variant(result: dict, kcfg) -> dict:
         "duplicate": spec["duplicate"],
         "label_noise": spec["label_noise"],
         "spectrum_decay": spec["spectrum_decay"],
+        "direction": spec["direction"],
         "l2": spec["l2"],
         "target_subopt": float(seeds["target_subopt"].median()),
+        "gd_steps": gd_steps,
+        "gd_steps_min": int(seeds["gd_steps_best_lr"].min()),
+        "gd_steps_max": int(seeds["gd_steps_best_lr"].max()),
+        "gd_steps_lr_1_over_L": float(seeds["gd_steps_lr_1_over_L"].median()),
+        "gd_lr_at_grid_edge": int(seeds["gd_lr_at_grid_edge"].sum()),
+        "min_gd_steps": int(kcfg.min_gd_steps),
+        "tolerance": tol,
         "n_delta_start": nd_start,
         "n_delta_target": nd_gd,
         "n_delta_target_min": float(seeds["n_delta_target"].min()),
@@ -276,9 +371,11 @@ def summarize_variant(result: dict, kcfg) -> dict:
         "band_high": hi,
         "b_noise_target": float(seeds["b_noise_target"].median()),
         "knee": knee,
-        "knee_seed_min": float(np.nanmin([f[1] for f in fits])),
-        "knee_seed_max": float(np.nanmax([f[1] for f in fits])),
+        "knee_seed_min": knee_min,
+        "knee_seed_max": knee_max,
+        "knee_seeds_fitted": int(fitted.sum()),
         "e_min_fit": e_min,
+        "knee_over_n_delta_start": knee / nd_start,
         "knee_over_n_delta_target": knee / nd_gd,
         "knee_over_n_delta_sgd": knee / nd_sgd,
         "samples_b1": float(curve.loc[1]) if 1 in curve.index else float("nan"),

@@ -24,7 +24,7 @@ from divebatch.analysis.tables import write_table
 from divebatch.methods import ADABATCH, ADABATCH_RESCALE, SGD_SMALL
 from divebatch.provenance import VERDICT_FILE
 
-KIND_COLORS = {"noise": "tab:blue", "duplicate": "tab:green", "stress": "tab:red"}
+KIND_COLORS = {"noise": "tab:blue", "duplicate": "tab:green", "conditioning": "tab:red"}
 BAND_COLOR = "tab:orange"
 
 
@@ -46,10 +46,32 @@ def _g(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
 
 
+def failed_checks(row) -> list[str]:
+    """Why a variant of the knee summary does not agree (empty when it does), in words."""
+    out = []
+    if not row["regime_ok"]:
+        out.append(
+            f"degenerate regime: full-batch GD reaches the target in {row['gd_steps']:.0f} steps "
+            f"(< {row['min_gd_steps']})"
+        )
+    if not row["knee_within_tolerance"]:
+        out.append(
+            f"knee {_g(row['knee'])} outside x{row['tolerance']:g} of the n*Delta band "
+            f"[{_g(row['band_low'])}, {_g(row['band_high'])}]"
+        )
+    if not row["small_batch_ok"]:
+        out.append(f"samples at B={_g(row['small_b'])} are {_g(row['small_ratio'], 2)}x the small-batch reference")
+    if not row["large_batch_ok"]:
+        out.append(f"samples at B={_g(row['large_b'])} only {_g(row['large_ratio'], 2)}x the small-batch reference")
+    return out
+
+
 def variant_title(row) -> str:
-    dup = f", x{int(row['duplicate'])} duplicated" if row["duplicate"] > 1 else ""
-    cond = f", spectrum decay {row['spectrum_decay']:g}" if row["spectrum_decay"] > 0 else ""
-    return f"{row['variant']} (label noise {row['label_noise']:g}{dup}{cond})"
+    """Two lines: the variant's name, then its data (label noise, duplication, spectrum, direction)."""
+    dup = f", x{int(row['duplicate'])} dup." if row["duplicate"] > 1 else ""
+    cond = f", decay {row['spectrum_decay']:g}" if row["spectrum_decay"] > 0 else ""
+    cond += ", balanced u" if row.get("direction") == "balanced" and row["spectrum_decay"] > 0 else ""
+    return f"{row['variant']}\n(label noise {row['label_noise']:g}{dup}{cond})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,22 +90,28 @@ def knee_tables(knee: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None
             "label noise": s["label_noise"],
             "dup.": s["duplicate"],
             "spectrum decay": s["spectrum_decay"],
+            "direction u": s["direction"],
             "target (nats)": s["target_subopt"].map(lambda v: f"{v:.3g}"),
+            "full-batch GD steps to target: best lr [seed range] / lr 1/L": [
+                f"{g:.0f} [{lo}, {hi}] / {g1:.0f}"
+                for g, lo, hi, g1 in zip(s["gd_steps"], s["gd_steps_min"], s["gd_steps_max"], s["gd_steps_lr_1_over_L"])
+            ],
             "n·Δ(w0)": s["n_delta_start"].map(_g),
             "n·Δ at target: GD path / SGD": [
                 f"{_g(a)} / {_g(b)}" for a, b in zip(s["n_delta_target"], s["n_delta_sgd"])
             ],
-            "knee B_crit [seed range]": [
+            "knee B_crit: median of seeds [seed range]": [
                 f"{_g(k)} [{_g(lo)}, {_g(hi)}]" for k, lo, hi in zip(s["knee"], s["knee_seed_min"], s["knee_seed_max"])
             ],
-            "knee / n·Δ (GD)": s["knee_over_n_delta_target"].map(lambda v: _g(v, 2)),
+            "knee / n·Δ at target (GD)": s["knee_over_n_delta_target"].map(lambda v: _g(v, 2)),
+            "knee / n·Δ(w0)": s["knee_over_n_delta_start"].map(lambda v: _g(v, 2)),
             "samples, small B": s["samples_small"].map(_g),
             "ratio at B well below": [f"{_g(r, 2)} (B={_g(b)})" for r, b in zip(s["small_ratio"], s["small_b"])],
             "ratio at B far above": [
                 f"{_g(r, 2)} (B={_g(b)})" if np.isfinite(b) else "no such B"
                 for r, b in zip(s["large_ratio"], s["large_b"])
             ],
-            "agrees": s["agrees"].map({True: "yes", False: "no"}),
+            "agrees": ["yes" if r["agrees"] else "no: " + "; ".join(failed_checks(r)) for _, r in s.iterrows()],
         }
     )
     runs = knee["runs"]
@@ -126,7 +154,8 @@ def knee_tables(knee: dict) -> dict[str, tuple[pd.DataFrame, pd.DataFrame | None
         "synthetic_knee_seeds": (
             knee["seeds"],
             knee["seeds"],
-            "Per-seed references: loss(w*), target, n·Δ at w0 and at the target on the gradient-descent path, B_noise",
+            "Per-seed references: loss(w*), target, n·Δ at w0 and at the target on the gradient-descent path, "
+            "B_noise, full-batch gradient-descent steps to the target (best lr of the grid, and lr 1/L)",
         ),
     }
 
@@ -140,7 +169,7 @@ def plot_knee(knee: dict, kcfg) -> plt.Figure:
     fig, grid = plt.subplots(
         2,
         len(names) + 1,
-        figsize=(3.5 * len(names) + 2.2, 6.6),
+        figsize=(3.8 * len(names) + 2.2, 6.8),
         squeeze=False,
         gridspec_kw={"width_ratios": [1] * len(names) + [0.6]},
     )
@@ -168,9 +197,11 @@ def plot_knee(knee: dict, kcfg) -> plt.Figure:
                     "--",
                     color="k",
                     lw=1,
-                    label="fit E_min (1 + B/B_crit)",
+                    label="E_min (1 + B/B_crit), medians of the seeds' fits",
                 )
-                ax.axvline(row["knee"], color="k", lw=1, label="fitted knee B_crit")
+                ax.axvline(row["knee"], color="k", lw=1, label="knee B_crit (median of the seeds' fits)")
+            if col == "steps":
+                ax.axhline(row["gd_steps"], color="0.3", ls="-.", lw=1, label="full-batch GD steps to target (best lr)")
             ax.set_xscale("log", base=2)
             _log_y(ax)
             if j == 0:
@@ -181,9 +212,14 @@ def plot_knee(knee: dict, kcfg) -> plt.Figure:
                 ax.set_title(
                     f"{variant_title(row.to_dict() | {'variant': name})}\n"
                     f"knee {row['knee']:.3g} vs n·Δ {row['n_delta_target']:.3g}",
-                    fontsize=8.5,
+                    fontsize=8,
                 )
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+    handles, labels = [], []
+    for ax in axes[:, 0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
     grid[0, -1].legend(handles, labels, loc="center left", fontsize=8, frameon=False)
     fig.suptitle(
         "(a) Synthetic logistic regression: samples and optimizer steps to the target against the batch "
@@ -198,7 +234,8 @@ def plot_knee_vs_diversity(knee: dict, kcfg) -> plt.Figure:
     s = knee["summary"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.8))
     fig.suptitle(
-        "(b) Controlled diversity: label noise moves n·Δ and the knee with it; duplication moves neither", fontsize=10
+        "(b) Controlled diversity: the knee against n·Δ at the target under label noise, duplication and conditioning",
+        fontsize=10,
     )
     lo = min(s["band_low"].min(), s["knee_seed_min"].min()) / 2
     hi = max(s["band_high"].max(), s["knee_seed_max"].max()) * 2
@@ -229,8 +266,8 @@ def plot_knee_vs_diversity(knee: dict, kcfg) -> plt.Figure:
         xscale="log",
         yscale="log",
         xlabel="n·Δ at the target (samples; bar: GD path to SGD iterates)",
-        ylabel="fitted knee B_crit (samples; bar: seed range)",
-        title="Fitted knee against n·Δ at the target",
+        ylabel="knee B_crit, median of seeds (samples; bar: seed range)",
+        title="Knee against n·Δ at the target",
     )
     ax.legend(fontsize=8)
     runs = knee["runs"]
@@ -244,7 +281,7 @@ def plot_knee_vs_diversity(knee: dict, kcfg) -> plt.Figure:
             ms=3,
             color=color,
             label=r["variant"],
-            ls="--" if r["kind"] == "stress" else "-",
+            ls="--" if r["kind"] == "conditioning" else "-",
         )
     ratios = [b / r["n_delta_target"] for _, r in s.iterrows() for b in (1, r["n"])]
     u = np.geomspace(min(ratios), max(ratios), 100)
@@ -266,7 +303,7 @@ def plot_diversity_path(knee: dict) -> plt.Figure:
     s = knee["summary"]
     fig, ax = plt.subplots(figsize=(9, 4.8))
     palette = sns.color_palette("colorblind", len(s))
-    styles = {"noise": ("-", 1.2), "duplicate": (":", 2.5), "stress": ("--", 1.2)}
+    styles = {"noise": ("-", 1.2), "duplicate": (":", 2.5), "conditioning": ("--", 1.2)}
     for color, res in zip(palette, knee["results"]):
         v = res["variant"]
         label = v["name"] + (f" (duplicates {v['of']}: same curve)" if v["kind"] == "duplicate" else "")
@@ -514,32 +551,39 @@ def plot_estimators(res: dict) -> plt.Figure:
 def verdict(knee: dict, cfg, provenance: str, commit: str) -> dict:
     """Claim 4's machine-readable verdict (read by :func:`divebatch.analysis.claims.claim4`).
 
-    ``holds`` is true when every ``noise`` and ``duplicate`` variant agrees with the theory (knee
-    within ``knee.tolerance`` of the n·Δ band, flat below it, growing above it), the knee's log-log
-    slope against n·Δ over the noise variants is in the allowed range, and duplication moves the
-    knee by less than the duplicate tolerance. ``stress`` variants are reported, not judged.
+    ``holds`` is true when every variant, whatever its kind, agrees with the theory (full-batch
+    gradient descent needs at least ``knee.min_gd_steps`` steps to the target, the knee lies within
+    ``knee.tolerance`` of the n·Δ band at the target, samples are flat well below it and grow far
+    above it), the knee's log-log slope against n·Δ over the noise variants is in the allowed range,
+    and duplication moves the knee by less than the duplicate tolerance. The summary names every
+    variant's full-batch steps, knee and n·Δ, and why it disagrees where it does.
     """
     s, ctrl = knee["summary"], knee["controlled"]
-    judged = s[s["kind"] != "stress"]
-    holds = bool(judged["agrees"].all() and ctrl["slope_ok"] is not False and all(d["ok"] for d in ctrl["duplicates"]))
+    holds = bool(s["agrees"].all() and ctrl["slope_ok"] is not False and all(d["ok"] for d in ctrl["duplicates"]))
     parts = [
-        f"{r['variant']}: knee {r['knee']:.3g} vs n*Delta {r['n_delta_target']:.3g} at the target "
-        f"(x{r['knee_over_n_delta_target']:.2f}){'' if r['agrees'] else ' - disagrees'}"
-        for _, r in judged.iterrows()
+        f"{r['variant']}: full-batch GD {r['gd_steps']:.0f} steps, knee {r['knee']:.3g} vs n*Delta "
+        f"{r['n_delta_target']:.3g} at the target (x{r['knee_over_n_delta_target']:.2g})"
+        + ("" if r["agrees"] else " - disagrees (" + "; ".join(failed_checks(r)) + ")")
+        for _, r in s.iterrows()
     ]
     if ctrl["slope"] is not None:
-        parts.append(f"log-log slope of knee on n*Delta over label noise {ctrl['slope']:.2f}")
-    parts += [f"x{d['duplicate']} duplication moves the knee x{d['knee_ratio']:.2f}" for d in ctrl["duplicates"]]
-    for _, r in s[s["kind"] == "stress"].iterrows():
         parts.append(
-            f"ill-conditioned stress variant {r['variant']} (not judged): knee {r['knee']:.3g} = "
-            f"x{r['knee_over_n_delta_target']:.2f} of n*Delta {r['n_delta_target']:.3g}, so there n*Delta "
-            "is only an upper bound on the knee"
+            f"log-log slope of knee on n*Delta over label noise {ctrl['slope']:.2f}"
+            + ("" if ctrl["slope_ok"] else f" (outside {ctrl['slope_range']})")
         )
-    scope = "on well-conditioned data (the noise and duplicate variants)"
+    parts += [
+        f"x{d['duplicate']} duplication moves the knee x{d['knee_ratio']:.2f}" + ("" if d["ok"] else " (too far)")
+        for d in ctrl["duplicates"]
+    ]
+    scope = (
+        f"every variant (label noise, duplication, conditioning), where full-batch gradient descent needs "
+        f">= {cfg.knee.min_gd_steps} steps to the target"
+    )
     summary = (
-        f"knee of samples-to-target tracks n*Delta {scope}: " if holds else f"knee does not track n*Delta {scope}: "
-    ) + "; ".join(parts)
+        f"{int(s['agrees'].sum())} of {len(s)} variants agree with the theory (knee of samples-to-target "
+        f"within x{cfg.knee.tolerance:g} of n*Delta at the target, full-batch GD needing >= "
+        f"{cfg.knee.min_gd_steps} steps): " + "; ".join(parts)
+    )
     clean = s.replace({np.nan: None}).to_dict(orient="records")
     return {
         "claim": 4,
@@ -552,6 +596,7 @@ def verdict(knee: dict, cfg, provenance: str, commit: str) -> dict:
         "provenance": provenance,
         "target_relative": cfg.target_relative,
         "rules": {
+            "min_gd_steps": cfg.knee.min_gd_steps,
             "tolerance": cfg.knee.tolerance,
             "small_factor": cfg.knee.small_factor,
             "small_ratio_max": cfg.knee.small_ratio_max,
