@@ -495,6 +495,7 @@ def test_two_ranks_match_one_process(two_rank_runs, tmp_path):
 def test_only_rank_0_writes_and_logs(two_rank_runs):
     run, out = two_rank_runs["main"], two_rank_runs["out"]
     assert sorted(p.name for p in run.iterdir()) == [
+        ".lock",  # rank 0's writer lock (released when it ended)
         "checkpoint.pt",
         "config.yaml",
         "manifest.json",

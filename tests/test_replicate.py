@@ -53,7 +53,7 @@ def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
     assert len({r.out_dir for r in runs}) == len(runs)
     for e in spec.experiments:
         mine = [r for r in runs if r.experiment == e.name]
-        if e.overrides or e.sweep:  # an extra experiment on top of the matrix (protocol=clean, a sweep)
+        if e.overrides or e.sweep or e.schedule_from:  # an extra experiment on top of the matrix (a sweep, controls)
             assert len(mine) == len(rep.experiment_cells(e)) * len(e.seeds if e.seeds is not None else spec.seeds)
             assert {c.profile for c in map(cfgs.get, (r.name for r in mine))} == {e.report_as or spec.name}
             continue

@@ -22,7 +22,7 @@ from __future__ import annotations
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz", "imagefolder", "text"),
     "model.name": ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear", "transformer_lm"),
-    "method.name": ("sgd", "adabatch", "divebatch"),
+    "method.name": ("sgd", "adabatch", "divebatch", "schedule"),
     "method.diversity_estimator": ("exact", "microbatch", "fixed_point", "exact_func"),
     "optim.name": ("sgd", "adamw"),
     "method.lr_scaling": ("linear", "sqrt"),

@@ -29,6 +29,7 @@ from divebatch.choices import CHOICES
 # are keyed by. The choices below are branches of one function each and are named here.
 SCHEDULES = ("constant", "cosine", "multistep", "step")
 LOADERS = ("auto", "device", "torchvision")
+SCHEDULE_KINDS = ("replay", "two_stage")  # method.schedule (method.name=schedule)
 PROTOCOLS = ("authors_code", "clean")
 LR_RESCALE_RULES = ("linear", "schedule_squared")
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")
@@ -85,6 +86,10 @@ class MethodConfig:
     fixed_point_samples: Optional[int] = (
         8192  # fixed_point: fixed random subset size (null or >= n: all n); docs/diversity.md
     )
+    # method.name=schedule only (a schedule control, divebatch.method.schedule; docs/diversity.md):
+    schedule: Optional[str] = None  # replay: a run's realized schedule | two_stage: m0, then max_batch_size
+    schedule_from: Optional[str] = None  # run directory: replayed (replay) or its first resize epoch (two_stage)
+    switch_epoch: Optional[int] = None  # two_stage: first epoch (0-based) at max_batch_size; null: see docs
 
 
 @dataclass
@@ -248,6 +253,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise _allowed(key, OmegaConf.select(cfg, key), "an integer >= 2")
     if m.micro_batches < 2:
         raise _allowed("method.micro_batches", m.micro_batches, "an integer >= 2")
+    _check_schedule(cfg)
     if m.max_batch_size < m.initial_batch_size:
         raise _allowed(
             "method.max_batch_size",
@@ -285,6 +291,36 @@ def validate(cfg: DictConfig) -> DictConfig:
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise _allowed("device", device, "auto | cpu | cuda | cuda:N")
     return cfg
+
+
+def _check_schedule(cfg: DictConfig) -> None:
+    """Keys of a schedule control (``method.name=schedule``, :mod:`divebatch.method.schedule`).
+
+    Raises:
+        ConfigError: ``method.schedule`` unknown or set for another method; ``method.switch_epoch``
+            outside [1, epochs - 1], with ``replay``, or together with ``method.schedule_from``.
+            (``replay`` without ``method.schedule_from`` is refused when the run starts,
+            :func:`divebatch.method.schedule.schedule_for`: a method file alone is a valid config.)
+    """
+    m = cfg.method
+    keys = {
+        "method.schedule": m.schedule,
+        "method.schedule_from": m.schedule_from,
+        "method.switch_epoch": m.switch_epoch,
+    }
+    if m.name != "schedule":
+        for key, value in keys.items():
+            if value is not None:
+                raise _allowed(key, value, f"null with method.name={m.name} (the key of method.name=schedule)")
+        return
+    _check_choice(cfg, "method.schedule", SCHEDULE_KINDS)  # replay's method.schedule_from: checked at training
+    if m.switch_epoch is None:
+        return
+    if m.schedule == "replay" or m.schedule_from:
+        why = "method.schedule=replay" if m.schedule == "replay" else "method.schedule_from (it gives the switch epoch)"
+        raise _allowed("method.switch_epoch", m.switch_epoch, f"null with {why}")
+    if not 1 <= m.switch_epoch < cfg.epochs:
+        raise _allowed("method.switch_epoch", m.switch_epoch, f"null or an integer in [1, epochs={cfg.epochs})")
 
 
 def _check_text_model(cfg: DictConfig) -> None:

@@ -18,7 +18,7 @@ class Variant:
     Attributes:
         key: ``configs/methods/<key>.yaml``; the run directory name of its profile cells.
         display_name: what tables and figures call it (the config key ``display_name``).
-        policy: ``method.name`` (sgd | adabatch | divebatch).
+        policy: ``method.name`` (sgd | adabatch | divebatch | schedule).
         lr_rescale: ``method.lr_rescale``.
         large_batch: starts at ``method.max_batch_size`` instead of ``method.initial_batch_size``.
         optimizer: ``optim.name``.
@@ -46,6 +46,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "adamw_divebatch_rescale", "AdamW DiveBatch + sqrt lr rescale", "divebatch", lr_rescale=True, optimizer="adamw"
     ),
+    # schedule controls (no gradient diversity; divebatch.method.schedule): a DiveBatch run's realized
+    # batch sizes replayed, and the two-stage schedule m0 then the cap
+    Variant("schedule_replay", "Schedule replay", "schedule"),
+    Variant("schedule_replay_rescale", "Schedule replay + lr rescale", "schedule", lr_rescale=True),
+    Variant("two_stage", "Two-stage schedule", "schedule"),
+    Variant("two_stage_rescale", "Two-stage schedule + lr rescale", "schedule", lr_rescale=True),
 )
 BY_KEY = {v.key: v for v in VARIANTS}
 DISPLAY_ORDER = [v.display_name for v in VARIANTS]
@@ -54,5 +60,13 @@ SGD_SMALL, SGD_LARGE = BY_KEY["sgd_small"].display_name, BY_KEY["sgd_large"].dis
 ADABATCH, ADABATCH_RESCALE = BY_KEY["adabatch"].display_name, BY_KEY["adabatch_rescale"].display_name
 ADAMW_SMALL = BY_KEY["adamw_small"].display_name
 DIVEBATCH_VARIANTS = (BY_KEY["divebatch"].display_name, BY_KEY["divebatch_rescale"].display_name)  # SGD only
+# each DiveBatch variant's schedule controls: (replay of its run, two-stage schedule), same lr rescaling
+SCHEDULE_CONTROLS = {
+    BY_KEY["divebatch"].display_name: (BY_KEY["schedule_replay"].display_name, BY_KEY["two_stage"].display_name),
+    BY_KEY["divebatch_rescale"].display_name: (
+        BY_KEY["schedule_replay_rescale"].display_name,
+        BY_KEY["two_stage_rescale"].display_name,
+    ),
+}
 # the six methods of the paper's comparison (SGD with momentum): the synthetic check runs these
-PAPER_METHODS = [v for v in VARIANTS if v.optimizer == "sgd"]
+PAPER_METHODS = [v for v in VARIANTS if v.optimizer == "sgd" and v.policy != "schedule"]

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from divebatch.analysis import controls
 from divebatch.analysis.collect import RunWarning, dataset_family
 from divebatch.analysis.stats import AUTHORS_UNITS, UNIT_LABELS, WITHIN_PP, metric_of, metric_sign
 from divebatch.analysis.tables import BASELINE_SLUG, MATCHED
@@ -100,6 +101,15 @@ PAPER = {
     6: (
         "(estimator study) The accuracy loss at this scale comes from the authors' epoch estimator",
         "not a claim of the paper: a question of this replication (docs/diversity.md, 'Estimator study')",
+    ),
+    # rows 7 and 8: divebatch.analysis.controls (docs/diversity.md, "Delta for the true diversity", "Schedule controls")
+    7: (
+        "(delta sweep) With the true diversity, some delta makes DiveBatch faster than small-batch SGD at matched quality",
+        "not a claim of the paper: the authors' delta was tuned for their estimator (docs/diversity.md)",
+    ),
+    8: (
+        "(schedule controls) The authors' DiveBatch equals its schedule control",
+        "not a claim of the paper: a question of this replication (docs/diversity.md, 'Schedule controls')",
     ),
 }
 
@@ -490,7 +500,12 @@ RULES = {
 }
 
 
-def claims_table(main: pd.DataFrame, speedups: pd.DataFrame, verdict_path: str | Path | None = None) -> pd.DataFrame:
+def claims_table(
+    main: pd.DataFrame,
+    speedups: pd.DataFrame,
+    verdict_path: str | Path | None = None,
+    epochs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """One row per claim, definition and unit: ``claim, statement, definition, unit, paper, ours,
     verdict, rule``.
 
@@ -500,16 +515,19 @@ def claims_table(main: pd.DataFrame, speedups: pd.DataFrame, verdict_path: str |
         speedups: :func:`divebatch.analysis.tables.speedup_table` (its ``matched`` rows decide
             "faster" under both definitions; its ``own`` rows are shown).
         verdict_path: the synthetic check's ``synthetic_verdict.json`` (may be absent).
+        epochs: the tidy per-epoch table (``RunSet.epochs``) for row 8 (None: row 8 not measured).
     Returns:
         15 rows: for claims 1 and 2, first the authors' definition (:data:`AUTHORS`) in epochs,
         optimizer steps and training s, then the per-run definition (:data:`PER_RUN`) in epochs,
         optimizer steps and wall-clock s; then claims 3 and 4 once (definition ``-``), the
         estimator study's row 6 once; 6 more (claim 5, both definitions) where the runs hold a
-        transformer model.
+        transformer model; rows 7 (per unit, where fixed-point DiveBatch runs exist) and 8
+        (:func:`divebatch.analysis.controls.claim_rows`).
     """
     from divebatch.analysis import estimators
 
     study = estimators.estimator_claim(main)  # the estimator study's row, from every estimator's runs
+    full_main, full_speedups = main, speedups
     main, speedups = estimators.authors_rows(main), estimators.authors_rows(speedups)  # claims 1-3: the paper's
     judges = ((AUTHORS, _AuthorsLookup(main, speedups), AUTHORS_UNITS), (PER_RUN, _Lookup(speedups), UNIT_LABELS))
     rows = []
@@ -529,6 +547,7 @@ def claims_table(main: pd.DataFrame, speedups: pd.DataFrame, verdict_path: str |
             for unit in labels:
                 rows.append((5, definition, labels[unit], *claim5(main, look, unit), RULES[(5, definition)]))
     rows.append((6, "-", "final validation accuracy (pp)", *study, estimators.ESTIMATOR_RULE))
+    rows.extend(controls.claim_rows(full_main, full_speedups, epochs))  # rows 7-8: every estimator's runs
     return pd.DataFrame(
         [
             {

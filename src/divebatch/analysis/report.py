@@ -82,7 +82,7 @@ def analyse(runs: RunSet, profile: str, verdict_path: str | Path | None = None) 
         profile=profile,
         main=main,
         speedups=speedups,
-        claims=claims_mod.claims_table(main, speedups, verdict_path),
+        claims=claims_mod.claims_table(main, speedups, verdict_path, ep),
         diversity=tables.diversity_table(ep),
         sensitivity=tables.sensitivity_table(ep) if tables.has_sweep(ep) else None,
     )

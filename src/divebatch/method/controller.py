@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from divebatch.method.diversity import DiversityEstimator, build_estimator
-from divebatch.method.policies import POLICIES, BatchSizePolicy, rescale_lr, step_lr
+from divebatch.method.policies import POLICIES, BatchSizePolicy, rescale_lr, schedule_kwargs, step_lr
+from divebatch.method.schedule import schedule_for
 
 LR_RESCALE_RULES = ("linear", "schedule_squared")  # fidelity.lr_rescale_rule (docs/protocol.md)
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")  # fidelity.micro_batch_loss
@@ -172,7 +173,8 @@ class BatchSizeController:
     """Adaptive batch size by gradient diversity (DiveBatch), doubling (AdaBatch) or fixed (SGD).
 
     Args:
-        method: ``divebatch`` | ``adabatch`` | ``sgd`` (:data:`divebatch.method.policies.POLICIES`).
+        method: ``divebatch`` | ``adabatch`` | ``sgd`` | ``schedule`` (a schedule control, which
+            needs ``schedule``; :data:`divebatch.method.policies.POLICIES`).
         n_train: n, the training-set size (samples).
         initial_batch_size: m0 (samples); max_batch_size: the cap (samples).
         resize_freq: epochs between decisions; a decision ends epoch e (0-based) when
@@ -193,9 +195,12 @@ class BatchSizeController:
         max_micro_batch: larger steps are split into micro-batches (samples; memory only);
             split_above: split only above this (default ``max_micro_batch``); micro_batch_loss:
             ``per_sample`` | ``per_chunk`` weighting of the parts (docs/protocol.md).
+        schedule: ``method="schedule"`` only: the batch size of every epoch (samples;
+            :mod:`divebatch.method.schedule`).
     Raises:
         ValueError: an unknown ``method``, ``estimator``, ``lr_rescale_rule`` or
-            ``micro_batch_loss`` (naming the value and what is allowed).
+            ``micro_batch_loss`` (naming the value and what is allowed); a ``schedule`` given to
+            another method or missing for ``schedule``.
     """
 
     def __init__(
@@ -219,6 +224,7 @@ class BatchSizeController:
         split_above: int | None = None,
         micro_batch_loss: str = "per_sample",
         mean_units: bool = False,
+        schedule: list[int] | None = None,
     ):
         if method not in POLICIES:
             raise ValueError(f"method={method!r}; allowed: {' | '.join(POLICIES)}")
@@ -234,6 +240,7 @@ class BatchSizeController:
             delta=delta,
             lr_rescale=lr_rescale,
             lr_scaling=lr_scaling,
+            **schedule_kwargs(method, schedule),
         )
         self.estimator: DiversityEstimator | None = None
         if method == "divebatch":
@@ -253,7 +260,12 @@ class BatchSizeController:
 
     @classmethod
     def from_config(cls, cfg, n_train: int, backpack: bool = True) -> "BatchSizeController":
-        """From a run config (``method.*`` and ``fidelity.*`` keys of :class:`divebatch.config.TrainConfig`)."""
+        """From a run config (``method.*`` and ``fidelity.*`` keys of :class:`divebatch.config.TrainConfig`).
+
+        Raises:
+            divebatch.method.schedule.ScheduleError: ``method.name=schedule`` and its schedule
+                cannot be read (e.g. the replayed run is missing or unfinished).
+        """
         m, fid = cfg.method, cfg.fidelity
         return cls(
             m.name,
@@ -274,6 +286,7 @@ class BatchSizeController:
             split_above=fid.split_above,
             micro_batch_loss=fid.micro_batch_loss,
             mean_units=fid.mean_units,
+            schedule=schedule_for(cfg) if m.name == "schedule" else None,
         )
 
     @property

@@ -1,4 +1,4 @@
-"""Batch-size policies: small/large-batch SGD (fixed), AdaBatch and DiveBatch.
+"""Batch-size policies: small/large-batch SGD (fixed), AdaBatch, DiveBatch, and schedule controls.
 
 Each policy is consulted once per epoch, after that epoch's evaluation and learning-rate
 scheduler step (the authors' order). A decision is taken only at epochs ``e`` (0-based) with
@@ -13,7 +13,7 @@ Garland (2017).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -158,11 +158,50 @@ class DiveBatch(BatchSizePolicy):
         return divebatch_batch_size(self.batch_size, diversity, self.n_train, self.delta, self.max_batch_size)
 
 
-def build_policy(method_cfg, n_train: int) -> BatchSizePolicy:
+@register("schedule")
+class ScheduledBatchSize(BatchSizePolicy):
+    """A schedule control: epoch e (0-based) trains at ``schedule[e]``, given in advance; no
+    gradient diversity is measured (:mod:`divebatch.method.schedule` builds the schedule).
+
+    A change between epochs e and e + 1 is applied at the end of epoch e, with the lr factor
+    ``m_new / m`` (or its square root) when lr rescaling is on: the same place and factor as a
+    DiveBatch or AdaBatch resize, so replaying a run's realized batch sizes replays its lr too.
+
+    Args:
+        schedule: batch size per epoch (samples, >= 1 each; at least one epoch); the other
+            arguments as :class:`BatchSizePolicy` (``initial_batch_size`` is replaced by ``schedule[0]``).
+    Raises:
+        ValueError: an empty schedule or a batch size < 1.
+    """
+
+    def __init__(self, *args, schedule: Sequence[int] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.schedule = [int(b) for b in schedule]
+        if not self.schedule or min(self.schedule) < 1:
+            raise ValueError(f"schedule={self.schedule!r}; allowed: one batch size >= 1 per epoch, at least one")
+        self.batch_size = self.initial_batch_size = self.schedule[0]
+
+    def is_resize_epoch(self, epoch: int) -> bool:
+        """True when the schedule changes the batch size after epoch ``epoch`` (0-based)."""
+        return epoch + 1 < len(self.schedule) and self.schedule[epoch + 1] != self.schedule[epoch]
+
+    def step(self, epoch: int, diversity: float | None = None) -> float:
+        """Move to epoch ``epoch + 1``'s batch size; the lr factor as :meth:`BatchSizePolicy.step`."""
+        if not self.is_resize_epoch(epoch):
+            return 1.0
+        old, self.batch_size = self.batch_size, self.schedule[epoch + 1]
+        return lr_factor(self.batch_size / old, self.lr_scaling) if self.lr_rescale else 1.0
+
+
+def build_policy(method_cfg, n_train: int, schedule: Sequence[int] | None = None) -> BatchSizePolicy:
     """Policy named by ``method.name`` from a ``MethodConfig``-like object.
 
+    Args:
+        schedule: ``method.name=schedule`` only: the batch size per epoch
+            (:func:`divebatch.method.schedule.schedule_for`).
     Raises:
         KeyError: unknown ``method.name`` (names the allowed values).
+        ValueError: ``method.name=schedule`` without a schedule, or a schedule for another method.
     """
     try:
         cls = POLICIES[method_cfg.name]
@@ -176,7 +215,20 @@ def build_policy(method_cfg, n_train: int) -> BatchSizePolicy:
         delta=method_cfg.delta,
         lr_rescale=method_cfg.lr_rescale,
         lr_scaling=getattr(method_cfg, "lr_scaling", "linear"),
+        **schedule_kwargs(method_cfg.name, schedule),
     )
+
+
+def schedule_kwargs(method: str, schedule: Sequence[int] | None) -> dict:
+    """``{"schedule": schedule}`` for the ``schedule`` policy, ``{}`` for the others.
+
+    Raises:
+        ValueError: a schedule given to another policy, or none to the ``schedule`` policy.
+    """
+    if (method == "schedule") != (schedule is not None):
+        need = "a batch size per epoch" if method == "schedule" else "None (only method.name=schedule takes one)"
+        raise ValueError(f"schedule={schedule!r} with method={method!r}; allowed: {need}")
+    return {"schedule": schedule} if schedule is not None else {}
 
 
 def rescale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

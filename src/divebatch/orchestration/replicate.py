@@ -17,7 +17,9 @@ matrix. :func:`replicate` then
    one with ``CUDA_VISIBLE_DEVICES``, up to ``--runs-per-gpu K`` runs per GPU, default 1); a cut
    run resumes from its checkpoint, because
    ``divebatch train`` does; a finished run is skipped without starting a process; a failing run
-   is reported with its log and the others go on;
+   is reported with its log and the others go on; a run that replays another (an experiment's
+   ``schedule_from``: a schedule control) trains after it, in a second wave, and is not started
+   when that run did not finish;
 3. runs the synthetic theory check (``divebatch synthetic``) beside the trainings, unless it is
    done for this config and commit;
 4. regenerates ``paper_tables/<tag>/``, ``figures/<tag>/`` and ``notebooks/<profile>/`` with
@@ -100,6 +102,9 @@ class ExperimentSpec:
     seeds: Optional[List[int]] = None  # default: the profile's seeds
     overrides: List[str] = field(default_factory=list)  # KEY=VALUE for this experiment's runs
     report_as: Optional[str] = None  # the runs' ``profile`` tag, i.e. paper_tables/<report_as>/ (default: the profile)
+    # cell -> "<experiment>/<cell>" of this profile: that cell's runs get method.schedule_from = the run
+    # directory of that cell with the same seed (a schedule control replays it) and train after it
+    schedule_from: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -204,9 +209,36 @@ def load_profile(profile: str | Path | dict) -> DictConfig:
         seeds = list(e.seeds if e.seeds is not None else spec.seeds)
         if not seeds or len(set(seeds)) != len(seeds):
             raise _bad(f"experiments[{i}].seeds", seeds, "a non-empty list of distinct integers")
+        _check_schedule_from(spec, i, names, seeds)
     if spec.synthetic is not None and not Path(spec.synthetic).is_file():
         raise _bad("synthetic", spec.synthetic, "an existing YAML file")
     return spec
+
+
+def _check_schedule_from(spec: DictConfig, i: int, cells: list[str], seeds: list[int]) -> None:
+    """An experiment's ``schedule_from``: each key a cell of it, each value ``<experiment>/<cell>`` of
+    another experiment of the profile that runs every one of its seeds and replays no run itself.
+
+    Raises:
+        ProfileError: naming the key, the value and what is allowed.
+    """
+    e = spec.experiments[i]
+    for cell, source in e.schedule_from.items():
+        key = f"experiments[{i}].schedule_from.{cell}"
+        if cell not in cells:
+            raise _bad(key, source, f"a key that is a cell of experiment {e.name}: {' | '.join(cells)}")
+        exp_name, _, source_cell = str(source).partition("/")
+        others = {x.name: x for x in spec.experiments if x.name != e.name}
+        if exp_name not in others:
+            raise _bad(key, source, f"<experiment>/<cell> with <experiment> another experiment: {' | '.join(others)}")
+        src = others[exp_name]
+        src_cells = [name for name, _, _ in experiment_cells(src)]
+        if source_cell not in src_cells or source_cell in src.schedule_from:
+            allowed = [c for c in src_cells if c not in src.schedule_from]
+            raise _bad(key, source, f"{exp_name}/<cell> with <cell> a cell that replays no run: {' | '.join(allowed)}")
+        src_seeds = list(src.seeds if src.seeds is not None else spec.seeds)
+        if set(seeds) - set(src_seeds):
+            raise _bad(key, source, f"an experiment that runs seeds {seeds} (it runs {src_seeds})")
 
 
 def experiment_cells(e: DictConfig) -> list[tuple[str, str, list[str]]]:
@@ -292,6 +324,7 @@ class Run:
     overrides: list[str]  # everything passed after the config (out_dir, seed, profile included)
     tag: str  # its ``profile`` key: the report it belongs to (the experiment's report_as, else the profile)
     epochs: int = 0
+    after: Optional[Path] = None  # a run directory this run replays (method.schedule_from): trained first
 
     @property
     def name(self) -> str:
@@ -320,8 +353,10 @@ def expand(
         data: :func:`resolve_data`; None: the profile's own paths.
         extra: KEY=VALUE overrides for every run (``--set``), after the profile's.
     Overrides, later wins: profile, experiment, the cell's (a sweep point's), ``data.path``,
-    ``extra``, then ``seed``, ``profile`` (the experiment's ``report_as``, else the profile's name),
-    ``out_dir`` and ``progress=false`` (one log line per epoch, no bar, in the log).
+    ``extra``, then ``method.schedule_from`` (a cell of the experiment's ``schedule_from``: the run
+    directory of its source with the same seed, also the run's ``after``), ``seed``, ``profile`` (the
+    experiment's ``report_as``, else the profile's name), ``out_dir`` and ``progress=false`` (one log
+    line per epoch, no bar, in the log).
     """
     data = resolve_data(spec, {}) if data is None else data
     runs = []
@@ -331,18 +366,21 @@ def expand(
         for seed in e.seeds if e.seeds is not None else spec.seeds:
             for cell, config, cell_overrides in cells:
                 out_dir = Path(runs_dir) / e.name / cell / f"seed{seed}"
+                source = e.schedule_from.get(cell)
+                after = Path(runs_dir) / source / f"seed{seed}" if source else None
                 overrides = [
                     *spec.overrides,
                     *e.overrides,
                     *cell_overrides,
                     *data_path,
                     *extra,
+                    *([f"method.schedule_from={after}"] if after else []),
                     f"seed={seed}",
                     f"profile={tag}",
                     f"out_dir={out_dir}",
                     "progress=false",
                 ]
-                runs.append(Run(e.name, cell, str(config), int(seed), out_dir, overrides, tag))
+                runs.append(Run(e.name, cell, str(config), int(seed), out_dir, overrides, tag, after=after))
     return runs
 
 
@@ -677,10 +715,13 @@ def replicate(
             f"{len(outcome.skipped)} finished already" + (f", {len(outcome.failed)} refused" if outcome.failed else "")
         )
         cpu0 = _children_cpu_s()
-        if tasks:
-            train_tasks(
-                tasks, jobs, gpus, spec.name, lambda t: _record(t, outcome, runs_dir, stamp), runs_per_gpu=per_gpu
-            )
+        for wave, waiting in enumerate(_waves(tasks)):
+            if wave:  # runs that replay a run of the first wave start once it has finished
+                waiting = _sources_finished(waiting, outcome, log)
+            if waiting:
+                train_tasks(
+                    waiting, jobs, gpus, spec.name, lambda t: _record(t, outcome, runs_dir, stamp), runs_per_gpu=per_gpu
+                )
         tags = list(dict.fromkeys(e.report_as or spec.name for e in spec.experiments))
         for tag in tags if report and spec.report else []:
             if not any(read_summary(r.out_dir) for r in runs if r.tag == tag):
@@ -721,8 +762,9 @@ def _plan(
         if dry_run:
             where = f" on {device(n_to_train)}" if state in ("new", "resume") else ""
             n_to_train += state in ("new", "resume")
+            after = f", after {run.after}" if run.after else ""
             log(
-                f"[replicate] {state:<8} {run.name}{where}: {detail}; "
+                f"[replicate] {state:<8} {run.name}{where}: {detail}{after}; "
                 f"divebatch train {shlex.join([run.config, *run.overrides])}"
             )
         elif state == "finished":
@@ -747,6 +789,30 @@ def _plan(
                 )
             )
     return tasks
+
+
+def _source_done(run_dir: Path) -> bool:
+    return rundir.summary_status(read_summary(run_dir)) == "finished"
+
+
+def _waves(tasks: list[Task]) -> list[list[Task]]:
+    """``[first, second]``: the tasks that can start now, then the runs that replay a run
+    (``run.after``) which has not finished yet (it trains in the first wave, or failed before)."""
+    later = [t for t in tasks if t.run is not None and t.run.after is not None and not _source_done(t.run.after)]
+    return [[t for t in tasks if t not in later], later]
+
+
+def _sources_finished(tasks: list[Task], outcome: Outcome, log) -> list[Task]:
+    """The tasks whose replayed run has finished; the others are filed as failed, not started."""
+    ready = []
+    for t in tasks:
+        if _source_done(t.run.after):
+            ready.append(t)
+            continue
+        reason = f"not started: the run it replays ({t.run.after}) did not finish"
+        outcome.failed.append((t.name, reason))
+        log(f"[replicate] FAILED   {t.name}: {reason}")
+    return ready
 
 
 def _record(task: Task, outcome: Outcome, runs_dir: Path, stamp: dict | None) -> None:
