@@ -16,13 +16,9 @@ from divebatch.orchestration import gpu_hours as gh
 
 
 def not_measured_block() -> str:
-    """The block of docs/replicate.md while no GPU measurement exists (what `gpu-hours --write` replaces)."""
-    return (
-        f"{gh.BEGIN}\n**Not measured yet: no GPU was available** to this project. On a GPU machine, "
-        f"`bash replicate/gpu_check.sh` writes `runs/gpu_check/results.json` and `divebatch gpu-hours "
-        f"runs/gpu_check/results.json --write` fills this table (per dataset and method, for one GPU and for K "
-        f"runs per GPU, with the GPU it was measured on) and the paper profile's `expected_minutes`.\n{gh.END}"
-    )
+    """The block of docs/replicate.md while no GPU measurement exists (what `gpu-hours --write` replaces):
+    the paper profile's runs, generated from the profile (`divebatch gpu-hours --write`)."""
+    return gh.render_matrix(list(gh.paper_runs()))
 
 
 # ----------------------------------------------------------------------------- data
@@ -288,10 +284,10 @@ def test_gpu_hours_follow_the_schedules_and_k_runs_per_gpu():
     assert gh.per_sample_seconds(512, {128: 2.0, 2048: 1.0}) == pytest.approx(1.5)  # halfway in log2
     t = gh.table(res, gh.paper_runs())
     rows = {(g["dataset"], g["group"]): g for g in t["rows"]}
-    assert rows[("cifar10", "sgd_small")]["runs"] == 3
-    assert rows[("cifar10", "sgd_small")]["hours"] == pytest.approx(3 * 200 * 11 / 3600)
+    assert rows[("cifar10", "sgd_small")]["runs"] == 5
+    assert rows[("cifar10", "sgd_small")]["hours"] == pytest.approx(5 * 200 * 11 / 3600)
     tiny = rows[("tiny_imagenet", "sgd_small")]
-    assert tiny["hours"] / 3 == pytest.approx(90 * (100000 * 0.001 + 10000 * 0.001 / 3) / 3600)
+    assert tiny["hours"] / 5 == pytest.approx(90 * (100000 * 0.001 + 10000 * 0.001 / 3) / 3600)
     assert rows[("cifar10", "sweep cifar10_sensitivity")]["runs"] == 27
     assert t["by_k"][4] == pytest.approx(t["total_h"] / 2.0) and t["by_k"][1] == pytest.approx(t["total_h"])
     assert t["total_low_h"] < t["total_h"] < t["total_high_h"] and not t["untimed"]
@@ -311,8 +307,19 @@ def test_gpu_hours_write_the_docs_and_the_profile_only_from_a_gpu(tmp_path, monk
     path.write_text(json.dumps(_fake_results()))
     assert gh.cli([str(path), "--write"]) == 0
     text = doc.read_text()
-    assert "Not measured yet" not in text and "run on **Some GPU**" in text and "| cifar10 | sgd_small | 3 |" in text
+    assert (
+        "Not measured yet" not in text and "run on **Some GPU**" in text and "| cifar10 | sgd_small | 5 | 1-5 |" in text
+    )
     t = gh.table(_fake_results(), gh.paper_runs())
     minutes = round(t["total_h"] / 2.0 * 60)
     assert f"expected_minutes: {minutes}    # one Some GPU, 4 run(s) per GPU" in profile.read_text()
     assert gh.cli([str(path), "--write"]) == 0 and doc.read_text() == text  # idempotent
+    # without a results file: the runs of the profile, counted from it, and the profile left alone
+    before = profile.read_text()
+    assert gh.cli(["--write"]) == 0
+    assert not_measured_block() in doc.read_text() and profile.read_text() == before
+    runs = gh.paper_runs()
+    assert (
+        f"**{len(runs)} runs**" in doc.read_text()
+        and "| cifar10 | sgd_small | 5 | 1-5 | 200 | 0.1 | 128 |" in doc.read_text()
+    )

@@ -95,6 +95,13 @@ def test_paper_profile_follows_protocol(in_repo):
     assert len({(c.method.delta, c.method.resize_freq, c.method.max_batch_size) for c in sens}) == 27
     assert {c.data.name for c in sens} == {"cifar10"} and {c.epochs for c in sens} == {200}
     assert {c.profile for cs in by_exp.values() for c in cs} == {"paper"}
+    # the authors' other rows: large-batch SGD at the base lr, Tiny-ImageNet's small-batch SGD at 0.16
+    extra = {
+        "cifar10-sgd_large_lr0.1": ("sgd", 2048, 0.1),
+        "cifar100-sgd_large_lr0.1": ("sgd", 2048, 0.1),
+        "tiny_imagenet-sgd_large_lr0.01": ("sgd", 2048, 0.01),
+        "tiny_imagenet-sgd_small_lr0.16": ("sgd", 256, 0.16),
+    }
     assert set(by_exp) == {
         "cifar10",
         "cifar100",
@@ -104,10 +111,16 @@ def test_paper_profile_follows_protocol(in_repo):
         "cifar10-fixed_point",
         "cifar100-fixed_point",
         "tiny_imagenet-fixed_point",
+        *extra,
     }
     for exp, cs in by_exp.items():
         dataset, _, variant = exp.partition("-")
         assert {c.data.name for c in cs} == {dataset}
+        assert {c.seed for c in cs} == {1, 2, 3, 4, 5}  # the authors' seeds
+        if exp in extra:
+            assert {(c.method.name, c.method.initial_batch_size, c.optim.lr) for c in cs} == {extra[exp]}
+            assert {c.protocol for c in cs} == {"authors_code"}
+            continue
         # the main matrix runs the authors' code; the extra experiments the authors' DiveBatch cells, clean
         assert {c.protocol for c in cs} == {"clean" if variant == "clean" else "authors_code"}
         if variant == "clean":
@@ -116,7 +129,9 @@ def test_paper_profile_follows_protocol(in_repo):
         assert {c.method.diversity_estimator for c in cs} == {"fixed_point" if variant == "fixed_point" else "exact"}
         if variant == "fixed_point":
             assert {(c.method.name, c.method.lr_rescale) for c in cs} == {("divebatch", False), ("divebatch", True)}
-        assert {c.seed for c in cs} == {1, 2, 3}
+        if not variant:  # the six methods, large-batch SGD at the raised lr (the authors' 1.6 / 0.16 at 2048)
+            large = {(c.method.initial_batch_size, c.optim.lr) for c in cs if c.display_name == "SGD (large batch)"}
+            assert large == {(2048, {"tiny_imagenet": 0.16}.get(dataset, 1.6))}
     # the protocol's epochs come from the dataset configs, not from the profile
     for exp, cs in by_exp.items():
         base = load_config(REPO / "configs" / exp.partition("-")[0] / "base.yaml", check_data=False)

@@ -129,7 +129,8 @@ class RunSet:
     Attributes:
         epochs: tidy table, one row per complete run x epoch: run-level columns (``run_id``,
             ``profile``, ``dataset``, ``family``, ``method``, ``method_name``, ``setting``, ``seed``,
-            hyperparameter columns of :data:`ALL_HPARAMS`, ``n_train``, ``commit``) plus
+            hyperparameter columns of :data:`ALL_HPARAMS`, ``n_train``, ``commit``, ``device`` (manifest.json:
+            ``cuda:<GPU>`` or ``cpu:<processor> xN threads``)) plus
             :data:`METRIC_COLUMNS` (accuracies in percent, times in seconds, cumulative steps).
         runs: one row per run directory found, with ``complete`` (bool: used in the aggregates),
             ``status`` (``complete`` | ``diverged`` | ``excluded``), ``reason`` (why it is left
@@ -268,6 +269,7 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     row["lr_rescale"] = bool(row["lr_rescale"]) and method_name != "sgd"
     manifest = rundir.read_manifest(run_dir) or {}
     row["commit"] = manifest.get("commit")
+    row["device"] = manifest.get("device")  # cuda:<GPU> or cpu:<processor>: what peak_memory_mb measured
     summary = rundir.read_summary(run_dir)
     status = rundir.summary_status(summary)
     row["finished"] = status in ("finished", "diverged")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from divebatch.analysis import claims as claims_mod
-from divebatch.analysis import estimators, figures, tables
+from divebatch.analysis import estimators, figures, paper_layouts, tables
 from divebatch.analysis.collect import RunSet, collect_runs, protocol_name
 from divebatch.analysis.style import save_figure
 from divebatch.provenance import VERDICT_FILE
@@ -190,6 +190,7 @@ DESCRIPTIONS = {
 
 
 DESCRIPTIONS.update(estimators.DESCRIPTIONS)
+DESCRIPTIONS.update(paper_layouts.DESCRIPTIONS)
 
 
 def _existing(dirs: list[Path]) -> list[Path]:
@@ -309,6 +310,7 @@ def write_report(
         if res.sensitivity is not None:
             figure("sensitivity", figures.plot_sensitivity(res.sensitivity), DESCRIPTIONS["sensitivity_fig"])
         estimators.write(res, roots, table, figure)  # the estimator study, when its runs are there
+        paper_layouts.write(res, table, figure)  # the authors' own tables and figures
     if run_notebooks and have_runs:
         from divebatch.analysis import notebooks
 

@@ -22,7 +22,10 @@ at that batch size:
 
 ``--write`` replaces the block between ``<!-- gpu-hours:begin -->`` and ``<!-- gpu-hours:end -->``
 in ``docs/replicate.md`` and the ``expected_minutes`` line of the paper profile (one GPU, the best
-measured K). Only a results file from a GPU (``mode: gpu``) may be written into the docs.
+measured K). Only a results file from a GPU (``mode: gpu``) may be written into the docs. Without a
+results file (``divebatch gpu-hours [--write]``) the block lists the profile's runs per dataset and
+group, with their seeds and the total, computed from the profile (:func:`render_matrix`): the size of
+the matrix is never typed by hand.
 """
 
 from __future__ import annotations
@@ -143,7 +146,7 @@ def run_hours(
 
 @functools.lru_cache(maxsize=4)
 def paper_runs(profile: str | Path = "paper") -> tuple[dict, ...]:
-    """Every training run of the profile (its sweep points included): dataset, group name, method settings
+    """Every training run of the profile (its sweep points included): dataset, group name, seed, lr, method settings
     (read-only; cached: loading the profile's and the sweep's configs takes seconds)."""
     import os
 
@@ -169,6 +172,8 @@ def _paper_runs(profile: str | Path) -> list[dict]:
             {
                 "dataset": c.data.name,
                 "group": f"sweep {r.experiment}" if sweep_point else r.cell + extra,
+                "seed": r.seed,
+                "lr": c.optim.lr,
                 "method": c.method.name,
                 "epochs": c.epochs,
                 "initial": c.method.initial_batch_size,
@@ -218,6 +223,47 @@ def table(results: dict, runs: list[dict]) -> dict:
     }
 
 
+def _seeds(runs: list[dict], g: dict) -> str:
+    """The seeds of a group's runs, ``1-5`` when consecutive, else ``1,3``."""
+    seeds = sorted({r["seed"] for r in runs if (r["dataset"], r["group"]) == (g["dataset"], g["group"])})
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def render_matrix(runs: list[dict], source: str = "configs/profiles/paper.yaml") -> str:
+    """The Markdown block (between the markers) while no GPU measurement exists: every group of
+    runs with its count, seeds, epochs and batch sizes, and the total, from :func:`paper_runs`."""
+    groups: dict[tuple, dict] = {}
+    for r in runs:
+        g = groups.setdefault((r["dataset"], r["group"]), {**r, "runs": 0})
+        g["runs"] += 1
+        if any(g[k] != r[k] for k in ("epochs", "initial", "maximum", "resize_freq")):
+            g["varies"] = True
+        if g["lr"] != r["lr"]:
+            g["lr_varies"] = True
+    sweep = sum(g["runs"] for g in groups.values() if g["group"].startswith("sweep "))
+    lines = [
+        BEGIN,
+        f"**Not measured yet: no GPU was available** to this project. The runs of the `paper` profile, computed "
+        f"from `{source}` by `divebatch gpu-hours --write`: **{len(runs)} runs** ({sweep} of them points of the "
+        f"sensitivity sweep). On a GPU machine, `bash replicate/gpu_check.sh` writes `runs/gpu_check/results.json` "
+        f"and `divebatch gpu-hours runs/gpu_check/results.json --write` puts the GPU-hours into this table (per "
+        f"dataset and method, for one GPU and for K runs per GPU, with the GPU it was measured on) and the paper "
+        f"profile's `expected_minutes`.",
+        "",
+        "| dataset | runs of | runs | seeds | epochs | lr | batch size |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in groups.values():
+        lr = "varies" if g.get("lr_varies") else f"{g['lr']:g}"
+        lines.append(
+            f"| {g['dataset']} | {g['group']} | {g['runs']} | {_seeds(runs, g)} | {g['epochs']} | {lr} | {_batches(g)} |"
+        )
+    lines += ["", f"Total: **{len(runs)} runs**.", END]
+    return "\n".join(lines)
+
+
 def _batches(g: dict) -> str:
     if g.get("varies"):
         return f"from {g['initial']}; the sweep's grid of max batch size and decision interval"
@@ -226,9 +272,13 @@ def _batches(g: dict) -> str:
     return f"{g['initial']} -> {g['maximum']}, decision every {g['resize_freq']} epochs"
 
 
-def render(results: dict, t: dict, source: str) -> str:
+def render(results: dict, t: dict, source: str, runs: list[dict] | None = None) -> str:
     """The Markdown block (between the markers) for ``docs/replicate.md``."""
     m = results["machine"]
+
+    def seeds(g: dict) -> str:
+        return _seeds(runs, g) if runs is not None else "-"
+
     lines = [
         BEGIN,
         f"GPU-hours of the `paper` profile, computed by `divebatch gpu-hours {source}` from the GPU acceptance "
@@ -237,20 +287,20 @@ def render(results: dict, t: dict, source: str) -> str:
         f"protocol's settings (no speed options). DiveBatch: AdaBatch-like doubling as the estimate, "
         f"[jump to the maximum at the first decision .. never grows] as the range.",
         "",
-        "| dataset | runs of | runs | epochs | batch size | GPU-hours per run | GPU-hours, all runs | basis |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | runs of | runs | seeds | epochs | batch size | GPU-hours per run | GPU-hours, all runs | basis |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for g in t["rows"]:
         if "hours" not in g:
             lines.append(
-                f"| {g['dataset']} | {g['group']} | {g['runs']} | {g['epochs']} | {_batches(g)} | "
+                f"| {g['dataset']} | {g['group']} | {g['runs']} | {seeds(g)} | {g['epochs']} | {_batches(g)} | "
                 f"not measured | not measured | - |"
             )
             continue
         per = g["hours"] / g["runs"]
         rng = f" [{g['low'] / g['runs']:.2f} .. {g['high'] / g['runs']:.2f}]" if g["method"] == "divebatch" else ""
         lines.append(
-            f"| {g['dataset']} | {g['group']} | {g['runs']} | {g['epochs']} | {_batches(g)} | "
+            f"| {g['dataset']} | {g['group']} | {g['runs']} | {seeds(g)} | {g['epochs']} | {_batches(g)} | "
             f"{per:.2f}{rng} | {g['hours']:.1f} | {g['basis']} |"
         )
     lines += [
@@ -268,19 +318,29 @@ def render(results: dict, t: dict, source: str) -> str:
     return "\n".join(lines)
 
 
-def write(block: str, minutes: float | None, note: str, doc: Path | None = None, profile: Path | None = None) -> None:
-    """Replace the marked block of ``doc`` (default ``docs/replicate.md``) and the ``expected_minutes``
-    line of ``profile`` (default ``configs/profiles/paper.yaml``).
+def write_block(block: str, doc: Path | None = None) -> None:
+    """Replace the marked block of ``doc`` (default ``docs/replicate.md``).
 
     Raises:
-        GpuCheckError: the markers are missing from ``doc`` or the line from ``profile``.
+        GpuCheckError: the markers are missing from ``doc``.
     """
-    doc, profile = doc or DOC, profile or PROFILE
+    doc = doc or DOC
     text = doc.read_text()
     if text.count(BEGIN) != 1 or text.count(END) != 1:
         raise GpuCheckError(f"invalid {doc}: needs exactly one {BEGIN} ... {END} block")
     start, stop = text.index(BEGIN), text.index(END) + len(END)
     doc.write_text(text[:start] + block + text[stop:])
+
+
+def write(block: str, minutes: float | None, note: str, doc: Path | None = None, profile: Path | None = None) -> None:
+    """Replace the marked block of ``doc`` (default ``docs/replicate.md``, :func:`write_block`) and the
+    ``expected_minutes`` line of ``profile`` (default ``configs/profiles/paper.yaml``).
+
+    Raises:
+        GpuCheckError: the markers are missing from ``doc`` or the line from ``profile``.
+    """
+    write_block(block, doc)
+    profile = profile or PROFILE
     ptext = profile.read_text()
     value = "null" if minutes is None else str(int(round(minutes)))
     new, n = re.subn(r"(?m)^expected_minutes:.*$", f"expected_minutes: {value}    # {note}", ptext)
@@ -290,9 +350,15 @@ def write(block: str, minutes: float | None, note: str, doc: Path | None = None,
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``divebatch gpu-hours RESULTS.json [--write]``: print the table; ``--write`` puts it into the docs."""
+    """``divebatch gpu-hours [RESULTS.json] [--write]``: print the table; ``--write`` puts it into the docs.
+    Without RESULTS.json: the profile's runs per group and their total (:func:`render_matrix`)."""
     p = argparse.ArgumentParser(prog="divebatch gpu-hours", description=__doc__.splitlines()[0])
-    p.add_argument("results", help="results file of divebatch gpu-check (run on a GPU)")
+    p.add_argument(
+        "results",
+        nargs="?",
+        default=None,
+        help="results file of divebatch gpu-check (run on a GPU); without it: the runs of the profile, no hours",
+    )
     p.add_argument(
         "--write",
         action="store_true",
@@ -300,6 +366,13 @@ def cli(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--profile", default="paper", help="profile to cost (default: paper)")
     a = p.parse_args(argv)
+    if a.results is None:
+        block = render_matrix(list(paper_runs(a.profile)))
+        print(block)
+        if a.write:
+            write_block(block)
+            print(f"[gpu-hours] wrote {DOC}")
+        return 0
     try:
         results = validate_results(json.loads(Path(a.results).read_text()))
         if a.write and results["mode"] != "gpu":
@@ -307,8 +380,9 @@ def cli(argv: list[str] | None = None) -> int:
                 f"results file {a.results}: mode={results['mode']!r}; allowed for --write: 'gpu' "
                 f"(a CPU check's times are not GPU times)"
             )
-        t = table(results, paper_runs(a.profile))
-        block = render(results, t, a.results)
+        runs = list(paper_runs(a.profile))
+        t = table(results, runs)
+        block = render(results, t, a.results, runs)
         print(block)
         if a.write:
             if not t["total_h"]:
