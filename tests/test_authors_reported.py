@@ -228,6 +228,9 @@ def test_readme_column_equals_the_generated_cells(df):
         parts = [p.strip() for p in line.strip().strip("|").split(" | ")]
         assert len(parts) == 4, line
         claim = parts[0].split(".", 1)[0]
+        if claim.startswith("the authors' own tables"):  # the layouts row points at the whole reference data
+            assert "authors_reported.csv" in parts[3]
+            continue
         assert parts[3] == cells.get(claim, A.README_NOT_REPORTED), claim
 
 
