@@ -653,57 +653,115 @@ def subset_mean_grad_sq(p, q, k: int, n: int):
     return (q - c * p) / (1 - c)
 
 
+BN_MODES = ("eval", "train")  # BatchNorm conventions of fixed_point_sums (method.fixed_point_bn)
+
+
+def sample_loss_sum(out: Tensor, y: Tensor) -> Tensor:
+    """Sum over the samples of each sample's mean loss: cross-entropy summed over a batch of class labels
+    (``y`` (b,)), or each sequence's mean token cross-entropy summed over sequences (``y`` (b, T), ``out``
+    (b, V, T)): the per-sample loss of the trainer's criterion, so that S and A of :func:`fixed_point_sums`
+    are in the units of the epoch estimators' sums (their factors can be compared)."""
+    if y.dim() == 1:
+        return F.cross_entropy(out, y, reduction="sum")
+    return F.cross_entropy(out, y, reduction="none").flatten(1).mean(1).sum()
+
+
+def couples_samples(model: nn.Module) -> str | None:
+    """Name of the first layer whose train-mode output mixes or randomises samples (BatchNorm, dropout
+    with p > 0), or None: train and eval mode are then the same function of w."""
+    for name, m in model.named_modules():
+        if isinstance(m, _BN_TYPES) or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0):
+            return f"{name} ({type(m).__name__})"
+    return None
+
+
 def fixed_point_sums(
-    model: nn.Module, batches, extension=None, per_sample: str = "backpack"
+    model: nn.Module, batches, extension=None, per_sample: str = "backpack", bn_mode: str = "eval"
 ) -> tuple[Tensor, list[Tensor], int]:
     """S = sum_i ||g_i||^2 and A = sum_i g_i over ``batches`` at the model's current weights.
 
-    Per-sample gradients of each sample's own loss (cross-entropy), every BatchNorm in eval mode
-    (the running statistics), so that g_i depends on sample i alone; BackPACK's ``BatchL2Grad``
-    (:func:`batch_l2_extension`) on a ``reduction='sum'`` loss gives ||g_i||^2 and ``p.grad`` the sum.
-    No augmentation: ``batches`` yields the stored samples. The model's mode and ``p.grad`` are
-    restored; BatchNorm running statistics and parameters are not changed.
+    ``bn_mode="eval"`` (the fixed-point convention): per-sample gradients of each sample's own loss,
+    every BatchNorm in eval mode (the running statistics), so that g_i depends on sample i alone;
+    BackPACK's ``BatchL2Grad`` (:func:`batch_l2_extension`) on a sum-reduced loss gives ||g_i||^2 and
+    ``p.grad`` the sum.
+
+    ``bn_mode="train"`` (the authors' per-sample convention at frozen weights): each batch of
+    ``batches`` is one BatchNorm batch. The forward runs in train mode (batch statistics of that
+    batch), the backward with every BatchNorm switched to eval mode around it (:func:`batchnorm_eval`),
+    as the authors' trainers do for BackPACK (pytorch-cifar@7289184 ``src/train_utils.py:175-178,
+    205-208, 368-378``; docs/protocol.md). Per-sample gradients of a train-mode BatchNorm network are
+    not defined (a sample's output depends on the batch), so "g_i" is what BackPACK's first-order
+    ``BatchL2Grad`` returns there: sample i's piece of the batch's train-mode gradient, J_i^T g_out_i
+    per layer with g_out from autograd through the batch statistics (it carries the other samples'
+    losses through the statistics), and for BatchNorm's own weight the running-statistics x_hat
+    (docs/diversity.md, "BatchNorm: what the per-sample norms mean"). The pieces of conv and linear
+    layers and of BatchNorm's bias add up to the ordinary train-mode gradient, so A is the sum of the
+    batches' train-mode gradients. The running statistics and ``num_batches_tracked`` are restored
+    after every batch, so each batch sees the model's statistics at the call (as a training step
+    there would, whose forward updates them once before BackPACK reads them) and nothing changes.
+    Without BatchNorm and dropout the two modes are the same function of w (tested).
+
+    No augmentation of its own: ``batches`` yields the samples as given. The model's mode, ``p.grad``,
+    parameters and buffers are restored (bit-identical ``state_dict``; tested).
 
     For models BackPACK does not cover (attention: the transformer), ``per_sample="func"`` takes
     ||g_i||^2 from :func:`divebatch.method.persample.per_sample_sq_norms` (``torch.func`` vmap of grad)
-    with the same sum-reduced per-sample loss, so S and A stay in the same units.
+    with the same per-sample loss (:func:`sample_loss_sum`), so S and A stay in the same units.
 
     Args:
         model: the network (torchvision models converted by :func:`convert_for_backpack`).
         batches: iterable of (x (b, ...) float on the model's device, y (b, ...) int64).
         extension: BackPACK extension writing ``p.batch_l2`` (default :func:`batch_l2_extension`).
         per_sample: ``backpack`` | ``func``.
+        bn_mode: ``eval`` | ``train`` (:data:`BN_MODES`).
     Returns:
-        (S as a 0-d float64 tensor, A as per-parameter tensors, number of samples).
+        (S as a 0-d float64 tensor, A as per-parameter tensors, number of samples); units: the
+        per-sample loss of :func:`sample_loss_sum`.
+    Raises:
+        ValueError: unknown ``bn_mode``; ``bn_mode="train"`` with ``per_sample="func"`` on a model
+            with BatchNorm or dropout (vmap sees one sample at a time); an empty set of samples.
     """
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"fixed-point bn_mode={bn_mode!r}; allowed: {' | '.join(BN_MODES)}")
+    if bn_mode == "train" and per_sample == "func" and couples_samples(model):
+        raise ValueError(
+            f"fixed-point bn_mode='train' with per_sample='func' on a model with layer {couples_samples(model)}; "
+            f"allowed: per_sample='backpack' (torch.func sees one sample at a time)"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     saved, was_training = [p.grad for p in params], model.training
+    buffers = [b.detach().clone() for b in model.buffers()] if bn_mode == "train" else []
+
+    def restore_buffers():
+        with torch.no_grad():
+            for b, v in zip(model.buffers(), buffers):
+                b.copy_(v)
+
     for p in params:
         p.grad = None
-    model.eval()
+    model.train(bn_mode == "train")
     sq, count = None, 0
     try:
         if per_sample == "func":
             from divebatch.method.persample import per_sample_sq_norms
 
-            def sum_loss(out, target):
-                return F.cross_entropy(out, target, reduction="sum")
-
             for x, y in batches:
-                F.cross_entropy(model(x), y, reduction="sum").backward()
-                s = per_sample_sq_norms(model, x, y, sum_loss).double().sum()
+                sample_loss_sum(model(x), y).backward()
+                s = per_sample_sq_norms(model, x, y, F.cross_entropy).double().sum()
                 sq = s if sq is None else sq + s
                 count += len(y)
         else:
             with backpack_hooks(model):
                 for x, y in batches:
-                    loss = F.cross_entropy(model(x), y, reduction="sum")
+                    loss = sample_loss_sum(model(x), y)
                     # scale 1: with a sum loss BackPACK's batch_l2 is ||g_i||^2 itself
                     s = backward_with_sq_norms(model, loss, 1.0, extension).double()
+                    restore_buffers()  # train mode: this batch's forward moved the running statistics
                     sq = s if sq is None else sq + s
                     count += len(y)
         grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
     finally:
+        restore_buffers()
         for p, g in zip(params, saved):
             p.grad = g
         model.train(was_training)
@@ -770,6 +828,7 @@ class FixedPointDiversity(EstimatorDefaults):
     def reset(self) -> None:
         self._value = float("nan")
         self.subset_samples = 0
+        self.mean_sq_norm = self.mean_grad_sq = float("nan")
 
     def backward(self, model: nn.Module, loss: Tensor, batch_size: int, sample_scale: float | None = None) -> None:
         loss.backward()  # the epoch itself is not measured
@@ -788,6 +847,11 @@ class FixedPointDiversity(EstimatorDefaults):
         sq, grads, k = fixed_point_sums(model, self.reference(), self.extension, self.per_sample)
         self.subset_samples = k
         self._value = subset_n_diversity(float(sq), float(_sq_norm(grads)), k, self.n_train) / self.n_train
+        # the two factors of n * Delta_hat = P / ||G||^2_hat (subset_n_diversity): numerator and denominator
+        self.mean_sq_norm = float(sq) / k
+        self.mean_grad_sq = float(
+            subset_mean_grad_sq(self.mean_sq_norm, float(_sq_norm(grads)) / k**2, k, self.n_train)
+        )
 
     def value(self) -> float:
         """Delta_hat of the last :meth:`measure` (NaN before any)."""
