@@ -269,3 +269,68 @@ def test_shadow_runs_on_the_transformer(tmp_path, lr):
         assert row.n_delta_exact == pytest.approx(row.n_delta_full, rel=1e-5)
     else:
         assert row.n_delta_exact > 1.5 * row.n_delta_full  # moving iterates (a nonzero lr) change the epoch estimate
+
+
+# ----------------------------------------------------------------------------- fixed_point_train
+
+
+def test_rebatch_keeps_the_order_and_cuts_batches_of_the_size():
+    from divebatch.method.diversity import rebatch
+
+    x = torch.arange(23.0).view(23, 1)
+    y = torch.arange(23)
+    out = list(rebatch(zip(x.split(10), y.split(10)), 8))
+    assert [len(b) for _, b in out] == [8, 8, 7]
+    assert torch.equal(torch.cat([b for _, b in out]), y) and torch.equal(torch.cat([a for a, _ in out]), x)
+    with pytest.raises(ValueError, match="rebatch size=0; allowed: an integer >= 1"):
+        list(rebatch([], 0))
+
+
+def test_fixed_point_train_measures_in_batchnorm_batches_of_the_observed_micro_batch():
+    """fixed_point_train: the estimate is subset_n_diversity of fixed_point_sums(bn_mode="train") over the
+    reference regrouped into batches of the largest observed micro-batch; the model is unchanged; without
+    BatchNorm it equals fixed_point."""
+    from divebatch.method.diversity import FixedPointDiversity, build_estimator, subset_n_diversity
+
+    torch.manual_seed(0)
+    x, y = _data(23)
+    for make, differs in ((_BNNet, True), (lambda: nn.Sequential(nn.Flatten(), nn.Linear(48, 5)), False)):
+        model = make()
+        est = build_estimator("fixed_point_train", fixed_point_samples=None)
+        est.attach(lambda: list(zip(x.split(10), y.split(10))), 23)
+        est.reset()
+        for b in (8, 8, 7):  # the measured epoch's micro-batches
+            est.observe(x[:b], y[:b])
+        before = copy.deepcopy(model.state_dict())
+        est.measure(model)
+        assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+        s, a2, k = _sums(model, x, y, 8, "train")
+        assert est.value() == pytest.approx(subset_n_diversity(s, a2, k, 23) / 23, rel=1e-6)
+        plain = FixedPointDiversity(None)
+        plain.attach(lambda: list(zip(x.split(10), y.split(10))), 23)
+        plain.measure(model)
+        assert (abs(est.value() / plain.value() - 1) > 1e-3) is differs
+
+
+def test_divebatch_runs_with_fixed_point_train(tiny_config):
+    """Through the trainer (resnet_small, BatchNorm): the logged diversity differs from fixed_point's at
+    the same first decision (same weights: the epochs before it train identically)."""
+    from divebatch.training import train
+
+    common = (
+        "model.name=resnet_small",
+        "model.width=2",
+        "method.resize_freq=1",
+        "epochs=1",
+        "data.train_subset=200",
+        "method.initial_batch_size=50",
+        "method.fixed_point_samples=null",
+    )
+    runs = {}
+    for name in ("fixed_point", "fixed_point_train"):
+        cfg = tiny_config(*common, f"method.diversity_estimator={name}", out=name)
+        train(cfg)
+        runs[name] = pd.read_csv(f"{cfg.out_dir}/metrics.csv").iloc[0]
+    assert runs["fixed_point"].train_loss == runs["fixed_point_train"].train_loss
+    a, b = runs["fixed_point"].grad_diversity, runs["fixed_point_train"].grad_diversity
+    assert a > 0 and b > 0 and abs(b / a - 1) > 1e-3

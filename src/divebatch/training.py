@@ -313,8 +313,10 @@ def train(cfg: DictConfig) -> dict:
     # the method itself (batch size, diversity, resize, lr rescaling): the library API of divebatch.method.controller
     ctl = BatchSizeController.from_config(cfg, bundle.n_train, backpack=cfg.model.name not in NO_BACKPACK_MODELS)
     model = ctl.prepare(model)
-    if cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "fixed_point":
+    if cfg.method.name == "divebatch" and cfg.method.diversity_estimator in ("fixed_point", "fixed_point_train"):
         subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)  # no augmentation
+        if cfg.method.diversity_estimator == "fixed_point_train":  # BatchNorm batches of random samples, not sorted
+            subset = subset[torch.randperm(len(subset), generator=torch.Generator().manual_seed(cfg.seed + 104_729))]
         ctl.attach_reference(reference_batches(bundle, subset, cfg.method.max_micro_batch, device))
     shadow = None
     if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.method.shadow)

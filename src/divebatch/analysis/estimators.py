@@ -62,8 +62,8 @@ ESTIMATOR_RULE = (
     f"{RECOVERED_SHARE:.0%} of that loss (mean final accuracies); does not hold when a variant recovers "
     f"less; not measured without fixed-point runs or without a significant loss"
 )
-STYLES = {"exact": "-", "microbatch": "--", "fixed_point": ":"}
-MARKERS = {"exact": "o", "microbatch": "s", "fixed_point": "^"}
+STYLES = {"exact": "-", "microbatch": "--", "fixed_point": ":", "fixed_point_train": "-."}
+MARKERS = {"exact": "o", "microbatch": "s", "fixed_point": "^", "fixed_point_train": "v"}
 
 
 def estimator_of(setting: str) -> str:

@@ -787,20 +787,34 @@ class FixedPointDiversity(EstimatorDefaults):
     diversity of its per-sample loss gradients (Yin et al., 2018, Def. 1), and it is the network
     that is evaluated. It is not the authors' mixed-mode quantity (docs/diversity.md).
 
+    ``bn_mode="train"`` (:class:`FixedPointTrainDiversity`, ``method.diversity_estimator=fixed_point_train``)
+    takes the authors' train-mode BatchNorm convention instead, at the same frozen weights
+    (:func:`fixed_point_sums`): the subset (attached in a fixed random order) is cut into BatchNorm
+    batches of the largest micro-batch the measured epoch trained with (:meth:`observe`), as the
+    training steps' batch statistics are; nothing is updated. Why offered: in the shadow runs this
+    convention alone multiplies n * Delta by a factor measured in ``estimators_bn``
+    (docs/diversity.md, "BatchNorm mode, augmentation and moving iterates"), enough to change
+    DiveBatch's decisions.
+
     Args:
         samples: k, the subset size (None: the whole training set); the subset is drawn once per
             run (:func:`divebatch.data.fixed_subset_indices`) and reused at every decision.
         extension: BackPACK extension (default :func:`batch_l2_extension`).
         per_sample: ``backpack`` (default) or ``func`` (``torch.func``, for models BackPACK does not
             cover: the transformer; :func:`fixed_point_sums`).
+        bn_mode: ``eval`` (default) | ``train`` (:data:`BN_MODES`).
+    Raises:
+        ValueError: an unknown ``per_sample`` or ``bn_mode``, or ``samples`` < 2.
     """
 
     uses_module_hooks: ClassVar[bool] = False  # the measured epoch itself is a plain one (torch.compile stays on)
 
-    def __init__(self, samples: int | None = None, extension=None, per_sample: str = "backpack"):
+    def __init__(self, samples: int | None = None, extension=None, per_sample: str = "backpack", bn_mode: str = "eval"):
         if per_sample not in ("backpack", "func"):
             raise ValueError(f"fixed_point per_sample={per_sample!r}; allowed: backpack | func")
-        self.per_sample = per_sample
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"fixed_point bn_mode={bn_mode!r}; allowed: {' | '.join(BN_MODES)}")
+        self.per_sample, self.bn_mode = per_sample, bn_mode
         if samples is not None and int(samples) < 2:
             raise ValueError(f"method.fixed_point_samples={samples!r}; allowed: null (all) or an integer >= 2")
         self.samples = None if samples is None else int(samples)
@@ -829,6 +843,11 @@ class FixedPointDiversity(EstimatorDefaults):
         self._value = float("nan")
         self.subset_samples = 0
         self.mean_sq_norm = self.mean_grad_sq = float("nan")
+        self.bn_batch: int | None = None  # the largest micro-batch of the measured epoch (train mode)
+
+    def observe(self, x: Tensor, y: Tensor) -> None:
+        """Record the micro-batch size: the BatchNorm batch of ``bn_mode="train"`` (samples)."""
+        self.bn_batch = max(self.bn_batch or 0, len(y))
 
     def backward(self, model: nn.Module, loss: Tensor, batch_size: int, sample_scale: float | None = None) -> None:
         loss.backward()  # the epoch itself is not measured
@@ -844,7 +863,10 @@ class FixedPointDiversity(EstimatorDefaults):
         """
         if self.reference is None:
             raise RuntimeError("fixed_point estimator: call attach(reference, n_train) before measure()")
-        sq, grads, k = fixed_point_sums(model, self.reference(), self.extension, self.per_sample)
+        batches = self.reference()
+        if self.bn_mode == "train" and self.bn_batch:  # BatchNorm batches of the training steps' size
+            batches = rebatch(batches, self.bn_batch)
+        sq, grads, k = fixed_point_sums(model, batches, self.extension, self.per_sample, self.bn_mode)
         self.subset_samples = k
         self._value = subset_n_diversity(float(sq), float(_sq_norm(grads)), k, self.n_train) / self.n_train
         # the two factors of n * Delta_hat = P / ||G||^2_hat (subset_n_diversity): numerator and denominator
@@ -861,10 +883,42 @@ class FixedPointDiversity(EstimatorDefaults):
         """Data-parallel runs: every rank measured the same subset at the same weights; nothing to sum."""
 
 
+class FixedPointTrainDiversity(FixedPointDiversity):
+    """:class:`FixedPointDiversity` with the authors' train-mode BatchNorm convention at the epoch's final
+    weights (``method.diversity_estimator=fixed_point_train``; ``bn_mode="train"``, see there). For a
+    model without BatchNorm and dropout it is ``fixed_point`` itself."""
+
+    def __init__(self, samples: int | None = None, extension=None, per_sample: str = "backpack"):
+        super().__init__(samples, extension, per_sample, bn_mode="train")
+
+
+def rebatch(batches, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x, y) batches regrouped, in the same sample order, into batches of ``size`` samples (the last one
+    smaller); at most one input batch plus ``size`` samples are held at a time.
+
+    Raises:
+        ValueError: ``size`` < 1.
+    """
+    if size < 1:
+        raise ValueError(f"rebatch size={size!r}; allowed: an integer >= 1")
+    xs, ys, have = [], [], 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        have += len(y)
+        while have >= size:
+            x_all, y_all = torch.cat(xs), torch.cat(ys)
+            yield x_all[:size], y_all[:size]
+            xs, ys, have = [x_all[size:]], [y_all[size:]], have - size
+    if have:
+        yield torch.cat(xs), torch.cat(ys)
+
+
 ESTIMATORS: dict[str, type] = {
     "exact": ExactDiversity,
     "microbatch": MicroBatchDiversity,
     "fixed_point": FixedPointDiversity,
+    "fixed_point_train": FixedPointTrainDiversity,
 }
 
 
@@ -882,8 +936,8 @@ def build_estimator(
             estimator (ignored by ``exact``).
         running_grad_sum: ``fidelity.running_grad_sum``, the authors' Tiny-ImageNet accumulation
             (``exact`` only; see :meth:`ExactDiversity.backward`).
-        fixed_point_samples: ``method.fixed_point_samples``, the ``fixed_point`` estimator's subset
-            size (None: the whole training set).
+        fixed_point_samples: ``method.fixed_point_samples``, the ``fixed_point`` and ``fixed_point_train``
+            estimators' subset size (None: the whole training set).
         backpack: False for models BackPACK does not cover (``config.NO_BACKPACK_MODELS``): the
             ``fixed_point`` estimator then takes its per-sample norms from ``torch.func``.
     Raises:
@@ -893,8 +947,8 @@ def build_estimator(
         raise KeyError(f"method.diversity_estimator={name!r}; allowed: {' | '.join(ESTIMATORS)}")
     if name == "microbatch":
         return MicroBatchDiversity(micro_batches)
-    if name == "fixed_point":
-        return FixedPointDiversity(fixed_point_samples, per_sample="backpack" if backpack else "func")
+    if name in ("fixed_point", "fixed_point_train"):
+        return ESTIMATORS[name](fixed_point_samples, per_sample="backpack" if backpack else "func")
     if name == "exact":
         return ExactDiversity(running_grad_sum=running_grad_sum)
     return ESTIMATORS[name]()
