@@ -422,14 +422,17 @@ def bn_report_table(
     def g3(v):
         return "" if pd.isna(v) else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
 
+    def seed_cell(r):
+        if r["row"] != "summary":
+            return f"{int(r['seed'])}"
+        n, points = int(r["n_seeds"]), int(r["n_points"])
+        if n < 2:
+            return f"geo. mean over n={n} seed ({points} points; no interval from one seed)"
+        return f"geo. mean, {level:.0%} t-interval over n={n} seeds ({points} points)"
+
     disp = {
         "dataset": num["dataset"],
-        "seed": [
-            f"geo. mean, {level:.0%} t-interval over n={int(r['n_seeds'])} seeds ({int(r['n_points'])} points)"
-            if r["row"] == "summary"
-            else f"{int(r['seed'])}"
-            for _, r in num.iterrows()
-        ],
+        "seed": [seed_cell(r) for _, r in num.iterrows()],
         "epoch": num["epoch"].map(lambda v: "" if pd.isna(v) else f"{int(v)}"),
         "n·Δ (i) eval BN": num["n_delta_eval"].map(g3),
         "(ii) train BN": num["n_delta_train"].map(g3),
