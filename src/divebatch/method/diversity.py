@@ -858,6 +858,11 @@ class FixedPointDiversity(EstimatorDefaults):
     def measure(self, model: nn.Module) -> None:
         """Compute Delta_hat at ``model``'s current weights (one host sync).
 
+        Also sets ``mean_sq_norm`` (P = S / k, the numerator of n * Delta_hat) and ``mean_grad_sq``
+        (||G||^2_hat of :func:`subset_mean_grad_sq`, the denominator), floats in squared loss-gradient
+        units; ``bn_mode="train"`` without any :meth:`observe` since :meth:`reset` takes the reference's
+        own batches as the BatchNorm batches.
+
         Raises:
             RuntimeError: :meth:`attach` was not called.
         """
