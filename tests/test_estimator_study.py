@@ -158,3 +158,94 @@ def test_report_writes_the_study(tmp_path, monkeypatch):
     for stem in ("estimators_schedules", "estimators_tradeoff"):
         assert (fdir / f"{stem}.png").is_file()
     assert "estimators.md" in (tdir / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------- BatchNorm / augmentation / iterates
+
+# (mean per-sample squared norm P, squared mean gradient G2) per convention, seed and point: n*Delta = P / G2
+_BN_PARTS = {
+    "fixed_point": {1: [(2.0, 0.1), (3.0, 0.1)], 2: [(2.0, 0.08), (2.5, 0.1)], 3: [(2.2, 0.1), (3.0, 0.12)]},
+    "train_bn": {1: [(20.0, 0.09), (33.0, 0.1)], 2: [(30.0, 0.1), (25.0, 0.08)], 3: [(22.0, 0.1), (36.0, 0.1)]},
+    "train_bn_aug": {1: [(26.0, 0.09), (40.0, 0.1)], 2: [(33.0, 0.1), (30.0, 0.08)], 3: [(30.0, 0.1), (40.0, 0.1)]},
+    "exact": {1: [(30.0, 0.001), (45.0, 0.002)], 2: [(40.0, 0.003), (35.0, 0.001)], 3: [(33.0, 0.002), (50.0, 0.001)]},
+}
+
+
+def _bn_shadow_rows(seed: int, decomposed: bool = True) -> pd.DataFrame:
+    """shadow.csv rows of one seed at two points; without ``decomposed`` as written before the decomposition
+    (no fixed_point_* parts, no train_bn* columns)."""
+    prefixes = {"fixed_point": "fixed_point", "train_bn": "train_bn", "train_bn_aug": "train_bn_aug", "exact": "exact"}
+    rows = []
+    for j, epoch in enumerate((2, 5)):
+        row = {"epoch": epoch, "lr": 0.1, "batch_size": 32, "n_train": 1000, "n_delta_full": 20.0}
+        row.update(
+            n_delta_microbatch=100.0, fixed_point_samples=1000, fixed_point_s=1, full_pass_s=1, measured_epoch_s=2
+        )
+        for conv, prefix in prefixes.items():
+            p, g2 = _BN_PARTS[conv][seed][j]
+            row[f"n_delta_{conv}"] = p / g2
+            row[f"{prefix}_mean_sq_norm"], row[f"{prefix}_mean_grad_sq"] = p, g2
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not decomposed:
+        df = df.drop(columns=[c for c in df if c.startswith(("fixed_point_mean", "train_bn", "n_delta_train_bn"))])
+    return df
+
+
+def test_bn_table_factors_multiply_to_the_epoch_estimator_over_the_fixed_point():
+    shadow = pd.concat([_bn_shadow_rows(s).assign(dataset="cpu", seed=s) for s in (1, 2, 3)], ignore_index=True)
+    t = est.bn_table(shadow)
+    assert len(t) == 6 and t["epoch"].tolist() == [3, 6] * 3  # 1-based
+    for f in est.BN_FACTORS:
+        assert np.allclose(t[f"{f}_num"] * t[f"{f}_den"], t[f"{f}_ratio"], rtol=1e-12)
+    product = t["mode_ratio"] * t["augmentation_ratio"] * t["iterates_ratio"]
+    assert np.allclose(product, t["n_delta_epoch"] / t["n_delta_eval"], rtol=1e-12)
+    assert np.allclose(product, t["total_ratio"], rtol=1e-12)
+    # by hand, seed 1 at epoch 3: mode (ii)/(i) = (20 / 0.09) / (2 / 0.1); numerator 10, denominator 0.1 / 0.09
+    r = t.iloc[0]
+    assert r["mode_num"] == pytest.approx(10.0) and r["mode_den"] == pytest.approx(0.1 / 0.09)
+    assert r["iterates_ratio"] == pytest.approx((30 / 0.001) / (26 / 0.09))
+
+
+def test_bn_summary_is_the_geometric_mean_with_a_t_interval_over_seeds():
+    shadow = pd.concat([_bn_shadow_rows(s).assign(dataset="cpu", seed=s) for s in (1, 2, 3)], ignore_index=True)
+    t = est.bn_table(shadow)
+    sm = est.bn_summary(t).set_index("factor")
+    logs = np.log(t["mode_ratio"].to_numpy()).reshape(3, 2)  # seeds x points
+    per_seed = logs.mean(1)
+    half = 4.302653 * per_seed.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2} from the table of Student's t
+    row = sm.loc["mode_ratio"]
+    assert row["geo_mean"] == pytest.approx(np.exp(logs.mean()))
+    assert (row["low"], row["high"]) == pytest.approx((np.exp(per_seed.mean() - half), np.exp(per_seed.mean() + half)))
+    assert row["n_seeds"] == 3 and row["n_points"] == 6
+    one = est.bn_summary(t[t["seed"] == 1]).set_index("factor").loc["mode_ratio"]
+    assert one["n_seeds"] == 1 and np.isnan(one["low"]) and np.isfinite(one["geo_mean"])  # no interval from one seed
+
+
+def test_bn_table_reads_old_shadow_files_as_nan_and_the_report_writes_it(tmp_path):
+    old = _bn_shadow_rows(1, decomposed=False).assign(dataset="cpu", seed=1)
+    t_old = est.bn_table(old)
+    assert t_old["mode_ratio"].isna().all() and t_old["n_delta_eval"].notna().all()
+    assert est.bn_summary(t_old).set_index("factor").loc["mode_ratio", "n_points"] == 0
+    write_run(tmp_path / "runs", "sgd/s1", val_acc=BASE, method="sgd", initial_batch_size=64, max_batch_size=640)
+    for seed in (1, 2, 3):
+        run = write_run(
+            tmp_path / "runs",
+            f"shadow/s{seed}",
+            val_acc=BASE,
+            method="sgd",
+            seed=seed,
+            initial_batch_size=64,
+            max_batch_size=640,
+            overrides=["shadow.enabled=true"],
+        )
+        _bn_shadow_rows(seed).to_csv(run / "shadow.csv", index=False)
+    from divebatch.analysis import cli
+
+    assert cli([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    tdir = tmp_path / "out" / "paper_tables" / "test"
+    csv = pd.read_csv(tdir / "estimators_bn.csv")
+    assert csv["row"].tolist() == ["point"] * 6 + ["summary"]
+    assert "seeds=1,2,3 " in csv["provenance"].iloc[0]
+    md = (tdir / "estimators_bn.md").read_text()
+    assert "95% t-interval over n=3 seeds (6 points)" in md and (tdir / "estimators_bn.tex").is_file()

@@ -23,7 +23,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz", "imagefolder", "text"),
     "model.name": ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear", "transformer_lm"),
     "method.name": ("sgd", "adabatch", "divebatch", "schedule"),
-    "method.diversity_estimator": ("exact", "microbatch", "fixed_point", "exact_func"),
+    "method.diversity_estimator": ("exact", "microbatch", "fixed_point", "exact_func", "fixed_point_train"),
     "optim.name": ("sgd", "adamw"),
     "method.lr_scaling": ("linear", "sqrt"),
 }

@@ -81,7 +81,9 @@ class MethodConfig:
     lr_rescale: bool = False  # multiply lr by m_new / m at each resize
     lr_scaling: str = "linear"  # with lr_rescale: linear (lr ~ m; SGD) | sqrt (lr ~ sqrt(m); Adam, Malladi et al. 2022)
     max_micro_batch: int = 2048  # larger batches are split and their gradients accumulated
-    diversity_estimator: str = "exact"  # exact: authors' epoch estimator; microbatch: two-scale; fixed_point: Delta(w)
+    # exact: authors' epoch estimator; microbatch: two-scale; fixed_point: Delta(w) (eval-mode BatchNorm);
+    # fixed_point_train: Delta(w) with the authors' train-mode BatchNorm convention (docs/diversity.md)
+    diversity_estimator: str = "exact"
     micro_batches: int = 2  # microbatch estimator: micro-batches per measured step (>= 2)
     fixed_point_samples: Optional[int] = (
         8192  # fixed_point: fixed random subset size (null or >= n: all n); docs/diversity.md

@@ -322,8 +322,10 @@ def _train(cfg: DictConfig, run: RunDir) -> dict:
     # the method itself (batch size, diversity, resize, lr rescaling): the library API of divebatch.method.controller
     ctl = BatchSizeController.from_config(cfg, bundle.n_train, backpack=cfg.model.name not in NO_BACKPACK_MODELS)
     model = ctl.prepare(model)
-    if cfg.method.name == "divebatch" and cfg.method.diversity_estimator == "fixed_point":
+    if cfg.method.name == "divebatch" and cfg.method.diversity_estimator in ("fixed_point", "fixed_point_train"):
         subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)  # no augmentation
+        if cfg.method.diversity_estimator == "fixed_point_train":  # BatchNorm batches of random samples, not sorted
+            subset = subset[torch.randperm(len(subset), generator=torch.Generator().manual_seed(cfg.seed + 104_729))]
         ctl.attach_reference(reference_batches(bundle, subset, cfg.method.max_micro_batch, device))
     shadow = None
     if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.method.shadow)
@@ -337,6 +339,8 @@ def _train(cfg: DictConfig, run: RunDir) -> dict:
             cfg.seed,
             cfg.method.resize_freq,
             cfg.method.max_micro_batch,
+            augmented=cfg.data.augment,
+            backpack=cfg.model.name not in NO_BACKPACK_MODELS,
         )
         model = shadow.prepare(model)
     model = model.to(device, memory_format=torch.channels_last if cfg.speed.channels_last else torch.preserve_format)
@@ -423,7 +427,8 @@ def _train(cfg: DictConfig, run: RunDir) -> dict:
         epoch_est = ctl.begin_epoch(epoch, shadow_est)  # the estimator when this epoch measures, else the shadow's
         # BackPACK's module hooks (exact estimator) and torch.compile do not mix: measured epochs run eagerly
         train_model = eager_model if epoch_est is not None and epoch_est.uses_module_hooks else forward_model
-        # for the out-of-memory message only: no estimator, whose planning has state
+        # the largest micro-batch (the out-of-memory message, the shadow's BatchNorm batch): planned without the
+        # estimator, whose planning has state (the shadow's does not plan: the same plan)
         micro = max(micro_batch_plan(batch_size, cfg.method.max_micro_batch, None, fid.split_above))
         try:
             stats = train_one_epoch(
@@ -462,7 +467,7 @@ def _train(cfg: DictConfig, run: RunDir) -> dict:
         t2 = time.perf_counter()
         diversity = ctl.diversity(ctx.diversity)  # None: not measured; data-parallel: summed over ranks
         if shadow_est is not None:  # at the weights the resize decision would see; not counted in wall time
-            shadow.record(model, epoch, stats["lr"], batch_size, t1 - t0)
+            shadow.record(model, epoch, stats["lr"], batch_size, t1 - t0, bn_batch=micro)
         lr = stats["lr"]
         decision = ctl.end_epoch(epoch, optimizer, scheduler, diversity)  # scheduler step, resize, lr rescaling
         counters["optimizer_steps"] += stats["steps"]

@@ -11,6 +11,10 @@ Delta(w) at the same weights at each resize point. Outputs (written by :func:`wr
   against small-batch SGD, the speed-up in optimizer steps, the first decision's batch size;
 * ``estimators_shadow`` table: per resize point (median over seeds): lr, each estimator's n*Delta
   and its ratio to Delta(w); ``estimators_subsets``: the fixed-point sampling error per subset size;
+* ``estimators_bn`` table (:func:`bn_table`, :func:`bn_summary`): per seed and resize point, n*Delta under
+  the four conventions of the decomposition (eval-mode BatchNorm; train-mode convention at frozen weights;
+  the same with augmentation; the authors' epoch estimator) and the factors of BatchNorm mode,
+  augmentation and moving iterates in numerator, denominator and ratio, with a summary per dataset;
 * figures ``estimators_ratio`` (estimate / Delta(w) against epoch and lr), ``estimators_schedules``
   (batch size per epoch per estimator) and ``estimators_tradeoff`` (speed-up against accuracy change);
 * the claims row of :func:`estimator_claim`.
@@ -27,6 +31,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from omegaconf.errors import OmegaConfBaseException
+from scipy import stats
 
 from divebatch import rundir
 from divebatch.analysis.collect import agreed_commit, dataset_name
@@ -43,6 +48,18 @@ RECOVERED_SHARE = 0.5  # the claim row: a fixed-point arm recovers at least this
 # An arm that never resized trains as small-batch SGD (same seed, same batches: the same run), so it
 # "recovers" the whole loss whatever the estimator is worth.
 GROWN_FACTOR = 2.0
+# the decomposition (divebatch.method.shadow, ShadowRecorder.bn_decomposition): convention -> shadow.csv columns
+# (n*Delta, numerator = mean per-sample squared norm P, denominator = squared mean gradient ||G||^2)
+BN_CONVENTIONS = {
+    "eval": ("n_delta_fixed_point", "fixed_point_mean_sq_norm", "fixed_point_mean_grad_sq"),  # (i)
+    "train": ("n_delta_train_bn", "train_bn_mean_sq_norm", "train_bn_mean_grad_sq"),  # (ii)
+    "train_aug": ("n_delta_train_bn_aug", "train_bn_aug_mean_sq_norm", "train_bn_aug_mean_grad_sq"),  # (iii)
+    "epoch": ("n_delta_exact", "exact_mean_sq_norm", "exact_mean_grad_sq"),  # (iv) the authors' epoch estimator
+}
+# factor -> (from, to): mode = (ii)/(i), augmentation = (iii)/(ii), moving iterates = (iv)/(iii)
+BN_FACTORS = {"mode": ("eval", "train"), "augmentation": ("train", "train_aug"), "iterates": ("train_aug", "epoch")}
+BN_PARTS = ("num", "den", "ratio")
+BN_LEVEL = 0.95  # the summary's t-interval over seeds
 ESTIMATOR_RULE = (
     f"per DiveBatch variant whose authors'-estimator runs lose accuracy against small-batch SGD (95 % t-interval "
     f"over n seeds below 0), the evidence is the fixed-point arms (any delta) whose batch grew (resized in some seed "
@@ -51,8 +68,8 @@ ESTIMATOR_RULE = (
     f"accuracies) in every such variant; does not hold when every evidence arm of a variant recovers less; not "
     f"measured without a significant loss or without an arm that grew"
 )
-STYLES = {"exact": "-", "microbatch": "--", "fixed_point": ":"}
-MARKERS = {"exact": "o", "microbatch": "s", "fixed_point": "^"}
+STYLES = {"exact": "-", "microbatch": "--", "fixed_point": ":", "fixed_point_train": "-."}
+MARKERS = {"exact": "o", "microbatch": "s", "fixed_point": "^", "fixed_point_train": "v"}
 
 
 def estimator_of(setting: str) -> str:
@@ -343,6 +360,137 @@ def subsets_table(subsets: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
+def bn_table(shadow: pd.DataFrame) -> pd.DataFrame:
+    """The decomposition of the epoch estimator's excess over the fixed-point estimate, per seed and point.
+
+    Per dataset, seed and resize point (1-based ``epoch``): ``n_delta_<c>`` for the conventions c of
+    :data:`BN_CONVENTIONS` ((i) ``eval``, (ii) ``train``, (iii) ``train_aug``, (iv) ``epoch``), and for each
+    factor f of :data:`BN_FACTORS` (``mode`` = (ii)/(i), ``augmentation`` = (iii)/(ii), ``iterates`` =
+    (iv)/(iii)) from convention a to b:
+
+    * ``f_num`` = P_b / P_a (numerator: mean per-sample squared norm);
+    * ``f_den`` = ||G||^2_a / ||G||^2_b (denominator: squared mean gradient, inverted so that it is the
+      factor the denominator's change contributes to n*Delta; > 1 when the mean gradient shrank);
+    * ``f_ratio`` = n*Delta_b / n*Delta_a = ``f_num * f_den``,
+
+    and ``total_ratio`` = (iv)/(i) = the product of the three ratios (n*Delta = P / ||G||^2 for every
+    convention: docs/protocol.md, "Gradient diversity"). Files written before the decomposition lack its
+    columns: they read as NaN and so do their factors.
+
+    Args:
+        shadow: rows of ``shadow.csv`` with ``dataset`` and ``seed`` (:func:`read_shadow`).
+    Returns:
+        one row per (dataset, seed, epoch), sorted; dimensionless ratios, n*Delta in samples.
+    """
+    cols = {c for trio in BN_CONVENTIONS.values() for c in trio}
+    s = shadow.reindex(columns=[*shadow.columns, *sorted(cols - set(shadow.columns))])
+    out = s[["dataset", "seed", "epoch", "lr"]].copy()
+    out["epoch"] = out["epoch"] + 1
+    for conv, (nd, _, _) in BN_CONVENTIONS.items():
+        out[f"n_delta_{conv}"] = s[nd].astype(float)
+    for f, (a, b) in BN_FACTORS.items():
+        (nd_a, num_a, den_a), (nd_b, num_b, den_b) = BN_CONVENTIONS[a], BN_CONVENTIONS[b]
+        out[f"{f}_num"] = s[num_b] / s[num_a]
+        out[f"{f}_den"] = s[den_a] / s[den_b]
+        out[f"{f}_ratio"] = s[nd_b] / s[nd_a]
+    out["total_ratio"] = out["n_delta_epoch"] / out["n_delta_eval"]
+    return out.sort_values(["dataset", "seed", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def bn_factor_columns() -> list[str]:
+    """The factor columns of :func:`bn_table` in display order."""
+    return [f"{f}_{part}" for f in BN_FACTORS for part in BN_PARTS] + ["total_ratio"]
+
+
+def bn_summary(t: pd.DataFrame, level: float = BN_LEVEL) -> pd.DataFrame:
+    """Per dataset and factor column of :func:`bn_table`: the geometric mean over every seed and point,
+    and a ``level`` t-interval over seeds on the log-factors.
+
+    Each seed contributes the mean of its log-factors over its points; the interval is
+    mean +- t_{(1+level)/2, n-1} sd / sqrt(n) over the n seeds (``scipy.stats.t``), exponentiated. Points
+    whose factor is not finite and positive (unmeasured; an unresolved mean gradient) are left out.
+
+    Returns:
+        columns ``dataset, factor, geo_mean, low, high, n_seeds, n_points``; ``low``/``high`` NaN when
+        n_seeds < 2 (no interval from one seed).
+    """
+    rows = []
+    for dataset, g in t.groupby("dataset", sort=True):
+        for col in bn_factor_columns():
+            v = g[col].astype(float)
+            ok = np.isfinite(v) & (v > 0)
+            logs = np.log(v[ok])
+            per_seed = logs.groupby(g.loc[ok, "seed"]).mean()
+            n = len(per_seed)
+            low = high = np.nan
+            if n >= 2:
+                half = stats.t.ppf((1 + level) / 2, n - 1) * per_seed.std(ddof=1) / np.sqrt(n)
+                low, high = np.exp(per_seed.mean() - half), np.exp(per_seed.mean() + half)
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "factor": col,
+                    "geo_mean": float(np.exp(logs.mean())) if len(logs) else np.nan,
+                    "low": low,
+                    "high": high,
+                    "n_seeds": n,
+                    "n_points": int(ok.sum()),
+                }
+            )
+    return pd.DataFrame(rows, columns=["dataset", "factor", "geo_mean", "low", "high", "n_seeds", "n_points"])
+
+
+def bn_report_table(
+    t: pd.DataFrame, summary: pd.DataFrame, level: float = BN_LEVEL
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Numeric and display forms of the ``estimators_bn`` table: the points of :func:`bn_table`, then per
+    dataset one summary line (``row`` = ``summary``: geometric mean over seeds and points, the factor
+    columns' ``<col>_low`` / ``<col>_high`` the t-interval over seeds of :func:`bn_summary`)."""
+    factors = bn_factor_columns()
+    numeric = [t.assign(row="point")]
+    for dataset, sm in summary.groupby("dataset", sort=True):
+        line = {"dataset": dataset, "row": "summary", "seed": np.nan, "epoch": np.nan}
+        for _, r in sm.iterrows():
+            line.update({r["factor"]: r["geo_mean"], f"{r['factor']}_low": r["low"], f"{r['factor']}_high": r["high"]})
+        line.update(n_seeds=int(sm["n_seeds"].max()), n_points=int(sm["n_points"].max()))
+        numeric.append(pd.DataFrame([line]))
+    num = pd.concat(numeric, ignore_index=True)
+
+    def g3(v):
+        return "" if pd.isna(v) else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+    def seed_cell(r):
+        if r["row"] != "summary":
+            return f"{int(r['seed'])}"
+        n, points = int(r["n_seeds"]), int(r["n_points"])
+        if n < 2:
+            return f"geo. mean over n={n} seed ({points} points; no interval from one seed)"
+        return f"geo. mean, {level:.0%} t-interval over n={n} seeds ({points} points)"
+
+    disp = {
+        "dataset": num["dataset"],
+        "seed": [seed_cell(r) for _, r in num.iterrows()],
+        "epoch": num["epoch"].map(lambda v: "" if pd.isna(v) else f"{int(v)}"),
+        "n·Δ (i) eval BN": num["n_delta_eval"].map(g3),
+        "(ii) train BN": num["n_delta_train"].map(g3),
+        "(iii) + aug.": num["n_delta_train_aug"].map(g3),
+        "(iv) epoch est.": num["n_delta_epoch"].map(g3),
+    }
+    names = {"mode": "mode", "augmentation": "aug.", "iterates": "iterates", "total": "total"}
+    for col in factors:
+        f, _, part = col.rpartition("_")
+        label = f"{names[f]} {part}" if f != "total" else "total (iv)/(i)"
+
+        def cell(r, col=col):
+            v = r[col]
+            if r["row"] != "summary" or pd.isna(r.get(f"{col}_low", np.nan)):
+                return g3(v)
+            return f"{g3(v)} [{g3(r[col + '_low'])}, {g3(r[col + '_high'])}]"
+
+        disp[label] = [cell(r) for _, r in num.iterrows()]
+    return num, pd.DataFrame(disp)
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -438,6 +586,14 @@ DESCRIPTIONS = {
         "the whole training set at the same weights (median over seeds), with the lr and the "
         "fixed-point estimate's cost in seconds."
     ),
+    "estimators_bn": (
+        "Shadow SGD runs, at each resize point and the same weights: n·Δ with (i) eval-mode BatchNorm, no "
+        "augmentation (fixed point), (ii) the authors' train-mode BatchNorm convention at frozen weights, no "
+        "augmentation, (iii) the same with augmentation, (iv) the authors' epoch estimator (moving iterates); "
+        "factors mode = (ii)/(i), aug. = (iii)/(ii), iterates = (iv)/(iii) of the numerator (mean per-sample "
+        "squared norm), the denominator (squared mean gradient, as its contribution to n·Δ) and the ratio; "
+        "summary: geometric mean over seeds and points with a 95% t-interval over seeds on log-factors."
+    ),
     "estimators_subsets": (
         "Fixed-point estimator: sampling error of the subset estimate against Δ(w) over all n, per "
         "subset size (relative sd and 90th-percentile relative error over random subsets)."
@@ -476,6 +632,11 @@ def write(res, roots, table, figure) -> None:
         title = "Every estimator against Δ(w) at the same weights (shadow runs)"
         table("estimators_shadow", st, st.round(4), title, prov)
         figure("estimators_ratio", plot_ratio(shadow), DESCRIPTIONS["estimators_ratio"], prov)
+        bt = bn_table(shadow)
+        if bt["n_delta_train"].notna().any():  # runs written before the decomposition have none
+            num, disp = bn_report_table(bt, bn_summary(bt))
+            title = "BatchNorm mode, augmentation and moving iterates: the epoch estimator's excess, decomposed"
+            table("estimators_bn", num, disp, title, prov)
     if len(subsets):
         sb = subsets_table(subsets)
         table("estimators_subsets", sb, sb.round(4), "Fixed-point estimator: sampling error per subset size", prov)

@@ -186,8 +186,9 @@ class BatchSizeController:
             docs/protocol.md; :func:`divebatch.method.policies.step_lr`).
         estimator: ``exact`` (the authors' epoch estimator, BackPACK per-sample norms),
             ``exact_func`` (the same with ``torch.func`` norms: models BackPACK does not cover),
-            ``microbatch`` (two-scale) or ``fixed_point`` (Delta(w) at the epoch's final weights;
-            needs :meth:`attach_reference`); or a :class:`~divebatch.method.diversity.DiversityEstimator`
+            ``microbatch`` (two-scale), ``fixed_point`` (Delta(w) at the epoch's final weights;
+            needs :meth:`attach_reference`) or ``fixed_point_train`` (the same with the authors'
+            train-mode BatchNorm convention, docs/diversity.md); or a :class:`~divebatch.method.diversity.DiversityEstimator`
             instance. Ignored unless ``method="divebatch"``.
         micro_batches, fixed_point_samples, running_grad_sum, mean_units: the estimators' options
             (:func:`divebatch.method.diversity.build_estimator`); backpack: False for models BackPACK
