@@ -36,7 +36,8 @@ def save_figure(fig: plt.Figure, stem: str | Path, provenance: str) -> list[Path
     fig.text(0.01, 0.005, provenance, fontsize=6, color="0.4", ha="left", va="bottom")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=150)
+    # the label in the PNG's metadata too, so a test can check that a figure and its tables are of one run set
+    fig.savefig(paths[0], dpi=150, metadata={"Description": provenance})
     # fixed metadata so re-running on the same runs gives byte-identical PDFs
     fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
     plt.close(fig)
