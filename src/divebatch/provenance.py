@@ -25,7 +25,7 @@ PACKAGES = (
     "matplotlib",
     "scikit-learn",
 )
-GENERATED_DIRS = ("paper_tables", "figures", "notebooks")
+GENERATED_DIRS = ("paper_tables", "figures", "notebooks", "runs")  # outputs and committed run data
 VERDICT_FILE = "synthetic_verdict.json"  # written by `divebatch synthetic` into paper_tables/<profile>/
 
 

@@ -281,21 +281,7 @@ def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _own_common_speedups(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    cols = [
-        *GROUP,
-        "baseline",
-        "baseline_group",
-        "target",
-        "unit",
-        "speedup",
-        "ci_low",
-        "ci_high",
-        "n_seeds",
-        "pairing",
-        "ratio_of_means",
-        "ratio_sem",
-        "target_rule",
-    ]
+    cols = MATCHED_COLUMNS[: MATCHED_COLUMNS.index("target_rule") + 1]  # the matched rows' columns, less their target's
     if runs.empty:
         return pd.DataFrame(columns=cols)
     bases = baseline_groups(runs)
