@@ -203,10 +203,12 @@ def test_cpu_scale_reports_write_the_layouts_without_the_authors_values(tmp_path
     root = tmp_path / "runs"
     overrides = ["primary_metric.column=val_loss", "primary_metric.direction=lower", "primary_metric.within=0.02"]
     _small_study(root, dataset, profile, overrides=overrides if metric == "val_loss" else ())
-    if profile == "cpu":  # the cpu profile's estimator study: DiveBatch with another estimator, not a row of theirs
+    if profile != "smoke":  # an estimator study beside the runs: DiveBatch with another estimator and, in the
+        # transformer's, another delta (so the report also has a sensitivity table); not a row of theirs
+        delta = ["method.delta=2"] if profile == "transformer" else []
         for seed in (1, 2):
             write_run(root, f"fp/{seed}", val_acc=[40, 60, 70, 72], dataset=dataset, seed=seed, profile=profile,
-                      overrides=["method.diversity_estimator=fixed_point"])  # fmt: skip
+                      overrides=["method.diversity_estimator=fixed_point", *delta, *(overrides if metric == "val_loss" else ())])  # fmt: skip
     assert _report(root, tmp_path / "out") == 0
     tdir, fdir = tmp_path / "out" / "paper_tables" / profile, tmp_path / "out" / "figures" / profile
     for name in LAYOUT_TABLES:
@@ -220,7 +222,7 @@ def test_cpu_scale_reports_write_the_layouts_without_the_authors_values(tmp_path
     tt = pd.read_csv(tdir / "paper_time_to_target_rescale_true.csv")
     assert set(tt["metric"]) == {metric}
     left_out = "left out: 1 group(s)" in (tdir / "paper_time_to_target_rescale_false.md").read_text()
-    assert left_out == (profile == "cpu")
+    assert left_out == (profile != "smoke")  # the estimator study beside the runs
     if metric == "val_loss":  # judged by the loss: target = final seed-mean + 0.02, headers say so
         r = _row(tt, method=SGD)
         assert r["target"] == pytest.approx(r["final_mean"] + 0.02)

@@ -767,7 +767,8 @@ def reported_for(profile: str, datasets: list[str]) -> tuple[pd.DataFrame | None
 def write(res, table, figure) -> None:
     """Add the paper's layouts to a report (called by :func:`divebatch.analysis.report.write_report`).
 
-    Skipped for reports of a sweep (the sensitivity tags: their groups are grid points, not the paper's rows).
+    Written for every report; a sweep's grid points are rows like any other group (a report whose
+    runs vary delta, e.g. the transformer's fixed-point study beside its main runs, keeps its layouts).
 
     Args:
         res: the report's :class:`divebatch.analysis.report.Results`; table, figure: the report's
@@ -776,7 +777,7 @@ def write(res, table, figure) -> None:
         ModuleNotFoundError, ValueError: see :func:`reported_for`.
     """
     ep = res.runs.epochs
-    if ep.empty or res.sensitivity is not None:
+    if ep.empty:
         return
     shown, left_out = layout_groups(ep)
     if shown.empty:
