@@ -278,10 +278,11 @@ def _best_divebatch(
         _, within, text = quality(r, quality_of)
         unit_text = "pp" if within == WITHIN_PP and text.startswith("accuracy") else metric_of(r)[0]
         tol = SLIGHT_LOSS_PP * within / WITHIN_PP
+        digits = 2 if unit_text == "pp" else 3  # a loss misses by thousandths of a nat
         return _Pick(
             note=(
                 f"no DiveBatch variant keeps the quality (within {tol:g} {unit_text} of {_SLUG_NAME.get(quality_of, quality_of)}); the "
-                f"closest, {_name(r)} ({text}), misses by {-miss:.2f} {unit_text}"
+                f"closest, {_name(r)} ({text}), misses by {-miss:.{digits}f} {unit_text}"
             ),
             fails=True,
         )

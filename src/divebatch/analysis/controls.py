@@ -28,7 +28,7 @@ DELTA_RULE = (
     f"per dataset, some DiveBatch arm with the fixed-point estimator (any delta, with or without lr rescaling) "
     f"is faster than small-batch SGD at matched quality (time to the common target: the lower of the two "
     f"seed-mean finals - 1 pp; the speed-up table's 95 % t-interval over n seeds above 1; n = 1 decides "
-    f"nothing) while its mean final accuracy is at most {MATCHED_PP:g} pp below small-batch SGD's; holds if so "
+    f"nothing) while its mean final primary metric is at most {MATCHED_PP:g} pp (a loss: its tolerance) worse than small-batch SGD's; holds if so "
     f"on every dataset with such arms; does not hold when no arm of a dataset is both"
 )
 SCHEDULE_RULE = (
@@ -67,16 +67,20 @@ def delta_claim(main: pd.DataFrame, speedups: pd.DataFrame, unit: str) -> tuple[
             sp = own[
                 (own["dataset"] == dataset) & (own["method"] == arm["method"]) & (own["setting"] == arm["setting"])
             ]
-            change = float(arm["acc_change_vs_sgd_small_pp"])
+            # quality on the primary metric (gain > 0 better): accuracy in pp, or a loss (the transformer)
+            change = float(arm.get("metric_gain_vs_sgd_small", arm["acc_change_vs_sgd_small_pp"]))
+            metric = arm.get("metric", "val_acc")
+            tol = MATCHED_PP if metric == "val_acc" else float(arm.get("metric_within", MATCHED_PP))
+            unit = "pp" if metric == "val_acc" else metric
             if sp.empty or not np.isfinite(change):
                 continue
             sp = sp.iloc[0]
-            fast, matched = bool(np.isfinite(sp["ci_low"]) and sp["ci_low"] > 1), change >= -MATCHED_PP
+            fast, matched = bool(np.isfinite(sp["ci_low"]) and sp["ci_low"] > 1), change >= -tol
             found.append(fast and matched)
             ci = f" [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if np.isfinite(sp["ci_low"]) else " (n=1, no interval)"
             parts.append(
-                f"{dataset}, {arm['method']} ({arm['setting']}): {sp['speedup']:.2f}x{ci} vs SGD small at matched quality, accuracy "
-                f"{change:+.2f} pp, final batch {arm['final_batch_size_mean']:.0f}"
+                f"{dataset}, {arm['method']} ({arm['setting']}): {sp['speedup']:.2f}x{ci} vs SGD small at matched quality, "
+                f"{'accuracy' if unit == 'pp' else metric} gain {change:+.3g} {unit}, final batch {arm['final_batch_size_mean']:.0f}"
                 + ("" if matched else " (quality not matched)")
             )
         if found:
