@@ -133,6 +133,29 @@ def test_row7_is_speed_at_matched_quality_per_unit(tmp_path, shift, wall, steps_
     assert "delta=2, diversity_estimator=fixed_point" in steps["ours"] and "exact" not in steps["ours"]
 
 
+LOSS = ["primary_metric.column=val_loss", "primary_metric.direction=lower", "primary_metric.within=0.02"]
+
+
+@pytest.mark.parametrize("extra_loss, verdict", [(0.005, claims_mod.HOLDS), (0.1, claims_mod.FAILS)])
+def test_row7_judges_quality_on_a_loss_when_the_loss_is_the_primary_metric(tmp_path, extra_loss, verdict):
+    """A loss-judged data set (the transformer): the fixed-point arm has SGD's accuracy in both cases
+    and is faster in steps; it keeps the quality only when its final loss is within the tolerance."""
+    loss = 2.0 * np.exp(-np.arange(5) / 2) + 0.5
+    for seed in SEEDS:
+        common = dict(val_acc=_acc(seed), seed=seed, initial_batch_size=64, max_batch_size=640)
+        write_run(tmp_path, f"sgd/s{seed}", method="sgd", train_loss=loss + 0.01 * seed,
+                  optimizer_steps=np.cumsum([100] * 5), overrides=LOSS, **common)  # fmt: skip
+        write_run(tmp_path, f"exact/s{seed}", batch_size=[64, 64, 640, 640, 640], train_loss=loss + 0.2,
+                  optimizer_steps=np.cumsum([100, 100, 20, 20, 20]), overrides=LOSS, **common)  # fmt: skip
+        write_run(tmp_path, f"fp2/s{seed}", delta=2.0, batch_size=[64, 64, 640, 640, 640],
+                  train_loss=loss + 0.01 * seed + np.array([0, 0, 0, 0.5, 1]) * extra_loss,
+                  optimizer_steps=np.cumsum([100, 100, 20, 20, 20]),
+                  overrides=[*LOSS, "method.diversity_estimator=fixed_point"], **common)  # fmt: skip
+    row = _row(_claims(tmp_path), 7, "optimizer steps")
+    assert row["verdict"] == verdict, row["ours"]
+    assert "val_loss gain" in row["ours"] and "pp" not in row["ours"].split("matched quality")[1]
+
+
 def test_row7_only_where_fixed_point_runs_exist(tmp_path):
     _sgd(tmp_path)
     for seed in SEEDS:
