@@ -387,3 +387,31 @@ def test_a_run_out_of_cuda_memory_is_reported_and_the_others_finish(tmp_path, ca
     assert "started  digits/ok1/seed1 on GPU 0" in out and "started  digits/oom/seed1 on GPU 0" in out
     assert json.loads((tmp_path / "runs" / "digits" / "ok1" / "seed1" / "summary.json").read_text())["finished"]
     assert "1 run(s) trained, 0 skipped (finished already), 1 failed" in out
+
+
+def test_a_run_folder_being_trained_elsewhere_is_not_started(tmp_path, capsys, monkeypatch):
+    """A live process holds the run folder's writer lock: the dry run says "busy" with the holder, the
+    real command fails that run without starting a process (nothing else is touched); once the holder
+    is gone the run is new again."""
+    import signal
+
+    from test_rundir import _hold
+
+    a = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
+    profile = _tiny_profile(tmp_path, "p", [{"name": "digits", "configs": [a]}])
+    run = tmp_path / "runs" / "digits" / "sgd" / "seed1"
+    holder = _hold(run)
+    try:
+        assert _cli(profile, tmp_path, "--dry-run") == 0
+        assert (
+            f"busy     digits/sgd/seed1: being trained by another process (pid {holder.pid}" in capsys.readouterr().out
+        )
+        monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+        assert _cli(profile, tmp_path, "--no-synthetic") == 1
+        assert f"FAILED   digits/sgd/seed1: {run} is being trained by another process" in capsys.readouterr().out
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert _cli(profile, tmp_path, "--dry-run") == 0
+    assert "new      digits/sgd/seed1" in capsys.readouterr().out

@@ -191,7 +191,14 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for attempt in range(5):  # a reader's probe (lock_holder) holds it for microseconds
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.2)
         except BlockingIOError:
             holder = (
                 os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that has not written its name yet"
@@ -294,6 +301,24 @@ class RunDir:
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def lock_holder(run_dir: str | Path) -> str | None:
+    """Who is training ``run_dir`` now: the text of its ``.lock`` (pid, host, start) while a live
+    process holds the writer lock (:meth:`RunDir.lock`), None when none does (or no lock file exists).
+    Probes with a shared ``flock`` that it releases at once."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that has not written its name yet"
+    finally:
+        os.close(fd)  # closing releases a shared lock taken above
+    return None
 
 
 def read_json(path: str | Path) -> dict | None:

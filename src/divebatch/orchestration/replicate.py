@@ -388,9 +388,13 @@ def expand(
 
 
 def run_state(run: Run, cfg: DictConfig) -> tuple[str, str]:
-    """``(state, detail)``: ``finished`` (skip), ``conflict`` (the folder holds another config),
-    ``resume`` (a checkpoint exists) or ``new``."""
+    """``(state, detail)``: ``busy`` (a live process is training the folder: its lock holder),
+    ``finished`` (skip), ``conflict`` (the folder holds another config), ``resume`` (a checkpoint
+    exists) or ``new``."""
     d = run.out_dir
+    holder = rundir.lock_holder(d)
+    if holder is not None:
+        return "busy", f"being trained by another process ({holder})"
     if rundir.is_run_dir(d):
         diffs = config_diffs(rundir.read_config(d), cfg)
         if diffs:
@@ -770,6 +774,12 @@ def _plan(
         elif state == "finished":
             outcome.skipped.append(run.name)
             log(f"[replicate] skipped  {run.name} (finished already: {detail})")
+        elif state == "busy":
+            outcome.failed.append((run.name, f"{run.out_dir} is {detail}"))
+            log(
+                f"[replicate] FAILED   {run.name}: {run.out_dir} is {detail}; not started. Wait for it to end, "
+                f"or stop it and rerun to resume."
+            )
         elif state == "conflict":
             outcome.failed.append((run.name, f"{run.out_dir} holds a run with another config"))
             log(
