@@ -722,3 +722,19 @@ def test_executed_notebooks_carry_no_path_of_the_machine():
     nb.cells.append(cell)
     nb_mod._relative_paths(nb)
     assert cell.outputs[0]["text"] == "src/divebatch/analysis/report.py:1: RunWarning: x\n"
+
+
+def test_report_prints_one_line_for_all_unmeasured_rows_of_a_claim():
+    import pandas as pd
+
+    from divebatch.analysis.claims import FAILS, HOLDS, NOT_MEASURED
+    from divebatch.analysis.report import claim_lines
+
+    rows = [(1, "epochs", NOT_MEASURED), (1, "optimizer steps", NOT_MEASURED), (2, "epochs", NOT_MEASURED)]
+    rows += [(3, "-", FAILS), (4, "-", HOLDS)]
+    claims = pd.DataFrame(
+        [{"claim": c, "unit": u, "definition": "-", "verdict": v} for c, u, v in rows],
+    )
+    lines = claim_lines(claims)
+    assert len(lines) == 3 and lines[-1] == f"  claims 1, 2: {NOT_MEASURED} (3 row(s) of claims.md)"
+    assert lines[0].startswith("  claim 3 (") and lines[0].endswith(FAILS)

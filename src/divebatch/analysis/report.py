@@ -483,6 +483,23 @@ def cli(argv: list[str] | None = None) -> int:
         )
         for _, r in res.diverged.iterrows():
             print(f"  DIVERGED {r['run_id']}: {r['reason']}")
-        for _, c in res.claims.iterrows():
-            print(f"  claim {c['claim']} ({_claim_unit(c)}): {c['verdict']}")
+        for line in claim_lines(res.claims):
+            print(line)
     return 0
+
+
+def claim_lines(claims: pd.DataFrame) -> list[str]:
+    """The report's verdict lines: one per measured claim row (claim, unit, verdict), and one line
+    for all the rows of a claim that were not measured (not one per unit and definition)."""
+    from divebatch.analysis.claims import NOT_MEASURED
+
+    lines, unmeasured = [], {}
+    for _, c in claims.iterrows():
+        if c["verdict"] == NOT_MEASURED:
+            unmeasured[c["claim"]] = unmeasured.get(c["claim"], 0) + 1
+        else:
+            lines.append(f"  claim {c['claim']} ({_claim_unit(c)}): {c['verdict']}")
+    if unmeasured:
+        rows = sum(unmeasured.values())
+        lines.append(f"  claims {', '.join(str(k) for k in unmeasured)}: {NOT_MEASURED} ({rows} row(s) of claims.md)")
+    return lines
