@@ -245,7 +245,8 @@ def test_second_run_of_the_same_command_trains_nothing(divebatch_run):
 
 def test_changed_config_on_an_existing_run_is_refused_naming_the_key(divebatch_run, capsys):
     cfg, out, _ = divebatch_run
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # results untouched (the .lock names its last holder, which the refused attempt was)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"}
     with pytest.raises(RunDirError, match=r"method\.delta: 2\.0 -> 0\.5"):
         train(load_config(None, [*TINY, *DIVEBATCH_RUN, f"out_dir={out}", "method.delta=0.5"]))
     from divebatch.cli import main
@@ -254,7 +255,7 @@ def test_changed_config_on_an_existing_run_is_refused_naming_the_key(divebatch_r
     OmegaConf.save(OmegaConf.load(out / "config.yaml"), yaml_path)
     assert main(["train", str(yaml_path), "seed=2"]) == 2
     assert "seed: 1 -> 2" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".lock"} == before
 
 
 def test_same_seed_and_config_give_identical_metrics(divebatch_run, tmp_path):
