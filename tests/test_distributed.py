@@ -46,7 +46,7 @@ from divebatch.data import (
     shard_span,
 )
 from divebatch.distributed import DistContext
-from divebatch.method.diversity import ExactDiversity, gradient_diversity
+from divebatch.method import ExactDiversity, gradient_diversity
 from divebatch.models import build_model
 
 RTOL = 1e-4

@@ -26,7 +26,7 @@ from torch import nn
 from divebatch import data as data_mod
 from divebatch import training
 from divebatch.config import ConfigError, load_config
-from divebatch.method.diversity import ExactDiversity, gradient_diversity
+from divebatch.method import ExactDiversity, gradient_diversity
 from divebatch.models import build_model
 from divebatch.training import train, train_one_epoch
 

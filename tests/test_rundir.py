@@ -47,7 +47,7 @@ def test_import_needs_no_torch_pandas_or_omegaconf():
         import divebatch.rundir
         heavy = sorted(m for m in ("torch", "pandas", "omegaconf", "numpy") if sys.modules.get(m) is not None)
         assert not heavy, f"divebatch.rundir imported {heavy}"
-        import divebatch.orchestration.replicate, divebatch.orchestration.sweeps, divebatch.orchestration.gpu_check, divebatch.analysis.collect
+        import divebatch.orchestration.replicate, divebatch.orchestration.sweeps, divebatch.orchestration.gpu_hours, divebatch.analysis.collect
         sw = divebatch.orchestration.sweeps
         assert "val_acc" in sw.METRIC_COLUMNS and "best_val_acc" in sw.SUMMARY_KEYS
     """)

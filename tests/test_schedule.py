@@ -1,4 +1,4 @@
-"""Schedule controls (divebatch.method.schedule, policies.ScheduledBatchSize; docs/diversity.md,
+"""Schedule controls (divebatch.schedule, policies.ScheduledBatchSize; docs/diversity.md,
 "Schedule controls"): the policy, the schedule read from a run directory or built as two stages,
 their config errors, a replay that reproduces its source run epoch by epoch, and the profile key
 ``schedule_from`` (a control trains after the run it replays)."""
@@ -17,9 +17,9 @@ from fixtures.fake_runs import write_run
 from divebatch.config import ConfigError, load_config
 from divebatch.method.controller import BatchSizeController
 from divebatch.method.policies import ScheduledBatchSize, build_policy
-from divebatch.method.schedule import ScheduleError, schedule_for, two_stage
 from divebatch.orchestration import replicate as rep
 from divebatch.rundir import read_metrics
+from divebatch.schedule import ScheduleError, schedule_for, two_stage
 
 REPLAY, REPLAY_RESCALE = "configs/methods/schedule_replay.yaml", "configs/methods/schedule_replay_rescale.yaml"
 TWO_STAGE = "configs/methods/two_stage.yaml"

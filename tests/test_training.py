@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from divebatch.config import load_config
-from divebatch.method.diversity import gradient_diversity
+from divebatch.method import gradient_diversity
 from divebatch.method.policies import divebatch_batch_size
 from divebatch.models import build_model
 from divebatch.training import METRIC_COLUMNS, RunDirError, build_schedulers, train, train_one_epoch

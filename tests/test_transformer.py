@@ -19,7 +19,7 @@ from torch import nn
 
 from divebatch.config import ConfigError, load_config
 from divebatch.data import DataError, build_data, make_loaders
-from divebatch.method.diversity import build_estimator, gradient_diversity
+from divebatch.method import build_estimator, gradient_diversity
 from divebatch.method.persample import FuncDiversity, per_sample_sq_norms
 from divebatch.method.policies import build_policy
 from divebatch.optimizers import build_optimizer, lr_factor

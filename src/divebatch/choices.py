@@ -32,7 +32,7 @@ REGISTRIES: dict[str, str] = {
     "data.name": "divebatch.data:DATASETS",
     "model.name": "divebatch.models:MODELS",
     "method.name": "divebatch.method.policies:POLICIES",
-    "method.diversity_estimator": "divebatch.method.diversity:ESTIMATORS",
+    "method.diversity_estimator": "divebatch.method.estimators:ESTIMATORS",
     "optim.name": "divebatch.optimizers:OPTIMIZERS",
     "method.lr_scaling": "divebatch.optimizers:LR_SCALINGS",
 }

@@ -18,13 +18,9 @@ COMMANDS = {
     "sweep": ("divebatch.orchestration.sweeps:cli", "run a wandb sweep YAML locally (offline) or validate it"),
     "replicate": ("divebatch.orchestration.replicate:cli", "train every run of a profile, then report"),
     "fetch-data": ("divebatch.fetch:fetch_cli", "download a dataset (needs network)"),
-    "gpu-check": (
-        "divebatch.orchestration.gpu_check:cli",
-        "GPU acceptance check: gpu tests, epoch times, K runs per GPU, benchmarks",
-    ),
     "gpu-hours": (
         "divebatch.orchestration.gpu_hours:cli",
-        "GPU-hours of the paper profile from a gpu-check results file",
+        "GPU-hours of the paper profile from a GPU acceptance check's results file",
     ),
 }
 

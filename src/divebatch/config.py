@@ -88,7 +88,7 @@ class MethodConfig:
     fixed_point_samples: Optional[int] = (
         8192  # fixed_point: fixed random subset size (null or >= n: all n); docs/diversity.md
     )
-    # method.name=schedule only (a schedule control, divebatch.method.schedule; docs/diversity.md):
+    # method.name=schedule only (a schedule control, divebatch.schedule; docs/diversity.md):
     schedule: Optional[str] = None  # replay: a run's realized schedule | two_stage: m0, then max_batch_size
     schedule_from: Optional[str] = None  # run directory: replayed (replay) or its first resize epoch (two_stage)
     switch_epoch: Optional[int] = None  # two_stage: first epoch (0-based) at max_batch_size; null: see docs
@@ -142,7 +142,7 @@ class PrimaryMetricConfig:
 @dataclass
 class ShadowConfig:
     """Shadow measurement of every diversity estimator at the resize points of an sgd/adabatch run
-    (:mod:`divebatch.method.shadow`; docs/diversity.md, "Estimator study")."""
+    (:mod:`divebatch.shadow`; docs/diversity.md, "Estimator study")."""
 
     enabled: bool = False
     chunk: int = 128  # samples per chunk of the whole-set pass (the unit of the subset draws)
@@ -296,13 +296,13 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 
 def _check_schedule(cfg: DictConfig) -> None:
-    """Keys of a schedule control (``method.name=schedule``, :mod:`divebatch.method.schedule`).
+    """Keys of a schedule control (``method.name=schedule``, :mod:`divebatch.schedule`).
 
     Raises:
         ConfigError: ``method.schedule`` unknown or set for another method; ``method.switch_epoch``
             outside [1, epochs - 1], with ``replay``, or together with ``method.schedule_from``.
             (``replay`` without ``method.schedule_from`` is refused when the run starts,
-            :func:`divebatch.method.schedule.schedule_for`: a method file alone is a valid config.)
+            :func:`divebatch.schedule.schedule_for`: a method file alone is a valid config.)
     """
     m = cfg.method
     keys = {

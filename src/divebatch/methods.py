@@ -46,7 +46,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "adamw_divebatch_rescale", "AdamW DiveBatch + sqrt lr rescale", "divebatch", lr_rescale=True, optimizer="adamw"
     ),
-    # schedule controls (no gradient diversity; divebatch.method.schedule): a DiveBatch run's realized
+    # schedule controls (no gradient diversity; divebatch.schedule): a DiveBatch run's realized
     # batch sizes replayed, and the two-stage schedule m0 then the cap
     Variant("schedule_replay", "Schedule replay", "schedule"),
     Variant("schedule_replay_rescale", "Schedule replay + lr rescale", "schedule", lr_rescale=True),

@@ -51,6 +51,7 @@ from divebatch.optimizers import build_optimizer
 # the run-directory format lives in divebatch.rundir; its names stay importable from here
 from divebatch.rundir import METRIC_COLUMNS, RunDir, RunDirError  # noqa: F401
 from divebatch.rundir import atomic_write as _atomic_write
+from divebatch.schedule import schedule_for
 
 
 class TrainingOutOfMemory(RuntimeError):
@@ -320,7 +321,8 @@ def _train(cfg: DictConfig, run: RunDir) -> dict:
         heads=cfg.model.heads,
     )
     # the method itself (batch size, diversity, resize, lr rescaling): the library API of divebatch.method.controller
-    ctl = BatchSizeController.from_config(cfg, bundle.n_train, backpack=cfg.model.name not in NO_BACKPACK_MODELS)
+    backpack = cfg.model.name not in NO_BACKPACK_MODELS
+    ctl = BatchSizeController.from_config(cfg, bundle.n_train, backpack=backpack, schedule=schedule_for(cfg))
     model = ctl.prepare(model)
     if cfg.method.name == "divebatch" and cfg.method.diversity_estimator in ("fixed_point", "fixed_point_train"):
         subset = fixed_subset_indices(bundle.n_train, cfg.method.fixed_point_samples, cfg.seed)  # no augmentation
@@ -328,8 +330,8 @@ def _train(cfg: DictConfig, run: RunDir) -> dict:
             subset = subset[torch.randperm(len(subset), generator=torch.Generator().manual_seed(cfg.seed + 104_729))]
         ctl.attach_reference(reference_batches(bundle, subset, cfg.method.max_micro_batch, device))
     shadow = None
-    if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.method.shadow)
-        from divebatch.method.shadow import ShadowRecorder
+    if cfg.shadow.enabled:  # every estimator at the resize points, beside an sgd/adabatch run (divebatch.shadow)
+        from divebatch.shadow import ShadowRecorder
 
         shadow = ShadowRecorder(
             cfg.shadow,

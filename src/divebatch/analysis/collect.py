@@ -68,7 +68,7 @@ METHOD_HPARAMS = {
         "method.delta": "delta",
         "method.diversity_estimator": "diversity_estimator",
     },
-    "schedule": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS},  # schedule controls (divebatch.method.schedule)
+    "schedule": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS},  # schedule controls (divebatch.schedule)
 }
 # The fidelity switches are recorded (run table) but do not split groups: `protocol` labels them, and
 # runs of one group whose switches differ are warned about (collect_runs).

@@ -4,7 +4,7 @@
 Inputs: the DiveBatch runs of a profile with ``method.diversity_estimator`` = ``exact`` (the authors'
 epoch estimator, the default), ``microbatch`` or ``fixed_point`` (Delta(w) at the epoch's final
 weights), which the main table keeps apart as settings; and the shadow runs (``shadow.enabled``,
-:mod:`divebatch.method.shadow`), whose ``shadow.csv`` / ``shadow_subsets.csv`` hold every estimator and
+:mod:`divebatch.shadow`), whose ``shadow.csv`` / ``shadow_subsets.csv`` hold every estimator and
 Delta(w) at the same weights at each resize point. Outputs (written by :func:`write`):
 
 * ``estimators`` table: per dataset, DiveBatch variant and estimator: final accuracy, its change
@@ -48,7 +48,7 @@ RECOVERED_SHARE = 0.5  # the claim row: a fixed-point arm recovers at least this
 # An arm that never resized trains as small-batch SGD (same seed, same batches: the same run), so it
 # "recovers" the whole loss whatever the estimator is worth.
 GROWN_FACTOR = 2.0
-# the decomposition (divebatch.method.shadow, ShadowRecorder.bn_decomposition): convention -> shadow.csv columns
+# the decomposition (divebatch.shadow, ShadowRecorder.bn_decomposition): convention -> shadow.csv columns
 # (n*Delta, numerator = mean per-sample squared norm P, denominator = squared mean gradient ||G||^2)
 BN_CONVENTIONS = {
     "eval": ("n_delta_fixed_point", "fixed_point_mean_sq_norm", "fixed_point_mean_grad_sq"),  # (i)

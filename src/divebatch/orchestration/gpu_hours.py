@@ -1,6 +1,7 @@
 """``divebatch gpu-hours RESULTS.json [--write]``: GPU-hours of the paper profile from measured epoch times.
 
-Input: the results file of ``divebatch gpu-check`` (:mod:`divebatch.orchestration.gpu_check`) run on a GPU. The
+Input: the results file of the GPU acceptance check (``bash replicate/gpu_check.sh``, the repository's
+``gpu_check/`` folder; format :mod:`divebatch.orchestration.gpu_results`) run on a GPU. The
 paper profile (``configs/profiles/paper.yaml``) and its sensitivity sweep are expanded into their
 runs; each run's batch size per epoch follows its method, and each epoch costs the measured time
 at that batch size:
@@ -38,7 +39,7 @@ import re
 import sys
 from pathlib import Path
 
-from divebatch.orchestration.gpu_check import GpuCheckError, validate_results
+from divebatch.orchestration.gpu_results import GpuCheckError, validate_results
 from divebatch.rundir import REPO_ROOT as REPO
 from divebatch.rundir import runs_path
 
@@ -357,7 +358,8 @@ def cli(argv: list[str] | None = None) -> int:
         "results",
         nargs="?",
         default=None,
-        help="results file of divebatch gpu-check (run on a GPU); without it: the runs of the profile, no hours",
+        help="results file of the GPU acceptance check, bash replicate/gpu_check.sh (run on a GPU); "
+        "without it: the runs of the profile, no hours",
     )
     p.add_argument(
         "--write",
