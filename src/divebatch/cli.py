@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"divebatch: unknown command {name!r}; allowed: {' | '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except KeyboardInterrupt:  # Ctrl-C while loading (a command's own handler names what to rerun)
+        print(f"divebatch {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ class ShadowConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"
+    mode: str = "disabled"  # wandb only when asked for: online | offline (divebatch.wandb_logging)
     project: str = "divebatch"
     entity: Optional[str] = None
     group: Optional[str] = None
