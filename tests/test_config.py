@@ -1,4 +1,4 @@
-"""Config: defaults, YAML + dotlist merging, and clear errors before any training (issue 2, item 2)."""
+"""Config: defaults, YAML + dotlist merging, and clear errors before any training."""
 
 from __future__ import annotations
 
@@ -179,12 +179,19 @@ def test_a_registry_refuses_an_undeclared_name():
         register("vgg16")(lambda num_classes: None)
 
 
-def test_validation_takes_a_choice_list_from_the_registry_names(monkeypatch):
-    """A name added to a registry (and so to divebatch.choices) is a valid config value, with nothing else to edit."""
+def test_validation_takes_a_choice_list_from_the_registry_names():
+    """A name added to a registry (and so to divebatch.choices) is a valid config value, with nothing
+    else to edit: the schema's Literal types are built from CHOICES when the schema is imported."""
     with pytest.raises(ConfigError, match="model.name='vgg16'"):
         load_config(overrides=["model.name=vgg16"], check_data=False)
-    monkeypatch.setitem(CHOICES, "model.name", (*CHOICES["model.name"], "vgg16"))
-    assert load_config(overrides=["model.name=vgg16"], check_data=False).model.name == "vgg16"
+    code = textwrap.dedent("""
+        from divebatch import choices
+        choices.CHOICES["model.name"] += ("vgg16",)
+        from divebatch.config import load_config
+        print(load_config(overrides=["model.name=vgg16"], check_data=False).model.name)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "vgg16", done.stderr
 
 
 def test_unknown_key_in_yaml_is_named(tmp_path):
@@ -228,6 +235,14 @@ def test_experiment_configs_exist():
 )
 def test_every_experiment_config_loads(path):
     """Every experiment YAML merges onto the schema and passes validation (data files aside: they
-    may live elsewhere on this machine; ``check_data`` is tested above)."""
-    cfg = load_config(path, check_data=False)
+    may live elsewhere on this machine; ``check_data`` is tested above). A method file that marks a
+    value required (``???``: the protocol gives it) is refused alone, naming the key, and loads
+    with the value given."""
+    from divebatch.config import load_yaml, required_keys
+
+    required = required_keys(load_yaml(path))
+    if required:
+        with pytest.raises(ConfigError, match=rf"{required[0]}='\?\?\?'; allowed: a value"):
+            load_config(path, check_data=False)
+    cfg = load_config(path, [f"{key}=0.5" for key in required], check_data=False)
     assert config_keys(cfg) == config_keys()

@@ -333,7 +333,7 @@ def test_training_run_on_the_dataloader_path_with_a_train_subset(tiny_config, ti
     (train, eval) are built once; ``data.train_subset`` limits every epoch to the first samples."""
     import pandas as pd
 
-    import divebatch.data as data_module
+    import divebatch.data.loaders as data_module
     from divebatch.training import train
 
     built = []

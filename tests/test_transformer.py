@@ -19,11 +19,11 @@ from torch import nn
 
 from divebatch.config import ConfigError, load_config
 from divebatch.data import DataError, build_data, make_loaders
+from divebatch.data.text import TRAIN_FRACTION, encode, sequences, split_point
 from divebatch.method.diversity import build_estimator, gradient_diversity
 from divebatch.method.persample import FuncDiversity, per_sample_sq_norms
 from divebatch.method.policies import build_policy
 from divebatch.optimizers import build_optimizer, lr_factor
-from divebatch.text import TRAIN_FRACTION, encode, sequences, split_point
 from divebatch.training import train, train_one_epoch
 from divebatch.transformer import TransformerLM
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from divebatch.data.bundle import DataBundle, DataError, DataNotFoundError, register
+
 TRAIN_FRACTION = 0.9
 
 
@@ -57,8 +59,9 @@ def split_point(n_chars: int) -> int:
     return int(n_chars * TRAIN_FRACTION)
 
 
-def text_bundle(cfg):
-    """The :class:`divebatch.data.DataBundle` of a plain-text file.
+@register("text")
+def text_bundle(cfg) -> DataBundle:
+    """The :class:`~divebatch.data.bundle.DataBundle` of a plain-text file (``data.name=text``).
 
     Args:
         cfg: the ``data`` config (``path``: the file; ``seq_len``: T).
@@ -70,8 +73,6 @@ def text_bundle(cfg):
         DataNotFoundError: the file does not exist. DataError: it is not UTF-8 text, or a part
             holds fewer than T + 1 characters (names the path, the sizes and ``data.seq_len``).
     """
-    from divebatch.data import DataBundle, DataError, DataNotFoundError
-
     path, seq_len = Path(cfg.path), int(cfg.seq_len)
     if not path.is_file():
         raise DataNotFoundError(
