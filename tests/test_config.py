@@ -166,6 +166,7 @@ def test_validating_a_config_imports_no_torch():
         import sys
         sys.modules["torch"] = None
         from divebatch.config import load_config
+        import divebatch.datasets, divebatch.methods  # the name tables, read by the analysis too
         load_config(None, ["model.name=resnet18_cifar", "data.name=cifar10"], check_data=False)
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -246,3 +247,89 @@ def test_every_experiment_config_loads(path):
             load_config(path, check_data=False)
     cfg = load_config(path, [f"{key}=0.5" for key in required], check_data=False)
     assert config_keys(cfg) == config_keys()
+
+
+# ----------------------------------------------------------------------------- file faults and the tables
+
+
+@pytest.mark.parametrize(
+    "text, line, what",
+    [
+        ("data:\n  name: digits\n  path: [a, b\nseed: 1\n", 4, "did not find expected ',' or ']'"),
+        ("data:\n  name: digits\n path: x\n", 3, "did not find expected key"),
+        ("seed: 1\nseed: 2\n", 2, "found duplicate key seed"),
+    ],
+)
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path, text, line, what):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert f"{path}, line {line}, column" in msg and what in msg and "\n" not in msg, msg
+
+
+def test_yaml_error_through_the_cli_is_one_line_without_traceback(tmp_path, capsys):
+    from divebatch.cli import main
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("method:\n  delta: [0.1\n")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and f"{path}, line 3" in err, err
+
+
+def test_a_config_file_that_is_a_list_is_named(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- seed: 1\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: holds a list; allowed: a mapping of config keys"):
+        load_config(path)
+
+
+def test_a_required_value_of_a_config_file_is_named_and_an_override_sets_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: ???\n")
+    with pytest.raises(ConfigError, match=r"optim\.lr='\?\?\?'; allowed: a value.*optim\.lr=VALUE"):
+        load_config(path)
+    assert load_config(path, ["optim.lr=0.3"]).optim.lr == 0.3
+
+
+def test_every_dataset_needing_a_path_is_refused_without_one():
+    """The data.path rule reads the dataset table (divebatch.datasets), one row per name."""
+    from divebatch.datasets import DATASETS
+
+    assert tuple(DATASETS) == CHOICES["data.name"]
+    for name, row in DATASETS.items():
+        model = "model.name=transformer_lm" if name == "text" else "model.name=linear"
+        extra = ["method.diversity_estimator=microbatch"] if name == "text" else []
+        if row.needs_path:
+            with pytest.raises(ConfigError, match=rf"data\.path=None; allowed: a path to the {name} data"):
+                load_config(None, [f"data.name={name}", model, *extra], check_data=False)
+        else:
+            assert load_config(None, [f"data.name={name}", model, *extra], check_data=False).data.path is None
+
+
+def test_data_kinds_and_downloads_follow_the_dataset_table():
+    from divebatch.datasets import DATASETS, DOWNLOADABLE
+    from divebatch.fetch import DATA_KINDS
+    from divebatch.orchestration.gpu_hours import N_EVAL, N_TRAIN
+
+    kinds = {row.fetch for row in DATASETS.values() if row.fetch}
+    assert kinds == set(DATA_KINDS)
+    assert DOWNLOADABLE == ("cifar10", "cifar100", "tiny_imagenet")
+    assert N_TRAIN == {"cifar10": 50000, "cifar100": 50000, "tiny_imagenet": 100000}
+    assert N_EVAL == {"cifar10": 10000, "cifar100": 10000, "tiny_imagenet": 10000}
+
+
+def test_the_schema_is_built_once_and_a_loaded_config_is_its_own_copy():
+    from divebatch.config import schema
+
+    assert schema() is schema()
+    a, b = load_config(None, ["seed=3"]), load_config()
+    assert (a.seed, b.seed, schema().seed) == (3, 1, 1)
+
+
+def test_config_error_carries_key_value_and_allowed():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method.delta=-1"])
+    assert (err.value.key, err.value.value, err.value.allowed) == ("method.delta", -1.0, "a number > 0")

@@ -106,6 +106,13 @@ def test_text_errors_name_key_and_value(tmp_path, text_file):
         load_config(None, _text_overrides(text_file, "primary_metric.direction=down"))
 
 
+def test_a_too_short_text_counts_its_characters_in_words(tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("a", encoding="utf-8")
+    with pytest.raises(DataError, match=r"has 1 character: 0 for training .* more than data\.seq_len=16 characters"):
+        build_data(load_config(None, _text_overrides(one)).data)
+
+
 @needs_shared("tinyshakespeare.txt")
 def test_shared_tinyshakespeare_sizes():
     cfg = load_config(None, _text_overrides(SHARED_DATA / "tinyshakespeare.txt", "data.seq_len=64"))

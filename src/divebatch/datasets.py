@@ -105,7 +105,17 @@ DATASETS: dict[str, Dataset] = {
             download=True,
         ),
         # scikit-learn's digits: 1,797 images, split 80/20 stratified (divebatch.data.arrays.digits)
-        Dataset("digits", "digits (scikit-learn)", None, False, n_train=1437, n_test=360, classes=10, family="digits"),
+        Dataset(
+            "digits",
+            "digits (scikit-learn)",
+            None,
+            False,
+            n_train=1437,
+            n_test=360,
+            classes=10,
+            family="digits",
+            fetch="bundled",
+        ),
         Dataset(
             "npz",
             "image arrays (.npz)",

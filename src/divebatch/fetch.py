@@ -137,6 +137,12 @@ def _reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
     return _host_answers(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout)
 
 
+def reachable(url: str) -> bool:
+    """Whether the host of ``url`` answers within :data:`NETWORK_TIMEOUT_S` seconds (asked before
+    any download: an offline machine gets instructions, not a traceback)."""
+    return _reachable(url)
+
+
 @functools.lru_cache(maxsize=None)  # one check per host and invocation (CIFAR-10 and -100 share one)
 def _host_answers(host: str, port: int, timeout: float) -> bool:
     ok = []

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from divebatch.data.bundle import DataBundle, DataError, DataNotFoundError, register
+from divebatch.data.bundle import DataBundle, DataError, DataNotFoundError, count, register
 
 TRAIN_FRACTION = 0.9
 
@@ -88,9 +88,9 @@ def text_bundle(cfg) -> DataBundle:
     cut = split_point(len(content))
     if cut - 1 < seq_len or len(content) - cut - 1 < seq_len:
         raise DataError(
-            f"data.path={str(path)!r} has {len(content)} characters: {cut} for training and "
+            f"data.path={str(path)!r} has {count(len(content), 'character')}: {cut} for training and "
             f"{len(content) - cut} for validation; each part needs more than data.seq_len={seq_len} "
-            f"(allowed: a longer file or a smaller data.seq_len)"
+            f"{'character' if seq_len == 1 else 'characters'} (allowed: a longer file or a smaller data.seq_len)"
         )
     ids, vocab = encode(content)
     x_tr, y_tr = sequences(ids[:cut], seq_len)
