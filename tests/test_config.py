@@ -333,3 +333,23 @@ def test_config_error_carries_key_value_and_allowed():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["method.delta=-1"])
     assert (err.value.key, err.value.value, err.value.allowed) == ("method.delta", -1.0, "a number > 0")
+
+
+def test_the_library_and_the_synthetic_check_take_their_defaults_from_the_schema():
+    """Defaults are stated once (divebatch.schema): the controller's, the policies' and the synthetic
+    check's method defaults are the config's."""
+    import inspect
+
+    from divebatch.method.controller import BatchSizeController
+    from divebatch.method.policies import BatchSizePolicy
+    from divebatch.schema import FidelityConfig, MethodConfig
+    from divebatch.synthetic.config import MethodsConfig
+
+    params = inspect.signature(BatchSizeController).parameters
+    for key in ("delta", "lr_rescale", "lr_scaling", "micro_batches", "fixed_point_samples", "max_micro_batch"):
+        assert params[key].default == getattr(MethodConfig, key), key
+    for key in ("lr_rescale_rule", "split_above", "micro_batch_loss", "mean_units", "running_grad_sum"):
+        assert params[key].default == getattr(FidelityConfig, key), key
+    assert params["estimator"].default == MethodConfig.diversity_estimator
+    assert inspect.signature(BatchSizePolicy).parameters["delta"].default == MethodConfig.delta
+    assert (MethodsConfig.delta, MethodsConfig.micro_batches) == (MethodConfig.delta, MethodConfig.micro_batches)
