@@ -134,7 +134,7 @@ DATASETS: dict[str, Dataset] = {
         ),
         Dataset(
             "text",
-            "plain text",
+            "plain-text file",
             "file",
             True,
             "an existing plain-text (UTF-8) file, e.g. ../shared/data/tinyshakespeare.txt",

@@ -54,7 +54,7 @@ def _cifar_kind(name: str) -> DataKind:
     cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
     names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     return DataKind(
-        title=cls.__name__.replace("CIFAR", "CIFAR-"),
+        title=DATASETS[name].title,
         required=lambda root: [root / cls.base_folder / f for f in names],
         fetch=lambda root: [name, "--root", str(root)],
         url=cls.url,
@@ -88,7 +88,7 @@ def _tiny_kind() -> DataKind:
 DATA_KINDS: dict[str, Callable[[], DataKind]] = {
     "bundled": lambda: DataKind("bundled with the packages (scikit-learn digits)", required=lambda p: []),
     "npz": lambda: DataKind(
-        "image arrays (.npz)",
+        DATASETS["npz"].title,
         required=lambda p: [p],
         manual=lambda p: (
             "an .npz file with arrays train_x (N, 32, 32, 3) uint8 RGB, train_y (N,) int, test_x, "
@@ -97,7 +97,7 @@ DATA_KINDS: dict[str, Callable[[], DataKind]] = {
         path_means="the .npz file",
     ),
     "text": lambda: DataKind(
-        "plain-text file",
+        DATASETS["text"].title,
         required=lambda p: [p],
         manual=lambda p: (
             "a UTF-8 text file, e.g. the tiny Shakespeare corpus tinyshakespeare.txt described in "
