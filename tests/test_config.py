@@ -326,7 +326,10 @@ def test_the_schema_is_built_once_and_a_loaded_config_is_its_own_copy():
 
     assert schema() is schema()
     a, b = load_config(None, ["seed=3"]), load_config()
-    assert (a.seed, b.seed, schema().seed) == (3, 1, 1)
+    b.seed = 4  # a loaded config is writable; the shared schema is not
+    assert (a.seed, b.seed, schema().seed) == (3, 4, 1)
+    with pytest.raises(Exception, match="read-only"):
+        schema().seed = 5
 
 
 def test_config_error_carries_key_value_and_allowed():

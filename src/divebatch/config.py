@@ -459,7 +459,7 @@ def load_config(
             ``${args_no_hyphens}`` form). A leading ``--`` is tolerated.
         check_data: also check that ``data.path`` holds the data (:func:`check_paths`).
     Returns:
-        A read-only (struct mode) DictConfig with every key of :class:`TrainConfig`.
+        A struct-mode DictConfig (a new key is refused) with every key of :class:`TrainConfig`.
     Raises:
         ConfigError: unknown key, wrong type, a value outside its allowed range, a required value
             (``???``) not set, a YAML syntax error.
@@ -487,6 +487,7 @@ def load_config(
             cfg = OmegaConf.merge(schema(), *layers[:-1], clean, layers[-1])
     except OmegaConfBaseException as err:
         raise _merge_error(err, layers) from None
+    OmegaConf.set_readonly(cfg, False)  # the merge copied the schema's read-only flag
     OmegaConf.set_struct(cfg, True)
     validate(cfg)
     return check_paths(cfg) if check_data else cfg
