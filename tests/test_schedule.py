@@ -93,7 +93,7 @@ def test_replay_refuses_a_missing_unfinished_or_different_run(tmp_path):
 
 def test_schedule_keys_are_validated():
     for overrides, message in (
-        (["method.schedule=three_stage"], r"method.schedule='three_stage'; allowed: replay \| two_stage"),
+        (["method.schedule=three_stage"], r"method.schedule='three_stage'; allowed: null \| replay \| two_stage"),
         (["method.switch_epoch=6"], r"method.switch_epoch=6; allowed: null or an integer in \[1, epochs=6\)"),
         (["method.switch_epoch=2", "method.schedule_from=x"], r"method.switch_epoch=2; allowed: null with method.sch"),
     ):

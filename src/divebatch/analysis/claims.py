@@ -57,6 +57,7 @@ from divebatch.analysis import controls
 from divebatch.analysis.collect import RunWarning, dataset_family
 from divebatch.analysis.stats import AUTHORS_UNITS, UNIT_LABELS, WITHIN_PP, metric_of, metric_sign
 from divebatch.analysis.tables import BASELINE_SLUG, MATCHED
+from divebatch.datasets import PAPER_DATASETS, SYNTHETIC
 from divebatch.methods import ADABATCH, ADAMW_SMALL, BY_KEY, DIVEBATCH_VARIANTS, SGD_SMALL
 
 HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured at this scale"
@@ -68,7 +69,7 @@ ADAMW_DIVEBATCH = (
     BY_KEY["adamw_divebatch_rescale"].display_name,
 )
 TRANSFORMER_MODELS = ("transformer_lm",)  # claim 5: DiveBatch beyond ResNets
-CLAIM1_FAMILIES = ("synthetic", "cifar10", "cifar100", "tiny_imagenet")  # the datasets claim 1 names
+CLAIM1_FAMILIES = (SYNTHETIC, *PAPER_DATASETS)  # the datasets claim 1 names
 SLIGHT_LOSS_PP = 2.0  # claim 1: "slight loss of final accuracy" = at most this many points below SGD
 GENERALIZATION_TOL_PP = 1.0  # claim 3: "keeps the generalization" = at most this many points below SGD
 CLAIM_TOLERANCE = 1.5  # claim 2: "about k x" holds when the measured speed-up is >= k / this

@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from divebatch import rundir
 from divebatch.config import TrainConfig
+from divebatch.datasets import DATASETS, FAMILIES
 from divebatch.methods import PAPER_METHODS, SGD_LARGE, SGD_SMALL
 from divebatch.provenance import label
 
@@ -106,9 +107,8 @@ STATUSES = ("complete", "diverged", "excluded")
 # Short names for the setting label ("delta=0.1, resize_freq=20").
 _SHORT = {"initial_batch_size": "m0", "max_batch_size": "max_bs", "epochs_planned": "epochs", "lr0": "lr"}
 
-# Dataset families of the claims (docs/protocol.md, "The claims"); the name of a subset
-# (cifar10-mini.npz) starts with its family.
-FAMILIES = ("cifar100", "cifar10", "tiny_imagenet", "synthetic", "digits")
+# Dataset families of the claims (docs/protocol.md, "The claims"; divebatch.datasets); the name of a
+# subset (cifar10-mini.npz) starts with its family.
 # A run's method is its config's display_name (divebatch.methods.VARIANTS). Runs written before that
 # key existed are named from (method.name, lr_rescale); SGD is split into small/large batch later.
 DISPLAY_NAMES = {(v.policy, v.lr_rescale): v.display_name for v in PAPER_METHODS if v.policy != "sgd"}
@@ -192,13 +192,10 @@ def dataset_name(cfg: DictConfig) -> str:
     """Readable dataset name: ``data.name``, the file stem for ``npz`` and ``text``, the folder name for a
     Tiny-ImageNet sample, with ``/n=N`` when ``data.train_subset`` keeps N training samples."""
     name = str(cfg.data.name)
-    path = OmegaConf.select(cfg, "data.path")
-    if name in ("npz", "text") and path:
-        name = Path(str(path)).stem
-    elif name == "imagefolder" and path:
-        name = Path(str(path)).name
-    elif name == "tiny_imagenet" and path and Path(str(path)).name not in ("", "tiny-imagenet-200"):
-        name = Path(str(path)).name
+    path, info = OmegaConf.select(cfg, "data.path"), DATASETS.get(name)
+    # a data set read from a path of the user's (not its full set's folder) is named by the path
+    if path and info is not None and info.needs_path and Path(str(path)).name not in ("", info.folder):
+        name = Path(str(path)).stem if info.path == "file" else Path(str(path)).name
     subset = OmegaConf.select(cfg, "data.train_subset")
     return f"{name}/n={subset}" if subset else name
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from divebatch.method.diversity import DiversityEstimator
 from divebatch.method.estimators import build_estimator
 from divebatch.method.policies import POLICIES, BatchSizePolicy, rescale_lr, schedule_kwargs, step_lr
+from divebatch.schema import FidelityConfig, MethodConfig  # the defaults, stated once (torch-free)
 
 LR_RESCALE_RULES = ("linear", "schedule_squared")  # fidelity.lr_rescale_rule (docs/protocol.md)
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")  # fidelity.micro_batch_loss
@@ -95,7 +96,7 @@ def accumulate_step(
     y: Tensor,
     criterion: Callable[[Tensor, Tensor], Tensor],
     estimator: DiversityEstimator | None = None,
-    max_micro_batch: int = 2048,
+    max_micro_batch: int = MethodConfig.max_micro_batch,
     *,
     split_above: int | None = None,
     micro_batch_loss: str = "per_sample",
@@ -206,25 +207,25 @@ class BatchSizeController:
 
     def __init__(
         self,
-        method: str = "divebatch",
+        method: str = MethodConfig.name,
         *,
         n_train: int,
         initial_batch_size: int,
         max_batch_size: int,
         resize_freq: int,
-        delta: float = 0.1,
-        lr_rescale: bool = False,
-        lr_scaling: str = "linear",
-        lr_rescale_rule: str = "linear",
-        estimator: str | DiversityEstimator = "exact",
-        micro_batches: int = 2,
-        fixed_point_samples: int | None = 8192,
-        running_grad_sum: bool = False,
+        delta: float = MethodConfig.delta,
+        lr_rescale: bool = MethodConfig.lr_rescale,
+        lr_scaling: str = MethodConfig.lr_scaling,
+        lr_rescale_rule: str = FidelityConfig.lr_rescale_rule,
+        estimator: str | DiversityEstimator = MethodConfig.diversity_estimator,
+        micro_batches: int = MethodConfig.micro_batches,
+        fixed_point_samples: int | None = MethodConfig.fixed_point_samples,
+        running_grad_sum: bool = FidelityConfig.running_grad_sum,
         backpack: bool = True,
-        max_micro_batch: int = 2048,
-        split_above: int | None = None,
-        micro_batch_loss: str = "per_sample",
-        mean_units: bool = False,
+        max_micro_batch: int = MethodConfig.max_micro_batch,
+        split_above: int | None = FidelityConfig.split_above,
+        micro_batch_loss: str = FidelityConfig.micro_batch_loss,
+        mean_units: bool = FidelityConfig.mean_units,
         schedule: list[int] | None = None,
     ):
         if method not in POLICIES:

@@ -19,6 +19,7 @@ import torch
 
 from divebatch.choices import declared
 from divebatch.optimizers import lr_factor
+from divebatch.schema import MethodConfig  # the defaults, stated once (torch-free)
 
 POLICIES: dict[str, type["BatchSizePolicy"]] = {}
 
@@ -80,9 +81,9 @@ class BatchSizePolicy:
         max_batch_size: int,
         resize_freq: int,
         n_train: int,
-        delta: float = 0.1,
-        lr_rescale: bool = False,
-        lr_scaling: str = "linear",
+        delta: float = MethodConfig.delta,
+        lr_rescale: bool = MethodConfig.lr_rescale,
+        lr_scaling: str = MethodConfig.lr_scaling,
     ):
         self.batch_size = int(initial_batch_size)
         self.initial_batch_size = int(initial_batch_size)

@@ -39,6 +39,7 @@ import re
 import sys
 from pathlib import Path
 
+from divebatch.datasets import DATASETS, PAPER_DATASETS
 from divebatch.orchestration.gpu_results import GpuCheckError, validate_results
 from divebatch.rundir import REPO_ROOT as REPO
 from divebatch.rundir import runs_path
@@ -46,8 +47,8 @@ from divebatch.rundir import runs_path
 BEGIN, END = "<!-- gpu-hours:begin -->", "<!-- gpu-hours:end -->"
 DOC = REPO / "docs" / "replicate.md"
 PROFILE = REPO / "configs" / "profiles" / "paper.yaml"
-N_TRAIN = {"cifar10": 50000, "cifar100": 50000, "tiny_imagenet": 100000}
-N_EVAL = {"cifar10": 10000, "cifar100": 10000, "tiny_imagenet": 10000}
+N_TRAIN = {name: DATASETS[name].n_train for name in PAPER_DATASETS}  # samples of the full sets
+N_EVAL = {name: DATASETS[name].n_test for name in PAPER_DATASETS}
 
 
 def batch_schedule(

@@ -16,6 +16,7 @@ from typing import List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from divebatch.schema import MethodConfig
 from divebatch.synthetic.data import DataSpec, check_spec, variant_spec
 from divebatch.synthetic.methods import METHODS
 
@@ -83,14 +84,14 @@ class MethodsConfig:
     initial_batch_size: int = 8
     max_batch_size: int = 1024
     resize_freq: int = 2
-    delta: float = 0.1
+    delta: float = MethodConfig.delta  # the method's default (divebatch.schema)
     momentum: float = 0.0
     lr: Optional[float] = None  # base lr at initial_batch_size; null: tuned (methods.tune_lr)
     # large-batch SGD's lr: "linear" = lr * max_batch_size / initial_batch_size (the paper's CIFAR-10
     # protocol, 0.1 -> 1.6 for 128 -> 2048, and where "+ lr rescale" ends); "tuned": its own tune_lr
     large_batch_lr: str = "linear"
     resolution: float = 0.05  # relative spacing (samples) of the target checks
-    micro_batches: int = 2  # micro-batch estimator (experiment d): parts per step
+    micro_batches: int = MethodConfig.micro_batches  # micro-batch estimator (experiment d): parts per step
     fixed_point_samples: Optional[int] = (
         1024  # experiment d: a quarter of n, to show the subset's sampling error; null: all n
     )
