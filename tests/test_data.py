@@ -331,9 +331,9 @@ def test_cifar_missing_files_without_download_say_how_to_get_them(tmp_path, whic
 def test_training_run_on_the_dataloader_path_with_a_train_subset(tiny_config, tiny_npz, monkeypatch):
     """``data.loader=torchvision``: AdaBatch doubles the batch size every epoch; the two DataLoaders
     (train, eval) are built once; ``data.train_subset`` limits every epoch to the first samples."""
-    import divebatch.data.loaders as data_module
     import pandas as pd
 
+    import divebatch.data.loaders as data_module
     from divebatch.training import train
 
     built = []

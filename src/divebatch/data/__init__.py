@@ -57,7 +57,7 @@ from divebatch.data.loaders import (  # noqa: F401
 )
 from divebatch.data.sharding import ShardedLoader, batch_shares, global_batch_spans, shard_span  # noqa: F401
 
-_eval_view = eval_view  # the former name (divebatch.method.shadow imports it)
+_eval_view = eval_view  # the former name (divebatch.shadow imports it)
 
 
 def build_data(cfg) -> DataBundle:
