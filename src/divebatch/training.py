@@ -15,7 +15,6 @@ In a single process each of these is the identity.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -32,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from divebatch import distributed, provenance
+from divebatch import distributed, provenance, train_args
 from divebatch.config import NO_BACKPACK_MODELS, ConfigError, load_config, to_yaml
 from divebatch.data import (
     DataError,
@@ -558,16 +557,10 @@ def _train(cfg: DictConfig, run: RunDir) -> dict:
 
 
 def cli(argv: list[str]) -> int:
-    """``divebatch train CONFIG.yaml [KEY=VALUE ...]``."""
-    p = argparse.ArgumentParser(prog="divebatch train", description="Train one run; rerun the same command to resume.")
-    p.add_argument("config", help="YAML config (see configs/); keys not given take their defaults")
-    p.add_argument("overrides", nargs="*", help="omegaconf dotlist overrides, e.g. method.delta=0.05 seed=2")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    # wandb agents' ``${args}`` form passes ``--key=value``: those are overrides, not options
-    dashed = [a for a in argv if a.startswith("--") and "=" in a and not a.startswith("--print-config")]
-    args = p.parse_args([a for a in argv if a not in dashed])
+    """``divebatch train CONFIG.yaml [KEY=VALUE ...]`` (the arguments: :mod:`divebatch.train_args`)."""
+    args, overrides = train_args.parse(argv)
     try:
-        cfg = load_config(args.config, [*args.overrides, *dashed], check_data=not args.print_config)
+        cfg = load_config(args.config, overrides, check_data=not args.print_config)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
