@@ -521,3 +521,38 @@ def test_progress_counts_a_runs_last_epoch_only_when_its_process_has_ended(tmp_p
     assert bar.n == 2
     execute._count_epochs(bar, [task], ended=True)
     assert bar.n == 3 and task.counted == 3
+
+
+def test_committed_synthetic_outputs_are_reused_while_src_and_config_are_unchanged(tmp_path, monkeypatch):
+    """Outputs whose verdict names a commit with the working tree's src/, uv.lock and check config
+    are current (a fresh clone does not rewrite them); any change there, or a dirty commit, is not."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.py").write_text("x = 1\n")
+    (tmp_path / "uv.lock").write_text("lock\n")
+    (tmp_path / "syn.yaml").write_text("seeds: [1]\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "code")
+    commit = git("rev-parse", "--short", "HEAD")
+    tables = tmp_path / "paper_tables" / "tiny"
+    tables.mkdir(parents=True)
+    verdict = tables / "synthetic_verdict.json"
+    stamp = {"config": "syn.yaml", "profile": "tiny"}
+    verdict.write_text(json.dumps({"profile": "tiny", "commit": commit}))
+    assert execute.synthetic_committed(tmp_path, stamp) == commit
+    assert execute.synthetic_committed(tmp_path, {**stamp, "profile": "other"}) is None
+    (tmp_path / "README.md").write_text("docs change nothing\n")  # outside src/, uv.lock and the config
+    assert execute.synthetic_committed(tmp_path, stamp) == commit
+    for path, text in (("src/m.py", "x = 2\n"), ("syn.yaml", "seeds: [2]\n"), ("src/new.py", "y = 1\n")):
+        old = (tmp_path / path).read_text() if (tmp_path / path).exists() else None
+        (tmp_path / path).write_text(text)
+        assert execute.synthetic_committed(tmp_path, stamp) is None, path
+        (tmp_path / path).unlink() if old is None else (tmp_path / path).write_text(old)
+    assert execute.synthetic_committed(tmp_path, stamp) == commit
+    verdict.write_text(json.dumps({"profile": "tiny", "commit": f"{commit}+dirty"}))
+    assert execute.synthetic_committed(tmp_path, stamp) is None

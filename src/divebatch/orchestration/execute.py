@@ -115,8 +115,8 @@ def train_tasks(
         t.returncode = 0 if ok else (exit_code or 1)
         done.extend([t] if t.run else [])
         if ok:
-            progress = f"; {len(done)}/{n_runs} runs done, {bar.n}/{bar.total} epochs"
-            if 0 < bar.n < bar.total:
+            progress = f"; {len(done)}/{n_runs} runs done, {bar.n}/{bar.total} epochs" if n_runs else ""
+            if n_runs and 0 < bar.n < bar.total:
                 progress += f", ETA {fmt_s((time.perf_counter() - t0) * (bar.total - bar.n) / bar.n)}"
             log(_finished_line(t, summary, progress))
         else:
@@ -218,6 +218,33 @@ def synthetic_done(runs_dir: Path, out: Path, stamp: dict) -> bool:
     except (OSError, ValueError):
         return False
     return verdict.is_file() and all(old.get(k) == v for k, v in stamp.items())
+
+
+def synthetic_committed(out: Path, stamp: dict) -> str | None:
+    """The commit that made the synthetic outputs under ``out``, when they are what the working
+    tree's code computes: the commit their verdict names (``commit``) has the same ``src/``,
+    ``uv.lock`` and check config as the working tree (``git diff``, no untracked file under
+    ``src/``). Such outputs are reused like committed runs (same CPU and library stack: the same
+    numbers), so a fresh clone does not rerun the check and rewrite them with another commit.
+
+    Returns:
+        That commit, or None (no verdict, another profile, a dirty or unknown commit, a change
+        since, or no git).
+    """
+    try:
+        verdict = json.loads((out / "paper_tables" / stamp["profile"] / VERDICT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    commit = str(verdict.get("commit") or "")
+    if verdict.get("profile") != stamp["profile"] or not commit or "dirty" in commit or commit == "unknown":
+        return None
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, timeout=30)
+    try:
+        same = git("diff", "--quiet", commit, "--", "src", "uv.lock", stamp["config"]).returncode == 0
+        untracked = git("ls-files", "--others", "--exclude-standard", "--", "src").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit if same and not untracked else None
 
 
 # ----------------------------------------------------------------------------- outcome

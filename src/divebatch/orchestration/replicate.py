@@ -43,7 +43,7 @@ from omegaconf import DictConfig
 from divebatch import rundir
 from divebatch.config import ConfigError
 from divebatch.orchestration import execute, launch
-from divebatch.orchestration.execute import runs_lock, synthetic_done, synthetic_stamp
+from divebatch.orchestration.execute import runs_lock, synthetic_committed, synthetic_done, synthetic_stamp
 from divebatch.orchestration.plan import (
     Outcome,
     Task,
@@ -72,7 +72,11 @@ def _hardware(gpus: list[str], per_gpu: int | None, runs_per_gpu: int | None) ->
 
 
 def _header(spec: DictConfig, n_runs: int, runs_dir: Path, out: Path, where: str) -> str:
-    expected = f"; expected about {spec.expected_minutes:g} min on {spec.hardware}" if spec.expected_minutes else ""
+    expected = (
+        f"; every run from scratch: about {spec.expected_minutes:g} min on {spec.hardware} (measured)"
+        if spec.expected_minutes
+        else ""
+    )
     return (
         f"[replicate] profile {spec.name}: {n_runs} runs ({len(spec.experiments)} experiment(s)), "
         f"runs in {runs_dir}, outputs in {out / 'paper_tables' / spec.name} and {out / 'figures' / spec.name}; "
@@ -81,23 +85,29 @@ def _header(spec: DictConfig, n_runs: int, runs_dir: Path, out: Path, where: str
 
 
 def _synthetic_task(spec: DictConfig, runs_dir: Path, out: Path, redo: bool, dry_run: bool, outcome: Outcome, log):
-    """``(task, stamp)`` of the synthetic check: task None when it is skipped (done for this
-    config and commit, or a dry run, which says which); ``(None, None)`` when the profile has none."""
+    """``(task, stamp)`` of the synthetic check: task None when it is skipped (its outputs are
+    current: :func:`~divebatch.orchestration.execute.synthetic_done` for this config and commit, or
+    committed ones, :func:`~divebatch.orchestration.execute.synthetic_committed`; ``redo`` reruns it)
+    and in a dry run, which says which; ``(None, None)`` when the profile has none."""
     if not spec.synthetic:
         return None, None
     stamp = synthetic_stamp(spec.synthetic, spec.name)
     argv = [sys.executable, "-m", "divebatch", "synthetic", "--profile", spec.name]
     argv += ["--config", str(spec.synthetic), "--out-root", str(out)]
-    done_already = synthetic_done(runs_dir, out, stamp)
+    done = None  # where current outputs come from
+    if redo:
+        pass
+    elif synthetic_done(runs_dir, out, stamp):
+        done = "this config and commit"
+    elif committed := synthetic_committed(out, stamp):
+        done = f"commit {committed}, same src/, uv.lock and config"
     if dry_run:
-        state = "done" if done_already and not redo else "to run"
+        state = f"done ({done})" if done else "to run"
         log(f"[replicate] synthetic: {state} (on the CPU, beside the trainings): {shlex.join(argv[2:])}")
         return None, stamp
-    if done_already and not redo:
-        outcome.steps.append("synthetic check: skipped (done for this config and commit; --redo-synthetic reruns it)")
-        log(
-            f"[replicate] skipped  synthetic check (outputs in {out / 'paper_tables' / spec.name} are from this config and commit)"
-        )
+    if done:
+        outcome.steps.append(f"synthetic check: skipped (outputs from {done}; --redo-synthetic reruns it)")
+        log(f"[replicate] skipped  synthetic check (outputs in {out / 'paper_tables' / spec.name} are from {done})")
         return None, stamp
     return Task("synthetic check", argv, runs_dir / "logs" / "synthetic.log", needs_gpu=False), stamp
 
