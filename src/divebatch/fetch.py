@@ -229,15 +229,15 @@ def fetch_cli(argv: list[str]) -> int:
     """``divebatch fetch-data {cifar10,cifar100,tiny_imagenet} --root DIR``: download and verify."""
     import argparse
 
-    from torchvision import datasets as tvd
-    from torchvision.datasets.utils import download_and_extract_archive
-
     p = argparse.ArgumentParser(
         prog="divebatch fetch-data", description="Download a dataset and verify it (needs network)."
     )
     p.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet"])
     p.add_argument("--root", default="data", help="folder to download into (default: data)")
     a = p.parse_args(argv)
+    from torchvision import datasets as tvd  # after the arguments: --help answers without torch
+    from torchvision.datasets.utils import download_and_extract_archive
+
     root = Path(a.root)
     try:
         if a.dataset == "tiny_imagenet":
