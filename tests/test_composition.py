@@ -1,4 +1,4 @@
-"""Composed configs: a cell is a dataset protocol plus a method, each written once (issue 14).
+"""Composed configs: a cell is a dataset protocol plus a method, each written once.
 
 The fixtures ``fixtures/profile_configs.json`` and ``fixtures/method_file_configs.json`` hold the
 resolved configs (keys that differ from the schema defaults) of every profile run and of every

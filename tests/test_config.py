@@ -1,4 +1,4 @@
-"""Config: defaults, YAML + dotlist merging, and clear errors before any training (issue 2, item 2)."""
+"""Config: defaults, YAML + dotlist merging, and clear errors before any training."""
 
 from __future__ import annotations
 
