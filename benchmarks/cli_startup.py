@@ -92,7 +92,10 @@ def main() -> None:
     print(
         f"divebatch CLI start-up, {args.reps} rounds, median seconds; baseline {args.baseline}, current = working tree"
     )
-    print(f"machine: {os.cpu_count()} CPU cores; load average (1, 5, 15 min) {load0} at start, {load1} at end")
+    fmt = lambda load: ", ".join(f"{x:.1f}" for x in load)
+    print(
+        f"machine: {os.cpu_count()} CPU cores; load average (1, 5, 15 min) {fmt(load0)} at start, {fmt(load1)} at end"
+    )
     print(
         "| command | baseline s | current s | ratio | exit (baseline / current) | torch imported (baseline / current) |"
     )

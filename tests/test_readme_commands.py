@@ -94,7 +94,7 @@ def cheap_form(argv: list[str], tmp: Path) -> str:
     if prog == "bash" and sub == "replicate/all.sh":
         return shlex.join([*argv, "--dry-run", "--offline"])
     if prog != "divebatch" or sub in HELP_ONLY:
-        return shlex.join([*argv[:2], "--help"])
+        return shlex.join([prog, *([sub] if sub and not sub.startswith("-") else []), "--help"])
     if sub == "train":
         return shlex.join([*argv, "--print-config"])
     if sub == "replicate":
@@ -140,6 +140,7 @@ def test_cheap_forms():
     assert cheap_form(["bash", "replicate/all.sh", "paper"], tmp) == "bash replicate/all.sh paper --dry-run --offline"
     assert cheap_form(["bash", "replicate/all.sh", "[PROFILE]", "[--jobs", "N]"], tmp) == "bash replicate/all.sh --help"
     assert cheap_form(["wandb", "agent", "ENTITY/divebatch/SWEEP_ID"], tmp) == "wandb agent --help"
+    assert cheap_form(["pytest", "-m", "gpu"], tmp) == "pytest --help"
     assert cheap_form(["divebatch", "fetch-data", "cifar10", "--root", "data"], tmp) == "divebatch fetch-data --help"
     assert cheap_form(["divebatch", "train"], tmp) == cheap_form(["divebatch"], tmp).replace(
         "divebatch", "divebatch train"
