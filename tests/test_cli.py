@@ -71,3 +71,19 @@ def test_help_texts_show_no_rst_markup(name, capsys):
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and out.startswith(f"usage: divebatch {name}")
     assert "``" not in out and ":func:" not in out and ":mod:" not in out
+
+
+@pytest.mark.parametrize("where", ["check_train", "import_module"])
+def test_ctrl_c_before_the_command_runs_ends_in_one_line_and_status_130(where, monkeypatch, capsys):
+    """Ctrl-C while ``train``'s config is read (before the trainer) or while a module loads."""
+    import divebatch.cli as cli
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    if where == "check_train":
+        monkeypatch.setattr(cli, "check_train", interrupted)
+    else:
+        monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert main(["train", "configs/smoke/base.yaml"]) == 130
+    assert capsys.readouterr().err == "divebatch train: interrupted\n"

@@ -36,7 +36,7 @@ from conftest import REPO
 README = REPO / "README.md"
 PROGRAMS = ("divebatch", "bash", "python", "torchrun", "wandb", "pytest")
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*(\.[a-z]+)?(=|/|\.\.\.|$)|[\[\]|<>]|\.\.\.")
-HELP_ONLY = ("fetch-data", "report", "synthetic", "authors", "gpu-check")
+HELP_ONLY = ("fetch-data", "report", "synthetic", "authors")
 VENV = REPO / ".venv" / "bin" / "activate"
 
 

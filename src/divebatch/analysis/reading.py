@@ -12,12 +12,12 @@ import pandas as pd
 
 from divebatch.analysis.claims import SLIGHT_LOSS_PP
 from divebatch.analysis.figures import tradeoff_points
+from divebatch.analysis.formatting import estimate
 from divebatch.analysis.stats import UNIT_LABELS, UNITS, WITHIN_PP
 
 
 def _ci(r: pd.Series, value: str, low: str, high: str, fmt: str, unit: str = "") -> str:
-    core = format(r[value], fmt) + unit
-    return core if not np.isfinite(r[low]) else f"{core} [{format(r[low], fmt)}, {format(r[high], fmt)}]"
+    return estimate(r[value], low=r[low], high=r[high], spec=fmt, unit=unit, missing=format(r[value], fmt) + unit)
 
 
 def describe_tradeoff(main: pd.DataFrame, speedups: pd.DataFrame, profile: str) -> str:
