@@ -346,7 +346,7 @@ def test_command_without_wandb_mode_is_named_as_such(tmp_path):
         sw.load_sweep(_write(path, raw))
     assert "None" not in str(err.value)
     raw["command"].insert(3, "wandb.mode=offline")
-    with pytest.raises(sw.SweepError, match="command sets wandb.mode=offline; allowed"):
+    with pytest.raises(sw.SweepError, match="command sets wandb.mode='offline'; allowed"):
         sw.load_sweep(_write(path, raw))
 
 

@@ -12,8 +12,9 @@ The schema says what is allowed: a choice is a ``Literal`` field (its names come
 :mod:`divebatch.choices` where a registry implements it, else they are written in the field), and
 omegaconf refuses any other value or an unknown key when the layers are merged. Ranges and rules
 between keys are the tables and small functions of the "validation" section. Every refusal is one
-:class:`ConfigError` naming the key, the value and what is allowed, raised before any data is read
-or any model is built. This module imports no torch, and neither does validating a config.
+:class:`ConfigError` (:mod:`divebatch.errors`) naming the key, the value and what is allowed, raised
+before any data is read or any model is built. This module imports no torch, and neither does
+validating a config.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from divebatch.choices import CHOICES
 from divebatch.datasets import DATASETS, path_problem
+from divebatch.errors import UNKNOWN, ConfigError  # defined there (standard library only), imported from here
 
 # the schema (divebatch.schema); its names stay importable from here
 from divebatch.schema import (  # noqa: F401
@@ -46,30 +48,6 @@ from divebatch.schema import (  # noqa: F401
     TrainConfig,
     WandbConfig,
 )
-
-UNKNOWN = object()  # a value that cannot be shown (ConfigError.of shows "?")
-
-
-class ConfigError(ValueError):
-    """A configuration is not allowed; the message says which key, which value and what is allowed.
-
-    Built by :meth:`of` for one key's value (then ``key``, ``value`` and ``allowed`` are set);
-    constructed from a sentence for a fault of a whole file or setting (a YAML syntax error, a
-    ``base`` cycle), where they are None.
-    """
-
-    key: Optional[str] = None
-    value: Any = None
-    allowed: Optional[str] = None
-
-    @classmethod
-    def of(cls, key: str, value: Any, allowed: str, what: str = "") -> "ConfigError":
-        """``invalid config: [what ]key=value; allowed: allowed`` (the value as ``repr``; ``?`` for
-        :data:`UNKNOWN`)."""
-        shown = "?" if value is UNKNOWN else repr(value)
-        err = cls(f"invalid config: {what + ' ' if what else ''}{key}={shown}; allowed: {allowed}")
-        err.key, err.value, err.allowed = key, value, allowed
-        return err
 
 
 class ConfigFileNotFoundError(ConfigError, FileNotFoundError):

@@ -85,7 +85,7 @@ def timeout_s() -> float:
     except ValueError:
         value = float("nan")
     if not value > 0:
-        raise ConfigError(f"invalid environment: {TIMEOUT_ENV}={raw!r}; allowed: a number of seconds > 0")
+        raise ConfigError.of(TIMEOUT_ENV, raw, "a number of seconds > 0", subject="environment")
     return value
 
 

@@ -46,10 +46,6 @@ class ScheduleError(ConfigError):
     """A schedule control cannot get its schedule; the message names the key, the value and what is allowed."""
 
 
-def _bad(key: str, value, allowed: str) -> ScheduleError:
-    return ScheduleError(f"invalid config: {key}={value!r}; allowed: {allowed}")
-
-
 def realized_batch_sizes(run_dir: str | Path, key: str = "method.schedule_from") -> list[int]:
     """The batch size (samples) of every epoch of a finished run, from its ``metrics.csv``.
 
@@ -64,10 +60,10 @@ def realized_batch_sizes(run_dir: str | Path, key: str = "method.schedule_from")
     """
     path = Path(run_dir)
     if not rundir.is_run_dir(path):
-        raise _bad(key, str(run_dir), f"a run directory (a folder with {rundir.CONFIG}); none found there")
+        raise ScheduleError.of(key, str(run_dir), f"a run directory (a folder with {rundir.CONFIG}); none found there")
     status = rundir.summary_status(rundir.read_summary(path))
     if status != "finished":
-        raise _bad(
+        raise ScheduleError.of(
             key,
             str(run_dir),
             f"a finished run (its {rundir.SUMMARY} says finished, not diverged); this one is {status}: "
@@ -75,7 +71,7 @@ def realized_batch_sizes(run_dir: str | Path, key: str = "method.schedule_from")
         )
     rows = rundir.read_metrics(path)
     if not rows or any(r.get("batch_size") is None for r in rows):
-        raise _bad(key, str(run_dir), f"a run whose {rundir.METRICS} has a batch_size for every epoch")
+        raise ScheduleError.of(key, str(run_dir), f"a run whose {rundir.METRICS} has a batch_size for every epoch")
     return [int(r["batch_size"]) for r in rows]
 
 
@@ -88,7 +84,7 @@ def first_resize_epoch(batch_sizes: list[int], run_dir: str | Path = "", key: st
     for epoch, b in enumerate(batch_sizes):
         if b != batch_sizes[0]:
             return epoch
-    raise _bad(
+    raise ScheduleError.of(
         key,
         str(run_dir),
         f"a run whose batch size changed (this one trained every epoch at {batch_sizes[0]}; "
@@ -118,21 +114,27 @@ def schedule_for(cfg) -> list[int] | None:
         return None
     if m.schedule == "replay":
         if not m.schedule_from:
-            raise _bad("method.schedule_from", m.schedule_from, "a run directory to replay (method.schedule=replay)")
+            raise ScheduleError.of(
+                "method.schedule_from", m.schedule_from, "a run directory to replay (method.schedule=replay)"
+            )
         sizes = realized_batch_sizes(m.schedule_from)
         source = rundir.read_config(m.schedule_from)
         diffs = [d for d in config_diffs(source, cfg) if d.startswith(LR_KEYS)]
         if diffs:
-            raise _bad(
+            raise ScheduleError.of(
                 "method.schedule_from",
                 m.schedule_from,
                 f"a run with the same lr settings as this one ({', '.join(k.rstrip('.') for k in LR_KEYS)}); "
                 f"replayed run -> this run: {'; '.join(diffs)}",
             )
         if len(sizes) < cfg.epochs:
-            raise _bad("method.schedule_from", m.schedule_from, f"a run with {cfg.epochs} epochs (has {len(sizes)})")
+            raise ScheduleError.of(
+                "method.schedule_from", m.schedule_from, f"a run with {cfg.epochs} epochs (has {len(sizes)})"
+            )
         if max(sizes) > m.max_batch_size:
-            raise _bad("method.max_batch_size", m.max_batch_size, f">= the replayed run's largest batch ({max(sizes)})")
+            raise ScheduleError.of(
+                "method.max_batch_size", m.max_batch_size, f">= the replayed run's largest batch ({max(sizes)})"
+            )
         return sizes[: cfg.epochs]
     if m.switch_epoch is not None:
         switch = int(m.switch_epoch)
@@ -141,5 +143,7 @@ def schedule_for(cfg) -> list[int] | None:
     else:
         switch = int(m.resize_freq)
     if not 1 <= switch < cfg.epochs:
-        raise _bad("method.switch_epoch", switch, f"an epoch in [1, epochs={cfg.epochs}) (null: method.resize_freq)")
+        raise ScheduleError.of(
+            "method.switch_epoch", switch, f"an epoch in [1, epochs={cfg.epochs}) (null: method.resize_freq)"
+        )
     return two_stage(int(m.initial_batch_size), int(m.max_batch_size), switch, int(cfg.epochs))

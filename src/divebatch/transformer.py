@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from divebatch.errors import ConfigError
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: one (C -> 3C) projection, SDPA with ``is_causal=True``,
@@ -70,7 +72,7 @@ class TransformerLM(nn.Module):
         depth: number of blocks (``model.depth``).
         heads: attention heads per block (``model.heads``; must divide ``width``).
     Raises:
-        ValueError: ``width`` not divisible by ``heads``, or a size < 1 (names the key).
+        ConfigError (a ValueError): ``width`` not divisible by ``heads``, or a size < 1 (names the key).
     Initialisation: normal(0, 0.02) for linear and embedding weights, zero biases, and the
     residual output projections scaled by 1 / sqrt(2 depth) (GPT-2).
     """
@@ -85,9 +87,9 @@ class TransformerLM(nn.Module):
             ("vocab_size", vocab_size),
         ):
             if value < 1:
-                raise ValueError(f"invalid config: {key}={value!r}; allowed: an integer >= 1")
+                raise ConfigError.of(key, value, "an integer >= 1")
         if width % heads:
-            raise ValueError(f"invalid config: model.heads={heads!r}; allowed: a divisor of model.width={width}")
+            raise ConfigError.of("model.heads", heads, f"a divisor of model.width={width}")
         self.context = context
         self.tok = nn.Embedding(vocab_size, width)
         self.pos = nn.Embedding(context, width)

@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from divebatch.errors import ConfigError
 from divebatch.methods import BY_KEY, PAPER_METHODS
 
 CSV_PATH = Path(__file__).with_name("authors_reported.csv")
@@ -90,6 +91,7 @@ EXTRA_COLUMNS = (
 DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny_imagenet": "Tiny-ImageNet"}
 METHODS = tuple(v.key for v in PAPER_METHODS)
+RESCALE = ("true", "false")  # the column ``rescale`` as written in the CSV
 QUANTITY_UNITS = {
     "final_acc": "percent",  # seed-mean validation accuracy at the last epoch
     "epochs_to_1pct": "epochs",  # first epoch with seed-mean accuracy >= final - 1 point
@@ -121,17 +123,15 @@ OUT_DIR = Path("paper_tables") / "authors"
 README_NOT_REPORTED = "not reported"
 
 
-class ReferenceError(ValueError):
-    """The reference CSV breaks its schema (a column, value or row named in the message)."""
+class ReferenceError(ConfigError):
+    """The reference CSV breaks its schema (a column, value or row named in the message; a value
+    outside its column's set by :meth:`~divebatch.errors.ConfigError.of`: ``invalid reference CSV
+    PATH: column key=[values]; allowed: ...``)."""
+
+    subject = "reference CSV"
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def _allowed(col: str, values: pd.Series, allowed) -> None:
-    bad = sorted(set(values) - set(allowed))
-    if bad:
-        raise ReferenceError(f"column {col!r} has value(s) {bad}; allowed: {' | '.join(map(str, allowed))}")
 
 
 def load_reported(path: str | Path | None = None) -> pd.DataFrame:
@@ -155,10 +155,15 @@ def load_reported(path: str | Path | None = None) -> pd.DataFrame:
     missing = [c for c in (*REQUIRED_COLUMNS, *EXTRA_COLUMNS) if c not in raw.columns]
     if missing:
         raise ReferenceError(f"{path}: missing column(s) {missing}; required: {list(REQUIRED_COLUMNS + EXTRA_COLUMNS)}")
-    _allowed("dataset", raw["dataset"], DATASETS)
-    _allowed("method", raw["method"], METHODS)
-    _allowed("quantity", raw["quantity"], QUANTITY_UNITS)
-    _allowed("rescale", raw["rescale"], ("true", "false"))
+    for col, allowed in (
+        ("dataset", DATASETS),
+        ("method", METHODS),
+        ("quantity", QUANTITY_UNITS),
+        ("rescale", RESCALE),
+    ):
+        bad = sorted(set(raw[col]) - set(allowed))
+        if bad:
+            raise ReferenceError.of(col, bad, " | ".join(allowed), what="column", subject=f"reference CSV {path}")
     wrong_unit = raw[raw["unit"] != raw["quantity"].map(QUANTITY_UNITS)]
     if len(wrong_unit):
         r = wrong_unit.iloc[0]

@@ -69,7 +69,7 @@ def build_data(cfg) -> DataBundle:
         ConfigError: unknown ``data.name``. DataNotFoundError: data missing (with instructions).
     """
     if cfg.name not in DATASETS:
-        raise ConfigError(f"invalid config: data.name={cfg.name!r}; allowed: {' | '.join(DATASETS)}")
+        raise ConfigError.of("data.name", cfg.name, " | ".join(DATASETS))
     bundle = DATASETS[cfg.name](cfg)
     if cfg.train_subset is not None:
         k = cfg.train_subset

@@ -2,10 +2,13 @@
 its validation, shared by the writer (the repository's ``gpu_check/`` tool, ``bash
 replicate/gpu_check.sh``) and the reader (:mod:`divebatch.orchestration.gpu_hours`).
 
-Imports only the standard library: the check imports it before it knows which packages the machine has.
+Imports only the standard library (and :mod:`divebatch.errors`, which does too): the check imports it
+before it knows which packages the machine has.
 """
 
 from __future__ import annotations
+
+from divebatch.errors import ConfigError
 
 SCHEMA = "divebatch-gpu-check/1"
 MODES = ("gpu", "cpu-check")
@@ -23,13 +26,12 @@ TOP_LEVEL = {
 }
 
 
-class GpuCheckError(ValueError):
+class GpuCheckError(ConfigError):
     """Bad input to the acceptance check or the GPU-hours table; the message names the option or key,
-    the value and what is allowed."""
+    the value and what is allowed (:meth:`~divebatch.errors.ConfigError.of`: ``invalid results file:
+    key=value; allowed: ...``)."""
 
-
-def _bad(key: str, value, allowed: str) -> GpuCheckError:
-    return GpuCheckError(f"invalid results file: {key}={value!r}; allowed: {allowed}")
+    subject = "results file"
 
 
 def validate_results(obj: dict) -> dict:
@@ -47,31 +49,31 @@ def validate_results(obj: dict) -> dict:
         GpuCheckError: naming the key, the value and what is allowed.
     """
     if obj.get("schema") != SCHEMA:
-        raise _bad("schema", obj.get("schema"), SCHEMA)
+        raise GpuCheckError.of("schema", obj.get("schema"), SCHEMA)
     if obj.get("mode") not in MODES:
-        raise _bad("mode", obj.get("mode"), " | ".join(MODES))
+        raise GpuCheckError.of("mode", obj.get("mode"), " | ".join(MODES))
     for key, typ in TOP_LEVEL.items():
         if not isinstance(obj.get(key), typ):
-            raise _bad(key, obj.get(key), f"a value of type {getattr(typ, '__name__', 'number')}")
+            raise GpuCheckError.of(key, obj.get(key), f"a value of type {getattr(typ, '__name__', 'number')}")
     for key in ("python", "device"):
         if key not in obj["machine"]:
-            raise _bad(f"machine.{key}", None, "present")
+            raise GpuCheckError.of(f"machine.{key}", None, "present")
     for name, info in obj["packages"].items():
         if not isinstance(info, dict) or set(info) != PACKAGE_KEYS:
-            raise _bad(f"packages.{name}", info, "{distribution, version, pinned, error}")
+            raise GpuCheckError.of(f"packages.{name}", info, "{distribution, version, pinned, error}")
     for name, c in obj["checks"].items():
         _check_record(name, c)
     for i, s in enumerate(obj["skipped"]):
         if not (isinstance(s, dict) and s.get("item") and s.get("reason")):
-            raise _bad(f"skipped[{i}]", s, "{item, reason}")
+            raise GpuCheckError.of(f"skipped[{i}]", s, "{item, reason}")
     return obj
 
 
 def _check_record(name: str, c: dict) -> None:
     """One entry of ``checks``: a status, a reason unless ok, seconds and a result (dict or None)."""
     if c.get("status") not in STATUSES:
-        raise _bad(f"checks.{name}.status", c.get("status"), " | ".join(STATUSES))
+        raise GpuCheckError.of(f"checks.{name}.status", c.get("status"), " | ".join(STATUSES))
     if c["status"] != "ok" and not c.get("reason"):
-        raise _bad(f"checks.{name}.reason", c.get("reason"), "a reason when the status is not ok")
+        raise GpuCheckError.of(f"checks.{name}.reason", c.get("reason"), "a reason when the status is not ok")
     if not isinstance(c.get("seconds"), (int, float)) or not (c.get("result") is None or isinstance(c["result"], dict)):
-        raise _bad(f"checks.{name}", c, "seconds (number) and result (dict or null)")
+        raise GpuCheckError.of(f"checks.{name}", c, "seconds (number) and result (dict or null)")

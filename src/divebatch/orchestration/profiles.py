@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from divebatch import rundir
-from divebatch.config import config_exists, method_names
+from divebatch.config import ConfigError, config_exists, method_names
 from divebatch.fetch import DATA_KINDS, DataSource
 from divebatch.orchestration import sweeps
 
@@ -30,8 +30,11 @@ METHODS_DIR = Path("configs") / "methods"
 DEFAULT_PROFILE = "smoke"
 
 
-class ProfileError(ValueError):
-    """A profile cannot be used as given; the message names the key, the value and what is allowed."""
+class ProfileError(ConfigError):
+    """A profile cannot be used as given; the message names the key, the value and what is allowed
+    (:meth:`~divebatch.errors.ConfigError.of`: ``invalid profile: key=value; allowed: ...``)."""
+
+    subject = "profile"
 
 
 @dataclass
@@ -111,10 +114,6 @@ def profile_path(profile: str | Path) -> Path:
     )
 
 
-def _bad(key: str, value, allowed: str) -> ProfileError:
-    return ProfileError(f"invalid profile: {key}={value!r}; allowed: {allowed}")
-
-
 def load_profile(profile: str | Path | dict) -> DictConfig:
     """Load and validate a profile (schema :class:`ProfileSpec`): a name, a YAML path, or the
     profile itself as a dict (e.g. :func:`divebatch.orchestration.sweep_cli.local_profile`).
@@ -137,18 +136,18 @@ def load_profile(profile: str | Path | dict) -> DictConfig:
         ) from None
     for key, d in spec.data.items():
         if d.kind not in DATA_KINDS:
-            raise _bad(f"data.{key}.kind", d.kind, " | ".join(DATA_KINDS))
+            raise ProfileError.of(f"data.{key}.kind", d.kind, " | ".join(DATA_KINDS))
         if d.kind != "bundled" and not (d.path or d.env):
-            raise _bad(f"data.{key}.path", d.path, f"a path for kind {d.kind} (or an env variable)")
+            raise ProfileError.of(f"data.{key}.path", d.path, f"a path for kind {d.kind} (or an env variable)")
     if not spec.experiments and not spec.synthetic:
-        raise _bad("experiments", [], "at least one experiment or a synthetic config")
+        raise ProfileError.of("experiments", [], "at least one experiment or a synthetic config")
     names = [e.name for e in spec.experiments]
     if len(set(names)) != len(names):
-        raise _bad("experiments[].name", names, "unique names")
+        raise ProfileError.of("experiments[].name", names, "unique names")
     for i in range(len(spec.experiments)):
         _check_experiment(spec, i)
     if spec.synthetic is not None and not Path(spec.synthetic).is_file():
-        raise _bad("synthetic", spec.synthetic, "an existing YAML file")
+        raise ProfileError.of("synthetic", spec.synthetic, "an existing YAML file")
     return spec
 
 
@@ -161,9 +160,9 @@ def _check_experiment(spec: DictConfig, i: int) -> None:
     """
     e = spec.experiments[i]
     if e.data is not None and e.data not in spec.data:
-        raise _bad(f"experiments[{i}].data", e.data, " | ".join(spec.data) or "(no data declared)")
+        raise ProfileError.of(f"experiments[{i}].data", e.data, " | ".join(spec.data) or "(no data declared)")
     if e.methods and not e.dataset:
-        raise _bad(
+        raise ProfileError.of(
             f"experiments[{i}].dataset",
             e.dataset,
             "a folder of configs/ with a base.yaml protocol (required with methods)",
@@ -171,10 +170,10 @@ def _check_experiment(spec: DictConfig, i: int) -> None:
     try:
         cells = experiment_cells(e)
     except sweeps.SweepError as err:
-        raise _bad(f"experiments[{i}].sweep", e.sweep, f"a valid wandb sweep YAML ({err})") from None
+        raise ProfileError.of(f"experiments[{i}].sweep", e.sweep, f"a valid wandb sweep YAML ({err})") from None
     names = [name for name, _, _ in cells]
     if not names or len(set(names)) != len(names):
-        raise _bad(
+        raise ProfileError.of(
             f"experiments[{i}]", names, "a non-empty list of methods, files and sweep points with distinct names"
         )
     for c in dict.fromkeys(config for _, config, _ in cells):
@@ -186,10 +185,10 @@ def _check_experiment(spec: DictConfig, i: int) -> None:
                 if (Path(c).parent / "base.yaml").is_file()
                 else f"a dataset folder of configs/ with a base.yaml for methods (configs/{e.dataset}/base.yaml)"
             )
-            raise _bad(f"experiments[{i}].{'configs' if c in e.configs else 'methods'}", c, allowed)
+            raise ProfileError.of(f"experiments[{i}].{'configs' if c in e.configs else 'methods'}", c, allowed)
     seeds = list(e.seeds if e.seeds is not None else spec.seeds)
     if not seeds or len(set(seeds)) != len(seeds):
-        raise _bad(f"experiments[{i}].seeds", seeds, "a non-empty list of distinct integers")
+        raise ProfileError.of(f"experiments[{i}].seeds", seeds, "a non-empty list of distinct integers")
     _check_schedule_from(spec, i, names, seeds)
 
 
@@ -204,19 +203,23 @@ def _check_schedule_from(spec: DictConfig, i: int, cells: list[str], seeds: list
     for cell, source in e.schedule_from.items():
         key = f"experiments[{i}].schedule_from.{cell}"
         if cell not in cells:
-            raise _bad(key, source, f"a key that is a cell of experiment {e.name}: {' | '.join(cells)}")
+            raise ProfileError.of(key, source, f"a key that is a cell of experiment {e.name}: {' | '.join(cells)}")
         exp_name, _, source_cell = str(source).partition("/")
         others = {x.name: x for x in spec.experiments if x.name != e.name}
         if exp_name not in others:
-            raise _bad(key, source, f"<experiment>/<cell> with <experiment> another experiment: {' | '.join(others)}")
+            raise ProfileError.of(
+                key, source, f"<experiment>/<cell> with <experiment> another experiment: {' | '.join(others)}"
+            )
         src = others[exp_name]
         src_cells = [name for name, _, _ in experiment_cells(src)]
         if source_cell not in src_cells or source_cell in src.schedule_from:
             allowed = [c for c in src_cells if c not in src.schedule_from]
-            raise _bad(key, source, f"{exp_name}/<cell> with <cell> a cell that replays no run: {' | '.join(allowed)}")
+            raise ProfileError.of(
+                key, source, f"{exp_name}/<cell> with <cell> a cell that replays no run: {' | '.join(allowed)}"
+            )
         src_seeds = list(src.seeds if src.seeds is not None else spec.seeds)
         if set(seeds) - set(src_seeds):
-            raise _bad(key, source, f"an experiment that runs seeds {seeds} (it runs {src_seeds})")
+            raise ProfileError.of(key, source, f"an experiment that runs seeds {seeds} (it runs {src_seeds})")
 
 
 def experiment_cells(e: DictConfig) -> list[tuple[str, str, list[str]]]:
@@ -234,7 +237,12 @@ def experiment_cells(e: DictConfig) -> list[tuple[str, str, list[str]]]:
     if e.sweep is not None:
         sweep = sweeps.load_sweep(e.sweep)
         if "seed" in sweep.params:
-            raise sweeps.SweepError(f"{e.sweep}: parameter 'seed'; allowed: seeds from the experiment's `seeds`")
+            raise sweeps.SweepError.of(
+                "parameters['seed']",
+                sweep.config["parameters"]["seed"],
+                "any parameter but seed (a profile experiment runs the seeds of its `seeds`)",
+                subject=f"sweep {e.sweep}",
+            )
         for point in sweeps.points(sweep, e.count):
             cells.append((sweeps.point_name(point), sweep.train_config, [*sweep.matrix_overrides(), *point]))
     return cells

@@ -315,7 +315,7 @@ def cli(argv: list[str] | None = None) -> int:
             dry_run=args.dry_run,
             runs_per_gpu=args.runs_per_gpu,
         )
-    except (ProfileError, ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError) as err:  # ProfileError is a ConfigError
         print(f"divebatch replicate: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

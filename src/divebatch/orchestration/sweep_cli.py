@@ -15,7 +15,7 @@ import yaml
 from divebatch import rundir
 from divebatch.config import ConfigError, load_config
 from divebatch.orchestration import replicate
-from divebatch.orchestration.profiles import PROFILE_DIR, ProfileError, expand, load_profile
+from divebatch.orchestration.profiles import PROFILE_DIR, expand, load_profile
 from divebatch.orchestration.sweeps import (
     ARGS_MACRO,
     RUN_ID_ENV,
@@ -225,7 +225,7 @@ def cli(argv: list[str]) -> int:
             dry_run=args.dry_run,
         )
         return outcome.exit_code
-    except (SweepError, ProfileError, FileNotFoundError, ConfigError) as err:
+    except (ConfigError, FileNotFoundError) as err:  # SweepError and ProfileError are ConfigErrors
         print(f"divebatch sweep: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 
 from divebatch.config import ConfigError, config_keys, load_config
+from divebatch.errors import NOT_SET
 
 # a sweep metric is a summary.json key or a metrics.csv column (divebatch.rundir owns both lists)
 from divebatch.rundir import METRIC_COLUMNS, SUMMARY_KEYS
@@ -75,8 +76,12 @@ VALUE_BOUNDED = (
 )
 
 
-class SweepError(ValueError):
-    """A sweep YAML or a sweep root cannot be used; the message names the parameter or key at fault."""
+class SweepError(ConfigError):
+    """A sweep YAML or a sweep root cannot be used; the message names the parameter or key at fault,
+    its value and what is allowed (:meth:`~divebatch.errors.ConfigError.of`: ``invalid sweep PATH:
+    key=value; allowed: ...``)."""
+
+    subject = "sweep"
 
 
 # ----------------------------------------------------------------------------- sweep YAML
@@ -147,40 +152,43 @@ def _schema_errors(cfg: dict) -> list[str]:
 def _command_structure(cfg: dict, where: str) -> tuple[str, list[str], int]:
     command = cfg.get("command")
     usage = (
-        f"command: [divebatch, train, CONFIG.yaml, wandb.mode=online, profile=NAME, "
+        f"[divebatch, train, CONFIG.yaml, wandb.mode=online, profile=NAME, "
         f'"out_dir=runs/sweeps/NAME/${{oc.env:{RUN_ID_ENV}}}", "{ARGS_MACRO}"]'
     )
+    subject = f"sweep {where}"
     if not isinstance(command, list) or not all(isinstance(c, (str, int, float)) for c in command):
-        raise SweepError(f"{where}: key 'command' must be a list of strings; allowed: {usage}")
+        raise SweepError.of("command", command, f"a list of strings such as {usage}", subject=subject)
     command = [str(c) for c in command]
     idx = [i for i, c in enumerate(command) if c == "train" and i > 0 and command[i - 1].endswith("divebatch")]
     if not idx or idx[0] + 1 >= len(command):
-        raise SweepError(f"{where}: command {command} does not run `divebatch train CONFIG.yaml`; allowed: {usage}")
+        allowed = f"a command that runs `divebatch train CONFIG.yaml`, such as {usage}"
+        raise SweepError.of("command", command, allowed, subject=subject)
     i = idx[0]
     train_config = command[i + 1]
     if train_config.startswith("${") or "=" in train_config:
-        raise SweepError(
-            f"{where}: command item after 'train' is {train_config!r}; allowed: the training CONFIG.yaml path. {usage}"
-        )
+        allowed = f"the training CONFIG.yaml path after 'train', as in {usage}"
+        raise SweepError.of(f"command[{i + 1}]", train_config, allowed, subject=subject)
     if ARGS_MACRO not in command:
         other = [c for c in command if c in ("${args}", "${args_no_boolean_flags}", "${args_json}")]
-        raise SweepError(
-            f"{where}: command has {other or 'no parameter macro'}; allowed: {ARGS_MACRO!r} "
-            f"(divebatch train takes KEY=VALUE overrides without hyphens)"
+        allowed = (
+            f"a command with the item {ARGS_MACRO!r} (divebatch train takes KEY=VALUE overrides without "
+            f"hyphens{', not ' + ' | '.join(other) if other else ''})"
         )
+        raise SweepError.of("command", command, allowed, subject=subject)
     fixed = []
-    for item in command[i + 2 :]:
+    for j, item in enumerate(command[i + 2 :], i + 2):
         if item.startswith("${") and item.endswith("}"):
             continue
         if "=" not in item:
-            raise SweepError(f"{where}: command item {item!r} after the config file; allowed: KEY=VALUE overrides")
+            raise SweepError.of(f"command[{j}]", item, "a KEY=VALUE override after the config file", subject=subject)
         fixed.append(item)
     return train_config, fixed, i
 
 
 def _suggest(name: str, keys: list[str]) -> str:
+    """`` (did you mean a | b?)`` for the keys close to ``name``; empty when none is."""
     close = difflib.get_close_matches(name, keys, n=3)
-    return f"did you mean {' | '.join(close)}? " if close else ""
+    return f" (did you mean {' | '.join(close)}?)" if close else ""
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -211,10 +219,10 @@ def load_sweep(path: str | Path) -> Sweep:
     if problems:
         raise SweepError(f"{path} is rejected by wandb's sweep schema:\n  - " + "\n  - ".join(problems))
     if not cfg.get("program"):
-        raise SweepError(
-            f"{path}: key 'program' is missing; `wandb agent` requires it (allowed: any file, e.g. "
-            f"program: src/divebatch/cli.py; the command decides what runs)"
+        allowed = (
+            "any file, e.g. program: src/divebatch/cli.py (`wandb agent` requires it; the command decides what runs)"
         )
+        raise SweepError.of("program", cfg.get("program", NOT_SET), allowed, subject=f"sweep {path}")
     train_config, fixed, train_index = _command_structure(cfg, str(path))
     _check_fixed(path, fixed)
     _check_parameters(path, cfg["parameters"], {item.split("=", 1)[0] for item in fixed})
@@ -222,10 +230,8 @@ def load_sweep(path: str | Path) -> Sweep:
     if metric is not None:
         allowed = (*SUMMARY_KEYS, *METRIC_COLUMNS)
         if metric not in allowed:
-            raise SweepError(
-                f"{path}: metric.name={metric!r}; {_suggest(metric, list(allowed))}allowed: a summary.json "
-                f"key or metrics.csv column: {' | '.join(allowed)}"
-            )
+            names = f"a summary.json key or metrics.csv column{_suggest(metric, list(allowed))}: {' | '.join(allowed)}"
+            raise SweepError.of("metric.name", metric, names, subject=f"sweep {path}")
     return Sweep(path, cfg, str(cfg.get("name") or path.stem), train_config, fixed, train_index)
 
 
@@ -236,28 +242,31 @@ def _check_fixed(path: Path, fixed: list[str]) -> None:
     Raises:
         SweepError: naming the item and what is allowed.
     """
-    keys = config_keys()
+    keys, subject = config_keys(), f"sweep {path}"
     for item in fixed:
-        key = item.split("=", 1)[0]
+        key, _, value = item.partition("=")
         if key not in keys:
-            raise SweepError(
-                f"{path}: command override {item!r}: {key!r} is not a training config key; "
-                f"{_suggest(key, keys)}allowed: divebatch.config.config_keys()"
-            )
+            allowed = f"a training config key{_suggest(key, keys)}: divebatch.config.config_keys()"
+            raise SweepError.of(key, value, allowed, what="command sets unknown key", subject=subject)
     mode = _fixed_value(fixed, "wandb.mode")
     if mode != "online":
-        sets = f"sets wandb.mode={mode}" if mode is not None else "sets no wandb.mode"
-        raise SweepError(
-            f"{path}: command {sets}; allowed: wandb.mode=online (a wandb agent only "
-            f"sees runs that log online; `--local` switches its runs to offline itself)"
+        raise SweepError.of(
+            "wandb.mode",
+            NOT_SET if mode is None else mode,
+            "wandb.mode=online (a wandb agent only sees runs that log online; `--local` switches its runs to "
+            "offline itself)",
+            what="command sets",
+            subject=subject,
         )
     out_dir = _fixed_value(fixed, "out_dir")
     if f"oc.env:{RUN_ID_ENV}" not in (out_dir or ""):
-        sets = f"sets out_dir={out_dir!r}" if out_dir is not None else "sets no out_dir"
-        raise SweepError(
-            f"{path}: command {sets}; allowed: a path holding "
-            f"${{oc.env:{RUN_ID_ENV}}} (e.g. runs/sweeps/NAME/${{oc.env:{RUN_ID_ENV}}}), so every "
-            f"agent run writes its own run directory"
+        raise SweepError.of(
+            "out_dir",
+            NOT_SET if out_dir is None else out_dir,
+            f"a path holding ${{oc.env:{RUN_ID_ENV}}} (e.g. runs/sweeps/NAME/${{oc.env:{RUN_ID_ENV}}}), so "
+            f"every agent run writes its own run directory",
+            what="command sets",
+            subject=subject,
         )
 
 
@@ -267,25 +276,28 @@ def _check_parameters(path: Path, parameters: dict, fixed_keys: set[str]) -> Non
     Raises:
         SweepError: naming the parameter and what is allowed.
     """
-    keys = config_keys()
+    keys, subject = config_keys(), f"sweep {path}"
     for name, spec in parameters.items():
         if isinstance(spec, dict) and "parameters" in spec:
-            raise SweepError(
-                f"{path}: parameter {name!r} is nested; allowed: flat dotted names such as "
-                f"'method.delta' (the agent passes them as KEY=VALUE overrides)"
+            allowed = (
+                "a flat parameter, named by a dotted config key such as 'method.delta' (the agent passes it "
+                "as KEY=VALUE)"
             )
-        if name not in keys:
-            raise SweepError(
-                f"{path}: parameter {name!r} is not a training config key; {_suggest(name, keys)}"
-                f"allowed: divebatch.config.config_keys() (e.g. method.delta, optim.lr, seed)"
+        elif name not in keys:
+            allowed = (
+                f"a parameter named by a training config key{_suggest(name, keys)}: divebatch.config.config_keys() "
+                f"(e.g. method.delta, optim.lr, seed)"
             )
-        if name in MATRIX_KEYS:
-            raise SweepError(
-                f"{path}: parameter {name!r} is set per run by the matrix and the agent's command; "
-                f"allowed: any other config key"
+        elif name in MATRIX_KEYS:
+            allowed = (
+                f"a parameter named by any config key but {' | '.join(MATRIX_KEYS)} (the matrix and the "
+                f"agent's command set them per run)"
             )
-        if name in fixed_keys:
-            raise SweepError(f"{path}: parameter {name!r} is also fixed in the command; allowed: one or the other")
+        elif name in fixed_keys:
+            allowed = "a parameter that the command does not also fix (one or the other)"
+        else:
+            continue
+        raise SweepError.of(f"parameters[{name!r}]", spec, allowed, subject=subject)
 
 
 def _param_candidates(name: str, spec: dict) -> list[Any]:
@@ -308,7 +320,9 @@ def grid_points(sweep: Sweep) -> list[dict]:
         SweepError: the sweep is not a grid.
     """
     if sweep.method != "grid":
-        raise SweepError(f"{sweep.path}: method={sweep.method!r} has no fixed list of runs; allowed here: grid")
+        raise SweepError.of(
+            "method", sweep.method, "grid (the method with a fixed list of runs)", subject=f"sweep {sweep.path}"
+        )
     size = int(np.prod([len(_param_candidates(n, s)) for n, s in sweep.config["parameters"].items()]))
     runs = wandb_sweeps().next_runs(sweep.config, [], validate=False, n=size)
     return [r.config for r in runs if r is not None]
@@ -390,9 +404,12 @@ def points(sweep: Sweep, count: int | None = None) -> list[list[str]]:
     else:
         n = count if count is not None else sweep.config.get("run_cap")
         if n is None or n < 1:
-            raise SweepError(
-                f"{sweep.path}: method={sweep.method!r} has no fixed number of runs; allowed: run_cap N in the "
-                f"YAML or --count N (N >= 1)"
+            raise SweepError.of(
+                "--count" if count is not None else "run_cap",
+                sweep.config.get("run_cap", NOT_SET) if count is None else count,
+                f"an integer N >= 1 (method={sweep.method!r} has no fixed number of runs: run_cap N in the "
+                f"YAML or --count N)",
+                subject=f"sweep {sweep.path}",
             )
         with _seeded(sweep.name), warnings.catch_warnings():
             warnings.simplefilter("ignore")

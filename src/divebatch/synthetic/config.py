@@ -16,6 +16,7 @@ from typing import List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from divebatch.errors import ConfigError
 from divebatch.schema import MethodConfig
 from divebatch.synthetic.data import DataSpec, check_spec, variant_spec
 from divebatch.synthetic.methods import METHODS
@@ -110,25 +111,21 @@ class SyntheticConfig:
     methods: MethodsConfig = field(default_factory=MethodsConfig)
 
 
-def _bad(key: str, value, allowed: str) -> ValueError:
-    return ValueError(f"invalid config: {key}={value!r}; allowed: {allowed}")
-
-
 def validate(cfg: DictConfig) -> DictConfig:
     """Range and cross-key checks, section by section.
 
     Raises:
-        ValueError: naming the key, the value and what is allowed.
+        ConfigError: naming the key, the value and what is allowed.
     """
     if not cfg.seeds:
-        raise _bad("seeds", list(cfg.seeds), "a non-empty list of integers")
+        raise ConfigError.of("seeds", list(cfg.seeds), "a non-empty list of integers")
     for e in cfg.experiments:
         if e not in EXPERIMENTS:
-            raise _bad("experiments", list(cfg.experiments), f"a list drawn from {' | '.join(EXPERIMENTS)}")
+            raise ConfigError.of("experiments", list(cfg.experiments), f"a list drawn from {' | '.join(EXPERIMENTS)}")
     if cfg.threads < 1:
-        raise _bad("threads", cfg.threads, "an integer >= 1")
+        raise ConfigError.of("threads", cfg.threads, "an integer >= 1")
     if not 0 < cfg.target_relative < 1:
-        raise _bad("target_relative", cfg.target_relative, "a number in (0, 1)")
+        raise ConfigError.of("target_relative", cfg.target_relative, "a number in (0, 1)")
     check_spec(cfg.data, "data")
     _check_variants(cfg)
     _check_knee(cfg.knee)
@@ -139,12 +136,12 @@ def validate(cfg: DictConfig) -> DictConfig:
 def _check_variants(cfg: DictConfig) -> None:
     names = [v.name for v in cfg.variants]
     if not names or len(set(names)) != len(names):
-        raise _bad("variants", names, "a non-empty list with unique names")
+        raise ConfigError.of("variants", names, "a non-empty list with unique names")
     for i, v in enumerate(cfg.variants):
         if v.kind not in VARIANT_KINDS:
-            raise _bad(f"variants[{i}].kind", v.kind, " | ".join(VARIANT_KINDS))
+            raise ConfigError.of(f"variants[{i}].kind", v.kind, " | ".join(VARIANT_KINDS))
         if v.kind == "duplicate" and v.of not in names:
-            raise _bad(f"variants[{i}].of", v.of, f"the name of another variant ({' | '.join(names)})")
+            raise ConfigError.of(f"variants[{i}].of", v.of, f"the name of another variant ({' | '.join(names)})")
         check_spec(variant_spec(cfg.data, v), f"variants[{i}]")
 
 
@@ -162,18 +159,18 @@ KNEE_POSITIVE = (
 
 def _check_knee(k) -> None:
     if not k.lr_log2_min < k.lr_log2_max or k.lr_log2_step <= 0:
-        raise _bad(
+        raise ConfigError.of(
             "knee.lr_log2_min/max/step", (k.lr_log2_min, k.lr_log2_max, k.lr_log2_step), "min < max and step > 0"
         )
     if k.lr_window is not None and (len(k.lr_window) != 2 or not k.lr_window[0] < k.lr_window[1]):
-        raise _bad("knee.lr_window", list(k.lr_window), "null or [low, high] with low < high (log2 units)")
+        raise ConfigError.of("knee.lr_window", list(k.lr_window), "null or [low, high] with low < high (log2 units)")
     if k.batch_sizes is not None and (not k.batch_sizes or min(k.batch_sizes) < 1):
-        raise _bad("knee.batch_sizes", list(k.batch_sizes), "null or a list of integers >= 1")
+        raise ConfigError.of("knee.batch_sizes", list(k.batch_sizes), "null or a list of integers >= 1")
     for key in KNEE_POSITIVE:
         if not getattr(k, key) > 0:
-            raise _bad(f"knee.{key}", getattr(k, key), "a number > 0")
+            raise ConfigError.of(f"knee.{key}", getattr(k, key), "a number > 0")
     if k.min_gd_steps < 1:
-        raise _bad("knee.min_gd_steps", k.min_gd_steps, "an integer >= 1")
+        raise ConfigError.of("knee.min_gd_steps", k.min_gd_steps, "an integer >= 1")
 
 
 def _check_methods(m) -> None:
@@ -181,19 +178,19 @@ def _check_methods(m) -> None:
     runnable = runnable_methods()
     for i, name in enumerate(m.names):
         if name not in runnable:
-            raise _bad(
+            raise ConfigError.of(
                 f"methods.names[{i}]",
                 name,
                 f"{' | '.join(runnable)} (the methods the synthetic check can run, divebatch.synthetic.methods.METHODS)",
             )
     if not 0 < m.target_relative < 1:
-        raise _bad("methods.target_relative", m.target_relative, "a number in (0, 1)")
+        raise ConfigError.of("methods.target_relative", m.target_relative, "a number in (0, 1)")
     for key in ("epochs", "initial_batch_size", "resize_freq"):
         if getattr(m, key) < 1:
-            raise _bad(f"methods.{key}", getattr(m, key), "an integer >= 1")
+            raise ConfigError.of(f"methods.{key}", getattr(m, key), "an integer >= 1")
     n = m.data.n_train * m.data.duplicate
     if not m.initial_batch_size <= m.max_batch_size <= n:
-        raise _bad(
+        raise ConfigError.of(
             "methods.max_batch_size",
             m.max_batch_size,
             f"an integer in [methods.initial_batch_size={m.initial_batch_size}, n={n}]",
@@ -203,17 +200,17 @@ def _check_methods(m) -> None:
 
 def _check_method_numbers(m) -> None:
     if not m.delta > 0:
-        raise _bad("methods.delta", m.delta, "a number > 0")
+        raise ConfigError.of("methods.delta", m.delta, "a number > 0")
     if not 0 <= m.momentum < 1:
-        raise _bad("methods.momentum", m.momentum, "a number in [0, 1)")
+        raise ConfigError.of("methods.momentum", m.momentum, "a number in [0, 1)")
     if m.large_batch_lr not in LARGE_BATCH_LR:
-        raise _bad("methods.large_batch_lr", m.large_batch_lr, " | ".join(LARGE_BATCH_LR))
+        raise ConfigError.of("methods.large_batch_lr", m.large_batch_lr, " | ".join(LARGE_BATCH_LR))
     if m.lr is not None and not m.lr > 0:
-        raise _bad("methods.lr", m.lr, "null or a number > 0")
+        raise ConfigError.of("methods.lr", m.lr, "null or a number > 0")
     if m.micro_batches < 2:
-        raise _bad("methods.micro_batches", m.micro_batches, "an integer >= 2")
+        raise ConfigError.of("methods.micro_batches", m.micro_batches, "an integer >= 2")
     if m.fixed_point_samples is not None and not 2 <= m.fixed_point_samples:
-        raise _bad("methods.fixed_point_samples", m.fixed_point_samples, "null (all n) or an integer >= 2")
+        raise ConfigError.of("methods.fixed_point_samples", m.fixed_point_samples, "null (all n) or an integer >= 2")
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -221,7 +218,8 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unknown key, wrong type, or value out of range (names key, value, allowed).
+        ConfigError (a ValueError): unknown key, wrong type, or value out of range (names key, value,
+            allowed).
     """
     layers = [OmegaConf.structured(SyntheticConfig)]
     if path is not None:
@@ -230,12 +228,12 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] 
         layers.append(OmegaConf.load(path))
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"invalid override {item!r}; allowed: KEY=VALUE, e.g. seeds=[1,2]")
+            raise ConfigError(f"invalid override {item!r}; allowed: KEY=VALUE, e.g. seeds=[1,2]")
     try:
         layers.append(OmegaConf.from_dotlist([o.removeprefix("--") for o in overrides]))
         cfg = OmegaConf.merge(*layers)
     except OmegaConfBaseException as err:
-        raise ValueError(
+        raise ConfigError(
             f"invalid synthetic config at {getattr(err, 'full_key', None) or '?'}: {str(err).splitlines()[0]}"
         ) from None
     OmegaConf.set_struct(cfg, True)

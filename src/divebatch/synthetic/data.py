@@ -27,6 +27,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from divebatch.errors import ConfigError
 from divebatch.synthetic.problem import DTYPE
 
 DIRECTIONS = ("isotropic", "balanced")
@@ -60,7 +61,8 @@ class SyntheticData:
 
 
 def check_spec(spec: DataSpec, where: str = "data") -> None:
-    """Raise ValueError naming the key, value and allowed range of the first bad field."""
+    """Raise :class:`~divebatch.errors.ConfigError` (a ValueError) naming the key, value and allowed
+    range of the first bad field (keys ``<where>.<field>``)."""
     rules = [
         ("n_train", spec.n_train >= 2, "an integer >= 2"),
         ("n_val", spec.n_val >= 1, "an integer >= 1"),
@@ -74,7 +76,7 @@ def check_spec(spec: DataSpec, where: str = "data") -> None:
     ]
     for key, ok, allowed in rules:
         if not ok:
-            raise ValueError(f"invalid config: {where}.{key}={getattr(spec, key)!r}; allowed: {allowed}")
+            raise ConfigError.of(f"{where}.{key}", getattr(spec, key), allowed)
 
 
 # the fields a variant of the knee experiment may replace (divebatch.synthetic.config.VariantConfig)
