@@ -145,10 +145,6 @@ DESCRIPTIONS = {
         "curves, in epochs, optimizer steps, training seconds and wall-clock seconds, with how many runs "
         "reach the target and how many resized their batch."
     ),
-    "speedup_vs_target": (
-        "Speed-up against small-batch SGD on the seed-mean curves over a ladder of target accuracies "
-        "(or losses), per dataset and unit; the marked point is each method's matched target."
-    ),
     "claims": (
         "Each claim of docs/protocol.md with the paper's figure, ours, the definition of time to target "
         "(the authors' first, then per run) and unit it is judged in, and a verdict (holds / does not "
@@ -167,28 +163,10 @@ DESCRIPTIONS = {
         "Final accuracy and speed-up against small-batch SGD (three units) for each delta, "
         "resize frequency and max batch size of the sweep."
     ),
-    "curves": (
-        "Validation accuracy (or the primary loss) and training loss against epochs, optimizer steps and "
-        "wall-clock seconds, mean over seeds with a one-sd band, for {dataset}; collapsed runs drawn apart."
-    ),
-    "dynamics": (
-        "Batch size against epochs for {dataset}, one panel per method and setting with every seed drawn, "
-        "and the measured gradient diversity (every measurement a point)."
-    ),
-    "speedup_vs_accuracy": (
-        "Speed-up against small-batch SGD at matched quality versus accuracy change, one point per method "
-        "and setting (marker = setting; hollow = batch never resized) with 95 % t-interval error bars, per "
-        "dataset and unit; the dashed line is the Pareto front."
-    ),
-    "sensitivity_fig": "Final accuracy and speed-up against delta, resize frequency and max batch size (sweeps).",
-    "noise_scale": (
-        "n * Delta_hat = 1 + B_simple against epochs, DiveBatch's proposed versus used batch size, "
-        "and the batch size at measured epochs; one line per run, colour = method and setting (estimators "
-        "are never averaged together)."
-    ),
 }
 
 
+DESCRIPTIONS.update(figures.DESCRIPTIONS)
 DESCRIPTIONS.update(estimators.DESCRIPTIONS)
 DESCRIPTIONS.update(paper_layouts.DESCRIPTIONS)
 
@@ -280,35 +258,7 @@ def write_report(
                 tables.format_sensitivity(res.sensitivity),
                 "Sensitivity to delta, resize frequency and max batch size",
             )
-        for dataset in res.datasets:
-            label = res.runs.provenance([dataset])
-            figure(
-                f"curves_{slug(dataset)}",
-                figures.plot_curves(res.runs.epochs, dataset),
-                DESCRIPTIONS["curves"].format(dataset=dataset),
-                label,
-            )
-            figure(
-                f"dynamics_{slug(dataset)}",
-                figures.plot_dynamics(res.runs.epochs, dataset),
-                DESCRIPTIONS["dynamics"].format(dataset=dataset),
-                label,
-            )
-        if len(res.speedups):
-            figure(
-                "speedup_vs_accuracy",
-                figures.plot_speedup_vs_accuracy(res.main, res.speedups),
-                DESCRIPTIONS["speedup_vs_accuracy"],
-            )
-            figure(
-                "speedup_vs_target",
-                figures.plot_speedup_vs_target(res.runs.epochs),
-                DESCRIPTIONS["speedup_vs_target"],
-            )
-        if len(res.diversity):
-            figure("noise_scale", figures.plot_noise_scale(res.diversity), DESCRIPTIONS["noise_scale"])
-        if res.sensitivity is not None:
-            figure("sensitivity", figures.plot_sensitivity(res.sensitivity), DESCRIPTIONS["sensitivity_fig"])
+        figures.write(res, roots, figure)  # curves, progress, dynamics, diversity, trade-off, noise scale, sensitivity
         estimators.write(res, roots, table, figure)  # the estimator study, when its runs are there
         paper_layouts.write(res, table, figure)  # the authors' own tables and figures
     if run_notebooks and have_runs:
