@@ -212,8 +212,9 @@ def test_diversity_keeps_estimators_apart_on_a_log_axis_and_shows_single_points(
     shadow = _panel(fig, "shadow runs")
     drawn = [ln for ln in shadow.get_lines() if len(ln.get_xdata())]
     assert len({ln.get_marker() for ln in drawn}) == 4  # exact, microbatch, fixed point, Delta(w): one marker each
-    sizes = [ln.get_markersize() for ln in drawn]
-    assert sizes == sorted(sizes, reverse=True)  # largest first: coinciding quantities stay visible
+    sizes = list(dict.fromkeys((ln.get_marker(), ln.get_markersize()) for ln in drawn))
+    assert [m for m, _ in sizes] == ["o", "s", "^", "*"]  # drawn in this order, largest first, so that
+    assert [z for _, z in sizes] == sorted({z for _, z in sizes}, reverse=True)  # coinciding ones stay visible
     plt.close(fig)
 
 
