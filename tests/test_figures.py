@@ -336,3 +336,30 @@ def test_report_writes_the_new_figures(tmp_path, monkeypatch):
         assert (fdir / f"{stem}.png").is_file(), stem
     readme = (tmp_path / "out" / "paper_tables" / "test" / "README.md").read_text()
     assert "[progress_cifar10.png]" in readme and "[diversity_cifar10.png]" in readme
+
+
+def test_reading_judges_each_optimizer_against_its_baseline_in_the_metric_units(study, tmp_path):
+    from divebatch.analysis import main_table, speedup_table
+    from divebatch.analysis.reading import describe_tradeoff
+
+    text = describe_tradeoff(study.main, study.speedups, "test")
+    assert "AdamW methods against AdamW (small batch)" in text and "SGD methods against SGD (small batch)" in text
+    assert "finals - 1 pp" in text and "nats" not in text
+    loss = ("primary_metric.column=val_loss", "primary_metric.direction=lower", "primary_metric.within=0.05")
+    for seed in (1, 2):
+        _write(tmp_path, "sgd", SGD_ACC, seed, 100, overrides=loss, train_loss=np.linspace(3.0, 2.0, E))
+        _write(tmp_path, "dive", DIVE_ACC, seed, 40, "divebatch", RESIZING, loss, train_loss=np.linspace(2.8, 2.05, E))
+    ep = collect_runs(tmp_path).epochs
+    text = describe_tradeoff(main_table(ep), speedup_table(ep), "test")
+    assert "the higher of the two seed-mean finals + 0.05 nats" in text and "nats" in text
+    assert " pp" not in text  # a loss is never spoken of in percentage points
+
+
+def test_reading_of_a_single_measurement_is_a_value_not_a_trend(study):
+    from divebatch.analysis.reading import describe_dynamics
+
+    text = describe_dynamics(study.diversity, "test")
+    single = [line for line in text.splitlines() if "AdamW DiveBatch" in line]
+    assert len(single) == 1 and "measured once" in single[0] and " from " not in single[0]
+    several = [line for line in text.splitlines() if "fixed_point" in line]
+    assert several and all(" from " in line for line in several)  # two measurements: a trend

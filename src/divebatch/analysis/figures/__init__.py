@@ -38,6 +38,7 @@ from divebatch.analysis.figures.tradeoff import (
     plot_speedup_vs_accuracy,
     plot_speedup_vs_target,
     tradeoff_points,
+    tradeoff_rows,
 )
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "plot_speedup_vs_target",
     "protocol_note",
     "tradeoff_points",
+    "tradeoff_rows",
     "with_mean_wall_time",
     "write",
 ]

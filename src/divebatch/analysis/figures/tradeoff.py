@@ -104,7 +104,7 @@ def tradeoff_points(
     return pts.reset_index(drop=True)
 
 
-def _rows(main: pd.DataFrame, speedups: pd.DataFrame) -> list[tuple[str, str, str]]:
+def tradeoff_rows(main: pd.DataFrame, speedups: pd.DataFrame) -> list[tuple[str, str, str]]:
     """``(dataset, family, baseline role)`` per row of panels: each family against its own small-batch
     baseline where that baseline ran, else against small-batch SGD."""
     rows = []
@@ -253,7 +253,7 @@ def plot_speedup_vs_accuracy(
     """
     apply_style()
     target = target or _default_target(speedups)
-    rows = _rows(main, speedups)
+    rows = tradeoff_rows(main, speedups)
     units = list(UNITS)
     fig, axes = plt.subplots(
         max(1, len(rows)), len(units), figsize=(5.2 * len(units), 4.2 * max(1, len(rows))), squeeze=False
