@@ -363,3 +363,14 @@ def test_reading_of_a_single_measurement_is_a_value_not_a_trend(study):
     assert len(single) == 1 and "measured once" in single[0] and " from " not in single[0]
     several = [line for line in text.splitlines() if "fixed_point" in line]
     assert several and all(" from " in line for line in several)  # two measurements: a trend
+
+
+def test_sensitivity_holds_a_collapsed_setting_at_the_axis_edge(study):
+    assert study.sensitivity is not None and (study.sensitivity["method"] == "DiveBatch + lr rescale").any()
+    fig = plot_sensitivity(study.sensitivity, study.runs.epochs)
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "collapsed, drawn at the axis edge" in title and "DiveBatch + lr rescale" in title
+    acc = [ax for ax in fig.axes if ax.get_ylabel().startswith("final validation accuracy")][0]
+    assert acc.get_ylim()[0] > 15  # the collapsed setting's 10 % does not stretch the axis
+    assert any(ln.get_marker() == "X" for ln in acc.get_lines())
+    plt.close(fig)

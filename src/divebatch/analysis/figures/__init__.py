@@ -158,4 +158,4 @@ def write(res, roots, figure) -> None:
     if len(res.diversity):
         figure("noise_scale", plot_noise_scale(res.diversity, ep), DESCRIPTIONS["noise_scale"])
     if res.sensitivity is not None:
-        figure("sensitivity", plot_sensitivity(res.sensitivity), DESCRIPTIONS["sensitivity_fig"])
+        figure("sensitivity", plot_sensitivity(res.sensitivity, ep), DESCRIPTIONS["sensitivity_fig"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import textwrap
 
+import matplotlib.colors
 import matplotlib.pyplot as plt
 import matplotlib.ticker as ticker
 import numpy as np
@@ -146,6 +147,14 @@ def band_note(df: pd.DataFrame, keys=("method", "setting")) -> str:
 def seed_styles(seeds) -> dict:
     """``seed -> (linestyle, linewidth)`` by the seed's rank among ``seeds`` (cycled past five)."""
     return {s: SEED_STYLES[i % len(SEED_STYLES)] for i, s in enumerate(sorted({int(s) for s in seeds}))}
+
+
+def shade(color, rank: int):
+    """``color`` darkened by 30 % per ``rank`` (capped at 75 %): the later seeds' lines, drawn inside
+    the earlier, wider ones, stay visible where schedules coincide."""
+    r, g, b = matplotlib.colors.to_rgb(color)
+    k = 1.0 - min(0.3 * rank, 0.75)
+    return (r * k, g * k, b * k)
 
 
 def seed_legend(ax, seeds, color: str = "0.3") -> None:

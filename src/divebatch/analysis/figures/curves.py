@@ -98,6 +98,8 @@ def _draw_collapsed(axes, c: pd.DataFrame, rows, gone: list[str]) -> None:
         sns.lineplot(data=c, x="epoch1", y=y, ax=axes[col], marker="o", **ckw)
         axes[col].set(xlabel="epoch", ylabel=ylabel, title="collapsed runs (drawn apart)")
     axes[1].set_yscale("log")
+    if rows[0][0] != "val_acc":  # a loss that blew up: a log axis keeps the other runs readable
+        axes[0].set_yscale("log")
     axes[2].axis("off")
     axes[2].text(
         0,

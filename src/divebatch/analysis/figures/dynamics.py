@@ -33,6 +33,7 @@ from divebatch.analysis.figures.common import (
     protocol_note,
     seed_legend,
     seed_styles,
+    shade,
     wrap,
 )
 from divebatch.analysis.stats import never_resized
@@ -68,8 +69,9 @@ def _schedule_note(g: pd.DataFrame) -> str:
 
 def plot_dynamics(epochs: pd.DataFrame, dataset: str, diverged: pd.DataFrame | None = None) -> plt.Figure:
     """Batch size (samples, log2) against epochs as small multiples: one panel per method and setting,
-    every seed its own step line (line style and width = seed, widest first, so seeds that share a
-    schedule stay visible on top of each other; the title says whether their schedules are identical).
+    every seed its own step line (line style, width and shade = seed, widest and lightest first, so
+    seeds that share a schedule stay visible one inside the other; the title says whether their
+    schedules are identical).
 
     A panel whose batch never changed in any seed says so; a run with one epoch is a marker; a panel
     title counts the group's diverged seeds (no complete run: not drawn). The measured gradient
@@ -90,7 +92,8 @@ def plot_dynamics(epochs: pd.DataFrame, dataset: str, diverged: pd.DataFrame | N
             r = r.sort_values("epoch1")
             ls, lw = styles[int(seed)]
             marker = "o" if len(r) == 1 else None
-            ax.step(r["epoch1"], r["batch_size"], where="post", color=colors[method], ls=ls, lw=lw, marker=marker)
+            color = shade(colors[method], list(styles).index(int(seed)))
+            ax.step(r["epoch1"], r["batch_size"], where="post", color=color, ls=ls, lw=lw, marker=marker)
         note = _schedule_note(g)
         if diverged is not None and len(diverged):
             mine = (diverged["dataset"] == dataset) & (diverged["method"] == method) & (diverged["setting"] == setting)
@@ -190,7 +193,8 @@ def plot_diversity(epochs: pd.DataFrame, dataset: str, shadow: pd.DataFrame | No
     n = len(groups) + bool(len(sh))
     fig, axes = grid(max(n, 1), ncols=3, width=4.4, height=3.6, sharey=True, sharex=True)
     flat = axes.ravel()
-    last = max([*df["epoch1"], *(sh["epoch"] + 1 if len(sh) else [])], default=1)
+    every = epochs.loc[epochs["dataset"] == dataset, "epoch"] + 1  # the whole training, not only measured epochs
+    last = max([*every, *(sh["epoch"] + 1 if len(sh) else [])], default=1)
     for ax, (method, setting) in zip(flat, groups):
         g = df[(df["method"] == method) & (df["setting"] == setting)]
         for est, e in g.groupby("estimator"):
@@ -207,7 +211,7 @@ def plot_diversity(epochs: pd.DataFrame, dataset: str, shadow: pd.DataFrame | No
                     color=colors[method],
                 )
         note = join_note(f"{g['seed'].nunique()} seed(s)", _measurement_note(g.groupby("run_id").size()))
-        ax.set_title(f"{wrap(group_label(method, setting))}\n{wrap(note)}", fontsize="small")
+        ax.set_title(f"{wrap(group_label(method, setting), 38)}\n{wrap(note, 38)}", fontsize="small")
     for est in df["estimator"].unique() if len(df) else []:  # legend: the marker's meaning, in grey
         label = f"DiveBatch run: {ESTIMATOR_LABELS.get(est, est)}"
         flat[0].plot([], [], ls="none", marker=ESTIMATOR_MARKERS.get(est, "o"), color="0.4", label=label)
