@@ -283,6 +283,10 @@ def test_titles_say_only_what_is_known(tmp_path):
         assert "band = 1 sd" not in title
         plt.close(fig)
     assert "one seed: no band" in plot_curves(ep, "cifar10")._suptitle.get_text()
+    from divebatch.analysis.paper_layouts import plot_paper_curves, plot_paper_time
+
+    for fig in (plot_paper_curves(ep, "cifar10", False), plot_paper_time(ep, "cifar10")):
+        assert "one seed: no band" in fig._suptitle.get_text() and "SEM" not in fig._suptitle.get_text()
     make_study(tmp_path / "many", seeds=(1, 2), epochs=4, methods=("sgd_small", "divebatch"), protocol="authors_code")
     ep = collect_runs(tmp_path / "many").epochs
     title = plot_curves(ep, "cifar10")._suptitle.get_text()

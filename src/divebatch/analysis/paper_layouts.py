@@ -56,7 +56,7 @@ import seaborn as sns
 from scipy import stats as sps
 
 from divebatch.analysis.collect import GROUP
-from divebatch.analysis.figures import METRIC_LABELS
+from divebatch.analysis.figures import METRIC_LABELS, band_note
 from divebatch.analysis.stats import authors_time_to_target, metric_of, seed_mean_curve
 from divebatch.analysis.style import METHOD_ORDER, METHOD_PALETTE, apply_style
 from divebatch.methods import BY_KEY, VARIANTS
@@ -704,7 +704,8 @@ def plot_paper_curves(epochs: pd.DataFrame, dataset: str, rescale: bool) -> plt.
         ax.grid(True, linestyle=":")
     if len(groups):
         axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize="small")
-    fig.suptitle(f"{dataset}, {RESCALE_TITLE[rescale]}: seed mean, band ± SEM over seeds (SGD dotted)")
+    band = band_note(epochs[epochs["dataset"] == dataset], what="± 1 SEM")
+    fig.suptitle(f"{dataset}, {RESCALE_TITLE[rescale]}: seed mean, {band} (SGD dotted)")
     return fig
 
 
@@ -728,7 +729,8 @@ def plot_paper_time(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
             ax.legend(fontsize="x-small", frameon=False)
     axes[0].set_ylabel(METRIC_LABELS.get(metric, metric))
     fig.suptitle(
-        f"{dataset}: {METRIC_LABELS.get(metric, metric)} against training time (band ± SEM over seeds; SGD dotted)"
+        f"{dataset}: {METRIC_LABELS.get(metric, metric)} against training time "
+        f"({band_note(epochs[epochs['dataset'] == dataset], what='± 1 SEM')}; SGD dotted)"
     )
     return fig
 

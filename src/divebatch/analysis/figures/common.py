@@ -131,16 +131,16 @@ def seeds_range(counts: pd.Series) -> str:
     return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
 
-def band_note(df: pd.DataFrame, keys=("method", "setting")) -> str:
-    """What the band around a mean line is, for a title: ``band = 1 sd over 3 seeds``; with one seed in
-    every group ``one seed: no band``; with one seed in some ``band = 1 sd over 1-3 seeds (none with one
-    seed)``."""
+def band_note(df: pd.DataFrame, keys=("method", "setting"), what: str = "1 sd") -> str:
+    """What the band around a mean line is, for a title: ``band = 1 sd over 3 seeds`` (``what``: the
+    band's half-width, e.g. ``± 1 SEM``); with one seed in every group ``one seed: no band``; with one
+    seed in some ``band = 1 sd over 1-3 seeds (none with one seed)``."""
     if df.empty:
         return ""
     counts = df.groupby(list(keys))["seed"].nunique()
     if counts.max() <= 1:
         return "one seed: no band"
-    note = f"band = 1 sd over {seeds_range(counts)} seeds"
+    note = f"band = {what} over {seeds_range(counts)} seeds"
     return note + (" (none with one seed)" if counts.min() <= 1 else "")
 
 
