@@ -122,6 +122,12 @@ def _panel(fig, start: str):
     return found[0]
 
 
+def test_every_method_has_a_colour_of_its_own():
+    from divebatch.analysis.style import METHOD_ORDER, METHOD_PALETTE
+
+    assert len({tuple(METHOD_PALETTE[m]) for m in METHOD_ORDER}) == len(METHOD_ORDER) > 10
+
+
 def test_the_study_names_each_optimizer_and_estimator(study):
     methods = set(study.main["method"])
     assert {

@@ -59,29 +59,11 @@ def methods_of(df: pd.DataFrame) -> list[str]:
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 
 
-def _distinct_palette() -> dict:
-    """:data:`METHOD_PALETTE` with every colour used once: the colourblind palette has ten colours, so
-    the methods after the tenth (e.g. the schedule controls) would repeat the first ones; they get the
-    "dark" palette's colours instead, fixed by their place in :data:`METHOD_ORDER`."""
-    out, seen = {}, set()
-    spare = iter(sns.color_palette("dark", len(METHOD_ORDER)) + sns.color_palette("muted", len(METHOD_ORDER)))
-    for m in METHOD_ORDER:
-        color = tuple(METHOD_PALETTE[m])
-        while color in seen:
-            color = tuple(next(spare))
-        seen.add(color)
-        out[m] = color
-    return out
-
-
-FIGURE_PALETTE = _distinct_palette()
-
-
 def palette(methods: list[str]) -> dict:
-    """Colour per method, the same in every figure (:data:`FIGURE_PALETTE`); a grey-free seaborn
-    colour for names outside it."""
+    """Colour per method, the same in every figure (:data:`divebatch.analysis.style.METHOD_PALETTE`,
+    no colour used twice); a "bright" seaborn colour for names outside it."""
     extra = sns.color_palette("bright", len(methods))
-    return {m: FIGURE_PALETTE.get(m, extra[i]) for i, m in enumerate(methods)}
+    return {m: METHOD_PALETTE.get(m, extra[i]) for i, m in enumerate(methods)}
 
 
 def group_label(method: str, setting: str) -> str:
