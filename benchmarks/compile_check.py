@@ -32,7 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from divebatch.method.diversity import ExactDiversity, MicroBatchDiversity  # noqa: E402
+from divebatch.method import ExactDiversity, MicroBatchDiversity  # noqa: E402
 from divebatch.models import build_model  # noqa: E402
 from divebatch.training import train_one_epoch  # noqa: E402
 

@@ -38,7 +38,7 @@ from data_path import _data_file  # noqa: E402
 
 from divebatch.config import load_config  # noqa: E402
 from divebatch.data import build_data, make_loaders  # noqa: E402
-from divebatch.method.diversity import build_estimator  # noqa: E402
+from divebatch.method import build_estimator  # noqa: E402
 from divebatch.method.policies import build_policy, rescale_lr  # noqa: E402
 from divebatch.models import build_model  # noqa: E402
 from divebatch.training import train_one_epoch  # noqa: E402

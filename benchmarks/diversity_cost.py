@@ -38,7 +38,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from divebatch.method.diversity import ExactDiversity, batchnorm_eval, extend_model  # noqa: E402
+from divebatch.method import ExactDiversity  # noqa: E402
+from divebatch.method.backpack_norms import batchnorm_eval, extend_model  # noqa: E402
 from divebatch.models import build_model  # noqa: E402
 from divebatch.training import micro_batch_plan  # noqa: E402
 

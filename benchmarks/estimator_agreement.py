@@ -43,9 +43,9 @@ ESTIMATORS = {"exact": {}, "microbatch_k2": {"micro_batches": 2}, "microbatch_k4
 
 
 def _estimator(label: str):
-    from divebatch.method.diversity import ESTIMATORS as REGISTRY
+    from divebatch.method import build_estimator
 
-    return REGISTRY[label.split("_")[0]](**ESTIMATORS[label])
+    return build_estimator(label.split("_")[0], **ESTIMATORS[label])
 
 
 def main(argv=None) -> int:

@@ -26,7 +26,7 @@ from data_path import _data_file  # noqa: E402
 
 from divebatch.config import load_config  # noqa: E402
 from divebatch.data import build_data, fixed_subset_indices, make_loaders, reference_batches  # noqa: E402
-from divebatch.method.diversity import FixedPointDiversity  # noqa: E402
+from divebatch.method import FixedPointDiversity  # noqa: E402
 from divebatch.models import build_model  # noqa: E402
 from divebatch.training import train_one_epoch  # noqa: E402
 

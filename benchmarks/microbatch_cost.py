@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from diversity_cost import CRITERION, _sgd, estimator_step, make_model, plain_step  # noqa: E402
 
-from divebatch.method.diversity import ExactDiversity, MicroBatchDiversity  # noqa: E402
+from divebatch.method import ExactDiversity, MicroBatchDiversity  # noqa: E402
 
 
 def split_step(model, x, y, k: int):

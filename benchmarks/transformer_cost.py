@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from divebatch.method.diversity import MicroBatchDiversity  # noqa: E402
+from divebatch.method import MicroBatchDiversity  # noqa: E402
 from divebatch.method.persample import FuncDiversity  # noqa: E402
 from divebatch.training import micro_batch_plan  # noqa: E402
 from divebatch.transformer import TransformerLM  # noqa: E402

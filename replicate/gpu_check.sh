@@ -8,4 +8,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m divebatch gpu-check "$@"
+# the check is a folder of the repository (gpu_check/), not part of the package
+exec "${PYTHON:-python3}" -m gpu_check "$@"

@@ -26,10 +26,10 @@ from divebatch.analysis import (
     time_to_target,
 )
 from divebatch.analysis import claims as claims_mod
+from divebatch.analysis.display import format_main
 from divebatch.analysis.figures import pareto_front, plot_sensitivity
 from divebatch.analysis.report import analyse
 from divebatch.analysis.stats import accuracy_change, authors_time_to_target, quarter_epoch, speedup
-from divebatch.analysis.tables import format_main
 
 # Hand-written CIFAR-10 study, two seeds. Per run: validation accuracy (%), cumulative optimizer
 # steps, cumulative wall-clock seconds per epoch.

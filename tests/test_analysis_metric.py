@@ -11,8 +11,8 @@ from fixtures.fake_runs import write_run
 
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis import collect_runs, main_table, speedup_table, time_to_target
+from divebatch.analysis.display import format_main, format_speedups
 from divebatch.analysis.figures import tradeoff_points
-from divebatch.analysis.tables import format_main, format_speedups
 
 LOSS = (
     "model.name=transformer_lm",

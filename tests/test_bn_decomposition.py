@@ -1,5 +1,5 @@
 """The shadow runs' decomposition of the epoch estimator's excess into BatchNorm mode, augmentation and
-moving iterates (divebatch.method.shadow, ShadowRecorder.bn_decomposition; docs/diversity.md).
+moving iterates (divebatch.shadow, ShadowRecorder.bn_decomposition; docs/diversity.md).
 
 Conventions: (i) eval-mode BatchNorm, no augmentation (fixed_point); (ii) the authors' train-mode
 convention at frozen weights (``fixed_point_sums(..., bn_mode="train")``: train-mode forward per
@@ -24,14 +24,16 @@ from torch import nn
 
 from divebatch.config import load_config
 from divebatch.data import build_data
+from divebatch.method import ExactDiversity
 from divebatch.method.controller import accumulate_step
-from divebatch.method.diversity import ExactDiversity, _sq_norm, fixed_point_sums
-from divebatch.method.shadow import ShadowRecorder, train_mode_batches
+from divebatch.method.diversity import sq_norm
+from divebatch.method.fixed_point import fixed_point_sums
+from divebatch.shadow import ShadowRecorder, train_mode_batches
 
 
 def _sums(model, x, y, chunk, bn_mode):
     sq, grads, k = fixed_point_sums(model, list(zip(x.split(chunk), y.split(chunk))), bn_mode=bn_mode)
-    return float(sq), float(_sq_norm(grads)), k
+    return float(sq), float(sq_norm(grads)), k
 
 
 def test_train_mode_leaves_weights_batchnorm_statistics_grads_and_mode_bit_identical():
@@ -275,7 +277,7 @@ def test_shadow_runs_on_the_transformer(tmp_path, lr):
 
 
 def test_rebatch_keeps_the_order_and_cuts_batches_of_the_size():
-    from divebatch.method.diversity import rebatch
+    from divebatch.method.fixed_point import rebatch
 
     x = torch.arange(23.0).view(23, 1)
     y = torch.arange(23)
@@ -290,7 +292,8 @@ def test_fixed_point_train_measures_in_batchnorm_batches_of_the_observed_micro_b
     """fixed_point_train: the estimate is subset_n_diversity of fixed_point_sums(bn_mode="train") over the
     reference regrouped into batches of the largest observed micro-batch; the model is unchanged; without
     BatchNorm it equals fixed_point."""
-    from divebatch.method.diversity import FixedPointDiversity, build_estimator, subset_n_diversity
+    from divebatch.method import FixedPointDiversity, build_estimator
+    from divebatch.method.fixed_point import subset_n_diversity
 
     torch.manual_seed(0)
     x, y = _data(23)

@@ -110,6 +110,18 @@ def test_row6_needs_a_fixed_point_arm_that_grew(tmp_path, arms, verdict):
     assert "not evidence: the batch never resized" in row["ours"]
 
 
+def test_row6_needs_a_significant_loss(tmp_path):
+    """The authors' estimator loses 1 pp on average but the seeds disagree (-3, +1, -1 pp: the 95 %
+    t-interval over the 3 seeds contains 0): no significant loss, so the row is not measured even
+    though a fixed-point arm grew and kept the accuracy."""
+    _sgd(tmp_path)
+    for seed, shift in zip(SEEDS, (-3.0, 1.0, -1.0)):
+        _dive(tmp_path, "exact", seed, shift)
+        _dive(tmp_path, "fp8", seed, 0.0, "fixed_point", 8.0, 256)
+    row = _row(_claims(tmp_path), 6)
+    assert row["verdict"] == claims_mod.NOT_MEASURED and "(no significant loss)" in row["ours"], row["ours"]
+
+
 # ----------------------------------------------------------------------------- row 7
 
 

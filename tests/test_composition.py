@@ -1,4 +1,4 @@
-"""Composed configs: a cell is a dataset protocol plus a method, each written once (issue 14).
+"""Composed configs: a cell is a dataset protocol plus a method, each written once.
 
 The fixtures ``fixtures/profile_configs.json`` and ``fixtures/method_file_configs.json`` hold the
 resolved configs (keys that differ from the schema defaults) of every profile run and of every
@@ -123,6 +123,41 @@ def test_method_files_and_the_registry_agree(in_repo):
                 else load_config(f"configs/{dataset}/base.yaml", check_data=False).method.initial_batch_size
             )
             assert cfg.method.initial_batch_size == start, key
+
+
+def test_methods_are_read_from_their_files_in_the_tables_order(tmp_path):
+    """divebatch.methods reads configs/methods/: a new file is a new method in its place by the
+    order rule, with nothing else to edit; the order of the shipped methods is the tables' order."""
+    import shutil
+
+    from divebatch.methods import read_variants
+
+    assert [v.key for v in VARIANTS] == [
+        "sgd_small",
+        "sgd_large",
+        "adabatch",
+        "adabatch_rescale",
+        "divebatch",
+        "divebatch_rescale",
+        "adamw_small",
+        "adamw_large",
+        "adamw_divebatch",
+        "adamw_divebatch_rescale",
+        "schedule_replay",
+        "schedule_replay_rescale",
+        "two_stage",
+        "two_stage_rescale",
+    ]
+    methods = tmp_path / "methods"
+    shutil.copytree(REPO / "configs" / "methods", methods)
+    (methods / "adamw_adabatch.yaml").write_text("base: [adabatch.yaml, adamw.yaml]\ndisplay_name: AdamW AdaBatch\n")
+    found = {v.key: v for v in read_variants(methods)}
+    keys = list(found)
+    assert keys.index("adamw_adabatch") == keys.index("adamw_large") + 1
+    assert (found["adamw_adabatch"].policy, found["adamw_adabatch"].optimizer) == ("adabatch", "adamw")
+    (methods / "copy.yaml").write_text("display_name: DiveBatch\nmethod: {name: divebatch}\n")
+    with pytest.raises(ValueError, match=r"display_name \['DiveBatch'\] set by several files"):
+        read_variants(methods)
 
 
 def test_display_name_is_recorded_in_the_run_config(tmp_path):

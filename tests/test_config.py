@@ -1,4 +1,4 @@
-"""Config: defaults, YAML + dotlist merging, and clear errors before any training (issue 2, item 2)."""
+"""Config: defaults, YAML + dotlist merging, and clear errors before any training."""
 
 from __future__ import annotations
 
@@ -166,6 +166,7 @@ def test_validating_a_config_imports_no_torch():
         import sys
         sys.modules["torch"] = None
         from divebatch.config import load_config
+        import divebatch.datasets, divebatch.methods  # the name tables, read by the analysis too
         load_config(None, ["model.name=resnet18_cifar", "data.name=cifar10"], check_data=False)
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -179,12 +180,19 @@ def test_a_registry_refuses_an_undeclared_name():
         register("vgg16")(lambda num_classes: None)
 
 
-def test_validation_takes_a_choice_list_from_the_registry_names(monkeypatch):
-    """A name added to a registry (and so to divebatch.choices) is a valid config value, with nothing else to edit."""
+def test_validation_takes_a_choice_list_from_the_registry_names():
+    """A name added to a registry (and so to divebatch.choices) is a valid config value, with nothing
+    else to edit: the schema's Literal types are built from CHOICES when the schema is imported."""
     with pytest.raises(ConfigError, match="model.name='vgg16'"):
         load_config(overrides=["model.name=vgg16"], check_data=False)
-    monkeypatch.setitem(CHOICES, "model.name", (*CHOICES["model.name"], "vgg16"))
-    assert load_config(overrides=["model.name=vgg16"], check_data=False).model.name == "vgg16"
+    code = textwrap.dedent("""
+        from divebatch import choices
+        choices.CHOICES["model.name"] += ("vgg16",)
+        from divebatch.config import load_config
+        print(load_config(overrides=["model.name=vgg16"], check_data=False).model.name)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "vgg16", done.stderr
 
 
 def test_unknown_key_in_yaml_is_named(tmp_path):
@@ -228,6 +236,123 @@ def test_experiment_configs_exist():
 )
 def test_every_experiment_config_loads(path):
     """Every experiment YAML merges onto the schema and passes validation (data files aside: they
-    may live elsewhere on this machine; ``check_data`` is tested above)."""
-    cfg = load_config(path, check_data=False)
+    may live elsewhere on this machine; ``check_data`` is tested above). A method file that marks a
+    value required (``???``: the protocol gives it) is refused alone, naming the key, and loads
+    with the value given."""
+    from divebatch.config import load_yaml, required_keys
+
+    required = required_keys(load_yaml(path))
+    if required:
+        with pytest.raises(ConfigError, match=rf"{required[0]}='\?\?\?'; allowed: a value"):
+            load_config(path, check_data=False)
+    cfg = load_config(path, [f"{key}=0.5" for key in required], check_data=False)
     assert config_keys(cfg) == config_keys()
+
+
+# ----------------------------------------------------------------------------- file faults and the tables
+
+
+@pytest.mark.parametrize(
+    "text, line, what",
+    [
+        ("data:\n  name: digits\n  path: [a, b\nseed: 1\n", 4, "did not find expected ',' or ']'"),
+        ("data:\n  name: digits\n path: x\n", 3, "did not find expected key"),
+        ("seed: 1\nseed: 2\n", 2, "found duplicate key seed"),
+    ],
+)
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path, text, line, what):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert f"{path}, line {line}, column" in msg and what in msg and "\n" not in msg, msg
+
+
+def test_yaml_error_through_the_cli_is_one_line_without_traceback(tmp_path, capsys):
+    from divebatch.cli import main
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("method:\n  delta: [0.1\n")
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and f"{path}, line 3" in err, err
+
+
+def test_a_config_file_that_is_a_list_is_named(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- seed: 1\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: holds a list; allowed: a mapping of config keys"):
+        load_config(path)
+
+
+def test_a_required_value_of_a_config_file_is_named_and_an_override_sets_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: ???\n")
+    with pytest.raises(ConfigError, match=r"optim\.lr='\?\?\?'; allowed: a value.*optim\.lr=VALUE"):
+        load_config(path)
+    assert load_config(path, ["optim.lr=0.3"]).optim.lr == 0.3
+
+
+def test_every_dataset_needing_a_path_is_refused_without_one():
+    """The data.path rule reads the dataset table (divebatch.datasets), one row per name."""
+    from divebatch.datasets import DATASETS
+
+    assert tuple(DATASETS) == CHOICES["data.name"]
+    for name, row in DATASETS.items():
+        model = "model.name=transformer_lm" if name == "text" else "model.name=linear"
+        extra = ["method.diversity_estimator=microbatch"] if name == "text" else []
+        if row.needs_path:
+            with pytest.raises(ConfigError, match=rf"data\.path=None; allowed: a path to the {name} data"):
+                load_config(None, [f"data.name={name}", model, *extra], check_data=False)
+        else:
+            assert load_config(None, [f"data.name={name}", model, *extra], check_data=False).data.path is None
+
+
+def test_data_kinds_and_downloads_follow_the_dataset_table():
+    from divebatch.datasets import DATASETS, DOWNLOADABLE
+    from divebatch.fetch import DATA_KINDS
+    from divebatch.orchestration.gpu_hours import N_EVAL, N_TRAIN
+
+    kinds = {row.fetch for row in DATASETS.values() if row.fetch}
+    assert kinds == set(DATA_KINDS)
+    assert DOWNLOADABLE == ("cifar10", "cifar100", "tiny_imagenet")
+    assert N_TRAIN == {"cifar10": 50000, "cifar100": 50000, "tiny_imagenet": 100000}
+    assert N_EVAL == {"cifar10": 10000, "cifar100": 10000, "tiny_imagenet": 10000}
+
+
+def test_the_schema_is_built_once_and_a_loaded_config_is_its_own_copy():
+    from divebatch.config import schema
+
+    assert schema() is schema()
+    a, b = load_config(None, ["seed=3"]), load_config()
+    b.seed = 4  # a loaded config is writable; the shared schema is not
+    assert (a.seed, b.seed, schema().seed) == (3, 4, 1)
+    with pytest.raises(Exception, match="read-only"):
+        schema().seed = 5
+
+
+def test_config_error_carries_key_value_and_allowed():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method.delta=-1"])
+    assert (err.value.key, err.value.value, err.value.allowed) == ("method.delta", -1.0, "a number > 0")
+
+
+def test_the_library_and_the_synthetic_check_take_their_defaults_from_the_schema():
+    """Defaults are stated once (divebatch.schema): the controller's, the policies' and the synthetic
+    check's method defaults are the config's."""
+    import inspect
+
+    from divebatch.method.controller import BatchSizeController
+    from divebatch.method.policies import BatchSizePolicy
+    from divebatch.schema import FidelityConfig, MethodConfig
+    from divebatch.synthetic.config import MethodsConfig
+
+    params = inspect.signature(BatchSizeController).parameters
+    for key in ("delta", "lr_rescale", "lr_scaling", "micro_batches", "fixed_point_samples", "max_micro_batch"):
+        assert params[key].default == getattr(MethodConfig, key), key
+    for key in ("lr_rescale_rule", "split_above", "micro_batch_loss", "mean_units", "running_grad_sum"):
+        assert params[key].default == getattr(FidelityConfig, key), key
+    assert params["estimator"].default == MethodConfig.diversity_estimator
+    assert inspect.signature(BatchSizePolicy).parameters["delta"].default == MethodConfig.delta
+    assert (MethodsConfig.delta, MethodsConfig.micro_batches) == (MethodConfig.delta, MethodConfig.micro_batches)

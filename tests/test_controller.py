@@ -4,6 +4,8 @@ per-sample gradients and the resize rule; the trainer runs on the same API; the 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +16,7 @@ from torch import nn
 
 import divebatch
 from divebatch import BatchSizeController
-from divebatch.method.diversity import (
-    ESTIMATORS,
-    DiversityEstimator,
-    build_estimator,
-    gradient_diversity,
-)
+from divebatch.method import ESTIMATORS, DiversityEstimator, build_estimator, gradient_diversity
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,6 +161,39 @@ def test_public_names_load_lazily():
     assert divebatch.BatchSizeController is BatchSizeController
     with pytest.raises(AttributeError):
         divebatch.nothing_here  # noqa: B018
+
+
+# what the library must not load: torchvision's datasets and the replication's own modules (data,
+# run-directory format, configs, trainer, reports, shadow measurements, schedule controls)
+REPLICATION = (
+    "torchvision.datasets",
+    "divebatch.rundir",
+    "divebatch.data",
+    "divebatch.config",
+    "divebatch.training",
+    "divebatch.analysis",
+    "divebatch.shadow",
+    "divebatch.schedule",
+)
+
+
+def test_the_library_imports_without_the_replication():
+    """``divebatch.method`` (policies, estimators, controller) and every module in it import without
+    torchvision's datasets or any module of the replication (checked in a fresh interpreter)."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import divebatch.method as m\n"
+        "for info in pkgutil.walk_packages(m.__path__, 'divebatch.method.'):\n"
+        "    importlib.import_module(info.name)\n"
+        f"print(' '.join(sorted(k for k in sys.modules if k in {REPLICATION!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [], f"divebatch.method imported {done.stdout.split()}"
+    # the library's names in one place
+    import divebatch.method as method
+
+    assert method.BatchSizeController is BatchSizeController and method.build_estimator is build_estimator
 
 
 def test_example_custom_loop_trains_and_grows_the_batch():

@@ -333,7 +333,7 @@ def test_training_run_on_the_dataloader_path_with_a_train_subset(tiny_config, ti
     (train, eval) are built once; ``data.train_subset`` limits every epoch to the first samples."""
     import pandas as pd
 
-    import divebatch.data as data_module
+    import divebatch.data.loaders as data_module
     from divebatch.training import train
 
     built = []
@@ -363,3 +363,85 @@ def test_training_run_on_the_dataloader_path_with_a_train_subset(tiny_config, ti
     assert df.batch_size.tolist() == [16, 32, 64]
     assert df.samples_seen.tolist() == [50, 100, 150]
     assert df.optimizer_steps.tolist() == [4, 4 + 2, 4 + 2 + 1]
+
+
+# ----------------------------------------------------------------------------- bad data refused before training
+
+
+def _npz(path, **arrays):
+    base = {
+        "train_x": np.zeros((4, 4, 4), np.uint8),
+        "train_y": np.array([0, 1, 2, 1]),
+        "test_x": np.zeros((3, 4, 4), np.uint8),
+        "test_y": np.array([0, 1, 2]),
+    }
+    np.savez(path, **{**base, **arrays})
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"train_y": np.array([0, -15, 2, -15])}, r"negative labels in train_y: -15 \(2 entries\)"),
+        (
+            {"test_y": np.array([0, 12, 7])},
+            r"labels in test_y outside 0\.\.2 \(the classes of train_y\): 7, 12 \(2 entries\)",
+        ),
+        (
+            {"classes": np.array(["a", "b"]), "test_y": np.array([0, 1, 1])},
+            r"labels in train_y outside 0\.\.1: 2 \(1 entry\)",
+        ),
+    ],
+    ids=["negative", "test-beyond-train", "beyond-classes-array"],
+)
+def test_npz_labels_outside_the_classes_are_refused_with_the_values(tmp_path, arrays, message):
+    path = _npz(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match=rf"data\.path='{path}': {message}; allowed: class indices"):
+        build_data(data_cfg(name="npz", path=path))
+
+
+def test_npz_labels_that_are_not_integers_are_refused(tmp_path):
+    path = _npz(tmp_path / "d.npz", train_y=np.array([0.0, 1.0, 2.0, 1.0]))
+    with pytest.raises(DataError, match=r"train_y has dtype float64; allowed: integer class indices"):
+        build_data(data_cfg(name="npz", path=path))
+
+
+def test_npz_images_that_are_not_uint8_are_refused(tmp_path):
+    path = _npz(tmp_path / "d.npz", test_x=np.full((3, 4, 4), 0.5, np.float32))
+    with pytest.raises(DataError, match=r"test_x has dtype float32, values 0\.5\.\.0\.5; allowed: uint8 pixels"):
+        build_data(data_cfg(name="npz", path=path))
+
+
+def test_npz_with_a_classes_array_keeps_its_class_count(tmp_path):
+    path = _npz(tmp_path / "d.npz", classes=np.array(["a", "b", "c", "d", "e"]))
+    assert build_data(data_cfg(name="npz", path=path)).num_classes == 5
+
+
+@pytest.mark.parametrize("which", ["cifar10", "cifar100"])
+def test_cifar_missing_offline_says_what_to_do_in_one_line_and_creates_nothing(tmp_path, monkeypatch, which):
+    monkeypatch.setattr("divebatch.fetch._reachable", lambda url, timeout=3.0: False)
+    root = tmp_path / "nonexistent" / "data"
+    with pytest.raises(FileNotFoundError) as err:
+        build_data(data_cfg(name=which, path=str(root), download=True))
+    msg = str(err.value)
+    assert "\n" not in msg and f"data.path='{root}'" in msg and "did not answer" in msg, msg
+    assert f"divebatch fetch-data {which} --root {root}" in msg and "by hand: download https://" in msg
+    assert not (tmp_path / "nonexistent").exists()
+
+
+def test_cifar_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    def fail(url, root, **kw):  # as torchvision does: the folder first, then the download fails
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"partial")
+        raise URLError("no route to host")
+
+    monkeypatch.setattr("divebatch.fetch._reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", fail)
+    root = tmp_path / "new" / "data"
+    with pytest.raises(FileNotFoundError, match=r"the download failed \(<urlopen error no route to host>\)"):
+        build_data(data_cfg(name="cifar10", path=str(root), download=True))
+    assert not (tmp_path / "new").exists()

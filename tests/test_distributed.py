@@ -46,7 +46,7 @@ from divebatch.data import (
     shard_span,
 )
 from divebatch.distributed import DistContext
-from divebatch.method.diversity import ExactDiversity, gradient_diversity
+from divebatch.method import ExactDiversity, gradient_diversity
 from divebatch.models import build_model
 
 RTOL = 1e-4
@@ -529,7 +529,7 @@ def test_kill_and_resume_with_two_ranks(two_rank_runs, tmp_path):
     (run / "STALLED").unlink()
     code, out, err = torchrun(tmp_path, str(cfg), f"out_dir={run}")
     assert code == 0, err[-3000:]
-    assert "resumed at epoch 2/4" in out
+    assert "resumed at epoch 3/4 (2 finished)" in out  # the next epoch, 1-based
     cut, full = metrics(run).drop(columns=TIMING), metrics(two_rank_runs["main"]).drop(columns=TIMING)
     pd.testing.assert_frame_equal(cut, full)  # same computation: bit-identical
     assert json.loads((run / "manifest.json").read_text())["resumes"][0]["epoch"] == 2

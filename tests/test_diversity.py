@@ -16,13 +16,8 @@ import torch.nn.functional as F
 from conftest import noise_scale_form, per_sample_gradients
 from torch import nn
 
-from divebatch.method.diversity import (
-    EpochDiversityEstimator,
-    ExactDiversity,
-    batchnorm_eval,
-    extend_model,
-    gradient_diversity,
-)
+from divebatch.method import EpochDiversityEstimator, ExactDiversity, gradient_diversity
+from divebatch.method.backpack_norms import batchnorm_eval, extend_model
 from divebatch.training import train_one_epoch
 
 N_CLASSES = 5

@@ -22,8 +22,7 @@ from torch import nn
 
 from divebatch.config import load_config
 from divebatch.data import shard_span
-from divebatch.method import diversity
-from divebatch.method.diversity import ExactDiversity, gradient_diversity
+from divebatch.method import ExactDiversity, exact, gradient_diversity
 from divebatch.training import train_one_epoch
 
 SMALL_LAST = ([128, 128, 44], 2048)  # n = 300 at m = 128: the CIFAR trainers never split
@@ -261,7 +260,7 @@ def test_mean_units_summed_over_emulated_ranks_equal_one_process(monkeypatch):
     model = _mlp().double()
     batches = _batches(sizes)
     single = ours_epoch(copy.deepcopy(model), batches, 2048, "per_sample", mean_units=True)
-    monkeypatch.setattr(diversity, "_data_parallel_ranks", lambda model: world)
+    monkeypatch.setattr(exact, "_data_parallel_ranks", lambda model: world)
     ests = [ExactDiversity(mean_units=True) for _ in range(world)]
     with ests[0].measuring(model):
         for x, y in batches:

@@ -24,6 +24,7 @@ from divebatch.analysis.figures import (
     plot_sensitivity,
     plot_speedup_vs_accuracy,
     plot_speedup_vs_target,
+    tradeoff_points,
 )
 from divebatch.analysis.report import analyse
 
@@ -259,6 +260,16 @@ def test_speedup_vs_accuracy_judges_adamw_against_adamw_and_shows_every_point(st
     plt.close(fig)
 
 
+def test_tradeoff_points_read_the_quality_change_from_the_long_table(study):
+    from_main = tradeoff_points(study.main, study.speedups)  # the long table read back from main.csv's columns
+    long = study.comparisons
+    pd.testing.assert_frame_equal(tradeoff_points(study.main, study.speedups, comparisons=long), from_main)
+    assert len(from_main) and from_main["acc_change_pp"].notna().all()
+    shifted = long.assign(value=long["value"] + np.where(long["quantity"] == "metric_gain", 5.0, 0.0))
+    moved = tradeoff_points(study.main, study.speedups, comparisons=shifted)
+    assert np.allclose(moved["acc_change_pp"], from_main["acc_change_pp"] + 5.0)  # metric_gain, not acc_change
+
+
 def test_speedup_vs_accuracy_marks_a_point_without_speedup_at_the_edge(study):
     sp = study.speedups.copy()
     sp.loc[sp["setting"] == "delta=0.1, diversity_estimator=exact", "speedup"] = np.nan
@@ -289,7 +300,7 @@ def test_titles_say_only_what_is_known(tmp_path):
         assert "band = 1 sd" not in title
         plt.close(fig)
     assert "one seed: no band" in plot_curves(ep, "cifar10")._suptitle.get_text()
-    from divebatch.analysis.paper_layouts import plot_paper_curves, plot_paper_time
+    from divebatch.analysis.paper_report import plot_paper_curves, plot_paper_time
 
     for fig in (plot_paper_curves(ep, "cifar10", False), plot_paper_time(ep, "cifar10")):
         assert "one seed: no band" in fig._suptitle.get_text() and "SEM" not in fig._suptitle.get_text()
@@ -346,6 +357,9 @@ def test_report_writes_the_new_figures(tmp_path, monkeypatch):
         assert (fdir / f"{stem}.png").is_file(), stem
     readme = (tmp_path / "out" / "paper_tables" / "test" / "README.md").read_text()
     assert "[progress_cifar10.png]" in readme and "[diversity_cifar10.png]" in readme
+    table_line = next(line for line in readme.splitlines() if line.startswith("- [diversity.csv]"))
+    assert "Every epoch that measured gradient diversity" in table_line  # the table's sentence, not the figure's
+    assert "{" not in readme  # every sentence filled in
 
 
 def test_reading_judges_each_optimizer_against_its_baseline_in_the_metric_units(study, tmp_path):

@@ -20,14 +20,8 @@ from torch import nn
 
 from divebatch.config import ConfigError
 from divebatch.data import build_data, fixed_subset_indices, reference_batches
-from divebatch.method.diversity import (
-    ESTIMATORS,
-    FixedPointDiversity,
-    build_estimator,
-    gradient_diversity,
-    subset_mean_grad_sq,
-    subset_n_diversity,
-)
+from divebatch.method import FixedPointDiversity, build_estimator, gradient_diversity
+from divebatch.method.fixed_point import subset_mean_grad_sq, subset_n_diversity
 
 N_CLASSES = 5
 
@@ -177,9 +171,9 @@ def test_reference_batches_are_the_stored_samples_without_augmentation():
 
 def test_registry_builds_by_name():
     # the names equal the config's choices: tests/test_config.py::test_each_choice_list_is_its_registrys_keys
-    assert ESTIMATORS["fixed_point"] is FixedPointDiversity
     est = build_estimator("fixed_point", fixed_point_samples=64)
-    assert isinstance(est, FixedPointDiversity) and est.samples == 64
+    assert type(est) is FixedPointDiversity and est.samples == 64 and est.per_sample == "backpack"
+    assert build_estimator("fixed_point", backpack=False).per_sample == "func"
     assert math.isnan(est.value())
 
 

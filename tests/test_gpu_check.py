@@ -1,18 +1,22 @@
-"""The GPU acceptance check (``divebatch gpu-check``) and the GPU-hours table (``divebatch gpu-hours``):
+"""The GPU acceptance check (``bash replicate/gpu_check.sh``, the repository's ``gpu_check/``) and the
+GPU-hours table (``divebatch gpu-hours``):
 what a machine without a GPU can check: data preparation, package and CUDA skip reporting, the
 results file schema, the epoch-time and GPU-hours arithmetic; the whole ``--cpu-check`` is slow."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
 from conftest import REPO
 
-from divebatch.orchestration import gpu_check as gc
 from divebatch.orchestration import gpu_hours as gh
+from divebatch.orchestration import gpu_results as gr
+from gpu_check import checks, cifar10, driver, table
 
 
 def not_measured_block() -> str:
@@ -25,28 +29,28 @@ def not_measured_block() -> str:
 
 
 def test_jpeg_tarball_is_decoded_once_into_the_npz_format(tmp_path):
-    tarball = gc.make_jpeg_tarball(tmp_path / "cifar10-jpeg.tar.gz", train_per_class=3, test_per_class=2)
+    tarball = cifar10.make_jpeg_tarball(tmp_path / "cifar10-jpeg.tar.gz", train_per_class=3, test_per_class=2)
     logs = []
-    first = gc.prepare_cifar10(tarball, tmp_path / "cache", logs.append, workers=0)
+    first = cifar10.prepare_cifar10(tarball, tmp_path / "cache", logs.append, workers=0)
     assert first["n_train"] == 30 and first["n_test"] == 20 and not first["cached"]
     assert first["overrides"][0] == "data.name=npz" and any("extracting" in m for m in logs)
     npz = first["overrides"][1].split("=", 1)[1]
     with np.load(npz) as f:
         x, y = f["train_x"], f["train_y"]
         assert x.shape == (30, 32, 32, 3) and x.dtype == np.uint8 and f["test_x"].shape == (20, 32, 32, 3)
-        assert list(f["classes"]) == list(gc.CIFAR10_CLASSES)
+        assert list(f["classes"]) == list(cifar10.CIFAR10_CLASSES)
     assert sorted(np.bincount(y).tolist()) == [3] * 10
     # labels follow the class folders: the generator gives class c a red mean of about 23.5 + 20 c
     red = [x[y == c, :, :, 0].mean() for c in range(10)]
     assert all(abs(r - (23.5 + 20 * c)) < 5 for c, r in enumerate(red)), red
     assert not list((tmp_path / "cache").glob("extract-*"))  # the extracted files are gone
     logs.clear()
-    again = gc.prepare_cifar10(tarball, tmp_path / "cache", logs.append, workers=0)
+    again = cifar10.prepare_cifar10(tarball, tmp_path / "cache", logs.append, workers=0)
     assert again["cached"] and again["overrides"] == first["overrides"] and not logs
 
     official = tmp_path / "official"
     (official / "cifar-10-batches-py").mkdir(parents=True)
-    assert gc.prepare_cifar10(official, tmp_path / "cache")["overrides"][:2] == [
+    assert cifar10.prepare_cifar10(official, tmp_path / "cache")["overrides"][:2] == [
         "data.name=cifar10",
         f"data.path={official}",
     ]
@@ -54,16 +58,16 @@ def test_jpeg_tarball_is_decoded_once_into_the_npz_format(tmp_path):
 
 def test_wrong_class_folders_and_paths_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.tar.gz"
-    src = gc.make_jpeg_tarball(tmp_path / "src.tar.gz", 1, 1)
+    src = cifar10.make_jpeg_tarball(tmp_path / "src.tar.gz", 1, 1)
     with tarfile.open(src) as tin, tarfile.open(bad, "w:gz") as tout:
         for m in tin.getmembers():
             data = tin.extractfile(m)
             m.name = m.name.replace("/truck/", "/lorry/")
             tout.addfile(m, data)
-    with pytest.raises(gc.GpuCheckError, match=r"class folders \[.*'lorry'.*\]; allowed: exactly \['airplane'"):
-        gc.prepare_cifar10(bad, tmp_path / "cache", workers=0)
-    with pytest.raises(gc.GpuCheckError, match="invalid --cifar10 .*nowhere.*allowed: a folder holding"):
-        gc.prepare_cifar10(tmp_path / "nowhere", tmp_path / "cache")
+    with pytest.raises(gr.GpuCheckError, match=r"class folders \[.*'lorry'.*\]; allowed: exactly \['airplane'"):
+        cifar10.prepare_cifar10(bad, tmp_path / "cache", workers=0)
+    with pytest.raises(gr.GpuCheckError, match="invalid --cifar10 .*nowhere.*allowed: a folder holding"):
+        cifar10.prepare_cifar10(tmp_path / "nowhere", tmp_path / "cache")
 
 
 # ----------------------------------------------------------------------------- skips and the results file
@@ -77,7 +81,7 @@ def _no_backpack(name):
 
 def test_missing_packages_skip_their_checks_and_are_reported(tmp_path):
     out = tmp_path / "results.json"
-    res = gc.run_checks(
+    res = driver.run_checks(
         cpu_check=True,
         out=out,
         only=["gpu_tests", "cifar10_faithful"],
@@ -87,7 +91,7 @@ def test_missing_packages_skip_their_checks_and_are_reported(tmp_path):
         importer=_no_backpack,
     )
     assert json.loads(out.read_text()) == res
-    gc.validate_results(res)
+    gr.validate_results(res)
     assert res["mode"] == "cpu-check" and res["packages"]["backpack"]["version"] is None
     assert res["packages"]["backpack"]["pinned"] == "1.7.1" and res["packages"]["torch"]["version"]
     for name in ("gpu_tests", "cifar10_faithful"):
@@ -96,12 +100,13 @@ def test_missing_packages_skip_their_checks_and_are_reported(tmp_path):
     assert res["checks"]["runs_per_gpu"]["reason"] == "not selected (--only)"
     items = {s["item"]: s["reason"] for s in res["skipped"]}
     assert "No module named 'backpack'" in items["package backpack-for-pytorch"]
-    assert set(items) >= {f"check {c.name}" for c in gc.checks()}
-    assert "skipped, and why:" in gc.summary(res) and "check cifar10_faithful: needs backpack" in gc.summary(res)
+    assert set(items) >= {f"check {c.name}" for c in table.CHECKS}
+    text = driver.summary(res)
+    assert "skipped, and why:" in text and "check cifar10_faithful: needs backpack" in text
 
 
 def test_gpu_mode_without_cuda_skips_every_check_and_says_why(tmp_path, capsys):
-    code = gc.cli(
+    code = driver.cli(
         [
             "--out",
             str(tmp_path / "r.json"),
@@ -117,12 +122,12 @@ def test_gpu_mode_without_cuda_skips_every_check_and_says_why(tmp_path, capsys):
     assert code == 0 and res["mode"] == "gpu" and res["machine"]["device"] == "cpu"
     assert all(c["status"] == "skipped" and "no CUDA device" in c["reason"] for c in res["checks"].values())
     assert "no CUDA device" in capsys.readouterr().out
-    assert gc.cli(["--only", "nope", "--out", str(tmp_path / "x.json")]) == 2
+    assert driver.cli(["--only", "nope", "--out", str(tmp_path / "x.json")]) == 2
     assert "invalid --only nope; allowed: gpu_tests, cifar10_faithful" in capsys.readouterr().err
 
 
 def test_results_schema_names_the_bad_key(tmp_path):
-    res = gc.run_checks(
+    res = driver.run_checks(
         cpu_check=True,
         out=tmp_path / "r.json",
         only=["gpu_tests"],
@@ -141,8 +146,8 @@ def test_results_schema_names_the_bad_key(tmp_path):
         ),
         ("checks", {"a": {"status": "failed", "seconds": 0, "result": None}}, r"checks\.a\.reason=None"),
     ):
-        with pytest.raises(gc.GpuCheckError, match=match):
-            gc.validate_results({**res, key: value})
+        with pytest.raises(gr.GpuCheckError, match=match):
+            gr.validate_results({**res, key: value})
 
 
 def test_junit_results_keep_skip_reasons(tmp_path):
@@ -153,10 +158,45 @@ def test_junit_results_keep_skip_reasons(tmp_path):
         '<testcase classname="tests.b" name="t3"><failure message="boom">trace</failure></testcase>'
         "</testsuite></testsuites>"
     )
-    r = gc.parse_junit(xml)
+    r = checks.parse_junit(xml)
     assert (r["passed"], r["failed"], r["skipped"]) == (1, 1, 1)
     assert r["tests"][1] == {"name": "tests.a::t2", "outcome": "skipped", "message": "needs a CUDA device"}
-    assert {p.name for p in gc.gpu_test_files()} >= {"test_microbatch.py", "test_distributed.py"}
+    assert {p.name for p in checks.gpu_test_files()} >= {"test_microbatch.py", "test_distributed.py"}
+
+
+def test_the_check_imports_with_only_the_standard_library():
+    """The check reports missing packages instead of failing on them: every module of gpu_check/
+    imports, and its command line answers, with every third-party package blocked."""
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'torchvision', 'numpy', 'pandas', 'omegaconf', 'yaml', 'PIL', 'backpack'):\n"
+        "    sys.modules[m] = None  # any import of it now raises ImportError\n"
+        "import gpu_check.checks, gpu_check.cifar10, gpu_check.driver, gpu_check.packages, gpu_check.table\n"
+        "gpu_check.driver.parser().parse_args(['--cpu-check'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_table_of_checks_runs_what_exists():
+    """Every row of the table has a runner, its commands name files of the repository (configs, or
+    cells that compose; benchmark scripts), every placeholder is filled, and --cpu-check has a command
+    wherever the GPU has."""
+    from divebatch.config import config_exists
+
+    assert [c.name for c in table.CHECKS] == list(table.NAMES) and len(set(table.NAMES)) == len(table.NAMES)
+    for c in table.CHECKS:
+        assert c.kind in checks.RUNNERS and set(c.needs) <= set(table.BENCH + ("pytest",)), c.name
+        assert len(c.gpu) == len(c.cpu) >= 1, c.name
+        for command in (*c.gpu, *c.cpu):
+            argv = checks.expand(command, ["data.name=npz", "data.path=x.npz"], out="run", seed=1)
+            assert not any("{" in a or "}" in a for a in argv), (c.name, argv)
+            if c.kind == "bench":
+                assert (REPO / argv[0]).is_file() and argv[1:3] in (["--device", "cuda"], ["--device", "cpu"])
+            elif c.kind in ("train", "runs_per_gpu"):
+                assert argv[:3] == ["-m", "divebatch", "train"] and config_exists(REPO / argv[3]), argv
+                assert argv[4:6] == ["data.name=npz", "data.path=x.npz"] and argv[-1] == "out_dir=run"
+        assert ("device=cpu" in " ".join(c.cpu)) == (c.kind in ("train", "runs_per_gpu")), c.name
 
 
 def test_epoch_times_leave_out_warm_up_and_measured_epochs():
@@ -167,7 +207,7 @@ def test_epoch_times_leave_out_warm_up_and_measured_epochs():
         "divebatch": [row(0, 128, 99.0), row(1, 128, 10.0), row(2, 128, 15.0, div=0.3)],
         "adabatch": [row(0, 128, 50.0), row(1, 256, 8.0), row(2, 512, 6.0), row(3, 2048, 4.5), row(4, 2048, 4.0)],
     }
-    t = gc.epoch_times(runs)
+    t = checks.epoch_times(runs)
     assert t["epoch_time_s"] == {"128": 10.0, "256": 8.0, "512": 6.0, "2048": 4.0}
     assert t["measured_epoch_ratio"] == 1.5 and t["eval_time_s"] == 1.0
     assert t["methods"]["sgd_small"] == {"batch_size": 128, "epoch_time_s": 10.0}
@@ -177,7 +217,7 @@ def test_epoch_times_leave_out_warm_up_and_measured_epochs():
 
 def test_cpu_check_runs_a_benchmark_into_the_results_file(tmp_path):
     """One real check end to end (a subprocess, its CSV into the results file)."""
-    res = gc.run_checks(
+    res = driver.run_checks(
         cpu_check=True,
         out=tmp_path / "r.json",
         only=["bench_diversity_cost"],
@@ -189,13 +229,13 @@ def test_cpu_check_runs_a_benchmark_into_the_results_file(tmp_path):
     assert c["status"] == "ok", c["reason"]
     assert {r["case"] for r in c["result"]["rows"]} == {"sgd", "exact"}
     assert all(r["median_s"] > 0 for r in c["result"]["rows"])
-    assert gc.validate_results(json.loads((tmp_path / "r.json").read_text()))["checks"]["bench_diversity_cost"] == c
+    assert gr.validate_results(json.loads((tmp_path / "r.json").read_text()))["checks"]["bench_diversity_cost"] == c
 
 
 @pytest.mark.slow  # about 3.5 minutes on a busy 2-core machine: trainings and every benchmark
 def test_whole_cpu_check(tmp_path, capsys):
     out = tmp_path / "results.json"
-    code = gc.cli(
+    code = driver.cli(
         [
             "--cpu-check",
             "--out",
@@ -210,7 +250,7 @@ def test_whole_cpu_check(tmp_path, capsys):
             "30",
         ]
     )
-    res = gc.validate_results(json.loads(out.read_text()))
+    res = gr.validate_results(json.loads(out.read_text()))
     assert code == 0, {k: c["reason"] for k, c in res["checks"].items() if c["status"] != "ok"}
     assert all(c["status"] == "ok" for c in res["checks"].values())
     real = res["checks"]["cifar10_faithful"]["result"]
@@ -244,7 +284,7 @@ def _fake_results(mode="gpu"):
         return {"status": "ok", "reason": None, "seconds": 1.0, "what": "", "result": result}
 
     return {
-        "schema": gc.SCHEMA,
+        "schema": gr.SCHEMA,
         "mode": mode,
         "started": "2027-01-01T00:00:00+00:00",
         "seconds": 400.0,

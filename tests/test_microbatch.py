@@ -21,13 +21,7 @@ import torch.nn.functional as F
 from conftest import per_sample_gradients
 from torch import nn
 
-from divebatch.method.diversity import (
-    ESTIMATORS,
-    ExactDiversity,
-    MicroBatchDiversity,
-    build_estimator,
-    gradient_diversity,
-)
+from divebatch.method import ExactDiversity, MicroBatchDiversity, build_estimator, gradient_diversity
 from divebatch.training import micro_batch_plan, train_one_epoch
 
 N_CLASSES = 4
@@ -86,8 +80,8 @@ def _p_hat(rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 
 def test_registered_and_built_by_name():
-    assert ESTIMATORS["microbatch"] is MicroBatchDiversity
-    assert isinstance(build_estimator("microbatch"), MicroBatchDiversity)
+    est = build_estimator("microbatch", micro_batches=3)
+    assert type(est) is MicroBatchDiversity and est.micro_batches == 3
 
 
 @pytest.mark.parametrize(
@@ -265,7 +259,7 @@ def test_exact_conv_routes_equal_a_per_sample_loop(conv):
     padding BackPACK's own route would get wrong (reflect) or cannot take ('same', asymmetric here)."""
     from backpack import backpack
 
-    from divebatch.method.diversity import backpack_hooks, batch_l2_extension
+    from divebatch.method.backpack_norms import backpack_hooks, batch_l2_extension
 
     torch.manual_seed(0)
     size = 4 if conv.get("stride") == 2 else 6
@@ -291,7 +285,7 @@ def test_exact_estimator_equals_stock_backpack_batch_l2(opt_einsum, monkeypatch)
     against stock. Benchmark (a) compares their speed (docs/performance.md)."""
     from backpack.extensions import BatchL2Grad
 
-    from divebatch.method.diversity import _conv2d_batch_l2_class
+    from divebatch.method.backpack_norms import _conv2d_batch_l2_class
     from divebatch.models import build_model
 
     route = _conv2d_batch_l2_class()

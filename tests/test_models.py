@@ -11,7 +11,7 @@ import torchvision
 from conftest import per_sample_gradients
 from torch import nn
 
-from divebatch.method.diversity import extend_model
+from divebatch.method.backpack_norms import extend_model
 from divebatch.models import build_model
 
 

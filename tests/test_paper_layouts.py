@@ -19,7 +19,7 @@ from conftest import REPO
 from fixtures.fake_runs import write_run
 from scipy import stats
 
-from divebatch.analysis import RunWarning, cli, collect_runs
+from divebatch.analysis import RunWarning, cli, collect_runs, paper_report
 from divebatch.analysis import paper_layouts as pl
 from divebatch.config import load_config
 from divebatch.orchestration import replicate as rep
@@ -77,7 +77,7 @@ def test_time_to_target_is_on_the_seed_mean_curve(tmp_path):
     per_seed = [next(i + 1 for i, a in enumerate(acc) if a >= acc[-1] - 1) for acc, _ in CURVES.values()]
     assert np.mean(per_seed) == 3.5 != r["epochs_to_target"]
     assert np.mean([n * s[0] for n, (_, s) in zip(per_seed, CURVES.values())]) == 8.5 != r["seconds_to_target"]
-    shown = pl.format_time_to_target(t[~t["rescale"]], ep, authors=False)
+    shown = paper_report.format_time_to_target(t[~t["rescale"]], ep, authors=False)
     assert shown["Epoch to ±1 pp"].tolist() == ["5"] and shown["Training s to ±1 pp"].tolist() == ["10.0"]
     assert shown["Final acc. (%): mean ± SEM [95% t]"].iloc[0].startswith("85.00 ± 5.00 [")
 

@@ -371,7 +371,7 @@ def test_a_run_out_of_cuda_memory_is_reported_and_the_others_finish(tmp_path, ca
         "def oom(*a, **k):\n"
         "    raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 8.00 GiB')\n"
         "if sys.argv[2].endswith('oom.yaml'):\n"
-        "    training.train_one_epoch = oom\n"
+        "    training.train_steps = oom\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     monkeypatch.setattr(

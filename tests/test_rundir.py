@@ -47,7 +47,7 @@ def test_import_needs_no_torch_pandas_or_omegaconf():
         import divebatch.rundir
         heavy = sorted(m for m in ("torch", "pandas", "omegaconf", "numpy") if sys.modules.get(m) is not None)
         assert not heavy, f"divebatch.rundir imported {heavy}"
-        import divebatch.orchestration.replicate, divebatch.orchestration.sweeps, divebatch.orchestration.gpu_check, divebatch.analysis.collect
+        import divebatch.orchestration.replicate, divebatch.orchestration.sweeps, divebatch.orchestration.gpu_hours, divebatch.analysis.collect
         sw = divebatch.orchestration.sweeps
         assert "val_acc" in sw.METRIC_COLUMNS and "best_val_acc" in sw.SUMMARY_KEYS
     """)
@@ -129,6 +129,9 @@ def test_checkpoint_round_trip_and_resume_truncation(tiny_config):
 def test_prepare_refuses_another_run(tiny_config):
     run = RunDir(tiny_config().out_dir)
     run.prepare(tiny_config())
+    assert run.prepare(tiny_config("method.delta=0.5")) == []  # no finished epoch yet: nothing to protect
+    run.prepare(tiny_config())
+    run.write_metrics([_row(0)])  # one finished epoch: now the config is the run's
     with pytest.raises(RunDirError, match=r"method\.delta: .* -> 0\.5"):
         run.prepare(tiny_config("method.delta=0.5"))
     assert run.prepare(tiny_config("method.max_micro_batch=256")) == ["method.max_micro_batch: 512 -> 256"]

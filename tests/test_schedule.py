@@ -1,4 +1,4 @@
-"""Schedule controls (divebatch.method.schedule, policies.ScheduledBatchSize; docs/diversity.md,
+"""Schedule controls (divebatch.schedule, policies.ScheduledBatchSize; docs/diversity.md,
 "Schedule controls"): the policy, the schedule read from a run directory or built as two stages,
 their config errors, a replay that reproduces its source run epoch by epoch, and the profile key
 ``schedule_from`` (a control trains after the run it replays)."""
@@ -17,9 +17,9 @@ from fixtures.fake_runs import write_run
 from divebatch.config import ConfigError, load_config
 from divebatch.method.controller import BatchSizeController
 from divebatch.method.policies import ScheduledBatchSize, build_policy
-from divebatch.method.schedule import ScheduleError, schedule_for, two_stage
 from divebatch.orchestration import replicate as rep
 from divebatch.rundir import read_metrics
+from divebatch.schedule import ScheduleError, schedule_for, two_stage
 
 REPLAY, REPLAY_RESCALE = "configs/methods/schedule_replay.yaml", "configs/methods/schedule_replay_rescale.yaml"
 TWO_STAGE = "configs/methods/two_stage.yaml"
@@ -93,7 +93,7 @@ def test_replay_refuses_a_missing_unfinished_or_different_run(tmp_path):
 
 def test_schedule_keys_are_validated():
     for overrides, message in (
-        (["method.schedule=three_stage"], r"method.schedule='three_stage'; allowed: replay \| two_stage"),
+        (["method.schedule=three_stage"], r"method.schedule='three_stage'; allowed: null \| replay \| two_stage"),
         (["method.switch_epoch=6"], r"method.switch_epoch=6; allowed: null or an integer in \[1, epochs=6\)"),
         (["method.switch_epoch=2", "method.schedule_from=x"], r"method.switch_epoch=2; allowed: null with method.sch"),
     ):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO, noise_scale_form
 
-from divebatch.method.diversity import EpochDiversityEstimator, gradient_diversity
+from divebatch.method import EpochDiversityEstimator, gradient_diversity
 from divebatch.method.policies import divebatch_batch_size
 from divebatch.synthetic import knee as K
 from divebatch.synthetic import problem as P
@@ -20,7 +20,8 @@ from divebatch.synthetic.config import load
 from divebatch.synthetic.data import DataSpec, generate
 from divebatch.synthetic.knee import fit_knee, prepare, tuned_runs
 from divebatch.synthetic.methods import METHODS, run_method
-from divebatch.synthetic.outputs import failed_checks, knee_tables, verdict
+from divebatch.synthetic.outputs import verdict
+from divebatch.synthetic.tables import failed_checks, knee_tables
 
 L2 = 0.01
 SMOKE = REPO / "configs" / "synthetic" / "smoke.yaml"
@@ -243,11 +244,12 @@ def test_method_names_default_to_the_runnable_registry():
     names = list(load().methods.names)
     assert names == list(METHODS)  # one source: divebatch.synthetic.methods.METHODS
     assert not any("AdamW" in n for n in names)
+    # the name it cannot run, where it is in the list, and the names it can
     with pytest.raises(
         ValueError,
-        match=r"methods.names=\['AdamW \(small batch\)'\]; allowed: a list drawn from SGD \(small batch\) \|",
+        match=r"methods.names\[1\]='AdamW \(small batch\)'; allowed: SGD \(small batch\) \| .* \| DiveBatch \+ lr rescale \(",
     ):
-        load(overrides=["methods.names=[AdamW (small batch)]"])
+        load(overrides=["methods.names=[AdaBatch,AdamW (small batch)]"])
 
 
 def test_knee_prediction_holds_on_a_small_instance():

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from divebatch.config import load_config
-from divebatch.method.diversity import gradient_diversity
+from divebatch.method import gradient_diversity
 from divebatch.method.policies import divebatch_batch_size
 from divebatch.models import build_model
 from divebatch.training import METRIC_COLUMNS, RunDirError, build_schedulers, train, train_one_epoch
@@ -302,6 +302,29 @@ def test_multistep_warmup_run_logs_the_decayed_lr(tiny_config):
     assert df.lr.tolist()[1:] == pytest.approx([0.05, 0.05 * 0.2], rel=1e-12)  # after the warm-up epoch
 
 
+def test_warmup_at_lr_zero_runs_the_warmup_epochs_at_lr_zero_then_the_schedule(tiny_config):
+    """fidelity.warmup_at_lr_zero (the authors' CIFAR-100 code): the warm-up epoch trains at lr 0, so the
+    weights do not move in it (its validation loss is the initial model's), and the next epoch has
+    the scheduled lr again."""
+    from divebatch.schedules import Warmup
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    warmup = Warmup(opt, 1, at_lr_zero=True)
+    with warmup.epoch(0) as per_step:
+        assert per_step is None and opt.param_groups[0]["lr"] == 0.0
+    assert opt.param_groups[0]["lr"] == 0.1
+    with warmup.epoch(1):
+        assert opt.param_groups[0]["lr"] == 0.1
+
+    cfg = tiny_config("method.name=sgd", "fidelity.warmup_at_lr_zero=true", "optim.warmup_epochs=1", "epochs=3")
+    train(cfg)
+    df = metrics(cfg.out_dir)
+    assert df.lr.tolist() == [0.0, 0.05, 0.05]
+    still = tiny_config("method.name=sgd", "optim.lr=0", "epochs=1", out="still")  # same initial weights, never moved
+    train(still)
+    assert df.val_loss[0] == metrics(still.out_dir).val_loss[0] and df.val_loss[1] < df.val_loss[0]
+
+
 # ----------------------------------------------------------------------------- diversity at lr 0 in real runs
 
 
@@ -470,16 +493,16 @@ def test_cuda_out_of_memory_names_the_setting_and_the_run_resumes_after_lowering
     from divebatch import training
     from divebatch.cli import main
 
-    real = training.train_one_epoch
+    real = training.train_steps
     calls = []
 
     def oom_in_second_epoch(*args, **kwargs):
-        calls.append(args[4])  # max_micro_batch passed by train()
+        calls.append(1)
         if len(calls) == 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_one_epoch", oom_in_second_epoch)
+    monkeypatch.setattr(training, "train_steps", oom_in_second_epoch)
     monkeypatch.setenv("DIVEBATCH_RUNS_PER_GPU", "3")
     cfg = tiny_config("epochs=3", "method.name=sgd", "method.max_micro_batch=48")
     with pytest.raises(training.TrainingOutOfMemory) as info:
@@ -507,7 +530,7 @@ def test_cuda_out_of_memory_names_the_setting_and_the_run_resumes_after_lowering
     assert "divebatch train: error: CUDA out of memory in epoch 3/3" in err and "Traceback" not in err
     assert "micro-batch size 32" in err
 
-    monkeypatch.setattr(training, "train_one_epoch", real)
+    monkeypatch.setattr(training, "train_steps", real)
     other = tiny_config("epochs=3", "method.name=sgd", "method.max_micro_batch=16", "optim.lr=0.01")
     with pytest.raises(RunDirError, match=r"optim\.lr: 0\.05 -> 0\.01"):
         train(other)

@@ -19,11 +19,11 @@ from torch import nn
 
 from divebatch.config import ConfigError, load_config
 from divebatch.data import DataError, build_data, make_loaders
-from divebatch.method.diversity import build_estimator, gradient_diversity
+from divebatch.data.text import TRAIN_FRACTION, encode, sequences, split_point
+from divebatch.method import build_estimator, gradient_diversity
 from divebatch.method.persample import FuncDiversity, per_sample_sq_norms
 from divebatch.method.policies import build_policy
 from divebatch.optimizers import build_optimizer, lr_factor
-from divebatch.text import TRAIN_FRACTION, encode, sequences, split_point
 from divebatch.training import train, train_one_epoch
 from divebatch.transformer import TransformerLM
 
@@ -104,6 +104,13 @@ def test_text_errors_name_key_and_value(tmp_path, text_file):
         load_config(None, _text_overrides(text_file, "optim.name=adam"))
     with pytest.raises(ConfigError, match="primary_metric.direction='down'"):
         load_config(None, _text_overrides(text_file, "primary_metric.direction=down"))
+
+
+def test_a_too_short_text_counts_its_characters_in_words(tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("a", encoding="utf-8")
+    with pytest.raises(DataError, match=r"has 1 character: 0 for training .* more than data\.seq_len=16 characters"):
+        build_data(load_config(None, _text_overrides(one)).data)
 
 
 @needs_shared("tinyshakespeare.txt")

@@ -15,9 +15,11 @@ from scipy import stats
 
 from divebatch.analysis import claims as claims_mod
 from divebatch.analysis import collect_runs, main_table, speedup_table
+from divebatch.analysis.display import format_matched
 from divebatch.analysis.figures import collapsed_runs, plot_curves, plot_noise_scale, plot_speedup_vs_accuracy
+from divebatch.analysis.speedups import matched_table, target_ladder
 from divebatch.analysis.stats import matched_target
-from divebatch.analysis.tables import diversity_table, format_matched, matched_table, target_ladder
+from divebatch.analysis.tables import diversity_table
 
 SGD_ACC = np.array([40.0, 60.0, 75.0, 85.0, 90.0, 92.0, 93.0, 94.0, 95.0, 95.0])
 # ends 15 pp below SGD: its own target (79) comes at epoch 4, SGD's (94) at epoch 8

@@ -12,13 +12,7 @@ does not import torch.
 __version__ = "0.1.0"
 __all__ = ["BatchSizeController", "Decision", "DiversityEstimator", "build_estimator", "gradient_diversity"]
 
-_PUBLIC = {
-    "BatchSizeController": "divebatch.method.controller",
-    "Decision": "divebatch.method.controller",
-    "DiversityEstimator": "divebatch.method.diversity",
-    "build_estimator": "divebatch.method.diversity",
-    "gradient_diversity": "divebatch.method.diversity",
-}
+_PUBLIC = {name: "divebatch.method" for name in __all__}  # the library, divebatch.method
 
 
 def __getattr__(name: str):

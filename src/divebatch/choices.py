@@ -18,9 +18,11 @@ implemented by branches of one function rather than by a registry (``optim.sched
 
 from __future__ import annotations
 
+from divebatch.datasets import NAMES as DATASET_NAMES
+
 # config key -> the names its registry implements (the config's error messages list them in this order)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("cifar10", "cifar100", "tiny_imagenet", "digits", "npz", "imagefolder", "text"),
+    "data.name": DATASET_NAMES,  # the data set table: divebatch.datasets
     "model.name": ("resnet18_cifar", "resnet18_imagenet", "resnet_small", "linear", "transformer_lm"),
     "method.name": ("sgd", "adabatch", "divebatch", "schedule"),
     "method.diversity_estimator": ("exact", "microbatch", "fixed_point", "exact_func", "fixed_point_train"),
@@ -32,7 +34,7 @@ REGISTRIES: dict[str, str] = {
     "data.name": "divebatch.data:DATASETS",
     "model.name": "divebatch.models:MODELS",
     "method.name": "divebatch.method.policies:POLICIES",
-    "method.diversity_estimator": "divebatch.method.diversity:ESTIMATORS",
+    "method.diversity_estimator": "divebatch.method.estimators:ESTIMATORS",
     "optim.name": "divebatch.optimizers:OPTIMIZERS",
     "method.lr_scaling": "divebatch.optimizers:LR_SCALINGS",
 }

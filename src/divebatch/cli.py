@@ -18,13 +18,9 @@ COMMANDS = {
     "sweep": ("divebatch.orchestration.sweeps:cli", "run a wandb sweep YAML locally (offline) or validate it"),
     "replicate": ("divebatch.orchestration.replicate:cli", "train every run of a profile, then report"),
     "fetch-data": ("divebatch.fetch:fetch_cli", "download a dataset (needs network)"),
-    "gpu-check": (
-        "divebatch.orchestration.gpu_check:cli",
-        "GPU acceptance check: gpu tests, epoch times, K runs per GPU, benchmarks",
-    ),
     "gpu-hours": (
         "divebatch.orchestration.gpu_hours:cli",
-        "GPU-hours of the paper profile from a gpu-check results file",
+        "GPU-hours of the paper profile from a GPU acceptance check's results file",
     ),
 }
 
@@ -46,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"divebatch: unknown command {name!r}; allowed: {' | '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except KeyboardInterrupt:  # Ctrl-C while loading (a command's own handler names what to rerun)
+        print(f"divebatch {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

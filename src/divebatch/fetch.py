@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Callable, Optional
 from urllib.parse import urlsplit
 
+from divebatch.datasets import DATASETS, DOWNLOADABLE
+
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"  # the official archive
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 NETWORK_TIMEOUT_S = 3.0  # seconds a host gets to accept a connection before a download is tried
@@ -52,7 +54,7 @@ def _cifar_kind(name: str) -> DataKind:
     cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
     names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     return DataKind(
-        title=cls.__name__.replace("CIFAR", "CIFAR-"),
+        title=DATASETS[name].title,
         required=lambda root: [root / cls.base_folder / f for f in names],
         fetch=lambda root: [name, "--root", str(root)],
         url=cls.url,
@@ -67,25 +69,26 @@ def _cifar_kind(name: str) -> DataKind:
 
 def _tiny_kind() -> DataKind:
     zip_name = Path(urlsplit(TINY_IMAGENET_URL).path).name
+    tiny = DATASETS["tiny_imagenet"]
     return DataKind(
-        title="Tiny-ImageNet",
-        required=lambda p: [p / "wnids.txt", p / "train", p / "val" / "val_annotations.txt", p / "val" / "images"],
+        title=tiny.title,
+        required=lambda p: [p / rel for rel in tiny.layout],
         # fetch-data extracts into ROOT/tiny-imagenet-200: usable only when the path has that name
-        fetch=lambda p: ["tiny_imagenet", "--root", str(p.parent)] if p.name == "tiny-imagenet-200" else None,
+        fetch=lambda p: ["tiny_imagenet", "--root", str(p.parent)] if p.name == tiny.folder else None,
         url=TINY_IMAGENET_URL,
         manual=lambda p: (
             f"download {TINY_IMAGENET_URL} (md5 {TINY_IMAGENET_MD5}) on a machine with network, "
             f"copy {zip_name} here and unzip it into {p.parent}/: unzip -q {zip_name} -d {p.parent}  "
-            f"(gives {p.parent / 'tiny-imagenet-200'}/; the data path must be that folder)"
+            f"(gives {p.parent / tiny.folder}/; the data path must be that folder)"
         ),
-        path_means="the tiny-imagenet-200/ folder itself (wnids.txt, train/, val/)",
+        path_means=f"the {tiny.folder}/ folder itself (wnids.txt, train/, val/)",
     )
 
 
 DATA_KINDS: dict[str, Callable[[], DataKind]] = {
     "bundled": lambda: DataKind("bundled with the packages (scikit-learn digits)", required=lambda p: []),
     "npz": lambda: DataKind(
-        "image arrays (.npz)",
+        DATASETS["npz"].title,
         required=lambda p: [p],
         manual=lambda p: (
             "an .npz file with arrays train_x (N, 32, 32, 3) uint8 RGB, train_y (N,) int, test_x, "
@@ -94,7 +97,7 @@ DATA_KINDS: dict[str, Callable[[], DataKind]] = {
         path_means="the .npz file",
     ),
     "text": lambda: DataKind(
-        "plain-text file",
+        DATASETS["text"].title,
         required=lambda p: [p],
         manual=lambda p: (
             "a UTF-8 text file, e.g. the tiny Shakespeare corpus tinyshakespeare.txt described in "
@@ -132,6 +135,12 @@ def _reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
     """Whether the host of ``url`` accepts a TCP connection within ``timeout`` seconds."""
     parts = urlsplit(url)
     return _host_answers(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout)
+
+
+def reachable(url: str) -> bool:
+    """Whether the host of ``url`` answers within :data:`NETWORK_TIMEOUT_S` seconds (asked before
+    any download: an offline machine gets instructions, not a traceback)."""
+    return _reachable(url)
 
 
 @functools.lru_cache(maxsize=None)  # one check per host and invocation (CIFAR-10 and -100 share one)
@@ -218,24 +227,26 @@ def ensure_data(
 
 
 def fetch_cli(argv: list[str]) -> int:
-    """``divebatch fetch-data {cifar10,cifar100,tiny_imagenet} --root DIR``: download and verify."""
+    """``divebatch fetch-data {cifar10,cifar100,tiny_imagenet} --root DIR``: download and verify
+    (the data sets of :data:`divebatch.datasets.DOWNLOADABLE`)."""
     import argparse
 
     from torchvision import datasets as tvd
     from torchvision.datasets.utils import download_and_extract_archive
 
     p = argparse.ArgumentParser(prog="divebatch fetch-data", description=fetch_cli.__doc__)
-    p.add_argument("dataset", choices=["cifar10", "cifar100", "tiny_imagenet"])
+    p.add_argument("dataset", choices=DOWNLOADABLE)
     p.add_argument("--root", default="data", help="folder to download into (default: data)")
     a = p.parse_args(argv)
     root = Path(a.root)
     try:
         if a.dataset == "tiny_imagenet":
-            if (root / "tiny-imagenet-200" / "wnids.txt").exists():
-                print(f"already present: {root / 'tiny-imagenet-200'}")
+            folder = root / DATASETS["tiny_imagenet"].folder
+            if (folder / "wnids.txt").exists():
+                print(f"already present: {folder}")
             else:
                 download_and_extract_archive(TINY_IMAGENET_URL, str(root), md5=TINY_IMAGENET_MD5)
-            print(f"use: data.name=tiny_imagenet data.path={root / 'tiny-imagenet-200'}")
+            print(f"use: data.name=tiny_imagenet data.path={folder}")
         else:
             cls = tvd.CIFAR10 if a.dataset == "cifar10" else tvd.CIFAR100
             cls(root, train=True, download=True), cls(root, train=False, download=True)

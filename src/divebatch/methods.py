@@ -1,27 +1,44 @@
-"""The methods compared, by name: the one list that tables, figures and the synthetic check use.
+"""The methods compared, by name: read from ``configs/methods/*.yaml``, the one home of each method.
 
-Each :class:`Variant` is a file ``configs/methods/<key>.yaml`` (its ``display_name`` is recorded in
-every run's config.yaml; tests/test_composition.py keeps the files and this list equal) and the
-run directory name of its cells in the profiles. The order is the order of tables and legends;
-colours follow it (:mod:`divebatch.analysis.style`). Imports nothing heavy: the analysis uses it.
+A method is a file ``configs/methods/<key>.yaml`` that sets a ``display_name`` (recorded in every
+run's config.yaml; the files without one, e.g. ``adamw.yaml``, are pieces that methods build on).
+Its :class:`Variant` is what the file says once merged onto the schema's defaults; the key is also
+the run directory name of its cells in the profiles. Adding a method is adding its file.
+
+The order of tables and legends (:data:`VARIANTS`, colours follow it,
+:mod:`divebatch.analysis.style`) is a rule, not a list: the SGD-with-momentum methods first, then
+other optimizers (``optim.name`` in :data:`divebatch.choices.CHOICES` order), then the schedule
+controls; within each, the policy (``method.name`` in CHOICES order), the schedule kind, small
+before large batch, plain before lr rescaling. Imports nothing heavy: the analysis uses it.
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from divebatch.choices import CHOICES
+from divebatch.config import METHODS_DIR, load_yaml, schema
+from divebatch.rundir import REPO_ROOT
+from divebatch.schema import ScheduleKind
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One method of the comparison.
+    """One method of the comparison, as its file ``configs/methods/<key>.yaml`` defines it.
 
     Attributes:
-        key: ``configs/methods/<key>.yaml``; the run directory name of its profile cells.
+        key: the file's stem; the run directory name of its profile cells.
         display_name: what tables and figures call it (the config key ``display_name``).
         policy: ``method.name`` (sgd | adabatch | divebatch | schedule).
         lr_rescale: ``method.lr_rescale``.
         large_batch: starts at ``method.max_batch_size`` instead of ``method.initial_batch_size``.
         optimizer: ``optim.name``.
+        schedule: ``method.schedule`` of a schedule control (replay | two_stage), else None.
     """
 
     key: str
@@ -30,29 +47,49 @@ class Variant:
     lr_rescale: bool = False
     large_batch: bool = False
     optimizer: str = "sgd"
+    schedule: Optional[str] = None
 
 
-VARIANTS: tuple[Variant, ...] = (
-    Variant("sgd_small", "SGD (small batch)", "sgd"),
-    Variant("sgd_large", "SGD (large batch)", "sgd", large_batch=True),
-    Variant("adabatch", "AdaBatch", "adabatch"),
-    Variant("adabatch_rescale", "AdaBatch + lr rescale", "adabatch", lr_rescale=True),
-    Variant("divebatch", "DiveBatch", "divebatch"),
-    Variant("divebatch_rescale", "DiveBatch + lr rescale", "divebatch", lr_rescale=True),
-    # AdamW instead of SGD with momentum (the transformer); sqrt: the square-root lr rule
-    Variant("adamw_small", "AdamW (small batch)", "sgd", optimizer="adamw"),
-    Variant("adamw_large", "AdamW (large batch)", "sgd", large_batch=True, optimizer="adamw"),
-    Variant("adamw_divebatch", "AdamW DiveBatch", "divebatch", optimizer="adamw"),
-    Variant(
-        "adamw_divebatch_rescale", "AdamW DiveBatch + sqrt lr rescale", "divebatch", lr_rescale=True, optimizer="adamw"
-    ),
-    # schedule controls (no gradient diversity; divebatch.method.schedule): a DiveBatch run's realized
-    # batch sizes replayed, and the two-stage schedule m0 then the cap
-    Variant("schedule_replay", "Schedule replay", "schedule"),
-    Variant("schedule_replay_rescale", "Schedule replay + lr rescale", "schedule", lr_rescale=True),
-    Variant("two_stage", "Two-stage schedule", "schedule"),
-    Variant("two_stage_rescale", "Two-stage schedule + lr rescale", "schedule", lr_rescale=True),
-)
+def read_variant(path: Path) -> Optional[Variant]:
+    """The :class:`Variant` that a method file defines (its ``base:`` chain merged, onto the
+    schema's defaults), or None for a piece without ``display_name``."""
+    node = load_yaml(path)
+    if "display_name" not in node:
+        return None
+    cfg = OmegaConf.merge(schema(), node)
+    m = cfg.method
+    large = m.initial_batch_size == m.max_batch_size  # e.g. sgd_large: ${method.max_batch_size}
+    return Variant(path.stem, cfg.display_name, m.name, m.lr_rescale, large, cfg.optim.name, m.schedule)
+
+
+def _table_order(v: Variant) -> tuple:
+    """The sort key of the tables' order (module docstring)."""
+    kinds = typing.get_args(ScheduleKind)
+    return (
+        v.policy == "schedule",
+        CHOICES["optim.name"].index(v.optimizer),
+        CHOICES["method.name"].index(v.policy),
+        kinds.index(v.schedule) if v.schedule else -1,
+        v.large_batch,
+        v.lr_rescale,
+    )
+
+
+def read_variants(methods_dir: Path = REPO_ROOT / "configs" / METHODS_DIR) -> tuple[Variant, ...]:
+    """Every method file of ``methods_dir``, in the tables' order.
+
+    Raises:
+        ValueError: two files with one ``display_name`` (tables would merge their runs).
+    """
+    found = [v for v in map(read_variant, sorted(methods_dir.glob("*.yaml"))) if v is not None]
+    names = [v.display_name for v in found]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{methods_dir}: display_name {twice} set by several files; allowed: one file per name")
+    return tuple(sorted(found, key=_table_order))
+
+
+VARIANTS: tuple[Variant, ...] = read_variants()
 BY_KEY = {v.key: v for v in VARIANTS}
 DISPLAY_ORDER = [v.display_name for v in VARIANTS]
 # the names the analysis and the synthetic check refer to by role

@@ -2,7 +2,7 @@
 linear (softmax-regression) model and a small decoder-only transformer (:mod:`divebatch.transformer`).
 
 Our own models use no in-place operations: BackPACK's module hooks reject them (torchvision's
-ResNet-18 does ``out += identity``; :func:`divebatch.method.diversity.extend_model` converts it).
+ResNet-18 does ``out += identity``; :func:`divebatch.method.backpack_norms.extend_model` converts it).
 """
 
 from __future__ import annotations

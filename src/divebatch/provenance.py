@@ -9,6 +9,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from divebatch.datasets import PAPER_DATASETS
 from divebatch.rundir import REPO_ROOT
 
 PACKAGES = (
@@ -80,9 +81,6 @@ def manifest(device, seed: int, **extra) -> dict:
         "host_platform": platform.platform(),
         **extra,
     }
-
-
-PAPER_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
 
 
 def is_paper_scale(data: str) -> bool:

@@ -9,10 +9,13 @@
 * ``checkpoint.pt``: the state to resume from (:data:`CHECKPOINT`);
 * ``train.log``: the run's stdout/stderr under ``divebatch replicate`` (:data:`LOG`);
 * ``.lock``: the writer lock, held by the one process training the run (:meth:`RunDir.lock`);
-* ``shadow.csv`` / ``shadow_subsets.csv``: shadow-measurement runs only (:mod:`divebatch.method.shadow`).
+* ``shadow.csv`` / ``shadow_subsets.csv``: shadow-measurement runs only (:mod:`divebatch.shadow`).
 
 Every file is written whole through a temporary file and a rename (:func:`atomic_write`), so a
-reader (the orchestrator polling progress, a report during a replication) never sees half a file.
+reader (the orchestrator polling progress, a report during a replication) never sees half a file;
+a write that fails (Ctrl-C, a full disk, a read-only folder) removes its temporary file and keeps
+the old content, and the last two are named in one :class:`RunDirError` (docs/faults.md). The
+manifest's bookkeeping (a new run, each resume, a deleted manifest rebuilt) is :class:`RunDir`'s.
 The readers here are lenient where a report or an orchestrator must survive a crashed or older run
 (a missing or unreadable file reads as None / empty) and strict where the trainer must not
 overwrite results (:class:`RunDir`).
@@ -30,10 +33,15 @@ are imported by the functions that need them (config, metrics frame, checkpoint)
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime
+import errno
 import fcntl
 import json
+import math
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -135,13 +143,66 @@ def find_run_dirs(roots: Iterable[str | Path]) -> list[tuple[Path, Path]]:
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file.
 
+    On any failure (an error, Ctrl-C) the temporary file is removed and ``path`` keeps its old content.
+
     Args:
         path: the file to (re)place.
         write: called with the temporary path; writes the whole content there.
+    Raises:
+        RunDirError: the disk is full or the folder is read-only (:func:`write_failure`).
+        OSError: any other failure to write, as raised.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        failure = write_failure(path, err) if isinstance(err, OSError) else None
+        if failure is not None:
+            raise failure from None
+        raise
+
+
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_space(path: Path) -> str:
+    """Free space of the file system holding ``path`` (or its nearest existing parent), e.g. ``"12.3 MB"``."""
+    for p in (path, *path.parents):
+        try:
+            return f"{shutil.disk_usage(p).free / 1e6:.1f} MB"
+        except OSError:
+            continue
+    return "unknown"
+
+
+def disk_full_error(path: Path, detail: str) -> RunDirError:
+    """The error of a write to ``path`` that failed for want of space (``detail``: the system's words)."""
+    return RunDirError(
+        f"disk full: could not write {path} ({detail}; {free_space(path.parent)} free there); "
+        f"{path.name} keeps its previous content. Free some space and rerun the same command to resume."
+    )
+
+
+def write_failure(path: Path, err: OSError) -> RunDirError | None:
+    """A :class:`RunDirError` naming a full disk or a read-only folder for ``err``, raised while
+    writing ``path``; None for other errors (they keep their traceback)."""
+    if err.errno in DISK_FULL_ERRNOS:
+        return disk_full_error(path, err.strerror or "no space left")
+    if err.errno in READ_ONLY_ERRNOS:
+        return RunDirError(
+            f"{path.parent} is read-only ({err.strerror}: {err.filename or path}): the run cannot write "
+            f"{path.name} there. Make the folder writable, or give another out_dir."
+        )
+    return None
+
+
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the second (the manifest's times)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def format_metrics(rows: list[dict]) -> str:
@@ -184,12 +245,19 @@ class RunDir:
 
         Raises:
             RunDirError: another live process holds the lock (the message names the folder and that
-                process); nothing in the folder was changed.
+                process); nothing in the folder was changed. Or the folder cannot be created or
+                written (read-only, full disk: :func:`write_failure`).
         """
         if self._lock_fd is not None:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            failure = write_failure(self.path / LOCK, err)
+            if failure is None:
+                raise
+            raise failure from None
         try:
             for attempt in range(5):  # a reader's probe (lock_holder) holds it for microseconds
                 try:
@@ -222,7 +290,9 @@ class RunDir:
     def prepare(self, cfg: DictConfig) -> list[str]:
         """Take the writer lock (:meth:`lock`), then create the folder and write config.yaml, or check
         that an existing run has the same config (keys in ``config.RUNTIME_KEYS``, e.g.
-        ``method.max_micro_batch``, may change; config.yaml then holds the new values).
+        ``method.max_micro_batch``, may change; config.yaml then holds the new values). The
+        config.yaml of a run that never finished an epoch (:meth:`started` is False: it failed
+        before its first checkpoint) binds nothing: it is replaced, so the corrected command runs.
 
         Returns:
             The runtime keys that changed, as ``key: old -> new`` (empty for a new run).
@@ -236,7 +306,7 @@ class RunDir:
 
         self.lock()
         changed = []
-        if self.config.exists():
+        if self.config.exists() and self.started():
             old = OmegaConf.load(self.config)
             changed = [d for d in config_diffs(old, cfg, runtime=True) if d.startswith("method.")]
             diffs = config_diffs(old, cfg)
@@ -245,12 +315,16 @@ class RunDir:
                     f"out_dir={str(self.path)!r} holds a run with a different config ({'; '.join(diffs)}). "
                     f"Use another out_dir, or delete that folder to start over."
                 )
-        elif self.metrics.exists() or self.checkpoint.exists():
+        elif not self.config.exists() and (self.metrics.exists() or self.checkpoint.exists()):
             raise RunDirError(
                 f"out_dir={str(self.path)!r} holds results but no config.yaml; refusing to overwrite them."
             )
         atomic_write(self.config, lambda p: p.write_text(to_yaml(cfg)))
         return changed
+
+    def started(self) -> bool:
+        """Whether the folder holds results: a checkpoint, a finished epoch in metrics.csv, or a summary."""
+        return self.checkpoint.exists() or self.summary.exists() or epochs_done(self.path) > 0
 
     def load_checkpoint(self) -> dict | None:
         """The latest checkpoint (loaded to the CPU), or None for a fresh run.
@@ -271,15 +345,30 @@ class RunDir:
             return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for truncated/corrupt zip files
             raise RunDirError(
-                f"checkpoint {self.checkpoint} is unreadable ({type(err).__name__}: {err}). It is left "
-                f"untouched; delete the run folder to start over."
+                f"checkpoint {self.checkpoint} is unreadable ({_unreadable(err)}). It is left untouched; "
+                f"delete the run folder to start over."
             ) from None
 
     def save_checkpoint(self, state: dict) -> None:
-        """Write ``state`` (tensors and plain values, ``torch.save``) to checkpoint.pt."""
+        """Write ``state`` (tensors and plain values, ``torch.save``) to checkpoint.pt.
+
+        Raises:
+            RunDirError: the disk is full (torch's writer reports it as a RuntimeError, e.g.
+                "unexpected pos") or the folder is read-only; the previous checkpoint is intact and
+                no temporary file is left.
+        """
         import torch
 
-        atomic_write(self.checkpoint, lambda p: torch.save(state, p))
+        def save(tmp: Path) -> None:
+            try:
+                torch.save(state, tmp)
+            except RuntimeError as err:  # torch's zip writer does not raise OSError
+                text = str(err)
+                if not any(s in text for s in TORCH_WRITE_FAILURES):
+                    raise
+                raise disk_full_error(self.checkpoint, f"torch: {_first_line(text)}") from None
+
+        atomic_write(self.checkpoint, save)
 
     def write_metrics(self, rows: list[dict]) -> None:
         """Rewrite metrics.csv from ``rows`` (:func:`format_metrics`). On resume the trainer passes
@@ -291,6 +380,38 @@ class RunDir:
         """Write ``obj`` to ``path`` (the run's manifest or summary) as :func:`format_json`."""
         atomic_write(path, lambda p: p.write_text(format_json(obj)))
 
+    def start(self, manifest: dict) -> None:
+        """Write manifest.json of a new run: ``manifest``, with an empty list of ``resumes`` if it has none."""
+        self.write_json(self.manifest, {**manifest, "resumes": manifest.get("resumes", [])})
+
+    def resume(self, epoch: int, rebuild: Callable[[], dict], **facts) -> tuple[dict, bool]:
+        """Record in manifest.json that training resumes after ``epoch`` finished epochs (also the
+        0-based index of the next one), at :func:`utc_now`, with ``facts`` (commit, device, changed keys).
+
+        Args:
+            rebuild: returns a new run's manifest; used when manifest.json is missing (deleted by
+                hand), and then marked ``rebuilt`` with this epoch (its commit, packages and device
+                are this resume's, not the first start's).
+        Returns:
+            (the manifest as written, whether it was rebuilt).
+        Raises:
+            RunDirError: manifest.json exists but is not valid JSON (it is left untouched).
+        """
+        rebuilt = not self.manifest.exists()
+        if rebuilt:
+            manifest = {**rebuild(), "rebuilt": {"epoch": epoch, "time": utc_now()}}
+        else:
+            try:
+                manifest = json.loads(self.manifest.read_text())
+            except ValueError as err:
+                raise RunDirError(
+                    f"{self.manifest} is not valid JSON ({err}); it is left untouched. Delete it and rerun "
+                    f"the same command: the run resumes and rebuilds it."
+                ) from None
+        manifest.setdefault("resumes", []).append({"epoch": epoch, "time": utc_now(), **facts})
+        self.write_json(self.manifest, manifest)
+        return manifest, rebuilt
+
     def read_summary(self) -> dict | None:
         """summary.json, or None before the run ends.
 
@@ -298,6 +419,54 @@ class RunDir:
             ValueError: summary.json is not valid JSON (the trainer does not train over it).
         """
         return json.loads(self.summary.read_text()) if self.summary.exists() else None
+
+
+# what torch's zip writer says when a write fails (disk full): "unexpected pos", "file write failed"
+TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _unreadable(err: BaseException) -> str:
+    """Why ``torch.load`` failed, in words that never advise loading the file unsafely (torch's own
+    message suggests ``weights_only=False``, which can run code from the file)."""
+    text = str(err)
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = [
+            line.split("WeightsUnpickler error:", 1)[1]
+            for line in text.splitlines()
+            if "WeightsUnpickler error:" in line
+        ]
+        what = found[0].split(". Please")[0].strip() if found else "not a checkpoint written by divebatch"
+        return f"{type(err).__name__}: it holds data a safe load refuses: {what}"
+    if isinstance(err, EOFError) or not text.strip():
+        return f"{type(err).__name__}: the file is empty or cut short"
+    return f"{type(err).__name__}: {_first_line(text).split('. ')[0]}"
+
+
+def summarize(history: list[dict]) -> dict:
+    """summary.json of a run from its metrics rows: final and best (of the finite) validation
+    accuracy, ``best_epoch`` and, for a run whose training loss became non-finite, ``diverged_epoch``
+    (both 0-based, the ``epoch`` column of metrics.csv; messages show them 1-based)."""
+    finite = [r for r in history if math.isfinite(r["val_acc"])] or history
+    best, last = max(finite, key=lambda r: r["val_acc"]), history[-1]
+    diverged = [r["epoch"] for r in history if not math.isfinite(r["train_loss"])]
+    return {
+        "finished": True,
+        "epochs_completed": len(history),
+        "final_val_acc": last["val_acc"],
+        "best_val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        "final_train_loss": last["train_loss"],
+        "final_val_loss": last["val_loss"],
+        "final_batch_size": last["batch_size"],
+        "optimizer_steps": last["optimizer_steps"],
+        "wall_time_s": last["wall_time_s"],
+        "diverged": bool(diverged),
+        **({"diverged_epoch": diverged[0]} if diverged else {}),
+    }
 
 
 # ----------------------------------------------------------------------------- reading

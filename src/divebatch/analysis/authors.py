@@ -1,550 +1,110 @@
-"""The authors' reported results as data, and the published numbers checked against them by code.
+"""``divebatch authors``: the authors' reported results as data, and the published numbers checked
+against them by code.
 
-The paper's text is not available to us; the authors' plotting notebook is. Its stored outputs hold
-the result tables the paper reports. ``authors_reported.csv`` (next to this module, package data)
-holds every number of those outputs that the tables use, one row per (dataset, method,
-hyperparameters, quantity), transcribed from:
-
-- ``chenyuen0103/pytorch-cifar`` ``src/plot.ipynb`` at commit ``07edbcc`` (byte-identical at the last
-  commit ``7289184``, the one docs/protocol.md cites): cell 8 (final accuracy, epochs and training
-  seconds to within 1 point of the final accuracy, with lr rescaling), cells 10 and 11 (accuracy at
-  25/50/75/100 % of training, with / without lr rescaling), cell 13 (epochs to 95 % of the final
-  accuracy, CIFAR-10), cells 14-16 (mean training seconds per epoch per method), cell 17 (wall-clock
-  seconds per epoch, seed 1, CIFAR-10), cell 18 (mean GPU memory allocated, seed 1, CIFAR-10);
-- the same file at commit ``5462789``: cell 7 (both epochs/seconds tables printed as LaTeX, the only
-  place the table without lr rescaling is printed), and cells 12, 13, 15, 16, 17, which print some of
-  the same numbers again (used as the cross-check columns).
-
-Cell numbers are **0-based** indices into the notebook's ``cells`` list (nbformat JSON), the way the
-numbers above are counted; verified: at ``07edbcc`` cell 8 is the one-line cell ``results_true_df``
-and cells 10 and 11 are ``manual_selection_true`` / ``manual_selection_false``.
-
-Columns of the CSV (the first thirteen are a contract with the table layouts of the paper;
-:data:`REQUIRED_COLUMNS`):
-
-- ``dataset``: cifar10 | cifar100 | tiny_imagenet (the authors' ``IMAGENET`` is Tiny-ImageNet);
-- ``method``: the project's method key (:mod:`divebatch.methods`): SGD at the initial batch size is
-  ``sgd_small``, SGD at 2048 ``sgd_large`` (two learning rates, told apart by ``lr``), the adaptive
-  methods with lr rescaling ``*_rescale``;
-- ``authors_label``: the row label as the notebook prints it (untruncated);
-- ``lr``, ``batch_size``: the initial learning rate and batch size in the label;
-- ``rescale``: the lr-rescaling group of the table the row is printed in (small-batch SGD is
-  printed in both); for rows outside those tables, whether the run rescaled the lr (the notebook
-  counts SGD at lr 1.6 / 0.16 and batch 2048 as the rescaled large batch);
-- ``quantity``, ``value``, ``sem``, ``unit``: :data:`QUANTITY_UNITS`; ``sem`` is the printed standard
-  error of the mean over seeds (empty where none is printed);
-- ``repo``, ``commit`` (40 hex), ``file``, ``cell``: where the value is printed;
-- ``delta``, ``resize_freq``, ``max_batch_size``: the other hyperparameters of the label (empty for SGD);
-- ``check_commit``, ``check_cell``, ``check_value``, ``check_sem``: the same number where another
-  commit (or, for small-batch SGD, the other table) prints it too; empty otherwise.
-
-The authors' statistic (``process_directory`` and ``calculate_epochs_and_times_to_reach_final_accuracy``
-in the notebook): per epoch, mean and SEM (pandas, ddof 1) of the validation accuracy over the seeds
-found (the code expects seeds 1-5); "epochs to ±1 %" is the first epoch (1-based) whose seed-mean
-accuracy is at least the final seed-mean minus 1 point; "time to ±1 %" sums the seed-mean training
-seconds per epoch (evaluation excluded) of epochs 1 to that epoch. Their other definition (cell 13)
-is the first epoch whose seed-mean accuracy is at least 95 % of the final seed-mean.
-
-The checks (:func:`ratio_table`, :func:`range_table`, :func:`per_epoch_table`,
-:func:`definitions_table`, :func:`discrepancy_table`) read only this CSV; ``divebatch authors``
-writes them to ``paper_tables/authors/`` and into ``docs/authors_results.md``.
+The reference CSV and its schema: :mod:`divebatch.analysis.authors_reference` (``load_reported``); the
+checks: :mod:`divebatch.analysis.authors_checks`. This module formats them, writes the tables to
+``paper_tables/authors/`` and the generated block of ``docs/authors_results.md`` (:func:`render_block`),
+and computes the README's column of the authors' values (:func:`readme_cells`). Every name of the two
+modules above stays importable from here.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from divebatch.methods import BY_KEY, PAPER_METHODS
-
-CSV_PATH = Path(__file__).with_name("authors_reported.csv")
-REPO = "chenyuen0103/pytorch-cifar"
-REQUIRED_COLUMNS = (
-    "dataset",
-    "method",
-    "authors_label",
-    "lr",
-    "batch_size",
-    "rescale",
-    "quantity",
-    "value",
-    "sem",
-    "unit",
-    "repo",
-    "commit",
-    "file",
-    "cell",
+from divebatch.analysis.authors_checks import (
+    ABSTRACT_SLICE,
+    SLICES,
+    definitions_table,
+    describe_ratio,
+    discrepancy_table,
+    per_epoch_table,
+    range_table,
+    ratio_table,
+    slice_of,
 )
-EXTRA_COLUMNS = (
-    "delta",
-    "resize_freq",
-    "max_batch_size",
-    "check_commit",
-    "check_cell",
-    "check_value",
-    "check_sem",
+from divebatch.analysis.authors_reference import (
+    ADABATCH,
+    AGREE_TOLERANCE,
+    BEGIN,
+    CHECKPOINT_PERCENTS,
+    CHECKPOINT_QUANTITIES,
+    CSV_PATH,
+    DATASET_NAMES,
+    DATASETS,
+    DIVEBATCH,
+    DOC_PATH,
+    END,
+    EXTRA_COLUMNS,
+    METHODS,
+    OUT_DIR,
+    QUANTITY_UNITS,
+    README_NOT_REPORTED,
+    REPO,
+    REQUIRED_COLUMNS,
+    TABLE_QUANTITIES,
+    UNIT_QUANTITY,
+    UNIT_WORDS,
+    ReferenceError,
+    csv_digest,
+    group_text,
+    load_reported,
+    method_name,
+    paper_rows,
+    provenance,
 )
-DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
-DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "tiny_imagenet": "Tiny-ImageNet"}
-METHODS = tuple(v.key for v in PAPER_METHODS)
-QUANTITY_UNITS = {
-    "final_acc": "percent",  # seed-mean validation accuracy at the last epoch
-    "epochs_to_1pct": "epochs",  # first epoch with seed-mean accuracy >= final - 1 point
-    "total_epochs": "epochs",  # epochs in the seed-mean curve
-    "seconds_to_1pct": "seconds",  # seed-mean training seconds summed over epochs 1..epochs_to_1pct
-    "acc_at_25pct": "percent",  # seed-mean accuracy at epoch int(total_epochs * 0.25) (1-based)
-    "acc_at_50pct": "percent",
-    "acc_at_75pct": "percent",
-    "acc_at_100pct": "percent",  # at the last epoch
-    "epochs_to_95pct": "epochs",  # first epoch with seed-mean accuracy >= 0.95 * final
-    "seconds_per_epoch": "seconds_per_epoch",  # mean training seconds per epoch of the timing runs
-    "wall_seconds_per_epoch": "seconds_per_epoch",  # wall-clock (training + evaluation), seed 1
-    "gpu_memory_mb": "MB",  # mean over epochs of the epoch's peak allocated memory, bytes / 2**20, seed 1
-}
-TABLE_QUANTITIES = ("final_acc", "epochs_to_1pct", "total_epochs", "seconds_to_1pct")
-CHECKPOINT_QUANTITIES = ("acc_at_25pct", "acc_at_50pct", "acc_at_75pct", "acc_at_100pct")
-DIVEBATCH = {False: "divebatch", True: "divebatch_rescale"}  # the DiveBatch row of each lr-rescaling group
-ADABATCH = {False: "adabatch", True: "adabatch_rescale"}
-# The abstract's range "1.06x to 5.0x" (docs/protocol.md, claim 1): bounds and the decimals they are printed with.
-ABSTRACT_LOW, ABSTRACT_HIGH = (1.06, 2), (5.0, 1)
-# Implied and measured seconds per epoch "agree" when their ratio is within this fraction of 1.
-AGREE_TOLERANCE = 0.10
-UNIT_QUANTITY = {"epochs": "epochs_to_1pct", "seconds": "seconds_to_1pct"}
-UNIT_WORDS = {"epochs": "epochs", "seconds": "training seconds"}
-BEGIN, END = "<!-- authors-check:begin -->", "<!-- authors-check:end -->"
-DOC_PATH = Path("docs") / "authors_results.md"
-OUT_DIR = Path("paper_tables") / "authors"
-README_NOT_REPORTED = "not reported"
-
-
-class ReferenceError(ValueError):
-    """The reference CSV breaks its schema (a column, value or row named in the message)."""
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def _allowed(col: str, values: pd.Series, allowed) -> None:
-    bad = sorted(set(values) - set(allowed))
-    if bad:
-        raise ReferenceError(f"column {col!r} has value(s) {bad}; allowed: {' | '.join(map(str, allowed))}")
-
-
-def load_reported(path: str | Path | None = None) -> pd.DataFrame:
-    """The authors' reported numbers, one row per (dataset, method, hyperparameters, quantity).
-
-    Args:
-        path: the CSV (default: the package's ``authors_reported.csv``).
-
-    Returns:
-        DataFrame with the columns of :data:`REQUIRED_COLUMNS` and :data:`EXTRA_COLUMNS`: ``lr``,
-        ``value``, ``sem``, ``check_value``, ``check_sem``, ``delta`` float64 (NaN where empty);
-        ``batch_size``, ``cell`` int64; ``rescale`` bool; ``resize_freq``, ``max_batch_size``,
-        ``check_cell`` Int64 (nullable); the rest str ("" where empty). Units: :data:`QUANTITY_UNITS`.
-
-    Raises:
-        ReferenceError: a column missing, a value outside its allowed set, a unit that is not its
-            quantity's, a negative SEM, a non-integer epoch count, or two rows with the same key.
-    """
-    path = Path(path) if path is not None else CSV_PATH
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in (*REQUIRED_COLUMNS, *EXTRA_COLUMNS) if c not in raw.columns]
-    if missing:
-        raise ReferenceError(f"{path}: missing column(s) {missing}; required: {list(REQUIRED_COLUMNS + EXTRA_COLUMNS)}")
-    _allowed("dataset", raw["dataset"], DATASETS)
-    _allowed("method", raw["method"], METHODS)
-    _allowed("quantity", raw["quantity"], QUANTITY_UNITS)
-    _allowed("rescale", raw["rescale"], ("true", "false"))
-    wrong_unit = raw[raw["unit"] != raw["quantity"].map(QUANTITY_UNITS)]
-    if len(wrong_unit):
-        r = wrong_unit.iloc[0]
-        raise ReferenceError(
-            f"row {r['dataset']}/{r['method']}/{r['quantity']}: unit {r['unit']!r}; allowed for "
-            f"{r['quantity']}: {QUANTITY_UNITS[r['quantity']]!r}"
-        )
-    df = raw.copy()
-
-    def num(col: str) -> pd.Series:
-        out = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
-        bad = df[col][out.isna() & (df[col] != "")]
-        if len(bad):
-            raise ReferenceError(f"column {col!r} has non-numeric value {bad.iloc[0]!r}")
-        return out
-
-    for col in ("lr", "value", "sem", "check_value", "check_sem", "delta"):
-        df[col] = num(col).astype(float)
-    for col in ("batch_size", "cell"):
-        v = num(col)
-        if v.isna().any():
-            raise ReferenceError(f"column {col!r} is empty in a row; it is required")
-        df[col] = v.astype(np.int64)
-    for col in ("resize_freq", "max_batch_size", "check_cell"):
-        df[col] = num(col).astype("Int64")
-    if df["value"].isna().any():
-        raise ReferenceError("column 'value' is empty in a row; it is required")
-    df["rescale"] = df["rescale"] == "true"
-    neg = df[(df["sem"] < 0) | (df["check_sem"] < 0)]
-    if len(neg):
-        raise ReferenceError(f"negative SEM in row {neg.iloc[0][['dataset', 'method', 'quantity']].tolist()}")
-    epochs = df[df["unit"] == "epochs"]
-    frac = epochs[epochs["value"] != np.round(epochs["value"])]
-    if len(frac):
-        raise ReferenceError(
-            f"epoch count not an integer: {frac.iloc[0][['dataset', 'method', 'quantity', 'value']].tolist()}"
-        )
-    key = ["dataset", "method", "lr", "batch_size", "rescale", "delta", "resize_freq", "quantity"]
-    dup = df[df.duplicated(key, keep=False)]
-    if len(dup):
-        raise ReferenceError(f"two rows with the same key {key}: {dup.iloc[0][key].tolist()}")
-    return df
-
-
-def csv_digest(path: str | Path | None = None) -> str:
-    """First 12 hex digits of the SHA-256 of the CSV file (names the data in the tables' provenance)."""
-    return hashlib.sha256(Path(path or CSV_PATH).read_bytes()).hexdigest()[:12]
-
-
-def provenance(df: pd.DataFrame, digest: str) -> str:
-    """One line naming the source commits and cells (checks included) and the CSV's digest."""
-    cells: dict[str, set[int]] = {}
-    for commit, cell in zip(df["commit"], df["cell"]):
-        cells.setdefault(commit, set()).add(int(cell))
-    for commit, cell in zip(df["check_commit"], df["check_cell"]):
-        if commit:
-            cells.setdefault(commit, set()).add(int(cell))
-    parts = [f"@{c[:7]} cells {','.join(map(str, sorted(v)))}" for c, v in sorted(cells.items(), key=lambda kv: kv[0])]
-    return f"authors' notebook {REPO} src/plot.ipynb, stored outputs {'; '.join(parts)}; authors_reported.csv sha256 {digest}"
-
-
-# ----------------------------------------------------------------------------- the tables as printed
-
-
-def paper_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the authors' epochs/seconds tables, wide: one row per (dataset, lr-rescaling group,
-    method, lr) with columns ``label``, the :data:`TABLE_QUANTITIES` and ``final_sem``.
-
-    Returns:
-        DataFrame sorted by dataset, group (without lr rescaling first) and method order.
-    """
-    t = df[df["quantity"].isin(TABLE_QUANTITIES)]
-    keys = ["dataset", "rescale", "method", "lr"]
-    wide = t.pivot_table(index=keys, columns="quantity", values="value", aggfunc="first").reset_index()
-    sem = t[t["quantity"] == "final_acc"].set_index(keys)["sem"].rename("final_sem")
-    label = t.groupby(keys)["authors_label"].first().rename("label")
-    wide = wide.join(sem, on=keys).join(label, on=keys)
-    wide["_d"] = wide["dataset"].map(DATASETS.index)
-    wide["_m"] = wide["method"].map(METHODS.index)
-    wide = wide.sort_values(["_d", "rescale", "_m", "lr"]).drop(columns=["_d", "_m"]).reset_index(drop=True)
-    wide.columns.name = None
-    return wide
-
-
-def _lookup(df: pd.DataFrame, quantity: str, dataset: str, method: str, lr: float) -> pd.Series | None:
-    """The row of ``quantity`` for (dataset, method): same lr if there is one, else the only row, else None."""
-    rows = df[(df["quantity"] == quantity) & (df["dataset"] == dataset) & (df["method"] == method)]
-    same = rows[np.isclose(rows["lr"], lr)]
-    if len(same) == 1:
-        return same.iloc[0]
-    return rows.iloc[0] if len(rows) == 1 else None
-
-
-def method_name(method: str, lr: float | None = None) -> str:
-    """Display name (:mod:`divebatch.methods`), with the lr for large-batch SGD (it has two)."""
-    name = BY_KEY[method].display_name
-    return f"{name}, lr {lr:g}" if method == "sgd_large" and lr is not None else name
-
-
-def _group(rescale: bool) -> str:
-    return "with lr rescaling" if rescale else "without lr rescaling"
-
-
-# ----------------------------------------------------------------------------- check 1: the abstract's range
-
-
-def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Every DiveBatch-against-baseline ratio in the authors' epochs/seconds tables.
-
-    Within each table (dataset x lr-rescaling group), ratio = baseline / DiveBatch of epochs to
-    ±1 % and of training seconds to ±1 % (> 1: DiveBatch reaches its target sooner). For the seconds,
-    ``ratio_measured`` recomputes both times as epochs to ±1 % x the method's mean training seconds
-    per epoch of the timing runs (:func:`per_epoch_table`); NaN where a method has no timing run.
-
-    Returns:
-        One row per (dataset, rescale, baseline, baseline_lr, unit): ``baseline_value``,
-        ``divebatch_value`` (epochs or seconds), ``ratio``, ``ratio_measured``, ``below_1``,
-        ``rounds_to_low`` / ``rounds_to_high`` (the ratio printed with the abstract's decimals equals
-        its bound 1.06 / 5.0).
-    """
-    wide = paper_rows(df)
-    per_epoch = per_epoch_table(df).set_index(["dataset", "rescale", "method", "lr"])["seconds_at_measured"]
-    rows = []
-    for (dataset, rescale), g in wide.groupby(["dataset", "rescale"], sort=False):
-        dive = g[g["method"] == DIVEBATCH[rescale]]
-        if len(dive) != 1:
-            raise ReferenceError(f"{dataset}, {_group(rescale)}: {len(dive)} DiveBatch rows; expected 1")
-        d = dive.iloc[0]
-        d_meas = per_epoch.get((dataset, rescale, d["method"], d["lr"]), np.nan)
-        for _, b in g[g["method"] != d["method"]].iterrows():
-            b_meas = per_epoch.get((dataset, rescale, b["method"], b["lr"]), np.nan)
-            for unit, q in UNIT_QUANTITY.items():
-                ratio = b[q] / d[q]
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "rescale": rescale,
-                        "baseline": b["method"],
-                        "baseline_lr": b["lr"],
-                        "unit": unit,
-                        "baseline_value": b[q],
-                        "divebatch_value": d[q],
-                        "ratio": ratio,
-                        "ratio_measured": b_meas / d_meas if unit == "seconds" else np.nan,
-                        "below_1": ratio < 1,
-                        "rounds_to_low": round(ratio, ABSTRACT_LOW[1]) == ABSTRACT_LOW[0],
-                        "rounds_to_high": round(ratio, ABSTRACT_HIGH[1]) == ABSTRACT_HIGH[0],
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-# Subsets of the ratios over which the smallest and largest are compared with the abstract's range:
-# name -> (units, lr-rescaling groups, baseline roles); a role "adabatch" is the group's AdaBatch.
-SLICES = {
-    "all ratios": (("epochs", "seconds"), (False, True), ("sgd_small", "sgd_large", "adabatch")),
-    "epochs, all": (("epochs",), (False, True), ("sgd_small", "sgd_large", "adabatch")),
-    "seconds, all": (("seconds",), (False, True), ("sgd_small", "sgd_large", "adabatch")),
-    "seconds, without lr rescaling": (("seconds",), (False,), ("sgd_small", "sgd_large", "adabatch")),
-    "seconds, with lr rescaling": (("seconds",), (True,), ("sgd_small", "sgd_large", "adabatch")),
-    "seconds, without lr rescaling, vs small-batch SGD and AdaBatch": (
-        ("seconds",),
-        (False,),
-        ("sgd_small", "adabatch"),
-    ),
-    "seconds, with lr rescaling, vs small-batch SGD and AdaBatch": (("seconds",), (True,), ("sgd_small", "adabatch")),
-    "epochs, without lr rescaling, vs small-batch SGD and AdaBatch": (("epochs",), (False,), ("sgd_small", "adabatch")),
-}
-ABSTRACT_SLICE = "seconds, without lr rescaling, vs small-batch SGD and AdaBatch"
-
-
-def _role(method: str) -> str:
-    return "adabatch" if method.startswith("adabatch") else method
-
-
-def slice_of(ratios: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The ratios of :data:`SLICES` ``name``."""
-    if name not in SLICES:
-        raise KeyError(f"slice {name!r}; allowed: {' | '.join(SLICES)}")
-    units, groups, roles = SLICES[name]
-    keep = ratios["unit"].isin(units) & ratios["rescale"].isin(groups) & ratios["baseline"].map(_role).isin(roles)
-    return ratios[keep]
-
-
-def _describe(r: pd.Series) -> str:
-    return (
-        f"{DATASET_NAMES[r['dataset']]} {_group(r['rescale'])}, vs {method_name(r['baseline'], r['baseline_lr'])}, "
-        f"{UNIT_WORDS[r['unit']]}"
-    )
-
-
-def range_table(ratios: pd.DataFrame, column: str = "ratio") -> pd.DataFrame:
-    """Smallest and largest ratio of every :data:`SLICES` subset, and whether they are the abstract's range.
-
-    Args:
-        ratios: :func:`ratio_table`.
-        column: ``ratio`` (as reported) or ``ratio_measured`` (seconds from the timing runs).
-
-    Returns:
-        One row per slice: ``slice``, ``n``, ``min``, ``max``, ``min_row``, ``max_row``,
-        ``n_below_1``, ``is_abstract_range`` (min printed with 2 decimals is 1.06 and max with 1
-        decimal is 5.0).
-    """
-    rows = []
-    for name in SLICES:
-        s = slice_of(ratios, name).dropna(subset=[column])
-        if s.empty:
-            continue
-        lo, hi = s.loc[s[column].idxmin()], s.loc[s[column].idxmax()]
-        rows.append(
-            {
-                "slice": name,
-                "n": len(s),
-                "min": lo[column],
-                "max": hi[column],
-                "min_row": _describe(lo),
-                "max_row": _describe(hi),
-                "n_below_1": int((s[column] < 1).sum()),
-                "is_abstract_range": bool(
-                    round(lo[column], ABSTRACT_LOW[1]) == ABSTRACT_LOW[0]
-                    and round(hi[column], ABSTRACT_HIGH[1]) == ABSTRACT_HIGH[0]
-                ),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- check 2: seconds per epoch
-
-
-def per_epoch_table(df: pd.DataFrame, tolerance: float = AGREE_TOLERANCE) -> pd.DataFrame:
-    """Seconds per epoch implied by each table row against the same method's timing runs.
-
-    implied = time to ±1 % / epochs to ±1 % (seconds per epoch, the mean over epochs 1..E of the
-    seed-mean training time); measured = the ``seconds_per_epoch`` row of the same dataset and method
-    (the same lr where there is one; the timing run's own label is kept in ``timing_label``, since
-    its lr or delta may differ from the table row's). The timing figure is a mean over all epochs of
-    the timing runs, not over epochs 1..E.
-
-    Args:
-        df: :func:`load_reported`.
-        tolerance: ``agree`` when abs(implied / measured - 1) <= tolerance.
-
-    Returns:
-        One row per table row: ``dataset``, ``rescale``, ``method``, ``lr``, ``epochs``, ``seconds``,
-        ``implied`` (s/epoch), ``timing_label``, ``timing_cell``, ``measured`` (s/epoch; NaN without a
-        timing run), ``implied_over_measured``, ``agree`` (bool; False without a timing run),
-        ``has_timing``, ``seconds_at_measured`` = epochs x measured (seconds).
-    """
-    rows = []
-    for _, r in paper_rows(df).iterrows():
-        t = _lookup(df, "seconds_per_epoch", r["dataset"], r["method"], r["lr"])
-        implied = r["seconds_to_1pct"] / r["epochs_to_1pct"]
-        measured = t["value"] if t is not None else np.nan
-        ratio = implied / measured
-        rows.append(
-            {
-                "dataset": r["dataset"],
-                "rescale": r["rescale"],
-                "method": r["method"],
-                "lr": r["lr"],
-                "epochs": int(r["epochs_to_1pct"]),
-                "seconds": r["seconds_to_1pct"],
-                "implied": implied,
-                "timing_label": t["authors_label"] if t is not None else "",
-                "timing_cell": int(t["cell"]) if t is not None else pd.NA,
-                "measured": measured,
-                "implied_over_measured": ratio,
-                "has_timing": t is not None,
-                "agree": bool(t is not None and abs(ratio - 1) <= tolerance),
-                "seconds_at_measured": r["epochs_to_1pct"] * measured,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- check 3: two definitions
-
-
-def definitions_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Epochs to within 1 point of final against epochs to 95 % of final, where both are printed.
-
-    Returns:
-        One row per table row that has an ``epochs_to_95pct`` (CIFAR-10 only): ``dataset``,
-        ``rescale``, ``method``, ``lr``, ``epochs_1pct``, ``epochs_95pct``, and for the baselines the
-        ratio baseline / DiveBatch of the same group under each definition (``ratio_1pct``,
-        ``ratio_95pct``; NaN on the DiveBatch row).
-    """
-    rows = []
-    wide = paper_rows(df)
-    for (dataset, rescale), g in wide.groupby(["dataset", "rescale"], sort=False):
-        found = {}
-        for _, r in g.iterrows():
-            e95 = _lookup(df, "epochs_to_95pct", dataset, r["method"], r["lr"])
-            if e95 is not None:
-                found[(r["method"], r["lr"])] = (r["epochs_to_1pct"], e95["value"])
-        dkey = next((k for k in found if k[0] == DIVEBATCH[rescale]), None)
-        for (method, lr), (e1, e95) in found.items():
-            d1, d95 = found[dkey] if dkey else (np.nan, np.nan)
-            is_dive = (method, lr) == dkey
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "rescale": rescale,
-                    "method": method,
-                    "lr": lr,
-                    "epochs_1pct": int(e1),
-                    "epochs_95pct": int(e95),
-                    "ratio_1pct": np.nan if is_dive else e1 / d1,
-                    "ratio_95pct": np.nan if is_dive else e95 / d95,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- check 4: the sources agree
-
-
-def discrepancy_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Numbers printed twice that differ: a row's value or SEM against its check columns, and the
-    accuracy at 100 % of training against the final accuracy of the same row (both are the last
-    epoch's seed-mean and SEM).
-
-    Returns:
-        One row per difference: ``dataset``, ``rescale``, ``method``, ``lr``, ``quantity``, ``value``,
-        ``sem``, ``source``, ``other_value``, ``other_sem``, ``other_source``.
-    """
-
-    def src(commit, cell) -> str:
-        return f"@{commit[:7]} cell {int(cell)}"
-
-    def same(a, b) -> bool:
-        return (np.isnan(a) and np.isnan(b)) or a == b
-
-    rows = []
-    keys = ["dataset", "rescale", "method", "lr", "quantity"]
-    for _, r in df[df["check_commit"] != ""].iterrows():
-        if not (same(r["value"], r["check_value"]) and same(r["sem"], r["check_sem"])):
-            rows.append(
-                {k: r[k] for k in keys}
-                | {
-                    "value": r["value"],
-                    "sem": r["sem"],
-                    "source": src(r["commit"], r["cell"]),
-                    "other_value": r["check_value"],
-                    "other_sem": r["check_sem"],
-                    "other_source": src(r["check_commit"], r["check_cell"]),
-                }
-            )
-    idx = ["dataset", "rescale", "method", "lr"]
-    fin = df[df["quantity"] == "final_acc"].set_index(idx)
-    for _, r in df[df["quantity"] == "acc_at_100pct"].iterrows():
-        k = tuple(r[c] for c in idx)
-        if k not in fin.index:
-            continue
-        f = fin.loc[k]
-        if not (same(r["value"], f["value"]) and same(r["sem"], f["sem"])):
-            rows.append(
-                {k2: r[k2] for k2 in keys}
-                | {
-                    "value": r["value"],
-                    "sem": r["sem"],
-                    "source": src(r["commit"], r["cell"]),
-                    "other_value": f["value"],
-                    "other_sem": f["sem"],
-                    "other_source": f"final_acc {src(f['commit'], f['cell'])}",
-                }
-            )
-    return pd.DataFrame(rows, columns=[*keys, "value", "sem", "source", "other_value", "other_sem", "other_source"])
-
+from divebatch.analysis.formatting import estimate, write_table
+
+__all__ = [
+    "ABSTRACT_SLICE",
+    "ADABATCH",
+    "BEGIN",
+    "CHECKPOINT_QUANTITIES",
+    "CSV_PATH",
+    "DIVEBATCH",
+    "END",
+    "EXTRA_COLUMNS",
+    "QUANTITY_UNITS",
+    "README_NOT_REPORTED",
+    "REQUIRED_COLUMNS",
+    "SLICES",
+    "TABLE_QUANTITIES",
+    "UNIT_QUANTITY",
+    "ReferenceError",
+    "cli",
+    "csv_digest",
+    "definitions_table",
+    "discrepancy_table",
+    "doc_block",
+    "load_reported",
+    "paper_rows",
+    "per_epoch_table",
+    "range_table",
+    "ratio_table",
+    "readme_cells",
+    "render_block",
+    "replace_block",
+    "write_tables",
+]
 
 # ----------------------------------------------------------------------------- formatting
 
 
 def _x(v: float, digits: int = 2) -> str:
-    return "" if pd.isna(v) else f"{v:.{digits}f}x"
+    return estimate(v, spec=f".{digits}f", unit="x", missing="")
 
 
 def _num(v: float, digits: int = 2) -> str:
-    return "" if pd.isna(v) else f"{v:.{digits}f}"
+    return estimate(v, spec=f".{digits}f", missing="")
 
 
 def _sec(v: float, digits: int = 2) -> str:
     """Seconds (or any count) with a thousands separator, so that no table reader re-rounds it."""
-    return "" if pd.isna(v) else f"{v:,.{digits}f}"
+    return estimate(v, spec=f",.{digits}f", missing="")
 
 
 def format_ratios(ratios: pd.DataFrame) -> pd.DataFrame:
@@ -552,7 +112,7 @@ def format_ratios(ratios: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "dataset": ratios["dataset"].map(DATASET_NAMES),
-            "table": ratios["rescale"].map(_group),
+            "table": ratios["rescale"].map(group_text),
             "baseline": [method_name(m, lr) for m, lr in zip(ratios["baseline"], ratios["baseline_lr"])],
             "unit (to ±1 %)": ratios["unit"].map(UNIT_WORDS),
             "baseline value": [
@@ -594,7 +154,7 @@ def format_per_epoch(pe: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "dataset": pe["dataset"].map(DATASET_NAMES),
-            "table": pe["rescale"].map(_group),
+            "table": pe["rescale"].map(group_text),
             "method": [method_name(m, lr) for m, lr in zip(pe["method"], pe["lr"])],
             "epochs to ±1 %": pe["epochs"],
             "s to ±1 %": pe["seconds"].map(_sec),
@@ -615,7 +175,7 @@ def format_definitions(defs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "dataset": defs["dataset"].map(DATASET_NAMES),
-            "table": defs["rescale"].map(_group),
+            "table": defs["rescale"].map(group_text),
             "method": [method_name(m, lr) for m, lr in zip(defs["method"], defs["lr"])],
             "epochs to final - 1 point": defs["epochs_1pct"],
             "epochs to 95 % of final": defs["epochs_95pct"],
@@ -629,7 +189,7 @@ def format_discrepancies(disc: pd.DataFrame) -> pd.DataFrame:
     """:func:`discrepancy_table` for reading."""
 
     def vs(v, s):
-        return f"{v:g}" + ("" if pd.isna(s) else f" ± {s:.2f}")
+        return estimate(v, s, spec="g", spread_spec=".2f", missing="nan")
 
     return pd.DataFrame(
         {
@@ -650,7 +210,7 @@ def format_reported(df: pd.DataFrame) -> pd.DataFrame:
     keys = ["dataset", "rescale", "method", "lr"]
     t = df[df["quantity"].isin(TABLE_QUANTITIES + CHECKPOINT_QUANTITIES)].copy()
     t["cell_text"] = [
-        (f"{v:.2f} ± {s:.2f}" if not pd.isna(s) else (f"{v:.0f}" if u == "epochs" else _sec(v)))
+        (estimate(v, s) if not pd.isna(s) else (f"{v:.0f}" if u == "epochs" else _sec(v)))
         for v, s, u in zip(t["value"], t["sem"], t["unit"])
     ]
     wide = t.pivot_table(index=keys, columns="quantity", values="cell_text", aggfunc="first").reset_index()
@@ -660,7 +220,7 @@ def format_reported(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "dataset": wide["dataset"].map(DATASET_NAMES),
-            "table": wide["rescale"].map(_group),
+            "table": wide["rescale"].map(group_text),
             "method": [method_name(m, lr) for m, lr in zip(wide["method"], wide["lr"])],
             "final acc. (%)": wide["final_acc"],
             "epochs to ±1 %": wide["epochs_to_1pct"],
@@ -668,8 +228,8 @@ def format_reported(df: pd.DataFrame) -> pd.DataFrame:
             "s to ±1 %": wide["seconds_to_1pct"],
         }
     )
-    for q in CHECKPOINT_QUANTITIES:
-        out[f"acc. at {q.split('_')[2][:-3]} %"] = wide[q].values
+    for p, q in zip(CHECKPOINT_PERCENTS, CHECKPOINT_QUANTITIES):
+        out[f"acc. at {p} %"] = wide[q].values
     return out.reset_index(drop=True)
 
 
@@ -688,9 +248,7 @@ def _md(display: pd.DataFrame) -> str:
 def _arithmetic(r: pd.Series) -> str:
     """ "<row>: baseline / DiveBatch = ratio" for a :func:`ratio_table` row."""
     digits = 0 if r["unit"] == "epochs" else 2
-    return (
-        f"{_describe(r)}: {_sec(r['baseline_value'], digits)} / {_sec(r['divebatch_value'], digits)} = {r['ratio']:.4f}"
-    )
+    return f"{describe_ratio(r)}: {_sec(r['baseline_value'], digits)} / {_sec(r['divebatch_value'], digits)} = {r['ratio']:.4f}"
 
 
 def render_block(df: pd.DataFrame, digest: str | None = None) -> str:
@@ -711,11 +269,26 @@ def render_block(df: pd.DataFrame, digest: str | None = None) -> str:
         f"<!-- generated by `divebatch authors` from authors_reported.csv (sha256 {digest}); do not edit -->",
         "",
     ]
+    L += _summary(ratios, ranges, pe, defs, disc)
+    L += _range_section(ratios, ranges)
+    L += _per_epoch_section(ratios, ranges, pe)
+    L += _definitions_section(defs)
+    L += [
+        "",
+        "### 4. Numbers printed twice that differ",
+        "",
+        _md(format_discrepancies(disc)) if len(disc) else "none",
+        "",
+        END,
+    ]
+    return "\n".join(L)
 
-    # summary
+
+def _summary(ratios, ranges, pe, defs, disc) -> list[str]:
+    """The block's summary: the abstract's range, the ratios below 1, seconds per epoch, definitions."""
     exact = ranges[ranges["is_abstract_range"]]
     allr = ranges.set_index("slice").loc["all ratios"]
-    L += ["### Summary", ""]
+    L = ["### Summary", ""]
     for _, x in exact.iterrows():
         L.append(
             f'- The abstract\'s range is the smallest and largest ratio of the subset "{x["slice"]}" '
@@ -729,41 +302,39 @@ def render_block(df: pd.DataFrame, digest: str | None = None) -> str:
     )
     timed = pe[pe["has_timing"]]
     off = timed[~timed["agree"]]
+    listed = "; ".join(
+        f"{DATASET_NAMES[r['dataset']]} {group_text(r['rescale'])}, {method_name(r['method'], r['lr'])} "
+        f"({r['implied']:.2f} s against {r['measured']:.2f} s per epoch)"
+        for _, r in off.iterrows()
+    )
     L.append(
         f"- Seconds per epoch implied by time / epochs to ±1 % differ by more than {AGREE_TOLERANCE:.0%} from the "
-        f"same method's timing runs in {len(off)} of {len(timed)} rows"
-        + (
-            ": "
-            + "; ".join(
-                f"{DATASET_NAMES[r['dataset']]} {_group(r['rescale'])}, {method_name(r['method'], r['lr'])} "
-                f"({r['implied']:.2f} s against {r['measured']:.2f} s per epoch)"
-                for _, r in off.iterrows()
-            )
-            if len(off)
-            else ""
-        )
-        + "."
+        f"same method's timing runs in {len(off)} of {len(timed)} rows" + (f": {listed}" if len(off) else "") + "."
     )
     for flag in ("rounds_to_high", "rounds_to_low"):
         for _, r in ratios[ratios[flag]].iterrows():
             meas = _num(r["ratio_measured"], 4) or "not computable (no timing run)"
-            L.append(f"- {_describe(r)}: {r['ratio']:.4f} as reported; {meas} with the measured seconds per epoch.")
+            L.append(
+                f"- {describe_ratio(r)}: {r['ratio']:.4f} as reported; {meas} with the measured seconds per epoch."
+            )
     for (dataset, rescale), g in defs.groupby(["dataset", "rescale"], sort=False):
         for _, r in g[g["method"] == "sgd_small"].iterrows():
             L.append(
-                f"- {DATASET_NAMES[dataset]} {_group(rescale)}, DiveBatch against small-batch SGD in epochs: "
+                f"- {DATASET_NAMES[dataset]} {group_text(rescale)}, DiveBatch against small-batch SGD in epochs: "
                 f"{r['ratio_1pct']:.2f}x to final - 1 point, {r['ratio_95pct']:.2f}x to 95 % of final."
             )
-    L += [f"- Numbers printed twice with different values: {len(disc)} (section 4).", ""]
+    return L + [f"- Numbers printed twice with different values: {len(disc)} (section 4).", ""]
 
-    # 1. the abstract's range
+
+def _range_section(ratios, ranges) -> list[str]:
+    """Section 1: the abstract's "1.06x to 5.0x" against every ratio of the tables."""
     n_tables = ratios.groupby(["dataset", "rescale"]).ngroups
     low = [_arithmetic(r) for _, r in ratios[ratios["rounds_to_low"]].iterrows()]
     high = [_arithmetic(r) for _, r in ratios[ratios["rounds_to_high"]].iterrows()]
-    below = [f"{_describe(r)} ({r['ratio']:.4f})" for _, r in ratios[ratios["below_1"]].iterrows()]
+    below = [f"{describe_ratio(r)} ({r['ratio']:.4f})" for _, r in ratios[ratios["below_1"]].iterrows()]
     exact = ranges[ranges["is_abstract_range"]]["slice"].tolist()
     allr = ranges.set_index("slice").loc["all ratios"]
-    L += [
+    return [
         '### 1. The abstract\'s "1.06x to 5.0x"',
         "",
         f"{len(ratios)} ratios: {n_tables} tables (dataset x with / without lr rescaling), each DiveBatch row "
@@ -782,10 +353,12 @@ def render_block(df: pd.DataFrame, digest: str | None = None) -> str:
         "",
     ]
 
-    # 2. seconds per epoch
+
+def _per_epoch_section(ratios, ranges, pe) -> list[str]:
+    """Section 2: seconds per epoch implied by the tables against the timing runs."""
     n_agree, n_timing = int(pe["agree"].sum()), int(pe["has_timing"].sum())
     dis = pe[pe["has_timing"] & ~pe["agree"]]
-    L += [
+    L = [
         "### 2. Seconds per epoch: implied by the tables against the timing runs",
         "",
         f"Of {len(pe)} table rows, {n_timing} have a timing run of the same method; {n_agree} of those agree "
@@ -799,7 +372,7 @@ def render_block(df: pd.DataFrame, digest: str | None = None) -> str:
     ]
     for _, r in dis.iterrows():
         L.append(
-            f"- {DATASET_NAMES[r['dataset']]} {_group(r['rescale'])}, {method_name(r['method'], r['lr'])}: "
+            f"- {DATASET_NAMES[r['dataset']]} {group_text(r['rescale'])}, {method_name(r['method'], r['lr'])}: "
             f"{_sec(r['seconds'])} s / {r['epochs']} epochs = {r['implied']:.2f} s per epoch; timing runs "
             f"(`{r['timing_label']}`, cell {r['timing_cell']}): {r['measured']:.2f} s per epoch "
             f"(implied / measured = {r['implied_over_measured']:.3f}); {r['epochs']} epochs x {r['measured']:.2f} s = "
@@ -822,10 +395,12 @@ def render_block(df: pd.DataFrame, digest: str | None = None) -> str:
                 f"largest {m['max']:.4f} ({m['max_row']}), {m['n_below_1']} below 1 "
                 f"(as reported: {r0['min']:.4f} to {r0['max']:.4f}, {r0['n_below_1']} below 1)."
             )
-    L.append("")
+    return L + [""]
 
-    # 3. definitions
-    L += [
+
+def _definitions_section(defs) -> list[str]:
+    """Section 3: epochs to final - 1 point against epochs to 95 % of final."""
+    L = [
         "### 3. Two definitions: final - 1 point against 95 % of final",
         "",
         _md(format_definitions(defs)),
@@ -838,17 +413,9 @@ def render_block(df: pd.DataFrame, digest: str | None = None) -> str:
             for _, r in b.iterrows()
         ]
         L.append(
-            f"- {DATASET_NAMES[dataset]} {_group(rescale)}, DiveBatch in epochs, final - 1 point / 95 % of final: {'; '.join(parts)}."
+            f"- {DATASET_NAMES[dataset]} {group_text(rescale)}, DiveBatch in epochs, final - 1 point / 95 % of final: {'; '.join(parts)}."
         )
-    L += [
-        "",
-        "### 4. Numbers printed twice that differ",
-        "",
-        _md(format_discrepancies(disc)) if len(disc) else "none",
-        "",
-        END,
-    ]
-    return "\n".join(L)
+    return L
 
 
 def readme_cells(df: pd.DataFrame) -> dict[str, str]:
@@ -917,14 +484,12 @@ def readme_cells(df: pd.DataFrame) -> dict[str, str]:
 
 def write_tables(df: pd.DataFrame, out: str | Path, digest: str) -> list[Path]:
     """Write ``reported``, ``ratios``, ``ranges``, ``per_epoch``, ``definitions`` and
-    ``discrepancies`` as CSV / Markdown / LaTeX into ``out`` (:func:`divebatch.analysis.tables.write_table`),
+    ``discrepancies`` as CSV / Markdown / LaTeX into ``out`` (:func:`divebatch.analysis.formatting.write_table`),
     and ``checks.md``: the block of ``docs/authors_results.md`` (:func:`render_block`).
 
     Returns:
         The paths written.
     """
-    from divebatch.analysis.tables import write_table
-
     prov = provenance(df, digest)
     out = Path(out)
     ratios = ratio_table(df)

@@ -53,13 +53,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from divebatch.analysis import controls
+from divebatch.analysis import controls, estimators
 from divebatch.analysis.collect import RunWarning, dataset_family
+from divebatch.analysis.comparisons import ACC_CHANGE, AUTHORS_SPEEDUP, METRIC_GAIN, Comparisons
+from divebatch.analysis.formatting import estimate
+from divebatch.analysis.speedups import MATCHED
 from divebatch.analysis.stats import AUTHORS_UNITS, UNIT_LABELS, WITHIN_PP, metric_of, metric_sign
-from divebatch.analysis.tables import BASELINE_SLUG, MATCHED
+from divebatch.analysis.verdicts import AUTHORS, FAILS, HOLDS, NOT_EVIDENCE, NOT_MEASURED, PER_RUN, overall
+from divebatch.datasets import PAPER_DATASETS, SYNTHETIC
 from divebatch.methods import ADABATCH, ADAMW_SMALL, BY_KEY, DIVEBATCH_VARIANTS, SGD_SMALL
 
-HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured at this scale"
+__all__ = ["AUTHORS", "FAILS", "HOLDS", "NOT_EVIDENCE", "NOT_MEASURED", "PER_RUN", "claims_table", "quality"]
 # the AdamW DiveBatch variants (divebatch.methods), and the name that collect's guess gives an AdamW
 # DiveBatch run with the linear lr rule written before display_name was recorded
 ADAMW_DIVEBATCH = (
@@ -68,14 +72,12 @@ ADAMW_DIVEBATCH = (
     BY_KEY["adamw_divebatch_rescale"].display_name,
 )
 TRANSFORMER_MODELS = ("transformer_lm",)  # claim 5: DiveBatch beyond ResNets
-CLAIM1_FAMILIES = ("synthetic", "cifar10", "cifar100", "tiny_imagenet")  # the datasets claim 1 names
+CLAIM1_FAMILIES = (SYNTHETIC, *PAPER_DATASETS)  # the datasets claim 1 names
 SLIGHT_LOSS_PP = 2.0  # claim 1: "slight loss of final accuracy" = at most this many points below SGD
 GENERALIZATION_TOL_PP = 1.0  # claim 3: "keeps the generalization" = at most this many points below SGD
 CLAIM_TOLERANCE = 1.5  # claim 2: "about k x" holds when the measured speed-up is >= k / this
 CLAIM2_FACTORS = {ADABATCH: 2.0, SGD_SMALL: 5.0}  # claim 2 of docs/protocol.md
-# the two definitions of time to target the speed claims are judged with, in this order
-AUTHORS, PER_RUN = "authors' definition", "per run"
-NOT_EVIDENCE = "not evidence: the batch never resized"
+INTERVAL = "95 % t-interval"  # the name of a speed-up's interval in the verdict texts
 
 PAPER = {
     1: (
@@ -128,8 +130,8 @@ def _fmt(row: pd.Series | None) -> str:
         return "n/a"
     if "text" in row:
         return row["text"]
-    ci = f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]" if np.isfinite(row["ci_low"]) else " (n=1, no interval)"
-    return f"{row['speedup']:.2f}x{ci}"
+    n = None if np.isfinite(row["ci_low"]) else 1  # a bare row: no interval means one seed
+    return estimate(row["speedup"], low=row["ci_low"], high=row["ci_high"], unit="x", n=n)
 
 
 def _target_text(m) -> str:
@@ -155,12 +157,10 @@ class _Lookup:
             return None
         n = int(m.n_seeds)
         missed = int(m.method_seeds) - int(m.method_reached)
-        if np.isfinite(m.ci_low):
-            ci, faster = f" [{m.ci_low:.2f}, {m.ci_high:.2f}] (95 % t-interval, n={n}, {m.pairing})", m.ci_low > 1
-        else:
-            ci, faster = f" (n={n}, no interval)", n == 1 and m.speedup > 1
+        faster = m.ci_low > 1 if np.isfinite(m.ci_low) else n == 1 and m.speedup > 1
         faster = bool(np.isfinite(m.speedup) and faster and missed == 0)
-        text = f"{m.speedup:.2f}x{ci} at matched {_target_text(m)}" if np.isfinite(m.speedup) else "n/a"
+        speed = estimate(m.speedup, low=m.ci_low, high=m.ci_high, unit="x", n=n, pairing=m.pairing, label=INTERVAL)
+        text = f"{speed} at matched {_target_text(m)}" if np.isfinite(m.speedup) else "n/a"
         if missed:
             text += f", {missed} of {int(m.method_seeds)} seeds never reach it"
         if o is not None and np.isfinite(o.speedup):
@@ -171,13 +171,15 @@ class _Lookup:
 
 
 class _AuthorsLookup:
-    """Speed-ups on the seed-mean curves: the authors' definition (own target), from the main table's
-    ``authors_speedup_vs_*`` and ``authors_<unit>`` columns, and the matched target on the same
-    curves (``curve_speedup`` of the matched rows). ``speedup`` is the matched one; ``faster``
-    needs both > 1 (the own target never decides alone); no interval (one curve)."""
+    """Speed-ups on the seed-mean curves: the authors' definition (own target), from the
+    comparisons' ``authors_speedup`` and the main table's ``authors_<unit>`` columns, and the
+    matched target on the same curves (``curve_speedup`` of the matched rows). ``speedup`` is the
+    matched one; ``faster`` needs both > 1 (the own target never decides alone); no interval (one
+    curve). ``comparisons``: the long table (None: read back from ``main``)."""
 
-    def __init__(self, main: pd.DataFrame, speedups: pd.DataFrame | None = None):
+    def __init__(self, main: pd.DataFrame, speedups: pd.DataFrame | None = None, comparisons=None):
         self.rows = {(r["dataset"], r["method"], r["setting"]): r for _, r in main.iterrows() if r["n_seeds"] > 0}
+        self.comp = comparisons if isinstance(comparisons, Comparisons) else Comparisons.of(main, comparisons)
         sub = speedups[speedups["target"] == MATCHED] if speedups is not None and len(speedups) else None
         self.matched = (
             {}
@@ -187,11 +189,11 @@ class _AuthorsLookup:
 
     def get(self, dataset, method, setting, baseline, unit) -> pd.Series | None:
         r = self.rows.get((dataset, method, setting))
-        col = f"authors_speedup_vs_{BASELINE_SLUG[baseline]}_{unit}"
+        sp = self.comp.value((dataset, method, setting), baseline, AUTHORS_SPEEDUP, unit)
         m = self.matched.get((dataset, method, setting, baseline, unit))
-        if r is None or col not in r or not np.isfinite(r[col]) or m is None:
+        if r is None or not np.isfinite(sp) or m is None:
             return None
-        sp, value = float(r[col]), float(r[f"authors_{unit}"])
+        value = float(r[f"authors_{unit}"])
         digits = 1 if unit == "train_time_s" else 0
         label = AUTHORS_UNITS[unit]
         own = f"{sp:.2f}x ({sp * value:.{digits}f} / {value:.{digits}f} {label})"
@@ -236,17 +238,18 @@ class _Pick:
 def _best_divebatch(
     main: pd.DataFrame,
     look: _Lookup,
+    comp: Comparisons,
     dataset: str,
     unit: str,
     methods=DIVEBATCH_VARIANTS,
     baselines=(SGD_SMALL, ADABATCH),
-    quality_of: str | None = "sgd_small",
+    quality_of: str | None = SGD_SMALL,
 ) -> _Pick | None:
     """The variant of ``dataset`` among ``methods`` (DiveBatch variants) with the largest smallest
     speed-up against ``baselines``, among the variants that keep the quality.
 
     A variant whose batch never resized (:func:`_resized`) is not evidence and is skipped. With
-    ``quality_of`` (a baseline slug, e.g. ``sgd_small``) only variants whose quality against that
+    ``quality_of`` (a baseline role, e.g. small-batch SGD) only variants whose quality against that
     baseline is within claim 1's tolerance (:data:`SLIGHT_LOSS_PP` x the metric's ``within``) can be
     picked: a variant outside it is never named the fastest; when none keeps it, the pick has no
     row, ``fails`` True and a note naming the closest variant and by how much it misses.
@@ -264,7 +267,7 @@ def _best_divebatch(
         speed = min(v["speedup"] for v in sp.values())
         speed = speed if np.isfinite(speed) else -np.inf
         if quality_of is not None:
-            gain, within, _ = quality(r, quality_of)
+            gain, within, _ = quality(r, comp, quality_of)
             tol = SLIGHT_LOSS_PP * within / WITHIN_PP
             if not (np.isfinite(gain) and gain >= -tol):
                 far.append((gain + tol if np.isfinite(gain) else -np.inf, r))
@@ -275,13 +278,13 @@ def _best_divebatch(
         return _Pick(*best)
     if far:
         miss, r = max(far, key=lambda t: t[0])
-        _, within, text = quality(r, quality_of)
+        _, within, text = quality(r, comp, quality_of)
         unit_text = "pp" if within == WITHIN_PP and text.startswith("accuracy") else metric_of(r)[0]
         tol = SLIGHT_LOSS_PP * within / WITHIN_PP
         digits = 2 if unit_text == "pp" else 3  # a loss misses by thousandths of a nat
         return _Pick(
             note=(
-                f"no DiveBatch variant keeps the quality (within {tol:g} {unit_text} of {_SLUG_NAME.get(quality_of, quality_of)}); the "
+                f"no DiveBatch variant keeps the quality (within {tol:g} {unit_text} of {quality_of}); the "
                 f"closest, {_name(r)} ({text}), misses by {-miss:.{digits}f} {unit_text}"
             ),
             fails=True,
@@ -291,15 +294,13 @@ def _best_divebatch(
     return None
 
 
-_SLUG_NAME = {slug: role for role, slug in BASELINE_SLUG.items()}
-
-
 def _name(r: pd.Series) -> str:
     return r["method"] + (f" ({r['setting']})" if r["setting"] else "")
 
 
-def quality(r: pd.Series, baseline: str = "sgd_small") -> tuple[float, float, str]:
-    """A main-table row's quality against a baseline in its primary metric.
+def quality(r: pd.Series, comp: Comparisons, baseline: str = SGD_SMALL) -> tuple[float, float, str]:
+    """A main-table row's quality against a baseline role in its primary metric (from the
+    comparisons' long table ``comp``).
 
     Returns:
         ``(gain, within, text)``: gain > 0 is better (accuracy change in pp for accuracy, minus
@@ -307,17 +308,15 @@ def quality(r: pd.Series, baseline: str = "sgd_small") -> tuple[float, float, st
         -1.20 pp`` or ``val_loss +0.041`` (the change in the metric's own sign) for the verdict text.
     """
     metric, _, within = metric_of(r)
-    if metric == "val_acc" or f"metric_gain_vs_{baseline}" not in r:
-        change = r[f"acc_change_vs_{baseline}_pp"]
+    gain = comp.get(r, baseline, METRIC_GAIN)
+    if metric == "val_acc" or gain is None:
+        change = comp.value(r, baseline, ACC_CHANGE)
         return change, WITHIN_PP, f"accuracy {change:+.2f} pp"
-    gain = r[f"metric_gain_vs_{baseline}"]
-    return gain, within, f"{metric} {gain * metric_sign(r):+.3f}"
+    return gain.value, within, f"{metric} {gain.value * metric_sign(r):+.3f}"
 
 
 def _verdict(per_dataset: dict[str, bool]) -> str:
-    if not per_dataset:
-        return NOT_MEASURED
-    return HOLDS if all(per_dataset.values()) else FAILS
+    return overall(per_dataset.values())
 
 
 def _judge_dataset(pick: _Pick | None, ok: dict, parts: list, dataset: str) -> bool:
@@ -333,17 +332,19 @@ def _judge_dataset(pick: _Pick | None, ok: dict, parts: list, dataset: str) -> b
     return True
 
 
-def claim1(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
+def claim1(main: pd.DataFrame, look: _Lookup, unit: str, comp: Comparisons | None = None) -> tuple[str, str]:
+    """Claim 1 in one unit (:data:`RULES`); ``comp``: the comparisons (None: read back from ``main``)."""
+    comp = comp or Comparisons.of(main)
     ok, parts = {}, []
     datasets = sorted(main["dataset"].unique()) if len(main) else []
     for dataset in datasets:
         if dataset_family(dataset) not in CLAIM1_FAMILIES:
             continue
-        pick = _best_divebatch(main, look, dataset, unit, quality_of="sgd_small")
+        pick = _best_divebatch(main, look, comp, dataset, unit)
         if not _judge_dataset(pick, ok, parts, dataset):
             continue
         r, sp = pick
-        gain, within, text = quality(r)
+        gain, within, text = quality(r, comp)
         ok[dataset] = all(_faster(v) for v in sp.values()) and gain >= -SLIGHT_LOSS_PP * within / WITHIN_PP
         parts.append(
             f"{dataset}: {_name(r)} {_fmt(sp[SGD_SMALL])} vs SGD small, {_fmt(sp[ADABATCH])} vs AdaBatch, {text}"
@@ -358,11 +359,13 @@ def claim1(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
     return _verdict(ok), "; ".join(parts)
 
 
-def claim2(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
+def claim2(main: pd.DataFrame, look: _Lookup, unit: str, comp: Comparisons | None = None) -> tuple[str, str]:
+    """Claim 2 in one unit (:data:`RULES`); ``comp`` as in :func:`claim1`."""
+    comp = comp or Comparisons.of(main)
     ok, parts = {}, []
     cifar = sorted(d for d in main["dataset"].unique() if dataset_family(d) == "cifar10") if len(main) else []
     for dataset in cifar:
-        pick = _best_divebatch(main, look, dataset, unit, quality_of="sgd_small")
+        pick = _best_divebatch(main, look, comp, dataset, unit)
         if not _judge_dataset(pick, ok, parts, dataset):
             continue
         r, sp = pick
@@ -373,13 +376,16 @@ def claim2(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
     return _verdict(ok), "; ".join(parts)
 
 
-def claim3(main: pd.DataFrame) -> tuple[str, str]:
+def claim3(main: pd.DataFrame, comp: Comparisons | None = None) -> tuple[str, str]:
+    """Claim 3 (:data:`RULES`); ``comp`` as in :func:`claim1`."""
+    comp = comp or Comparisons.of(main)
     ok, parts = {}, []
     datasets = sorted(main["dataset"].unique()) if len(main) else []
     for dataset in datasets:
         d = main[main["dataset"] == dataset]
         sgd = d[d["method"] == SGD_SMALL]
-        dive = d[d["method"].isin(DIVEBATCH_VARIANTS) & np.isfinite(d["acc_change_vs_sgd_small_pp"])]
+        compared = [np.isfinite(comp.value(r, SGD_SMALL, ACC_CHANGE)) for _, r in d.iterrows()]
+        dive = d[d["method"].isin(DIVEBATCH_VARIANTS) & np.array(compared, dtype=bool)]
         if sgd.empty or dive.empty:
             continue
         small_bs = sgd["final_batch_size_mean"].min()
@@ -390,17 +396,15 @@ def claim3(main: pd.DataFrame) -> tuple[str, str]:
         if grew.empty:
             parts.append(f"{dataset}: DiveBatch's batch size never grew above {small_bs:.0f}")
             continue
-        r = max((row for _, row in grew.iterrows()), key=lambda row: quality(row)[0])
-        gain, within, text = quality(r)
+        r = max((row for _, row in grew.iterrows()), key=lambda row: quality(row, comp)[0])
+        gain, within, text = quality(r, comp)
         ok[dataset] = gain >= -GENERALIZATION_TOL_PP * within / WITHIN_PP
         if text.startswith("accuracy"):
-            ci = (
-                f" [{r['acc_change_vs_sgd_small_pp_low']:+.2f}, {r['acc_change_vs_sgd_small_pp_high']:+.2f}]"
-                f" (95 % t-interval, n={int(r.get('acc_change_vs_sgd_small_pp_n', r['n_seeds']))})"
-                if np.isfinite(r["acc_change_vs_sgd_small_pp_low"])
-                else " (n=1, no interval)"
+            iv = comp.get(r, SGD_SMALL, ACC_CHANGE)
+            n = iv.n or r["n_seeds"]
+            text = "accuracy " + estimate(
+                iv.value, low=iv.low, high=iv.high, spec="+.2f", unit=" pp", n=n, label=INTERVAL
             )
-            text += ci
         parts.append(
             f"{dataset}: {_name(r)} final batch {r['final_batch_size_mean']:.0f} vs {small_bs:.0f}, {text} vs SGD small"
         )
@@ -453,24 +457,25 @@ _CLAIM2 = (
 )
 
 
-def claim5(main: pd.DataFrame, look: _Lookup, unit: str) -> tuple[str, str]:
+def claim5(main: pd.DataFrame, look: _Lookup, unit: str, comp: Comparisons | None = None) -> tuple[str, str]:
     """Claim 1's rule on the transformer runs, per dataset and optimizer family: the best DiveBatch
     variant must be faster than each baseline at matched quality and at most 2 x ``within`` worse
     in the primary metric than the family's small-batch run; a variant outside that tolerance is
-    never named the fastest (:func:`_best_divebatch`)."""
+    never named the fastest (:func:`_best_divebatch`); ``comp`` as in :func:`claim1`."""
+    comp = comp or Comparisons.of(main)
     ok, parts = {}, []
     families = (
-        ("SGD", DIVEBATCH_VARIANTS, (SGD_SMALL, ADABATCH), "sgd_small"),
-        ("AdamW", ADAMW_DIVEBATCH, (ADAMW_SMALL,), "adamw_small"),
+        ("SGD", DIVEBATCH_VARIANTS, (SGD_SMALL, ADABATCH)),
+        ("AdamW", ADAMW_DIVEBATCH, (ADAMW_SMALL,)),
     )
     models = main["model"] if "model" in main else pd.Series(dtype=object)
     for dataset in sorted(main.loc[models.isin(TRANSFORMER_MODELS), "dataset"].unique()):
-        for family, methods, baselines, slug in families:
-            pick = _best_divebatch(main, look, dataset, unit, methods, baselines, quality_of=slug)
+        for family, methods, baselines in families:
+            pick = _best_divebatch(main, look, comp, dataset, unit, methods, baselines, quality_of=baselines[0])
             if not _judge_dataset(pick, ok, parts, f"{dataset} ({family})"):
                 continue
             r, sp = pick
-            gain, within, text = quality(r, slug)
+            gain, within, text = quality(r, comp, baselines[0])
             fast = all(_faster(v) for v in sp.values())
             ok[f"{dataset}/{family}"] = fast and gain >= -SLIGHT_LOSS_PP * within / WITHIN_PP
             speed = ", ".join(f"{_fmt(v)} vs {b}" for b, v in sp.items())
@@ -506,17 +511,20 @@ def claims_table(
     speedups: pd.DataFrame,
     verdict_path: str | Path | None = None,
     epochs: pd.DataFrame | None = None,
+    comparisons: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per claim, definition and unit: ``claim, statement, definition, unit, paper, ours,
     verdict, rule``.
 
     Args:
-        main: :func:`divebatch.analysis.tables.main_table` (its ``authors_*`` columns judge the
-            authors' definition).
-        speedups: :func:`divebatch.analysis.tables.speedup_table` (its ``matched`` rows decide
+        main: :func:`divebatch.analysis.tables.main_table` (its ``authors_<unit>`` columns: the
+            authors' time to target).
+        speedups: :func:`divebatch.analysis.speedups.speedup_table` (its ``matched`` rows decide
             "faster" under both definitions; its ``own`` rows are shown).
         verdict_path: the synthetic check's ``synthetic_verdict.json`` (may be absent).
         epochs: the tidy per-epoch table (``RunSet.epochs``) for row 8 (None: row 8 not measured).
+        comparisons: :func:`divebatch.analysis.comparisons.comparison_table` (accuracy changes,
+            metric gains and the authors' speed-ups); None: read back from ``main``.
     Returns:
         15 rows: for claims 1 and 2, first the authors' definition (:data:`AUTHORS`) in epochs,
         optimizer steps and training s, then the per-run definition (:data:`PER_RUN`) in epochs,
@@ -525,30 +533,32 @@ def claims_table(
         transformer model; rows 7 (per unit, where fixed-point DiveBatch runs exist) and 8
         (:func:`divebatch.analysis.controls.claim_rows`).
     """
-    from divebatch.analysis import estimators
-
-    study = estimators.estimator_claim(main)  # the estimator study's row, from every estimator's runs
+    comp = Comparisons.of(main, comparisons)
+    study = estimators.estimator_claim(main, comp)  # the estimator study's row, from every estimator's runs
     full_main, full_speedups = main, speedups
     main, speedups = estimators.authors_rows(main), estimators.authors_rows(speedups)  # claims 1-3: the paper's
-    judges = ((AUTHORS, _AuthorsLookup(main, speedups), AUTHORS_UNITS), (PER_RUN, _Lookup(speedups), UNIT_LABELS))
+    judges = (
+        (AUTHORS, _AuthorsLookup(main, speedups, comp), AUTHORS_UNITS),
+        (PER_RUN, _Lookup(speedups), UNIT_LABELS),
+    )
     rows = []
     for claim, judge in ((1, claim1), (2, claim2)):
         for definition, look, labels in judges:
             for unit in labels:
-                verdict, ours = judge(main, look, unit)
+                verdict, ours = judge(main, look, unit, comp)
                 rows.append((claim, definition, labels[unit], verdict, ours, RULES[(claim, definition)]))
     losses = sorted(set(main["metric"].dropna()) - {"val_acc"}) if "metric" in main else []
     unit3 = "final validation accuracy (pp)" + "".join(f"; {m} where it is the primary metric" for m in losses)
-    rows.append((3, "-", unit3, *claim3(main), RULES[3]))
+    rows.append((3, "-", unit3, *claim3(main, comp), RULES[3]))
     rows.append(
         (4, "-", "per-sample convergence (synthetic)", *claim4(Path(verdict_path) if verdict_path else None), RULES[4])
     )
     if "model" in main and main["model"].isin(TRANSFORMER_MODELS).any():  # only where such runs exist
         for definition, look, labels in judges:
             for unit in labels:
-                rows.append((5, definition, labels[unit], *claim5(main, look, unit), RULES[(5, definition)]))
+                rows.append((5, definition, labels[unit], *claim5(main, look, unit, comp), RULES[(5, definition)]))
     rows.append((6, "-", "final validation accuracy (pp)", *study, estimators.ESTIMATOR_RULE))
-    rows.extend(controls.claim_rows(full_main, full_speedups, epochs))  # rows 7-8: every estimator's runs
+    rows.extend(controls.claim_rows(full_main, full_speedups, epochs, comp))  # rows 7-8: every estimator's runs
     return pd.DataFrame(
         [
             {

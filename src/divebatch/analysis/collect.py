@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from divebatch import rundir
 from divebatch.config import TrainConfig
+from divebatch.datasets import DATASETS, FAMILIES
 from divebatch.methods import PAPER_METHODS, SGD_LARGE, SGD_SMALL
 from divebatch.provenance import label
 
@@ -68,7 +69,7 @@ METHOD_HPARAMS = {
         "method.delta": "delta",
         "method.diversity_estimator": "diversity_estimator",
     },
-    "schedule": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS},  # schedule controls (divebatch.method.schedule)
+    "schedule": {**COMMON_HPARAMS, **ADAPTIVE_HPARAMS},  # schedule controls (divebatch.schedule)
 }
 # The fidelity switches are recorded (run table) but do not split groups: `protocol` labels them, and
 # runs of one group whose switches differ are warned about (collect_runs).
@@ -106,9 +107,8 @@ STATUSES = ("complete", "diverged", "excluded")
 # Short names for the setting label ("delta=0.1, resize_freq=20").
 _SHORT = {"initial_batch_size": "m0", "max_batch_size": "max_bs", "epochs_planned": "epochs", "lr0": "lr"}
 
-# Dataset families of the claims (docs/protocol.md, "The claims"); the name of a subset
-# (cifar10-mini.npz) starts with its family.
-FAMILIES = ("cifar100", "cifar10", "tiny_imagenet", "synthetic", "digits")
+# Dataset families of the claims (docs/protocol.md, "The claims"; divebatch.datasets); the name of a
+# subset (cifar10-mini.npz) starts with its family.
 # A run's method is its config's display_name (divebatch.methods.VARIANTS). Runs written before that
 # key existed are named from (method.name, lr_rescale); SGD is split into small/large batch later.
 DISPLAY_NAMES = {(v.policy, v.lr_rescale): v.display_name for v in PAPER_METHODS if v.policy != "sgd"}
@@ -192,13 +192,10 @@ def dataset_name(cfg: DictConfig) -> str:
     """Readable dataset name: ``data.name``, the file stem for ``npz`` and ``text``, the folder name for a
     Tiny-ImageNet sample, with ``/n=N`` when ``data.train_subset`` keeps N training samples."""
     name = str(cfg.data.name)
-    path = OmegaConf.select(cfg, "data.path")
-    if name in ("npz", "text") and path:
-        name = Path(str(path)).stem
-    elif name == "imagefolder" and path:
-        name = Path(str(path)).name
-    elif name == "tiny_imagenet" and path and Path(str(path)).name not in ("", "tiny-imagenet-200"):
-        name = Path(str(path)).name
+    path, info = OmegaConf.select(cfg, "data.path"), DATASETS.get(name)
+    # a data set read from a path of the user's (not its full set's folder) is named by the path
+    if path and info is not None and info.needs_path and Path(str(path)).name not in ("", info.folder):
+        name = Path(str(path)).stem if info.path == "file" else Path(str(path)).name
     subset = OmegaConf.select(cfg, "data.train_subset")
     return f"{name}/n={subset}" if subset else name
 
@@ -256,6 +253,28 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
             reason=f"config.yaml unreadable ({type(err).__name__}: {first})",
         )
         return row, None
+    _config_columns(row, cfg, run_dir)
+    if OmegaConf.select(cfg, "shadow.enabled", default=False):  # read by divebatch.analysis.estimators only
+        row.update(
+            status="excluded",
+            reason="shadow measurement run (estimator study: estimators_shadow table)",
+            epochs_completed=np.nan,
+        )
+        return row, None
+    metrics = _read_metrics(row, run_dir)
+    if metrics is not None:
+        summary = rundir.read_summary(run_dir)
+        row["reason"] = _incomplete(row, metrics, summary, int(cfg.epochs))
+        # samples per epoch = training-set size n used by DiveBatch's rule (up to a dropped last batch)
+        row["n_train"] = metrics["samples_seen"].iloc[0] if len(metrics) else np.nan
+    row["complete"] = not row["reason"]
+    row["status"] = "complete" if row["complete"] else "diverged" if row["diverged"] else "excluded"
+    return row, metrics if row["complete"] else None
+
+
+def _config_columns(row: dict, cfg: DictConfig, run_dir: Path) -> None:
+    """Fill a run's row from its config, manifest and summary: profile, dataset, method, seed, the
+    hyperparameter columns of :data:`ALL_HPARAMS`, commit, device, finished."""
     method_name = str(cfg.method.name)
     row.update(
         profile=str(cfg.profile),
@@ -270,57 +289,52 @@ def _read_run(root: Path, run_dir: Path) -> tuple[dict, pd.DataFrame | None]:
     manifest = rundir.read_manifest(run_dir) or {}
     row["commit"] = manifest.get("commit")
     row["device"] = manifest.get("device")  # cuda:<GPU> or cpu:<processor>: what peak_memory_mb measured
-    summary = rundir.read_summary(run_dir)
-    status = rundir.summary_status(summary)
-    row["finished"] = status in ("finished", "diverged")
-    planned = int(cfg.epochs)
-    if OmegaConf.select(cfg, "shadow.enabled", default=False):  # read by divebatch.analysis.estimators only
-        row.update(
-            status="excluded",
-            reason="shadow measurement run (estimator study: estimators_shadow table)",
-            epochs_completed=np.nan,
-        )
-        return row, None
+    row["finished"] = rundir.summary_status(rundir.read_summary(run_dir)) in ("finished", "diverged")
 
-    metrics = None
-    if (run_dir / rundir.METRICS).is_file():
-        try:
-            metrics = rundir.read_metrics_frame(run_dir)
-        except (OSError, ValueError, pd.errors.EmptyDataError) as err:
-            row["reason"] = f"metrics.csv unreadable: {err}"
-    else:
+
+def _read_metrics(row: dict, run_dir: Path) -> pd.DataFrame | None:
+    """A run's ``metrics.csv`` with every column of :data:`METRIC_COLUMNS` (NaN where absent),
+    sorted by epoch; None with the reason in ``row`` when it is missing, unreadable or lacks a
+    column of :data:`REQUIRED_METRICS`."""
+    if not (run_dir / rundir.METRICS).is_file():
         row["reason"] = "metrics.csv missing"
-    if metrics is not None:
-        missing_cols = [c for c in REQUIRED_METRICS if c not in metrics.columns]
-        if missing_cols:
-            row["reason"] = f"metrics.csv lacks columns {missing_cols}"
-            metrics = None
-    if metrics is not None:
-        for col in METRIC_COLUMNS:
-            if col not in metrics.columns:
-                metrics[col] = np.nan
-        metrics = metrics[list(METRIC_COLUMNS)].sort_values("epoch").reset_index(drop=True)
-        row["epochs_completed"] = len(metrics)
-        if status == "missing":
-            row["reason"] = "summary.json missing (run unfinished or crashed)"
-        elif status == "unfinished":
-            row["reason"] = "summary.json says finished=false"
-        elif status == "diverged":
-            row["diverged"] = True
-            row["diverged_epoch"] = _diverged_epoch(summary, metrics)
-            at = "" if np.isnan(row["diverged_epoch"]) else f" at epoch {int(row['diverged_epoch']) + 1}"
-            row["reason"] = f"diverged{at} (training loss non-finite)"
-        elif len(metrics) < planned:
-            row["reason"] = f"{len(metrics)} of {planned} epochs in metrics.csv"
-        elif list(metrics["epoch"]) != list(range(len(metrics))):
-            row["reason"] = "epoch column is not 0, 1, ..., E-1"
-        elif metrics["val_acc"].isna().any():
-            row["reason"] = "val_acc has empty values"
-        # samples per epoch = training-set size n used by DiveBatch's rule (up to a dropped last batch)
-        row["n_train"] = metrics["samples_seen"].iloc[0] if len(metrics) else np.nan
-    row["complete"] = not row["reason"]
-    row["status"] = "complete" if row["complete"] else "diverged" if row["diverged"] else "excluded"
-    return row, metrics if row["complete"] else None
+        return None
+    try:
+        metrics = rundir.read_metrics_frame(run_dir)
+    except (OSError, ValueError, pd.errors.EmptyDataError) as err:
+        row["reason"] = f"metrics.csv unreadable: {err}"
+        return None
+    missing_cols = [c for c in REQUIRED_METRICS if c not in metrics.columns]
+    if missing_cols:
+        row["reason"] = f"metrics.csv lacks columns {missing_cols}"
+        return None
+    for col in METRIC_COLUMNS:
+        if col not in metrics.columns:
+            metrics[col] = np.nan
+    return metrics[list(METRIC_COLUMNS)].sort_values("epoch").reset_index(drop=True)
+
+
+def _incomplete(row: dict, metrics: pd.DataFrame, summary: dict, planned: int) -> str:
+    """Why a run with readable metrics is left out of the aggregates ("" when it is complete); sets
+    ``epochs_completed`` and, for a diverged run, ``diverged`` and ``diverged_epoch`` in ``row``."""
+    row["epochs_completed"] = len(metrics)
+    status = rundir.summary_status(summary)
+    if status == "missing":
+        return "summary.json missing (run unfinished or crashed)"
+    if status == "unfinished":
+        return "summary.json says finished=false"
+    if status == "diverged":
+        row["diverged"] = True
+        row["diverged_epoch"] = _diverged_epoch(summary, metrics)
+        at = "" if np.isnan(row["diverged_epoch"]) else f" at epoch {int(row['diverged_epoch']) + 1}"
+        return f"diverged{at} (training loss non-finite)"
+    if len(metrics) < planned:
+        return f"{len(metrics)} of {planned} epochs in metrics.csv"
+    if list(metrics["epoch"]) != list(range(len(metrics))):
+        return "epoch column is not 0, 1, ..., E-1"
+    if metrics["val_acc"].isna().any():
+        return "val_acc has empty values"
+    return ""
 
 
 def _diverged_epoch(summary: dict, metrics: pd.DataFrame) -> float:
@@ -445,6 +459,17 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
             [],
             {},
         )
+    runs = _name_groups(runs)
+    problems += _mark_duplicates(runs)
+    missing = _missing_seeds(runs, problems)
+    problems += _fidelity_problems(runs)
+    for msg in problems:
+        warnings.warn(msg, RunWarning, stacklevel=2)
+    return RunSet(_epochs_table(runs, metrics), runs, problems, missing)
+
+
+def _name_groups(runs: pd.DataFrame) -> pd.DataFrame:
+    """``method`` (display name) and ``setting`` of every readable run, sorted by ``run_id``."""
     readable = runs["method_name"].notna() if "method_name" in runs else pd.Series(False, index=runs.index)
     runs["method"], runs["setting"] = None, ""
     if readable.any():
@@ -453,14 +478,22 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
         # settings are decided per profile so a sweep never renames the main runs' groups
         for _, g in runs[readable].groupby("profile"):
             runs.loc[g.index, "setting"] = _settings(g)
+    return runs.sort_values("run_id").reset_index(drop=True)
 
-    # duplicates: same profile, group and seed; keep the first by path
-    runs = runs.sort_values("run_id").reset_index(drop=True)
+
+def _mark_duplicates(runs: pd.DataFrame) -> list[str]:
+    """Exclude (in place) every complete run that repeats the profile, group and seed of another;
+    the first by path is kept. Returns one problem per run excluded."""
+    problems = []
     for _, g in runs[runs["complete"]].groupby(["profile", *GROUP, "seed"]):
         for i in g.index[1:]:
             runs.loc[i, ["complete", "status", "reason"]] = [False, "excluded", f"duplicate of {g['run_id'].iloc[0]}"]
             problems.append(f"excluded run {runs.loc[i, 'run_id']}: {runs.loc[i, 'reason']}")
+    return problems
 
+
+def _missing_seeds(runs: pd.DataFrame, problems: list[str]) -> dict[tuple[str, str, str, str], list[int]]:
+    """:attr:`RunSet.missing_seeds`; one problem per group that lacks seeds is appended to ``problems``."""
     missing: dict[tuple[str, str, str, str], list[int]] = {}
     for (profile, _dataset), d in runs[runs["method"].notna()].groupby(["profile", "dataset"]):
         expected = set(d["seed"].astype(int))
@@ -472,6 +505,12 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
                     f"profile {profile}, {key[0]}, {key[1]}{' (' + key[2] + ')' if key[2] else ''}: "
                     f"no complete run for seed(s) {lack}; aggregates use {len(expected) - len(lack)} seed(s)"
                 )
+    return missing
+
+
+def _fidelity_problems(runs: pd.DataFrame) -> list[str]:
+    """One problem per group whose complete runs differ in a ``fidelity.*`` switch (aggregated anyway)."""
+    problems = []
     for (profile, *key), g in runs[runs["complete"]].groupby(["profile", *GROUP]):
         differ = [c for c in FIDELITY_HPARAMS.values() if c in g and g[c].map(_plain).nunique() > 1]
         if differ:
@@ -479,9 +518,11 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
                 f"profile {profile}, {', '.join(k for k in key if k)}: runs differ in {differ} but share "
                 f"protocol={_plain(g['protocol'].iloc[0])}; they are aggregated together"
             )
-    for msg in problems:
-        warnings.warn(msg, RunWarning, stacklevel=2)
+    return problems
 
+
+def _epochs_table(runs: pd.DataFrame, metrics: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """:attr:`RunSet.epochs`: every complete run's metrics with its run-level columns."""
     keep = runs[runs["complete"]]
     frames = []
     for _, r in keep.iterrows():
@@ -495,4 +536,4 @@ def collect_runs(roots: list[str | Path] | str | Path) -> RunSet:
     epochs = epochs[[*run_cols, *METRIC_COLUMNS]]
     if len(epochs):
         epochs["seed"] = epochs["seed"].astype(int)
-    return RunSet(epochs, runs, problems, missing)
+    return epochs

@@ -10,7 +10,8 @@
   (:data:`divebatch.methods.SCHEDULE_CONTROLS`: its realized schedule replayed, and the two-stage
   schedule), paired by seed (:func:`schedule_claim`).
 
-Verdict words are :mod:`divebatch.analysis.claims`' (imported where used: that module imports this one).
+Verdict words: :mod:`divebatch.analysis.verdicts`; the quality of an arm: the comparisons' long table
+(:mod:`divebatch.analysis.comparisons`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from divebatch.analysis.comparisons import ACC_CHANGE, METRIC_GAIN, Comparisons
 from divebatch.analysis.estimators import AUTHORS_ESTIMATOR, estimator_of
-from divebatch.analysis.stats import per_run, t_interval
+from divebatch.analysis.formatting import estimate
+from divebatch.analysis.stats import UNIT_LABELS, per_run, t_interval
+from divebatch.analysis.verdicts import NOT_MEASURED, PER_RUN, overall
 from divebatch.methods import DIVEBATCH_VARIANTS, SCHEDULE_CONTROLS, SGD_SMALL
 
 MATCHED_PP = 1.0  # row 7: quality matched = mean final accuracy at most this many points below small-batch SGD
@@ -46,19 +50,21 @@ def _fixed_point_arms(main: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return d[d["setting"].map(estimator_of) == "fixed_point"]
 
 
-def delta_claim(main: pd.DataFrame, speedups: pd.DataFrame, unit: str) -> tuple[str, str]:
+def delta_claim(
+    main: pd.DataFrame, speedups: pd.DataFrame, unit: str, comp: Comparisons | None = None
+) -> tuple[str, str]:
     """Row 7's verdict and numbers in one unit (:data:`DELTA_RULE`).
 
     Args:
-        main: :func:`divebatch.analysis.tables.main_table` (``acc_change_vs_sgd_small_pp``).
-        speedups: :func:`divebatch.analysis.tables.speedup_table` (its matched-target rows, vs
+        main: :func:`divebatch.analysis.tables.main_table`.
+        speedups: :func:`divebatch.analysis.speedups.speedup_table` (its matched-target rows, vs
             small-batch SGD).
         unit: ``optimizer_steps`` | ``wall_time_s``.
+        comp: the comparisons (the arms' quality against small-batch SGD); None: read back from ``main``.
     Returns:
         (verdict, the numbers of every fixed-point arm in words).
     """
-    from divebatch.analysis.claims import FAILS, HOLDS, NOT_MEASURED
-
+    comp = comp or Comparisons.of(main)
     own = speedups[(speedups["target"] == "matched") & (speedups["unit"] == unit) & (speedups["baseline"] == SGD_SMALL)]
     ok, parts = {}, []
     for dataset in sorted(main["dataset"].unique()) if len(main) else []:
@@ -68,26 +74,28 @@ def delta_claim(main: pd.DataFrame, speedups: pd.DataFrame, unit: str) -> tuple[
                 (own["dataset"] == dataset) & (own["method"] == arm["method"]) & (own["setting"] == arm["setting"])
             ]
             # quality on the primary metric (gain > 0 better): accuracy in pp, or a loss (the transformer)
-            change = float(arm.get("metric_gain_vs_sgd_small", arm["acc_change_vs_sgd_small_pp"]))
+            gain = comp.get(arm, SGD_SMALL, METRIC_GAIN)
+            change = gain.value if gain is not None else comp.value(arm, SGD_SMALL, ACC_CHANGE)
             metric = arm.get("metric", "val_acc")
             tol = MATCHED_PP if metric == "val_acc" else float(arm.get("metric_within", MATCHED_PP))
-            unit = "pp" if metric == "val_acc" else metric
+            metric_unit = "pp" if metric == "val_acc" else metric
             if sp.empty or not np.isfinite(change):
                 continue
             sp = sp.iloc[0]
             fast, matched = bool(np.isfinite(sp["ci_low"]) and sp["ci_low"] > 1), change >= -tol
             found.append(fast and matched)
-            ci = f" [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if np.isfinite(sp["ci_low"]) else " (n=1, no interval)"
+            n = None if np.isfinite(sp["ci_low"]) else 1
+            speed = estimate(sp["speedup"], low=sp["ci_low"], high=sp["ci_high"], unit="x", n=n)
             parts.append(
-                f"{dataset}, {arm['method']} ({arm['setting']}): {sp['speedup']:.2f}x{ci} vs SGD small at matched quality, "
-                f"{'accuracy' if unit == 'pp' else metric} gain {change:+.3g} {unit}, final batch {arm['final_batch_size_mean']:.0f}"
-                + ("" if matched else " (quality not matched)")
+                f"{dataset}, {arm['method']} ({arm['setting']}): {speed} vs SGD small at matched quality, "
+                f"{'accuracy' if metric_unit == 'pp' else metric} gain {change:+.3g} {metric_unit}, "
+                f"final batch {arm['final_batch_size_mean']:.0f}" + ("" if matched else " (quality not matched)")
             )
         if found:
             ok[dataset] = any(found)
     if not ok:
         return NOT_MEASURED, "no DiveBatch run with the fixed-point estimator beside small-batch SGD"
-    return (HOLDS if all(ok.values()) else FAILS), "; ".join(parts)
+    return overall(ok.values()), "; ".join(parts)
 
 
 def schedule_claim(epochs: pd.DataFrame | None) -> tuple[str, str]:
@@ -98,8 +106,6 @@ def schedule_claim(epochs: pd.DataFrame | None) -> tuple[str, str]:
     Returns:
         (verdict, per variant and control: the shared seeds and both differences with their intervals).
     """
-    from divebatch.analysis.claims import FAILS, HOLDS, NOT_MEASURED
-
     controls = {c for pair in SCHEDULE_CONTROLS.values() for c in pair}
     if epochs is None or epochs.empty or not epochs["method"].isin(controls).any():
         return NOT_MEASURED, "no schedule-control runs"
@@ -116,37 +122,38 @@ def schedule_claim(epochs: pd.DataFrame | None) -> tuple[str, str]:
                     if len(seeds) < 2:
                         continue
                     d = g.set_index("seed").loc[seeds]
-                    intervals = {  # paired by seed (stats.t_interval): (mean, low, high)
+                    intervals = {  # paired by seed (stats.t_interval)
                         "accuracy (pp)": t_interval(d["final_acc"].to_numpy(), c.loc[seeds, "final_acc"].to_numpy()),
                         "optimizer steps": t_interval(
                             d["own_optimizer_steps"].to_numpy(), c.loc[seeds, "own_optimizer_steps"].to_numpy()
                         ),
                     }
-                    intervals = {k: (iv.value, iv.low, iv.high) for k, iv in intervals.items()}
-                    same = all(lo <= 0 <= hi for _, lo, hi in intervals.values())
+                    same = all(iv.low <= 0 <= iv.high for iv in intervals.values())
                     verdicts.append(same)
                     name = variant + (f" ({setting})" if setting else "")
                     control += f" ({c_setting})" if c_setting else ""
-                    shown = ", ".join(f"{k} {m:+.2f} [{lo:+.2f}, {hi:+.2f}]" for k, (m, lo, hi) in intervals.items())
+                    shown = ", ".join(
+                        f"{k} {estimate(iv.value, low=iv.low, high=iv.high, spec='+.2f', keep_nan=True)}"
+                        for k, iv in intervals.items()
+                    )
                     parts.append(
                         f"{dataset}: {name} - {control}, {len(seeds)} seeds: {shown}" + ("" if same else " (differs)")
                     )
     if not verdicts:
         return NOT_MEASURED, "no authors'-estimator DiveBatch run sharing >= 2 seeds with its schedule control"
-    return (HOLDS if all(verdicts) else FAILS), "; ".join(parts)
+    return overall(verdicts), "; ".join(parts)
 
 
-def claim_rows(main: pd.DataFrame, speedups: pd.DataFrame, epochs: pd.DataFrame | None) -> list[tuple]:
+def claim_rows(
+    main: pd.DataFrame, speedups: pd.DataFrame, epochs: pd.DataFrame | None, comp: Comparisons | None = None
+) -> list[tuple]:
     """Rows 7 (one per unit of :data:`ROW7_UNITS`) and 8 of the claims table as
     ``(claim, definition, unit, verdict, ours, rule)``; row 7 only where a fixed-point arm exists,
-    row 8 always (``not measured`` without controls)."""
-    from divebatch.analysis.claims import PER_RUN
-    from divebatch.analysis.stats import UNIT_LABELS
-
+    row 8 always (``not measured`` without controls). ``comp``: as in :func:`delta_claim`."""
     rows = []
     has_arms = len(main) and any(len(_fixed_point_arms(main, d)) for d in main["dataset"].unique())
     for unit in ROW7_UNITS if has_arms else ():
-        rows.append((7, PER_RUN, UNIT_LABELS[unit], *delta_claim(main, speedups, unit), DELTA_RULE))
+        rows.append((7, PER_RUN, UNIT_LABELS[unit], *delta_claim(main, speedups, unit, comp), DELTA_RULE))
     unit8 = "final validation accuracy (pp); optimizer steps to own target"
     rows.append((8, "-", unit8, *schedule_claim(epochs), SCHEDULE_RULE))
     return rows

@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 
 from divebatch.analysis.claims import SLIGHT_LOSS_PP
+from divebatch.analysis.comparisons import from_main
 from divebatch.analysis.figures import tradeoff_points, tradeoff_rows
 from divebatch.analysis.figures.tradeoff import FAMILY_NAMES
+from divebatch.analysis.formatting import estimate
 from divebatch.analysis.stats import UNIT_LABELS, UNITS, WITHIN_PP
 
 
 def _ci(r: pd.Series, value: str, low: str, high: str, fmt: str, unit: str = "") -> str:
-    core = format(r[value], fmt) + unit
-    return core if not np.isfinite(r[low]) else f"{core} [{format(r[low], fmt)}, {format(r[high], fmt)}]"
+    return estimate(r[value], low=r[low], high=r[high], spec=fmt, unit=unit, missing=format(r[value], fmt) + unit)
 
 
 def _metric_words(main: pd.DataFrame, dataset: str) -> tuple[str, str, float, str]:
@@ -66,7 +67,9 @@ def _tradeoff_line(g: pd.DataFrame, head: str, role: str, unit_label: str, words
     )
 
 
-def describe_tradeoff(main: pd.DataFrame, speedups: pd.DataFrame, profile: str) -> str:
+def describe_tradeoff(
+    main: pd.DataFrame, speedups: pd.DataFrame, profile: str, comparisons: pd.DataFrame | None = None
+) -> str:
     """Per dataset, optimizer family and unit: the Pareto front and the fastest method with its quality
     cost, each family against its own small-batch baseline (SGD methods against small-batch SGD, AdamW
     methods against small-batch AdamW: :func:`divebatch.analysis.figures.tradeoff_rows`), in the
@@ -75,11 +78,14 @@ def describe_tradeoff(main: pd.DataFrame, speedups: pd.DataFrame, profile: str) 
     Args:
         main, speedups: :func:`divebatch.analysis.tables.main_table` / ``speedup_table``.
         profile: named in the text so a reader knows the scale.
+        comparisons: the long table (:func:`divebatch.analysis.comparisons.comparison_table`) the
+            quality changes come from; None: read back from ``main``.
     """
     rows = tradeoff_rows(main, speedups)
     if not rows:
         return "No method could be compared with a small-batch baseline in these runs (no small-batch run)."
     matched = len(speedups) and (speedups["target"] == "matched").any()
+    comparisons = comparisons if comparisons is not None else from_main(main)
     lines = [
         f"Reading for profile `{profile}` (speed-ups against the small-batch baseline of each optimizer, "
         + ("at the matched target" if matched else "at the own target (the authors' definition)")
@@ -93,7 +99,7 @@ def describe_tradeoff(main: pd.DataFrame, speedups: pd.DataFrame, profile: str) 
         target = words[3] if matched else f"own final {'-' if words[1] == 'pp' else '+'} {words[2]:g} {words[1]}"
         family = FAMILY_NAMES.get(fam, fam)
         lines.append(f"{dataset}, {family} methods against {role}; target = {target}:")
-        pts = tradeoff_points(main, speedups, role=role, family=fam)
+        pts = tradeoff_points(main, speedups, role=role, family=fam, comparisons=comparisons)
         pts = pts[pts["dataset"] == dataset]
         for unit in UNITS:
             g = pts[pts["unit"] == unit]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -18,10 +17,15 @@ from pathlib import Path
 import pandas as pd
 
 from divebatch.analysis import claims as claims_mod
-from divebatch.analysis import estimators, figures, paper_layouts, tables
+from divebatch.analysis import display, estimators, figures, paper_report, speedups, tables
 from divebatch.analysis.collect import RunSet, collect_runs, protocol_name
-from divebatch.analysis.style import save_figure
+from divebatch.analysis.comparisons import comparison_table
+from divebatch.analysis.groups import run_table
+from divebatch.analysis.style import save_figure, slug
+from divebatch.analysis.verdicts import NOT_MEASURED
 from divebatch.provenance import VERDICT_FILE
+
+__all__ = ["DESCRIPTIONS", "Results", "analyse", "claim_lines", "cli", "load_results", "slug", "write_report"]
 
 
 @dataclass
@@ -31,9 +35,11 @@ class Results:
     Attributes:
         runs: the collected :class:`RunSet`, this profile only.
         profile: its name.
-        main, speedups, claims, diversity: :func:`tables.main_table`, :func:`tables.speedup_table`,
+        main, speedups, claims, diversity: :func:`tables.main_table`, :func:`speedups.speedup_table`,
             :func:`claims.claims_table`, :func:`tables.diversity_table`.
         sensitivity: :func:`tables.sensitivity_table`, or None when the runs hold no sweep.
+        comparisons: every group against each baseline role, long
+            (:func:`divebatch.analysis.comparisons.comparison_table`; the main table shows it wide).
     """
 
     runs: RunSet
@@ -44,6 +50,7 @@ class Results:
     diversity: pd.DataFrame
     sensitivity: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    comparisons: pd.DataFrame | None = None
 
     @property
     def provenance(self) -> str:
@@ -75,16 +82,18 @@ class Results:
 def analyse(runs: RunSet, profile: str, verdict_path: str | Path | None = None) -> Results:
     """Build every table for the runs of one profile (see :class:`Results`)."""
     ep = runs.epochs
-    main = tables.main_table(ep, runs.runs)
-    speedups = tables.speedup_table(ep)
+    comparisons = comparison_table(ep)
+    main = tables.main_table(ep, runs.runs, comparisons)
+    speeds = speedups.speedup_table(ep)
     return Results(
         runs=runs,
         profile=profile,
         main=main,
-        speedups=speedups,
-        claims=claims_mod.claims_table(main, speedups, verdict_path, ep),
+        speedups=speeds,
+        claims=claims_mod.claims_table(main, speeds, verdict_path, ep, comparisons),
         diversity=tables.diversity_table(ep),
         sensitivity=tables.sensitivity_table(ep) if tables.has_sweep(ep) else None,
+        comparisons=comparisons,
     )
 
 
@@ -113,11 +122,6 @@ def load_results(
     if profile not in profiles:
         raise ValueError(f"profile={profile!r} has no run under {roots}; allowed: {profiles}")
     return analyse(rs.select(profile), profile, Path(report_root) / "paper_tables" / profile / VERDICT_FILE)
-
-
-def slug(text: str) -> str:
-    """File-name-safe form of a dataset name (``cifar10-mini/n=2000`` -> ``cifar10-mini_n_2000``)."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
 
 
 # What each output shows, one sentence (used in the generated README).
@@ -168,7 +172,7 @@ DESCRIPTIONS = {
 
 DESCRIPTIONS.update(figures.DESCRIPTIONS)
 DESCRIPTIONS.update(estimators.DESCRIPTIONS)
-DESCRIPTIONS.update(paper_layouts.DESCRIPTIONS)
+DESCRIPTIONS.update(paper_report.DESCRIPTIONS)
 
 
 def _existing(dirs: list[Path]) -> list[Path]:
@@ -177,6 +181,26 @@ def _existing(dirs: list[Path]) -> list[Path]:
 
 def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
+
+
+class _Writer:
+    """Writes a report's tables and figures and remembers each with its README sentence."""
+
+    def __init__(self, res: Results, out: Path):
+        self.tdir, self.fdir = out / "paper_tables" / res.profile, out / "figures" / res.profile
+        self.prov = res.provenance
+        self.written: list[Path] = []
+        self.entries: list[tuple[str, list[Path], str]] = []  # (section, paths, sentence)
+
+    def table(self, name, numeric, shown, title, label=None) -> None:
+        paths = display.write_table(numeric, shown, self.tdir / name, label or self.prov, title)
+        self.written.extend(paths)
+        self.entries.append(("Tables", paths, DESCRIPTIONS[name]))
+
+    def figure(self, stem, fig, sentence, label=None) -> None:
+        paths = save_figure(fig, self.fdir / stem, label or self.prov)
+        self.written.extend(paths)
+        self.entries.append(("Figures", paths, sentence))
 
 
 def write_report(
@@ -190,103 +214,93 @@ def write_report(
         The paths written (tables, figures, README.md, executed notebooks).
     """
     out = Path(out)
-    tdir, fdir = out / "paper_tables" / res.profile, out / "figures" / res.profile
-    before = set(_existing([tdir, fdir]))
-    written: list[Path] = []
-    entries: list[tuple[str, list[Path], str]] = []  # (section, paths, sentence)
-    prov = res.provenance
-
-    def table(name, numeric, display, title, label=prov):
-        paths = tables.write_table(numeric, display, tdir / name, label, title)
-        written.extend(paths)
-        entries.append(("Tables", paths, DESCRIPTIONS[name]))
-
-    def figure(stem, fig, sentence, label=prov):
-        paths = save_figure(fig, fdir / stem, label)
-        written.extend(paths)
-        entries.append(("Figures", paths, sentence))
-
+    w = _Writer(res, out)
+    before = set(_existing([w.tdir, w.fdir]))
     have_runs = not res.runs.epochs.empty
+    _write_tables(res, w, have_runs)
+    if have_runs:
+        figures.write(res, roots, w.figure)  # curves, progress, dynamics, diversity, trade-off, noise, sweep
+        estimators.write(res, roots, w.table, w.figure)  # the estimator study, when its runs are there
+        paper_report.write(res, w.table, w.figure)  # the authors' own tables and figures
+    if run_notebooks and have_runs:
+        from divebatch.analysis import notebooks  # nbclient and nbconvert: only for --notebooks
+
+        ndir = out / "notebooks" / res.profile
+        for name in notebooks.NOTEBOOKS:
+            paths = list(notebooks.execute(name, roots or [], res.profile, ndir, report_root=out))
+            w.written.extend(paths)
+            w.entries.append(("Notebooks", paths, notebooks.NOTEBOOKS[name]))
+    readme = w.tdir / "README.md"
+    others = sorted(before - set(w.written) - {readme})
+    replaced = [p for p in [*w.written, readme] if p in before]
+    readme.write_text(_readme(res, w.entries, w.tdir, others))
+    w.written.append(readme)
+    if replaced:
+        print(
+            f"report: replaced {len(replaced)} existing file(s) in {_rel(w.tdir, out)} and {_rel(w.fdir, out)}",
+            file=sys.stderr,
+        )
+    return w.written
+
+
+def _write_tables(res: Results, w: _Writer, have_runs: bool) -> None:
+    """The main, speed-up, claims, runs, diversity and sensitivity tables."""
     if have_runs or len(res.diverged):  # a profile whose every run diverged still says so in its main table
-        table(
+        w.table(
             "main",
             res.main,
-            tables.format_main(res.main),
+            display.format_main(res.main, res.comparisons),
             "Accuracy and time to target per dataset, method and setting (peak memory: CUDA allocator peak on "
             "GPU, peak RSS of the process on CPU)",
         )
     if have_runs:
-        own_common = (
-            res.speedups[res.speedups["target"].isin(list(tables.TARGETS))] if len(res.speedups) else res.speedups
-        )
-        table(
+        sp = res.speedups
+        own_common = sp[sp["target"].isin(list(speedups.TARGETS))] if len(sp) else sp
+        w.table(
             "speedups",
             own_common,
-            tables.format_speedups(own_common),
+            display.format_speedups(own_common),
             "Speed-ups against small-batch SGD and AdaBatch (ratio, 95 % t-interval over n seeds; own target = "
             "the authors' definition, never a verdict alone)",
         )
-        matched = res.speedups[res.speedups["target"] == tables.MATCHED] if len(res.speedups) else res.speedups
+        matched = sp[sp["target"] == speedups.MATCHED] if len(sp) else sp
         if len(matched):
-            table(
+            w.table(
                 "speedups_matched",
                 matched.dropna(axis=1, how="all"),
-                tables.format_matched(matched),
+                display.format_matched(matched),
                 "Speed at matched quality (the lower of the two seed-mean finals - 1 pp): 95 % t-interval over n "
                 "seeds, ratio of seed means ± SEM, seed-mean curves",
             )
-    table(
+    w.table(
         "claims",
         res.claims,
         res.claims.rename(columns=str.capitalize),
         "Claims of docs/protocol.md and our verdicts (speed: the authors' definition first, then per run)",
     )
     runs_tab = _runs_table(res)
-    table(
+    w.table(
         "runs",
         runs_tab,
         runs_tab.assign(protocol=runs_tab["protocol"].map(protocol_name)).fillna(""),
         "Every run directory found",
     )
-    if have_runs:
-        if len(res.diversity):
-            table("diversity", res.diversity, res.diversity.round(4), "Gradient diversity measurements")
-        if res.sensitivity is not None:
-            table(
-                "sensitivity",
-                res.sensitivity,
-                tables.format_sensitivity(res.sensitivity),
-                "Sensitivity to delta, resize frequency and max batch size",
-            )
-        figures.write(res, roots, figure)  # curves, progress, dynamics, diversity, trade-off, noise scale, sensitivity
-        estimators.write(res, roots, table, figure)  # the estimator study, when its runs are there
-        paper_layouts.write(res, table, figure)  # the authors' own tables and figures
-    if run_notebooks and have_runs:
-        from divebatch.analysis import notebooks
-
-        ndir = out / "notebooks" / res.profile
-        for name in notebooks.NOTEBOOKS:
-            paths = list(notebooks.execute(name, roots or [], res.profile, ndir, report_root=out))
-            written.extend(paths)
-            entries.append(("Notebooks", paths, notebooks.NOTEBOOKS[name]))
-    readme = tdir / "README.md"
-    others = sorted(before - set(written) - {readme})
-    replaced = [p for p in [*written, readme] if p in before]
-    readme.write_text(_readme(res, entries, tdir, others))
-    written.append(readme)
-    if replaced:
-        print(
-            f"report: replaced {len(replaced)} existing file(s) in {_rel(tdir, out)} and {_rel(fdir, out)}",
-            file=sys.stderr,
+    if have_runs and len(res.diversity):
+        w.table("diversity", res.diversity, res.diversity.round(4), "Gradient diversity measurements")
+    if have_runs and res.sensitivity is not None:
+        w.table(
+            "sensitivity",
+            res.sensitivity,
+            display.format_sensitivity(res.sensitivity),
+            "Sensitivity to delta, resize frequency and max batch size",
         )
-    return written
 
 
 def _runs_table(res: Results) -> pd.DataFrame:
     """Every run found: ``run_id, dataset, method, setting, protocol`` (config value), ``seed``,
     ``complete``, ``status`` (complete | diverged | excluded), ``reason`` (e.g. ``diverged at epoch
     3 ...``, 1-based), ``epochs_completed``, then for complete runs the per-run numbers of
-    :func:`tables.run_table`."""
+    :func:`divebatch.analysis.groups.run_table`."""
     r = res.runs.runs
     cols = [
         "run_id",
@@ -303,7 +317,7 @@ def _runs_table(res: Results) -> pd.DataFrame:
     base = r.reindex(columns=cols).copy()
     if res.runs.epochs.empty:
         return base
-    per = tables.run_table(res.runs.epochs)
+    per = run_table(res.runs.epochs)
     keep = [
         "run_id",
         "final_acc",
@@ -441,8 +455,6 @@ def cli(argv: list[str] | None = None) -> int:
 def claim_lines(claims: pd.DataFrame) -> list[str]:
     """The report's verdict lines: one per measured claim row (claim, unit, verdict), and one line
     for all the rows of a claim that were not measured (not one per unit and definition)."""
-    from divebatch.analysis.claims import NOT_MEASURED
-
     lines, unmeasured = [], {}
     for _, c in claims.iterrows():
         if c["verdict"] == NOT_MEASURED:

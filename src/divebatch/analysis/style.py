@@ -1,7 +1,8 @@
-"""One look for every figure: seaborn theme, a fixed colour per method, and a provenance footer."""
+"""One look for every figure: seaborn theme, a fixed colour per method, a provenance footer, file names."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -30,6 +31,11 @@ METHOD_PALETTE = _method_palette(METHOD_ORDER)
 
 def apply_style() -> None:
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+
+
+def slug(text: str) -> str:
+    """File-name-safe form of a dataset name (``cifar10-mini/n=2000`` -> ``cifar10-mini_n_2000``)."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
 
 
 def save_figure(fig: plt.Figure, stem: str | Path, provenance: str) -> list[Path]:

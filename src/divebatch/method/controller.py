@@ -2,7 +2,7 @@
 
 :class:`BatchSizeController` is the method as a library: it says the batch size of the next
 epoch, measures gradient diversity in the epochs that end with a decision (with any estimator of
-:data:`divebatch.method.diversity.ESTIMATORS`), applies the resize rule and the learning-rate rescaling
+:data:`divebatch.method.estimators.ESTIMATORS`), applies the resize rule and the learning-rate rescaling
 to the optimizer, and saves and restores its state with a checkpoint. The project's trainer
 (:func:`divebatch.training.train`) runs on it; ``examples/custom_loop.py`` uses it in a loop
 of its own::
@@ -33,9 +33,10 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from divebatch.method.diversity import DiversityEstimator, build_estimator
+from divebatch.method.diversity import DiversityEstimator
+from divebatch.method.estimators import build_estimator
 from divebatch.method.policies import POLICIES, BatchSizePolicy, rescale_lr, schedule_kwargs, step_lr
-from divebatch.method.schedule import schedule_for
+from divebatch.schema import FidelityConfig, MethodConfig  # the defaults, stated once (torch-free)
 
 LR_RESCALE_RULES = ("linear", "schedule_squared")  # fidelity.lr_rescale_rule (docs/protocol.md)
 MICRO_BATCH_LOSSES = ("per_sample", "per_chunk")  # fidelity.micro_batch_loss
@@ -95,7 +96,7 @@ def accumulate_step(
     y: Tensor,
     criterion: Callable[[Tensor, Tensor], Tensor],
     estimator: DiversityEstimator | None = None,
-    max_micro_batch: int = 2048,
+    max_micro_batch: int = MethodConfig.max_micro_batch,
     *,
     split_above: int | None = None,
     micro_batch_loss: str = "per_sample",
@@ -191,13 +192,13 @@ class BatchSizeController:
             train-mode BatchNorm convention, docs/diversity.md); or a :class:`~divebatch.method.diversity.DiversityEstimator`
             instance. Ignored unless ``method="divebatch"``.
         micro_batches, fixed_point_samples, running_grad_sum, mean_units: the estimators' options
-            (:func:`divebatch.method.diversity.build_estimator`); backpack: False for models BackPACK
+            (:func:`divebatch.method.estimators.build_estimator`); backpack: False for models BackPACK
             does not cover (fixed_point then uses ``torch.func``).
         max_micro_batch: larger steps are split into micro-batches (samples; memory only);
             split_above: split only above this (default ``max_micro_batch``); micro_batch_loss:
             ``per_sample`` | ``per_chunk`` weighting of the parts (docs/protocol.md).
         schedule: ``method="schedule"`` only: the batch size of every epoch (samples;
-            :mod:`divebatch.method.schedule`).
+            :func:`divebatch.schedule.schedule_for`).
     Raises:
         ValueError: an unknown ``method``, ``estimator``, ``lr_rescale_rule`` or
             ``micro_batch_loss`` (naming the value and what is allowed); a ``schedule`` given to
@@ -206,25 +207,25 @@ class BatchSizeController:
 
     def __init__(
         self,
-        method: str = "divebatch",
+        method: str = MethodConfig.name,
         *,
         n_train: int,
         initial_batch_size: int,
         max_batch_size: int,
         resize_freq: int,
-        delta: float = 0.1,
-        lr_rescale: bool = False,
-        lr_scaling: str = "linear",
-        lr_rescale_rule: str = "linear",
-        estimator: str | DiversityEstimator = "exact",
-        micro_batches: int = 2,
-        fixed_point_samples: int | None = 8192,
-        running_grad_sum: bool = False,
+        delta: float = MethodConfig.delta,
+        lr_rescale: bool = MethodConfig.lr_rescale,
+        lr_scaling: str = MethodConfig.lr_scaling,
+        lr_rescale_rule: str = FidelityConfig.lr_rescale_rule,
+        estimator: str | DiversityEstimator = MethodConfig.diversity_estimator,
+        micro_batches: int = MethodConfig.micro_batches,
+        fixed_point_samples: int | None = MethodConfig.fixed_point_samples,
+        running_grad_sum: bool = FidelityConfig.running_grad_sum,
         backpack: bool = True,
-        max_micro_batch: int = 2048,
-        split_above: int | None = None,
-        micro_batch_loss: str = "per_sample",
-        mean_units: bool = False,
+        max_micro_batch: int = MethodConfig.max_micro_batch,
+        split_above: int | None = FidelityConfig.split_above,
+        micro_batch_loss: str = FidelityConfig.micro_batch_loss,
+        mean_units: bool = FidelityConfig.mean_units,
         schedule: list[int] | None = None,
     ):
         if method not in POLICIES:
@@ -260,12 +261,17 @@ class BatchSizeController:
         self._measured: int | None = None  # the epoch whose estimate end_epoch reads
 
     @classmethod
-    def from_config(cls, cfg, n_train: int, backpack: bool = True) -> "BatchSizeController":
+    def from_config(
+        cls, cfg, n_train: int, backpack: bool = True, schedule: list[int] | None = None
+    ) -> "BatchSizeController":
         """From a run config (``method.*`` and ``fidelity.*`` keys of :class:`divebatch.config.TrainConfig`).
 
+        Args:
+            schedule: ``method.name=schedule`` only: the batch size of every epoch, which the caller
+                reads from the config (:func:`divebatch.schedule.schedule_for`: it may read another
+                run's directory, which the library does not).
         Raises:
-            divebatch.method.schedule.ScheduleError: ``method.name=schedule`` and its schedule
-                cannot be read (e.g. the replayed run is missing or unfinished).
+            ValueError: a ``schedule`` for another method, or none for ``method.name=schedule``.
         """
         m, fid = cfg.method, cfg.fidelity
         return cls(
@@ -287,7 +293,7 @@ class BatchSizeController:
             split_above=fid.split_above,
             micro_batch_loss=fid.micro_batch_loss,
             mean_units=fid.mean_units,
-            schedule=schedule_for(cfg) if m.name == "schedule" else None,
+            schedule=schedule,
         )
 
     @property
@@ -314,7 +320,7 @@ class BatchSizeController:
     def begin_epoch(self, epoch: int, estimator: DiversityEstimator | None = None) -> DiversityEstimator | None:
         """Start epoch ``epoch`` (0-based): in a measured epoch, reset the estimator and return it
         (the caller runs the epoch inside its ``measuring(model)`` context); else return
-        ``estimator`` (the shadow measurement's, :mod:`divebatch.method.shadow`), usually None.
+        ``estimator`` (the shadow measurement's, :mod:`divebatch.shadow`), usually None.
         :meth:`epoch` wraps this and :meth:`finish_epoch`."""
         measured = self.measures(epoch)
         self.active = self.estimator if measured else estimator
@@ -323,7 +329,7 @@ class BatchSizeController:
             self.estimator.reset()
         return self.active
 
-    def finish_epoch(self, model: nn.Module) -> None:
+    def finish_epoch(self, model: nn.Module | None) -> None:
         """After the epoch's last step: a measured epoch's end-of-epoch measurement at the final
         weights (:meth:`~divebatch.method.diversity.DiversityEstimator.measure`: fixed_point)."""
         if self._measured is not None:
@@ -331,14 +337,17 @@ class BatchSizeController:
         self.active = None
 
     @contextlib.contextmanager
-    def epoch(self, epoch: int, model: nn.Module, estimator: DiversityEstimator | None = None):
+    def epoch(self, epoch: int, model: nn.Module | None, estimator: DiversityEstimator | None = None):
         """Context of one training epoch: in a measured epoch the estimator is reset, its hooks are
         on and :meth:`forward_backward` / :meth:`backward` feed it; at a clean exit,
         :meth:`finish_epoch` runs.
 
         Args:
+            model: the network; None for a loop that feeds its own estimator by hand
+                (:meth:`divebatch.method.diversity.EpochDiversityEstimator.add`, as the synthetic
+                check does), whose ``measuring`` and ``measure`` do not need one.
             estimator: an estimator to run in an unmeasured epoch instead of none (the shadow
-                measurement, :mod:`divebatch.method.shadow`).
+                measurement, :mod:`divebatch.shadow`).
         Yields:
             True when the epoch is measured.
         """

@@ -9,7 +9,7 @@ BatchNorm in train mode, no dropout); it recomputes a forward and backward per c
 measured step costs about two plain steps plus the per-sample gradients' memory (n p floats per
 chunk); measured in docs/performance.md (benchmark ``benchmarks/transformer_cost.py``).
 
-Estimator protocol: as :class:`divebatch.method.diversity.ExactDiversity`, plus :meth:`FuncDiversity.observe`,
+Estimator protocol: as :class:`divebatch.method.exact.ExactDiversity`, plus :meth:`FuncDiversity.observe`,
 which the trainer calls with every micro-batch's inputs and targets before its backward.
 """
 
@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from divebatch.choices import declared
-from divebatch.method.diversity import _BN_TYPES, ESTIMATORS, EpochDiversityEstimator, _grads
+from divebatch.method.diversity import EpochDiversityEstimator, couples_samples, param_grads
 
 
 def per_sample_sq_norms(
@@ -69,7 +68,7 @@ def per_sample_sq_norms(
 class FuncDiversity(EpochDiversityEstimator):
     """The authors' epoch estimator with exact per-sample norms from :func:`per_sample_sq_norms`.
 
-    Same accumulation as :class:`divebatch.method.diversity.ExactDiversity` (sum units; S = sum of the
+    Same accumulation as :class:`divebatch.method.exact.ExactDiversity` (sum units; S = sum of the
     per-sample squared norms, A = sum of the step's mean gradients times B), for models BackPACK
     does not cover. Per-sample norms are those of the parameters at the step's start, as the
     update's own gradient; weight decay is not part of them (it is not in ``p.grad``).
@@ -91,13 +90,13 @@ class FuncDiversity(EpochDiversityEstimator):
         Raises:
             ValueError: the model has BatchNorm or dropout layers (names the first).
         """
-        for name, m in model.named_modules():
-            if isinstance(m, _BN_TYPES) or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0):
-                raise ValueError(
-                    f"invalid config: method.diversity_estimator='exact_func' with layer {name} "
-                    f"({type(m).__name__}) whose train-mode output mixes or randomises samples; "
-                    f"allowed: exact | microbatch for this model"
-                )
+        layer = couples_samples(model)
+        if layer is not None:
+            raise ValueError(
+                f"invalid config: method.diversity_estimator='exact_func' with layer {layer} "
+                f"whose train-mode output mixes or randomises samples; "
+                f"allowed: exact | microbatch for this model"
+            )
         return model
 
     def measuring(self, model: nn.Module):
@@ -135,8 +134,5 @@ class FuncDiversity(EpochDiversityEstimator):
         self._step_sq = sq if self._step_sq is None else self._step_sq + sq
 
     def step_end(self, model: nn.Module, batch_size: int) -> None:
-        self.add(self._step_sq, _grads(model), batch_size, grad_scale=batch_size)
+        self.add(self._step_sq, param_grads(model), batch_size, grad_scale=batch_size)
         self._step_sq = None
-
-
-ESTIMATORS[declared("method.diversity_estimator", "exact_func")] = FuncDiversity

@@ -19,6 +19,7 @@ import torch
 
 from divebatch.choices import declared
 from divebatch.optimizers import lr_factor
+from divebatch.schema import MethodConfig  # the defaults, stated once (torch-free)
 
 POLICIES: dict[str, type["BatchSizePolicy"]] = {}
 
@@ -80,9 +81,9 @@ class BatchSizePolicy:
         max_batch_size: int,
         resize_freq: int,
         n_train: int,
-        delta: float = 0.1,
-        lr_rescale: bool = False,
-        lr_scaling: str = "linear",
+        delta: float = MethodConfig.delta,
+        lr_rescale: bool = MethodConfig.lr_rescale,
+        lr_scaling: str = MethodConfig.lr_scaling,
     ):
         self.batch_size = int(initial_batch_size)
         self.initial_batch_size = int(initial_batch_size)
@@ -161,7 +162,7 @@ class DiveBatch(BatchSizePolicy):
 @register("schedule")
 class ScheduledBatchSize(BatchSizePolicy):
     """A schedule control: epoch e (0-based) trains at ``schedule[e]``, given in advance; no
-    gradient diversity is measured (:mod:`divebatch.method.schedule` builds the schedule).
+    gradient diversity is measured (:mod:`divebatch.schedule` builds the schedule from a config).
 
     A change between epochs e and e + 1 is applied at the end of epoch e, with the lr factor
     ``m_new / m`` (or its square root) when lr rescaling is on: the same place and factor as a
@@ -198,7 +199,7 @@ def build_policy(method_cfg, n_train: int, schedule: Sequence[int] | None = None
 
     Args:
         schedule: ``method.name=schedule`` only: the batch size per epoch
-            (:func:`divebatch.method.schedule.schedule_for`).
+            (:func:`divebatch.schedule.schedule_for`).
     Raises:
         KeyError: unknown ``method.name`` (names the allowed values).
         ValueError: ``method.name=schedule`` without a schedule, or a schedule for another method.

@@ -7,7 +7,9 @@ and ``<out-root>/paper_tables/<profile>/synthetic_*`` (including ``synthetic_ver
 Modules: :mod:`~divebatch.synthetic.data` (seeded generator and diversity controls),
 :mod:`~divebatch.synthetic.problem` (closed-form gradients, exact Delta, w*),
 :mod:`~divebatch.synthetic.sgd` (vectorised SGD to a target), :mod:`~divebatch.synthetic.knee`
-(experiments a, b), :mod:`~divebatch.synthetic.methods` (c, d), :mod:`~divebatch.synthetic.outputs`.
+(experiments a, b), :mod:`~divebatch.synthetic.methods` (c, d, under the library's
+:class:`~divebatch.method.controller.BatchSizeController`), :mod:`~divebatch.synthetic.tables`,
+:mod:`~divebatch.synthetic.figures` and :mod:`~divebatch.synthetic.outputs` (the verdict, the files).
 """
 
 from __future__ import annotations

@@ -9,14 +9,16 @@ DiveBatch on one problem, with the epoch estimator against exact Delta on the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from divebatch.synthetic.data import DataSpec, check_spec
+from divebatch.schema import MethodConfig
+from divebatch.synthetic.data import DataSpec, check_spec, variant_spec
+from divebatch.synthetic.methods import METHODS
 
 EXPERIMENTS = ("knee", "methods")
 VARIANT_KINDS = ("noise", "duplicate", "conditioning")
@@ -28,8 +30,6 @@ def runnable_methods() -> list[str]:
     :data:`divebatch.synthetic.methods.METHODS` (the six SGD methods of the paper's comparison; the
     AdamW variants of :mod:`divebatch.methods` have no synthetic counterpart). The default of
     ``methods.names`` and the list it is validated against."""
-    from divebatch.synthetic.methods import METHODS  # late: that module imports this one (via knee)
-
     return list(METHODS)
 
 
@@ -84,14 +84,14 @@ class MethodsConfig:
     initial_batch_size: int = 8
     max_batch_size: int = 1024
     resize_freq: int = 2
-    delta: float = 0.1
+    delta: float = MethodConfig.delta  # the method's default (divebatch.schema)
     momentum: float = 0.0
     lr: Optional[float] = None  # base lr at initial_batch_size; null: tuned (methods.tune_lr)
     # large-batch SGD's lr: "linear" = lr * max_batch_size / initial_batch_size (the paper's CIFAR-10
     # protocol, 0.1 -> 1.6 for 128 -> 2048, and where "+ lr rescale" ends); "tuned": its own tune_lr
     large_batch_lr: str = "linear"
     resolution: float = 0.05  # relative spacing (samples) of the target checks
-    micro_batches: int = 2  # micro-batch estimator (experiment d): parts per step
+    micro_batches: int = MethodConfig.micro_batches  # micro-batch estimator (experiment d): parts per step
     fixed_point_samples: Optional[int] = (
         1024  # experiment d: a quarter of n, to show the subset's sampling error; null: all n
     )
@@ -114,19 +114,12 @@ def _bad(key: str, value, allowed: str) -> ValueError:
     return ValueError(f"invalid config: {key}={value!r}; allowed: {allowed}")
 
 
-def variant_spec(cfg, variant: VariantConfig) -> DataSpec:
-    """The DataSpec of a variant: ``cfg.data`` with the variant's non-null fields replaced."""
-    base = DataSpec(**{f.name: getattr(cfg.data, f.name) for f in fields(DataSpec)})
-    changes = {
-        k: getattr(variant, k)
-        for k in ("label_noise", "duplicate", "spectrum_decay", "direction", "n_train")
-        if getattr(variant, k) is not None
-    }
-    return replace(base, **changes)
-
-
 def validate(cfg: DictConfig) -> DictConfig:
-    """Range and cross-key checks. Raises ValueError naming key, value and allowed."""
+    """Range and cross-key checks, section by section.
+
+    Raises:
+        ValueError: naming the key, the value and what is allowed.
+    """
     if not cfg.seeds:
         raise _bad("seeds", list(cfg.seeds), "a non-empty list of integers")
     for e in cfg.experiments:
@@ -137,6 +130,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     if not 0 < cfg.target_relative < 1:
         raise _bad("target_relative", cfg.target_relative, "a number in (0, 1)")
     check_spec(cfg.data, "data")
+    _check_variants(cfg)
+    _check_knee(cfg.knee)
+    _check_methods(cfg.methods)
+    return cfg
+
+
+def _check_variants(cfg: DictConfig) -> None:
     names = [v.name for v in cfg.variants]
     if not names or len(set(names)) != len(names):
         raise _bad("variants", names, "a non-empty list with unique names")
@@ -145,8 +145,22 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise _bad(f"variants[{i}].kind", v.kind, " | ".join(VARIANT_KINDS))
         if v.kind == "duplicate" and v.of not in names:
             raise _bad(f"variants[{i}].of", v.of, f"the name of another variant ({' | '.join(names)})")
-        check_spec(variant_spec(cfg, v), f"variants[{i}]")
-    k = cfg.knee
+        check_spec(variant_spec(cfg.data, v), f"variants[{i}]")
+
+
+# knee keys that must be positive numbers
+KNEE_POSITIVE = (
+    "max_epochs",
+    "resolution",
+    "tolerance",
+    "small_factor",
+    "small_ratio_max",
+    "large_factor",
+    "large_ratio_min",
+)
+
+
+def _check_knee(k) -> None:
     if not k.lr_log2_min < k.lr_log2_max or k.lr_log2_step <= 0:
         raise _bad(
             "knee.lr_log2_min/max/step", (k.lr_log2_min, k.lr_log2_max, k.lr_log2_step), "min < max and step > 0"
@@ -155,25 +169,23 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _bad("knee.lr_window", list(k.lr_window), "null or [low, high] with low < high (log2 units)")
     if k.batch_sizes is not None and (not k.batch_sizes or min(k.batch_sizes) < 1):
         raise _bad("knee.batch_sizes", list(k.batch_sizes), "null or a list of integers >= 1")
-    for key in (
-        "max_epochs",
-        "resolution",
-        "tolerance",
-        "small_factor",
-        "small_ratio_max",
-        "large_factor",
-        "large_ratio_min",
-    ):
+    for key in KNEE_POSITIVE:
         if not getattr(k, key) > 0:
             raise _bad(f"knee.{key}", getattr(k, key), "a number > 0")
     if k.min_gd_steps < 1:
         raise _bad("knee.min_gd_steps", k.min_gd_steps, "an integer >= 1")
-    m = cfg.methods
+
+
+def _check_methods(m) -> None:
     check_spec(m.data, "methods.data")
     runnable = runnable_methods()
-    for name in m.names:
+    for i, name in enumerate(m.names):
         if name not in runnable:
-            raise _bad("methods.names", list(m.names), f"a list drawn from {' | '.join(runnable)}")
+            raise _bad(
+                f"methods.names[{i}]",
+                name,
+                f"{' | '.join(runnable)} (the methods the synthetic check can run, divebatch.synthetic.methods.METHODS)",
+            )
     if not 0 < m.target_relative < 1:
         raise _bad("methods.target_relative", m.target_relative, "a number in (0, 1)")
     for key in ("epochs", "initial_batch_size", "resize_freq"):
@@ -186,6 +198,10 @@ def validate(cfg: DictConfig) -> DictConfig:
             m.max_batch_size,
             f"an integer in [methods.initial_batch_size={m.initial_batch_size}, n={n}]",
         )
+    _check_method_numbers(m)
+
+
+def _check_method_numbers(m) -> None:
     if not m.delta > 0:
         raise _bad("methods.delta", m.delta, "a number > 0")
     if not 0 <= m.momentum < 1:
@@ -198,7 +214,6 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise _bad("methods.micro_batches", m.micro_batches, "an integer >= 2")
     if m.fixed_point_samples is not None and not 2 <= m.fixed_point_samples:
         raise _bad("methods.fixed_point_samples", m.fixed_point_samples, "null (all n) or an integer >= 2")
-    return cfg
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

@@ -21,7 +21,7 @@ Diversity controls (docs/protocol.md "Gradient diversity"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import torch
@@ -75,6 +75,17 @@ def check_spec(spec: DataSpec, where: str = "data") -> None:
     for key, ok, allowed in rules:
         if not ok:
             raise ValueError(f"invalid config: {where}.{key}={getattr(spec, key)!r}; allowed: {allowed}")
+
+
+# the fields a variant of the knee experiment may replace (divebatch.synthetic.config.VariantConfig)
+VARIANT_FIELDS = ("label_noise", "duplicate", "spectrum_decay", "direction", "n_train")
+
+
+def variant_spec(data, variant) -> DataSpec:
+    """The DataSpec of a knee-experiment variant: ``data`` (a DataSpec or its config section) with the
+    variant's non-null fields of :data:`VARIANT_FIELDS` replaced."""
+    base = DataSpec(**{f.name: getattr(data, f.name) for f in fields(DataSpec)})
+    return replace(base, **{k: getattr(variant, k) for k in VARIANT_FIELDS if getattr(variant, k) is not None})
 
 
 def generate(spec: DataSpec, seed: int) -> SyntheticData:

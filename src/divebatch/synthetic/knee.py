@@ -34,8 +34,7 @@ import scipy.optimize
 import torch
 
 from divebatch.synthetic import problem as P
-from divebatch.synthetic.config import variant_spec
-from divebatch.synthetic.data import DataSpec, generate
+from divebatch.synthetic.data import DataSpec, generate, variant_spec
 from divebatch.synthetic.sgd import run_to_target
 
 
@@ -228,7 +227,7 @@ def run_variant(cfg, variant) -> dict:
         dict with ``variant`` (the VariantConfig as a dict), ``spec``, ``problems`` (:class:`Problems`),
         ``runs`` (DataFrame, one row per seed and batch size) and ``seeds`` (one row per seed).
     """
-    spec = variant_spec(cfg, variant)
+    spec = variant_spec(cfg.data, variant)
     probs = prepare(spec, list(cfg.seeds), cfg.target_relative)
     gd = full_batch_steps(probs, cfg.knee)
     budget = int(cfg.knee.max_epochs * spec.n_train)
@@ -314,18 +313,9 @@ def summarize_variant(result: dict, kcfg) -> dict:
     seed missed the budget.
     """
     runs, seeds, v = result["runs"], result["seeds"], result["variant"]
-    spec = result["spec"]
     runs = runs.assign(samples_or_nan=runs["samples"].where(runs["hit"]))
     curve = runs.groupby("batch_size")["samples_or_nan"].agg(lambda s: s.median() if s.notna().all() else np.nan)
-    steps = runs.groupby("batch_size")["steps"].median()
-    fits = np.array(
-        [fit_knee(g["batch_size"].to_numpy(), g["samples_or_nan"].to_numpy()) for _, g in runs.groupby("seed")]
-    )  # (S, 2): E_min, B_crit per seed
-    fitted = np.isfinite(fits[:, 1])
-    e_min, knee = (
-        (float(np.median(fits[fitted, 0])), float(np.median(fits[fitted, 1]))) if fitted.any() else (np.nan,) * 2
-    )
-    knee_min, knee_max = (float(fits[fitted, 1].min()), float(fits[fitted, 1].max())) if fitted.any() else (np.nan,) * 2
+    fit = seed_knees(runs)
     gd_steps = float(seeds["gd_steps_best_lr"].median())
     nd_start = float(seeds["n_delta_start"].median())
     small_runs = runs[runs["batch_size"] <= max(1.0, nd_start)]
@@ -335,7 +325,7 @@ def summarize_variant(result: dict, kcfg) -> dict:
     small_b, small_e = _pick(curve.iloc[::-1], lambda b: b <= lo / kcfg.small_factor)
     large_b, large_e = _pick(curve, lambda b: b >= kcfg.large_factor * hi)
     small_ratio, large_ratio = small_e / e_ref, large_e / e_ref
-    tol = kcfg.tolerance
+    knee, tol = fit["knee"], kcfg.tolerance
     checks = {
         "regime_ok": bool(gd_steps >= kcfg.min_gd_steps),
         "knee_within_tolerance": bool(np.isfinite(knee) and lo / tol <= knee <= hi * tol),
@@ -343,6 +333,61 @@ def summarize_variant(result: dict, kcfg) -> dict:
         # untestable (no grid B that far above the band) counts as passing; the summary says so
         "large_batch_ok": bool(not np.isfinite(large_b) or large_ratio >= kcfg.large_ratio_min),
     }
+    return {
+        **_variant_columns(v, result["spec"], seeds, gd_steps, kcfg),
+        "n_delta_start": nd_start,
+        "n_delta_target": nd_gd,
+        "n_delta_target_min": float(seeds["n_delta_target"].min()),
+        "n_delta_target_max": float(seeds["n_delta_target"].max()),
+        "n_delta_sgd": nd_sgd,
+        "band_low": lo,
+        "band_high": hi,
+        "b_noise_target": float(seeds["b_noise_target"].median()),
+        **fit,
+        "knee_over_n_delta_start": knee / nd_start,
+        "knee_over_n_delta_target": knee / nd_gd,
+        "knee_over_n_delta_sgd": knee / nd_sgd,
+        "samples_b1": float(curve.loc[1]) if 1 in curve.index else float("nan"),
+        "samples_small": e_ref,
+        "steps_bmax": float(runs.groupby("batch_size")["steps"].median().iloc[-1]),
+        "small_b": small_b,
+        "small_ratio": small_ratio,
+        "large_b": large_b,
+        "large_ratio": large_ratio,
+        "runs_missed": int((~runs["hit"]).sum()),
+        "lr_at_grid_edge": int(runs["lr_at_grid_edge"].sum()),
+        **checks,
+        "agrees": all(checks.values()),
+    }
+
+
+def seed_knees(runs: pd.DataFrame) -> dict:
+    """The knee of a variant from its seeds' curves (``runs`` with ``samples_or_nan``: samples to target,
+    NaN where missed): one :func:`fit_knee` per seed, the median knee and E_min over the seeds fitted.
+
+    Returns:
+        ``knee``, ``knee_seed_min``, ``knee_seed_max``, ``knee_seeds_fitted``, ``e_min_fit`` (samples;
+        NaN when no seed could be fitted).
+    """
+    fits = np.array(
+        [fit_knee(g["batch_size"].to_numpy(), g["samples_or_nan"].to_numpy()) for _, g in runs.groupby("seed")]
+    )  # (S, 2): E_min, B_crit per seed
+    fitted = np.isfinite(fits[:, 1])
+    e_min, knee = (
+        (float(np.median(fits[fitted, 0])), float(np.median(fits[fitted, 1]))) if fitted.any() else (np.nan,) * 2
+    )
+    knee_min, knee_max = (float(fits[fitted, 1].min()), float(fits[fitted, 1].max())) if fitted.any() else (np.nan,) * 2
+    return {
+        "knee": knee,
+        "knee_seed_min": knee_min,
+        "knee_seed_max": knee_max,
+        "knee_seeds_fitted": int(fitted.sum()),
+        "e_min_fit": e_min,
+    }
+
+
+def _variant_columns(v: dict, spec: dict, seeds: pd.DataFrame, gd_steps: float, kcfg) -> dict:
+    """The first columns of a variant's summary row: what the variant is, its target, its regime."""
     return {
         "variant": v["name"],
         "kind": v["kind"],
@@ -361,34 +406,7 @@ def summarize_variant(result: dict, kcfg) -> dict:
         "gd_steps_lr_1_over_L": float(seeds["gd_steps_lr_1_over_L"].median()),
         "gd_lr_at_grid_edge": int(seeds["gd_lr_at_grid_edge"].sum()),
         "min_gd_steps": int(kcfg.min_gd_steps),
-        "tolerance": tol,
-        "n_delta_start": nd_start,
-        "n_delta_target": nd_gd,
-        "n_delta_target_min": float(seeds["n_delta_target"].min()),
-        "n_delta_target_max": float(seeds["n_delta_target"].max()),
-        "n_delta_sgd": nd_sgd,
-        "band_low": lo,
-        "band_high": hi,
-        "b_noise_target": float(seeds["b_noise_target"].median()),
-        "knee": knee,
-        "knee_seed_min": knee_min,
-        "knee_seed_max": knee_max,
-        "knee_seeds_fitted": int(fitted.sum()),
-        "e_min_fit": e_min,
-        "knee_over_n_delta_start": knee / nd_start,
-        "knee_over_n_delta_target": knee / nd_gd,
-        "knee_over_n_delta_sgd": knee / nd_sgd,
-        "samples_b1": float(curve.loc[1]) if 1 in curve.index else float("nan"),
-        "samples_small": e_ref,
-        "steps_bmax": float(steps.iloc[-1]),
-        "small_b": small_b,
-        "small_ratio": small_ratio,
-        "large_b": large_b,
-        "large_ratio": large_ratio,
-        "runs_missed": int((~runs["hit"]).sum()),
-        "lr_at_grid_edge": int(runs["lr_at_grid_edge"].sum()),
-        **checks,
-        "agrees": all(checks.values()),
+        "tolerance": kcfg.tolerance,
     }
 
 

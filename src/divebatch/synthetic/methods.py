@@ -1,14 +1,15 @@
 """Experiments c and d: SGD, AdaBatch and DiveBatch on one synthetic problem, and the authors' epoch
 estimator of Delta against exact Delta on the same trajectories.
 
-The batch-size decisions are the training core's own code: the policies come from
-:func:`divebatch.method.policies.build_policy` (the DiveBatch rule is :func:`divebatch.method.policies.divebatch_batch_size`),
-the learning-rate rescaling is :func:`divebatch.method.policies.rescale_lr` applied to a ``torch.optim.SGD``,
-and Delta_hat is :class:`divebatch.method.diversity.EpochDiversityEstimator` fed in sum units. Only the
-gradient is the closed form of :mod:`divebatch.synthetic.problem` instead of autograd.
+The batch-size decisions are the library's own: each method runs under a
+:class:`divebatch.method.controller.BatchSizeController` (the policy, the DiveBatch rule
+:func:`divebatch.method.policies.divebatch_batch_size`, the learning-rate rescaling of a
+``torch.optim.SGD``), which reads Delta_hat from a :class:`divebatch.method.diversity.EpochDiversityEstimator`
+fed in sum units, as the trainer's estimators are. Only the gradient is the closed form of
+:mod:`divebatch.synthetic.problem` instead of autograd.
 
 Every method runs ``epochs`` epochs from w0 = 0 with a constant base lr (no schedule). The
-estimator is accumulated in every epoch for experiment d, but a policy only receives it in the
+estimator is accumulated in every epoch for experiment d, but the controller only reads it in the
 epochs where it measures diversity (as in training), and only those epochs count its cost in the
 wall time. Wall time covers the optimizer steps only (not the evaluation, the target checks, or
 the exact-Delta diagnostics), and is the one non-deterministic output.
@@ -18,19 +19,16 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from divebatch.config import MethodConfig
-from divebatch.method.diversity import (
-    EpochDiversityEstimator,
-    MicroBatchDiversity,
-    subset_n_diversity,
-    two_scale_sq_norm_sum,
-)
-from divebatch.method.policies import build_policy, rescale_lr
+from divebatch.method.controller import BatchSizeController
+from divebatch.method.diversity import EpochDiversityEstimator
+from divebatch.method.fixed_point import subset_n_diversity
+from divebatch.method.microbatch import MicroBatchDiversity, two_scale_sq_norm_sum
 from divebatch.methods import PAPER_METHODS
 from divebatch.synthetic import problem as P
 from divebatch.synthetic.knee import Problems, prepare
@@ -77,8 +75,134 @@ def tune_lr(probs: Problems, batch_size: int, kcfg, epochs: int) -> float:
     return float(2.0**k / probs.smoothness)
 
 
+@dataclass
+class Trace:
+    """One method's run on one seed so far: counters, wall time, the first hit of the target."""
+
+    steps: int = 0  # optimizer steps
+    samples: int = 0  # samples processed
+    wall: float = 0.0  # seconds of optimizer steps (and estimator work in measured epochs)
+    next_check: float = 1.0  # samples at which the training loss is next compared with the target
+    hit: dict = field(default_factory=dict)  # steps, samples, wall time at the first check below target
+
+
+@dataclass
+class Estimators:
+    """Experiment d's estimators, fed from the steps of every epoch: the authors' epoch estimator
+    (``exact``, which the controller reads in measured epochs), the two-scale micro-batch estimator on
+    the same steps, and the fixed subset of the fixed-point estimator."""
+
+    exact: EpochDiversityEstimator
+    micro: EpochDiversityEstimator
+    planner: MicroBatchDiversity
+    fixed_subset: torch.Tensor  # (k,) int64 sample indices
+
+
+def _estimators(mcfg, n: int, seed: int) -> Estimators:
+    k = mcfg.fixed_point_samples
+    subset = (
+        torch.randperm(n, generator=torch.Generator().manual_seed(7919 + seed))[:k]
+        if k is not None and k < n
+        else torch.arange(n)
+    )
+    return Estimators(
+        EpochDiversityEstimator(), EpochDiversityEstimator(), MicroBatchDiversity(mcfg.micro_batches), subset
+    )
+
+
+def _feed_micro(est: Estimators, xb, yb, w, l2: float) -> None:
+    """The two-scale estimator's share of one step (a diagnostic: its split is not the update's)."""
+    sizes = est.planner.micro_batch_sizes(len(yb), len(yb))
+    parts = [P.mean_grad(xm, ym, w, l2)[0] * len(ym) for xm, ym in zip(xb.split(sizes), yb.split(sizes))]
+    u = torch.stack(parts).sum(0)
+    sq = two_scale_sq_norm_sum(sum(float(p.pow(2).sum()) for p in parts), float(u.pow(2).sum()), sizes)
+    est.micro.add(torch.as_tensor(sq), [u], len(yb))
+
+
+def train_epoch(
+    probs: Problems,
+    i: int,
+    w,
+    opt,
+    batch_size: int,
+    perm,
+    est: Estimators,
+    trace: Trace,
+    measuring: bool,
+    resolution: float,
+) -> float:
+    """One epoch of constant-batch SGD steps on seed index ``i``, in the order ``perm``.
+
+    Every step feeds the epoch estimators at the iterate its gradient is taken at (as BackPACK gives
+    the per-sample norms), then steps ``opt``; the training loss is checked against the target on a
+    geometric grid of sample counts (spacing ``resolution``), and the first hit goes into ``trace``.
+
+    Returns:
+        the epoch's wall time (seconds): the steps, plus the estimator's work when ``measuring``.
+    """
+    x, y, l2 = probs.x[i], probs.y[i], probs.spec.l2
+    loss_star, target = float(probs.loss_star[i]), float(probs.target_loss[i])
+    t_step = t_est = 0.0
+    for start in range(0, probs.n, batch_size):
+        t0 = time.perf_counter()
+        idx = perm[start : start + batch_size]
+        xb, yb = x[idx], y[idx]
+        g = P.mean_grad(xb, yb, w, l2)
+        t1 = time.perf_counter()
+        est.exact.add(P.sq_norm_sum(xb, yb, w, l2)[0], [g[0] * len(idx)], len(idx))
+        t2 = time.perf_counter()
+        _feed_micro(est, xb, yb, w, l2)  # not timed: a diagnostic
+        w.grad = g
+        opt.step()
+        t_step += time.perf_counter() - t2 + t1 - t0
+        t_est += t2 - t1
+        trace.steps += 1
+        trace.samples += len(idx)
+        if not trace.hit and trace.samples >= trace.next_check:
+            sub = float(P.mean_loss(x, y, w, l2)[0]) - loss_star
+            if sub <= target - loss_star:
+                trace.hit = {
+                    "steps_to_target": trace.steps,
+                    "samples_to_target": trace.samples,
+                    "wall_to_target_s": trace.wall + t_step + (t_est if measuring else 0.0),
+                }
+            trace.next_check = trace.samples * (1 + resolution)
+    return t_step + (t_est if measuring else 0.0)
+
+
+def epoch_row(
+    probs: Problems, i: int, w, est: Estimators, trace: Trace, measured: bool, nd_start: float, seconds: float
+) -> dict:
+    """The trajectory columns of one epoch after its batch size and lr: losses and accuracies at the
+    epoch's final iterate, the run's counters, every estimate of n*Delta, and exact n*Delta at the
+    epoch's first (``nd_start``) and final iterates (nats, percent, steps, samples, seconds)."""
+    x, y, xv, yv, l2, n = probs.x[i], probs.y[i], probs.x_val[i], probs.y_val[i], probs.spec.l2, probs.n
+    loss = float(P.mean_loss(x, y, w, l2)[0])
+    xk, yk, k = x[est.fixed_subset], y[est.fixed_subset], len(est.fixed_subset)
+    # fixed-point estimator: Delta at the epoch's final w, over its fixed subset
+    nd_fp = subset_n_diversity(
+        float(P.sq_norm_sum(xk, yk, w, l2)[0]), float((P.mean_grad(xk, yk, w, l2)[0] * k).pow(2).sum()), k, n
+    )
+    return {
+        "train_loss": loss,
+        "suboptimality": loss - float(probs.loss_star[i]),
+        "train_acc": accuracy(x, y, w),
+        "val_loss": float(P.mean_loss(xv, yv, w, l2)[0]),
+        "val_acc": accuracy(xv, yv, w),
+        "optimizer_steps": trace.steps,
+        "samples_seen": trace.samples,
+        "n_delta_hat": est.exact.value() * n,
+        "measured": measured,
+        "n_delta_microbatch": est.micro.value() * n,
+        "n_delta_fixed_point": nd_fp,
+        "n_delta_exact_start": nd_start,
+        "n_delta_exact_end": float(P.n_diversity(x, y, w, l2)[0]),
+        "epoch_time_s": seconds,
+    }
+
+
 def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[list[dict], dict]:
-    """One method on seed index ``i`` of ``probs``.
+    """One method on seed index ``i`` of ``probs``, under the library's controller.
 
     Args:
         probs: prepared problems (one dataset per seed).
@@ -89,140 +213,73 @@ def run_method(probs: Problems, i: int, name: str, mcfg, lr: float) -> tuple[lis
     Returns:
         (per-epoch rows, run summary). Units: samples, optimizer steps, seconds, nats, percent.
     """
-    policy_name, start_key, rescale = METHODS[name]
-    seed = probs.seeds[i]
-    x, y, xv, yv = probs.x[i], probs.y[i], probs.x_val[i], probs.y_val[i]
-    l2, n = probs.spec.l2, probs.n
-    loss_star, target = float(probs.loss_star[i]), float(probs.target_loss[i])
-    method_cfg = MethodConfig(
-        name=policy_name,
+    policy, start_key, rescale = METHODS[name]
+    seed, n = probs.seeds[i], probs.n
+    est = _estimators(mcfg, n, seed)
+    ctl = BatchSizeController(
+        policy,
+        n_train=n,
         initial_batch_size=getattr(mcfg, start_key),
         max_batch_size=mcfg.max_batch_size,
         resize_freq=mcfg.resize_freq,
         delta=mcfg.delta,
         lr_rescale=rescale,
+        estimator=est.exact,  # read by the DiveBatch policy only
     )
-    policy = build_policy(method_cfg, n)
-    w = torch.nn.Parameter(torch.zeros(1, x.shape[1], dtype=P.DTYPE))
+    w = torch.nn.Parameter(torch.zeros(1, probs.x.shape[-1], dtype=P.DTYPE))
     opt = torch.optim.SGD([w], lr=lr, momentum=mcfg.momentum)
     gen = torch.Generator().manual_seed(1_000_003 * seed + 17)  # same sample order for every method
-    est = EpochDiversityEstimator()
-    micro = EpochDiversityEstimator()  # the two-scale estimator, fed from the same steps' micro-batches
-    planner = MicroBatchDiversity(mcfg.micro_batches)
-    k_fp = mcfg.fixed_point_samples
-    fp_idx = (
-        torch.randperm(n, generator=torch.Generator().manual_seed(7919 + seed))[:k_fp]
-        if k_fp is not None and k_fp < n
-        else torch.arange(n)
-    )
-    steps = samples = 0
-    wall = 0.0
-    hit: dict = {}
-    next_check = 1.0
-    diverged = False
-    rows = []
+    trace, rows = Trace(), []
     with torch.no_grad():
         for epoch in range(mcfg.epochs):
-            measuring = policy.measures_diversity(epoch)
-            batch_size, lr_now = policy.batch_size, opt.param_groups[0]["lr"]
-            nd_start = float(P.n_diversity(x, y, w, l2)[0])
-            est.reset()
-            micro.reset()
-            perm = torch.randperm(n, generator=gen)
-            t_step = t_est = 0.0
-            for start in range(0, n, batch_size):
-                t0 = time.perf_counter()
-                idx = perm[start : start + batch_size]
-                xb, yb = x[idx], y[idx]
-                g = P.mean_grad(xb, yb, w, l2)
-                t1 = time.perf_counter()
-                # per-sample norms at the iterate the gradient is taken at, as BackPACK gives them
-                est.add(P.sq_norm_sum(xb, yb, w, l2)[0], [g[0] * len(idx)], len(idx))
-                t2 = time.perf_counter()
-                sizes = planner.micro_batch_sizes(len(idx), len(idx))  # not timed: a diagnostic
-                parts = [P.mean_grad(xm, ym, w, l2)[0] * len(ym) for xm, ym in zip(xb.split(sizes), yb.split(sizes))]
-                u = torch.stack(parts).sum(0)
-                micro.add(
-                    torch.as_tensor(
-                        two_scale_sq_norm_sum(sum(float(p.pow(2).sum()) for p in parts), float(u.pow(2).sum()), sizes)
-                    ),
-                    [u],
-                    len(idx),
+            batch_size, lr_now = ctl.batch_size, opt.param_groups[0]["lr"]
+            nd_start = float(P.n_diversity(probs.x[i], probs.y[i], w, probs.spec.l2)[0])
+            with ctl.epoch(epoch, None) as measuring:  # no module: the estimator is fed by hand
+                est.exact.reset()
+                est.micro.reset()
+                seconds = train_epoch(
+                    probs,
+                    i,
+                    w,
+                    opt,
+                    batch_size,
+                    torch.randperm(n, generator=gen),
+                    est,
+                    trace,
+                    measuring,
+                    mcfg.resolution,
                 )
-                w.grad = g
-                opt.step()
-                t_step += time.perf_counter() - t2 + t1 - t0
-                t_est += t2 - t1
-                steps += 1
-                samples += len(idx)
-                if not hit and samples >= next_check:
-                    sub = float(P.mean_loss(x, y, w, l2)[0]) - loss_star
-                    if sub <= target - loss_star:
-                        hit = {
-                            "steps_to_target": steps,
-                            "samples_to_target": samples,
-                            "wall_to_target_s": wall + t_step + (t_est if measuring else 0.0),
-                        }
-                    next_check = samples * (1 + mcfg.resolution)
-            wall += t_step + (t_est if measuring else 0.0)
-            loss = float(P.mean_loss(x, y, w, l2)[0])
-            if not math.isfinite(loss):
-                diverged = True
-            nd_hat = est.value() * n
-            xk, yk = x[fp_idx], y[fp_idx]  # fixed-point estimator: Delta at the epoch's final w, fixed subset
-            nd_fp = subset_n_diversity(
-                float(P.sq_norm_sum(xk, yk, w, l2)[0]),
-                float((P.mean_grad(xk, yk, w, l2)[0] * len(fp_idx)).pow(2).sum()),
-                len(fp_idx),
-                n,
-            )
-            rows.append(
-                {
-                    "method": name,
-                    "seed": seed,
-                    "epoch": epoch,
-                    "batch_size": batch_size,
-                    "lr": lr_now,
-                    "train_loss": loss,
-                    "suboptimality": loss - loss_star,
-                    "train_acc": accuracy(x, y, w),
-                    "val_loss": float(P.mean_loss(xv, yv, w, l2)[0]),
-                    "val_acc": accuracy(xv, yv, w),
-                    "optimizer_steps": steps,
-                    "samples_seen": samples,
-                    "n_delta_hat": nd_hat,
-                    "measured": measuring,
-                    "n_delta_microbatch": micro.value() * n,
-                    "n_delta_fixed_point": nd_fp,
-                    "n_delta_exact_start": nd_start,
-                    "n_delta_exact_end": float(P.n_diversity(x, y, w, l2)[0]),
-                    "epoch_time_s": t_step + (t_est if measuring else 0.0),
-                }
-            )
-            if diverged:
-                break
-            rescale_lr(opt, policy.step(epoch, nd_hat / n if measuring else None))
+            trace.wall += seconds
+            row = {"method": name, "seed": seed, "epoch": epoch, "batch_size": batch_size, "lr": lr_now}
+            rows.append({**row, **epoch_row(probs, i, w, est, trace, measuring, nd_start, seconds)})
+            if not math.isfinite(rows[-1]["train_loss"]):
+                break  # diverged
+            ctl.end_epoch(epoch, opt)  # the decision and the lr rescaling, from Delta_hat of a measured epoch
+    return rows, _summary(rows, trace, name, seed, lr, n, ctl.batch_size)
+
+
+def _summary(rows: list[dict], trace: Trace, name: str, seed: int, lr: float, n: int, batch_size: int) -> dict:
+    """The run's summary row (see :func:`run_method`)."""
     last = rows[-1]
-    summary = {
+    return {
         "method": name,
         "seed": seed,
         "lr0": lr,
-        "reached": bool(hit),
-        "diverged": diverged,
-        "steps_to_target": hit.get("steps_to_target", float("nan")),
-        "samples_to_target": hit.get("samples_to_target", float("nan")),
-        "epochs_to_target": hit.get("samples_to_target", float("nan")) / n,
-        "wall_to_target_s": hit.get("wall_to_target_s", float("nan")),
-        "wall_total_s": wall,
+        "reached": bool(trace.hit),
+        "diverged": not math.isfinite(last["train_loss"]),
+        "steps_to_target": trace.hit.get("steps_to_target", float("nan")),
+        "samples_to_target": trace.hit.get("samples_to_target", float("nan")),
+        "epochs_to_target": trace.hit.get("samples_to_target", float("nan")) / n,
+        "wall_to_target_s": trace.hit.get("wall_to_target_s", float("nan")),
+        "wall_total_s": trace.wall,
         "final_loss": last["train_loss"],
         "final_suboptimality": last["suboptimality"],
         "final_train_acc": last["train_acc"],
         "final_val_acc": last["val_acc"],
-        "final_batch_size": policy.batch_size,
-        "optimizer_steps": steps,
-        "samples_seen": samples,
+        "final_batch_size": batch_size,
+        "optimizer_steps": trace.steps,
+        "samples_seen": trace.samples,
     }
-    return rows, summary
 
 
 # experiment d's estimators: trajectory column -> name (docs/diversity.md, "Estimator study")

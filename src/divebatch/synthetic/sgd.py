@@ -81,31 +81,10 @@ def run_to_target(
     gens = [torch.Generator().manual_seed(1_000_003 * int(s) + batch_size) for s in seeds]
     next_check = 1
     rows = torch.arange(S).unsqueeze(1)
-
-    hit = torch.zeros(S, dtype=torch.bool)
-    steps_hit = torch.full((S,), -1, dtype=torch.int64)
-    samples_hit = torch.full((S,), -1, dtype=torch.int64)
-    best = torch.zeros(S, dtype=torch.int64)
-    nd_hit = torch.full((S,), float("nan"), dtype=P.DTYPE)
-    diverged = torch.zeros(S, L, dtype=torch.bool)
-
-    def check(step: int, samples: int) -> None:
-        loss = P.mean_loss(x, y, w, l2)  # (S, L)
-        bad = ~torch.isfinite(loss)
-        diverged.logical_or_(bad)
-        below = (loss <= target_loss.unsqueeze(1)) & ~bad
-        new = below.any(1) & ~hit
-        if new.any():
-            masked = torch.where(below, loss, torch.inf)
-            idx = masked.argmin(1)
-            for s in new.nonzero().flatten().tolist():
-                hit[s] = True
-                steps_hit[s], samples_hit[s], best[s] = step, samples, idx[s]
-                nd_hit[s] = P.n_diversity(x[s], y[s], w[s, idx[s]].unsqueeze(0), l2)[0]
-
+    hits = _Hits.empty(S, L)
     step = samples = 0
-    check(0, 0)
-    while not bool(hit.all()) and samples < max_samples:
+    hits.check(x, y, w, l2, target_loss, 0, 0)
+    while not bool(hits.hit.all()) and samples < max_samples:
         perm = torch.stack([torch.randperm(n, generator=g) for g in gens])  # (S, n)
         for start in range(0, n, batch_size):
             idx = perm[:, start : start + batch_size]
@@ -115,26 +94,68 @@ def run_to_target(
             step += 1
             samples += idx.shape[1]
             if samples >= next_check or samples >= max_samples:
-                check(step, samples)
+                hits.check(x, y, w, l2, target_loss, step, samples)
                 next_check = samples * (1 + resolution)
-                if bool(hit.all()) or samples >= max_samples:
+                if bool(hits.hit.all()) or samples >= max_samples:
                     break
     loss = P.mean_loss(x, y, w, l2)
-    missing = ~hit
-    if missing.any():
-        idx = torch.where(diverged, torch.inf, loss).argmin(1)
-        nd = P.n_diversity(x, y, w, l2)
-        for s in missing.nonzero().flatten().tolist():
-            steps_hit[s], samples_hit[s], best[s] = step, samples, idx[s]
-            nd_hit[s] = nd[s, idx[s]]
+    hits.settle_missing(x, y, w, l2, loss, step, samples)
     return FirstHit(
         batch_size=batch_size,
-        hit=hit,
-        steps=steps_hit,
-        samples=samples_hit,
-        best_lr=lrs.to(P.DTYPE)[best],
-        best_lr_index=best,
-        n_delta_hit=nd_hit,
-        diverged=diverged,
+        hit=hits.hit,
+        steps=hits.steps,
+        samples=hits.samples,
+        best_lr=lrs.to(P.DTYPE)[hits.best],
+        best_lr_index=hits.best,
+        n_delta_hit=hits.n_delta,
+        diverged=hits.diverged,
         final_loss=torch.where(torch.isfinite(loss), loss, torch.nan),
     )
+
+
+@dataclass
+class _Hits:
+    """The first hit of each seed's target while :func:`run_to_target` runs (the fields of :class:`FirstHit`)."""
+
+    hit: Tensor  # (S,) bool
+    steps: Tensor  # (S,) int64, -1 until hit
+    samples: Tensor  # (S,) int64, -1 until hit
+    best: Tensor  # (S,) int64 lr index
+    n_delta: Tensor  # (S,) float64
+    diverged: Tensor  # (S, L) bool
+
+    @classmethod
+    def empty(cls, S: int, L: int) -> "_Hits":
+        return cls(
+            hit=torch.zeros(S, dtype=torch.bool),
+            steps=torch.full((S,), -1, dtype=torch.int64),
+            samples=torch.full((S,), -1, dtype=torch.int64),
+            best=torch.zeros(S, dtype=torch.int64),
+            n_delta=torch.full((S,), float("nan"), dtype=P.DTYPE),
+            diverged=torch.zeros(S, L, dtype=torch.bool),
+        )
+
+    def check(self, x: Tensor, y: Tensor, w: Tensor, l2: float, target_loss: Tensor, step: int, samples: int) -> None:
+        """Compare every (seed, lr) loss at ``w`` (S, L, d) with the target; record new hits (ties: lowest loss)."""
+        loss = P.mean_loss(x, y, w, l2)  # (S, L)
+        bad = ~torch.isfinite(loss)
+        self.diverged.logical_or_(bad)
+        below = (loss <= target_loss.unsqueeze(1)) & ~bad
+        new = below.any(1) & ~self.hit
+        if new.any():
+            masked = torch.where(below, loss, torch.inf)
+            idx = masked.argmin(1)
+            for s in new.nonzero().flatten().tolist():
+                self.hit[s] = True
+                self.steps[s], self.samples[s], self.best[s] = step, samples, idx[s]
+                self.n_delta[s] = P.n_diversity(x[s], y[s], w[s, idx[s]].unsqueeze(0), l2)[0]
+
+    def settle_missing(self, x: Tensor, y: Tensor, w: Tensor, l2: float, loss: Tensor, step: int, samples: int) -> None:
+        """Seeds that never hit: the budget as steps and samples, the lowest-loss lr that did not diverge."""
+        missing = ~self.hit
+        if missing.any():
+            idx = torch.where(self.diverged, torch.inf, loss).argmin(1)
+            nd = P.n_diversity(x, y, w, l2)
+            for s in missing.nonzero().flatten().tolist():
+                self.steps[s], self.samples[s], self.best[s] = step, samples, idx[s]
+                self.n_delta[s] = nd[s, idx[s]]

@@ -17,9 +17,7 @@ Modules: :mod:`~divebatch.analysis.figures.common` (shared pieces), ``curves``, 
 
 from __future__ import annotations
 
-import re
-
-from divebatch.analysis.estimators import read_shadow
+from divebatch.analysis.estimators_shadow import read_shadow
 from divebatch.analysis.figures.common import (
     COLLAPSE_WITHINS,
     MARKERS,
@@ -40,6 +38,7 @@ from divebatch.analysis.figures.tradeoff import (
     tradeoff_points,
     tradeoff_rows,
 )
+from divebatch.analysis.style import slug
 
 __all__ = [
     "COLLAPSE_WITHINS",
@@ -82,7 +81,7 @@ DESCRIPTIONS = {
         "Batch size against epochs for {dataset}, one panel per method and setting with every seed drawn "
         "(line style = seed; the title says whether the seeds' schedules are identical)."
     ),
-    "diversity": (
+    "diversity_fig": (  # "diversity" is the table's
         "Gradient diversity Delta_hat over training for {dataset} (log axis), one panel per DiveBatch method "
         "and setting, marker = estimator, one line per seed; with shadow runs, every estimator and Delta(w) "
         "at the same weights in a panel of their own."
@@ -110,11 +109,6 @@ DESCRIPTIONS = {
 }
 
 
-def _slug(text: str) -> str:
-    """As :func:`divebatch.analysis.report.slug` (``cifar10-mini/n=2000`` -> ``cifar10-mini_n_2000``)."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
-
-
 def write(res, roots, figure) -> None:
     """Add the report's figures (called by :func:`divebatch.analysis.report.write_report`).
 
@@ -127,7 +121,7 @@ def write(res, roots, figure) -> None:
     shadow, _ = read_shadow(roots, res.profile) if roots else (None, None)
     for dataset in res.datasets:
         label = res.runs.provenance([dataset])
-        stem = _slug(dataset)
+        stem = slug(dataset)
         figure(f"curves_{stem}", plot_curves(ep, dataset), DESCRIPTIONS["curves"].format(dataset=dataset), label)
         figure(
             f"progress_{stem}",
@@ -145,13 +139,13 @@ def write(res, roots, figure) -> None:
             figure(
                 f"diversity_{stem}",
                 plot_diversity(ep, dataset, shadow),
-                DESCRIPTIONS["diversity"].format(dataset=dataset),
+                DESCRIPTIONS["diversity_fig"].format(dataset=dataset),
                 label,
             )
     if len(res.speedups):
         figure(
             "speedup_vs_accuracy",
-            plot_speedup_vs_accuracy(res.main, res.speedups, epochs=ep),
+            plot_speedup_vs_accuracy(res.main, res.speedups, epochs=ep, comparisons=res.comparisons),
             DESCRIPTIONS["speedup_vs_accuracy"],
         )
         figure("speedup_vs_target", plot_speedup_vs_target(ep), DESCRIPTIONS["speedup_vs_target"])

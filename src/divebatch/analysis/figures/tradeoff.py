@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from divebatch.analysis.comparisons import ACC_CHANGE, METRIC_GAIN, from_main
 from divebatch.analysis.figures.common import (
     FAMILY_BASELINE,
     MARKERS,
@@ -31,9 +32,9 @@ from divebatch.analysis.figures.common import (
     palette,
     plain_log,
 )
+from divebatch.analysis.speedups import MATCHED, target_ladder
 from divebatch.analysis.stats import MATCHED_UNITS, UNIT_LABELS, UNITS, metric_of
 from divebatch.analysis.style import apply_style
-from divebatch.analysis.tables import BASELINE_SLUG, MATCHED, target_ladder
 from divebatch.methods import SGD_SMALL
 
 SHORT = {"SGD (small batch)": "SGD small", "AdamW (small batch)": "AdamW small"}
@@ -61,12 +62,25 @@ def _default_target(speedups: pd.DataFrame) -> str:
     return MATCHED if len(speedups) and (speedups["target"] == MATCHED).any() else "own"
 
 
+def _gains(main: pd.DataFrame, comparisons: pd.DataFrame | None, role: str) -> pd.DataFrame:
+    """``dataset, method, setting, acc_change_pp, acc_low, acc_high`` against ``role``: the long table's
+    ``metric_gain`` rows (:mod:`divebatch.analysis.comparisons`; read back from ``main`` when
+    ``comparisons`` is None), its ``acc_change`` rows where it has no ``metric_gain``."""
+    long = comparisons if comparisons is not None else from_main(main)
+    long = long[long["baseline"] == role]
+    quantity = METRIC_GAIN if (long["quantity"] == METRIC_GAIN).any() else ACC_CHANGE
+    rows = long[long["quantity"] == quantity]
+    names = ["dataset", "method", "setting", "acc_change_pp", "acc_low", "acc_high"]
+    return rows[["dataset", "method", "setting", "value", "low", "high"]].set_axis(names, axis=1)
+
+
 def tradeoff_points(
     main: pd.DataFrame,
     speedups: pd.DataFrame,
     target: str | None = None,
     role: str = SGD_SMALL,
     family: str | None = None,
+    comparisons: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per dataset x method x setting x unit: the primary metric's change and the speed-up
     against the baseline ``role`` with their intervals, and ``pareto`` (on the dataset-and-unit front).
@@ -74,28 +88,25 @@ def tradeoff_points(
     Args:
         target: ``matched`` (the verdicts' target, default when the speed-up table has those rows),
             ``own`` (the authors' definition) or ``common``.
-        role: the baseline (:data:`divebatch.analysis.tables.BASELINES`): small-batch SGD by default,
+        role: the baseline (:data:`divebatch.analysis.groups.BASELINES`): small-batch SGD by default,
             ``AdamW (small batch)`` for the AdamW methods.
         family: keep only the groups of this optimizer (``optim.name``); None: every group.
+        comparisons: the long table (:func:`divebatch.analysis.comparisons.comparison_table`); None:
+            read back from ``main`` (:func:`divebatch.analysis.comparisons.from_main`).
     Returns:
         Columns ``dataset, method, setting, unit, acc_change_pp, acc_low, acc_high, speedup,
         ci_low, ci_high, n_seeds, resized`` (False when the group's batch never changed in any
         seed), ``pareto``; the baseline group itself is left out. ``acc_change_pp`` is the
-        primary metric's gain over the baseline (> 0 better): the accuracy change in pp, or minus
-        the loss change where the runs judge by a loss.
+        primary metric's gain over the baseline (> 0 better, the long table's ``metric_gain``): the
+        accuracy change in pp, or minus the loss change where the runs judge by a loss.
     """
     target = target or _default_target(speedups)
     sp = speedups[(speedups["baseline"] == role) & (speedups["target"] == target)] if len(speedups) else speedups
     sp = sp[[c for c in ("dataset", "method", "setting", "unit", "speedup", "ci_low", "ci_high", "n_seeds") if c in sp]]
-    slug = BASELINE_SLUG.get(role, "sgd_small")
-    gain = f"metric_gain_vs_{slug}" if f"metric_gain_vs_{slug}" in main else f"acc_change_vs_{slug}_pp"
-    if gain not in main:
-        return pd.DataFrame(columns=[*sp.columns, "acc_change_pp", "acc_low", "acc_high", "resized", "pareto"])
     m = main if family is None else main[family_of(main) == family]
-    acc = m[["dataset", "method", "setting", gain, f"{gain}_low", f"{gain}_high"]].set_axis(
-        ["dataset", "method", "setting", "acc_change_pp", "acc_low", "acc_high"], axis=1
-    )
-    acc = acc.assign(resized=m["resized_seeds"].fillna(1).to_numpy() > 0 if "resized_seeds" in m else True)
+    resized = m["resized_seeds"].fillna(1).to_numpy() > 0 if "resized_seeds" in m else True
+    groups = m[["dataset", "method", "setting"]].assign(resized=resized)
+    acc = _gains(main, comparisons, role).merge(groups, on=["dataset", "method", "setting"])
     pts = sp.merge(acc, on=["dataset", "method", "setting"])
     pts = pts[pts["method"] != role].copy()
     pts["pareto"] = False
@@ -236,7 +247,11 @@ def _panel(ax, g: pd.DataFrame, number: dict, marker: dict, colors: dict, gone: 
 
 
 def plot_speedup_vs_accuracy(
-    main: pd.DataFrame, speedups: pd.DataFrame, target: str | None = None, epochs: pd.DataFrame | None = None
+    main: pd.DataFrame,
+    speedups: pd.DataFrame,
+    target: str | None = None,
+    epochs: pd.DataFrame | None = None,
+    comparisons: pd.DataFrame | None = None,
 ) -> plt.Figure:
     """Speed-up against the small-batch baseline (y, log) versus the primary metric's change (x: the
     accuracy change in percentage points, or the loss gain in nats).
@@ -249,7 +264,8 @@ def plot_speedup_vs_accuracy(
     Error bars = 95 % t-intervals over seeds, cut at the axis beyond :data:`CI_CLIP` x the points'
     range. Collapsed groups (every run collapsed; needs ``epochs``) and points without a speed-up
     (a curve never reached the target) sit at the left / bottom edge, hollow of error bars, and the
-    panel says so. The speed-up is at the matched target by default (:func:`tradeoff_points`).
+    panel says so. The speed-up is at the matched target by default, the quality change from the long
+    table ``comparisons`` (None: read back from ``main``; :func:`tradeoff_points`).
     """
     apply_style()
     target = target or _default_target(speedups)
@@ -259,7 +275,8 @@ def plot_speedup_vs_accuracy(
         max(1, len(rows)), len(units), figsize=(5.2 * len(units), 4.2 * max(1, len(rows))), squeeze=False
     )
     gone = _collapsed_keys(epochs)
-    per_row = [_row_points(main, speedups, target, row) for row in rows]
+    comparisons = comparisons if comparisons is not None else from_main(main)
+    per_row = [_row_points(main, speedups, target, row, comparisons) for row in rows]
     keys = list(dict.fromkeys(k for pts in per_row for k in pts["key"]))  # one number per group in the figure
     number = {k: n + 1 for n, k in enumerate(keys)}
     marker = {k: MARKERS[n % len(MARKERS)] for n, k in enumerate(keys)}
@@ -289,11 +306,13 @@ def plot_speedup_vs_accuracy(
     return fig
 
 
-def _row_points(main: pd.DataFrame, speedups: pd.DataFrame, target: str, row: tuple) -> pd.DataFrame:
+def _row_points(
+    main: pd.DataFrame, speedups: pd.DataFrame, target: str, row: tuple, comparisons: pd.DataFrame
+) -> pd.DataFrame:
     """:func:`tradeoff_points` of one row of panels, in method order, with a ``key`` column
     ``(dataset, method, setting)``."""
     dataset, fam, role = row
-    pts = tradeoff_points(main, speedups, target, role, fam)
+    pts = tradeoff_points(main, speedups, target, role, fam, comparisons)
     pts = pts[pts["dataset"] == dataset]
     pts = pts.assign(key=list(zip(pts["dataset"], pts["method"], pts["setting"])))
     return pts.sort_values(["method", "setting"], key=_method_rank, kind="stable")
@@ -330,7 +349,7 @@ def _ladder_limits(d: pd.DataFrame, column: str, higher: bool) -> float:
 
 def plot_speedup_vs_target(epochs: pd.DataFrame) -> plt.Figure:
     """Speed-up against the small-batch baseline over a ladder of targets, on the seed-mean curves
-    (:func:`divebatch.analysis.tables.target_ladder`): one row per dataset and optimizer family (each
+    (:func:`divebatch.analysis.speedups.target_ladder`): one row per dataset and optimizer family (each
     against its own small-batch baseline), one column per unit (epochs, optimizer steps, training s);
     one line per method and setting, the big point at its matched target, log y. Read along a line:
     a speed-up that holds only at easy targets comes from the early epochs, not from reaching the final

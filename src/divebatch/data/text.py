@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from divebatch.data.bundle import DataBundle, DataError, DataNotFoundError, count, register
+
 TRAIN_FRACTION = 0.9
 
 
@@ -57,8 +59,9 @@ def split_point(n_chars: int) -> int:
     return int(n_chars * TRAIN_FRACTION)
 
 
-def text_bundle(cfg):
-    """The :class:`divebatch.data.DataBundle` of a plain-text file.
+@register("text")
+def text_bundle(cfg) -> DataBundle:
+    """The :class:`~divebatch.data.bundle.DataBundle` of a plain-text file (``data.name=text``).
 
     Args:
         cfg: the ``data`` config (``path``: the file; ``seq_len``: T).
@@ -70,8 +73,6 @@ def text_bundle(cfg):
         DataNotFoundError: the file does not exist. DataError: it is not UTF-8 text, or a part
             holds fewer than T + 1 characters (names the path, the sizes and ``data.seq_len``).
     """
-    from divebatch.data import DataBundle, DataError, DataNotFoundError
-
     path, seq_len = Path(cfg.path), int(cfg.seq_len)
     if not path.is_file():
         raise DataNotFoundError(
@@ -87,9 +88,9 @@ def text_bundle(cfg):
     cut = split_point(len(content))
     if cut - 1 < seq_len or len(content) - cut - 1 < seq_len:
         raise DataError(
-            f"data.path={str(path)!r} has {len(content)} characters: {cut} for training and "
+            f"data.path={str(path)!r} has {count(len(content), 'character')}: {cut} for training and "
             f"{len(content) - cut} for validation; each part needs more than data.seq_len={seq_len} "
-            f"(allowed: a longer file or a smaller data.seq_len)"
+            f"{'character' if seq_len == 1 else 'characters'} (allowed: a longer file or a smaller data.seq_len)"
         )
     ids, vocab = encode(content)
     x_tr, y_tr = sequences(ids[:cut], seq_len)

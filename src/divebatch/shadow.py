@@ -15,7 +15,7 @@ At each epoch e with (e + 1) % ``method.resize_freq`` == 0 (where DiveBatch woul
 * at the same weights, the BatchNorm / augmentation decomposition (:meth:`ShadowRecorder.bn_decomposition`):
   n * Delta over the same fixed subset under four conventions, numerator and denominator apart,
   (i) eval-mode BatchNorm, no augmentation (the ``fixed_point`` estimate above), (ii) the authors'
-  train-mode convention at frozen weights (:func:`divebatch.method.diversity.fixed_point_sums` with
+  train-mode convention at frozen weights (:func:`divebatch.method.fixed_point.fixed_point_sums` with
   ``bn_mode="train"``: BatchNorm batches of the run's micro-batch size, batch statistics, nothing
   updated), no augmentation, (iii) the same with the run's training augmentation, and (iv) the
   authors' epoch estimator of the epoch (moving iterates). The ratios (ii)/(i), (iii)/(ii) and
@@ -43,17 +43,11 @@ from torch import Tensor, nn
 
 from divebatch import augment, rundir
 from divebatch.data import DeviceLoader, _eval_view, fixed_subset_indices, reference_batches
-from divebatch.method.diversity import (
-    EstimatorDefaults,
-    ExactDiversity,
-    FixedPointDiversity,
-    MicroBatchDiversity,
-    _sq_norm,
-    backpack_hooks,
-    fixed_point_sums,
-    subset_mean_grad_sq,
-    subset_n_diversity,
-)
+from divebatch.method.backpack_norms import backpack_hooks
+from divebatch.method.diversity import EstimatorDefaults, sq_norm
+from divebatch.method.exact import ExactDiversity
+from divebatch.method.fixed_point import FixedPointDiversity, fixed_point_sums, subset_mean_grad_sq, subset_n_diversity
+from divebatch.method.microbatch import MicroBatchDiversity
 from divebatch.method.persample import FuncDiversity
 
 SHADOW_COLUMNS = [
@@ -198,7 +192,7 @@ class ShadowEstimators(EstimatorDefaults):
 
 def chunk_sums(model: nn.Module, batches, per_sample: str = "backpack") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-chunk S_j = sum_{i in j} ||g_i||^2 and A_j = sum_{i in j} g_i at the current weights
-    (eval-mode BatchNorm, no augmentation: :func:`divebatch.method.diversity.fixed_point_sums` per chunk).
+    (eval-mode BatchNorm, no augmentation: :func:`divebatch.method.fixed_point.fixed_point_sums` per chunk).
 
     Args:
         batches: iterable of (x, y) chunks (each chunk is one unit of the subset draws).
@@ -358,9 +352,9 @@ class ShadowRecorder:
         Over the fixed subset of (i) (``method.fixed_point_samples``), in a random order drawn from the
         run's seed and the epoch (as a training epoch's batches are random, not sorted), cut into
         BatchNorm batches of ``bn_batch`` samples; per-sample pieces by
-        :func:`divebatch.method.diversity.fixed_point_sums` with ``bn_mode="train"`` (its docstring
+        :func:`divebatch.method.fixed_point.fixed_point_sums` with ``bn_mode="train"`` (its docstring
         defines them: the authors' convention, at frozen weights, running statistics restored);
-        n * Delta from :func:`divebatch.method.diversity.subset_n_diversity` as in (i). (iii) uses the
+        n * Delta from :func:`divebatch.method.fixed_point.subset_n_diversity` as in (i). (iii) uses the
         same order and batches with the run's training augmentation (:func:`train_mode_batches`, its
         own generator), so (iii)/(ii) differs only by the augmentation.
 
@@ -380,7 +374,7 @@ class ShadowRecorder:
                 self.bundle, order, int(bn_batch), self.device, augmented, self.seed * 1_000_037 + epoch
             )
             sq, grads, k = fixed_point_sums(model, batches(), per_sample=self.per_sample, bn_mode="train")
-            p, q = float(sq) / k, float(_sq_norm(grads)) / k**2
+            p, q = float(sq) / k, float(sq_norm(grads)) / k**2
             row[f"n_delta_{name}"] = subset_n_diversity(float(sq), q * k**2, k, self.n)
             row[f"{name}_mean_sq_norm"] = p
             row[f"{name}_mean_grad_sq"] = float(subset_mean_grad_sq(p, q, k, self.n))

@@ -17,7 +17,9 @@ controls"). The schedule comes from the config (:func:`schedule_for`):
   ``method.resize_freq`` (the first epoch after the first resize decision of DiveBatch and
   AdaBatch: the shape of the authors' DiveBatch, which jumps to the cap there).
 
-Reads run directories with :mod:`divebatch.rundir` (no torch).
+The library's controller takes the schedule as a list (``BatchSizeController(..., schedule=...)``);
+reading it from a config and from another run's directory is the replication's part, here: it reads
+run directories with :mod:`divebatch.rundir` (no torch).
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ def two_stage(initial: int, maximum: int, switch_epoch: int, epochs: int) -> lis
     return [initial] * switch_epoch + [maximum] * (epochs - switch_epoch)
 
 
-def schedule_for(cfg) -> list[int]:
-    """The per-epoch batch sizes (samples, length ``cfg.epochs``) of a ``method.name=schedule`` run.
+def schedule_for(cfg) -> list[int] | None:
+    """The per-epoch batch sizes (samples, length ``cfg.epochs``) of a ``method.name=schedule`` run;
+    None for the other methods (they have no schedule).
 
     Args:
         cfg: a validated run config (:func:`divebatch.config.load_config`).
@@ -111,6 +114,8 @@ def schedule_for(cfg) -> list[int]:
             or differs in a key of :data:`LR_KEYS`; a two-stage switch epoch outside [1, epochs).
     """
     m = cfg.method
+    if m.name != "schedule":
+        return None
     if m.schedule == "replay":
         if not m.schedule_from:
             raise _bad("method.schedule_from", m.schedule_from, "a run directory to replay (method.schedule=replay)")
