@@ -29,32 +29,39 @@ def _module_name(path: Path, src: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_cycles(src: Path = Path("src")) -> list[str]:
-    """Cycles among the package's modules, counting imports made inside functions too (an import
-    that is deferred to run time is still an arrow)."""
+def _imported(node: ast.AST, package: str) -> list[str]:
+    """The module names an import statement names (relative imports resolved against ``package``)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        up = package.split(".")
+        up = up[: len(up) - node.level + 1]
+        base = ".".join([*up, base] if base else up)
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def import_graph(src: Path = Path("src")) -> dict[str, set[str]]:
+    """module -> the package's modules it imports, counting imports made inside functions too (an
+    import deferred to run time is still an arrow); a name imported from a module counts as the module."""
     files = {_module_name(f, src): f for f in src.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in files}
     for mod, f in files.items():
         package = mod if f.name == "__init__.py" else mod.rpartition(".")[0]
         for node in ast.walk(ast.parse(f.read_text())):
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")
-                    up = up[: len(up) - node.level + 1]
-                    base = ".".join([*up, base] if base else up)
-                targets = [base] + [f"{base}.{a.name}" for a in node.names]
-            for t in targets:
-                # the deepest package module the import names (a name imported from a module counts
-                # as the module; importing a package's __init__ only for a submodule does not)
-                while t and t not in files:
+            for t in _imported(node, package):
+                while t and t not in files:  # the deepest module of the package that the import names
                     t = t.rpartition(".")[0]
-                if t and t != mod and not mod.startswith(t + "."):
+                if t and t != mod and not mod.startswith(t + "."):  # a module's own parents are not arrows
                     graph[mod].add(t)
-    # strongly connected components (Tarjan)
+    return graph
+
+
+def import_cycles(src: Path = Path("src")) -> list[str]:
+    """The strongly connected components of :func:`import_graph` with more than one module (Tarjan)."""
+    graph = import_graph(src)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -70,12 +77,9 @@ def import_cycles(src: Path = Path("src")) -> list[str]:
             elif w in stack:
                 low[v] = min(low[v], index[w])
         if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                comp.append(w)
-                if w == v:
-                    break
+            comp = [stack.pop()]
+            while comp[-1] != v:
+                comp.append(stack.pop())
             if len(comp) > 1:
                 comps.append(sorted(comp))
 

@@ -1,4 +1,4 @@
-"""Does ``speed.compile`` work with each diversity path, and what does it buy? (issue 7, item 4)
+"""Does ``speed.compile`` work with each diversity path, and what does it buy?
 
 The trainer (``divebatch.training.train``) compiles the model once (``torch.compile``) and uses the
 compiled module for unmeasured epochs and evaluation. BackPACK's module hooks and compiled
@@ -14,7 +14,7 @@ uncompiled copy (same weights, same batches, lr 0), counts compilations (torch._
 Compilation itself takes minutes on a CPU (178 s for resnet_small on a busy 2-core machine);
 the default model is a small BatchNorm CNN so that the check takes about 2 minutes.
 
-Usage: ``uv run python benchmarks/compile_check.py [--model small_cnn|resnet_small|resnet18_cifar]
+Usage: ``python benchmarks/compile_check.py [--model small_cnn|resnet_small|resnet18_cifar]
 [--batch-size 64] [--device cuda]``.
 """
 

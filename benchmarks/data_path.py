@@ -11,13 +11,13 @@ padding, horizontal flip, normalisation), interleaved (benchmarks/common.py):
   process and PIL transforms, like the authors' scripts.
 
 Each is timed twice: the loader alone (``loader_only``: iterate an epoch, no model) and a full
-training epoch (``train_epoch``: forward, backward, SGD step on each batch). Targets (issue 7):
+training epoch (``train_epoch``: forward, backward, SGD step on each batch). Targets:
 device >= 0.9 of the floor's speed (prestaged / device time >= 0.9) and faster than the DataLoader.
 
 Data: ``../shared/data/cifar10-mini.npz`` (real CIFAR-10 images) when present, else random uint8
 images of the same shape (stated in the output).
 
-Usage: ``uv run python benchmarks/data_path.py [--n 512] [--batch-size 128] [--model resnet_small]
+Usage: ``python benchmarks/data_path.py [--n 512] [--batch-size 128] [--model resnet_small]
 [--width 8] [--reps 3] [--device cuda]``. Default: about 2 minutes on 2 CPU cores.
 """
 

@@ -11,11 +11,11 @@ Their epochs alternate (DiveBatch epoch e, then replay epoch e), so machine drif
 ratio of total training time is everything DiveBatch-specific, amortised over the run. With
 ``--epochs 20 --resize-freq 20`` exactly one epoch (the last) measures diversity: the worst
 case for a paper run, where a measured epoch comes every resize_freq epochs at most, and none
-once the batch size reaches its cap. Targets (issue 7): <= 1.05 exact, <= 1.02 microbatch.
+once the batch size reaches its cap. Targets: <= 1.05 exact, <= 1.02 microbatch.
 
 Data: ``../shared/data/cifar10-mini.npz`` (real CIFAR-10 images) when present, else random images.
 
-Usage: ``uv run python benchmarks/divebatch_overhead.py [--estimators exact,microbatch] [--epochs 20]
+Usage: ``python benchmarks/divebatch_overhead.py [--estimators exact,microbatch] [--epochs 20]
 [--resize-freq 20] [--n 512] [--model resnet_small] [--width 8] [--device cuda]``. Default: about
 2 minutes on 2 CPU cores.
 """

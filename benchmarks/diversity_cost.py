@@ -20,7 +20,7 @@ the model, interleaved (benchmarks/common.py):
   every non-measured epoch cost before hooks were scoped to measured epochs), and
   ``unmeasured_extended_disable`` the same inside ``backpack.disable()``.
 
-Usage: ``uv run python benchmarks/diversity_cost.py [--models linear,resnet_small,resnet18_cifar]
+Usage: ``python benchmarks/diversity_cost.py [--models linear,resnet_small,resnet18_cifar]
 [--batch-sizes 32,128] [--image-size 224] [--cases exact,exact_stock_conv] [--reps 3]
 [--device cuda] [--csv out.csv]``. Default: about 2 minutes on 2 CPU cores.
 """

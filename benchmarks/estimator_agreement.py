@@ -1,5 +1,5 @@
 """The micro-batch estimator against the exact one on real images: n*Delta at fixed weights, and
-DiveBatch's batch-size trajectory under each (issue 7, item 3).
+DiveBatch's batch-size trajectory under each.
 
 Part 1, agreement: each model is trained for ``--warm-epochs`` epochs of plain SGD, then, with
 lr 0 (the weights stay put), one epoch is measured by each estimator for each of ``--seeds``
@@ -14,7 +14,7 @@ takes several decisions; printed: batch size per epoch and n*Delta_hat at each d
 
 Data: ``../shared/data/cifar10-mini.npz`` (real CIFAR-10 images) when present, else random images.
 
-Usage: ``uv run python benchmarks/estimator_agreement.py [--models linear,resnet_small] [--n 1024]
+Usage: ``python benchmarks/estimator_agreement.py [--models linear,resnet_small] [--n 1024]
 [--seeds 3] [--epochs 8] [--resize-freq 2] [--device cuda]``. Default: about 3 minutes on 2 CPU cores.
 """
 

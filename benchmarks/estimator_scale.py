@@ -15,7 +15,7 @@ The archive (``../shared/data/cifar10-jpeg.tar.gz``) is unpacked once into the c
 under a name keyed by the archive's sha256; the images are decoded once into the content-keyed
 cache of ``data.name=imagefolder``. Runs resume when cut (``divebatch train`` semantics).
 
-Usage: ``uv run python benchmarks/estimator_scale.py [--config configs/benchmarks/estimator_scale.yaml]
+Usage: ``python benchmarks/estimator_scale.py [--config configs/benchmarks/estimator_scale.yaml]
 [--sizes 5000,50000]``. Measured wall time: docs/diversity.md (52 minutes on a shared,
 busy 2-core CPU for the default config, almost all of it at n = 50,000).
 """

@@ -7,7 +7,7 @@ run is about ratio / resize_freq.
 
 Data: ``../shared/data/cifar10-mini.npz`` when present, else random images.
 
-Usage: ``uv run python benchmarks/fixed_point_cost.py [--sizes 512,1024,2048,0] [--reps 3] [--device cuda]``
+Usage: ``python benchmarks/fixed_point_cost.py [--sizes 512,1024,2048,0] [--reps 3] [--device cuda]``
 (size 0: the whole training set). About 5 minutes on 2 CPU cores.
 """
 

@@ -9,9 +9,9 @@ Cases, each one optimizer step on its own copy of the model, interleaved (benchm
   squared gradient norms, accumulation on the device);
 * ``exact``: ``ExactDiversity`` for comparison (benchmark (a) has its variants).
 
-Target (issue 7): ``microbatch_2`` / ``sgd`` <= 1.02 per step.
+Target: ``microbatch_2`` / ``sgd`` <= 1.02 per step.
 
-Usage: ``uv run python benchmarks/microbatch_cost.py [--models linear,resnet_small]
+Usage: ``python benchmarks/microbatch_cost.py [--models linear,resnet_small]
 [--batch-sizes 32,128] [--ks 2,4] [--reps 3] [--device cuda] [--csv out.csv]``. Default: about
 2 minutes on 2 CPU cores.
 """

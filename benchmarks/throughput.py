@@ -7,7 +7,7 @@ this machine: an epoch at batch size B takes at least (its samples) / (throughpu
 
 Both memory formats (``speed.channels_last`` off and on) are measured side by side.
 
-Usage: ``uv run python benchmarks/throughput.py [--model resnet_small] [--width 16]
+Usage: ``python benchmarks/throughput.py [--model resnet_small] [--width 16]
 [--batch-sizes 16,32,64,128,256,512] [--formats contiguous,channels_last] [--reps 3]
 [--device cuda]``. Default: about 1 minute on 2 CPU cores.
 """

@@ -10,7 +10,7 @@ interleaved (benchmarks/common.py):
 * ``microbatch_2``: ``MicroBatchDiversity(2)`` (the two-scale estimate, no per-sample gradients).
 
 Each row prints the median step time and the median of the per-round ratios to ``sgd``.
-Usage: ``uv run python benchmarks/transformer_cost.py [--batch-sizes 32,128] [--chunk 64]
+Usage: ``python benchmarks/transformer_cost.py [--batch-sizes 32,128] [--chunk 64]
 [--width 64 --depth 2 --heads 4 --seq-len 64] [--reps 3] [--device cuda] [--csv out.csv]``.
 Default: about a minute on 2 CPU cores.
 """

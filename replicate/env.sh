@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 UV_VERSION=0.13.8
 export PATH="$PATH:$HOME/.local/bin"  # where pip --user put uv on an earlier call
+env_start=$SECONDS
+echo "[env] $(date +%T) syncing .venv with uv.lock (uv sync --frozen: seconds when it is up to date, a minute or more on first use)" >&2
 if ! command -v uv >/dev/null 2>&1; then
   echo "[env] installing uv==$UV_VERSION with pip" >&2
   python3 -m pip install --quiet --user "uv==$UV_VERSION"
@@ -14,3 +16,4 @@ fi
 # otherwise recompile torch's Python sources: measured 9.5 s -> 3.5 s to import the trainer)
 uv sync --frozen --compile-bytecode --quiet
 export PATH="$PWD/.venv/bin:$PATH"
+echo "[env] .venv ready in $((SECONDS - env_start)) s (other commands: source .venv/bin/activate first; README)" >&2

@@ -29,7 +29,7 @@ from divebatch.config import (
     method_names,
 )
 from divebatch.methods import BY_KEY, DISPLAY_ORDER, VARIANTS
-from divebatch.orchestration import replicate as rep
+from divebatch.orchestration import plan, profiles
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROFILE_CONFIGS = json.loads((FIXTURES / "profile_configs.json").read_text())
@@ -75,8 +75,8 @@ def _old_config(values: dict):
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "paper", "transformer"])
 def test_every_profile_run_resolves_as_before_and_its_old_run_directory_is_finished(in_repo, profile, tmp_path):
-    spec = rep.load_profile(profile)
-    runs = rep.expand(spec, Path("runs") / profile, rep.resolve_data(spec, {}, env={}))
+    spec = profiles.load_profile(profile)
+    runs = profiles.expand(spec, Path("runs") / profile, profiles.resolve_data(spec, {}, env={}))
     swept = {e.name for e in spec.experiments if e.sweep}  # formerly `divebatch sweep --local`: tests/test_sweeps.py
     runs = [r for r in runs if r.experiment not in swept and r.experiment not in ADDED_EXPERIMENTS]
     want = {k.partition("/")[2]: v for k, v in PROFILE_CONFIGS.items() if k.startswith(f"{profile}/")}
@@ -95,7 +95,7 @@ def test_every_profile_run_resolves_as_before_and_its_old_run_directory_is_finis
         (run.out_dir / "summary.json").write_text(
             json.dumps({"finished": True, "epochs_completed": cfg.epochs, "final_val_acc": 50.0})
         )
-        assert rep.run_state(run, cfg)[0] == "finished", (run.name, rep.run_state(run, cfg))
+        assert plan.run_state(run, cfg)[0] == "finished", (run.name, plan.run_state(run, cfg))
 
 
 @pytest.mark.parametrize("path", sorted(FILE_CONFIGS))
@@ -197,13 +197,13 @@ def test_unknown_method_names_the_methods(in_repo, tmp_path):
     ):
         load_config("configs/cifar10/divebatsh.yaml", check_data=False)
     with pytest.raises(
-        rep.ProfileError,
+        profiles.ProfileError,
         match=r"experiments\[0\]\.methods.*divebatsh.*allowed: methods of "
         r"configs/methods/ for dataset smoke: adabatch \|",
     ):
-        rep.load_profile(_profile(tmp_path, dataset="smoke", methods=["divebatsh"]))
-    with pytest.raises(rep.ProfileError, match=r"experiments\[0\]\.dataset=None"):
-        rep.load_profile(_profile(tmp_path, methods=["sgd_small"]))
+        profiles.load_profile(_profile(tmp_path, dataset="smoke", methods=["divebatsh"]))
+    with pytest.raises(profiles.ProfileError, match=r"experiments\[0\]\.dataset=None"):
+        profiles.load_profile(_profile(tmp_path, methods=["sgd_small"]))
 
 
 def _profile(tmp_path: Path, **experiment) -> Path:

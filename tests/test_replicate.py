@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, TINY
+from conftest import REPO, TINY, write_npz
 from omegaconf import OmegaConf
 
 from divebatch.config import load_config
+from divebatch.orchestration import execute, profiles
 from divebatch.orchestration import replicate as rep
 
 METHODS = {("sgd", False), ("adabatch", False), ("adabatch", True), ("divebatch", False), ("divebatch", True)}
@@ -47,18 +48,18 @@ def _method_cells(cfgs):
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
 def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
-    spec = rep.load_profile(profile)
-    runs = rep.expand(spec, Path("runs") / profile)
+    spec = profiles.load_profile(profile)
+    runs = profiles.expand(spec, Path("runs") / profile)
     cfgs = _resolved(runs)
     assert len({r.out_dir for r in runs}) == len(runs)
     for e in spec.experiments:
         mine = [r for r in runs if r.experiment == e.name]
         if e.overrides or e.sweep or e.schedule_from:  # an extra experiment on top of the matrix (a sweep, controls)
-            assert len(mine) == len(rep.experiment_cells(e)) * len(e.seeds if e.seeds is not None else spec.seeds)
+            assert len(mine) == len(profiles.experiment_cells(e)) * len(e.seeds if e.seeds is not None else spec.seeds)
             assert {c.profile for c in map(cfgs.get, (r.name for r in mine))} == {e.report_as or spec.name}
             continue
         seeds = list(e.seeds if e.seeds is not None else spec.seeds)
-        assert len(mine) == len(rep.experiment_configs(e)) * len(seeds)
+        assert len(mine) == len(profiles.experiment_configs(e)) * len(seeds)
         for seed in seeds:
             cell = [cfgs[r.name] for r in mine if r.seed == seed]
             assert {c.seed for c in cell} == {seed}
@@ -75,16 +76,18 @@ def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
 
 def test_smoke_and_cpu_have_small_and_large_batch_sgd(in_repo):
     for profile in ("smoke", "cpu"):
-        spec = rep.load_profile(profile)
+        spec = profiles.load_profile(profile)
         sgd = sorted(
-            c.method.initial_batch_size for c in _resolved(rep.expand(spec, "runs")).values() if c.method.name == "sgd"
+            c.method.initial_batch_size
+            for c in _resolved(profiles.expand(spec, "runs")).values()
+            if c.method.name == "sgd"
         )
         assert sgd[0] < sgd[-1], profile  # SGD (small batch) and SGD (large batch) both present
 
 
 def test_paper_profile_follows_protocol(in_repo):
-    spec = rep.load_profile("paper")
-    cfgs = _resolved(rep.expand(spec, "runs/paper"))
+    spec = profiles.load_profile("paper")
+    cfgs = _resolved(profiles.expand(spec, "runs/paper"))
     by_exp = {}
     for name, c in cfgs.items():
         by_exp.setdefault(name.split("/")[0], []).append(c)
@@ -139,18 +142,20 @@ def test_paper_profile_follows_protocol(in_repo):
 
 
 def test_data_path_precedence(in_repo, monkeypatch):
-    spec = rep.load_profile("cpu")
+    spec = profiles.load_profile("cpu")
 
     def paths(given=()):
-        runs = rep.expand(spec, "runs/cpu", rep.resolve_data(spec, rep.parse_data_args(list(given), spec)))
+        runs = profiles.expand(
+            spec, "runs/cpu", profiles.resolve_data(spec, profiles.parse_data_args(list(given), spec))
+        )
         return {o for r in runs for o in r.overrides if o.startswith("data.path=")}
 
     assert paths() == {f"data.path={spec.data.cifar10_npz.path}"}
     monkeypatch.setenv("DIVEBATCH_CIFAR10_NPZ", "elsewhere/a.npz")
     assert paths() == {"data.path=elsewhere/a.npz"}
     assert paths(["given/b.npz"]) == {"data.path=given/b.npz"}
-    with pytest.raises(rep.ProfileError, match="cifar10 | cifar100 | tiny_imagenet"):
-        rep.parse_data_args(["nope=x"], rep.load_profile("paper"))
+    with pytest.raises(profiles.ProfileError, match="cifar10 | cifar100 | tiny_imagenet"):
+        profiles.parse_data_args(["nope=x"], profiles.load_profile("paper"))
 
 
 def test_bad_profile_names_key_value_allowed(in_repo, tmp_path):
@@ -164,10 +169,10 @@ def test_bad_profile_names_key_value_allowed(in_repo, tmp_path):
             }
         )
     )
-    with pytest.raises(rep.ProfileError, match=r"data\.d\.kind='floppy'.*bundled \| npz"):
-        rep.load_profile(bad)
-    with pytest.raises(rep.ProfileError, match="smoke"):
-        rep.load_profile("no_such_profile")
+    with pytest.raises(profiles.ProfileError, match=r"data\.d\.kind='floppy'.*bundled \| npz"):
+        profiles.load_profile(bad)
+    with pytest.raises(profiles.ProfileError, match="smoke"):
+        profiles.load_profile("no_such_profile")
 
 
 # ----------------------------------------------------------------------------- tiny profiles, real trainings
@@ -230,7 +235,7 @@ def test_tiny_profile_trains_reports_failure_then_trains_nothing(tmp_path, capsy
     assert "2 run(s) trained, 0 skipped (finished already), 1 failed" in first
     assert f"FAILED broken/bad/seed1: {bad_log}" in first  # repeated in the final summary
 
-    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
     mtimes = [(d / "metrics.csv").stat().st_mtime_ns for d in run_dirs]
     assert _cli(_tiny_profile(tmp_path, "tiny", [digits]), tmp_path) == 0
     second = capsys.readouterr().out
@@ -260,11 +265,11 @@ def test_a_diverging_run_is_recorded_and_the_matrix_goes_on(tmp_path, capsys, mo
 def test_run_with_another_config_is_refused_without_starting(tmp_path, capsys, monkeypatch):
     a = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
     profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": [a]}])
-    spec = rep.load_profile(profile)
-    run = rep.expand(spec, tmp_path / "runs")[0]
+    spec = profiles.load_profile(profile)
+    run = profiles.expand(spec, tmp_path / "runs")[0]
     run.out_dir.mkdir(parents=True)
     OmegaConf.save(load_config(run.config, [*run.overrides, "epochs=5"], check_data=False), run.out_dir / "config.yaml")
-    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
     assert _cli(profile, tmp_path) == 1
     out = capsys.readouterr().out
     assert "digits/sgd/seed1" in out and "epochs: 5 -> 2" in out and "another config" in out
@@ -276,9 +281,10 @@ def test_paper_without_data_stops_before_training(in_repo, tmp_path, capsys, mon
     monkeypatch.setenv("DIVEBATCH_CIFAR10_ROOT", str(empty))
     monkeypatch.setenv("DIVEBATCH_CIFAR100_ROOT", str(empty))
     monkeypatch.setenv("DIVEBATCH_TINY_IMAGENET_DIR", str(empty / "tiny-imagenet-200"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a GPU as far as the launcher is concerned: data alone is missing
     checked = []
     monkeypatch.setattr("divebatch.fetch._reachable", lambda url, timeout=3.0: checked.append(url) or False)
-    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
     monkeypatch.setattr("divebatch.fetch.fetch_cli", lambda argv: pytest.fail("tried to download"))
     runs = tmp_path / "runs"
     code = rep.cli(["paper", "--runs-dir", str(runs), "--out", str(tmp_path / "out")])
@@ -306,8 +312,8 @@ def test_paper_without_data_stops_before_training(in_repo, tmp_path, capsys, mon
 
 def test_second_invocation_on_the_same_runs_dir_is_refused(tmp_path, capsys, monkeypatch):
     profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": [_method_yaml(tmp_path, "sgd", {})]}])
-    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
-    with rep.runs_lock(tmp_path / "runs"):  # as if another invocation were training
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    with execute.runs_lock(tmp_path / "runs"):  # as if another invocation were training
         assert _cli(profile, tmp_path) == 2
     err = capsys.readouterr().err
     assert "in use by another divebatch replicate" in err and str(tmp_path / "runs") in err
@@ -318,27 +324,33 @@ def test_synthetic_outputs_reused_only_for_same_config(in_repo, tmp_path):
     cfg.write_text("seeds: [1]\n")
     runs, out = tmp_path / "runs", tmp_path / "out"
     runs.mkdir()
-    stamp = rep.synthetic_stamp(str(cfg), "tiny")
-    assert not rep.synthetic_done(runs, out, stamp)
-    (runs / rep.SYNTHETIC_STAMP).write_text(json.dumps(stamp))
-    assert not rep.synthetic_done(runs, out, stamp)  # stamp without outputs
+    stamp = execute.synthetic_stamp(str(cfg), "tiny")
+    assert not execute.synthetic_done(runs, out, stamp)
+    (runs / execute.SYNTHETIC_STAMP).write_text(json.dumps(stamp))
+    assert not execute.synthetic_done(runs, out, stamp)  # stamp without outputs
     (out / "paper_tables" / "tiny").mkdir(parents=True)
     (out / "paper_tables" / "tiny" / "synthetic_verdict.json").write_text("{}")
-    assert rep.synthetic_done(runs, out, stamp)
+    assert execute.synthetic_done(runs, out, stamp)
     cfg.write_text("seeds: [1, 2]\n")
-    assert not rep.synthetic_done(runs, out, rep.synthetic_stamp(str(cfg), "tiny"))
+    assert not execute.synthetic_done(runs, out, execute.synthetic_stamp(str(cfg), "tiny"))
 
 
-def test_replicate_help_runs_from_the_console_script():
+def test_replicate_help_lists_every_shipped_profile():
     res = subprocess.run(
-        [sys.executable, "-m", "divebatch", "replicate", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "divebatch", "replicate", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
-    assert res.returncode == 0 and "--jobs" in res.stdout and "smoke | cpu | paper" in res.stdout
+    shipped = sorted(p.stem for p in (REPO / "configs" / "profiles").glob("*.yaml"))
+    assert len(shipped) >= 6 and {"smoke", "cpu", "paper", "transformer"} <= set(shipped)
+    assert res.returncode == 0 and "--jobs" in res.stdout and " | ".join(shipped) in " ".join(res.stdout.split())
 
 
 def test_dry_run_shows_the_device_of_each_run_for_k_runs_per_gpu(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # two GPUs as far as the launcher is concerned
-    monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
     configs = [_method_yaml(tmp_path, stem, {"name": "sgd"}) for stem in ("a", "b", "c", "d", "e")]
     profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": configs}])
     assert rep.cli([str(profile), "--runs-dir", str(tmp_path / "runs"), "--runs-per-gpu", "2", "--dry-run"]) == 0
@@ -375,7 +387,7 @@ def test_a_run_out_of_cuda_memory_is_reported_and_the_others_finish(tmp_path, ca
         "sys.exit(main(sys.argv[1:]))\n"
     )
     monkeypatch.setattr(
-        rep.Run, "argv", lambda self: [sys.executable, str(wrapper), "train", self.config, *self.overrides]
+        profiles.Run, "argv", lambda self: [sys.executable, str(wrapper), "train", self.config, *self.overrides]
     )
     configs = [_method_yaml(tmp_path, stem, {"name": "sgd"}) for stem in ("ok1", "oom")]
     profile = _tiny_profile(tmp_path, "tiny", [{"name": "digits", "configs": configs}])
@@ -406,7 +418,7 @@ def test_a_run_folder_being_trained_elsewhere_is_not_started(tmp_path, capsys, m
         assert (
             f"busy     digits/sgd/seed1: being trained by another process (pid {holder.pid}" in capsys.readouterr().out
         )
-        monkeypatch.setattr(rep.subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+        monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
         assert _cli(profile, tmp_path, "--no-synthetic") == 1
         assert f"FAILED   digits/sgd/seed1: {run} is being trained by another process" in capsys.readouterr().out
         assert sorted(p.name for p in run.iterdir()) == [".lock"]
@@ -415,3 +427,132 @@ def test_a_run_folder_being_trained_elsewhere_is_not_started(tmp_path, capsys, m
         holder.wait()
     assert _cli(profile, tmp_path, "--dry-run") == 0
     assert "new      digits/sgd/seed1" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- checks before training (--dry-run)
+
+
+def _no_process(monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("started a process"))
+
+
+def test_dry_run_refuses_a_gpu_profile_without_a_gpu_as_the_real_command_does(tmp_path, capsys, monkeypatch):
+    """A ``needs_gpu`` profile on a machine without a visible GPU: the dry run says so and exits 2,
+    the real command stops before training the same way; with a GPU, or every run on the CPU
+    (``--set device=cpu``), both checks pass."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU, whatever this machine has
+    _no_process(monkeypatch)
+    a = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
+    profile = _tiny_profile(tmp_path, "gpu", [{"name": "digits", "configs": [a]}])
+    raw = yaml.safe_load(profile.read_text())
+    raw.update(needs_gpu=True, hardware="one GPU", overrides=[o for o in TINY if o != "device=cpu"])
+    profile.write_text(yaml.safe_dump(raw))
+    runs = tmp_path / "runs"
+
+    assert _cli(profile, tmp_path, "--dry-run") == 2
+    out = capsys.readouterr().out
+    assert "new      digits/sgd/seed1" in out  # the plan is still listed
+    assert "check device: no GPU (CUDA_VISIBLE_DEVICES=''): refused" in out
+    assert "the real command would stop before training (device refused)" in out
+    assert "needs_gpu: true; hardware: one GPU" in out and "--set device=cpu" in out
+    assert not runs.exists()
+    assert _cli(profile, tmp_path) == 2  # the real command: the same refusal, nothing started
+    out = capsys.readouterr().out
+    assert "profile tiny stopped before training (device refused)" in out and not runs.exists()
+
+    assert _cli(profile, tmp_path, "--dry-run", "--set", "device=cpu") == 0
+    out = capsys.readouterr().out
+    assert "check device: no GPU (CUDA_VISIBLE_DEVICES=''): ok" in out and "every check passed" in out
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert _cli(profile, tmp_path, "--dry-run") == 0
+    assert "check device: 1 GPU(s): 0: ok" in capsys.readouterr().out
+
+
+def test_dry_run_refuses_a_cuda_run_without_a_gpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    _no_process(monkeypatch)
+    a = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
+    profile = _tiny_profile(tmp_path, "p", [{"name": "digits", "configs": [a], "overrides": ["device=cuda"]}])
+    assert _cli(profile, tmp_path, "--dry-run") == 2
+    assert "1 run(s) set device=cuda (first: digits/sgd/seed1), and no CUDA GPU is visible" in capsys.readouterr().out
+
+
+def test_dry_run_checks_the_data_as_the_real_command_does(tmp_path, capsys, monkeypatch):
+    """A profile whose data file is missing: the dry run names it and exits 2, and so does the real
+    command before any training; once the file is there the dry run finds it and exits 0."""
+    monkeypatch.delenv("DIVEBATCH_OFFLINE", raising=False)
+    _no_process(monkeypatch)
+    monkeypatch.setattr("divebatch.fetch.fetch_cli", lambda argv: pytest.fail("tried to download"))
+    data = tmp_path / "d.npz"
+    a = _method_yaml(tmp_path, "sgd", {"name": "sgd"})
+    profile = _tiny_profile(tmp_path, "p", [{"name": "arrays", "configs": [a], "data": "d"}])
+    raw = yaml.safe_load(profile.read_text())
+    raw["data"] = {"d": {"kind": "npz", "path": str(data)}}
+    raw["overrides"] += ["data.name=npz", "model.name=linear"]
+    profile.write_text(yaml.safe_dump(raw))
+
+    assert _cli(profile, tmp_path, "--dry-run") == 2
+    out = capsys.readouterr().out
+    assert f"check data d: image arrays (.npz) at {data} (the profile's default): missing 1 file(s)" in out
+    assert "would stop before training (data missing)" in out and f"missing: {data}" in out
+    assert _cli(profile, tmp_path) == 2
+    out = capsys.readouterr().out
+    assert "stopped before training (data missing)" in out and f"missing: {data}" in out
+    assert not (tmp_path / "runs").exists()
+
+    write_npz(data)
+    assert _cli(profile, tmp_path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert f"check data d: image arrays (.npz) at {data} (the profile's default): present" in out
+    assert "every check passed" in out
+
+
+def test_progress_counts_a_runs_last_epoch_only_when_its_process_has_ended(tmp_path):
+    """'k/n runs done, e/E epochs': a run still running (its metrics.csv may already hold every
+    epoch while it writes its summary) counts all but its last epoch."""
+    from divebatch.orchestration.plan import Task
+    from divebatch.rundir import METRICS
+
+    run = profiles.Run("e", "c", "c.yaml", 1, tmp_path / "run", [], "t", epochs=3)
+    run.out_dir.mkdir()
+    (run.out_dir / METRICS).write_text("epoch,val_acc\n1,10\n2,20\n3,30\n")  # every epoch written
+    task, bar = Task("e/c/seed1", [], tmp_path / "log", run=run, total_epochs=3), execute._Counter(3)
+    execute._count_epochs(bar, [task], ended=False)
+    assert bar.n == 2
+    execute._count_epochs(bar, [task], ended=True)
+    assert bar.n == 3 and task.counted == 3
+
+
+def test_committed_synthetic_outputs_are_reused_while_src_and_config_are_unchanged(tmp_path, monkeypatch):
+    """Outputs whose verdict names a commit with the working tree's src/, uv.lock and check config
+    are current (a fresh clone does not rewrite them); any change there, or a dirty commit, is not."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.py").write_text("x = 1\n")
+    (tmp_path / "uv.lock").write_text("lock\n")
+    (tmp_path / "syn.yaml").write_text("seeds: [1]\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "code")
+    commit = git("rev-parse", "--short", "HEAD")
+    tables = tmp_path / "paper_tables" / "tiny"
+    tables.mkdir(parents=True)
+    verdict = tables / "synthetic_verdict.json"
+    stamp = {"config": "syn.yaml", "profile": "tiny"}
+    verdict.write_text(json.dumps({"profile": "tiny", "commit": commit}))
+    assert execute.synthetic_committed(tmp_path, stamp) == commit
+    assert execute.synthetic_committed(tmp_path, {**stamp, "profile": "other"}) is None
+    (tmp_path / "README.md").write_text("docs change nothing\n")  # outside src/, uv.lock and the config
+    assert execute.synthetic_committed(tmp_path, stamp) == commit
+    for path, text in (("src/m.py", "x = 2\n"), ("syn.yaml", "seeds: [2]\n"), ("src/new.py", "y = 1\n")):
+        old = (tmp_path / path).read_text() if (tmp_path / path).exists() else None
+        (tmp_path / path).write_text(text)
+        assert execute.synthetic_committed(tmp_path, stamp) is None, path
+        (tmp_path / path).unlink() if old is None else (tmp_path / path).write_text(old)
+    assert execute.synthetic_committed(tmp_path, stamp) == commit
+    verdict.write_text(json.dumps({"profile": "tiny", "commit": f"{commit}+dirty"}))
+    assert execute.synthetic_committed(tmp_path, stamp) is None

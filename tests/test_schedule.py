@@ -17,6 +17,7 @@ from fixtures.fake_runs import write_run
 from divebatch.config import ConfigError, load_config
 from divebatch.method.controller import BatchSizeController
 from divebatch.method.policies import ScheduledBatchSize, build_policy
+from divebatch.orchestration import plan, profiles
 from divebatch.orchestration import replicate as rep
 from divebatch.rundir import read_metrics
 from divebatch.schedule import ScheduleError, schedule_for, two_stage
@@ -170,7 +171,7 @@ def _yaml(tmp_path: Path, stem: str, body: dict) -> str:
 
 def test_schedule_from_sets_the_source_run_of_the_same_seed(tmp_path):
     dive = _yaml(tmp_path, "dive", {"method": {"name": "divebatch", "delta": 1.0}})
-    spec = rep.load_profile(
+    spec = profiles.load_profile(
         _profile(
             tmp_path,
             [
@@ -180,7 +181,7 @@ def test_schedule_from_sets_the_source_run_of_the_same_seed(tmp_path):
             seeds=(1, 2),
         )
     )
-    runs = {r.name: r for r in rep.expand(spec, tmp_path / "runs")}
+    runs = {r.name: r for r in profiles.expand(spec, tmp_path / "runs")}
     ctl = runs["ctl/schedule_replay/seed2"]
     assert ctl.after == tmp_path / "runs" / "main" / "dive" / "seed2"
     assert f"method.schedule_from={ctl.after}" in ctl.overrides and runs["main/dive/seed2"].after is None
@@ -200,8 +201,8 @@ def test_bad_schedule_from_names_key_value_allowed(tmp_path, mapping, seeds, mes
     ctl = {"name": "ctl", "configs": [str(REPO / REPLAY)], "schedule_from": mapping}
     if seeds:
         ctl["seeds"] = seeds
-    with pytest.raises(rep.ProfileError, match=message):
-        rep.load_profile(_profile(tmp_path, [{"name": "main", "configs": [dive]}, ctl]))
+    with pytest.raises(profiles.ProfileError, match=message):
+        profiles.load_profile(_profile(tmp_path, [{"name": "main", "configs": [dive]}, ctl]))
 
 
 def test_controls_wait_for_their_source_and_are_not_started_when_it_failed(tmp_path):
@@ -211,17 +212,17 @@ def test_controls_wait_for_their_source_and_are_not_started_when_it_failed(tmp_p
     cut = write_run(tmp_path, "cut", val_acc=[10.0], finished=None)
 
     def task(name, after=None):
-        run = rep.Run("e", name, "c.yaml", 1, tmp_path / name, [], "t", after=after)
-        return rep.Task(name, [], tmp_path / f"{name}.log", run=run)
+        run = profiles.Run("e", name, "c.yaml", 1, tmp_path / name, [], "t", after=after)
+        return plan.Task(name, [], tmp_path / f"{name}.log", run=run)
 
     plain, on_done, on_cut = task("plain"), task("on_done", done), task("on_cut", cut)
-    first, second = rep._waves([on_cut, plain, on_done])
+    first, second = plan.waves([on_cut, plain, on_done])
     assert first == [plain, on_done] and second == [on_cut]
-    outcome, lines = rep.Outcome(), []
-    assert rep._sources_finished(second, outcome, lines.append) == []
+    outcome, lines = plan.Outcome(), []
+    assert plan.sources_finished(second, outcome, lines.append) == []
     assert outcome.failed == [("on_cut", f"not started: the run it replays ({cut}) did not finish")]
     (cut / "summary.json").write_text(json.dumps({"finished": True}))  # the source finished meanwhile
-    assert rep._sources_finished(second, rep.Outcome(), lines.append) == [on_cut]
+    assert plan.sources_finished(second, plan.Outcome(), lines.append) == [on_cut]
 
 
 @pytest.mark.slow  # four 2-epoch trainings in subprocesses: about 20 s idle, 80 s on a loaded 2-core machine

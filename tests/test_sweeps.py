@@ -12,12 +12,11 @@ import yaml
 from omegaconf import OmegaConf
 
 from divebatch.config import config_exists, config_keys, load_yaml
-from divebatch.orchestration import launch
+from divebatch.orchestration import launch, profiles
+from divebatch.orchestration import sweep_cli as sc
 from divebatch.orchestration import sweeps as sw
 
-wandb_sweeps = (
-    sw.sweeps
-)  # wandb's `sweeps` package, imported by divebatch.orchestration.sweeps without its pydantic warning
+wandb_sweeps = sw.wandb_sweeps()  # wandb's `sweeps` package, imported without its pydantic warning
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
@@ -53,15 +52,14 @@ def test_seed_sweep_of_every_profile_cell_trains_the_profiles_runs(profile, tmp_
     """`divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD`: a valid wandb grid over the profile's seeds
     whose agent runs resolve to the configs `divebatch replicate PROFILE` trains (up to where they run)."""
     from divebatch.config import config_diffs, load_config
-    from divebatch.orchestration import replicate as rep
 
-    spec = rep.load_profile(profile)
-    runs = rep.expand(spec, Path("runs") / profile)
+    spec = profiles.load_profile(profile)
+    runs = profiles.expand(spec, Path("runs") / profile)
     cells = sorted({r.name.rpartition("/seed")[0] for r in runs})
-    assert len(cells) == sum(len(rep.experiment_cells(e)) for e in spec.experiments)
+    assert len(cells) == sum(len(profiles.experiment_cells(e)) for e in spec.experiments)
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")
     for cell in cells:
-        sweep = sw.load_sweep(sw.write_seed_sweep(f"{profile}/{cell}", tmp_path / f"{cell.replace('/', '_')}.yaml"))
+        sweep = sw.load_sweep(sc.write_seed_sweep(f"{profile}/{cell}", tmp_path / f"{cell.replace('/', '_')}.yaml"))
         tag = next(r for r in runs if r.name.startswith(f"{cell}/")).tag
         assert sweep.params == ["seed"] and sweep.profile == tag and sweep.method == "grid"
         seeds = sweep.config["parameters"]["seed"]["values"]
@@ -75,10 +73,10 @@ def test_seed_sweep_of_every_profile_cell_trains_the_profiles_runs(profile, tmp_
 
 
 def test_seed_sweep_of_an_unknown_cell_names_the_cells(capsys):
-    assert sw.cli(["--seeds", "paper/cifar10/divebatsh"]) == 2
+    assert sc.cli(["--seeds", "paper/cifar10/divebatsh"]) == 2
     err = capsys.readouterr().err
     assert "invalid --seeds paper/cifar10/divebatsh; allowed:" in err and "cifar10/divebatch_rescale |" in err
-    assert sw.cli(["--seeds", "paper"]) == 2
+    assert sc.cli(["--seeds", "paper"]) == 2
     assert "allowed: PROFILE/EXPERIMENT/METHOD" in capsys.readouterr().err
 
 
@@ -195,7 +193,7 @@ def _sweep_yaml(tmp_path, parameters, method="grid", **extra) -> Path:
 def test_bad_sweep_fails_before_any_run(tmp_path, params, method, needle, capsys):
     path = _sweep_yaml(tmp_path, params, method)
     root = tmp_path / "root"
-    assert sw.cli([str(path), "--local", "--count", "2", "--root", str(root)]) == 2
+    assert sc.cli([str(path), "--local", "--count", "2", "--root", str(root)]) == 2
     err = capsys.readouterr().err
     assert needle in err
     assert not root.exists()
@@ -240,12 +238,10 @@ def test_random_and_bayes_need_a_count(tmp_path):
 
 
 def test_sweep_experiment_expands_to_its_points_and_refuses_a_seed_parameter(tmp_path):
-    from divebatch.orchestration import replicate as rep
-
     grid = {"method.delta": {"values": [0.05, 0.5]}, "method.resize_freq": {"values": [1, 2]}}
     path = _sweep_yaml(tmp_path, grid)
     profile = {"name": "p", "seeds": [3], "experiments": [{"name": "e", "sweep": str(path)}]}
-    runs = rep.expand(rep.load_profile(profile), tmp_path / "runs")
+    runs = profiles.expand(profiles.load_profile(profile), tmp_path / "runs")
     assert [r.cell for r in runs] == [
         "delta0.05-resize_freq1",
         "delta0.05-resize_freq2",
@@ -264,8 +260,8 @@ def test_sweep_experiment_expands_to_its_points_and_refuses_a_seed_parameter(tmp
         "progress=false",
     ]
     seeded = _sweep_yaml(tmp_path, {"seed": {"values": [1, 2]}})
-    with pytest.raises(rep.ProfileError, match=r"experiments\[0\]\.sweep.*'seed'"):
-        rep.load_profile({"name": "p", "experiments": [{"name": "e", "sweep": str(seeded)}]})
+    with pytest.raises(profiles.ProfileError, match=r"experiments\[0\]\.sweep.*'seed'"):
+        profiles.load_profile({"name": "p", "experiments": [{"name": "e", "sweep": str(seeded)}]})
 
 
 def test_local_grid_sweep_trains_resumes_and_feeds_sensitivity_table(tmp_path, monkeypatch, capsys):
@@ -316,7 +312,7 @@ def test_local_grid_sweep_trains_resumes_and_feeds_sensitivity_table(tmp_path, m
     # the --local shortcut trains the same points (without the reference): all finished, nothing runs
     monkeypatch.setattr(launch.subprocess, "Popen", NoTraining)
     mtimes = {p: p.stat().st_mtime for p in root.rglob("metrics.csv")}
-    assert sw.cli([str(path), "--local", "--root", str(root), "--no-report", "--wandb-mode", "disabled"]) == 0
+    assert sc.cli([str(path), "--local", "--root", str(root), "--no-report", "--wandb-mode", "disabled"]) == 0
     assert {p: p.stat().st_mtime for p in root.rglob("metrics.csv")} == mtimes
 
 
@@ -340,3 +336,28 @@ def test_trainer_joins_the_agents_wandb_run(in_agent, tmp_path, monkeypatch):
         assert not {"id", "project", "entity"} & set(kw)
     else:
         assert kw["id"] == "ourid00000" and kw["project"] == cfg.wandb.project
+
+
+def test_command_without_wandb_mode_is_named_as_such(tmp_path):
+    path = _sweep_yaml(tmp_path, {"method.delta": {"values": [0.1]}})
+    raw = yaml.safe_load(path.read_text())
+    raw["command"] = [c for c in raw["command"] if not c.startswith("wandb.mode=")]
+    with pytest.raises(sw.SweepError, match="command sets no wandb.mode; allowed: wandb.mode=online") as err:
+        sw.load_sweep(_write(path, raw))
+    assert "None" not in str(err.value)
+    raw["command"].insert(3, "wandb.mode=offline")
+    with pytest.raises(sw.SweepError, match="command sets wandb.mode=offline; allowed"):
+        sw.load_sweep(_write(path, raw))
+
+
+def test_local_runs_go_to_runs_sweeps_name_point_seed(tmp_path, monkeypatch, capsys):
+    """`divebatch sweep X.yaml --local --dry-run` from a folder: every run directory is
+    runs/sweeps/<sweep name>/<point>/seed<k> (the sweep's name once), and nothing is written."""
+    path = _sweep_yaml(tmp_path, {"method.delta": {"values": [0.05, 0.5]}})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(launch.subprocess, "Popen", NoTraining)
+    assert sc.cli([str(path), "--local", "--dry-run", "--wandb-mode", "disabled"]) == 0
+    out = capsys.readouterr().out
+    dirs = sorted(line.split("out_dir=")[1].split()[0] for line in out.splitlines() if "out_dir=" in line)
+    assert dirs == [f"runs/sweeps/tiny_sweep/delta{d}/seed1" for d in ("0.05", "0.5")]
+    assert not (tmp_path / "runs").exists()

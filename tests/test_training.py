@@ -1,4 +1,4 @@
-"""Training loop and run directory (issue 2, items 5-7): micro-batching, schedules, the files of a run,
+"""Training loop and run directory: micro-batching, schedules, the files of a run,
 the DiveBatch rule in the logs, resume after SIGKILL, refusals, reproducibility, wandb modes."""
 
 from __future__ import annotations

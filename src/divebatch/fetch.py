@@ -2,7 +2,7 @@
 archives and their download (``divebatch fetch-data``), and what to do when data is missing.
 
 :func:`ensure_data` is the first step of ``divebatch replicate``: it checks every data entry of a
-profile (:class:`DataSource`, resolved by :func:`divebatch.orchestration.replicate.resolve_data`), downloads
+profile (:class:`DataSource`, resolved by :func:`divebatch.orchestration.profiles.resolve_data`), downloads
 what it may when the network answers a quick check, and otherwise returns instructions naming
 the files and where to put them, so that nothing trains with data missing. Loading the data is
 :mod:`divebatch.data`'s job.
@@ -177,7 +177,7 @@ def data_instructions(src: DataSource, profile: str, why_no_download: str) -> st
     args = info.fetch(src.path) if info.fetch else None
     if args:
         lines.append(
-            f"    with network:    uv run divebatch fetch-data {shlex.join(args)}   "
+            f"    with network:    divebatch fetch-data {shlex.join(args)}   "
             f"(or rerun this command where the network answers; {why_no_download})"
         )
     manual = info.manual(src.path)
@@ -193,11 +193,14 @@ def data_instructions(src: DataSource, profile: str, why_no_download: str) -> st
 
 
 def ensure_data(
-    sources: dict[str, DataSource], profile: str, offline: bool, allow_download: bool, log=print
+    sources: dict[str, DataSource], profile: str, offline: bool, allow_download: bool, log=print, dry_run: bool = False
 ) -> list[str]:
     """Check every data entry used by an experiment; fetch what is missing when allowed and the
     network answers. Nothing is trained before this returns an empty list.
 
+    Args:
+        dry_run: download nothing; say what would be fetched (an entry that would be fetched is
+            not a problem).
     Returns:
         One instruction block per entry still missing (empty: all data present).
     """
@@ -215,6 +218,11 @@ def ensure_data(
             why = "--no-download given"
         elif not _reachable(info.url):
             why = f"{urlsplit(info.url).hostname} did not answer within {NETWORK_TIMEOUT_S:.0f} s"
+        elif dry_run:
+            log(
+                f"[replicate] would fetch {src.key} ({info.title}) into {src.path}: divebatch fetch-data {shlex.join(args)}"
+            )
+            continue
         else:
             log(
                 f"[replicate] fetching {src.key} ({info.title}) into {src.path}: divebatch fetch-data {shlex.join(args)}"
@@ -231,13 +239,15 @@ def fetch_cli(argv: list[str]) -> int:
     (the data sets of :data:`divebatch.datasets.DOWNLOADABLE`)."""
     import argparse
 
-    from torchvision import datasets as tvd
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    p = argparse.ArgumentParser(prog="divebatch fetch-data", description=fetch_cli.__doc__)
+    p = argparse.ArgumentParser(
+        prog="divebatch fetch-data", description="Download a dataset and verify it (needs network)."
+    )
     p.add_argument("dataset", choices=DOWNLOADABLE)
     p.add_argument("--root", default="data", help="folder to download into (default: data)")
     a = p.parse_args(argv)
+    from torchvision import datasets as tvd  # after the arguments: --help answers without torch
+    from torchvision.datasets.utils import download_and_extract_archive
+
     root = Path(a.root)
     try:
         if a.dataset == "tiny_imagenet":

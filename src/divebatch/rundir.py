@@ -26,7 +26,7 @@ makes the repository root; files shipped with the repository (``uv.lock``, ``not
 ``docs/``) resolve from :data:`REPO_ROOT`, wherever the command runs.
 
 This module imports only the standard library at import time: the orchestrator and the sweep
-driver read run directories without loading torch, and ``divebatch gpu-check`` (which reports
+driver read run directories without loading torch, and ``bash replicate/gpu_check.sh`` (which reports
 missing packages instead of failing on them) uses it too. ``omegaconf``, ``pandas`` and ``torch``
 are imported by the functions that need them (config, metrics frame, checkpoint).
 """

@@ -24,7 +24,6 @@ and keeps its traceback.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import math
@@ -41,7 +40,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm.auto import tqdm
 
-from divebatch import distributed, provenance
+from divebatch import distributed, provenance, train_args
 from divebatch.config import NO_BACKPACK_MODELS, ConfigError, load_config, to_yaml
 from divebatch.data import (
     DataError,
@@ -557,17 +556,12 @@ def _epoch_line(row: dict, epochs: int, next_batch_size: int, n_train: int) -> s
 
 
 def cli(argv: list[str]) -> int:
-    """``divebatch train CONFIG.yaml [KEY=VALUE ...]``; exit status 0, 2 (the user's to fix),
-    3 (CUDA out of memory), 130 (Ctrl-C); any other error keeps its traceback (docs/faults.md)."""
-    p = argparse.ArgumentParser(prog="divebatch train", description="Train one run; rerun the same command to resume.")
-    p.add_argument("config", help="YAML config (see configs/); keys not given take their defaults")
-    p.add_argument("overrides", nargs="*", help="omegaconf dotlist overrides, e.g. method.delta=0.05 seed=2")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    # wandb agents' ``${args}`` form passes ``--key=value``: those are overrides, not options
-    dashed = [a for a in argv if a.startswith("--") and "=" in a and not a.startswith("--print-config")]
-    args = p.parse_args([a for a in argv if a not in dashed])
+    """``divebatch train CONFIG.yaml [KEY=VALUE ...]`` (the arguments: :mod:`divebatch.train_args`);
+    exit status 0, 2 (the user's to fix), 3 (CUDA out of memory), 130 (Ctrl-C); any other error
+    keeps its traceback (docs/faults.md)."""
+    args, overrides = train_args.parse(argv)
     try:
-        cfg = load_config(args.config, [*args.overrides, *dashed], check_data=not args.print_config)
+        cfg = load_config(args.config, overrides, check_data=not args.print_config)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0

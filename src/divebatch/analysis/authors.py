@@ -542,7 +542,10 @@ def doc_block(text: str) -> str:
 
 def cli(argv: list[str] | None = None) -> int:
     """``divebatch authors [--csv PATH] [--out DIR] [--doc PATH] [--check]``; returns an exit code."""
-    p = argparse.ArgumentParser(prog="divebatch authors", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="divebatch authors",
+        description="The authors' reported results as data, and the published numbers checked against them by code.",
+    )
     p.add_argument("--csv", default=None, help="reference CSV (default: the package's authors_reported.csv)")
     p.add_argument("--out", default=str(OUT_DIR), help=f"folder of the generated tables (default: {OUT_DIR})")
     p.add_argument(

@@ -83,7 +83,15 @@ def execute(
         "DIVEBATCH_PROFILE": profile,
         "DIVEBATCH_REPORT_ROOT": str(report_root),
     }
-    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel_name, resources={"metadata": {"path": os.getcwd()}})
+    # record_timing=False: no execution timestamps in the cells' metadata, so a rerun with the same
+    # results leaves the committed notebook byte-identical (git status stays clean)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name=kernel_name,
+        record_timing=False,
+        resources={"metadata": {"path": os.getcwd()}},
+    )
     ipynb, html = out_dir / src.name, out_dir / f"{src.stem}.html"
     try:
         client.execute(env=env)

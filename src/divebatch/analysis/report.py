@@ -408,7 +408,10 @@ def _claim_unit(c: pd.Series) -> str:
 
 def cli(argv: list[str] | None = None) -> int:
     """``divebatch report RUNS_DIR... [--out DIR] [--profile NAME] [--notebooks]``; returns an exit code."""
-    p = argparse.ArgumentParser(prog="divebatch report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="divebatch report",
+        description="Run directories -> paper tables, figures, claims and (optionally) notebooks.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUNS_DIR", help="folders searched recursively for run directories")
     p.add_argument("--out", default=".", help="root of paper_tables/<profile>/ and figures/<profile>/ (default: .)")
     p.add_argument(

@@ -162,7 +162,7 @@ def paper_runs(profile: str | Path = "paper") -> tuple[dict, ...]:
 
 def _paper_runs(profile: str | Path) -> list[dict]:
     from divebatch.config import load_config
-    from divebatch.orchestration.replicate import expand, load_profile
+    from divebatch.orchestration.profiles import expand, load_profile
 
     spec = load_profile(profile)
     runs = []
@@ -354,7 +354,9 @@ def write(block: str, minutes: float | None, note: str, doc: Path | None = None,
 def cli(argv: list[str] | None = None) -> int:
     """``divebatch gpu-hours [RESULTS.json] [--write]``: print the table; ``--write`` puts it into the docs.
     Without RESULTS.json: the profile's runs per group and their total (:func:`render_matrix`)."""
-    p = argparse.ArgumentParser(prog="divebatch gpu-hours", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="divebatch gpu-hours", description="GPU-hours of the paper profile from measured epoch times."
+    )
     p.add_argument(
         "results",
         nargs="?",

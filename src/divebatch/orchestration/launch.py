@@ -1,12 +1,12 @@
 """Run training subprocesses N at a time: pinned to a GPU (up to K per GPU), or ``cores / N``
 threads each on CPU.
 
-:class:`Pool` is the one launcher behind ``divebatch replicate`` (a fixed list of runs) and
-``divebatch sweep --local`` (runs proposed one at a time from the results of finished ones): it
-pulls the next :class:`Task` from an iterable only when a slot frees, writes each process's
-stdout/stderr to the task's log file, polls, and on Ctrl-C (or SIGTERM turned into
-KeyboardInterrupt) stops the running processes, which resume from their checkpoints next time.
-What a caller reports about a run (progress lines, state files, metrics) lives in its callbacks.
+:class:`Pool` is the one launcher behind ``divebatch replicate`` (and so behind ``divebatch sweep
+--local``, which is replicate with a one-experiment profile): it starts the next :class:`Task` of a
+list only when a slot frees, writes each process's stdout/stderr to the task's log file, polls,
+and on Ctrl-C (or SIGTERM turned into KeyboardInterrupt) stops the running processes, which
+resume from their checkpoints next time. What a caller reports about a run (progress lines,
+state files, metrics) lives in its callbacks.
 """
 
 from __future__ import annotations
@@ -173,9 +173,9 @@ class Pool:
         on_finish: Callable[[Task], None] = lambda t: None,
         on_poll: Callable[[list[Task]], None] = lambda active: None,
     ) -> None:
-        """Run every task of ``tasks``, pulling the next one only when a slot is free (so a generator
-        may base its next task on the finished ones). ``on_start(task)`` follows each start,
-        ``on_finish(task)`` each exit (``returncode`` and ``seconds`` set), ``on_poll(active)`` each poll.
+        """Run every task of ``tasks``, starting the next one only when a slot is free.
+        ``on_start(task)`` follows each start, ``on_finish(task)`` each exit (``returncode`` and
+        ``seconds`` set), ``on_poll(active)`` each poll.
 
         Raises:
             KeyboardInterrupt: after stopping the running processes.
