@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from divebatch.analysis.figures import METRIC_LABELS
+from divebatch.analysis.figures import METRIC_LABELS, band_note
 from divebatch.analysis.formatting import estimate, number
 from divebatch.analysis.paper_layouts import (
     CHECKPOINTS,
@@ -249,7 +249,8 @@ def plot_paper_curves(epochs: pd.DataFrame, dataset: str, rescale: bool) -> plt.
         ax.grid(True, linestyle=":")
     if len(groups):
         axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize="small")
-    fig.suptitle(f"{dataset}, {RESCALE_TITLE[rescale]}: seed mean, band ± SEM over seeds (SGD dotted)")
+    band = band_note(epochs[epochs["dataset"] == dataset], what="± 1 SEM")
+    fig.suptitle(f"{dataset}, {RESCALE_TITLE[rescale]}: seed mean, {band} (SGD dotted)")
     return fig
 
 
@@ -273,7 +274,8 @@ def plot_paper_time(epochs: pd.DataFrame, dataset: str) -> plt.Figure:
             ax.legend(fontsize="x-small", frameon=False)
     axes[0].set_ylabel(METRIC_LABELS.get(metric, metric))
     fig.suptitle(
-        f"{dataset}: {METRIC_LABELS.get(metric, metric)} against training time (band ± SEM over seeds; SGD dotted)"
+        f"{dataset}: {METRIC_LABELS.get(metric, metric)} against training time "
+        f"({band_note(epochs[epochs['dataset'] == dataset], what='± 1 SEM')}; SGD dotted)"
     )
     return fig
 

@@ -149,10 +149,6 @@ DESCRIPTIONS = {
         "curves, in epochs, optimizer steps, training seconds and wall-clock seconds, with how many runs "
         "reach the target and how many resized their batch."
     ),
-    "speedup_vs_target": (
-        "Speed-up against small-batch SGD on the seed-mean curves over a ladder of target accuracies "
-        "(or losses), per dataset and unit; the marked point is each method's matched target."
-    ),
     "claims": (
         "Each claim of docs/protocol.md with the paper's figure, ours, the definition of time to target "
         "(the authors' first, then per run) and unit it is judged in, and a verdict (holds / does not "
@@ -171,28 +167,10 @@ DESCRIPTIONS = {
         "Final accuracy and speed-up against small-batch SGD (three units) for each delta, "
         "resize frequency and max batch size of the sweep."
     ),
-    "curves": (
-        "Validation accuracy (or the primary loss) and training loss against epochs, optimizer steps and "
-        "wall-clock seconds, mean over seeds with a one-sd band, for {dataset}; collapsed runs drawn apart."
-    ),
-    "dynamics": (
-        "Batch size against epochs for {dataset}, one panel per method and setting with every seed drawn, "
-        "and the measured gradient diversity (every measurement a point)."
-    ),
-    "speedup_vs_accuracy": (
-        "Speed-up against small-batch SGD at matched quality versus accuracy change, one point per method "
-        "and setting (marker = setting; hollow = batch never resized) with 95 % t-interval error bars, per "
-        "dataset and unit; the dashed line is the Pareto front."
-    ),
-    "sensitivity_fig": "Final accuracy and speed-up against delta, resize frequency and max batch size (sweeps).",
-    "noise_scale": (
-        "n * Delta_hat = 1 + B_simple against epochs, DiveBatch's proposed versus used batch size, "
-        "and the batch size at measured epochs; one line per run, colour = method and setting (estimators "
-        "are never averaged together)."
-    ),
 }
 
 
+DESCRIPTIONS.update(figures.DESCRIPTIONS)
 DESCRIPTIONS.update(estimators.DESCRIPTIONS)
 DESCRIPTIONS.update(paper_report.DESCRIPTIONS)
 
@@ -241,7 +219,7 @@ def write_report(
     have_runs = not res.runs.epochs.empty
     _write_tables(res, w, have_runs)
     if have_runs:
-        _write_figures(res, w)
+        figures.write(res, roots, w.figure)  # curves, progress, dynamics, diversity, trade-off, noise, sweep
         estimators.write(res, roots, w.table, w.figure)  # the estimator study, when its runs are there
         paper_report.write(res, w.table, w.figure)  # the authors' own tables and figures
     if run_notebooks and have_runs:
@@ -316,27 +294,6 @@ def _write_tables(res: Results, w: _Writer, have_runs: bool) -> None:
             display.format_sensitivity(res.sensitivity),
             "Sensitivity to delta, resize frequency and max batch size",
         )
-
-
-def _write_figures(res: Results, w: _Writer) -> None:
-    """The curves and dynamics per dataset, the speed-up figures, the noise scale and the sweep."""
-    for dataset in res.datasets:
-        label = res.runs.provenance([dataset])
-        epochs = res.runs.epochs
-        sentence = DESCRIPTIONS["curves"].format(dataset=dataset)
-        w.figure(f"curves_{slug(dataset)}", figures.plot_curves(epochs, dataset), sentence, label)
-        sentence = DESCRIPTIONS["dynamics"].format(dataset=dataset)
-        w.figure(f"dynamics_{slug(dataset)}", figures.plot_dynamics(epochs, dataset), sentence, label)
-    if len(res.speedups):
-        fig = figures.plot_speedup_vs_accuracy(res.main, res.speedups)
-        w.figure("speedup_vs_accuracy", fig, DESCRIPTIONS["speedup_vs_accuracy"])
-        w.figure(
-            "speedup_vs_target", figures.plot_speedup_vs_target(res.runs.epochs), DESCRIPTIONS["speedup_vs_target"]
-        )
-    if len(res.diversity):
-        w.figure("noise_scale", figures.plot_noise_scale(res.diversity), DESCRIPTIONS["noise_scale"])
-    if res.sensitivity is not None:
-        w.figure("sensitivity", figures.plot_sensitivity(res.sensitivity), DESCRIPTIONS["sensitivity_fig"])
 
 
 def _runs_table(res: Results) -> pd.DataFrame:

@@ -245,25 +245,26 @@ def _matched_rows(key, base, role, pair, finals, curves, by_run, metric) -> list
     return rows
 
 
-def target_ladder(epochs: pd.DataFrame, dataset: str, steps: int = 12) -> pd.DataFrame:
-    """Speed-up against small-batch SGD over a ladder of targets, on the seed-mean curves.
+def target_ladder(epochs: pd.DataFrame, dataset: str, steps: int = 12, role: str = SGD_SMALL) -> pd.DataFrame:
+    """Speed-up against small-batch SGD (or another baseline ``role`` of :data:`BASELINES`) over a
+    ladder of targets, on the seed-mean curves.
 
     Targets: ``steps`` values evenly spaced from the worst first-epoch seed-mean value of the
-    dataset's groups to the best matched target any group has against small-batch SGD (the
+    dataset's groups to the best matched target any group has against the baseline (the
     lower final - 1 pp; a loss: the higher + ``within``). At each target, each group's time on its
-    seed-mean curve (:func:`divebatch.analysis.stats.times_to`) and SGD small's / the group's.
+    seed-mean curve (:func:`divebatch.analysis.stats.times_to`) and the baseline's / the group's.
 
     Returns:
         Columns ``dataset, method, setting, target_value, unit`` (:data:`MATCHED_UNITS`),
         ``speedup`` (NaN where either curve never reaches the target), ``matched`` (True on the
-        ladder's point that is this group's matched target). Empty without small-batch SGD runs.
+        ladder's point that is this group's matched target). Empty without the baseline's runs.
     """
     cols = [*GROUP, "target_value", "unit", "speedup", "matched"]
     d = epochs[epochs["dataset"] == dataset]
     runs = run_table(d)
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    base = baseline_groups(runs).get((dataset, SGD_SMALL))
+    base = baseline_groups(runs).get((dataset, role))
     if base is None:
         return pd.DataFrame(columns=cols)
     column, higher, within = metric_of(d.iloc[0])

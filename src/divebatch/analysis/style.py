@@ -15,7 +15,18 @@ from divebatch.methods import DISPLAY_ORDER  # noqa: E402
 
 # Display names in a fixed order (divebatch.methods.VARIANTS); colours follow the order so every figure agrees.
 METHOD_ORDER = list(DISPLAY_ORDER)
-METHOD_PALETTE = dict(zip(METHOD_ORDER, sns.color_palette("colorblind", len(METHOD_ORDER))))
+
+
+def _method_palette(order: list[str]) -> dict:
+    """One colour per method, none used twice: the colourblind palette's ten colours first, then the
+    "dark" and "muted" palettes' (a plain ``color_palette("colorblind", n)`` cycles after ten, which
+    gave e.g. the schedule controls the colours of AdaBatch)."""
+    pool = [*sns.color_palette("colorblind"), *sns.color_palette("dark"), *sns.color_palette("muted")]
+    distinct = list(dict.fromkeys(tuple(c) for c in pool))
+    return {m: distinct[i % len(distinct)] for i, m in enumerate(order)}
+
+
+METHOD_PALETTE = _method_palette(METHOD_ORDER)
 
 
 def apply_style() -> None:

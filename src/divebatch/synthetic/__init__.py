@@ -8,8 +8,8 @@ Modules: :mod:`~divebatch.synthetic.data` (seeded generator and diversity contro
 :mod:`~divebatch.synthetic.problem` (closed-form gradients, exact Delta, w*),
 :mod:`~divebatch.synthetic.sgd` (vectorised SGD to a target), :mod:`~divebatch.synthetic.knee`
 (experiments a, b), :mod:`~divebatch.synthetic.methods` (c, d, under the library's
-:class:`~divebatch.method.controller.BatchSizeController`), :mod:`~divebatch.synthetic.tables` and
-:mod:`~divebatch.synthetic.outputs` (figures, the verdict, the files).
+:class:`~divebatch.method.controller.BatchSizeController`), :mod:`~divebatch.synthetic.tables`,
+:mod:`~divebatch.synthetic.figures` and :mod:`~divebatch.synthetic.outputs` (the verdict, the files).
 """
 
 from __future__ import annotations
