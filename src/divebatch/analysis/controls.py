@@ -133,7 +133,7 @@ def schedule_claim(epochs: pd.DataFrame | None) -> tuple[str, str]:
                     name = variant + (f" ({setting})" if setting else "")
                     control += f" ({c_setting})" if c_setting else ""
                     shown = ", ".join(
-                        f"{k} {estimate(iv.value, low=iv.low, high=iv.high, spec='+.2f', keep_nan=True)}"
+                        f"{k} {estimate(iv.value, low=iv.low, high=iv.high, spec='+.2f')}"
                         for k, iv in intervals.items()
                     )
                     parts.append(

@@ -278,13 +278,19 @@ def estimator_table(
 
 
 def format_estimator_table(t: pd.DataFrame) -> pd.DataFrame:
-    """Readable :func:`estimator_table` (NaN spreads and bounds print as ``nan``: n=1 groups show it)."""
+    """Readable :func:`estimator_table`: a group of one seed shows its value with ``(n=1, no
+    interval)`` (:func:`divebatch.analysis.formatting.estimate`), the others mean ± sd and 95 %
+    t-intervals (their n is the ``resized seeds`` column's denominator)."""
+
+    def one_seed(r) -> int | None:  # n shown only where it replaces the spread and the interval
+        n = r.get("n_seeds", np.nan)
+        return int(n) if pd.notna(n) and int(n) < 2 else None
 
     def iv(r, cols: dict, spec: str) -> str:
         if cols["value"] not in r:
             return ""
         return estimate(
-            r[cols["value"]], low=r[cols["low"]], high=r[cols["high"]], spec=spec, missing="", keep_nan=True
+            r[cols["value"]], low=r[cols["low"]], high=r[cols["high"]], spec=spec, missing="", n=one_seed(r)
         )
 
     return pd.DataFrame(
@@ -293,8 +299,7 @@ def format_estimator_table(t: pd.DataFrame) -> pd.DataFrame:
             "method": t["method"],
             "estimator": t["estimator"],
             "final acc. (%)": [
-                estimate(m, s, spec=".1f", keep_nan=True, missing="nan ± nan")
-                for m, s in zip(t["final_acc_mean"], t["final_acc_std"])
+                estimate(r["final_acc_mean"], r["final_acc_std"], spec=".1f", n=one_seed(r)) for _, r in t.iterrows()
             ],
             "vs SGD small (pp)": [iv(r, ACC, "+.1f") for _, r in t.iterrows()],
             "speed-up, optimizer steps vs SGD small (matched target, 95 % t-interval)": [
