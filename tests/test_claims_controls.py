@@ -122,6 +122,38 @@ def test_row6_needs_a_significant_loss(tmp_path):
     assert row["verdict"] == claims_mod.NOT_MEASURED and "(no significant loss)" in row["ours"], row["ours"]
 
 
+LOSS = ["primary_metric.column=val_loss", "primary_metric.direction=lower", "primary_metric.within=0.02"]
+
+
+@pytest.mark.parametrize(
+    "authors, fp_extra, verdict",
+    [
+        ("exact_func", 0.02, claims_mod.HOLDS),  # the transformer's authors' estimator (torch.func norms)
+        ("exact_func", 0.2, claims_mod.FAILS),  # the fixed-point arm loses as much: the estimator explains nothing
+        ("exact", 0.02, claims_mod.HOLDS),
+    ],
+)
+def test_row6_judges_a_loss_when_the_loss_is_the_primary_metric(tmp_path, authors, fp_extra, verdict):
+    """A loss-judged data set (the transformer): every arm has SGD's accuracy; the authors' estimator
+    ends 0.2 (x 1.1 in val_loss) higher in loss in every seed, a fixed-point arm that grew (64 -> 640)
+    ends ``fp_extra`` higher: it recovers 90 % of the loss, or none of it."""
+    loss = 2.0 * np.exp(-np.arange(5) / 2) + 0.5
+    for seed in SEEDS:
+        common = dict(val_acc=_acc(seed), seed=seed, initial_batch_size=64, max_batch_size=640)
+        grown = dict(batch_size=[64, 64, 640, 640, 640], optimizer_steps=np.cumsum([100, 100, 20, 20, 20]))
+        write_run(tmp_path, f"sgd/s{seed}", method="sgd", train_loss=loss + 0.01 * seed,
+                  optimizer_steps=np.cumsum([100] * 5), overrides=LOSS, **common)  # fmt: skip
+        write_run(tmp_path, f"authors/s{seed}", train_loss=loss + 0.01 * seed + 0.2,
+                  overrides=[*LOSS, f"method.diversity_estimator={authors}"], **grown, **common)  # fmt: skip
+        write_run(tmp_path, f"fp2/s{seed}", delta=2.0, train_loss=loss + 0.01 * seed + fp_extra,
+                  overrides=[*LOSS, "method.diversity_estimator=fixed_point"], **grown, **common)  # fmt: skip
+    row = _row(_claims(tmp_path), 6)
+    assert row["verdict"] == verdict, row["ours"]
+    assert "delta=2, diversity_estimator=fixed_point" in row["ours"], row["ours"]
+    assert "val_loss" in row["ours"] and " pp" not in row["ours"], row["ours"]
+    assert "val_loss" in row["unit"], row["unit"]
+
+
 # ----------------------------------------------------------------------------- row 7
 
 
@@ -143,9 +175,6 @@ def test_row7_is_speed_at_matched_quality_per_unit(tmp_path, shift, wall, steps_
     steps, seconds = _row(table, 7, "optimizer steps"), _row(table, 7, "wall-clock s")
     assert (steps["verdict"], seconds["verdict"]) == (steps_verdict, wall_verdict), (steps["ours"], seconds["ours"])
     assert "delta=2, diversity_estimator=fixed_point" in steps["ours"] and "exact" not in steps["ours"]
-
-
-LOSS = ["primary_metric.column=val_loss", "primary_metric.direction=lower", "primary_metric.within=0.02"]
 
 
 @pytest.mark.parametrize("extra_loss, verdict", [(0.005, claims_mod.HOLDS), (0.1, claims_mod.FAILS)])

@@ -167,12 +167,14 @@ def test_column_names_come_from_one_place():
         ),
         ({"value": 2.0, "low": 1.5, "high": 2.5, "n": float("nan")}, "2.00 [1.50, 2.50]"),
         ({"value": 3.0, "spread": 1.0, "low": 1.0, "high": 5.0, "spec": ".1f"}, "3.0 ± 1.0 [1.0, 5.0]"),
+        # one seed: no spread and no interval, never "± nan" or "[nan, nan]"
         (
-            {"value": -25.7, "low": float("nan"), "high": float("nan"), "spec": "+.1f", "keep_nan": True},
-            "-25.7 [+nan, +nan]",
+            {"value": -25.7, "low": float("nan"), "high": float("nan"), "spec": "+.1f", "n": 1},
+            "-25.7 (n=1, no interval)",
         ),
-        ({"value": 3.0, "spread": float("nan"), "spec": ".1f", "keep_nan": True}, "3.0 ± nan"),
-        ({"value": 3.0, "spec": ".1f", "keep_nan": True}, "3.0"),  # nothing given, nothing printed
+        ({"value": 3.0, "spread": float("nan"), "spec": ".1f", "n": 1}, "3.0 (n=1, no interval)"),
+        ({"value": 3.0, "spread": float("nan"), "low": float("nan"), "high": float("nan"), "spec": ".1f"}, "3.0"),
+        ({"value": 3.0, "spec": ".1f"}, "3.0"),  # nothing given, nothing printed
         ({"value": 1234.5, "spec": lambda v: f"{v:,.0f}"}, "1,234"),
         ({"value": float("inf"), "missing": ""}, ""),
     ],

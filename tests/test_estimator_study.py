@@ -89,6 +89,25 @@ def test_estimator_table_and_first_decisions(tmp_path):
     assert len(est.format_estimator_table(t)) == len(t)
 
 
+def test_estimator_table_shows_a_one_seed_group_without_a_made_up_interval(tmp_path):
+    """A group with one seed (the transformer's DiveBatch + lr rescale) has no sd and no interval: its
+    cells say so instead of printing ``± nan`` or ``[nan, nan]``; groups of 3 seeds keep theirs."""
+    _study(tmp_path, -1.0)
+    write_run(tmp_path, "dive-fp8/s1", val_acc=BASE + 0.3 - 2.0, seed=1, initial_batch_size=64, max_batch_size=640,
+              delta=8.0, batch_size=[64, 64, 640, 640, 640], optimizer_steps=np.cumsum([100, 100, 20, 20, 20]),
+              overrides=["method.diversity_estimator=fixed_point"])  # fmt: skip
+    rs = collect_runs(tmp_path)
+    main, sp = main_table(rs.epochs), speedup_table(rs.epochs)
+    table = est.estimator_table(main, sp, rs.epochs)
+    shown = est.format_estimator_table(table).set_index(table["setting"].fillna(""))
+    one = shown.loc["delta=8, diversity_estimator=fixed_point"]
+    assert one["final acc. (%)"] == "88.3 (n=1, no interval)", one.to_dict()
+    assert one["vs SGD small (pp)"] == "-2.3 (n=1, no interval)", one.to_dict()  # vs the 3-seed SGD mean
+    assert not shown.apply(lambda col: col.astype(str).str.contains("nan")).any().any(), shown.to_string()
+    three = shown[shown["estimator"] == "exact"].iloc[0]
+    assert "±" in three["final acc. (%)"] and "[" in three["vs SGD small (pp)"], three.to_dict()
+
+
 def test_shadow_runs_are_excluded_from_the_tables_and_read_by_the_study(tmp_path):
     _study(tmp_path, -1.0)
     shadow = write_run(

@@ -270,6 +270,20 @@ def test_tradeoff_points_read_the_quality_change_from_the_long_table(study):
     assert np.allclose(moved["acc_change_pp"], from_main["acc_change_pp"] + 5.0)  # metric_gain, not acc_change
 
 
+def test_a_collapsed_group_is_never_on_the_pareto_front(study):
+    """At the own target (the authors' definition) the collapsed DiveBatch + lr rescale (10 % throughout)
+    reaches its own low target at once: the largest speed-up, so on the front by speed alone. Given the
+    runs, it is marked collapsed and left off the front; the groups it does not dominate stay on it."""
+    blind = tradeoff_points(study.main, study.speedups, target="own")
+    pts = tradeoff_points(study.main, study.speedups, target="own", epochs=study.runs.epochs)
+    gone = pts["method"] == "DiveBatch + lr rescale"
+    assert blind.loc[gone, "pareto"].all()  # the case the rule guards: without the runs it would be on the front
+    assert pts.loc[gone, "collapsed"].all() and not pts.loc[gone, "pareto"].any(), pts
+    assert not pts.loc[~gone, "collapsed"].any()
+    assert pts.loc[~gone, "pareto"].equals(blind.loc[~gone, "pareto"])  # nothing else moved (it dominated none)
+    assert pts.loc[pts["method"] == "AdamW DiveBatch", "pareto"].all()
+
+
 def test_speedup_vs_accuracy_marks_a_point_without_speedup_at_the_edge(study):
     sp = study.speedups.copy()
     sp.loc[sp["setting"] == "delta=0.1, diversity_estimator=exact", "speedup"] = np.nan

@@ -557,7 +557,7 @@ def claims_table(
         for definition, look, labels in judges:
             for unit in labels:
                 rows.append((5, definition, labels[unit], *claim5(main, look, unit, comp), RULES[(5, definition)]))
-    rows.append((6, "-", "final validation accuracy (pp)", *study, estimators.ESTIMATOR_RULE))
+    rows.append((6, "-", unit3, *study, estimators.ESTIMATOR_RULE))
     rows.extend(controls.claim_rows(full_main, full_speedups, epochs, comp))  # rows 7-8: every estimator's runs
     return pd.DataFrame(
         [

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from divebatch.analysis.comparisons import ACC_CHANGE, METRIC_GAIN, Comparisons
-from divebatch.analysis.estimators import AUTHORS_ESTIMATOR, estimator_of
+from divebatch.analysis.estimators import AUTHORS_ESTIMATORS, estimator_of
 from divebatch.analysis.formatting import estimate
 from divebatch.analysis.stats import UNIT_LABELS, per_run, t_interval
 from divebatch.analysis.verdicts import NOT_MEASURED, PER_RUN, overall
@@ -114,7 +114,7 @@ def schedule_claim(epochs: pd.DataFrame | None) -> tuple[str, str]:
     for dataset in sorted(runs["dataset"].unique()):
         r = runs[runs["dataset"] == dataset]
         for variant, its_controls in SCHEDULE_CONTROLS.items():
-            dive = r[(r["method"] == variant) & r["setting"].map(estimator_of).isin((AUTHORS_ESTIMATOR, "exact_func"))]
+            dive = r[(r["method"] == variant) & r["setting"].map(estimator_of).isin(AUTHORS_ESTIMATORS)]
             for setting, g in dive.groupby("setting", sort=True):
                 for (control, c_setting), c in r[r["method"].isin(its_controls)].groupby(["method", "setting"]):
                     c = c.set_index("seed")
@@ -133,7 +133,7 @@ def schedule_claim(epochs: pd.DataFrame | None) -> tuple[str, str]:
                     name = variant + (f" ({setting})" if setting else "")
                     control += f" ({c_setting})" if c_setting else ""
                     shown = ", ".join(
-                        f"{k} {estimate(iv.value, low=iv.low, high=iv.high, spec='+.2f', keep_nan=True)}"
+                        f"{k} {estimate(iv.value, low=iv.low, high=iv.high, spec='+.2f')}"
                         for k, iv in intervals.items()
                     )
                     parts.append(

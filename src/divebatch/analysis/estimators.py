@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from divebatch.analysis.collect import agreed_commit
-from divebatch.analysis.comparisons import ACC_CHANGE, Comparisons, column
+from divebatch.analysis.comparisons import ACC_CHANGE, METRIC_GAIN, Comparisons, column
 from divebatch.analysis.estimators_shadow import (
     BN_FACTORS,
     MARKERS,
@@ -39,6 +39,7 @@ from divebatch.analysis.estimators_shadow import (
     subsets_table,
 )
 from divebatch.analysis.formatting import estimate, interval
+from divebatch.analysis.stats import metric_of, metric_sign
 from divebatch.analysis.style import METHOD_PALETTE
 from divebatch.analysis.verdicts import NOT_MEASURED, overall
 from divebatch.choices import CHOICES
@@ -56,6 +57,9 @@ __all__ = [  # the shadow runs' functions stay importable from here (the noteboo
 ]
 
 AUTHORS_ESTIMATOR = "exact"  # method.diversity_estimator of the paper (the default everywhere it is replicated)
+# the authors' epoch estimator under either name: exact_func computes it with torch.func norms (models
+# BackPACK does not cover: the transformer)
+AUTHORS_ESTIMATORS = (AUTHORS_ESTIMATOR, "exact_func")
 ESTIMATORS = CHOICES["method.diversity_estimator"]  # display order: the registry's names (divebatch.choices)
 RECOVERED_SHARE = 0.5  # the claim row: a fixed-point arm recovers at least this share of the loss
 # a fixed-point arm is evidence only when its batch grew: mean final batch size >= this x small-batch SGD's.
@@ -63,11 +67,12 @@ RECOVERED_SHARE = 0.5  # the claim row: a fixed-point arm recovers at least this
 # "recovers" the whole loss whatever the estimator is worth.
 GROWN_FACTOR = 2.0
 ESTIMATOR_RULE = (
-    f"per DiveBatch variant whose authors'-estimator runs lose accuracy against small-batch SGD (95 % t-interval "
+    f"per DiveBatch variant whose authors'-estimator runs (exact or exact_func) lose on the primary metric against "
+    f"small-batch SGD (accuracy in pp; a loss: its gain, signed so that > 0 is better; 95 % t-interval "
     f"over n seeds below 0), the evidence is the fixed-point arms (any delta) whose batch grew (resized in some seed "
     f"and mean final batch >= {GROWN_FACTOR:g} x small-batch SGD's; an arm that never resized is small-batch SGD, "
     f"not evidence); holds when some evidence arm recovers at least {RECOVERED_SHARE:.0%} of the loss (mean final "
-    f"accuracies) in every such variant; does not hold when every evidence arm of a variant recovers less; not "
+    f"primary metrics) in every such variant; does not hold when every evidence arm of a variant recovers less; not "
     f"measured without a significant loss or without an arm that grew"
 )
 # the estimator table's columns: the accuracy change against small-batch SGD (as main.csv names it) and
@@ -95,8 +100,7 @@ def authors_rows(table: pd.DataFrame) -> pd.DataFrame:
     paper's claims are judged on; the other estimators are the study's."""
     if table.empty or "setting" not in table:
         return table
-    # exact_func is the authors' epoch estimator with torch.func norms (models BackPACK does not cover)
-    return table[table["setting"].map(estimator_of).isin((AUTHORS_ESTIMATOR, "exact_func"))].reset_index(drop=True)
+    return table[table["setting"].map(estimator_of).isin(AUTHORS_ESTIMATORS)].reset_index(drop=True)
 
 
 def _divebatch(main: pd.DataFrame) -> pd.DataFrame:
@@ -116,8 +120,10 @@ def estimator_claim(main: pd.DataFrame, comp: Comparisons | None = None) -> tupl
 
     Args:
         main: :func:`divebatch.analysis.tables.main_table` with DiveBatch settings per estimator
-            (any number of fixed-point settings, e.g. a delta sweep) and small-batch SGD.
-        comp: the comparisons (accuracy change against small-batch SGD); None: read back from ``main``.
+            (any number of fixed-point settings, e.g. a delta sweep) and small-batch SGD; judged on
+            each dataset's primary metric (``metric``: accuracy in pp, or a loss such as ``val_loss``).
+        comp: the comparisons (accuracy change or metric gain against small-batch SGD); None: read
+            back from ``main``.
     Returns:
         (``holds`` | ``does not hold`` | ``not measured at this scale``, the numbers in words).
     """
@@ -131,17 +137,18 @@ def estimator_claim(main: pd.DataFrame, comp: Comparisons | None = None) -> tupl
         small = float(sgd["final_batch_size_mean"].min())
         for method in DIVEBATCH_VARIANTS:
             g = d[(d["dataset"] == dataset) & (d["method"] == method)]
-            ex, fps = g[g["estimator"] == AUTHORS_ESTIMATOR], g[g["estimator"] == "fixed_point"]
+            ex, fps = g[g["estimator"].isin(AUTHORS_ESTIMATORS)], g[g["estimator"] == "fixed_point"]
             if ex.empty or fps.empty:
                 continue
             ex = ex.iloc[0]
-            change = comp.get(ex, SGD_SMALL, ACC_CHANGE)
+            quantity, unit, spec = _quality(ex)
+            change = comp.get(ex, SGD_SMALL, quantity)
             loss, significant = -float(change.value), float(change.high) < 0
             arms = [_arm(fp, ex, loss, small, comp) for _, fp in fps.iterrows()]
             shares = [share for _, share in arms if share is not None]
             parts.append(
-                f"{dataset}, {method}: authors' estimator {change.value:+.1f} pp vs small-batch "
-                f"SGD {interval(change.low, change.high, '+.1f')}"
+                f"{dataset}, {method}: authors' estimator {change.value:{spec}} {unit} vs small-batch "
+                f"SGD {interval(change.low, change.high, spec)}"
                 + ("" if significant else " (no significant loss)")
                 + "; "
                 + "; ".join(text for text, _ in arms)
@@ -153,20 +160,32 @@ def estimator_claim(main: pd.DataFrame, comp: Comparisons | None = None) -> tupl
     return overall(verdicts), "; ".join(parts)
 
 
+def _quality(row: pd.Series) -> tuple[str, str, str]:
+    """How the claims row judges a group's quality against small-batch SGD: ``(quantity of
+    :mod:`divebatch.analysis.comparisons`, its unit in words, its format spec)``: the accuracy change
+    in pp where accuracy is the primary metric, else the metric's gain (> 0 better; a loss)."""
+    metric = metric_of(row)[0]
+    return (ACC_CHANGE, "pp", "+.1f") if metric == "val_acc" else (METRIC_GAIN, metric, "+.3f")
+
+
 def _arm(fp: pd.Series, ex: pd.Series, loss: float, small: float, comp: Comparisons) -> tuple[str, float | None]:
     """A fixed-point arm of the claims row in words, and the share of the authors'-estimator ``loss``
-    (pp) it recovers when its batch grew (None: not evidence). ``small``: small-batch SGD's batch."""
+    (pp, or the loss metric's units; :func:`_quality`) it recovers when its batch grew (None: not
+    evidence): (mean final metric of the arm - of the authors' arm) / ``loss``, signed so that > 0 is
+    better. ``small``: small-batch SGD's batch."""
+    quantity, unit, spec = _quality(fp)
+    col = "final_acc_mean" if quantity == ACC_CHANGE else "final_metric_mean"
     resized = fp.get("resized_seeds", np.nan)
     never_resized = pd.notna(resized) and int(resized) == 0
     grew = not never_resized and float(fp["final_batch_size_mean"]) >= GROWN_FACTOR * small
-    share = (float(fp["final_acc_mean"]) - float(ex["final_acc_mean"])) / loss if loss > 0 else np.nan
+    share = metric_sign(fp) * (float(fp[col]) - float(ex[col])) / loss if loss > 0 else np.nan
     recovered = f", recovers {share:.0%}" if np.isfinite(share) else ""
     why = (
         " - not evidence: the batch never resized" if never_resized else ("" if grew else " (never grew: not evidence)")
     )
     text = (
         f"{fp['setting'] or 'fixed point'}: final batch {fp['final_batch_size_mean']:.0f}, "
-        f"{comp.value(fp, SGD_SMALL, ACC_CHANGE):+.1f} pp{recovered}{why}"
+        f"{comp.value(fp, SGD_SMALL, quantity):{spec}} {unit}{recovered}{why}"
     )
     return text, share if grew else None
 
@@ -259,13 +278,19 @@ def estimator_table(
 
 
 def format_estimator_table(t: pd.DataFrame) -> pd.DataFrame:
-    """Readable :func:`estimator_table` (NaN spreads and bounds print as ``nan``: n=1 groups show it)."""
+    """Readable :func:`estimator_table`: a group of one seed shows its value with ``(n=1, no
+    interval)`` (:func:`divebatch.analysis.formatting.estimate`), the others mean ± sd and 95 %
+    t-intervals (their n is the ``resized seeds`` column's denominator)."""
+
+    def one_seed(r) -> int | None:  # n shown only where it replaces the spread and the interval
+        n = r.get("n_seeds", np.nan)
+        return int(n) if pd.notna(n) and int(n) < 2 else None
 
     def iv(r, cols: dict, spec: str) -> str:
         if cols["value"] not in r:
             return ""
         return estimate(
-            r[cols["value"]], low=r[cols["low"]], high=r[cols["high"]], spec=spec, missing="", keep_nan=True
+            r[cols["value"]], low=r[cols["low"]], high=r[cols["high"]], spec=spec, missing="", n=one_seed(r)
         )
 
     return pd.DataFrame(
@@ -274,8 +299,7 @@ def format_estimator_table(t: pd.DataFrame) -> pd.DataFrame:
             "method": t["method"],
             "estimator": t["estimator"],
             "final acc. (%)": [
-                estimate(m, s, spec=".1f", keep_nan=True, missing="nan ± nan")
-                for m, s in zip(t["final_acc_mean"], t["final_acc_std"])
+                estimate(r["final_acc_mean"], r["final_acc_std"], spec=".1f", n=one_seed(r)) for _, r in t.iterrows()
             ],
             "vs SGD small (pp)": [iv(r, ACC, "+.1f") for _, r in t.iterrows()],
             "speed-up, optimizer steps vs SGD small (matched target, 95 % t-interval)": [

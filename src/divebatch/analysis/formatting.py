@@ -50,7 +50,6 @@ def estimate(
     pairing: str = "",
     label: str = "",
     missing: str = "n/a",
-    keep_nan: bool = False,
 ) -> str:
     """A point estimate with its spread and interval as text (module docstring).
 
@@ -66,8 +65,6 @@ def estimate(
         pairing: ``paired`` | ``welch`` | ``""``, shown after n.
         label: the interval's name before n (e.g. ``95 % t-interval``).
         missing: the whole text when ``value`` is not finite.
-        keep_nan: print a NaN spread or NaN bounds that are given (``± nan``, ``[nan, nan]``)
-            instead of leaving them out (the estimator table's layout).
     Returns:
         e.g. ``61.20 ± 0.85``, ``+1.05 [0.20, 1.90] (n=3, paired)``, ``1.12x (n=1, no interval)``.
     """
@@ -77,13 +74,13 @@ def estimate(
         spread_spec = spec.replace("+", "") if isinstance(spec, str) else spec
     bound_spec = spec if bound_spec is None else bound_spec
     text = _fmt(value, spec)
-    if spread is not None and (keep_nan or _finite(spread)):
+    if spread is not None and _finite(spread):
         text += f" ± {_fmt(spread, spread_spec)}"
     text += unit
     has_n = n is not None and _finite(n)
     if has_n and int(n) < 2:
         return f"{text} (n={int(n)}, no interval)"
-    if low is not None and (keep_nan or _finite(low)):
+    if low is not None and _finite(low):
         text += " " + interval(low, high, bound_spec)
     if has_n:
         parts = [p for p in (label, f"n={int(n)}", pairing if isinstance(pairing, str) else "") if p]

@@ -68,7 +68,11 @@ def _tradeoff_line(g: pd.DataFrame, head: str, role: str, unit_label: str, words
 
 
 def describe_tradeoff(
-    main: pd.DataFrame, speedups: pd.DataFrame, profile: str, comparisons: pd.DataFrame | None = None
+    main: pd.DataFrame,
+    speedups: pd.DataFrame,
+    profile: str,
+    comparisons: pd.DataFrame | None = None,
+    epochs: pd.DataFrame | None = None,
 ) -> str:
     """Per dataset, optimizer family and unit: the Pareto front and the fastest method with its quality
     cost, each family against its own small-batch baseline (SGD methods against small-batch SGD, AdamW
@@ -80,6 +84,8 @@ def describe_tradeoff(
         profile: named in the text so a reader knows the scale.
         comparisons: the long table (:func:`divebatch.analysis.comparisons.comparison_table`) the
             quality changes come from; None: read back from ``main``.
+        epochs: the tidy per-epoch table, so collapsed groups stay off the Pareto front
+            (:func:`divebatch.analysis.figures.tradeoff_points`); None: none is known collapsed.
     """
     rows = tradeoff_rows(main, speedups)
     if not rows:
@@ -99,7 +105,7 @@ def describe_tradeoff(
         target = words[3] if matched else f"own final {'-' if words[1] == 'pp' else '+'} {words[2]:g} {words[1]}"
         family = FAMILY_NAMES.get(fam, fam)
         lines.append(f"{dataset}, {family} methods against {role}; target = {target}:")
-        pts = tradeoff_points(main, speedups, role=role, family=fam, comparisons=comparisons)
+        pts = tradeoff_points(main, speedups, role=role, family=fam, comparisons=comparisons, epochs=epochs)
         pts = pts[pts["dataset"] == dataset]
         for unit in UNITS:
             g = pts[pts["unit"] == unit]

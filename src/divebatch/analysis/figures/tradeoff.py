@@ -81,9 +81,11 @@ def tradeoff_points(
     role: str = SGD_SMALL,
     family: str | None = None,
     comparisons: pd.DataFrame | None = None,
+    epochs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per dataset x method x setting x unit: the primary metric's change and the speed-up
-    against the baseline ``role`` with their intervals, and ``pareto`` (on the dataset-and-unit front).
+    against the baseline ``role`` with their intervals, and ``pareto`` (on the dataset-and-unit front
+    of the groups that did not collapse).
 
     Args:
         target: ``matched`` (the verdicts' target, default when the speed-up table has those rows),
@@ -93,10 +95,13 @@ def tradeoff_points(
         family: keep only the groups of this optimizer (``optim.name``); None: every group.
         comparisons: the long table (:func:`divebatch.analysis.comparisons.comparison_table`); None:
             read back from ``main`` (:func:`divebatch.analysis.comparisons.from_main`).
+        epochs: the tidy per-epoch table (``RunSet.epochs``) to find the collapsed groups
+            (:func:`divebatch.analysis.figures.common.collapsed_groups`); None: none is known collapsed.
     Returns:
         Columns ``dataset, method, setting, unit, acc_change_pp, acc_low, acc_high, speedup,
         ci_low, ci_high, n_seeds, resized`` (False when the group's batch never changed in any
-        seed), ``pareto``; the baseline group itself is left out. ``acc_change_pp`` is the
+        seed), ``collapsed`` (every run of the group collapsed: never on the front, however fast its
+        speed-up to an own target it barely left), ``pareto``; the baseline group itself is left out. ``acc_change_pp`` is the
         primary metric's gain over the baseline (> 0 better, the long table's ``metric_gain``): the
         accuracy change in pp, or minus the loss change where the runs judge by a loss.
     """
@@ -109,8 +114,10 @@ def tradeoff_points(
     acc = _gains(main, comparisons, role).merge(groups, on=["dataset", "method", "setting"])
     pts = sp.merge(acc, on=["dataset", "method", "setting"])
     pts = pts[pts["method"] != role].copy()
+    gone = _collapsed_keys(epochs)
+    pts["collapsed"] = [k in gone for k in zip(pts["dataset"], pts["method"], pts["setting"].fillna(""))]
     pts["pareto"] = False
-    for _, g in pts.groupby(["dataset", "unit"]):
+    for _, g in pts[~pts["collapsed"]].groupby(["dataset", "unit"]):
         pts.loc[g.index, "pareto"] = pareto_front(g, "acc_change_pp", "speedup")
     return pts.reset_index(drop=True)
 
@@ -276,7 +283,7 @@ def plot_speedup_vs_accuracy(
     )
     gone = _collapsed_keys(epochs)
     comparisons = comparisons if comparisons is not None else from_main(main)
-    per_row = [_row_points(main, speedups, target, row, comparisons) for row in rows]
+    per_row = [_row_points(main, speedups, target, row, comparisons, epochs) for row in rows]
     keys = list(dict.fromkeys(k for pts in per_row for k in pts["key"]))  # one number per group in the figure
     number = {k: n + 1 for n, k in enumerate(keys)}
     marker = {k: MARKERS[n % len(MARKERS)] for n, k in enumerate(keys)}
@@ -307,12 +314,17 @@ def plot_speedup_vs_accuracy(
 
 
 def _row_points(
-    main: pd.DataFrame, speedups: pd.DataFrame, target: str, row: tuple, comparisons: pd.DataFrame
+    main: pd.DataFrame,
+    speedups: pd.DataFrame,
+    target: str,
+    row: tuple,
+    comparisons: pd.DataFrame,
+    epochs: pd.DataFrame | None,
 ) -> pd.DataFrame:
     """:func:`tradeoff_points` of one row of panels, in method order, with a ``key`` column
     ``(dataset, method, setting)``."""
     dataset, fam, role = row
-    pts = tradeoff_points(main, speedups, target, role, fam, comparisons)
+    pts = tradeoff_points(main, speedups, target, role, fam, comparisons, epochs)
     pts = pts[pts["dataset"] == dataset]
     pts = pts.assign(key=list(zip(pts["dataset"], pts["method"], pts["setting"])))
     return pts.sort_values(["method", "setting"], key=_method_rank, kind="stable")
