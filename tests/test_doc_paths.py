@@ -115,7 +115,7 @@ def subcommands() -> list[tuple[str, str]]:
 
 def _module_defines(path: Path, name: str) -> bool:
     text = path.read_text()
-    defines = rf"^\s*(?:def|class) {name}\b|^{name}\b[^=\n]*=|^\s+{name},?$|[\"']{name}[\"']|import .*\b{name}\b"
+    defines = rf"^\s*(?:def|class) {name}\b|^{name}\b[^=\n]*=|^\s+{name},?$|__all__ = \[[^\]]*[\"']{name}[\"']|import .*\b{name}\b"
     return bool(re.search(defines, text, re.M))
 
 
@@ -187,6 +187,7 @@ def test_the_checks_find_what_they_check():
     assert len(repo_paths()) > 100 and len(package_paths()) > 5 and len(dotted_modules()) > 10
     assert len(figure_names()) > 10 and len(subcommands()) > 10 and len(bare_modules()) > 8
     assert not _exists("src/divebatch/method/shadow.py") and not _dotted_ok("divebatch.method.shadow")
+    assert _dotted_ok("divebatch.DiversityEstimator") and not _dotted_ok("divebatch.cli.train")  # a dict key
     assert _dotted_ok("divebatch.rundir.RunDir.lock") and not _dotted_ok("divebatch.rundir.RunDir.no_such_method")
     assert _exists("configs/cifar10/divebatch.yaml") and not _exists("configs/cifar10/no_such_method.yaml")
     assert _exists("paper_tables/<profile>/claims.md") and _dotted_ok("divebatch.config.load_config")
