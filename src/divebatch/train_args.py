@@ -1,6 +1,6 @@
 """``divebatch train``'s command line, read without importing torch: the argument parser, and
 wandb agents' ``--key=value`` items turned into overrides. ``divebatch train --help`` and config
-errors therefore answer in well under a second (:func:`divebatch.cli.train`); the trainer
+errors therefore answer in well under a second (:func:`divebatch.cli.check_train`); the trainer
 (:func:`divebatch.training.cli`) reads its arguments with the same :func:`parse`.
 """
 

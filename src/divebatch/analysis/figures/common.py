@@ -24,7 +24,7 @@ from divebatch.methods import ADAMW_SMALL, SGD_SMALL
 
 METRIC_LABELS = {"val_acc": "validation accuracy (%)", "val_loss": "validation loss (nats)"}
 COLLAPSE_WITHINS = 10.0  # a run is collapsed when its final metric is this many `within` worse than the median run
-# optim.name -> the small-batch baseline its methods are judged against (divebatch.analysis.tables.BASELINES)
+# optim.name -> the small-batch baseline its methods are judged against (divebatch.analysis.groups.BASELINES)
 FAMILY_BASELINE = {"sgd": SGD_SMALL, "adamw": ADAMW_SMALL}
 # marker per gradient-diversity estimator (method.diversity_estimator) and per shadow-run quantity
 ESTIMATOR_MARKERS = {

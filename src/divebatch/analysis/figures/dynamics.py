@@ -39,7 +39,7 @@ from divebatch.analysis.figures.common import (
 from divebatch.analysis.stats import never_resized
 from divebatch.analysis.style import apply_style
 
-# shadow.csv's n*Delta column per quantity (divebatch.method.shadow): the run's estimators and Delta(w)
+# shadow.csv's n*Delta column per quantity (divebatch.shadow): the run's estimators and Delta(w)
 SHADOW_COLUMNS = {
     "exact": "n_delta_exact",
     "microbatch": "n_delta_microbatch",
