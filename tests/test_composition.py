@@ -42,7 +42,6 @@ ADDED_EXPERIMENTS = (
     "cifar10-mini-delta2",
     "cifar10-mini-delta8",
     "cifar10-mini-schedule",
-    "tinyshakespeare-fixed_point-delta0.5",
     "tinyshakespeare-shadow",
     "tinyshakespeare-fixed_point",
 )

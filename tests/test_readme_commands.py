@@ -18,7 +18,7 @@ in a cheap form that still goes through the command's argument parsing and check
   ``test -f FILE`` with the environment's python.
 
 ``CUDA_VISIBLE_DEVICES`` is set empty (a machine without GPU), so the checks do not depend on
-the machine. The commands that load the paper profile's 178 runs (its dry run, ``gpu-hours``:
+the machine. The commands that load the paper profile's 208 runs (its dry run, ``gpu-hours``:
 about 10 CPU-seconds each) are marked slow; the others take seconds each.
 """
 
@@ -122,7 +122,7 @@ def run_clean(command: str) -> subprocess.CompletedProcess:
 
 COMMANDS = readme_commands(README.read_text())
 CHEAP = list(dict.fromkeys(cheap_form(c, Path("{tmp}")) for c in COMMANDS))
-# the paper profile's 178 runs (10 CPU-seconds of config loading each time): run with -m slow
+# the paper profile's 208 runs (10 CPU-seconds of config loading each time): run with -m slow
 HEAVY = ("all.sh paper ", "replicate paper ", "divebatch gpu-hours")
 
 

@@ -114,6 +114,9 @@ def test_paper_profile_follows_protocol(in_repo):
         "cifar10-fixed_point",
         "cifar100-fixed_point",
         "tiny_imagenet-fixed_point",
+        "cifar10-fixed_point-delta0.5",
+        "cifar100-fixed_point-delta0.5",
+        "tiny_imagenet-fixed_point-delta0.5",
         *extra,
     }
     for exp, cs in by_exp.items():
@@ -128,10 +131,14 @@ def test_paper_profile_follows_protocol(in_repo):
         assert {c.protocol for c in cs} == {"clean" if variant == "clean" else "authors_code"}
         if variant == "clean":
             assert {c.method.name for c in cs} == {"divebatch"}
-        # the estimator study: DiveBatch with and without lr rescaling, Delta(w) at the epoch's end
-        assert {c.method.diversity_estimator for c in cs} == {"fixed_point" if variant == "fixed_point" else "exact"}
-        if variant == "fixed_point":
+        # the estimator study: DiveBatch with and without lr rescaling, Delta(w) at the epoch's end, at the
+        # authors' delta and at the delta the cpu profile's sweep selects (docs/diversity.md)
+        fixed_point = variant.startswith("fixed_point")
+        assert {c.method.diversity_estimator for c in cs} == {"fixed_point" if fixed_point else "exact"}
+        if fixed_point:
             assert {(c.method.name, c.method.lr_rescale) for c in cs} == {("divebatch", False), ("divebatch", True)}
+            if variant.endswith("delta0.5"):
+                assert {c.method.delta for c in cs} == {0.5}
         if not variant:  # the six methods, large-batch SGD at the raised lr (the authors' 1.6 / 0.16 at 2048)
             large = {(c.method.initial_batch_size, c.optim.lr) for c in cs if c.display_name == "SGD (large batch)"}
             assert large == {(2048, {"tiny_imagenet": 0.16}.get(dataset, 1.6))}
