@@ -21,6 +21,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"  # ../shared/data relative to the 
 # One intra-op thread: on a busy 2-core machine torch's OpenMP threads spin against the other
 # pytest workers/processes and small tensor ops get 10-50x slower. Results do not depend on it.
 torch.set_num_threads(1)
+# Figures as PNG alone: the PDF is about a third of a figure's drawing time (benchmarks/figure_formats.py);
+# test_analysis.py's report test sets png,pdf, the default, and checks both.
+os.environ.setdefault("DIVEBATCH_FIGURE_FORMATS", "png")
 
 # Every tiny run: CPU, no wandb, no progress bar, softmax regression on the bundled digits.
 TINY = (
@@ -36,6 +39,12 @@ TINY = (
     "optim.lr=0.05",
     "optim.schedule=constant",
 )
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (replicate/test.sh): one worker per core, at most 4, because each worker imports
+    torch and holds about 1 GiB resident."""
+    return max(1, min(os.cpu_count() or 1, 4))
 
 
 def needs_shared(*names: str):

@@ -367,6 +367,7 @@ def test_pareto_front():
 
 
 def test_report_command_writes_tables_figures_and_readme(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DIVEBATCH_FIGURE_FORMATS", "png,pdf")  # the default; the suite writes PNGs alone
     monkeypatch.chdir(tmp_path)
     make_study(
         Path("runs"), datasets=("cifar10-mini",), seeds=(1, 2), epochs=4, methods=("sgd_small", "adabatch", "divebatch")
@@ -641,6 +642,7 @@ def test_diverged_run_is_listed_counted_and_kept_out_of_aggregates(tmp_path):
     assert _row(format_main(main_table(rs.epochs, rs.runs)), Method="DiveBatch + lr rescale")["Diverged"] == "2/2"
 
 
+@pytest.mark.slow  # a whole report; test_diverged_run_is_listed_counted_and_kept_out_of_aggregates runs by default
 def test_report_lists_diverged_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_hand_study(Path("runs"))

@@ -73,7 +73,8 @@ def _old_config(values: dict):
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={json.dumps(v)}" for k, v in values.items()]))
 
 
-@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper", "transformer"])
+# paper (9 s: every one of its runs composed) runs with the slow tests; the other three cover the path
+@pytest.mark.parametrize("profile", ["smoke", "cpu", pytest.param("paper", marks=pytest.mark.slow), "transformer"])
 def test_every_profile_run_resolves_as_before_and_its_old_run_directory_is_finished(in_repo, profile, tmp_path):
     spec = profiles.load_profile(profile)
     runs = profiles.expand(spec, Path("runs") / profile, profiles.resolve_data(spec, {}, env={}))

@@ -511,6 +511,7 @@ def test_only_rank_0_writes_and_logs(two_rank_runs):
     assert sum("] epoch 1/1 " in line for line in lines) == 1  # the lr-0 run
 
 
+@pytest.mark.slow  # 12 s; the single-process kill-and-resume test (test_training.py) runs by default
 def test_kill_and_resume_with_two_ranks(two_rank_runs, tmp_path):
     """SIGKILL the whole job (torchrun and both ranks) right after the checkpoint of epoch 2, rerun
     the same command: it resumes and ends with the uninterrupted 2-rank run's numbers."""
@@ -538,8 +539,12 @@ def test_kill_and_resume_with_two_ranks(two_rank_runs, tmp_path):
 @pytest.mark.parametrize(
     "overrides, key",
     [
-        (["method.name=sgd", "shadow.enabled=true"], "shadow.enabled=True"),
-        (["method.diversity_estimator=microbatch"], "method.diversity_estimator=microbatch"),
+        pytest.param(  # 6-8 s of torchrun; test_two_ranks_* keeps torchrun in the default suite
+            ["method.name=sgd", "shadow.enabled=true"], "shadow.enabled=True", marks=pytest.mark.slow
+        ),
+        pytest.param(  # the same refusal path as the shadow case (6 s of torchrun each)
+            ["method.diversity_estimator=microbatch"], "method.diversity_estimator=microbatch", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_per_rank_estimators_are_refused_before_training(tmp_path, overrides, key):
@@ -551,6 +556,7 @@ def test_per_rank_estimators_are_refused_before_training(tmp_path, overrides, ke
     assert not (tmp_path / "r" / "metrics.csv").exists()
 
 
+@pytest.mark.slow  # 6 s of torchrun; test_imagefolder.py checks the cache on one process by default
 def test_rank_0_alone_fills_the_image_folder_cache(tmp_path):
     """A fresh cache: rank 0 decodes the folder and writes the cache, rank 1 reads it (the driver
     makes numpy.savez raise on rank 1)."""
@@ -564,6 +570,7 @@ def test_rank_0_alone_fills_the_image_folder_cache(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == 1
 
 
+@pytest.mark.slow  # 7 s of torchrun; the refusal test keeps a failing torchrun job in the default suite
 def test_failing_rank_stops_the_job(tmp_path):
     """Rank 1 raises in its second evaluation: the job exits non-zero at once (torchrun stops the
     other rank, which would otherwise wait in the next all-reduce) and names the error."""

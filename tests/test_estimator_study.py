@@ -166,6 +166,7 @@ def test_shadow_runs_are_excluded_from_the_tables_and_read_by_the_study(tmp_path
     assert "7" not in pd.read_csv(tdir / "main.csv")["provenance"].iloc[0].split("seeds=")[1].split(" ")[0]
 
 
+@pytest.mark.slow  # a whole report; the table path runs by default (test above), the figures in test_figures.py
 def test_report_writes_the_study(tmp_path, monkeypatch):
     from divebatch.analysis import cli
 

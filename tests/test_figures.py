@@ -412,3 +412,29 @@ def test_sensitivity_holds_a_collapsed_setting_at_the_axis_edge(study):
     assert acc.get_ylim()[0] > 15  # the collapsed setting's 10 % does not stretch the axis
     assert any(ln.get_marker() == "X" for ln in acc.get_lines())
     plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    "value, written",
+    [(None, ["f.png", "f.pdf"]), ("png", ["f.png"]), ("pdf", ["f.pdf"]), (" png , pdf ", ["f.png", "f.pdf"])],
+)
+def test_figure_formats_follow_the_environment(tmp_path, monkeypatch, value, written):
+    from divebatch.analysis.style import save_figure
+
+    if value is None:
+        monkeypatch.delenv("DIVEBATCH_FIGURE_FORMATS", raising=False)
+    else:
+        monkeypatch.setenv("DIVEBATCH_FIGURE_FORMATS", value)
+    paths = save_figure(plt.figure(), tmp_path / "f", "profile=test")
+    assert [p.name for p in paths] == written and sorted(p.name for p in tmp_path.iterdir()) == sorted(written)
+
+
+@pytest.mark.parametrize("value", ["", "svg", "png,jpg"])
+def test_a_bad_figure_format_names_the_variable_and_what_is_allowed(tmp_path, monkeypatch, value):
+    from divebatch.analysis.style import save_figure
+    from divebatch.errors import ConfigError
+
+    monkeypatch.setenv("DIVEBATCH_FIGURE_FORMATS", value)
+    with pytest.raises(ConfigError, match=f"DIVEBATCH_FIGURE_FORMATS={value!r}; allowed: a comma list of png | pdf"):
+        save_figure(plt.figure(), tmp_path / "f", "profile=test")
+    assert not list(tmp_path.iterdir())

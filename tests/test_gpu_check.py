@@ -333,6 +333,7 @@ def test_gpu_hours_follow_the_schedules_and_k_runs_per_gpu():
     assert t["total_low_h"] < t["total_h"] < t["total_high_h"] and not t["untimed"]
 
 
+@pytest.mark.slow  # every paper run composed twice; test_gpu_hours_follow_the_schedules... runs by default
 def test_gpu_hours_write_the_docs_and_the_profile_only_from_a_gpu(tmp_path, monkeypatch, capsys):
     doc, profile = tmp_path / "replicate.md", tmp_path / "paper.yaml"
     doc.write_text((REPO / "docs" / "replicate.md").read_text())

@@ -197,7 +197,11 @@ def _small_study(root: Path, dataset: str, profile: str, seeds=(1, 2), **kw) -> 
 
 @pytest.mark.parametrize(
     "profile, dataset, metric",
-    [("smoke", "digits", "val_acc"), ("cpu", "cifar10-mini", "val_acc"), ("transformer", "text", "val_loss")],
+    [
+        pytest.param("smoke", "digits", "val_acc", marks=pytest.mark.slow),  # the cpu case covers accuracy layouts
+        ("cpu", "cifar10-mini", "val_acc"),
+        pytest.param("transformer", "text", "val_loss", marks=pytest.mark.slow),  # loss tables: test_analysis_metric.py
+    ],
 )
 def test_cpu_scale_reports_write_the_layouts_without_the_authors_values(tmp_path, profile, dataset, metric):
     root = tmp_path / "runs"
@@ -218,7 +222,7 @@ def test_cpu_scale_reports_write_the_layouts_without_the_authors_values(tmp_path
         assert (tdir / f"{name}.tex").is_file() and "authors_final_acc" not in (tdir / f"{name}.csv").read_text()
         assert f"[{name}.md]" in (tdir / "README.md").read_text()
     for stem in ("paper_curves_{}_rescale_false", "paper_curves_{}_rescale_true", "paper_time_{}"):
-        assert (fdir / f"{stem.format(dataset)}.png").is_file() and (fdir / f"{stem.format(dataset)}.pdf").is_file()
+        assert (fdir / f"{stem.format(dataset)}.png").is_file()  # PDFs too by default: test_analysis.py
     tt = pd.read_csv(tdir / "paper_time_to_target_rescale_true.csv")
     assert set(tt["metric"]) == {metric}
     left_out = "left out: 1 group(s)" in (tdir / "paper_time_to_target_rescale_false.md").read_text()
@@ -301,6 +305,7 @@ def test_paper_report_shows_the_authors_values_beside_ours(tmp_path, monkeypatch
         assert (fdir / f"{stem}.png").is_file()
 
 
+@pytest.mark.slow  # a whole report to reach one error message
 def test_paper_report_without_the_authors_module_is_a_clear_error(tmp_path, monkeypatch):
     _small_study(tmp_path / "runs", "cifar10", "paper")
     monkeypatch.setitem(sys.modules, "divebatch.analysis.authors", None)  # import fails
@@ -324,6 +329,7 @@ def authors_rows() -> list[tuple]:
     return sorted(rows | {("tiny_imagenet", "sgd_small", 0.16, 256)})
 
 
+@pytest.mark.slow  # a dry run of all 208 paper runs; test_paper_profile_follows_protocol (test_replicate.py) checks its seeds by default
 def test_paper_dry_run_lists_seeds_1_to_5_for_every_row_of_the_authors_tables(tmp_path, monkeypatch):
     """`bash replicate/all.sh paper --dry-run` (its Python entry point): one line per run, with the
     run's command; every row of the authors' tables is a cell trained with seeds 1-5."""

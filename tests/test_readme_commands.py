@@ -19,7 +19,8 @@ in a cheap form that still goes through the command's argument parsing and check
 
 ``CUDA_VISIBLE_DEVICES`` is set empty (a machine without GPU), so the checks do not depend on
 the machine. The commands that load the paper profile's 208 runs (its dry run, ``gpu-hours``:
-about 10 CPU-seconds each) are marked slow; the others take seconds each.
+about 10 CPU-seconds each) and the sweep profiles' dry runs are marked slow; the others take
+seconds each.
 """
 
 from __future__ import annotations
@@ -122,8 +123,15 @@ def run_clean(command: str) -> subprocess.CompletedProcess:
 
 COMMANDS = readme_commands(README.read_text())
 CHEAP = list(dict.fromkeys(cheap_form(c, Path("{tmp}")) for c in COMMANDS))
-# the paper profile's 208 runs (10 CPU-seconds of config loading each time): run with -m slow
-HEAVY = ("all.sh paper ", "replicate paper ", "divebatch gpu-hours")
+# the paper profile's 208 runs (10 CPU-seconds of config loading each time), and the two sweep
+# profiles (their grids; `all.sh cpu --dry-run` keeps the path in the default suite): run with -m slow
+HEAVY = (
+    "all.sh paper ",
+    "replicate paper ",
+    "divebatch gpu-hours",
+    "all.sh cpu_sensitivity",
+    "all.sh smoke_sensitivity",
+)
 
 
 def test_the_readme_shows_the_two_commands_and_how_to_run_the_others():

@@ -46,7 +46,8 @@ def _method_cells(cfgs):
     }
 
 
-@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+# paper: 208 runs composed (5 s), with the slow tests; test_paper_profile_follows_protocol expands it by default
+@pytest.mark.parametrize("profile", ["smoke", "cpu", pytest.param("paper", marks=pytest.mark.slow)])
 def test_shipped_profile_expands_to_every_method_and_seed(in_repo, profile):
     spec = profiles.load_profile(profile)
     runs = profiles.expand(spec, Path("runs") / profile)
@@ -252,6 +253,7 @@ def test_tiny_profile_trains_reports_failure_then_trains_nothing(tmp_path, capsy
     assert all((d / "train.log").read_text().count("=== ") == 1 for d in run_dirs)
 
 
+@pytest.mark.slow  # trains a matrix; divergence is recorded by test_protocol.py, listed by test_analysis.py
 def test_a_diverging_run_is_recorded_and_the_matrix_goes_on(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
     ok = _method_yaml(tmp_path, "sgd", {"name": "sgd"})

@@ -47,7 +47,8 @@ def test_shipped_sweep_validates(path):
     assert sw.check_values(sweep, check_data=False) >= 1
 
 
-@pytest.mark.parametrize("profile", ["paper", "smoke"])
+# the paper cell (13 s: 208 runs resolved) runs with the slow tests; smoke keeps the path in the default suite
+@pytest.mark.parametrize("profile", [pytest.param("paper", marks=pytest.mark.slow), "smoke"])
 def test_seed_sweep_of_every_profile_cell_trains_the_profiles_runs(profile, tmp_path, monkeypatch):
     """`divebatch sweep --seeds PROFILE/EXPERIMENT/METHOD`: a valid wandb grid over the profile's seeds
     whose agent runs resolve to the configs `divebatch replicate PROFILE` trains (up to where they run)."""
@@ -264,6 +265,7 @@ def test_sweep_experiment_expands_to_its_points_and_refuses_a_seed_parameter(tmp
         profiles.load_profile({"name": "p", "experiments": [{"name": "e", "sweep": str(seeded)}]})
 
 
+@pytest.mark.slow  # three trainings and a report (25 s); test_analysis.py checks the sensitivity table
 def test_local_grid_sweep_trains_resumes_and_feeds_sensitivity_table(tmp_path, monkeypatch, capsys):
     """Real trainings (subprocesses): a profile experiment of a 2-point grid plus its SGD reference
     (written in the profile), then the report; the --local shortcut finds it all finished."""

@@ -375,7 +375,7 @@ def test_cli_writes_labelled_deterministic_outputs(tmp_path, capsys):
         "synthetic_methods",
         "synthetic_estimator",
     ):
-        assert (figs / f"{stem}.png").stat().st_size > 10_000 and (figs / f"{stem}.pdf").is_file()
+        assert (figs / f"{stem}.png").stat().st_size > 10_000  # PDFs too by default: test_analysis.py
     result = json.loads((tables / "synthetic_verdict.json").read_text())
     assert isinstance(result["holds"], bool) and "knee" in result["summary"]
     assert [v["variant"] for v in result["variants"]] == ["base", "dup2"]
