@@ -106,6 +106,20 @@ def speedup_table(epochs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([own_common, matched], ignore_index=True)
 
 
+def _speedup_row(key: tuple, role: str, base: tuple, target: str, unit: str, iv, rule: str) -> dict:
+    """The leading columns of one speed-up row: the group, its baseline, the target and unit, then the
+    speed-up :class:`~divebatch.analysis.stats.Interval` (:func:`_speedup_fields`) and the target's rule."""
+    return dict(
+        zip(GROUP, key),
+        baseline=role,
+        baseline_group=baseline_name(base),
+        target=target,
+        unit=unit,
+        **_speedup_fields(iv),
+        target_rule=rule,
+    )
+
+
 def _speedup_fields(iv) -> dict:
     """The columns of a speed-up :class:`~divebatch.analysis.stats.Interval` in the speed-up tables."""
     return dict(
@@ -134,17 +148,8 @@ def _own_common_speedups(epochs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFra
             for target in TARGETS:
                 for u in UNITS:
                     m, b, pair = compare_groups(runs, key, base, f"{target}_{u}")
-                    rows.append(
-                        dict(
-                            zip(GROUP, key),
-                            baseline=role,
-                            baseline_group=baseline_name(base),
-                            target=target,
-                            unit=u,
-                            **_speedup_fields(speedup(b, m, pair)),
-                            target_rule=target_rule(target, *rule_of[key[0]]),
-                        )
-                    )
+                    rule = target_rule(target, *rule_of[key[0]])
+                    rows.append(_speedup_row(key, role, base, target, u, speedup(b, m, pair), rule))
     return order_rows(pd.DataFrame(rows, columns=cols)) if rows else pd.DataFrame(columns=cols)
 
 
@@ -219,13 +224,9 @@ def _matched_rows(key, base, role, pair, finals, curves, by_run, metric) -> list
         m, b, paired_by_seed = compare_groups(both, key, base, f"matched_{u}")
         rows.append(
             dict(
-                zip(GROUP, key),
-                baseline=role,
-                baseline_group=baseline_name(base),
-                target=MATCHED,
-                unit=u,
-                **_speedup_fields(speedup(b, m, paired_by_seed)),
-                target_rule=matched_rule(column, higher, within),
+                **_speedup_row(
+                    key, role, base, MATCHED, u, speedup(b, m, paired_by_seed), matched_rule(column, higher, within)
+                ),
                 target_value=target,
                 metric=column,
                 within=within,
