@@ -259,21 +259,22 @@ def discrepancy_table(df: pd.DataFrame) -> pd.DataFrame:
     def same(a, b) -> bool:
         return (np.isnan(a) and np.isnan(b)) or a == b
 
-    rows = []
     keys = ["dataset", "rescale", "method", "lr", "quantity"]
+
+    def row(r, other_value, other_sem, other_source) -> dict:
+        return {k: r[k] for k in keys} | {
+            "value": r["value"],
+            "sem": r["sem"],
+            "source": src(r["commit"], r["cell"]),
+            "other_value": other_value,
+            "other_sem": other_sem,
+            "other_source": other_source,
+        }
+
+    rows = []
     for _, r in df[df["check_commit"] != ""].iterrows():
         if not (same(r["value"], r["check_value"]) and same(r["sem"], r["check_sem"])):
-            rows.append(
-                {k: r[k] for k in keys}
-                | {
-                    "value": r["value"],
-                    "sem": r["sem"],
-                    "source": src(r["commit"], r["cell"]),
-                    "other_value": r["check_value"],
-                    "other_sem": r["check_sem"],
-                    "other_source": src(r["check_commit"], r["check_cell"]),
-                }
-            )
+            rows.append(row(r, r["check_value"], r["check_sem"], src(r["check_commit"], r["check_cell"])))
     idx = ["dataset", "rescale", "method", "lr"]
     fin = df[df["quantity"] == "final_acc"].set_index(idx)
     for _, r in df[df["quantity"] == "acc_at_100pct"].iterrows():
@@ -282,15 +283,5 @@ def discrepancy_table(df: pd.DataFrame) -> pd.DataFrame:
             continue
         f = fin.loc[k]
         if not (same(r["value"], f["value"]) and same(r["sem"], f["sem"])):
-            rows.append(
-                {k2: r[k2] for k2 in keys}
-                | {
-                    "value": r["value"],
-                    "sem": r["sem"],
-                    "source": src(r["commit"], r["cell"]),
-                    "other_value": f["value"],
-                    "other_sem": f["sem"],
-                    "other_source": f"final_acc {src(f['commit'], f['cell'])}",
-                }
-            )
+            rows.append(row(r, f["value"], f["sem"], f"final_acc {src(f['commit'], f['cell'])}"))
     return pd.DataFrame(rows, columns=[*keys, "value", "sem", "source", "other_value", "other_sem", "other_source"])
