@@ -137,3 +137,33 @@ def test_of_writes_key_value_allowed_and_the_subject():
     )
     err = profiles.ProfileError.of("seeds", [], "a non-empty list")
     assert type(err) is profiles.ProfileError and str(err) == "invalid profile: seeds=[]; allowed: a non-empty list"
+
+
+def test_a_run_config_error_names_the_run_and_keeps_key_value_allowed(monkeypatch):
+    """`divebatch replicate` says which run's config is refused, and the error still carries the
+    key, the value and what is allowed (ConfigError.where)."""
+    from conftest import REPO
+
+    from divebatch.orchestration import plan
+
+    monkeypatch.chdir(REPO)
+    spec = profiles.load_profile(
+        {
+            "name": "p",
+            "overrides": ["method.delta=-1"],
+            "experiments": [{"name": "e", "dataset": "smoke", "methods": ["divebatch"]}],
+        }
+    )
+    runs = profiles.expand(spec, Path("runs/p"), profiles.resolve_data(spec, {}, env={}))
+    with pytest.raises(ConfigError) as caught:
+        plan.load_configs(runs[:1])
+    err = caught.value
+    assert str(err).startswith(f"run {runs[0].name} (") and "method.delta=-1" in str(err)
+    assert err.key == "method.delta" and err.value == -1 and err.allowed
+
+
+def test_where_keeps_the_fields_and_can_change_the_class():
+    err = ConfigError.of("method.delta", -1.0, "a number > 0").where("sweep s.yaml point 3", sweeps.SweepError)
+    assert type(err) is sweeps.SweepError
+    assert str(err) == "sweep s.yaml point 3: invalid config: method.delta=-1.0; allowed: a number > 0"
+    assert (err.key, err.value, err.allowed) == ("method.delta", -1.0, "a number > 0")

@@ -53,3 +53,14 @@ class ConfigError(ValueError):
         err = cls(f"invalid {subject or cls.subject}: {what + ' ' if what else ''}{said}; allowed: {allowed}")
         err.key, err.value, err.allowed = key, value, allowed
         return err
+
+    def where(self, context: str, cls: Optional[type] = None) -> ConfigError:
+        """This error said with ``context: `` in front (which run, which sweep point), as ``cls``
+        (default this error's class), with ``key``, ``value`` and ``allowed`` kept.
+
+        Returns:
+            A new error (raise it ``from None``: the context says where, the message what).
+        """
+        err = (cls or type(self))(f"{context}: {self}")
+        err.key, err.value, err.allowed = self.key, self.value, self.allowed
+        return err

@@ -62,7 +62,7 @@ def load_configs(runs: list[Run]) -> dict[str, DictConfig]:
         try:
             configs[run.name] = load_config(run.config, run.overrides, check_data=False)
         except ConfigError as err:
-            raise ConfigError(f"run {run.name} ({run.config}): {err}") from None
+            raise err.where(f"run {run.name} ({run.config})") from None
         run.epochs = int(configs[run.name].epochs)
     return configs
 

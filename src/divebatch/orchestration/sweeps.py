@@ -359,7 +359,7 @@ def check_values(sweep: Sweep, extra: list[str] | tuple[str, ...] = (), check_da
             ) from None
         except ConfigError as err:
             values = " ".join(_args_no_hyphens(point))
-            raise SweepError(f"{sweep.path}: training config {sweep.train_config} with {values}: {err}") from None
+            raise err.where(f"{sweep.path}: training config {sweep.train_config} with {values}", SweepError) from None
     return len(points)
 
 
